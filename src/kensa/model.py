@@ -1,0 +1,155 @@
+"""The data that crosses kensa's boundaries: transactions, steps, phases, results.
+
+Everything here is a frozen dataclass or a str-valued enum with a closed set of
+members, so results can be compared, hashed where useful, logged and journaled
+without surprises.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Tuple
+
+
+class KensaError(Exception):
+    """Base class of every error kensa raises on purpose."""
+
+
+class Phase(str, enum.Enum):
+    """A phase boundary of a transaction; ``value`` is what audit records carry."""
+
+    STARTED = "started"
+    PREFLIGHT = "preflight"
+    CHECK = "check"
+    CAPTURE = "capture"
+    APPLY = "apply"
+    VALIDATE = "validate"
+    ROLLBACK = "rollback"
+    COMMIT = "commit"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(str, enum.Enum):
+    """Terminal status of a transaction (a closed set)."""
+
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled_back"
+    PARTIALLY_APPLIED = "partially_applied"
+    ROLLBACK_FAILED = "rollback_failed"
+    ERRORED = "errored"
+    STAGED = "staged"
+    SKIPPED = "skipped"
+    RECOVERED = "recovered"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _freeze(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(params))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One remediation step: a mechanism name and its parameters."""
+
+    mechanism: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mechanism, str) or not self.mechanism:
+            raise ValueError("Step.mechanism must be a non-empty string")
+        object.__setattr__(self, "params", _freeze(self.params))
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """An ordered list of steps applied to one host as a unit.
+
+    ``host`` names the target (for the local host handlers: the target root);
+    it is what serializes concurrent runs and what audit records carry.
+    ``transactional`` rules must consist of capturable steps only.
+    """
+
+    rule: str
+    steps: Tuple[Step, ...]
+    host: str = "localhost"
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    transactional: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+        for step in self.steps:
+            if not isinstance(step, Step):
+                raise TypeError(f"Transaction {self.id}: steps must be Step objects, got {type(step).__name__}")
+
+
+@dataclass(frozen=True)
+class PreState:
+    """What a capturable handler recorded before changing anything.
+
+    ``data`` holds only JSON-like values (None, bool, int, float, str, bytes, and
+    lists/dicts of these), so a journal can store it exactly.
+    """
+
+    mechanism: str
+    params: Mapping[str, Any]
+    data: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", _freeze(self.params))
+        object.__setattr__(self, "data", _freeze(self.data))
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Outcome of applying one step."""
+
+    mechanism: str
+    ok: bool
+    changed: bool = False
+    staged: bool = False
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """Outcome of reversing one step; ``ok`` is true only when read-back verified it."""
+
+    mechanism: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class TransactionError:
+    """Why a transaction did not commit: exception type, message, phase."""
+
+    type: str
+    message: str
+    phase: Phase
+
+
+@dataclass(frozen=True)
+class TransactionResult:
+    """The terminal result of one transaction."""
+
+    txn_id: str
+    rule: str
+    host: str
+    status: Status
+    host_unchanged: bool
+    timings: Mapping[Phase, float] = field(default_factory=dict)
+    steps: Tuple[StepResult, ...] = ()
+    rollbacks: Tuple[RollbackResult, ...] = ()
+    error: Optional[TransactionError] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timings", MappingProxyType(dict(self.timings)))
+        object.__setattr__(self, "steps", tuple(self.steps))
+        object.__setattr__(self, "rollbacks", tuple(self.rollbacks))
