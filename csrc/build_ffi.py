@@ -1,0 +1,31 @@
+"""cffi build script for kensa._audit (API mode, out-of-line).
+
+The cdef is csrc/kensa_audit.h itself with its preprocessor lines removed, so
+the C surface is written once.
+"""
+
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_cdef(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return "".join(line for line in f if not line.lstrip().startswith("#"))
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(read_cdef(os.path.join(HERE, "kensa_audit.h")))
+ffibuilder.set_source(
+    "kensa._audit",
+    '#include "kensa_audit.h"',
+    sources=[os.path.relpath(os.path.join(HERE, "kensa_audit.c"))],
+    include_dirs=[os.path.relpath(HERE)],
+    libraries=["dl", "pthread"],
+    extra_compile_args=["-Wall", "-Wextra", "-std=gnu99"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

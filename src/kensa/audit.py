@@ -1,0 +1,401 @@
+"""Kernel audit records for kensa's transaction phases.
+
+One record per phase boundary, type AUDIT_USER (1005) by default::
+
+    op=kensa_transaction phase=<phase> txn=<id> rule=<id> host=<target> res=success|failed
+
+``res`` is the audit dictionary's outcome field, so ``ausearch --success no``
+and ``aureport`` understand it. Caller-supplied values (txn, rule, host) are
+written as ``"value"`` or, when they hold a quote, an apostrophe, a space, a
+control byte or a byte above 0x7E, as uppercase hex: a rule id can never add
+or change a field. Values are truncated, never fields, to keep the body under
+the kernel's limit.
+
+:func:`open_emitter` never fails for environmental reasons: without the
+compiled extension, without CAP_AUDIT_WRITE, outside the initial user
+namespace, on a kernel without audit, or with ``KENSA_AUDIT=off`` in the
+environment it returns a :class:`NoopEmitter`, and :func:`status` says why.
+Emission is best-effort by design (the kernel itself drops records when auditd
+stalls): the emitter's counters say what was handed to the kernel, dropped or
+refused, and the journal remains the record of truth.
+
+In ``async`` mode (the default) the calling thread copies the record into a
+bounded ring and a C sender thread talks to the kernel; a full ring drops the
+record, counts it, and the next record that gets through is preceded by an
+``op=kensa_audit_gap dropped=N res=failed`` record. ``sync`` mode sends on the
+calling thread, so the record is in the kernel before the call returns.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import os
+import re
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+__all__ = [
+    "AUDIT_USER",
+    "MAX_BODY",
+    "AuditEmitter",
+    "AuditStatus",
+    "EmitterStats",
+    "NoopEmitter",
+    "PhaseRecorder",
+    "encode_value",
+    "format_phase_record",
+    "open_emitter",
+    "status",
+]
+
+AUDIT_USER = 1005
+#: Longest body the kernel keeps whole (AUDIT_MESSAGE_TEXT_MAX less its NUL);
+#: equal to KENSA_MAX_BODY in csrc/kensa_audit.h (a test checks).
+MAX_BODY = 8559
+DEFAULT_CAPACITY = 1 << 20
+EXIT_FLUSH_SECONDS = 2.0
+
+_PHASE_RE = re.compile(r"[a-z][a-z_]{0,31}\Z")
+# Room for the longest phase name, so a transaction's values are truncated the
+# same way whatever its phase.
+_PHASE_ROOM = 32
+_SAFE_BYTES = bytes(b for b in range(0x21, 0x7F) if b not in b"\"'")
+_OP = b"op=kensa_transaction phase="
+_RES = {True: b" res=success", False: b" res=failed"}
+_FIXED = len(_OP) + _PHASE_ROOM + len(b" txn= rule= host=") + len(_RES[False])
+
+Value = Union[str, bytes]
+
+_REASONS = {
+    0: "on",
+    1: "no_capability",
+    2: "user_namespace",
+    3: "no_kernel_audit",
+    4: "refused_eperm",
+    5: "refused_econnrefused",
+    6: "socket_error",
+    7: "closed",
+    8: "no_memory",
+    9: "thread_error",
+}
+_REASON_TEXT = {
+    "on": "audit records are being written",
+    "no_capability": "the process lacks CAP_AUDIT_WRITE in its effective set",
+    "user_namespace": "the process is not in the initial user namespace; the kernel refuses audit records from others",
+    "no_kernel_audit": "the kernel has no audit support (NETLINK_AUDIT unavailable)",
+    "refused_eperm": "the kernel refused a record with EPERM (no CAP_AUDIT_WRITE)",
+    "refused_econnrefused": "the kernel refused a record with ECONNREFUSED (non-initial user namespace)",
+    "socket_error": "the audit netlink socket could not be opened",
+    "closed": "the emitter was closed",
+    "no_memory": "out of memory while setting up the emitter",
+    "thread_error": "the sender thread could not be started",
+    "no_extension": "the compiled extension kensa._audit could not be imported",
+    "disabled": "emission was turned off with KENSA_AUDIT=off",
+}
+
+
+def _errno_text(err: int) -> str:
+    if not err:
+        return ""
+    return f"{errno.errorcode.get(err, str(err))}: {os.strerror(err)}"
+
+
+def _raw(value: Value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", "surrogatepass")
+
+
+def _needs_encoding(raw: bytes) -> bool:
+    return bool(raw.translate(None, _SAFE_BYTES))
+
+
+def encode_value(value: Value) -> bytes:
+    """Encode one untrusted value the way libaudit does, plus ``'``.
+
+    ``"value"`` when every byte is printable ASCII other than ``"`` and ``'``;
+    otherwise the bytes as uppercase hex without quotes.
+    """
+    raw = _raw(value)
+    if _needs_encoding(raw):
+        return raw.hex().upper().encode("ascii")
+    return b'"' + raw + b'"'
+
+
+def _fit(raws: list[bytes], budget: int) -> list[bytes]:
+    """Encode the values, truncating the longest ones so all fit in budget."""
+    hexed = [_needs_encoding(r) for r in raws]
+    sizes = [2 * len(r) if h else len(r) + 2 for r, h in zip(raws, hexed)]
+    if sum(sizes) <= budget:
+        return [r.hex().upper().encode("ascii") if h else b'"' + r + b'"' for r, h in zip(raws, hexed)]
+    # Fair shares: short values keep all they need, the rest split what is left.
+    allot = [0] * len(raws)
+    left = budget
+    order = sorted(range(len(raws)), key=lambda i: sizes[i])
+    for n, i in enumerate(order):
+        share = left // (len(order) - n)
+        allot[i] = min(sizes[i], share)
+        left -= allot[i]
+    out = []
+    for r, h, a in zip(raws, hexed, allot):
+        if h:
+            out.append(r[: a // 2].hex().upper().encode("ascii"))
+        else:
+            out.append(b'"' + r[: max(a - 2, 0)] + b'"')
+    return out
+
+
+def _bind_values(txn: Value, rule: Value, host: Value) -> bytes:
+    t, r, h = _fit([_raw(txn), _raw(rule), _raw(host)], MAX_BODY - _FIXED)
+    return b"txn=" + t + b" rule=" + r + b" host=" + h
+
+
+def _phase_head(phase: str) -> bytes:
+    if not isinstance(phase, str) or not _PHASE_RE.match(phase):
+        raise ValueError(f"invalid audit phase {phase!r}: expected lowercase letters and '_', at most 32")
+    return _OP + phase.encode("ascii") + b" "
+
+
+def format_phase_record(txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> bytes:
+    """The exact record body kensa sends for one phase boundary (without NUL)."""
+    return _phase_head(phase) + _bind_values(txn, rule, host) + _RES[bool(ok)]
+
+
+@dataclass(frozen=True)
+class AuditStatus:
+    """Whether emission is possible here, and exactly why not."""
+
+    enabled: bool
+    reason: str
+    detail: str
+    extension: bool
+    libaudit: bool
+
+    def __str__(self) -> str:
+        state = "on" if self.enabled else "off"
+        return f"audit emission {state} ({self.reason}): {self.detail}"
+
+
+@dataclass(frozen=True)
+class EmitterStats:
+    """Counters of one emitter. Once flushed: emitted == sent + dropped + failed."""
+
+    mode: str
+    enabled: bool
+    reason: str
+    emitted: int
+    sent: int
+    dropped: int
+    failed: int
+    gaps: int
+    stalls: int
+    worst_send_seconds: float
+    queued: int
+    last_errno: int
+    last_error: str
+
+
+class PhaseRecorder:
+    """Emits one transaction's records; txn, rule and host are encoded once."""
+
+    __slots__ = ("_emit", "_mid")
+
+    def __init__(self, emitter: "AuditEmitter", mid: bytes) -> None:
+        self._emit = emitter._emit_raw
+        self._mid = mid
+
+    def emit(self, phase: str, ok: bool) -> None:
+        self._emit(phase, self._mid, ok)
+
+
+class _NoopRecorder:
+    __slots__ = ()
+
+    def emit(self, phase: str, ok: bool) -> None:
+        _phase_head(phase)
+
+
+class NoopEmitter:
+    """Stands in for :class:`AuditEmitter` where emission is off; says why."""
+
+    def __init__(self, mode: str, reason: str, detail: str) -> None:
+        self.mode = mode
+        self.reason = reason
+        self.detail = detail
+
+    @property
+    def enabled(self) -> bool:
+        return False
+
+    def transaction(self, txn: Value, rule: Value, host: Value) -> _NoopRecorder:
+        return _NoopRecorder()
+
+    def emit_phase(self, txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> None:
+        _phase_head(phase)
+
+    def stats(self) -> EmitterStats:
+        return EmitterStats(self.mode, False, self.reason, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, "")
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        return True
+
+    def close(self, timeout: Optional[float] = 1.0) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"NoopEmitter(reason={self.reason!r})"
+
+
+def _ms(timeout: Optional[float]) -> int:
+    return -1 if timeout is None else max(0, int(timeout * 1000))
+
+
+class AuditEmitter:
+    """Writes phase records into the kernel audit log through kensa._audit."""
+
+    def __init__(self, handle: Any, lib: Any, ffi: Any, mode: str, msg_type: int) -> None:
+        self._handle = handle
+        self._lib = lib
+        self._ffi = ffi
+        self.mode = mode
+        self.msg_type = msg_type
+        self._heads: dict[str, bytes] = {}
+        _live.add(self)
+
+    def _emit_raw(self, phase: str, mid: bytes, ok: bool) -> None:
+        head = self._heads.get(phase)
+        if head is None:
+            head = self._heads[phase] = _phase_head(phase)
+        tail = _RES[True] if ok else _RES[False]
+        self._lib.kensa_emit(self._handle, head, len(head), mid, len(mid), tail, len(tail))
+
+    def transaction(self, txn: Value, rule: Value, host: Value) -> PhaseRecorder:
+        """A recorder for one transaction: values are encoded here, once."""
+        return PhaseRecorder(self, _bind_values(txn, rule, host))
+
+    def emit_phase(self, txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> None:
+        """Emit one phase record. Never blocks in async mode; never raises for I/O."""
+        self._emit_raw(phase, _bind_values(txn, rule, host), ok)
+
+    @property
+    def enabled(self) -> bool:
+        return self.stats().enabled
+
+    def stats(self) -> EmitterStats:
+        s = self._ffi.new("kensa_stats *")
+        self._lib.kensa_get_stats(self._handle, s)
+        reason = _REASONS.get(s.reason, str(s.reason))
+        return EmitterStats(
+            mode=self.mode,
+            enabled=s.reason == 0,
+            reason=reason,
+            emitted=s.emitted,
+            sent=s.sent,
+            dropped=s.dropped,
+            failed=s.failed,
+            gaps=s.gaps,
+            stalls=s.stalls,
+            worst_send_seconds=s.worst_send_ns / 1e9,
+            queued=s.queued,
+            last_errno=s.last_errno,
+            last_error=_errno_text(s.last_errno),
+        )
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every queued record was handed to the kernel; False on timeout."""
+        return bool(self._lib.kensa_flush(self._handle, _ms(timeout)))
+
+    def close(self, timeout: Optional[float] = 1.0) -> bool:
+        """Flush up to ``timeout`` seconds, then stop. Later records are dropped."""
+        return bool(self._lib.kensa_close(self._handle, _ms(timeout)))
+
+    def __repr__(self) -> str:
+        return f"AuditEmitter(mode={self.mode!r}, msg_type={self.msg_type})"
+
+
+Emitter = Union[AuditEmitter, NoopEmitter]
+
+_live: "weakref.WeakSet[AuditEmitter]" = weakref.WeakSet()
+_import_lock = threading.Lock()
+
+
+def _load() -> tuple[Any, Any, str]:
+    """The compiled module's (lib, ffi), or (None, None, why it is missing)."""
+    with _import_lock:
+        try:
+            from . import _audit
+        except ImportError as exc:
+            return None, None, str(exc)
+        return _audit.lib, _audit.ffi, ""
+
+
+def _check_msg_type(msg_type: int) -> None:
+    if isinstance(msg_type, bool) or not isinstance(msg_type, int):
+        raise TypeError(f"msg_type must be an int, got {type(msg_type).__name__}")
+    if not (msg_type == AUDIT_USER or 1100 <= msg_type <= 1199 or 2100 <= msg_type <= 2999):
+        raise ValueError(
+            f"msg_type {msg_type} is not a user audit message type: "
+            "use 1005 (AUDIT_USER) or a value in 1100-1199 or 2100-2999"
+        )
+
+
+def _disabled_by_env() -> bool:
+    return os.environ.get("KENSA_AUDIT", "").strip().lower() in ("0", "off", "no", "false")
+
+
+def status() -> AuditStatus:
+    """Probe whether this process can write audit records, and why not."""
+    lib, ffi, missing = _load()
+    if lib is None:
+        return AuditStatus(False, "no_extension", f"{_REASON_TEXT['no_extension']} ({missing})", False, False)
+    libaudit = bool(lib.kensa_uses_libaudit())
+    if _disabled_by_env():
+        return AuditStatus(False, "disabled", _REASON_TEXT["disabled"], True, libaudit)
+    err = ffi.new("int *")
+    reason = _REASONS.get(lib.kensa_probe(err), "socket_error")
+    detail = _REASON_TEXT[reason]
+    if err[0]:
+        detail += f" ({_errno_text(err[0])})"
+    return AuditStatus(reason == "on", reason, detail, True, libaudit)
+
+
+def open_emitter(mode: str = "async", *, msg_type: int = AUDIT_USER, capacity: int = DEFAULT_CAPACITY) -> Emitter:
+    """An emitter, or a :class:`NoopEmitter` when this process cannot emit.
+
+    ``mode`` is ``"async"`` (the caller only enqueues) or ``"sync"`` (the caller
+    sends). ``capacity`` is the async ring's size in bytes (a record takes its
+    length plus 8, rounded up to 8: about 130 bytes for usual ids). Raises only
+    for invalid arguments; never for the environment.
+    """
+    if mode not in ("async", "sync"):
+        raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
+    _check_msg_type(msg_type)
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
+        raise ValueError(f"capacity must be a positive number of bytes, got {capacity!r}")
+    st = status()
+    if not st.enabled:
+        return NoopEmitter(mode, st.reason, st.detail)
+    lib, ffi, _ = _load()
+    reason = ffi.new("int *")
+    err = ffi.new("int *")
+    c_mode = lib.KENSA_MODE_ASYNC if mode == "async" else lib.KENSA_MODE_SYNC
+    handle = lib.kensa_emitter_new(c_mode, msg_type, capacity, reason, err)
+    if handle == ffi.NULL:
+        why = _REASONS.get(reason[0], "socket_error")
+        detail = _REASON_TEXT[why] + (f" ({_errno_text(err[0])})" if err[0] else "")
+        return NoopEmitter(mode, why, detail)
+    return AuditEmitter(ffi.gc(handle, lib.kensa_emitter_free), lib, ffi, mode, msg_type)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Give queued records a bounded chance to reach the kernel at exit."""
+    emitters = list(_live)
+    if not emitters:
+        return
+    per = EXIT_FLUSH_SECONDS / len(emitters)
+    for emitter in emitters:
+        emitter.flush(per)
