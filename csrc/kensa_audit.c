@@ -524,8 +524,9 @@ kensa_emitter *kensa_emitter_new(int mode, int msg_type, size_t capacity, int *r
 
 /* Returns the state of the current process generation. In a forked child the
  * inherited state belongs to the parent: its sender thread does not exist
- * here and its lock may be held forever, so it is abandoned (never locked,
- * never freed: the memory is this child's copy) and a fresh one is made. */
+ * here and its lock may be held forever, so it is never locked or destroyed:
+ * its memory, this child's copy that nothing else here can reach, is freed
+ * and a fresh state is made. */
 static struct kstate *current(kensa_emitter *k)
 {
     unsigned long g = __atomic_load_n(&fork_gen, __ATOMIC_ACQUIRE);
@@ -538,8 +539,13 @@ static struct kstate *current(kensa_emitter *k)
     g = __atomic_load_n(&fork_gen, __ATOMIC_ACQUIRE);
     if (k->gen != g) {
         struct kstate *old = k->st;
-        if (old != NULL && old->fd >= 0)
-            close(old->fd); /* our copy of the descriptor only */
+        if (old != NULL) {
+            if (old->fd >= 0)
+                close(old->fd); /* our copy of the descriptor only */
+            free(old->ring);
+            free(old->sendbuf);
+            free(old);
+        }
         if (k->closed) {
             st = NULL;
             reason = KENSA_OFF_CLOSED;
