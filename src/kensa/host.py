@@ -1,0 +1,432 @@
+"""Confined access to a local filesystem tree: the live host ("/") or an image root.
+
+Every path a handler names is absolute and is resolved *inside* the target root,
+one component at a time, with ``O_NOFOLLOW`` and directory file descriptors, so
+neither ``..`` nor a symlink can lead outside it.
+
+Path policy:
+
+- ``..`` is resolved lexically before the walk; a ``..`` that would climb above the
+  root is refused with :class:`PathEscapeError`. Lexical resolution is exact here
+  because every component walked must be a real directory (see the next rule).
+- kensa never follows a symlink in a target path: a symlink in any component,
+  parent or final, is refused with :class:`PathEscapeError` naming the component
+  and its target. An in-root symlink would be safe to follow, but refusing is simple
+  to verify, and a remediation that writes through a link the operator did not
+  expect is worse than one that stops and says why.
+- Writes are atomic: a temporary file in the same directory (created through the
+  directory fd with ``O_EXCL|O_NOFOLLOW``), written, fsynced, given its owner,
+  extended attributes and mode, renamed over the target, and the directory fsynced.
+  Rewriting an existing file keeps its mode, owner, group and extended attributes
+  (including ``security.selinux``) unless the caller sets them. Because the rename
+  replaces the directory entry, a file with several hard links is detached from the
+  others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+import subprocess
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from .model import KensaError
+
+#: Mode of a file kensa creates when the caller gives none (the usual /etc default).
+DEFAULT_FILE_MODE = 0o644
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK keeps an open of a FIFO planted at the path from hanging.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class PathEscapeError(KensaError, PermissionError):
+    """A path was refused because resolving it could leave (or bypass) the root."""
+
+    def __init__(self, message: str, path: str = "", component: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.component = component
+
+
+class HostAccessError(KensaError, OSError):
+    """A confined file operation failed (missing parent, wrong file type, I/O error)."""
+
+
+class HostSelectionError(KensaError, ValueError):
+    """A host key does not name a usable local target."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What exists at a path: kind, permissions, ownership, xattrs, and a file's bytes."""
+
+    kind: str  # "file" or "dir"
+    mode: int  # permission bits only (stat.S_IMODE)
+    uid: int
+    gid: int
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    content: Optional[bytes] = None  # read only for regular files, when asked
+
+
+def _read_xattrs(fd: int) -> Dict[str, bytes]:
+    try:
+        names = os.listxattr(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    return {name: os.getxattr(fd, name) for name in sorted(names)}
+
+
+def _set_exact_xattrs(fd: int, wanted: Mapping[str, bytes]) -> None:
+    """Make the xattrs of ``fd`` exactly ``wanted``: set missing/different, drop extra."""
+    current = _read_xattrs(fd)
+    for name in current:
+        if name not in wanted:
+            os.removexattr(fd, name)
+    for name, value in wanted.items():
+        if current.get(name) != value:
+            os.setxattr(fd, name, value)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: List[bytes] = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class LocalHost:
+    """File, sysctl and command access to a local tree, confined to ``root``."""
+
+    def __init__(self, root: str = "/") -> None:
+        if not isinstance(root, str) or not os.path.isabs(root):
+            raise HostSelectionError(f"target root {root!r} must be an absolute path")
+        real = os.path.realpath(root)
+        if not os.path.isdir(real):
+            raise HostSelectionError(f"target root {root!r} does not exist or is not a directory")
+        self.root = real
+
+    def __repr__(self) -> str:
+        return f"LocalHost(root={self.root!r})"
+
+    @property
+    def is_live(self) -> bool:
+        """True when the target is this machine itself (root "/"): kernel state applies."""
+        return self.root == "/"
+
+    def where(self, path: str) -> str:
+        """``path`` as the operator should read it in a message."""
+        return path if self.is_live else f"{path} (under root {self.root})"
+
+    # -- path resolution -------------------------------------------------------
+
+    def _components(self, path: str) -> List[str]:
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise HostAccessError(
+                errno.EINVAL, f"path {path!r} must be an absolute path (inside the target root) without NUL bytes"
+            )
+        parts: List[str] = []
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    raise PathEscapeError(
+                        f"path {path!r} climbs above the target root {self.root} with '..'; refusing it",
+                        path,
+                        "..",
+                    )
+                parts.pop()
+            else:
+                parts.append(part)
+        return parts
+
+    def _symlink_refusal(self, path: str, dir_fd: int, name: str) -> PathEscapeError:
+        try:
+            target = os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            target = "?"
+        return PathEscapeError(
+            f"path {self.where(path)}: component {name!r} is a symlink (-> {target}); "
+            "kensa never follows or writes through symlinks in target paths: point the rule at the real file",
+            path,
+            name,
+        )
+
+    @contextlib.contextmanager
+    def _parent(self, path: str) -> Iterator[Tuple[int, str]]:
+        """Yield an fd of the directory holding ``path``'s final component, and that name."""
+        parts = self._components(path)
+        if not parts:
+            raise HostAccessError(errno.EISDIR, f"path {path!r} names the target root itself, not a file")
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for name in parts[:-1]:
+                try:
+                    next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise self._walk_error(path, fd, name, exc) from exc
+                os.close(fd)
+                fd = next_fd
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    def _walk_error(self, path: str, dir_fd: int, name: str, exc: OSError) -> KensaError:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            return self._symlink_refusal(path, dir_fd, name)
+        if exc.errno == errno.ENOENT:
+            return HostAccessError(
+                exc.errno, f"path {self.where(path)}: directory {name!r} does not exist; create it first"
+            )
+        if exc.errno == errno.ENOTDIR:
+            return HostAccessError(exc.errno, f"path {self.where(path)}: component {name!r} is not a directory")
+        return HostAccessError(exc.errno, f"path {self.where(path)}: cannot open {name!r}: {exc.strerror}")
+
+    def _open_final(self, path: str, dir_fd: int, name: str, flags: int) -> Optional[int]:
+        """Open the final component with ``flags`` (which include O_NOFOLLOW); None if absent."""
+        try:
+            return os.open(name, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._walk_error(path, dir_fd, name, exc) from exc
+
+    # -- reading -----------------------------------------------------------------
+
+    def info(self, path: str, *, content: bool = False) -> Optional[FileInfo]:
+        """What exists at ``path`` (None when nothing does); bytes too when ``content``.
+
+        Refuses a symlink and anything that is neither a regular file nor a directory.
+        """
+        with self._parent(path) as (dir_fd, name):
+            fd = self._open_final(path, dir_fd, name, _READ_FLAGS)
+            if fd is None:
+                return None
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    kind = "file"
+                elif stat.S_ISDIR(st.st_mode):
+                    kind = "dir"
+                else:
+                    raise HostAccessError(
+                        errno.EINVAL, f"{self.where(path)} is neither a regular file nor a directory; refusing it"
+                    )
+                data = _read_all(fd) if content and kind == "file" else None
+                return FileInfo(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _read_xattrs(fd), data)
+            finally:
+                os.close(fd)
+
+    def read_file(self, path: str) -> Optional[FileInfo]:
+        """The regular file at ``path`` with its bytes, or None when absent."""
+        found = self.info(path, content=True)
+        if found is not None and found.kind != "file":
+            raise HostAccessError(errno.EISDIR, f"{self.where(path)} is a directory, not a file")
+        return found
+
+    def read_bytes(self, path: str) -> Optional[bytes]:
+        """The bytes of the regular file at ``path``, or None when absent."""
+        found = self.read_file(path)
+        return None if found is None else found.content
+
+    # -- writing -----------------------------------------------------------------
+
+    def write_file(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        mode: Optional[int] = None,
+        uid: Optional[int] = None,
+        gid: Optional[int] = None,
+        xattrs: Optional[Mapping[str, bytes]] = None,
+    ) -> None:
+        """Atomically replace (or create) the regular file at ``path`` with ``data``.
+
+        Unset ``mode``/``uid``/``gid``/``xattrs`` keep those of the file being
+        replaced; for a new file they default to 0644, this process's ids, and
+        whatever the kernel gives a new file (e.g. the SELinux default context).
+        Given ``xattrs`` become the file's exact set.
+        """
+        with self._parent(path) as (dir_fd, name):
+            old_fd = self._open_final(path, dir_fd, name, _READ_FLAGS)
+            old: Optional[os.stat_result] = None
+            old_xattrs: Optional[Dict[str, bytes]] = None
+            if old_fd is not None:
+                try:
+                    old = os.fstat(old_fd)
+                    if not stat.S_ISREG(old.st_mode):
+                        raise HostAccessError(
+                            errno.EISDIR, f"{self.where(path)} exists and is not a regular file; refusing to replace it"
+                        )
+                    old_xattrs = _read_xattrs(old_fd)
+                finally:
+                    os.close(old_fd)
+            if mode is None:
+                mode = stat.S_IMODE(old.st_mode) if old else DEFAULT_FILE_MODE
+            if uid is None:
+                uid = old.st_uid if old else os.geteuid()
+            if gid is None:
+                gid = old.st_gid if old else os.getegid()
+            if xattrs is None:
+                xattrs = old_xattrs
+            self._replace(path, dir_fd, name, data, mode, uid, gid, xattrs)
+
+    def _replace(
+        self,
+        path: str,
+        dir_fd: int,
+        name: str,
+        data: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        xattrs: Optional[Mapping[str, bytes]],
+    ) -> None:
+        tmp = f".{name}.kensa-{secrets.token_hex(6)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            raise HostAccessError(exc.errno, f"cannot create a temporary file next to {self.where(path)}: {exc.strerror}") from exc
+        renamed = False
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+                # chown clears set-id bits and security.capability, so it comes first;
+                # an ACL xattr rewrites group bits, so the mode comes last.
+                os.fchown(fd, uid, gid)
+                if xattrs is not None:
+                    _set_exact_xattrs(fd, xattrs)
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # A symlink planted at the final name after the check is replaced, never written through.
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            renamed = True
+            os.fsync(dir_fd)
+        except OSError as exc:
+            raise HostAccessError(exc.errno, f"cannot write {self.where(path)}: {exc.strerror}") from exc
+        finally:
+            if not renamed:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+
+    def write_in_place(self, path: str, data: bytes) -> None:
+        """Overwrite an existing file's bytes in place (for /proc/sys, where rename cannot work)."""
+        with self._parent(path) as (dir_fd, name):
+            fd = self._open_final(path, dir_fd, name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if fd is None:
+                raise HostAccessError(errno.ENOENT, f"{self.where(path)} does not exist")
+            try:
+                _write_all(fd, data)
+            except OSError as exc:
+                raise HostAccessError(exc.errno, f"cannot write {data!r} to {self.where(path)}: {exc.strerror}") from exc
+            finally:
+                os.close(fd)
+
+    def remove_file(self, path: str) -> None:
+        """Unlink the regular file at ``path`` (refusing symlinks and directories)."""
+        with self._parent(path) as (dir_fd, name):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if stat.S_ISLNK(st.st_mode):
+                raise self._symlink_refusal(path, dir_fd, name)
+            if not stat.S_ISREG(st.st_mode):
+                raise HostAccessError(errno.EISDIR, f"{self.where(path)} is not a regular file; refusing to remove it")
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+                os.fsync(dir_fd)
+            except OSError as exc:
+                raise HostAccessError(exc.errno, f"cannot remove {self.where(path)}: {exc.strerror}") from exc
+
+    def set_meta(
+        self,
+        path: str,
+        *,
+        mode: Optional[int] = None,
+        uid: Optional[int] = None,
+        gid: Optional[int] = None,
+        xattrs: Optional[Mapping[str, bytes]] = None,
+    ) -> None:
+        """Set owner, group, exact xattrs and mode of the file or directory at ``path``."""
+        with self._parent(path) as (dir_fd, name):
+            fd = self._open_final(path, dir_fd, name, _READ_FLAGS)
+            if fd is None:
+                raise HostAccessError(errno.ENOENT, f"{self.where(path)} does not exist")
+            try:
+                before = os.fstat(fd)
+                if uid is not None or gid is not None:
+                    os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+                    if mode is None:
+                        # chown dropped any set-id bits the caller did not ask to change.
+                        mode = stat.S_IMODE(before.st_mode)
+                if xattrs is not None:
+                    _set_exact_xattrs(fd, xattrs)
+                if mode is not None:
+                    os.fchmod(fd, mode)
+            except OSError as exc:
+                raise HostAccessError(exc.errno, f"cannot change {self.where(path)}: {exc.strerror}") from exc
+            finally:
+                os.close(fd)
+
+    # -- names and commands --------------------------------------------------
+
+    def lookup_id(self, database: str, name: str) -> int:
+        """Numeric id of ``name`` in the target root's /etc/passwd or /etc/group."""
+        if database not in ("passwd", "group"):
+            raise ValueError(f"unknown id database {database!r}")
+        path = f"/etc/{database}"
+        data = self.read_bytes(path)
+        if data is None:
+            raise HostAccessError(errno.ENOENT, f"cannot resolve {name!r}: {self.where(path)} does not exist")
+        for line in data.decode("utf-8", "replace").splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+                return int(fields[2])
+        raise HostAccessError(errno.ENOENT, f"{name!r} is not listed in {self.where(path)}; use a name it lists or a numeric id")
+
+    def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
+        """Run a command on this machine (argument list, no shell), capturing its output."""
+        try:
+            return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+        except FileNotFoundError as exc:
+            raise HostAccessError(errno.ENOENT, f"command {argv[0]!r} not found") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise HostAccessError(errno.ETIMEDOUT, f"command {list(argv)!r} timed out after {timeout} s") from exc
+
+
+def resolve_host(key: str) -> LocalHost:
+    """The local target a transaction's ``host`` key names.
+
+    ``"localhost"`` is this machine (root "/"); an absolute path is a tree to
+    remediate in place (an image or container root), which must be a directory.
+    """
+    if key == "localhost":
+        return LocalHost("/")
+    if isinstance(key, str) and key.startswith("/"):
+        return LocalHost(key)
+    raise HostSelectionError(f"host {key!r} is neither 'localhost' nor an absolute path to a target root")

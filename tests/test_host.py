@@ -1,0 +1,178 @@
+"""LocalHost: confinement to the target root, atomic writes, kept metadata."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from kensa.host import HostAccessError, HostSelectionError, LocalHost, PathEscapeError, resolve_host
+from kensa.model import KensaError
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "root" / "etc").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("outside\n")
+    return tmp_path / "root"
+
+
+def test_paths_resolve_inside_the_root(root: Path) -> None:
+    """An absolute path names a file under the root, never the same path on the machine."""
+    host = LocalHost(str(root))
+    host.write_file("/etc/kensa-test", b"data\n")
+    assert (root / "etc" / "kensa-test").read_bytes() == b"data\n"
+    assert not os.path.exists("/etc/kensa-test")
+    assert host.read_bytes("/etc/./x/../kensa-test") == b"data\n"
+
+
+def test_dotdot_above_the_root_is_refused(root: Path) -> None:
+    """A '..' that would climb above the root is refused, naming the path and the component."""
+    host = LocalHost(str(root))
+    with pytest.raises(PathEscapeError) as caught:
+        host.read_bytes("/etc/../../outside/secret")
+    assert caught.value.component == ".."
+    assert "/etc/../../outside/secret" in str(caught.value)
+    assert isinstance(caught.value, KensaError) and isinstance(caught.value, PermissionError)
+
+
+@pytest.mark.parametrize("target_kind", ["absolute-outside", "relative-outside", "inside"])
+def test_a_symlinked_parent_is_refused(root: Path, target_kind: str) -> None:
+    """A symlink in a parent component is refused wherever it points, and nothing is written."""
+    target = {
+        "absolute-outside": str(root.parent / "outside"),
+        "relative-outside": "../../outside",
+        "inside": "../etc",
+    }[target_kind]
+    (root / "etc" / "d").symlink_to(target)
+    host = LocalHost(str(root))
+    with pytest.raises(PathEscapeError) as caught:
+        host.write_file("/etc/d/secret", b"owned\n")
+    assert caught.value.component == "d"
+    assert target in str(caught.value)
+    assert (root.parent / "outside" / "secret").read_text() == "outside\n"
+    assert sorted(os.listdir(root / "etc")) == ["d"]
+
+
+def test_a_symlink_as_final_component_is_never_read_or_written_through(root: Path) -> None:
+    """Reading, chmod and removal through a final symlink are refused; the link target is untouched."""
+    (root / "etc" / "link").symlink_to(root.parent / "outside" / "secret")
+    os.chmod(root.parent / "outside" / "secret", 0o644)
+    host = LocalHost(str(root))
+    for call in (
+        lambda: host.read_bytes("/etc/link"),
+        lambda: host.set_meta("/etc/link", mode=0o600),
+        lambda: host.remove_file("/etc/link"),
+        lambda: host.write_in_place("/etc/link", b"x"),
+    ):
+        with pytest.raises(PathEscapeError):
+            call()
+    assert (root.parent / "outside" / "secret").read_text() == "outside\n"
+    assert stat.S_IMODE(os.stat(root.parent / "outside" / "secret").st_mode) == 0o644
+    assert (root / "etc" / "link").is_symlink()
+
+
+def test_write_file_refuses_a_final_symlink(root: Path) -> None:
+    """write_file refuses a symlink at the final name: the link and its target stay as they were."""
+    (root / "etc" / "link").symlink_to(root.parent / "outside" / "secret")
+    with pytest.raises(PathEscapeError) as caught:
+        LocalHost(str(root)).write_file("/etc/link", b"new\n")
+    assert caught.value.component == "link"
+    assert (root.parent / "outside" / "secret").read_text() == "outside\n"
+    assert (root / "etc" / "link").is_symlink()
+    assert sorted(os.listdir(root / "etc")) == ["link"]
+
+
+def test_rewrite_keeps_mode_owner_and_xattrs(root: Path) -> None:
+    """Rewriting a file keeps its mode, owner, group and xattrs, and leaves no temporary file."""
+    path = root / "etc" / "conf"
+    path.write_bytes(b"old\n")
+    if os.geteuid() == 0:
+        os.chown(path, 1234, 2345)
+    os.chmod(path, 0o4750)
+    os.setxattr(path, "user.kensa", b"label")
+    before = os.stat(path)
+    LocalHost(str(root)).write_file("/etc/conf", b"new\n")
+    after = os.stat(path)
+    assert path.read_bytes() == b"new\n"
+    assert stat.S_IMODE(after.st_mode) == 0o4750
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+    assert os.getxattr(path, "user.kensa") == b"label"
+    assert sorted(os.listdir(root / "etc")) == ["conf"]
+
+
+def test_write_file_sets_asked_attributes_and_exact_xattrs(root: Path) -> None:
+    """Given mode, owner and xattrs replace the old ones exactly (extra xattrs are dropped)."""
+    path = root / "etc" / "conf"
+    path.write_bytes(b"old\n")
+    os.setxattr(path, "user.old", b"1")
+    uid = 1234 if os.geteuid() == 0 else os.geteuid()
+    LocalHost(str(root)).write_file("/etc/conf", b"x", mode=0o600, uid=uid, gid=os.getegid(), xattrs={"user.new": b"2"})
+    st = os.stat(path)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, uid)
+    assert os.listxattr(path) == ["user.new"]
+
+
+def test_a_new_file_gets_0644(root: Path) -> None:
+    """A file created without a mode gets 0644 whatever the process umask."""
+    old = os.umask(0o077)
+    try:
+        LocalHost(str(root)).write_file("/etc/new", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(root / "etc" / "new").st_mode) == 0o644
+
+
+def test_a_missing_parent_is_a_clear_error(root: Path) -> None:
+    """Writing under a directory that does not exist fails naming it, and creates nothing."""
+    with pytest.raises(HostAccessError) as caught:
+        LocalHost(str(root)).write_file("/etc/nope/file", b"x")
+    assert "'nope' does not exist" in str(caught.value)
+    assert sorted(os.listdir(root / "etc")) == []
+
+
+def test_info_and_removal_refuse_special_files(root: Path) -> None:
+    """A FIFO at the path is refused (and reading it does not hang); removal refuses directories."""
+    os.mkfifo(root / "etc" / "fifo")
+    (root / "etc" / "dir").mkdir()
+    host = LocalHost(str(root))
+    with pytest.raises(HostAccessError):
+        host.info("/etc/fifo")
+    with pytest.raises(HostAccessError):
+        host.remove_file("/etc/dir")
+    assert (root / "etc" / "dir").is_dir()
+    assert host.info("/etc/absent") is None
+
+
+def test_lookup_id_reads_the_target_roots_databases(root: Path) -> None:
+    """Owner and group names resolve in the root's /etc/passwd and /etc/group, not the machine's."""
+    (root / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nalice:x:1234:1234::/home/alice:/bin/sh\n")
+    (root / "etc" / "group").write_text("staff:x:2345:\n")
+    host = LocalHost(str(root))
+    assert host.lookup_id("passwd", "alice") == 1234
+    assert host.lookup_id("group", "staff") == 2345
+    with pytest.raises(HostAccessError):
+        host.lookup_id("passwd", "staff")
+
+
+def test_resolve_host_maps_keys_to_roots(root: Path) -> None:
+    """'localhost' is "/", an absolute directory is that root, anything else is refused."""
+    assert resolve_host("localhost").root == "/"
+    assert resolve_host("localhost").is_live
+    assert resolve_host(str(root)).root == os.path.realpath(root)
+    assert not resolve_host(str(root)).is_live
+    for bad in ("server1", "relative/dir", str(root / "missing"), str(root.parent / "outside" / "secret")):
+        with pytest.raises(HostSelectionError):
+            resolve_host(bad)
+
+
+def test_run_takes_an_argument_list_without_a_shell(root: Path) -> None:
+    """run passes arguments verbatim (no shell expansion) and reports a missing command clearly."""
+    host = LocalHost(str(root))
+    done = host.run(["echo", "$HOME;", "*"], 10)
+    assert done.stdout == "$HOME; *\n"
+    with pytest.raises(HostAccessError):
+        host.run(["kensa-no-such-command"], 10)
