@@ -23,6 +23,8 @@ ffibuilder.set_source(
     '#include "kensa_audit.h"',
     sources=[os.path.relpath(os.path.join(HERE, "kensa_audit.c"))],
     include_dirs=[os.path.relpath(HERE)],
+    # Never libaudit: kensa_audit.c dlopens libaudit.so.1 at run time, so a
+    # wheel needs no libaudit to build and works on hosts without it.
     libraries=["dl", "pthread"],
     extra_compile_args=["-Wall", "-Wextra", "-std=gnu99"],
 )

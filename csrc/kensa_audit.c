@@ -33,18 +33,23 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ENTRY_HDR 8u
+/* A ring entry is this header, the body, its NUL, padding to 8. The netlink
+ * header sits right before the body so the sender sends in place. */
+#define ENTRY_HDR (sizeof(struct entry_hdr))
 #define ENTRY_WRAP 1u
 #define ENTRY_GAP 2u
 /* The sender polls the ring this often for a while after it ran dry, so that
  * callers in a busy batch never pay for waking it; then it sleeps until woken. */
 #define LINGER_NS 1000000L
 #define LINGER_ROUNDS 20
-#define SEND_BUF (NLMSG_HDRLEN + KENSA_MAX_BODY + 1 + 8)
+#define SEND_BUF (NLMSG_HDRLEN + KENSA_MAX_BODY + 1)
+/* Records the sender handles per lock round trip. */
+#define SEND_BATCH 256
 
 struct entry_hdr {
     uint32_t len;
     uint32_t flags;
+    struct nlmsghdr nl;
 };
 
 /* Everything a process generation owns. Shared by the handle and the sender
@@ -60,14 +65,12 @@ struct kstate {
     int closing;        /* close() asked the sender to stop */
     int sender_exited;
     int sender_asleep;  /* callers must signal `work` */
-    int in_flight;      /* the sender holds a popped record */
     int flushers;
     int reason;
     int reason_errno;
     pthread_t sender;
     int has_sender;
     unsigned char *ring;
-    unsigned char *sendbuf; /* the sender thread's message buffer */
     uint64_t cap;
     uint64_t head;      /* read offset, monotonic */
     uint64_t tail;      /* write offset, monotonic */
@@ -216,7 +219,6 @@ static void state_release(struct kstate *st)
     pthread_cond_destroy(&st->drained);
     pthread_mutex_destroy(&st->lock);
     free(st->ring);
-    free(st->sendbuf);
     free(st);
 }
 
@@ -264,13 +266,13 @@ static int drain_replies(int fd, int *refusal)
     }
 }
 
-/* Sends one record body (body_len bytes, a NUL is appended). Called with no
- * lock held. Returns 0 or an errno; *refused counts kernel refusals seen. */
-static int send_record(struct kstate *st, unsigned char *buf, uint32_t body_len,
+/* Sends one message: h is followed by body_len bytes of body and a NUL.
+ * Called with no lock held. Returns 0 or an errno; *refused counts the
+ * kernel's refusals seen in the replies. */
+static int send_record(struct kstate *st, struct nlmsghdr *h, uint32_t body_len, uint32_t seq,
                        uint64_t *elapsed, int *refused, int *refusal)
 {
     struct sockaddr_nl addr;
-    struct nlmsghdr *h = (struct nlmsghdr *)buf;
     uint64_t t0 = now_ns();
     ssize_t n;
     int err = 0;
@@ -278,14 +280,13 @@ static int send_record(struct kstate *st, unsigned char *buf, uint32_t body_len,
     memset(&addr, 0, sizeof addr);
     addr.nl_family = AF_NETLINK;
     /* The kernel overwrites the last payload byte with NUL: count ours. */
-    buf[NLMSG_HDRLEN + body_len] = '\0';
     h->nlmsg_len = NLMSG_LENGTH(body_len + 1);
     h->nlmsg_type = (uint16_t)st->msg_type;
     h->nlmsg_flags = NLM_F_REQUEST;
-    h->nlmsg_seq = __atomic_add_fetch(&st->seq, 1, __ATOMIC_RELAXED);
+    h->nlmsg_seq = seq;
     h->nlmsg_pid = 0;
     do {
-        n = sendto(st->fd, buf, h->nlmsg_len, MSG_DONTWAIT, (struct sockaddr *)&addr, sizeof addr);
+        n = sendto(st->fd, h, h->nlmsg_len, MSG_DONTWAIT, (struct sockaddr *)&addr, sizeof addr);
     } while (n < 0 && errno == EINTR);
     if (n < 0)
         err = errno;
@@ -294,36 +295,64 @@ static int send_record(struct kstate *st, unsigned char *buf, uint32_t body_len,
     return err;
 }
 
-/* Books the outcome of one send; callers hold st->lock. */
-static void account_send(struct kstate *st, int err, uint64_t elapsed, int refused, int refusal, int gap)
+/* Outcomes of sends made without the lock, booked later under it. */
+struct tally {
+    uint64_t sent, failed, gaps, stalls, worst_ns;
+    uint64_t refused;
+    int last_errno;
+    int off_reason, off_errno;
+};
+
+static void tally_send(struct tally *t, int err, uint64_t elapsed, int refused, int refusal, int gap)
 {
-    if (elapsed > st->stats.worst_send_ns)
-        st->stats.worst_send_ns = elapsed;
+    if (elapsed > t->worst_ns)
+        t->worst_ns = elapsed;
     if (elapsed > KENSA_STALL_NS)
-        st->stats.stalls++;
+        t->stalls++;
     if (err != 0) {
-        st->stats.last_errno = err;
+        t->last_errno = err;
         if (!gap)
-            st->stats.failed++;
-        if (reason_for_errno(err) != KENSA_ON)
-            switch_off(st, reason_for_errno(err), err);
+            t->failed++;
+        if (reason_for_errno(err) != KENSA_ON && t->off_reason == KENSA_ON) {
+            t->off_reason = reason_for_errno(err);
+            t->off_errno = err;
+        }
         return;
     }
     if (gap)
-        st->stats.gaps++;
+        t->gaps++;
     else
-        st->stats.sent++;
+        t->sent++;
     if (refused > 0) {
-        /* Refusals answer earlier sends too; move them from sent to failed. */
-        uint64_t r = (uint64_t)refused;
-        if (r > st->stats.sent)
-            r = st->stats.sent;
-        st->stats.sent -= r;
-        st->stats.failed += r;
-        st->stats.last_errno = refusal;
-        if (reason_for_errno(refusal) != KENSA_ON)
-            switch_off(st, reason_for_errno(refusal), refusal);
+        t->refused += (uint64_t)refused;
+        t->last_errno = refusal;
+        if (reason_for_errno(refusal) != KENSA_ON && t->off_reason == KENSA_ON) {
+            t->off_reason = reason_for_errno(refusal);
+            t->off_errno = refusal;
+        }
     }
+}
+
+/* Adds a tally to the counters; callers hold st->lock. */
+static void book(struct kstate *st, const struct tally *t)
+{
+    kensa_stats *s = &st->stats;
+    uint64_t r = t->refused;
+    s->sent += t->sent;
+    s->failed += t->failed;
+    s->gaps += t->gaps;
+    s->stalls += t->stalls;
+    if (t->worst_ns > s->worst_send_ns)
+        s->worst_send_ns = t->worst_ns;
+    if (t->last_errno)
+        s->last_errno = t->last_errno;
+    /* Refusals answer records already counted as sent: move them. */
+    if (r > s->sent)
+        r = s->sent;
+    s->sent -= r;
+    s->failed += r;
+    if (t->off_reason != KENSA_ON)
+        switch_off(st, t->off_reason, t->off_errno);
 }
 
 static uint64_t align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
@@ -332,7 +361,7 @@ static uint64_t align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
  * when the ring is full. Callers hold st->lock. */
 static unsigned char *ring_reserve(struct kstate *st, uint32_t len, uint32_t flags)
 {
-    uint64_t need = ENTRY_HDR + align8(len);
+    uint64_t need = ENTRY_HDR + align8((uint64_t)len + 1);
     uint64_t off = st->tail % st->cap;
     uint64_t used = st->tail - st->head;
     uint64_t waste = 0;
@@ -356,35 +385,39 @@ static unsigned char *ring_reserve(struct kstate *st, uint32_t len, uint32_t fla
     return st->ring + off + ENTRY_HDR;
 }
 
+/* Drops every queued record once the kernel refused emission for good;
+ * callers hold st->lock. */
+static void discard_queue(struct kstate *st)
+{
+    while (st->head != st->tail) {
+        struct entry_hdr *e = (struct entry_hdr *)(st->ring + st->head % st->cap);
+        if (e->flags & ENTRY_WRAP) {
+            st->head += st->cap - st->head % st->cap;
+            continue;
+        }
+        if (!(e->flags & ENTRY_GAP))
+            st->stats.failed++;
+        st->head += ENTRY_HDR + align8((uint64_t)e->len + 1);
+    }
+}
+
+/* The sender reads [head, tail) in place without the lock: callers write only
+ * at or beyond tail and count [head, tail) as used, and head moves only when
+ * the sender retakes the lock after sending. */
 static void *sender_main(void *arg)
 {
     struct kstate *st = arg;
-    unsigned char *buf = st->sendbuf;
     int idle_rounds = 0;
-    int have = 0, gap = 0, err = 0, refused = 0, refusal = 0;
-    uint64_t elapsed = 0;
-    uint32_t len = 0;
+    uint32_t seq = 0; /* kept here: a shared counter would bounce between cores */
 
     pthread_mutex_lock(&st->lock);
     for (;;) {
-        if (have) {
-            account_send(st, err, elapsed, refused, refusal, gap);
-            have = 0;
-            st->in_flight = 0;
-        }
-        if (st->reason != KENSA_ON && st->reason != KENSA_OFF_CLOSED) {
-            /* Refused for good: what is queued will never be accepted. */
-            while (st->head != st->tail) {
-                struct entry_hdr *e = (struct entry_hdr *)(st->ring + st->head % st->cap);
-                if (e->flags & ENTRY_WRAP) {
-                    st->head += st->cap - st->head % st->cap;
-                    continue;
-                }
-                if (!(e->flags & ENTRY_GAP))
-                    st->stats.failed++;
-                st->head += ENTRY_HDR + align8(e->len);
-            }
-        }
+        struct tally t;
+        uint64_t pos, end;
+        int n;
+
+        if (st->reason != KENSA_ON && st->reason != KENSA_OFF_CLOSED)
+            discard_queue(st);
         if (st->head == st->tail) {
             if (st->flushers)
                 pthread_cond_broadcast(&st->drained);
@@ -408,22 +441,27 @@ static void *sender_main(void *arg)
             continue;
         }
         idle_rounds = 0;
-        {
-            struct entry_hdr *e = (struct entry_hdr *)(st->ring + st->head % st->cap);
+        pos = st->head;
+        end = st->tail;
+        pthread_mutex_unlock(&st->lock);
+
+        memset(&t, 0, sizeof t);
+        for (n = 0; pos != end && n < SEND_BATCH && t.off_reason == KENSA_ON; n++) {
+            struct entry_hdr *e = (struct entry_hdr *)(st->ring + pos % st->cap);
+            uint64_t elapsed;
+            int err, refused = 0, refusal = 0;
             if (e->flags & ENTRY_WRAP) {
-                st->head += st->cap - st->head % st->cap;
+                pos += st->cap - pos % st->cap;
                 continue;
             }
-            len = e->len;
-            gap = (e->flags & ENTRY_GAP) != 0;
-            memcpy(buf + NLMSG_HDRLEN, (unsigned char *)e + ENTRY_HDR, len);
-            st->head += ENTRY_HDR + align8(len);
+            err = send_record(st, &e->nl, e->len, ++seq, &elapsed, &refused, &refusal);
+            tally_send(&t, err, elapsed, refused, refusal, (e->flags & ENTRY_GAP) != 0);
+            pos += ENTRY_HDR + align8((uint64_t)e->len + 1);
         }
-        have = 1;
-        st->in_flight = 1;
-        pthread_mutex_unlock(&st->lock);
-        err = send_record(st, buf, len, &elapsed, &refused, &refusal);
+
         pthread_mutex_lock(&st->lock);
+        st->head = pos;
+        book(st, &t);
     }
     st->sender_exited = 1;
     pthread_cond_broadcast(&st->drained);
@@ -466,13 +504,14 @@ static struct kstate *state_new(int mode, int msg_type, size_t capacity, int *re
     if (mode == KENSA_MODE_ASYNC) {
         st->cap = align8(capacity < KENSA_MIN_CAPACITY ? KENSA_MIN_CAPACITY : capacity);
         st->ring = malloc(st->cap);
-        st->sendbuf = malloc(SEND_BUF);
-        if (st->ring == NULL || st->sendbuf == NULL) {
+        if (st->ring == NULL) {
             *reason = KENSA_OFF_NO_MEMORY;
             *err = ENOMEM;
             state_release(st);
             return NULL;
         }
+        /* Fault the pages in now, not on a caller's emit. */
+        memset(st->ring, 0, st->cap);
         /* The sender must never run Python's signal handlers' C side. */
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -543,7 +582,6 @@ static struct kstate *current(kensa_emitter *k)
             if (old->fd >= 0)
                 close(old->fd); /* our copy of the descriptor only */
             free(old->ring);
-            free(old->sendbuf);
             free(old);
         }
         if (k->closed) {
@@ -589,17 +627,26 @@ static struct kstate *peek(kensa_emitter *k)
 static int emit_sync(struct kstate *st, const char *head, size_t head_len,
                      const char *mid, size_t mid_len, const char *tail, size_t tail_len)
 {
-    unsigned char buf[SEND_BUF];
+    union {
+        struct nlmsghdr h;
+        unsigned char b[SEND_BUF];
+    } msg;
+    unsigned char *body = msg.b + NLMSG_HDRLEN;
     uint32_t len = (uint32_t)(head_len + mid_len + tail_len);
+    struct tally t;
     uint64_t elapsed;
     int err, refused, refusal = 0, reason;
 
-    memcpy(buf + NLMSG_HDRLEN, head, head_len);
-    memcpy(buf + NLMSG_HDRLEN + head_len, mid, mid_len);
-    memcpy(buf + NLMSG_HDRLEN + head_len + mid_len, tail, tail_len);
-    err = send_record(st, buf, len, &elapsed, &refused, &refusal);
+    memcpy(body, head, head_len);
+    memcpy(body + head_len, mid, mid_len);
+    memcpy(body + head_len + mid_len, tail, tail_len);
+    body[len] = '\0';
+    err = send_record(st, &msg.h, len, __atomic_add_fetch(&st->seq, 1, __ATOMIC_RELAXED),
+                      &elapsed, &refused, &refusal);
+    memset(&t, 0, sizeof t);
+    tally_send(&t, err, elapsed, refused, refusal, 0);
     pthread_mutex_lock(&st->lock);
-    account_send(st, err, elapsed, refused, refusal, 0);
+    book(st, &t);
     reason = st->reason;
     pthread_mutex_unlock(&st->lock);
     if (err != 0)
@@ -609,10 +656,10 @@ static int emit_sync(struct kstate *st, const char *head, size_t head_len,
     return reason;
 }
 
-int kensa_emit(kensa_emitter *k, const char *head, size_t head_len,
-               const char *mid, size_t mid_len, const char *tail, size_t tail_len)
+int kensa_emit(kensa_emitter *k, const char *head, const char *mid, const char *tail)
 {
     struct kstate *st = current(k);
+    size_t head_len = strlen(head), mid_len = strlen(mid), tail_len = strlen(tail);
     size_t total = head_len + mid_len + tail_len;
     unsigned char *dst;
     uint64_t saved_tail;
@@ -645,7 +692,7 @@ int kensa_emit(kensa_emitter *k, const char *head, size_t head_len,
                          (unsigned long long)st->pending_gap);
         dst = ring_reserve(st, (uint32_t)n, ENTRY_GAP);
         if (dst != NULL)
-            memcpy(dst, gap, (size_t)n);
+            memcpy(dst, gap, (size_t)n + 1);
     }
     dst = (st->pending_gap && st->tail == saved_tail) ? NULL : ring_reserve(st, (uint32_t)total, 0);
     if (dst == NULL) {
@@ -660,7 +707,7 @@ int kensa_emit(kensa_emitter *k, const char *head, size_t head_len,
     st->pending_gap = 0;
     memcpy(dst, head, head_len);
     memcpy(dst + head_len, mid, mid_len);
-    memcpy(dst + head_len + mid_len, tail, tail_len);
+    memcpy(dst + head_len + mid_len, tail, tail_len + 1);
     wake = st->sender_asleep;
     st->sender_asleep = 0;
     pthread_mutex_unlock(&st->lock);
@@ -689,14 +736,14 @@ static int wait_drained(struct kstate *st, long timeout_ms)
         deadline_after(&ts, timeout_ms);
     st->flushers++;
     pthread_cond_signal(&st->work);
-    while ((st->head != st->tail || st->in_flight) && !st->sender_exited && rc != ETIMEDOUT) {
+    while (st->head != st->tail && !st->sender_exited && rc != ETIMEDOUT) {
         if (timeout_ms < 0)
             pthread_cond_wait(&st->drained, &st->lock);
         else
             rc = pthread_cond_timedwait(&st->drained, &st->lock, &ts);
     }
     st->flushers--;
-    return st->head == st->tail && !st->in_flight;
+    return st->head == st->tail;
 }
 
 int kensa_flush(kensa_emitter *k, long timeout_ms)

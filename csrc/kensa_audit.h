@@ -68,11 +68,11 @@ int kensa_probe(int *err);
 /* Returns a new emitter, or NULL with *reason and *err set. */
 kensa_emitter *kensa_emitter_new(int mode, int msg_type, size_t capacity, int *reason, int *err);
 
-/* Emits head + mid + tail as one record body. Returns KENSA_ON when the record
- * was queued (async) or sent (sync), otherwise the kensa_reason or -errno of
- * the failure; never blocks on the ring in async mode. */
-int kensa_emit(kensa_emitter *k, const char *head, size_t head_len,
-               const char *mid, size_t mid_len, const char *tail, size_t tail_len);
+/* Emits head + mid + tail (NUL-terminated; kensa's encoder never puts a NUL
+ * in a record) as one record body. Returns KENSA_ON when the record was queued
+ * (async) or sent (sync), otherwise the kensa_reason or -errno of the failure;
+ * never blocks on the ring in async mode. */
+int kensa_emit(kensa_emitter *k, const char *head, const char *mid, const char *tail);
 
 /* Waits up to timeout_ms (< 0: forever) until every queued record was handed to
  * the kernel. Returns 1 when drained, 0 on timeout. */

@@ -64,7 +64,9 @@ _PHASE_RE = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _PHASE_ROOM = 32
 _SAFE_BYTES = bytes(b for b in range(0x21, 0x7F) if b not in b"\"'")
 _OP = b"op=kensa_transaction phase="
-_RES = {True: b" res=success", False: b" res=failed"}
+_RES_OK = b" res=success"
+_RES_FAILED = b" res=failed"
+_RES = {True: _RES_OK, False: _RES_FAILED}
 _FIXED = len(_OP) + _PHASE_ROOM + len(b" txn= rule= host=") + len(_RES[False])
 
 Value = Union[str, bytes]
@@ -198,17 +200,34 @@ class EmitterStats:
     last_error: str
 
 
-class PhaseRecorder:
-    """Emits one transaction's records; txn, rule and host are encoded once."""
+# Record heads by phase, filled on first use; phases are a small closed set.
+_heads: dict[str, bytes] = {}
 
-    __slots__ = ("_emit", "_mid")
+
+def _head(phase: str) -> bytes:
+    head = _heads.get(phase)
+    if head is None:
+        head = _heads[phase] = _phase_head(phase)
+    return head
+
+
+class PhaseRecorder:
+    """Emits one transaction's records; txn, rule and host are encoded once.
+
+    The per-record work on the calling thread is a dict lookup and one C call
+    that copies the record into the ring.
+    """
+
+    __slots__ = ("_send", "_handle", "_mid")
 
     def __init__(self, emitter: "AuditEmitter", mid: bytes) -> None:
-        self._emit = emitter._emit_raw
+        self._send = emitter._lib.kensa_emit
+        self._handle = emitter._handle
         self._mid = mid
 
     def emit(self, phase: str, ok: bool) -> None:
-        self._emit(phase, self._mid, ok)
+        head = _heads.get(phase) or _head(phase)
+        self._send(self._handle, head, self._mid, _RES_OK if ok else _RES_FAILED)
 
 
 class _NoopRecorder:
@@ -262,15 +281,7 @@ class AuditEmitter:
         self._ffi = ffi
         self.mode = mode
         self.msg_type = msg_type
-        self._heads: dict[str, bytes] = {}
         _live.add(self)
-
-    def _emit_raw(self, phase: str, mid: bytes, ok: bool) -> None:
-        head = self._heads.get(phase)
-        if head is None:
-            head = self._heads[phase] = _phase_head(phase)
-        tail = _RES[True] if ok else _RES[False]
-        self._lib.kensa_emit(self._handle, head, len(head), mid, len(mid), tail, len(tail))
 
     def transaction(self, txn: Value, rule: Value, host: Value) -> PhaseRecorder:
         """A recorder for one transaction: values are encoded here, once."""
@@ -278,7 +289,7 @@ class AuditEmitter:
 
     def emit_phase(self, txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> None:
         """Emit one phase record. Never blocks in async mode; never raises for I/O."""
-        self._emit_raw(phase, _bind_values(txn, rule, host), ok)
+        self._lib.kensa_emit(self._handle, _head(phase), _bind_values(txn, rule, host), _RES[bool(ok)])
 
     @property
     def enabled(self) -> bool:
