@@ -1,0 +1,248 @@
+"""audit_rule_set: audit rules are persisted in a rules file and loaded in the kernel.
+
+Rules are ``-w`` watch or ``-a``/``-A`` syscall rule lines; anything else
+(``-D``, ``-e``, ``-b``, deletions) is refused, since a control line could wipe or
+lock the whole audit configuration.
+
+Comparing rules: ``auditctl -l`` prints a rule in its own canonical spelling
+(``-k x`` on a syscall rule becomes ``-F key=x``, several ``-S`` merge into one
+comma list, a watch's trailing slash and permission order change). Whether a rule
+is already present, in the file or in the kernel, is decided on a normalised
+identity (option kinds, paths, permission sets, syscall sets, fields, keys).
+Rollback never trusts that normalisation to delete anything: it deletes only the
+lines of ``auditctl -l`` that were not listed at capture time and whose identity
+is one of the rules this step loaded, using the kernel's own spelling, then
+verifies that the listing equals the captured one exactly.
+
+The kernel is touched only when the target is the live host (root "/") and
+``auditctl -s`` works; an immutable configuration (``enabled 2``) gets the rules
+persisted and a staged result (in effect after reboot).
+"""
+
+from __future__ import annotations
+
+import errno
+import shlex
+from collections import Counter
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..host import HostAccessError, LocalHost
+from ..model import KensaError, PreState, RollbackResult, StepResult
+from .config_set import decode, encode
+from .filestate import capture_file, restore_file, rollback_result
+from .params import ParamError, require_path
+
+DEFAULT_PERSIST_FILE = "/etc/audit/rules.d/99-kensa.rules"
+AUDITCTL_TIMEOUT = 30.0
+
+_ADD = {"-w", "-a", "-A"}
+_DELETE = {"-w": "-W", "-a": "-d", "-A": "-d"}
+
+
+class AuditControlError(KensaError, RuntimeError):
+    """auditctl failed or printed something kensa cannot read."""
+
+
+def rule_identity(line: str) -> Tuple[Any, ...]:
+    """A normalised form of a rule line under which auditctl's spellings compare equal."""
+    tokens = shlex.split(line)
+    if not tokens or tokens[0] not in _ADD or len(tokens) % 2:
+        raise ParamError(f"audit_rule_set: {line!r} is not a '-w PATH ...' or '-a LIST,ACTION ...' rule")
+    kind = "w" if tokens[0] == "-w" else "a"
+    perms = "rwxa" if kind == "w" else ""
+    target: Tuple[str, ...] = ()
+    syscalls: List[str] = []
+    fields: List[str] = []
+    keys: List[str] = []
+    for option, arg in zip(tokens[::2], tokens[1::2]):
+        if option == "-w":
+            target = (arg.rstrip("/") or "/",)
+        elif option in ("-a", "-A"):
+            target = tuple(sorted(arg.split(",")))
+        elif option == "-p":
+            perms = arg
+        elif option == "-S":
+            syscalls.extend(arg.split(","))
+        elif option == "-k":
+            keys.append(arg)
+        elif option == "-F" and arg.startswith("key="):
+            keys.append(arg[len("key="):])
+        else:
+            fields.append(f"{option} {arg}")
+    return (kind, target, "".join(sorted(set(perms))), tuple(sorted(set(syscalls))), tuple(sorted(fields)), tuple(keys))
+
+
+def _identities(lines: Sequence[str]) -> List[Tuple[Any, ...]]:
+    found = []
+    for line in lines:
+        try:
+            found.append(rule_identity(line))
+        except (ParamError, ValueError):
+            continue  # comments, control lines and lines kensa does not parse are never ours
+    return found
+
+
+def merge_lines(text: str, lines: Sequence[str]) -> str:
+    if lines and text and not text.endswith("\n"):
+        text += "\n"
+    return text + "".join(line + "\n" for line in lines)
+
+
+class AuditRuleSet:
+    """Persist rule lines (merged, never duplicated) and load them into the kernel."""
+
+    name = "audit_rule_set"
+    capturable = True
+
+    def _desired(self, params: Mapping[str, Any]) -> Tuple[List[str], str]:
+        raw = params.get("rule")
+        if isinstance(raw, str):
+            candidates = raw.splitlines()
+        elif isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
+            candidates = list(raw)
+        else:
+            raise ParamError(f"{self.name}: parameter 'rule' must be a rule line or a list of them, got {raw!r}")
+        rules = [line.strip() for line in candidates if line.strip() and not line.strip().startswith("#")]
+        if not rules:
+            raise ParamError(f"{self.name}: parameter 'rule' holds no rule")
+        for line in rules:
+            try:
+                rule_identity(line)
+            except ValueError as exc:  # shlex: unbalanced quotes
+                raise ParamError(f"{self.name}: cannot parse rule {line!r}: {exc}") from exc
+        persist = require_path(self.name, params, "persist_file") if "persist_file" in params else DEFAULT_PERSIST_FILE
+        return rules, persist
+
+    # -- the kernel side -------------------------------------------------------
+
+    def _auditctl(self, host: LocalHost, args: Sequence[str]) -> Tuple[int, str]:
+        done = host.run(["auditctl", *args], AUDITCTL_TIMEOUT)
+        return done.returncode, (done.stdout + done.stderr).strip()
+
+    def _kernel(self, host: LocalHost) -> Optional[Dict[str, Any]]:
+        """The kernel's audit state, or None when it is not this step's to touch."""
+        if not host.is_live:
+            return None
+        try:
+            code, status = self._auditctl(host, ["-s"])
+        except HostAccessError as exc:
+            if exc.errno == errno.ENOENT:  # auditctl is not installed
+                return None
+            raise
+        if code != 0:
+            return None
+        immutable = any(line.split() == ["enabled", "2"] for line in status.splitlines())
+        code, listing = self._auditctl(host, ["-l"])
+        if code != 0:
+            raise AuditControlError(f"auditctl -l failed: {listing}")
+        rules = [] if listing == "No rules" else [line for line in listing.splitlines() if line.strip()]
+        return {"immutable": immutable, "rules": rules}
+
+    def _missing(self, rules: Sequence[str], present: Sequence[str]) -> List[str]:
+        have = set(_identities(present))
+        return [line for line in rules if rule_identity(line) not in have]
+
+    # -- the protocol ----------------------------------------------------------------
+
+    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+        rules, persist = self._desired(params)
+        if self._missing(rules, decode(host.read_bytes(persist)).splitlines()):
+            return False
+        kernel = self._kernel(host)
+        return kernel is None or not self._missing(rules, kernel["rules"])
+
+    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+        rules, persist = self._desired(params)
+        state = capture_file(host, persist)
+        lines_added = self._missing(rules, decode(state.get("content")).splitlines())
+        kernel = self._kernel(host)
+        data: Dict[str, Any] = {"persist": state, "lines_added": lines_added, "kernel": None}
+        if kernel is not None:
+            data["kernel"] = {
+                "immutable": kernel["immutable"],
+                "before": kernel["rules"],
+                "rules_added": self._missing(rules, kernel["rules"]),
+            }
+        return PreState(self.name, params, data)
+
+    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+        rules, persist = self._desired(params)
+        text = decode(host.read_bytes(persist))
+        lines = self._missing(rules, text.splitlines())
+        if lines:
+            host.write_file(persist, encode(merge_lines(text, lines)))
+        where = host.where(persist)
+        kernel = self._kernel(host)
+        if kernel is None:
+            if host.is_live:
+                return StepResult(self.name, ok=True, changed=bool(lines), staged=True,
+                                  detail=f"audit is not available here; rules persisted in {where} only")
+            return StepResult(self.name, ok=True, changed=bool(lines), detail=f"rules persisted in {where}")
+        if kernel["immutable"]:
+            return StepResult(self.name, ok=True, changed=bool(lines), staged=True,
+                              detail=f"audit configuration is immutable (enabled 2): rules persisted in {where}, loaded at next boot")
+        loaded = 0
+        for line in self._missing(rules, kernel["rules"]):
+            code, output = self._auditctl(host, shlex.split(line))
+            if code != 0 and "exists" not in output:
+                return StepResult(self.name, ok=False, changed=bool(lines or loaded), detail=f"auditctl {line}: {output}")
+            loaded += code == 0
+        return StepResult(self.name, ok=True, changed=bool(lines or loaded),
+                          detail=f"{len(lines)} line(s) persisted in {where}, {loaded} rule(s) loaded")
+
+    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
+        problems = self._rollback_file(host, pre.data["persist"], list(pre.data["lines_added"]))
+        kernel = pre.data["kernel"]
+        if kernel is not None and not kernel["immutable"]:
+            problems += self._rollback_kernel(host, list(kernel["before"]), list(kernel["rules_added"]))
+        return rollback_result(self.name, problems)
+
+    def _rollback_file(self, host: LocalHost, state: Mapping[str, Any], added: List[str]) -> List[str]:
+        path = str(state["path"])
+        try:
+            now = host.read_bytes(path)
+        except (KensaError, OSError) as exc:
+            return [f"reading {path} failed: {exc}"]
+        before = decode(state.get("content"))
+        if now is None or now == encode(merge_lines(before, added)):
+            return restore_file(host, state)
+        # Someone else edited the file since apply: take out only this step's lines.
+        lines = decode(now).splitlines(keepends=True)
+        for line in added:
+            wanted = rule_identity(line)
+            for index in range(len(lines) - 1, -1, -1):
+                if _identities([lines[index]]) == [wanted]:
+                    del lines[index]
+                    break
+        try:
+            host.write_file(path, encode("".join(lines)))
+            left = self._missing(added, decode(host.read_bytes(path)).splitlines())
+        except (KensaError, OSError) as exc:
+            return [f"removing kensa's lines from {path} failed: {exc}"]
+        if len(left) != len(added):
+            return [f"{path} still holds {len(added) - len(left)} of kensa's lines"]
+        return []
+
+    def _rollback_kernel(self, host: LocalHost, before: List[str], added: List[str]) -> List[str]:
+        problems = []
+        try:
+            kernel = self._kernel(host)
+            if kernel is None:
+                return ["audit is no longer available: cannot verify the kernel's rules"]
+            ours = set(_identities(added))
+            for line in (Counter(kernel["rules"]) - Counter(before)).elements():
+                if not ours.intersection(_identities([line])):
+                    continue
+                tokens = shlex.split(line)
+                code, output = self._auditctl(host, [_DELETE[tokens[0]], *tokens[1:]])
+                if code != 0:
+                    problems.append(f"auditctl could not delete {line!r}: {output}")
+            kernel = self._kernel(host)
+        except (KensaError, OSError, ValueError) as exc:
+            return [f"restoring the kernel's audit rules failed: {exc}"]
+        now = [] if kernel is None else kernel["rules"]
+        if now != before:
+            extra = list((Counter(now) - Counter(before)).elements())
+            gone = list((Counter(before) - Counter(now)).elements())
+            problems.append(f"auditctl -l differs from before: extra {extra}, missing {gone}")
+        return problems

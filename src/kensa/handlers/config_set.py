@@ -1,0 +1,118 @@
+"""config_set: a ``key value`` setting in an sshd_config-style file.
+
+Rules of the file format, as sshd reads it: blank lines and ``#`` lines are
+ignored; a key is the first word of a line (up to whitespace or ``=``) and compares
+case-insensitively; the first occurrence wins; everything from the first ``Match``
+line on is conditional, so a key there is not the global setting. ``Include``
+directives are not followed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+from ..host import LocalHost
+from ..model import PreState, RollbackResult, StepResult
+from .filestate import capture_file, restore_file, rollback_result
+from .params import ParamError, require_path, require_str, scalar_text
+
+_KEY = re.compile(r"[^\s=#]+")
+
+
+def _line_key(line: str, comments: Sequence[str]) -> Optional[str]:
+    text = line.strip()
+    if not text or text.startswith(tuple(comments)):
+        return None
+    match = _KEY.match(text)
+    return match.group(0) if match else None
+
+
+def _line_value(line: str, key: str, separator: str) -> str:
+    rest = line.strip()[len(key):].strip()
+    sep = separator.strip() or "="
+    if rest.startswith(sep):
+        rest = rest[len(sep):].strip()
+    return rest
+
+
+def _find(lines: Sequence[str], key: str, comments: Sequence[str]) -> Tuple[Optional[int], int]:
+    """Index of the global line setting ``key`` (or None), and where global lines end."""
+    for index, line in enumerate(lines):
+        found = _line_key(line, comments)
+        if found is None:
+            continue
+        if found.lower() == "match":
+            return None, index
+        if found.lower() == key.lower():
+            return index, index
+    return None, len(lines)
+
+
+def get_value(text: str, key: str, separator: str = " ", comments: Sequence[str] = ("#",)) -> Optional[str]:
+    """The global value of ``key`` in ``text``, or None when it is not set."""
+    lines = text.splitlines()
+    index, _ = _find(lines, key, comments)
+    return None if index is None else _line_value(lines[index], key, separator)
+
+
+def set_value(text: str, key: str, value: str, separator: str = " ", comments: Sequence[str] = ("#",)) -> str:
+    """``text`` with the global ``key`` set to ``value``: the first active line is
+    replaced, or a line is inserted before the first ``Match`` block, or appended."""
+    lines: List[str] = text.splitlines(keepends=True)
+    wanted = f"{key}{separator}{value}"
+    index, end = _find(lines, key, comments)
+    if index is not None:
+        old = lines[index]
+        lines[index] = wanted + old[len(old.rstrip("\r\n")):]
+    else:
+        if end == len(lines) and lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines.insert(end, wanted + "\n")
+    return "".join(lines)
+
+
+def decode(data: Optional[bytes]) -> str:
+    """File bytes as text that encodes back to the very same bytes."""
+    return "" if data is None else data.decode("utf-8", "surrogateescape")
+
+
+def encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+class ConfigSet:
+    """Set one key in a config file, creating the file (0644) when it does not exist."""
+
+    name = "config_set"
+    capturable = True
+
+    def _desired(self, params: Mapping[str, Any]) -> Tuple[str, str, str, str]:
+        path = require_path(self.name, params)
+        key = require_str(self.name, params, "key")
+        if not _KEY.fullmatch(key) or key.lower() == "match":
+            raise ParamError(f"{self.name}: key {key!r} must be one word without '=' or '#', and not 'Match'")
+        value = scalar_text(self.name, params, "value")
+        separator = scalar_text(self.name, params, "separator", " ")
+        if not separator:
+            raise ParamError(f"{self.name}: separator must not be empty")
+        return path, key, value, separator
+
+    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+        path, key, value, separator = self._desired(params)
+        return get_value(decode(host.read_bytes(path)), key, separator) == value.strip()
+
+    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+        return PreState(self.name, params, capture_file(host, self._desired(params)[0]))
+
+    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+        path, key, value, separator = self._desired(params)
+        old = host.read_bytes(path)
+        new = encode(set_value(decode(old), key, value, separator))
+        if new == old:
+            return StepResult(self.name, ok=True, changed=False)
+        host.write_file(path, new)
+        return StepResult(self.name, ok=True, changed=True, detail=f"set {key} in {host.where(path)}")
+
+    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
+        return rollback_result(self.name, restore_file(host, pre.data))

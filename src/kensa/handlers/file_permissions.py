@@ -1,0 +1,58 @@
+"""file_permissions: a file or directory has the given mode, owner and/or group."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, Mapping, Optional, Tuple
+
+from ..host import FileInfo, HostAccessError, LocalHost
+from ..model import PreState, RollbackResult, StepResult
+from .filestate import capture_meta, restore_meta, rollback_result
+from .params import ParamError, optional_id, optional_mode, require_path
+
+
+class FilePermissions:
+    """Change only the attributes asked for; the xattrs are captured too, because a
+    chown clears ``security.capability`` and a chmod rewrites a POSIX ACL's mask."""
+
+    name = "file_permissions"
+    capturable = True
+
+    def _desired(self, host: LocalHost, params: Mapping[str, Any]) -> Tuple[str, Optional[int], Optional[int], Optional[int]]:
+        path = require_path(self.name, params)
+        mode = optional_mode(self.name, params)
+        uid = optional_id(self.name, params, "owner", host)
+        gid = optional_id(self.name, params, "group", host)
+        if mode is None and uid is None and gid is None:
+            raise ParamError(f"{self.name}: give at least one of 'mode', 'owner', 'group' for {path}")
+        return path, mode, uid, gid
+
+    def _existing(self, host: LocalHost, path: str) -> FileInfo:
+        found = host.info(path)
+        if found is None:
+            raise HostAccessError(errno.ENOENT, f"{self.name}: {host.where(path)} does not exist")
+        return found
+
+    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+        path, mode, uid, gid = self._desired(host, params)
+        found = self._existing(host, path)
+        return (mode is None or found.mode == mode) and (uid is None or found.uid == uid) and (gid is None or found.gid == gid)
+
+    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+        path = self._desired(host, params)[0]
+        self._existing(host, path)
+        return PreState(self.name, params, capture_meta(host, path))
+
+    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+        path, mode, uid, gid = self._desired(host, params)
+        found = self._existing(host, path)
+        # Only touch what differs: a needless chown would drop file capabilities.
+        mode = None if mode == found.mode else mode
+        uid = None if uid == found.uid else uid
+        gid = None if gid == found.gid else gid
+        host.set_meta(path, mode=mode, uid=uid, gid=gid)
+        changed = (mode, uid, gid) != (None, None, None)
+        return StepResult(self.name, ok=True, changed=changed, detail=f"set attributes of {host.where(path)}" if changed else "")
+
+    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
+        return rollback_result(self.name, restore_meta(host, pre.data))

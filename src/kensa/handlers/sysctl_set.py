@@ -1,0 +1,86 @@
+"""sysctl_set: a kernel parameter has a value now (under /proc/sys) and after reboot.
+
+The runtime value lives in the target root's ``/proc/sys/<key with dots as
+slashes>`` (a key already written with slashes is used as is, which is how sysctl
+spells components that contain dots, such as VLAN interface names). The persisted
+value is a ``key = value`` line in ``persist_file``, by default
+``/etc/sysctl.d/99-kensa-<key>.conf`` inside the root. Values compare with their
+whitespace collapsed, as the kernel prints multi-field values tab-separated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional, Tuple
+
+from ..host import LocalHost
+from ..model import KensaError, PreState, RollbackResult, StepResult
+from .config_set import decode, encode, get_value, set_value
+from .filestate import capture_file, restore_file, rollback_result
+from .params import ParamError, require_path, require_str, scalar_text
+
+_SYSCTL_KEY = re.compile(r"[A-Za-z0-9_\-]+([./][A-Za-z0-9_\-.]+)*")
+_COMMENTS = ("#", ";")
+
+
+def _normal(value: str) -> str:
+    return " ".join(value.split())
+
+
+class SysctlSet:
+    """Write the runtime value and persist it; rollback restores both."""
+
+    name = "sysctl_set"
+    capturable = True
+
+    def _desired(self, params: Mapping[str, Any]) -> Tuple[str, str, str, str]:
+        key = require_str(self.name, params, "key")
+        if not _SYSCTL_KEY.fullmatch(key) or ".." in key.replace(".", "/").split("/") or key.startswith("/"):
+            raise ParamError(f"{self.name}: {key!r} is not a sysctl key like 'net.ipv4.ip_forward'")
+        value = _normal(scalar_text(self.name, params, "value"))
+        if not value:
+            raise ParamError(f"{self.name}: value for {key} must not be empty")
+        runtime = "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
+        if "persist_file" in params:
+            persist = require_path(self.name, params, "persist_file")
+        else:
+            persist = f"/etc/sysctl.d/99-kensa-{key.replace('/', '.')}.conf"
+        return key, value, runtime, persist
+
+    def _runtime(self, host: LocalHost, key: str, path: str) -> str:
+        data = host.read_bytes(path)
+        if data is None:
+            raise ParamError(f"{self.name}: the kernel has no parameter {key} ({host.where(path)} does not exist)")
+        return _normal(data.decode("utf-8", "replace"))
+
+    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+        key, value, runtime, persist = self._desired(params)
+        persisted = get_value(decode(host.read_bytes(persist)), key, " = ", _COMMENTS)
+        return self._runtime(host, key, runtime) == value and persisted is not None and _normal(persisted) == value
+
+    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+        key, _, runtime, persist = self._desired(params)
+        data = {"key": key, "runtime_path": runtime, "runtime": self._runtime(host, key, runtime), "persist": capture_file(host, persist)}
+        return PreState(self.name, params, data)
+
+    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+        key, value, runtime, persist = self._desired(params)
+        self._runtime(host, key, runtime)  # an unknown key is refused before anything is written
+        old = host.read_bytes(persist)
+        new = encode(set_value(decode(old), key, value, " = ", _COMMENTS))
+        if new != old:
+            host.write_file(persist, new)
+        host.write_in_place(runtime, (value + "\n").encode())
+        return StepResult(self.name, ok=True, changed=True, detail=f"{key} = {value}, persisted in {host.where(persist)}")
+
+    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
+        key, path, before = str(pre.data["key"]), str(pre.data["runtime_path"]), str(pre.data["runtime"])
+        problems = restore_file(host, pre.data["persist"])
+        try:
+            host.write_in_place(path, (before + "\n").encode())
+            now = self._runtime(host, key, path)
+            if now != before:
+                problems.append(f"{key} reads back as {now!r}, expected {before!r}")
+        except (KensaError, OSError) as exc:
+            problems.append(f"restoring {key} to {before!r} failed: {exc}")
+        return rollback_result(self.name, problems)
