@@ -13,11 +13,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
-from kensa.handlers import ParamError, default_registry
+from kensa.engine import Engine
+from kensa.handlers import FileContent, ParamError, default_registry
 from kensa.handlers.audit_rule_set import rule_identity
 from kensa.handlers.config_set import get_value, set_value
-from kensa.host import HostAccessError, LocalHost, PathEscapeError
-from kensa.model import KensaError, PreState
+from kensa.host import HostAccessError, LocalHost, PathEscapeError, resolve_host
+from kensa.model import KensaError, PreState, Status, Step, Transaction
 
 REGISTRY = default_registry()
 IS_ROOT = os.geteuid() == 0
@@ -549,3 +550,60 @@ def test_default_registry_covers_every_mechanism() -> None:
     ])
     assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec"]
     assert all(h.name == name for name, h in REGISTRY.items())
+
+
+class NeverHolds(FileContent):
+    """file_content whose desired state never verifies (as if a daemon rewrote the file at once)."""
+
+    name = "file_content_never_holds"
+
+    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+        return False
+
+
+def engine_steps(root: Path) -> List[Step]:
+    (root / "etc/hosts.equiv").write_text("+ +\n")
+    owner = {"owner": "alice", "group": "staff"} if IS_ROOT else {}
+    return [
+        Step("file_content", {"path": "/etc/motd", "content": "hello\n", "mode": "0600", **owner}),
+        Step("file_content", {"path": "/etc/issue", "content": "changed\n"}),
+        Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}),
+        Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "MaxAuthTries", "value": 4}),
+        Step("config_append", {"path": "/etc/ssh/sshd_config", "line": "# managed by kensa"}),
+        Step("config_set", {"path": "/etc/pwquality.conf", "key": "minlen", "value": 14, "separator": " = "}),
+        Step("sysctl_set", {"key": "vm.swappiness", "value": 10}),
+        Step("audit_rule_set", {"rule": AUDIT_RULES}),
+        Step("file_permissions", {"path": "/srv/data", "mode": "0700"}),
+        Step("file_absent", {"path": "/etc/hosts.equiv"}),
+    ]
+
+
+def test_engine_rolls_back_every_handler_when_the_last_step_fails_validation(tree: Path) -> None:
+    """A real Engine transaction mixing every capturable handler, whose last step fails validation,
+    rolls all of them back: the tree is identical to the snapshot and the result says so."""
+    registry: Dict[str, Any] = dict(REGISTRY)
+    registry[NeverHolds.name] = NeverHolds()
+    steps = engine_steps(tree / "root")
+    steps.append(Step(NeverHolds.name, {"path": "/etc/banner", "content": "x\n"}))
+    before = snapshot(tree)
+    result = Engine(registry, hosts=resolve_host).run(Transaction("mixed", tuple(steps), host=str(tree / "root")))
+    assert result.status is Status.ROLLED_BACK, result.error
+    assert result.host_unchanged
+    assert len(result.rollbacks) == len(steps) and all(rb.ok for rb in result.rollbacks), result.rollbacks
+    assert snapshot(tree) == before
+
+
+def test_engine_commits_every_handler_with_exactly_the_intended_changes(tree: Path) -> None:
+    """The same transaction without the failing step commits, changing exactly the paths its steps name."""
+    steps = engine_steps(tree / "root")
+    before = snapshot(tree)
+    result = Engine(REGISTRY, hosts=resolve_host).run(Transaction("mixed", tuple(steps), host=str(tree / "root")))
+    assert result.status is Status.COMMITTED, result.error
+    assert changed_paths(before, snapshot(tree)) == {
+        "root/etc/motd", "root/etc/issue", "root/etc/ssh/sshd_config", "root/etc/pwquality.conf",
+        "root/proc/sys/vm/swappiness", "root/etc/sysctl.d/99-kensa-vm.swappiness.conf",
+        "root/etc/audit/rules.d/99-kensa.rules", "root/srv/data", "root/etc/hosts.equiv",
+    }
+    check_issue_rewritten(tree / "root")
+    check_sysctl(tree / "root")
+    check_audit_new_file(tree / "root")
