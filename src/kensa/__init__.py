@@ -1,6 +1,7 @@
 """kensa: remediate Linux hosts as atomic transactions, audited at every phase."""
 
 from ._version import __version__
+from .engine import Engine, Registry, default_engine
 from .model import (
     KensaError,
     Phase,
@@ -16,9 +17,11 @@ from .model import (
 
 __all__ = [
     "__version__",
+    "Engine",
     "KensaError",
     "Phase",
     "PreState",
+    "Registry",
     "RollbackResult",
     "Status",
     "Step",
@@ -26,4 +29,5 @@ __all__ = [
     "Transaction",
     "TransactionError",
     "TransactionResult",
+    "default_engine",
 ]
