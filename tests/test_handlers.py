@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import pytest
 
@@ -66,7 +66,7 @@ def snapshot(top: Path) -> Dict[str, Tuple[Any, ...]]:
     return found
 
 
-def changed_paths(before: Mapping[str, Any], after: Mapping[str, Any]) -> set:
+def changed_paths(before: Mapping[str, Any], after: Mapping[str, Any]) -> Set[str]:
     return {key for key in set(before) | set(after) if before.get(key) != after.get(key)}
 
 
@@ -253,7 +253,7 @@ def needs_root_for_owner(params: Mapping[str, Any]) -> None:
 
 @pytest.mark.parametrize("mechanism, params, changes, check", CASES)
 def test_apply_validate_rollback_restores_the_tree_exactly(
-    tree: Path, mechanism: str, params: Dict[str, Any], changes: set, check: Callable[[Path], None]
+    tree: Path, mechanism: str, params: Dict[str, Any], changes: Set[str], check: Callable[[Path], None]
 ) -> None:
     """capture -> apply -> validate -> rollback leaves root and outside byte-for-byte, mode, owner and xattr identical."""
     needs_root_for_owner(params)
@@ -273,7 +273,7 @@ def test_apply_validate_rollback_restores_the_tree_exactly(
 
 @pytest.mark.parametrize("mechanism, params, changes, check", CASES)
 def test_apply_then_keep_makes_exactly_the_intended_change(
-    tree: Path, mechanism: str, params: Dict[str, Any], changes: set, check: Callable[[Path], None]
+    tree: Path, mechanism: str, params: Dict[str, Any], changes: Set[str], check: Callable[[Path], None]
 ) -> None:
     """apply -> validate, kept, changes exactly the intended paths and nothing else; a second apply is a no-op."""
     needs_root_for_owner(params)
@@ -292,7 +292,7 @@ def test_apply_then_keep_makes_exactly_the_intended_change(
 
 @pytest.mark.parametrize("mechanism, params, changes, check", CASES)
 def test_rollback_works_from_the_journaled_pre_state_in_a_fresh_process(
-    tree: Path, mechanism: str, params: Dict[str, Any], changes: set, check: Callable[[Path], None]
+    tree: Path, mechanism: str, params: Dict[str, Any], changes: Set[str], check: Callable[[Path], None]
 ) -> None:
     """The pre-state, stored as JSON plus bytes and read by a new interpreter, restores the tree exactly."""
     needs_root_for_owner(params)
@@ -381,6 +381,7 @@ BAD_PARAMS = [
     ("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": False}),
     ("config_set", {"path": "/etc/ssh/sshd_config", "key": "Banner", "value": "a\nEvil yes"}),
     ("config_set", {"path": "/etc/ssh/sshd_config", "key": "two words", "value": "x"}),
+    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "Banner", "value": "=none"}),
     ("config_append", {"path": "/etc/issue", "line": "one\ntwo"}),
     ("config_append", {"path": "/etc/issue"}),
     ("sysctl_set", {"key": "../../etc/passwd", "value": 1}),
@@ -391,6 +392,7 @@ BAD_PARAMS = [
     ("audit_rule_set", {"rule": ["-w /etc/passwd -p wa", "-W /etc/passwd"]}),
     ("audit_rule_set", {"rule": "-w '/etc/passwd -p wa"}),
     ("audit_rule_set", {"rule": 5}),
+    ("command_exec", {"run": "touch /tmp/kensa-must-not-exist"}),
     ("command_exec", {"command": "touch /tmp/kensa-must-not-exist"}),
 ]
 
@@ -400,7 +402,7 @@ def test_bad_input_is_a_clear_kensa_error_and_changes_nothing(tree: Path, mechan
     """Missing, ill-typed or unusable parameters raise a KensaError from validate, capture and apply; nothing changes."""
     handler, host = REGISTRY[mechanism], LocalHost(str(tree / "root"))
     before = snapshot(tree)
-    calls = [lambda: handler.validate(host, params), lambda: handler.apply(host, params, None)]
+    calls: List[Callable[[], object]] = [lambda: handler.validate(host, params), lambda: handler.apply(host, params, None)]
     if handler.capturable:
         calls.append(lambda: handler.capture(host, params))
     for call in calls:
@@ -532,13 +534,14 @@ def test_command_exec_runs_without_a_shell_and_honours_unless(tmp_path: Path) ->
     handler, host = REGISTRY["command_exec"], LocalHost("/")
     assert handler.capturable is False
     marker = tmp_path / "made; echo injected"
-    params = {"command": f"touch '{marker}'"}
+    params = {"run": f"touch '{marker}'"}
     assert handler.validate(host, params) is False
     assert handler.apply(host, params, None).ok
     assert marker.exists() and sorted(os.listdir(tmp_path)) == [marker.name]
-    assert handler.validate(host, {"command": "true", "unless": f"test -e '{marker}'"}) is True
-    assert handler.validate(host, {"command": "true", "unless": "false"}) is False
-    failed = handler.apply(host, {"command": "sh -c 'echo boom >&2; exit 3'"}, None)
+    assert handler.validate(host, {"run": "true", "unless": f"test -e '{marker}'"}) is True
+    assert handler.validate(host, {"run": "true", "unless": "false"}) is False
+    assert handler.validate(host, {"command": "true", "unless": "true"}) is True
+    failed = handler.apply(host, {"run": "sh -c 'echo boom >&2; exit 3'"}, None)
     assert not failed.ok and "exit status 3" in failed.detail and "boom" in failed.detail
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Callable, List
 
 import pytest
 
@@ -62,12 +63,13 @@ def test_a_symlink_as_final_component_is_never_read_or_written_through(root: Pat
     (root / "etc" / "link").symlink_to(root.parent / "outside" / "secret")
     os.chmod(root.parent / "outside" / "secret", 0o644)
     host = LocalHost(str(root))
-    for call in (
+    calls: List[Callable[[], object]] = [
         lambda: host.read_bytes("/etc/link"),
         lambda: host.set_meta("/etc/link", mode=0o600),
         lambda: host.remove_file("/etc/link"),
         lambda: host.write_in_place("/etc/link", b"x"),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(PathEscapeError):
             call()
     assert (root.parent / "outside" / "secret").read_text() == "outside\n"

@@ -32,7 +32,7 @@ import secrets
 import stat
 import subprocess
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple
 
 from .model import KensaError
 
@@ -61,11 +61,14 @@ class HostSelectionError(KensaError, ValueError):
     """A host key does not name a usable local target."""
 
 
+FileKind = Literal["file", "dir"]
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """What exists at a path: kind, permissions, ownership, xattrs, and a file's bytes."""
 
-    kind: str  # "file" or "dir"
+    kind: FileKind
     mode: int  # permission bits only (stat.S_IMODE)
     uid: int
     gid: int
@@ -223,6 +226,7 @@ class LocalHost:
                 return None
             try:
                 st = os.fstat(fd)
+                kind: FileKind
                 if stat.S_ISREG(st.st_mode):
                     kind = "file"
                 elif stat.S_ISDIR(st.st_mode):

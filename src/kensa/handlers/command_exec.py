@@ -1,6 +1,7 @@
 """command_exec: run a command on the live host. Not capturable: it cannot be undone.
 
-The command is split with shlex and run without a shell, under a timeout. With an
+The command (``run``, as Kensa's rules spell it, or ``command``) is split with
+shlex and run without a shell, under a timeout. With an
 ``unless`` command, the step counts as already compliant when ``unless`` exits 0;
 without one, validate reports False, so the engine always runs the command.
 """
@@ -33,6 +34,9 @@ class CommandExec:
             raise ParamError(f"{self.name}: {key} {text!r} is empty")
         return argv
 
+    def _command(self, params: Mapping[str, Any]) -> List[str]:
+        return self._argv(params, "run" if "run" in params else "command")
+
     def _timeout(self, params: Mapping[str, Any]) -> float:
         value = params.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -45,7 +49,7 @@ class CommandExec:
 
     def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
         self._live(host)
-        self._argv(params, "command")  # bad params are refused here, before anything runs
+        self._command(params)  # bad params are refused here, before anything runs
         timeout = self._timeout(params)
         if params.get("unless") is None:
             return False
@@ -53,7 +57,7 @@ class CommandExec:
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         self._live(host)
-        argv = self._argv(params, "command")
+        argv = self._command(params)
         done = host.run(argv, self._timeout(params))
         output = (done.stdout + done.stderr).strip()
         detail = f"exit status {done.returncode}" + (f": {output[-500:]}" if output else "")

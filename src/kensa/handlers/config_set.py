@@ -96,6 +96,9 @@ class ConfigSet:
         separator = scalar_text(self.name, params, "separator", " ")
         if not separator:
             raise ParamError(f"{self.name}: separator must not be empty")
+        if value.strip().startswith(separator.strip() or "="):
+            # "Key =x" reads back as x: such a value could never verify.
+            raise ParamError(f"{self.name}: value {value!r} for {key} must not start with the separator")
         return path, key, value, separator
 
     def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
