@@ -240,7 +240,7 @@ CASES: List[Any] = [
     pytest.param("audit_rule_set", {"rule": AUDIT_RULES}, {"root/etc/audit/rules.d/99-kensa.rules"}, check_audit_new_file,
                  id="audit_rule_set-new-file"),
     pytest.param("audit_rule_set",
-                 {"rule": ["-w /etc/shadow -p wa -k identity", "-w /etc/group -p wa -k identity"],
+                 {"rule": ["-w /etc/shadow -p wa -k identity", "-w /etc/group -p wa -k identity", "-w /etc/group/ -p aw -k identity"],
                   "persist_file": "/etc/audit/rules.d/audit.rules"},
                  {"root/etc/audit/rules.d/audit.rules"}, check_audit_merged, id="audit_rule_set-merge"),
 ]

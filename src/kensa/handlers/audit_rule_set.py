@@ -105,11 +105,13 @@ class AuditRuleSet:
         rules = [line.strip() for line in candidates if line.strip() and not line.strip().startswith("#")]
         if not rules:
             raise ParamError(f"{self.name}: parameter 'rule' holds no rule")
+        unique: Dict[Tuple[Any, ...], str] = {}
         for line in rules:
             try:
-                rule_identity(line)
+                unique.setdefault(rule_identity(line), line)
             except ValueError as exc:  # shlex: unbalanced quotes
                 raise ParamError(f"{self.name}: cannot parse rule {line!r}: {exc}") from exc
+        rules = list(unique.values())
         persist = require_path(self.name, params, "persist_file") if "persist_file" in params else DEFAULT_PERSIST_FILE
         return rules, persist
 
