@@ -505,6 +505,7 @@ _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$")
 _FAMILY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _CAPABILITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _MODE = re.compile(r"^[0-7]{3,4}$")
+_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _ACCOUNT = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})$")
 _CONFIG_KEY = re.compile(r"^[^\s#;=][^\s=]{0,255}$")
 _SYSCTL_KEY = re.compile(r"^[A-Za-z0-9_-]+(?:[./][A-Za-z0-9_:@-]+){0,31}$")
@@ -617,6 +618,11 @@ _account = _matching(_ACCOUNT, "a user or group name or numeric id")
 _config_key = _matching(_CONFIG_KEY, "a configuration key (one word, no '=' or spaces)")
 _sysctl_key = _matching(_SYSCTL_KEY, "a sysctl parameter name such as 'net.ipv4.ip_forward'")
 _capability = _matching(_CAPABILITY, "a capability name")
+_category = _matching(_CATEGORY, "a category such as 'access-control'")
+_family = _matching(_FAMILY, "an OS family such as 'rhel'")
+_tag = _matching(_TAG, "a tag")
+_rule_id = _matching(RULE_ID_PATTERN, "a rule id")
+_name = _matching(_NAME, "a name (letters, digits and '_')")
 
 
 @dataclass(frozen=True)
@@ -684,13 +690,6 @@ def _suggestion(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _name_field(doc: _Document, path: FieldPath, value: Any) -> str:
-    text = _expect_str(doc, path, value)
-    if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", text):
-        raise doc.error(path, f"{text[:80]!r} is not a name (letters, digits and '_')")
-    return text
-
-
 def _apply_schema(
     doc: _Document, path: FieldPath, fields: Mapping[str, Any], schema: _Schema, what: str
 ) -> Tuple[Dict[str, Any], List[str]]:
@@ -728,81 +727,84 @@ def _unsupported_name(
     return f"unknown {kind} '{name}' ({where}){_suggestion(name, {*supported, *known})}"
 
 
-def _parse_step(
-    doc: _Document, path: FieldPath, value: Any, mechanisms: AbstractSet[str]
-) -> Tuple[Step, List[str]]:
+def _parse_entry(
+    doc: _Document,
+    path: FieldPath,
+    value: Any,
+    name_field: str,
+    kind: str,
+    supported: AbstractSet[str],
+    known: AbstractSet[str],
+    schemas: Mapping[str, _Schema],
+) -> Tuple[str, Dict[str, Any], List[str]]:
+    """A mechanism step or a check: its name, its fields, and why it is unsupported (if it is)."""
     fields = _mapping(doc, path, value)
-    mechanism = _name_field(doc, path + ("mechanism",), _required(doc, path, fields, "mechanism"))
-    rest = {name: field_value for name, field_value in fields.items() if name != "mechanism"}
-    if mechanism not in mechanisms:
-        reason = _unsupported_name(
-            "mechanism",
-            mechanism,
-            path + ("mechanism",),
-            mechanisms,
-            _KENSA_MECHANISMS | SUPPORTED_MECHANISMS,
-        )
-        return Step(mechanism, rest), [reason]
-    schema = _MECHANISM_SCHEMAS.get(mechanism)
+    name = _name(doc, path + (name_field,), _required(doc, path, fields, name_field))
+    rest = {key: field_value for key, field_value in fields.items() if key != name_field}
+    if name not in supported:
+        return name, rest, [_unsupported_name(kind, name, path + (name_field,), supported, known)]
+    schema = schemas.get(name)
     if schema is None:
-        # A mechanism the caller supports but this loader has no field list for.
-        return Step(mechanism, rest), []
-    params, unsupported = _apply_schema(doc, path, rest, schema, f"mechanism '{mechanism}'")
-    return Step(mechanism, params), unsupported
+        # A name the caller supports but this loader has no field list for.
+        return name, rest, []
+    params, reasons = _apply_schema(doc, path, rest, schema, f"{kind} '{name}'")
+    return name, params, reasons
 
 
-def _parse_check_entry(doc: _Document, path: FieldPath, value: Any, methods: AbstractSet[str]) -> Check:
+def _one_or_many(
+    doc: _Document, path: FieldPath, value: Any, list_field: str, name_field: str, what: str
+) -> List[Tuple[FieldPath, Any]]:
+    """Kensa's two forms: a single entry written inline, or ``list_field: [entries]``."""
     fields = _mapping(doc, path, value)
-    method = _name_field(doc, path + ("method",), _required(doc, path, fields, "method"))
-    rest = {name: field_value for name, field_value in fields.items() if name != "method"}
-    if method not in methods:
-        reason = _unsupported_name(
-            "check method",
-            method,
-            path + ("method",),
-            methods,
-            _KENSA_CHECK_METHODS | SUPPORTED_CHECK_METHODS,
+    if list_field not in fields:
+        return [(path, fields)]
+    if len(fields) != 1:
+        extra = sorted(name for name in fields if name != list_field)[0]
+        raise doc.error(
+            path + (extra,), f"{what} has either '{list_field}' or '{name_field}' with its fields, not both"
         )
-        return Check(method, rest, supported=False, unsupported_reason=reason)
-    schema = _CHECK_SCHEMAS.get(method)
-    if schema is None:
-        return Check(method, rest)
-    params, unsupported = _apply_schema(doc, path, rest, schema, f"check method '{method}'")
-    return Check(method, params, supported=not unsupported, unsupported_reason="; ".join(unsupported))
+    entries = _sequence(doc, path + (list_field,), fields[list_field], non_empty=True)
+    return [(path + (list_field, i), entry) for i, entry in enumerate(entries)]
 
 
 def _parse_checks(
     doc: _Document, path: FieldPath, value: Any, methods: AbstractSet[str]
 ) -> Tuple[Check, ...]:
-    fields = _mapping(doc, path, value)
-    if "checks" in fields:
-        if len(fields) != 1:
-            extra = sorted(name for name in fields if name != "checks")[0]
-            raise doc.error(
-                path + (extra,), "a check has either 'checks' or 'method' with its fields, not both"
-            )
-        entries = _sequence(doc, path + ("checks",), fields["checks"], non_empty=True)
-        return tuple(
-            _parse_check_entry(doc, path + ("checks", i), entry, methods) for i, entry in enumerate(entries)
+    checks = []
+    for entry_path, entry in _one_or_many(doc, path, value, "checks", "method", "a check"):
+        method, params, reasons = _parse_entry(
+            doc,
+            entry_path,
+            entry,
+            "method",
+            "check method",
+            methods,
+            _KENSA_CHECK_METHODS | SUPPORTED_CHECK_METHODS,
+            _CHECK_SCHEMAS,
         )
-    return (_parse_check_entry(doc, path, fields, methods),)
+        checks.append(Check(method, params, supported=not reasons, unsupported_reason="; ".join(reasons)))
+    return tuple(checks)
 
 
 def _parse_remediation(
     doc: _Document, path: FieldPath, value: Any, mechanisms: AbstractSet[str]
 ) -> Tuple[Tuple[Step, ...], List[str]]:
-    fields = _mapping(doc, path, value)
-    if "steps" in fields:
-        if len(fields) != 1:
-            extra = sorted(name for name in fields if name != "steps")[0]
-            raise doc.error(
-                path + (extra,), "a remediation has either 'steps' or 'mechanism' with its fields, not both"
-            )
-        entries = _sequence(doc, path + ("steps",), fields["steps"], non_empty=True)
-        parsed = [_parse_step(doc, path + ("steps", i), entry, mechanisms) for i, entry in enumerate(entries)]
-    else:
-        parsed = [_parse_step(doc, path, fields, mechanisms)]
-    return tuple(step for step, _ in parsed), [reason for _, reasons in parsed for reason in reasons]
+    steps = []
+    all_reasons: List[str] = []
+    for entry_path, entry in _one_or_many(doc, path, value, "steps", "mechanism", "a remediation"):
+        mechanism, params, reasons = _parse_entry(
+            doc,
+            entry_path,
+            entry,
+            "mechanism",
+            "mechanism",
+            mechanisms,
+            _KENSA_MECHANISMS | SUPPORTED_MECHANISMS,
+            _MECHANISM_SCHEMAS,
+        )
+        steps.append(Step(mechanism, params))
+        all_reasons += reasons
+    return tuple(steps), all_reasons
 
 
 def _capability_list(doc: _Document, path: FieldPath, value: Any) -> Tuple[str, ...]:
@@ -819,7 +821,7 @@ def _parse_gate(doc: _Document, path: FieldPath, value: Any) -> CapabilityGate:
         raise doc.error(
             path, f"expected a capability name or a mapping of all, any or not, got {_type_name(value)}"
         )
-    fields = value
+    fields: Dict[str, Any] = value
     unknown = sorted(set(fields) - {"all", "any", "not"})
     if unknown:
         raise doc.error(
@@ -876,9 +878,7 @@ def _parse_platform(doc: _Document, path: FieldPath, value: Any) -> Platform:
             raise doc.error(
                 path + (name,), "unknown field; a platform has: family, min_version, max_version, derivatives"
             )
-    family = _matching(_FAMILY, "an OS family such as 'rhel'")(
-        doc, path + ("family",), _required(doc, path, fields, "family")
-    )
+    family = _family(doc, path + ("family",), _required(doc, path, fields, "family"))
     versions: Dict[str, Optional[int]] = {"min_version": None, "max_version": None}
     for name in versions:
         if name in fields:
@@ -946,26 +946,20 @@ def _parse_document(
         raise doc.error(
             ("severity",), f"{severity_text[:40]!r} is not one of: low, medium, high, critical"
         ) from None
-    category = (
-        _matching(_CATEGORY, "a category such as 'access-control'")(doc, ("category",), value["category"])
-        if "category" in value
-        else ""
-    )
+    category = _category(doc, ("category",), value["category"]) if "category" in value else ""
     description = _any_text(doc, ("description",), value["description"]) if "description" in value else ""
-    for text_field in ("rationale",):
-        if text_field in value:
-            _any_text(doc, (text_field,), value[text_field])
+    if "rationale" in value:
+        _any_text(doc, ("rationale",), value["rationale"])
     for id_list in ("depends_on", "conflicts_with", "supersedes"):
         if id_list in value:
             for i, other in enumerate(_sequence(doc, (id_list,), value[id_list])):
-                _matching(RULE_ID_PATTERN, "a rule id")(doc, (id_list, i), other)
+                _rule_id(doc, (id_list, i), other)
     if "references" in value:
         _mapping(doc, ("references",), value["references"])
     tags: Tuple[str, ...] = ()
     if "tags" in value:
         tags = tuple(
-            _matching(_TAG, "a tag")(doc, ("tags", i), tag)
-            for i, tag in enumerate(_sequence(doc, ("tags",), value["tags"]))
+            _tag(doc, ("tags", i), tag) for i, tag in enumerate(_sequence(doc, ("tags",), value["tags"]))
         )
     transactional = (
         _boolean(doc, ("transactional",), value["transactional"]) if "transactional" in value else True
