@@ -1,0 +1,791 @@
+"""The SQLite journal: exact storage, recovery queries, schema, threads, locks, failures."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kensa import journal as journal_module
+from kensa.journal import (
+    SCHEMA_VERSION,
+    JournalEntryNotFound,
+    JournalError,
+    JournalLock,
+    JournalLockTimeout,
+    SqliteJournal,
+    default_journal_path,
+)
+from kensa.model import (
+    KensaError,
+    Phase,
+    PreState,
+    RollbackResult,
+    Status,
+    Step,
+    StepResult,
+    Transaction,
+    TransactionError,
+    TransactionResult,
+)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("KENSA_REQUIRE_AUDIT") == "1":
+            pytest.fail("this test needs root (it mounts a tmpfs) and KENSA_REQUIRE_AUDIT=1 requires it to run")
+        pytest.skip("needs root to mount a tmpfs")
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[SqliteJournal]:
+    with SqliteJournal(tmp_path / "journal.db") as opened:
+        yield opened
+
+
+def make_txn(rule: str = "rule-1", host: str = "localhost", steps: int = 1) -> Transaction:
+    return Transaction(rule=rule, host=host, steps=tuple(Step("file", {"path": f"/etc/f{i}"}) for i in range(steps)))
+
+
+def make_pre(index: int = 0) -> PreState:
+    return PreState("file", {"path": f"/etc/f{index}"}, {"content": b"old\n", "mode": 0o644})
+
+
+def make_result(txn: Transaction, status: Status = Status.COMMITTED, **changes: Any) -> TransactionResult:
+    fields: dict[str, Any] = dict(
+        txn_id=txn.id,
+        rule=txn.rule,
+        host=txn.host,
+        status=status,
+        host_unchanged=status is not Status.COMMITTED,
+    )
+    fields.update(changes)
+    return TransactionResult(**fields)
+
+
+@contextlib.contextmanager
+def tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
+    require_root()
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+# --- exact storage -------------------------------------------------------------
+
+
+def test_every_field_of_transaction_pre_state_and_result_reads_back_equal(journal: SqliteJournal) -> None:
+    """Steps, params, pre-states (bytes with NULs, non-UTF-8, nested dicts, tag-like keys, key order) and every result field round-trip."""
+    txn = Transaction(
+        rule="sshd-permit-root-login",
+        host="web-01",
+        transactional=False,
+        steps=(
+            Step("file", {"path": "/etc/ssh/sshd_config", "mode": 0o600, "marker": b"\x00\xff"}),
+            Step("service", {"name": "sshd", "args": ["reload", None, True, 1.5]}),
+            Step("sysctl", {}),
+        ),
+    )
+    data = {
+        "zeta": b"\x00\x01\xfe\xff binary \x00",
+        "alpha": b"\xc3\x28 not utf-8",
+        "nested": {"z": {"deep": [b"\x00", {"k": None}], "e": ""}, "a": [1, -2, 2**70, 1e308, -0.0]},
+        "$bytes": "a key that looks like a tag",
+        "$dict": {"$bytes": b"tag-like key holding bytes"},
+        "text": "caf\u00e9 \u2603 \x00 nul",
+        "flags": [True, False, None],
+        "empty": {},
+    }
+    pre_states = [
+        PreState("file", {"path": "/etc/ssh/sshd_config"}, data),
+        PreState("service", {"name": "sshd"}, {"active": True, "enabled": b""}),
+        None,
+    ]
+    journal.begin(txn, pre_states)
+    result = TransactionResult(
+        txn_id=txn.id,
+        rule=txn.rule,
+        host=txn.host,
+        status=Status.ROLLBACK_FAILED,
+        host_unchanged=False,
+        timings={Phase.CAPTURE: 0.001, Phase.APPLY: 0.25, Phase.ROLLBACK: 1 / 3},
+        steps=(StepResult("file", ok=True, changed=True, staged=False, detail="written"), StepResult("service", ok=False)),
+        rollbacks=(RollbackResult("file", ok=False, detail="read-back differs"),),
+        error=TransactionError(type="OSError", message="[Errno 5] I/O error: '/etc/x'", phase=Phase.APPLY),
+    )
+    journal.finish(result)
+
+    entry = journal.get(txn.id)
+
+    assert entry.txn == txn
+    assert entry.pre_states == tuple(pre_states)
+    assert entry.result == result
+    assert entry.intent_recorded and not entry.recovered and not entry.interrupted
+    assert entry.later_rollback is None and entry.later_rollback_at is None
+    assert entry.finished is not None and entry.finished >= entry.created
+    stored = entry.pre_states[0]
+    assert stored is not None
+    assert list(stored.data) == list(data)
+    assert list(stored.data["nested"]) == ["z", "a"]
+    assert type(stored.data["zeta"]) is bytes
+    assert list(result.timings) == list(entry.result.timings)
+
+
+def test_strings_that_are_not_utf8_round_trip(journal: SqliteJournal) -> None:
+    """Lone surrogates (os.fsdecode of non-UTF-8 paths) in ids, names, params and messages are stored exactly."""
+    odd = os.fsdecode(b"/etc/\xff\xfe")
+    txn = Transaction(rule="rule-" + odd, host="host-" + odd, steps=(Step("file", {odd: odd}),), id="id-" + odd)
+    pre = PreState("file", {"path": odd}, {odd: [odd]})
+    journal.begin(txn, [pre])
+    result = make_result(
+        txn,
+        Status.ROLLED_BACK,
+        error=TransactionError("OSError", f"cannot write {odd}", Phase.VALIDATE),
+        steps=(StepResult("file", ok=False, detail=odd),),
+    )
+    journal.finish(result)
+
+    entry = journal.get(txn.id)
+
+    assert (entry.txn, entry.pre_states, entry.result) == (txn, (pre,), result)
+    assert journal.history(host=txn.host, rule=txn.rule) == [entry]
+
+
+json_like = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+def test_any_json_like_pre_state_reads_back_equal(tmp_path: Path) -> None:
+    """Whatever JSON-like data (with bytes) a handler captures, the journal gives back an equal PreState."""
+    with SqliteJournal(tmp_path / "journal.db") as journal:
+
+        @settings(max_examples=150, deadline=None)
+        @given(st.dictionaries(st.text(max_size=8), json_like, max_size=5))
+        def check(data: dict[str, Any]) -> None:
+            txn = make_txn()
+            pre = PreState("file", {"path": "/etc/f0"}, data)
+            journal.begin(txn, [pre])
+            stored = journal.get(txn.id).pre_states[0]
+            assert stored == pre
+            assert stored is not None and list(stored.data) == list(data)
+
+        check()
+
+
+def test_values_that_cannot_be_stored_exactly_are_refused_before_anything_is_written(journal: SqliteJournal) -> None:
+    """A set or a non-str dict key in a pre-state raises JournalError naming the transaction and where; no intent is recorded."""
+    txn = make_txn()
+    with pytest.raises(JournalError, match=rf"{txn.id}.*\['files'\]\[1\]: \{{1\}}"):
+        journal.begin(txn, [PreState("file", {}, {"files": [1, {1}]})])
+    with pytest.raises(JournalError, match=r"\['modes'\]: 1 \(int\)"):
+        journal.begin(txn, [PreState("file", {}, {"modes": {1: "x"}})])
+    with pytest.raises(JournalEntryNotFound):
+        journal.get(txn.id)
+
+
+def test_begin_needs_one_pre_state_per_step(journal: SqliteJournal) -> None:
+    """Pre-states must align with steps (None for a step without one): a mismatch is refused."""
+    txn = make_txn(steps=2)
+    with pytest.raises(JournalError, match="2 steps but 1 pre-states"):
+        journal.begin(txn, [make_pre()])
+    assert journal.interrupted() == []
+
+
+def test_finish_without_begin_records_the_result_alone(journal: SqliteJournal) -> None:
+    """A transaction skipped or errored before begin gets a full entry from finish and is never interrupted."""
+    txn = make_txn(rule="already-compliant", host="db-02")
+    result = make_result(txn, Status.SKIPPED, timings={Phase.CHECK: 0.01})
+    journal.finish(result)
+
+    entry = journal.get(txn.id)
+
+    assert entry.result == result
+    assert not entry.intent_recorded and not entry.interrupted
+    assert (entry.txn.id, entry.txn.rule, entry.txn.host, entry.txn.steps) == (txn.id, txn.rule, txn.host, ())
+    assert entry.pre_states == ()
+    assert entry.finished == entry.created
+    assert journal.interrupted() == []
+
+
+def test_a_transaction_is_begun_once_and_finished_once(journal: SqliteJournal) -> None:
+    """A second begin or a second finish for one id is refused and the first record stays."""
+    txn = make_txn()
+    journal.begin(txn, [make_pre()])
+    with pytest.raises(JournalError, match="already in the journal"):
+        journal.begin(txn, [None])
+    journal.finish(make_result(txn))
+    with pytest.raises(JournalError, match="already has a result"):
+        journal.finish(make_result(txn, Status.ROLLED_BACK))
+    entry = journal.get(txn.id)
+    assert entry.pre_states == (make_pre(),)
+    assert entry.result is not None and entry.result.status is Status.COMMITTED
+
+
+def test_a_result_naming_another_rule_or_host_is_refused(journal: SqliteJournal) -> None:
+    """finish refuses a result whose rule/host differ from the recorded intent; the entry stays interrupted."""
+    txn = make_txn(host="web-01")
+    journal.begin(txn, [make_pre()])
+    with pytest.raises(JournalError, match="refusing to mix up"):
+        journal.finish(make_result(txn, host="web-02"))
+    assert [entry.txn.id for entry in journal.interrupted()] == [txn.id]
+
+
+def test_get_of_an_unknown_id_is_a_lookup_error(journal: SqliteJournal) -> None:
+    """get raises JournalEntryNotFound, which is a JournalError, a KensaError and a LookupError, naming the id."""
+    with pytest.raises(JournalEntryNotFound, match="no-such-txn") as caught:
+        journal.get("no-such-txn")
+    assert isinstance(caught.value, JournalError)
+    assert isinstance(caught.value, KensaError)
+    assert isinstance(caught.value, LookupError)
+
+
+def test_begin_is_committed_when_it_returns(tmp_path: Path) -> None:
+    """Intent and pre-state survive the process being killed right after begin: another process sees them as interrupted."""
+    path = tmp_path / "journal.db"
+    script = (
+        "import os, signal, sys\n"
+        "from kensa.journal import SqliteJournal\n"
+        "from kensa.model import PreState, Step, Transaction\n"
+        "j = SqliteJournal(sys.argv[1])\n"
+        "t = Transaction(rule='r', steps=(Step('file', {'path': '/etc/x'}),), id='killed')\n"
+        "j.begin(t, [PreState('file', {'path': '/etc/x'}, {'content': b'\\x00old'})])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+    with SqliteJournal(path) as journal:
+        (entry,) = journal.interrupted()
+    assert entry.txn.id == "killed"
+    assert entry.pre_states == (PreState("file", {"path": "/etc/x"}, {"content": b"\x00old"}),)
+
+
+def test_begin_and_finish_are_one_commit_each_on_a_wal_full_sync_journal(journal: SqliteJournal) -> None:
+    """The journal runs in WAL with synchronous=FULL, and begin and finish each make exactly one commit."""
+    conn = journal._conn
+    assert conn is not None
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    statements: List[str] = []
+    conn.set_trace_callback(statements.append)
+    txn = make_txn(steps=3)
+    journal.begin(txn, [make_pre(0), None, make_pre(2)])
+    journal.finish(make_result(txn))
+    conn.set_trace_callback(None)
+    assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"] * 2
+
+
+def test_the_journal_file_is_private(tmp_path: Path) -> None:
+    """A new journal (and missing parent directories) are created; the file is mode 0600 since pre-states may be secrets."""
+    path = tmp_path / "state" / "kensa" / "journal.db"
+    SqliteJournal(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_closed_journal_refuses_calls(tmp_path: Path) -> None:
+    """After close, calls raise JournalError saying the journal is closed."""
+    journal = SqliteJournal(tmp_path / "journal.db")
+    journal.close()
+    with pytest.raises(JournalError, match="is closed"):
+        journal.interrupted()
+
+
+# --- recovery, later rollback, history ----------------------------------------
+
+
+def test_interrupted_lists_entries_with_intent_and_no_result_oldest_first(journal: SqliteJournal) -> None:
+    """Begun-but-unfinished transactions are interrupted, oldest first; finished and result-only ones are not."""
+    txns = [make_txn(rule=f"rule-{i}") for i in range(4)]
+    for txn in txns:
+        journal.begin(txn, [make_pre()])
+    journal.finish(make_result(txns[1]))
+    journal.finish(make_result(make_txn(), Status.SKIPPED))
+
+    interrupted = journal.interrupted()
+
+    assert [entry.txn for entry in interrupted] == [txns[0], txns[2], txns[3]]
+    assert all(entry.interrupted and entry.result is None and entry.finished is None for entry in interrupted)
+    assert interrupted[0].pre_states == (make_pre(),)
+
+
+def test_record_recovery_gives_an_interrupted_entry_its_result(journal: SqliteJournal) -> None:
+    """Recovery's result closes the interrupted entry, marked recovered; it is no longer interrupted."""
+    txn = make_txn()
+    journal.begin(txn, [make_pre()])
+    result = make_result(txn, Status.RECOVERED, rollbacks=(RollbackResult("file", ok=True),))
+
+    journal.record_recovery(txn.id, result)
+
+    entry = journal.get(txn.id)
+    assert entry.result == result and entry.recovered and entry.finished is not None
+    assert journal.interrupted() == []
+
+
+def test_record_recovery_only_applies_to_interrupted_entries(journal: SqliteJournal) -> None:
+    """Recovering a finished transaction is refused; recovering an unknown id is a lookup error."""
+    txn = make_txn()
+    journal.begin(txn, [make_pre()])
+    journal.finish(make_result(txn))
+    with pytest.raises(JournalError, match="is not interrupted: it ended as committed"):
+        journal.record_recovery(txn.id, make_result(txn, Status.RECOVERED))
+    with pytest.raises(JournalEntryNotFound):
+        journal.record_recovery("missing", make_result(make_txn(), Status.RECOVERED))
+    entry = journal.get(txn.id)
+    assert entry.result is not None and entry.result.status is Status.COMMITTED and not entry.recovered
+
+
+def test_record_rollback_keeps_the_original_result_and_adds_the_later_one(journal: SqliteJournal) -> None:
+    """Rolling back a committed transaction by id keeps its committed result and adds the rollback's result."""
+    txn = make_txn()
+    journal.begin(txn, [make_pre()])
+    committed = make_result(txn, timings={Phase.APPLY: 0.5})
+    journal.finish(committed)
+    rollback = make_result(txn, Status.ROLLED_BACK, rollbacks=(RollbackResult("file", ok=True, detail="restored"),))
+
+    journal.record_rollback(txn.id, rollback)
+
+    entry = journal.get(txn.id)
+    assert entry.result == committed
+    assert entry.later_rollback == rollback
+    assert entry.later_rollback_at is not None and entry.finished is not None
+    assert entry.later_rollback_at >= entry.finished
+    with pytest.raises(JournalError, match="already rolled back"):
+        journal.record_rollback(txn.id, rollback)
+
+
+def test_record_rollback_needs_a_committed_or_staged_transaction(journal: SqliteJournal) -> None:
+    """An interrupted or rolled-back transaction cannot be rolled back later; an unknown id is a lookup error."""
+    open_txn, failed_txn = make_txn(), make_txn()
+    journal.begin(open_txn, [make_pre()])
+    journal.finish(make_result(failed_txn, Status.ROLLED_BACK))
+    for txn, status in ((open_txn, "nothing yet"), (failed_txn, "rolled_back")):
+        with pytest.raises(JournalError, match=f"ended as {status}"):
+            journal.record_rollback(txn.id, make_result(txn, Status.ROLLED_BACK))
+    with pytest.raises(JournalEntryNotFound):
+        journal.record_rollback("missing", make_result(make_txn(), Status.ROLLED_BACK))
+
+
+def test_history_is_newest_first_and_filters_by_host_rule_status_and_limit(journal: SqliteJournal) -> None:
+    """history filters by host, rule, status (enum or value) and limit, combined with AND, newest first."""
+    made = []
+    for i, (host, rule, status) in enumerate(
+        [
+            ("web-01", "ssh", Status.COMMITTED),
+            ("web-02", "ssh", Status.ROLLED_BACK),
+            ("web-01", "ntp", Status.COMMITTED),
+            ("web-01", "ssh", None),
+            ("web-02", "ntp", Status.SKIPPED),
+        ]
+    ):
+        txn = make_txn(rule=rule, host=host)
+        if status is Status.SKIPPED:
+            journal.finish(make_result(txn, status))
+        else:
+            journal.begin(txn, [make_pre()])
+            if status is not None:
+                journal.finish(make_result(txn, status))
+        made.append(txn.id)
+    newest_first = list(reversed(made))
+
+    def ids(**filters: Any) -> List[str]:
+        return [entry.txn.id for entry in journal.history(**filters)]
+
+    assert ids() == newest_first
+    assert ids(host="web-01") == [made[3], made[2], made[0]]
+    assert ids(rule="ntp") == [made[4], made[2]]
+    assert ids(status=Status.COMMITTED) == [made[2], made[0]]
+    assert ids(status="rolled_back") == [made[1]]
+    assert ids(host="web-01", rule="ssh", status="committed") == [made[0]]
+    assert ids(limit=2) == newest_first[:2]
+    assert ids(limit=0) == []
+    assert ids(host="nowhere") == []
+    with pytest.raises(ValueError):
+        journal.history(status="bogus")
+    with pytest.raises(ValueError):
+        journal.history(limit=-1)
+
+
+def test_history_since_is_inclusive_and_until_exclusive_on_creation_time(journal: SqliteJournal) -> None:
+    """since/until bound the creation time; aware and naive (local) datetimes select the same entries."""
+    for i in range(5):
+        journal.finish(make_result(make_txn(rule=f"r{i}"), Status.SKIPPED))
+    everything = journal.history()
+    middle = everything[2].created
+
+    since = journal.history(since=middle)
+    until = journal.history(until=middle)
+
+    assert since == [e for e in everything if e.created >= middle]
+    assert until == [e for e in everything if e.created < middle]
+    assert everything[2] in since and everything[2] not in until
+    assert journal.history(since=middle, until=middle + timedelta(microseconds=1)) == [
+        e for e in everything if e.created == middle
+    ]
+    naive_local = middle.astimezone().replace(tzinfo=None)
+    assert journal.history(since=naive_local) == since
+
+
+# --- schema and migrations -----------------------------------------------------
+
+
+def user_version(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_an_empty_file_is_a_version_0_journal_and_gets_the_schema(tmp_path: Path) -> None:
+    """Opening an empty (version 0) file applies every migration and the journal works."""
+    path = tmp_path / "journal.db"
+    path.write_bytes(b"")
+    with SqliteJournal(path) as journal:
+        journal.finish(make_result(make_txn(), Status.SKIPPED))
+        assert len(journal.history()) == 1
+    assert user_version(path) == SCHEMA_VERSION >= 1
+
+
+def test_a_journal_from_a_newer_kensa_is_refused_untouched(tmp_path: Path) -> None:
+    """A schema version above what this code knows raises JournalError naming both versions; the file is not changed."""
+    path = tmp_path / "journal.db"
+    SqliteJournal(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(JournalError, match=rf"schema version {SCHEMA_VERSION + 1}.*up to {SCHEMA_VERSION}.*newer kensa"):
+        SqliteJournal(path)
+    assert user_version(path) == SCHEMA_VERSION + 1
+
+
+def test_missing_migrations_are_applied_once_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A journal at the previous version gets the new migrations, in order, once; existing entries survive."""
+    path = tmp_path / "journal.db"
+    txn = make_txn()
+    with SqliteJournal(path) as journal:
+        journal.begin(txn, [make_pre()])
+    calls: List[str] = []
+
+    def add_note_column(conn: sqlite3.Connection) -> None:
+        calls.append("note")
+        conn.execute("ALTER TABLE transactions ADD COLUMN note TEXT")
+
+    def fill_note(conn: sqlite3.Connection) -> None:
+        calls.append("fill")
+        conn.execute("UPDATE transactions SET note = 'migrated'")
+
+    monkeypatch.setattr(journal_module, "_MIGRATIONS", [*journal_module._MIGRATIONS, add_note_column, fill_note])
+    with SqliteJournal(path) as journal:
+        assert journal.interrupted()[0].txn == txn
+    with SqliteJournal(path):
+        pass
+
+    assert calls == ["note", "fill"]
+    assert user_version(path) == SCHEMA_VERSION + 2
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT note FROM transactions").fetchall() == [("migrated",)]
+
+
+def test_a_failing_migration_leaves_the_journal_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a migration fails, no part of it or of earlier steps in the same open is kept, and the error says which step."""
+    path = tmp_path / "journal.db"
+    SqliteJournal(path).close()
+
+    def half_done(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE extra (x)")
+        conn.execute("SELECT * FROM no_such_table")
+
+    monkeypatch.setattr(journal_module, "_MIGRATIONS", [*journal_module._MIGRATIONS, half_done])
+    with pytest.raises(JournalError, match=rf"from version {SCHEMA_VERSION} to {SCHEMA_VERSION + 1}"):
+        SqliteJournal(path)
+    assert user_version(path) == SCHEMA_VERSION
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+
+
+def test_files_that_are_not_kensa_journals_are_refused(tmp_path: Path) -> None:
+    """A non-SQLite file and an SQLite database of something else raise JournalError naming the path."""
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(JournalError, match=str(garbage)):
+        SqliteJournal(garbage)
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE inventory (item)")
+    with pytest.raises(JournalError, match="not a kensa journal"):
+        SqliteJournal(other)
+
+
+# --- threads and processes -----------------------------------------------------
+
+
+def test_eight_threads_of_fifty_transactions_lose_no_rows(journal: SqliteJournal) -> None:
+    """8 threads each beginning and finishing 50 transactions on one journal leave 400 complete entries."""
+    start = threading.Barrier(8)
+    made: List[List[TransactionResult]] = [[] for _ in range(8)]
+    errors: List[BaseException] = []
+
+    def run(worker: int) -> None:
+        try:
+            start.wait()
+            for i in range(50):
+                txn = make_txn(rule=f"w{worker}-{i}", host=f"host-{worker}")
+                journal.begin(txn, [PreState("file", {}, {"n": i, "blob": bytes([worker, i, 0])})])
+                result = make_result(txn)
+                journal.finish(result)
+                made[worker].append(result)
+        except BaseException as exc:  # reported below: a thread's exception would vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert journal.interrupted() == []
+    entries = {entry.txn.id: entry for entry in journal.history()}
+    assert len(entries) == 400
+    for worker, results in enumerate(made):
+        for i, result in enumerate(results):
+            entry = entries[result.txn_id]
+            assert entry.result == result
+            assert entry.pre_states[0] is not None and entry.pre_states[0].data["blob"] == bytes([worker, i, 0])
+
+
+def _write_from_child(journal: SqliteJournal, worker: int) -> None:
+    for i in range(20):
+        txn = make_txn(rule=f"child{worker}-{i}")
+        journal.begin(txn, [make_pre()])
+        journal.finish(make_result(txn))
+
+
+def test_a_forked_child_writes_through_its_own_connection(journal: SqliteJournal) -> None:
+    """Children forked while a parent thread is inside a journal call can use the journal; the parent sees every row."""
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=_write_from_child, args=(journal, w)) for w in range(2)]
+    # As if another thread were mid-commit at fork time: a child that reused
+    # this lock (or the connection behind it) would wait forever.
+    with journal._lock:
+        for child in children:
+            child.start()
+    for child in children:
+        child.join(timeout=120)  # a guard against hanging the suite, not a timing check
+    for child in children:
+        if child.exitcode is None:
+            child.kill()
+    assert [child.exitcode for child in children] == [0, 0]
+    txn = make_txn(rule="parent")
+    journal.begin(txn, [make_pre()])
+    journal.finish(make_result(txn))
+    assert len(journal.history(status="committed")) == 41
+    assert journal.interrupted() == []
+
+
+# --- the run/recovery lock -----------------------------------------------------
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX if sys.argv[2] == "exclusive" else fcntl.LOCK_SH)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def lock_held_by_other_process(lock_path: Path, mode: str) -> Iterator["subprocess.Popen[str]"]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock_path), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+        yield proc
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait()
+
+
+def test_recovery_blocks_runs_and_the_error_names_lock_file_and_holder(tmp_path: Path) -> None:
+    """While another process holds the exclusive lock, a run's shared lock times out naming the lock file and that pid."""
+    journal_path = tmp_path / "journal.db"
+    lock = JournalLock(journal_path, timeout=0.2)
+    assert lock.path == Path(str(journal_path) + ".lock")
+    with lock_held_by_other_process(lock.path, "exclusive") as holder:
+        with pytest.raises(JournalLockTimeout) as caught:
+            lock.acquire()
+    message = str(caught.value)
+    assert str(lock.path) in message
+    assert f"pid {holder.pid} (exclusive)" in message
+    assert "recovery is in progress" in message
+    assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, JournalError)
+    assert not lock.held
+    with lock:
+        assert lock.held
+
+
+def test_runs_share_the_lock_and_block_recovery(tmp_path: Path) -> None:
+    """Shared locks coexist; an exclusive lock times out while any is held and is granted once they are released."""
+    journal_path = tmp_path / "journal.db"
+    recovery = JournalLock(journal_path, exclusive=True, timeout=0)
+    with JournalLock(journal_path, timeout=0), JournalLock(journal_path, timeout=0):
+        with pytest.raises(JournalLockTimeout, match=rf"pid {os.getpid()} \(shared\).*a kensa run is using"):
+            recovery.acquire()
+    with lock_held_by_other_process(recovery.path, "shared") as holder:
+        with pytest.raises(JournalLockTimeout, match=f"pid {holder.pid}"):
+            recovery.acquire()
+    with recovery:
+        assert recovery.held and recovery.exclusive
+    assert not recovery.held
+
+
+def test_journal_lock_helper_locks_next_to_the_journal(journal: SqliteJournal) -> None:
+    """SqliteJournal.lock gives a JournalLock on '<journal path>.lock' that excludes a second exclusive holder."""
+    with journal.lock(exclusive=True, timeout=0) as held:
+        assert held.path == Path(str(journal.path) + ".lock")
+        with pytest.raises(JournalLockTimeout):
+            journal.lock(timeout=0).acquire()
+
+
+# --- location ------------------------------------------------------------------
+
+
+def test_default_path_prefers_kensa_journal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$KENSA_JOURNAL wins over every other rule."""
+    monkeypatch.setenv("KENSA_JOURNAL", "/srv/kensa.db")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_journal_path() == Path("/srv/kensa.db")
+
+
+def test_default_path_for_root_is_var_lib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root without $KENSA_JOURNAL the journal is /var/lib/kensa/journal.db."""
+    monkeypatch.delenv("KENSA_JOURNAL", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", "/ignored/for/root")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_journal_path() == Path("/var/lib/kensa/journal.db")
+
+
+@pytest.mark.parametrize(
+    ("xdg_state_home", "expected"),
+    [
+        ("/home/u/state", "/home/u/state/kensa/journal.db"),
+        (None, "/home/u/.local/state/kensa/journal.db"),
+        ("relative/state", "/home/u/.local/state/kensa/journal.db"),
+    ],
+)
+def test_default_path_for_users_follows_xdg_state_home(
+    monkeypatch: pytest.MonkeyPatch, xdg_state_home: Optional[str], expected: str
+) -> None:
+    """Other users get $XDG_STATE_HOME/kensa/journal.db, or ~/.local/state/... when it is unset or relative."""
+    monkeypatch.delenv("KENSA_JOURNAL", raising=False)
+    monkeypatch.setenv("HOME", "/home/u")
+    if xdg_state_home is None:
+        monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_STATE_HOME", xdg_state_home)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert default_journal_path() == Path(expected)
+
+
+# --- read-only and full filesystems (root: mounts a tmpfs) ---------------------
+
+
+def test_a_journal_on_a_read_only_filesystem_fails_to_open_naming_path_and_cause(tmp_path: Path) -> None:
+    """Opening a new journal on a read-only filesystem raises JournalError with the path and the OS error."""
+    with tmpfs(tmp_path, "size=64k,ro") as mountpoint:
+        path = mountpoint / "journal.db"
+        with pytest.raises(JournalError, match=rf"{path}.*Read-only file system"):
+            SqliteJournal(path)
+
+
+def test_an_existing_journal_remounted_read_only_fails_to_open(tmp_path: Path) -> None:
+    """The write probe catches a journal that exists and is readable but can no longer be written."""
+    with tmpfs(tmp_path, "size=1m") as mountpoint:
+        path = mountpoint / "journal.db"
+        with SqliteJournal(path) as journal:
+            journal.finish(make_result(make_txn(), Status.SKIPPED))
+        subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
+        with pytest.raises(JournalError, match=rf"{path}: could not open it: .*(readonly|read-only|unable to open)"):
+            SqliteJournal(path)
+
+
+def fill_up(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        for chunk in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    out.write(b"\0" * chunk)
+            except OSError as exc:
+                if exc.errno != 28:  # ENOSPC
+                    raise
+    return filler
+
+
+def test_begin_on_a_full_filesystem_raises_and_records_nothing(tmp_path: Path) -> None:
+    """On a full filesystem begin raises JournalError naming the path; no intent is kept and the journal works once space is freed."""
+    with tmpfs(tmp_path, "size=512k") as mountpoint:
+        path = mountpoint / "journal.db"
+        with SqliteJournal(path) as journal:
+            filler = fill_up(mountpoint)
+            txn = make_txn()
+            big = PreState("file", {"path": "/etc/big"}, {"content": os.urandom(256 * 1024)})
+            with pytest.raises(JournalError, match=rf"{path}: could not record the intent of transaction {txn.id}: .*full"):
+                journal.begin(txn, [big])
+            with pytest.raises(JournalEntryNotFound):
+                journal.get(txn.id)
+            assert journal.interrupted() == []
+
+            filler.unlink()
+            journal.begin(txn, [PreState("file", {"path": "/etc/big"}, {"content": b"\x00small"})])
+            assert [entry.txn.id for entry in journal.interrupted()] == [txn.id]
+
+
+def test_opening_a_journal_in_use_on_a_full_filesystem_fails(tmp_path: Path) -> None:
+    """A journal whose filesystem has filled up fails to open, naming the path, even while another process has it open."""
+    with tmpfs(tmp_path, "size=512k") as mountpoint:
+        path = mountpoint / "journal.db"
+        SqliteJournal(path).close()
+        # An open journal keeps its -wal and -shm files, so opening another
+        # connection needs no new file: only a write can tell the disk is full.
+        with SqliteJournal(path):
+            fill_up(mountpoint)
+            with pytest.raises(JournalError, match=rf"{path}: could not open it: .*full"):
+                SqliteJournal(path)
+
+
+def test_opening_a_journal_on_a_full_filesystem_fails(tmp_path: Path) -> None:
+    """A new journal on a full filesystem fails to open with JournalError naming the path, before any transaction."""
+    with tmpfs(tmp_path, "size=64k") as mountpoint:
+        fill_up(mountpoint)
+        path = mountpoint / "journal.db"
+        with pytest.raises(JournalError, match=str(path)):
+            SqliteJournal(path)
