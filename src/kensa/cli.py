@@ -1,0 +1,479 @@
+"""The ``kensa`` command.
+
+Exit codes:
+
+- 0: everything asked for holds (compliant, committed, skipped or staged; a
+  recovery or rollback that restored the pre-state)
+- 1: some rule is not compliant or did not apply, and the host was left as it
+  was (rolled back, errored before any change, unsupported)
+- 2: bad input or environment (a malformed rule file, a missing root, a
+  journal that cannot be written); nothing was changed
+- 3: some transaction left the host changed and unverified
+  (``partially_applied``, ``rollback_failed``): an operator must look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO
+
+from ._version import __version__
+from .model import KensaError, Status, Transaction, TransactionResult
+
+EXIT_OK = 0
+EXIT_NOT_APPLIED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NEEDS_OPERATOR = 3
+
+_NEEDS_OPERATOR = {Status.PARTIALLY_APPLIED, Status.ROLLBACK_FAILED}
+_HELD = {Status.COMMITTED, Status.SKIPPED, Status.STAGED, Status.RECOVERED}
+
+
+class UsageError(KensaError, ValueError):
+    """Bad command-line input: a missing root, an unknown transaction id."""
+
+
+# --- output --------------------------------------------------------------------
+
+
+def result_dict(result: TransactionResult) -> Dict[str, Any]:
+    """A JSON-ready view of a result."""
+    return {
+        "txn": result.txn_id,
+        "rule": result.rule,
+        "host": result.host,
+        "status": result.status.value,
+        "host_unchanged": result.host_unchanged,
+        "timings": {phase.value: seconds for phase, seconds in result.timings.items()},
+        "steps": [
+            {"mechanism": s.mechanism, "ok": s.ok, "changed": s.changed, "staged": s.staged, "detail": s.detail}
+            for s in result.steps
+        ],
+        "rollbacks": [{"mechanism": r.mechanism, "ok": r.ok, "detail": r.detail} for r in result.rollbacks],
+        "error": None
+        if result.error is None
+        else {"type": result.error.type, "message": result.error.message, "phase": result.error.phase.value},
+    }
+
+
+def print_table(rows: Sequence[Sequence[str]], header: Sequence[str], out: TextIO) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    # The last column is free text: never pad it.
+    widths[-1] = 0
+    for row in [header, *rows]:
+        out.write("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
+
+
+def result_detail(result: TransactionResult) -> str:
+    if result.error is not None:
+        return f"{result.error.phase.value}: {result.error.message}"
+    changed = [s.detail for s in result.steps if s.changed and s.detail]
+    return "; ".join(changed)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; nothing when output is piped."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.enabled = total > 1 and stream.isatty()
+        self._lock = threading.Lock()
+
+    def advance(self, label: str) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self.done += 1
+            filled = int(30 * self.done / self.total)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {label[:40]:<40}")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * 80 + "\r")
+            self.stream.flush()
+
+
+# --- rules and targets ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where rules run: the host key the engine and audit records use, and its root."""
+
+    key: str
+    root: str
+
+
+def target_for(root: Optional[str]) -> Target:
+    if root is None:
+        return Target("localhost", "/")
+    path = os.path.abspath(root)
+    if not os.path.isdir(path):
+        raise UsageError(f"--root {root}: no such directory")
+    return Target("localhost" if path == "/" else path, path)
+
+
+def load(paths: Sequence[str]) -> List[Any]:
+    from .rules import load_rules
+
+    for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such rule file or directory")
+    return load_rules(paths)
+
+
+def detect_capabilities(host: Any) -> frozenset:
+    """Capabilities that ``when`` gates of rules can name, detected in the target root."""
+    found = set()
+    probes = {
+        "sshd_config_d": "/etc/ssh/sshd_config.d",
+        "sysctl_d": "/etc/sysctl.d",
+        "audit_rules_d": "/etc/audit/rules.d",
+    }
+    for name, path in probes.items():
+        try:
+            if host.info(path) is not None:
+                found.add(name)
+        except KensaError:
+            pass  # an unreadable or refused probe path means the capability is absent
+    return frozenset(found)
+
+
+# --- commands -------------------------------------------------------------------
+
+
+def _journal_path(args: argparse.Namespace) -> str:
+    from .journal import default_journal_path
+
+    return args.journal or os.fspath(default_journal_path())
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from .engine import default_engine
+
+    return default_engine(journal_path=_journal_path(args), audit=not args.no_audit)
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    from .checks import CheckError, compliance
+    from .handlers import default_registry
+    from .host import LocalHost
+
+    target = target_for(args.root)
+    rules = load(args.rules)
+    host = LocalHost(target.root)
+    handlers = default_registry()
+    caps = detect_capabilities(host)
+    rows = []
+    code = EXIT_OK
+    for rule in rules:
+        impl = rule.select_implementation(caps)
+        if impl is None or not impl.supported:
+            state, detail = "unsupported", rule.unsupported_reason or "no implementation applies to this host"
+        else:
+            try:
+                verdict = compliance(impl, host, handlers)
+                state, detail = ("compliant" if verdict.compliant else "not_compliant"), verdict.detail
+            except (CheckError, KensaError) as exc:
+                state, detail = "error", str(exc)
+        if state != "compliant":
+            code = EXIT_NOT_APPLIED
+        rows.append({"rule": rule.id, "state": state, "detail": detail, "source": str(rule.source)})
+    if args.json:
+        json.dump({"target": target.root, "rules": rows}, out, indent=2)
+        out.write("\n")
+    else:
+        print_table([(r["rule"], r["state"], r["detail"]) for r in rows], ("RULE", "STATE", "DETAIL"), out)
+    return code
+
+
+def transactions_for(rules: Iterable[Any], target: Target, host: Any) -> tuple:
+    """Transactions for the supported rules, and rows for the unsupported ones."""
+    caps = detect_capabilities(host)
+    txns: List[Transaction] = []
+    unsupported: List[Dict[str, Any]] = []
+    for rule in rules:
+        impl = rule.select_implementation(caps)
+        if impl is None or not impl.supported:
+            reason = rule.unsupported_reason or "no implementation applies to this host"
+            unsupported.append({"rule": rule.id, "status": "unsupported", "detail": reason})
+            continue
+        txns.append(rule.to_transaction(target.key, impl))
+    return txns, unsupported
+
+
+def exit_code_for(statuses: Iterable[Status], unsupported: bool) -> int:
+    statuses = list(statuses)
+    if any(s in _NEEDS_OPERATOR for s in statuses):
+        return EXIT_NEEDS_OPERATOR
+    if unsupported or any(s not in _HELD for s in statuses):
+        return EXIT_NOT_APPLIED
+    return EXIT_OK
+
+
+def run_batch(engine: Any, txns: List[Transaction], workers: int, show_progress: bool) -> List[TransactionResult]:
+    from .events import TerminalEvent
+
+    progress = Progress(len(txns), sys.stderr)
+    sub = None
+    if show_progress and progress.enabled:
+        sub = engine.subscribe(lambda e: progress.advance(f"{e.rule} {e.status.value}") if isinstance(e, TerminalEvent) else None)
+    try:
+        return list(engine.run_many(txns, workers=workers))
+    finally:
+        if sub is not None:
+            sub.close(1.0)
+        progress.finish()
+
+
+def print_results(results: Sequence[TransactionResult], unsupported: Sequence[Mapping[str, Any]], out: TextIO) -> None:
+    rows = [(r.rule, r.status.value, "yes" if r.host_unchanged else "no", result_detail(r)) for r in results]
+    rows += [(u["rule"], u["status"], "yes", u["detail"]) for u in unsupported]
+    print_table(rows, ("RULE", "STATUS", "UNCHANGED", "DETAIL"), out)
+
+
+def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
+    from .host import LocalHost
+
+    target = target_for(args.root)
+    rules = load(args.rules)
+    host = LocalHost(target.root)
+    txns, unsupported = transactions_for(rules, target, host)
+    if args.dry_run:
+        return _dry_run(args, txns, unsupported, host, out)
+    engine = _engine(args)
+    results = run_batch(engine, txns, args.workers, show_progress=not args.json)
+    if args.json:
+        json.dump({"target": target.root, "results": [result_dict(r) for r in results], "unsupported": unsupported}, out, indent=2)
+        out.write("\n")
+    else:
+        print_results(results, unsupported, out)
+    return exit_code_for((r.status for r in results), bool(unsupported))
+
+
+def _dry_run(args: argparse.Namespace, txns: List[Transaction], unsupported: List[Dict[str, Any]], host: Any, out: TextIO) -> int:
+    from .handlers import default_registry
+
+    handlers = default_registry()
+    rows = []
+    for txn in txns:
+        try:
+            holds = all(handlers[s.mechanism].validate(host, s.params) for s in txn.steps)
+            plan = "compliant: would skip" if holds else "would apply: " + ", ".join(s.mechanism for s in txn.steps)
+        except (KensaError, KeyError) as exc:
+            plan = f"would error: {exc}"
+        rows.append({"rule": txn.rule, "plan": plan})
+    rows += [{"rule": u["rule"], "plan": f"unsupported: {u['detail']}"} for u in unsupported]
+    if args.json:
+        json.dump({"dry_run": True, "rules": rows}, out, indent=2)
+        out.write("\n")
+    else:
+        print_table([(r["rule"], r["plan"]) for r in rows], ("RULE", "PLAN"), out)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
+    from .journal import SqliteJournal
+
+    path = _journal_path(args)
+    if not os.path.exists(path):
+        raise UsageError(f"no journal at {path}: nothing has run yet (or pass --journal)")
+    status = Status(args.status) if args.status else None
+    with SqliteJournal(path) as journal:
+        entries = journal.history(host=args.host, rule=args.rule, status=status, limit=args.limit)
+    if args.json:
+        json.dump([_entry_dict(e) for e in entries], out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    rows = []
+    for e in entries:
+        status_text = e.result.status.value if e.result else "interrupted"
+        if e.later_rollback is not None:
+            status_text += f" (rolled back: {e.later_rollback.status.value})"
+        rows.append((e.created.strftime("%Y-%m-%d %H:%M:%S"), e.txn.id, e.txn.rule, e.txn.host, status_text))
+    print_table(rows, ("WHEN (UTC)", "TXN", "RULE", "HOST", "STATUS"), out)
+    return EXIT_OK
+
+
+def _entry_dict(entry: Any) -> Dict[str, Any]:
+    return {
+        "txn": entry.txn.id,
+        "rule": entry.txn.rule,
+        "host": entry.txn.host,
+        "created": entry.created.isoformat(),
+        "finished": entry.finished.isoformat() if entry.finished else None,
+        "interrupted": entry.interrupted,
+        "recovered": entry.recovered,
+        "result": result_dict(entry.result) if entry.result else None,
+        "later_rollback": result_dict(entry.later_rollback) if entry.later_rollback else None,
+    }
+
+
+def cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
+    engine = _engine(args)
+    result = engine.rollback(args.txn_id, force=args.force)
+    _report_one(args, result, out)
+    return EXIT_OK if result.host_unchanged else exit_code_for([result.status], False)
+
+
+def cmd_recover(args: argparse.Namespace, out: TextIO) -> int:
+    engine = _engine(args)
+    results = engine.recover()
+    if args.json:
+        json.dump([result_dict(r) for r in results], out, indent=2)
+        out.write("\n")
+    elif not results:
+        out.write("nothing to recover: every journaled transaction has a terminal result\n")
+    else:
+        print_results(results, [], out)
+    return exit_code_for((r.status for r in results), False)
+
+
+def _report_one(args: argparse.Namespace, result: TransactionResult, out: TextIO) -> None:
+    if args.json:
+        json.dump(result_dict(result), out, indent=2)
+        out.write("\n")
+    else:
+        print_results([result], [], out)
+
+
+def kernel_audit_state() -> Dict[str, str]:
+    """The kernel's audit settings as ``auditctl -s`` reports them (empty when unavailable)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("auditctl") is None:
+        return {}
+    proc = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, timeout=10, check=False)
+    if proc.returncode != 0:
+        return {}
+    state = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key:
+            state[key] = value.strip()
+    return state
+
+
+def cmd_audit_status(args: argparse.Namespace, out: TextIO) -> int:
+    from . import audit
+
+    st = audit.status()
+    emitter = audit.open_emitter()
+    stats = emitter.stats()
+    emitter.close()
+    kernel = kernel_audit_state()
+    if args.json:
+        json.dump(
+            {"enabled": st.enabled, "reason": st.reason, "detail": st.detail, "extension": st.extension,
+             "libaudit": st.libaudit, "counters": stats.__dict__, "kernel": kernel},
+            out,
+            indent=2,
+        )
+        out.write("\n")
+        return EXIT_OK
+    out.write(f"emission:  {'on' if st.enabled else 'off'} ({st.reason})\n")
+    out.write(f"why:       {st.detail}\n")
+    out.write(f"extension: {'loaded' if st.extension else 'missing'}; socket from {'libaudit' if st.libaudit else 'socket()'}\n")
+    out.write(
+        "counters:  emitted={0.emitted} sent={0.sent} dropped={0.dropped} failed={0.failed} gaps={0.gaps} "
+        "stalls={0.stalls} worst_send={1:.3f}ms (this process)\n".format(stats, stats.worst_send_seconds * 1000)
+    )
+    if kernel:
+        keys = ("enabled", "pid", "backlog", "backlog_limit", "lost", "backlog_wait_time")
+        out.write("kernel:    " + " ".join(f"{k}={kernel[k]}" for k in keys if k in kernel) + "\n")
+    else:
+        out.write("kernel:    auditctl unavailable or not permitted; kernel counters unknown\n")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from .demo import run_demo
+
+    return run_demo(out, keep=args.keep, json_output=args.json)
+
+
+# --- parser ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kensa",
+        description="Remediate Linux hosts as audited transactions.",
+        epilog="exit codes: 0 ok, 1 not compliant / not applied (host unchanged), 2 bad input, 3 host changed and unverified",
+    )
+    parser.add_argument("--version", action="version", version=f"kensa {__version__}")
+    parser.add_argument("--journal", metavar="PATH", help="journal database (default: $KENSA_JOURNAL or the per-user default)")
+    parser.add_argument("--no-audit", action="store_true", help="write no kernel audit records")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("check", help="report compliance per rule; changes nothing")
+    p.add_argument("rules", nargs="+", metavar="RULES", help="rule files or directories")
+    p.add_argument("--root", metavar="DIR", help="target root (default: /)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("remediate", help="apply rules as transactions")
+    p.add_argument("rules", nargs="+", metavar="RULES", help="rule files or directories")
+    p.add_argument("--root", metavar="DIR", help="target root (default: /)")
+    p.add_argument("--dry-run", action="store_true", help="say what would run; change nothing")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="parallel transactions (different hosts only)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_remediate)
+
+    p = sub.add_parser("history", help="journaled transactions, newest first")
+    p.add_argument("--host", help="only this host key")
+    p.add_argument("--rule", help="only this rule id")
+    p.add_argument("--status", choices=[s.value for s in Status], help="only this status")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("rollback", help="reverse a committed transaction from its journaled pre-state")
+    p.add_argument("txn_id", metavar="TXN_ID")
+    p.add_argument("--force", action="store_true", help="roll back even if the host drifted since the commit")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("recover", help="reverse every interrupted transaction")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("audit", help="kernel audit emission")
+    audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    q = audit_sub.add_parser("status", help="is emission on, why not, and the counters")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_audit_status)
+
+    p = sub.add_parser("demo", help="run a built-in bundle of rules in a throw-away root")
+    p.add_argument("--keep", action="store_true", help="keep the throw-away root and print where it is")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
+    args = build_parser().parse_args(argv)
+    stream = out if out is not None else sys.stdout
+    if getattr(args, "workers", 1) < 1:
+        sys.stderr.write("kensa: --workers must be at least 1\n")
+        return EXIT_BAD_INPUT
+    try:
+        return int(args.func(args, stream))
+    except KensaError as exc:
+        sys.stderr.write(f"kensa: {exc}\n")
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

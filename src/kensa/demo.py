@@ -1,0 +1,252 @@
+"""``kensa demo``: a built-in rule bundle run against a throw-away root.
+
+The bundle is chosen so one run shows every everyday outcome: rules that
+commit, one that is already compliant (skipped), one whose two steps conflict
+so validation fails and the transaction rolls back, and one that is refused
+before anything runs (errored: a transactional rule with a step that cannot be
+undone). When this process can write kernel audit records and read the audit
+multicast group (root), the demo prints the records the kernel logged for the
+run; otherwise it says exactly why not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import time
+from typing import Dict, List, Optional, TextIO, Tuple
+
+from .model import Status, TransactionResult
+
+RULES: Dict[str, str] = {
+    "ssh-disable-root-login.yml": """\
+id: demo-ssh-disable-root-login
+title: Disable SSH root login
+severity: high
+category: access-control
+implementations:
+  - default: true
+    check: {method: config_value, path: /etc/ssh/sshd_config, key: PermitRootLogin, expected: "no"}
+    remediation: {mechanism: config_set, path: /etc/ssh/sshd_config, key: PermitRootLogin, value: "no"}
+""",
+    "ssh-limit-auth-tries.yml": """\
+id: demo-ssh-limit-auth-tries
+title: Limit SSH authentication attempts
+severity: medium
+category: access-control
+implementations:
+  - default: true
+    remediation: {mechanism: config_set, path: /etc/ssh/sshd_config, key: MaxAuthTries, value: "4"}
+""",
+    "sysctl-no-ip-forward.yml": """\
+id: demo-sysctl-no-ip-forward
+title: Do not route packets between interfaces
+severity: medium
+category: kernel
+implementations:
+  - default: true
+    remediation: {mechanism: sysctl_set, key: net.ipv4.ip_forward, value: "0"}
+""",
+    "no-hosts-equiv.yml": """\
+id: demo-no-hosts-equiv
+title: Remove /etc/hosts.equiv (host-based trust)
+severity: high
+category: access-control
+implementations:
+  - default: true
+    remediation: {mechanism: file_absent, path: /etc/hosts.equiv}
+""",
+    "audit-watch-sudoers.yml": """\
+id: demo-audit-watch-sudoers
+title: Audit changes to sudoers (persisted in the target root)
+severity: high
+category: audit
+implementations:
+  - default: true
+    remediation: {mechanism: audit_rule_set, rule: "-w /etc/sudoers -p wa -k demo_scope"}
+""",
+    "shadow-permissions.yml": """\
+id: demo-shadow-permissions
+title: /etc/shadow is not world-readable (already compliant)
+severity: high
+category: filesystem
+implementations:
+  - default: true
+    remediation: {mechanism: file_permissions, path: /etc/shadow, mode: "0640"}
+""",
+    "login-banner-conflict.yml": """\
+# Two steps write different banners: the first no longer validates after the
+# second, so the transaction rolls back and /etc/issue keeps its old text.
+id: demo-login-banner-conflict
+title: "Login banner (conflicting steps, validation fails)"
+severity: low
+category: system
+implementations:
+  - default: true
+    remediation:
+      steps:
+        - {mechanism: file_content, path: /etc/issue, content: "Authorized use only.\\n", mode: "0644"}
+        - {mechanism: file_content, path: /etc/issue, content: "Authorised uses only.\\n", mode: "0644"}
+""",
+    "restart-sshd.yml": """\
+# A transactional rule may not contain a step kensa cannot undo: refused
+# before anything runs, the command is never executed.
+id: demo-restart-sshd
+title: "Reload sshd after configuration changes (refused: cannot be undone)"
+severity: low
+category: access-control
+transactional: true
+implementations:
+  - default: true
+    remediation: {mechanism: command_exec, run: "systemctl reload sshd"}
+""",
+}
+
+TREE: Dict[str, Tuple[str, int]] = {
+    "etc/ssh/sshd_config": (
+        "# sshd configuration (demo)\nPermitRootLogin yes\nPasswordAuthentication yes\n#MaxAuthTries 6\n\n"
+        "Match User backup\n    PermitRootLogin forced-commands-only\n",
+        0o600,
+    ),
+    "etc/shadow": ("root:*:19000:0:99999:7:::\n", 0o640),
+    "etc/issue": ("Debian GNU/Linux \\n \\l\n", 0o644),
+    "etc/hosts.equiv": ("+\n", 0o644),
+    "etc/sudoers": ("root ALL=(ALL:ALL) ALL\n", 0o440),
+    "proc/sys/net/ipv4/ip_forward": ("1\n", 0o644),
+}
+DIRS = ("etc/sysctl.d", "etc/audit/rules.d")
+
+EXPECTED = {Status.COMMITTED, Status.SKIPPED, Status.ROLLED_BACK, Status.ERRORED}
+
+
+def make_tree(root: str) -> None:
+    for rel in DIRS:
+        os.makedirs(os.path.join(root, rel), exist_ok=True)
+    for rel, (text, mode) in TREE.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(path, mode)
+
+
+def write_rules(directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    for name, text in RULES.items():
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+class RecordTap:
+    """Collects kensa's records from the kernel's audit multicast group."""
+
+    def __init__(self) -> None:
+        self.records: List[str] = []
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)  # NETLINK_AUDIT
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._sock.bind((0, 1))  # AUDIT_NLGRP_READLOG
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(1 << 16)
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                self.records.append(f"(listener lost records: {exc})")
+                continue
+            length = struct.unpack_from("=I", data)[0]
+            text = data[16:length].rstrip(b"\0").decode("utf-8", "replace")
+            if "op=kensa" in text:
+                self.records.append(text)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+
+def _open_tap() -> Tuple[Optional[RecordTap], str]:
+    try:
+        return RecordTap(), ""
+    except OSError as exc:
+        return None, f"cannot read the kernel audit log ({exc.strerror}); run as root to see the records"
+
+
+def run_demo(out: TextIO, keep: bool = False, json_output: bool = False) -> int:
+    from . import audit
+    from .cli import print_results, result_dict, transactions_for, Target
+    from .engine import default_engine
+    from .host import LocalHost
+    from .rules import load_rules
+
+    work = tempfile.mkdtemp(prefix="kensa-demo-")
+    root = os.path.join(work, "root")
+    rules_dir = os.path.join(work, "rules")
+    try:
+        make_tree(root)
+        write_rules(rules_dir)
+        status = audit.status()
+        tap, tap_problem = _open_tap() if status.enabled else (None, "")
+        engine = default_engine(journal_path=os.path.join(work, "journal.db"))
+        target = Target(root, root)
+        txns, unsupported = transactions_for(load_rules([rules_dir]), target, LocalHost(root))
+        results: List[TransactionResult] = engine.run_many(txns)
+        flushed = getattr(engine.audit, "flush", lambda timeout: True)(2.0)
+        records: List[str] = []
+        if tap is not None:
+            records = _collect(tap, results)
+        seen = {r.status for r in results}
+        code = 0 if EXPECTED <= seen and not unsupported else 1
+        if json_output:
+            json.dump(
+                {"root": root if keep else None, "results": [result_dict(r) for r in results],
+                 "audit": {"enabled": status.enabled, "reason": status.reason, "detail": status.detail,
+                           "flushed": flushed, "records": records}},
+                out,
+                indent=2,
+            )
+            out.write("\n")
+            return code
+        out.write(f"kensa demo: {len(txns)} rules against a throw-away root\n\n")
+        print_results(results, unsupported, out)
+        out.write("\n")
+        if not status.enabled:
+            out.write(f"audit records: none written: {status.detail} ({status.reason})\n")
+        elif tap is None:
+            out.write(f"audit records: written to the kernel, but {tap_problem}\n")
+        else:
+            out.write(f"audit records the kernel logged for this run ({len(records)}):\n")
+            for text in records:
+                out.write("  " + text[text.find("msg=") :] + "\n")
+            out.write("  (auditd has them too: ausearch -m USER -i --success no)\n")
+        if keep:
+            out.write(f"\nthe tree is kept in {root}; journal: {os.path.join(work, 'journal.db')}\n")
+        return code
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _collect(tap: RecordTap, results: List[TransactionResult], timeout: float = 3.0) -> List[str]:
+    """The run's records, once each transaction's terminal record arrived (bounded wait)."""
+    ids = {r.txn_id for r in results}
+    terminal = {f"phase={s.value} " for s in Status}
+    deadline = time.monotonic() + timeout
+    mine: List[str] = []
+    while time.monotonic() < deadline:
+        mine = [t for t in list(tap.records) if any(i in t for i in ids)]
+        if sum(1 for t in mine if any(p in t for p in terminal)) >= len(ids):
+            break
+        time.sleep(0.05)
+    tap.close()
+    return mine
