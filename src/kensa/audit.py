@@ -337,7 +337,7 @@ def _load() -> tuple[Any, Any, str]:
     """The compiled module's (lib, ffi), or (None, None, why it is missing)."""
     with _import_lock:
         try:
-            from . import _audit
+            from . import _audit  # type: ignore[attr-defined]
         except ImportError as exc:
             return None, None, str(exc)
         return _audit.lib, _audit.ffi, ""

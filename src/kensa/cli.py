@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from ._version import __version__
 from .model import KensaError, Status, Transaction, TransactionResult
@@ -130,7 +130,7 @@ def load(paths: Sequence[str]) -> List[Any]:
     return load_rules(paths)
 
 
-def detect_capabilities(host: Any) -> frozenset:
+def detect_capabilities(host: Any) -> FrozenSet[str]:
     """Capabilities that ``when`` gates of rules can name, detected in the target root."""
     found = set()
     probes = {
@@ -195,7 +195,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     return code
 
 
-def transactions_for(rules: Iterable[Any], target: Target, host: Any) -> tuple:
+def transactions_for(rules: Iterable[Any], target: Target, host: Any) -> Tuple[List[Transaction], List[Dict[str, Any]]]:
     """Transactions for the supported rules, and rows for the unsupported ones."""
     caps = detect_capabilities(host)
     txns: List[Transaction] = []
