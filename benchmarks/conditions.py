@@ -79,9 +79,24 @@ def wait_backlog_drained(timeout_s: float = 10.0) -> bool:
     return False
 
 
+# A separate process resumes auditd when this one dies without its finally
+# (SIGKILL, a crash) or keeps it stopped too long: the machine's audit trail
+# must never stay hung because a benchmark did.
+_WATCHDOG = """
+import os, select, signal, sys
+pid, limit = int(sys.argv[1]), float(sys.argv[2])
+select.select([sys.stdin], [], [], limit)
+os.kill(pid, signal.SIGCONT)
+"""
+MAX_STOP_SECONDS = 180.0
+
+
 @contextlib.contextmanager
 def auditd_stopped(pid: int) -> Iterator[None]:
     """auditd stopped by SIGSTOP for the duration of the block; always resumed."""
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(pid), str(MAX_STOP_SECONDS)], stdin=subprocess.PIPE
+    )
     try:
         os.kill(pid, signal.SIGSTOP)
         deadline = time.monotonic() + 2.0
@@ -91,7 +106,15 @@ def auditd_stopped(pid: int) -> Iterator[None]:
             raise RuntimeError(f"auditd (pid {pid}) did not stop after SIGSTOP; its state is {_state(pid)!r}")
         yield
     finally:
-        os.kill(pid, signal.SIGCONT)
+        # No KeyboardInterrupt between here and the SIGCONT.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+        try:
+            os.kill(pid, signal.SIGCONT)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()
+        watchdog.wait()
         wait_backlog_drained()
 
 

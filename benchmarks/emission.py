@@ -114,6 +114,7 @@ class _Case:
     args: Tuple[Any, ...] = ()
     count: int = 0
     budget_s: float = 0.0  # 0: no time budget
+    spent_ns: int = 0
     note: str = ""
     why_not: str = ""
     after_round: Optional[Callable[[], Any]] = None
@@ -219,17 +220,20 @@ def _cases(sizes: Sizes, scenario: str, stack: contextlib.ExitStack, stats: Dict
 
 
 def _run_rounds(cases: List[_Case], rounds: int) -> None:
-    for r in range(rounds):
+    """Sample every case a share at a time. A case with a time budget gets a
+    share of it per round and none once it has spent it all: one blocked call
+    can overrun its round, never the whole budget by more than that call."""
+    for _ in range(rounds):
         for case in cases:
             if case.why_not:
                 continue
             share = -(-case.count // rounds)
             share = min(share, case.count - len(case.samples))
-            if share <= 0:
+            budget_ns = int(case.budget_s * 1e9)
+            if share <= 0 or (budget_ns and case.spent_ns >= budget_ns):
                 continue
-            deadline = 0
-            if case.budget_s:
-                deadline = time.perf_counter_ns() + int(case.budget_s * 1e9 / rounds)
+            started = time.perf_counter_ns()
+            deadline = started + budget_ns // rounds if budget_ns else 0
             try:
                 if case.fn is None:
                     sample_timer(share, case.samples)
@@ -237,6 +241,7 @@ def _run_rounds(cases: List[_Case], rounds: int) -> None:
                     sample_calls(case.fn, case.args, share, case.samples, deadline)
             except OSError as exc:
                 case.why_not = f"failed after {len(case.samples)} samples: {exc}"
+            case.spent_ns += time.perf_counter_ns() - started
             if case.after_round is not None:
                 case.after_round()
             gc.collect()

@@ -270,7 +270,7 @@ def _throughput_lines(t: Throughput) -> List[str]:
 
 
 def _transaction_lines(t: tx.Transactions) -> List[str]:
-    lines = ["", "PER TRANSACTION AND PER PHASE (Engine.run, median over interleaved rounds)"]
+    lines = ["", "PER TRANSACTION AND PER PHASE (Engine.run, emitters alternating transaction by transaction, medians)"]
     if t.why_not:
         return lines + [f"  not measured: {t.why_not}"]
     for w in t.workloads:

@@ -1,7 +1,7 @@
 """What emission adds to whole transactions, and what the journal adds to a batch.
 
 Per transaction: the same transactions run through the engine with no emitter
-(the engine's default), kensa async and kensa sync, interleaved in rounds. The
+(the engine's default), kensa async and kensa sync, alternating. The
 wall time of ``Engine.run`` gives the added time per transaction; a thin
 wrapper around the recorder, in separate runs, times each boundary's emit call
 inside the engine, which is the added time per phase (the engine's own phase
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import shutil
 import statistics
 import tempfile
@@ -237,22 +238,33 @@ def _run_workload(
     statuses: Dict[str, Dict[str, int]] = {k: {} for k in live}
     per_round = max(1, -(-count // rounds))
     pc = time.perf_counter_ns
+    keys = list(live)
+    shuffle = random.Random(1).shuffle
+    for key in live:  # warm caches and lazy imports; not measured
+        for _ in range(max(5, count // 20)):
+            plain[key].run(make_txn(next(numbers)))
+            timed[key].run(make_txn(next(numbers)))
+    for t in timed_emitters.values():
+        t.samples.clear()
     for _ in range(rounds):
-        for key in live:
-            engine = plain[key]
-            for _ in range(per_round):
+        for _ in range(per_round):
+            # Variants alternate transaction by transaction, in a fresh random
+            # order each time: drift on a shared machine hits them alike, and
+            # no variant always follows the same one (a transaction pays for
+            # the after-effects of the one before it: auditd still at work).
+            shuffle(keys)
+            for key in keys:
+                emitter = live[key]
                 txn = make_txn(next(numbers))
                 t0 = pc()
-                result = engine.run(txn)
+                result = plain[key].run(txn)
                 t1 = pc()
                 wall[key].append(t1 - t0)
                 status = result.status.value
                 statuses[key][status] = statuses[key].get(status, 0) + 1
-            for _ in range(per_round):
                 timed[key].run(make_txn(next(numbers)))
-            emitter = live[key]
-            if emitter is not None:
-                emitter.flush(5.0)  # leave the kernel idle for the next variant
+                if emitter is not None:
+                    emitter.flush(5.0)  # the next variant starts with the kernel idle
         gc.collect()
     variants = []
     for key, value in emitters.items():
