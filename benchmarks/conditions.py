@@ -24,6 +24,23 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+def audit_write_refusal() -> str:
+    """Why this process cannot write audit records, or "" when it can.
+
+    kensa's own probe (CAP_AUDIT_WRITE, user namespace, kernel audit) gates
+    the peers too: a peer's ``sendto`` succeeds even when the kernel refuses
+    the record, so its timing alone would not show the refusal.
+    """
+    import kensa.audit
+
+    status = kensa.audit.status()
+    if status.enabled or status.reason in ("no_extension", "disabled"):
+        # Without kensa's extension (or with it turned off) the peers can
+        # still run; a refusal then shows when the peer is set up.
+        return "" if is_root() else "needs root (CAP_AUDIT_WRITE) to write audit records"
+    return status.detail
+
+
 def audit_status() -> Dict[str, int]:
     """``auditctl -s`` as numbers (pid, backlog, lost, backlog_limit...), or {}."""
     if shutil.which("auditctl") is None or not is_root():
@@ -109,7 +126,8 @@ def auditd_stopped(pid: int) -> Iterator[None]:
         # No KeyboardInterrupt between here and the SIGCONT.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         try:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGCONT)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         assert watchdog.stdin is not None

@@ -160,8 +160,9 @@ def _peer_case(
     stack: contextlib.ExitStack,
     note: str = "",
 ) -> _Case:
-    if not conditions.is_root():
-        return _Case(name, None, why_not="needs root (CAP_AUDIT_WRITE) to write audit records")
+    refusal = conditions.audit_write_refusal()
+    if refusal:
+        return _Case(name, None, why_not=refusal)
     try:
         call = make()
     except peers.PeerUnavailable as exc:
@@ -252,12 +253,22 @@ def measure(sizes: Sizes, scenario: str) -> Scenario:
     description = SCENARIOS[scenario]
     pid = None
     if scenario == STOPPED:
-        if not conditions.is_root():
-            return Scenario(scenario, description, why_not="needs root to stop auditd")
+        refusal = conditions.audit_write_refusal()
+        if refusal:
+            return Scenario(scenario, description, why_not=f"nothing to write into a hung audit log: {refusal}")
         pid = conditions.auditd_pid()
         if pid is None:
-            return Scenario(scenario, description, why_not="auditd is not running")
+            return Scenario(scenario, description, why_not="no running auditd found (auditctl -s names none)")
     stats: Dict[str, Dict[str, Any]] = {}
+    try:
+        return _measure(sizes, scenario, description, pid, stats)
+    except PermissionError as exc:
+        return Scenario(scenario, description, why_not=f"could not stop auditd: {exc}")
+
+
+def _measure(
+    sizes: Sizes, scenario: str, description: str, pid: Optional[int], stats: Dict[str, Dict[str, Any]]
+) -> Scenario:
     with contextlib.ExitStack() as stack:
         cases = _cases(sizes, scenario, stack, stats)
         if pid is not None:

@@ -366,7 +366,7 @@ def render(run: Run, goals: Sequence[Target]) -> str:
     lines = [
         f"kensa benchmarks ({run.sizes} run, {run.seconds:.0f} s): Python {m.get('python')}, kernel {m.get('kernel')}, "
         f"{m.get('cpus')} CPUs, load {', '.join(f'{x:.2f}' for x in m.get('loadavg_at_start', ()))}, "
-        f"root {m.get('root')}, auditd {'running' if m.get('auditd_running') else 'not running'}, "
+        f"root {m.get('root')}, auditd {'running' if m.get('auditd_running') else 'not found'}, "
         f"audit backlog_limit {m.get('audit_backlog_limit', '?')}",
         "Ratios in the same run are the verdict; absolute times are context.",
         "",
@@ -448,17 +448,23 @@ def chart(run: Run, path: str) -> Optional[str]:
     ax.set_title("Sender throughput and drops (default ring)")
     ax = axes[1][0]
     if run.transactions:
-        labels, values = [], []
+        labels: List[str] = []
+        wall: List[float] = []
+        direct: List[float] = []
         for w in run.transactions.workloads:
             for v in w.variants:
                 added = w.added_percent(v.name) if v.name != tx.BASELINE else None
                 if added is not None:
                     labels.append(f"{w.name}: {v.name}")
-                    values.append(added)
-        ax.barh(labels, values, color=["C3" if "sync" in label else "C0" for label in labels])
+                    wall.append(added)
+                    direct.append(w.added_direct_percent(v.name) or 0.0)
+        ys = list(range(len(labels)))
+        ax.barh([y - 0.2 for y in ys], wall, 0.4, color="C0", label="wall clock")
+        ax.barh([y + 0.2 for y in ys], direct, 0.4, color="C1", label="direct (emitter calls)")
+        ax.set_yticks(ys, labels, fontsize=8)
         ax.axvline(0, color="black", lw=0.5)
         ax.invert_yaxis()
-        ax.tick_params(axis="y", labelsize=8)
+        ax.legend(fontsize=8)
     ax.set_xlabel("% added to the median transaction vs no emitter")
     ax.set_title("Emission cost per transaction")
     ax = axes[1][1]

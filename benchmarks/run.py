@@ -67,8 +67,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     sections = set(args.only or SECTIONS)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
-    if not conditions.is_root():
-        _progress("not root: the kernel rows, auditd scenarios and throughput are skipped (see NOT MEASURED)")
+    refusal = conditions.audit_write_refusal()
+    if refusal:
+        _progress(
+            f"{refusal}: the kernel rows, the stopped-auditd scenario and throughput are skipped (see NOT MEASURED)"
+        )
     start = time.monotonic()
     machine = conditions.machine()
     scenarios = []
