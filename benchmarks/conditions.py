@@ -148,6 +148,24 @@ def busy_core() -> Iterator[int]:
         proc.wait()
 
 
+def source_state() -> Dict[str, object]:
+    """The commit measured, and the files of kensa that differed from it."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", repo, "status", "--porcelain", "--", "src", "csrc"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if head.returncode != 0:
+        return {}
+    changed = sorted(line[3:] for line in dirty.stdout.splitlines() if line[3:].endswith((".py", ".c", ".h")))
+    return {"commit": head.stdout.strip(), "uncommitted": changed}
+
+
 def machine() -> Dict[str, object]:
     """Facts that give the absolute numbers their context."""
     status = audit_status()
@@ -158,6 +176,7 @@ def machine() -> Dict[str, object]:
         "loadavg_at_start": os.getloadavg(),
         "root": is_root(),
         "auditd_running": auditd_pid() is not None,
+        "source": source_state(),
     }
     for key in ("backlog_limit", "backlog_wait_time", "rate_limit", "failure"):
         if key in status:

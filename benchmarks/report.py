@@ -368,6 +368,12 @@ def render(run: Run, goals: Sequence[Target]) -> str:
         f"{m.get('cpus')} CPUs, load {', '.join(f'{x:.2f}' for x in m.get('loadavg_at_start', ()))}, "
         f"root {m.get('root')}, auditd {'running' if m.get('auditd_running') else 'not found'}, "
         f"audit backlog_limit {m.get('audit_backlog_limit', '?')}",
+        f"kensa at commit {m.get('source', {}).get('commit', '?')}"
+        + (
+            f", with uncommitted changes in {', '.join(m['source']['uncommitted'])}"
+            if m.get("source", {}).get("uncommitted")
+            else ""
+        ),
         "Ratios in the same run are the verdict; absolute times are context.",
         "",
     ]
