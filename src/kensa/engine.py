@@ -46,6 +46,7 @@ Emission never changes an outcome: an emitter that raises is counted in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -54,6 +55,7 @@ from dataclasses import replace
 from typing import (
     Any,
     Callable,
+    ContextManager,
     Dict,
     Iterable,
     Iterator,
@@ -92,6 +94,7 @@ __all__ = [
     "PhaseRecorder",
     "Registry",
     "RollbackFailedError",
+    "RollbackRefusedError",
     "StepFailedError",
     "UnknownMechanismError",
     "ValidationFailedError",
@@ -170,6 +173,19 @@ class ValidationFailedError(KensaError, RuntimeError):
 
 class RollbackFailedError(KensaError, RuntimeError):
     """A rollback did not restore its pre-state (names the error of such results)."""
+
+
+class RollbackRefusedError(KensaError, RuntimeError):
+    """Recovery or a rollback by id was refused before anything changed.
+
+    The engine has no journal to read, the transaction is not one that can be
+    rolled back (not committed, already rolled back), or the host drifted since
+    the commit. ``drifted`` names the drifted paths or keys, if that was the cause.
+    """
+
+    def __init__(self, message: str, drifted: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.drifted: Tuple[str, ...] = tuple(drifted)
 
 
 class WiringError(KensaError, ImportError):
@@ -303,6 +319,11 @@ class Engine:
         self._audit_lock = threading.Lock()
         self._audit_errors = 0
         self._last_audit_error: Optional[BaseException] = None
+        # The journal's shared run lock, taken once however many runs nest.
+        self._run_lock_guard = threading.Lock()
+        self._run_lock_users = 0
+        self._run_lock_held: Optional[Any] = None
+        self._run_lock_pid = 0
 
     @property
     def audit_errors(self) -> int:
@@ -321,8 +342,13 @@ class Engine:
         return self.events.subscribe(callback, maxsize)
 
     def run(self, txn: Transaction) -> TransactionResult:
-        """Run one transaction to a terminal result; handler errors never escape."""
-        with self._lock_for(txn.host):
+        """Run one transaction to a terminal result; handler errors never escape.
+
+        With a journal that has a ``lock()`` method the run holds its shared
+        lock, so it never overlaps :meth:`recover`; a KensaError from taking
+        that lock (recovery is in progress) is raised before anything runs.
+        """
+        with self._shared_run_lock(), self._lock_for(txn.host):
             return self._run(txn)
 
     def run_many(self, txns: Iterable[Transaction], workers: Optional[int] = None) -> List[TransactionResult]:
@@ -332,7 +358,56 @@ class Engine:
         ``workers`` caps the threads (default: as ThreadPoolExecutor chooses).
         On KeyboardInterrupt, or when a run raises, transactions not yet started
         are not started; the running ones finish, then the exception propagates.
+        The journal's shared lock (see :meth:`run`) is taken once for the batch.
         """
+        with self._shared_run_lock():
+            return self._run_many(txns, workers)
+
+    def recover(self) -> List[TransactionResult]:
+        """Roll back every interrupted transaction in the journal; see :mod:`kensa.recovery`."""
+        from .recovery import recover_interrupted
+
+        return recover_interrupted(self)
+
+    def rollback(self, txn_id: str, *, force: bool = False) -> TransactionResult:
+        """Reverse committed transaction ``txn_id`` from its journaled pre-state; see :mod:`kensa.recovery`."""
+        from .recovery import rollback_committed
+
+        return rollback_committed(self, txn_id, force=force)
+
+    def _shared_run_lock(self) -> ContextManager[None]:
+        make_lock = getattr(self.journal, "lock", None)
+        if make_lock is None:
+            return contextlib.nullcontext()
+        return self._holding_run_lock(make_lock)
+
+    @contextlib.contextmanager
+    def _holding_run_lock(self, make_lock: Callable[..., Any]) -> Iterator[None]:
+        # flock locks belong to an open file: nested and concurrent runs of this
+        # engine share one, so run_many pays one lock for the batch and a run
+        # inside it never waits on itself.
+        with self._run_lock_guard:
+            if self._run_lock_pid != os.getpid():
+                # Forked while a run held it: the child's runs take their own.
+                if self._run_lock_held is not None:
+                    self._run_lock_held.release()
+                self._run_lock_held, self._run_lock_users = None, 0
+                self._run_lock_pid = os.getpid()
+            if self._run_lock_users == 0:
+                held = make_lock(exclusive=False)
+                held.acquire()
+                self._run_lock_held = held
+            self._run_lock_users += 1
+        try:
+            yield
+        finally:
+            with self._run_lock_guard:
+                self._run_lock_users -= 1
+                if self._run_lock_users == 0 and self._run_lock_held is not None:
+                    self._run_lock_held.release()
+                    self._run_lock_held = None
+
+    def _run_many(self, txns: Iterable[Transaction], workers: Optional[int]) -> List[TransactionResult]:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive number of threads, got {workers!r}")
         todo = list(txns)

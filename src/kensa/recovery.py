@@ -1,0 +1,473 @@
+"""Crash recovery and rollback by id: journaled pre-states put back on the host.
+
+:meth:`Engine.recover <kensa.engine.Engine.recover>` and
+:meth:`Engine.rollback <kensa.engine.Engine.rollback>` delegate here. This
+module talks to the engine's journal object only (no sqlite), to the engine's
+registry for the handlers and to its ``hosts`` callable for the target.
+
+Recovery (:func:`recover_interrupted`)
+    Under the journal's exclusive lock (runs hold it shared), every
+    interrupted transaction (intent journaled, no terminal result) is reversed,
+    newest first, so that where two touched the same file the oldest pre-state
+    is the one left. Every captured step is restored, last step first: a step
+    that never ran gets back the state it already has, so reversing all of
+    them is right wherever the run stopped. The outcome, recorded with
+    ``journal.record_recovery``:
+
+    - ``recovered`` (``host_unchanged``): every restore verified by read-back;
+    - ``partially_applied``: every restore verified, but the transaction has a
+      step that cannot be reversed (no pre-state) and may have run before the
+      interruption: nobody can tell, so the host is not called unchanged;
+    - ``rollback_failed``: a restore failed or was withheld (below).
+
+    A step is withheld, not restored, when a later journaled transaction on the
+    same host that may have changed the host (committed, staged, partially
+    applied, rollback failed, or itself still interrupted) touched one of the
+    step's files: restoring would silently undo that transaction. The result
+    says which transaction, and the operator decides.
+
+    When recovery cannot start on a transaction (its host does not resolve, a
+    mechanism has no handler) nothing is restored and nothing recorded: the
+    result is ``errored`` (``host_unchanged`` False, it may be half changed)
+    and the entry stays interrupted, so the next recovery tries again.
+    Otherwise recovery is idempotent: a second call finds nothing and returns [].
+
+Rollback by id (:func:`rollback_committed`)
+    Reverses a committed transaction from its journaled pre-states, holding
+    the shared run lock and the engine's lock for the host like a run.
+    Refused (:class:`~kensa.engine.RollbackRefusedError`, nothing changed)
+    when the transaction is not committed, was rolled back already, or the
+    host drifted since the commit: a step's ``validate()`` no longer holds, or
+    a later journaled transaction that may have changed the host touched one
+    of its files. The refusal names the drifted paths (a sysctl by its key).
+    ``force=True`` restores anyway; it also lets a staged transaction (which
+    cannot be checked before a reboot) and one with a step that cannot be
+    reversed (the result is then ``partially_applied``) be rolled back. The
+    outcome, ``rolled_back`` (``host_unchanged``) or ``rollback_failed``, is
+    recorded with ``journal.record_rollback``; the original result is kept.
+
+    No intent is journaled before a rollback by id: one interrupted midway
+    leaves the transaction committed and the host half restored, which the
+    drift check then reports; ``force=True`` finishes it.
+
+Audit records (and events), under the original transaction's id, so one
+search on the id shows the whole life of a change:
+
+- recovery: ``started``, ``rollback``, ``recovered`` | ``partially_applied``
+  | ``rollback_failed``; recovery that cannot start: ``started``, ``errored``.
+- rollback by id: ``started``, ``rollback``, ``rolled_back`` | ``partially_applied``
+  | ``rollback_failed``; a refusal emits nothing.
+
+``rollback`` has ``res=success`` when every restore verified; the terminal
+record when the host is back in its pre-state (``host_unchanged``). When the
+journal cannot record the outcome, the result returned is ``errored`` (phase
+``commit``) with the real ``host_unchanged``, and that is what is emitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import replace
+from datetime import datetime
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Set,
+    Tuple,
+    cast,
+)
+
+from .engine import (
+    _NOOP_RECORDER,
+    Engine,
+    Handler,
+    NotCapturableError,
+    PhaseRecorder,
+    RollbackFailedError,
+    RollbackRefusedError,
+    _describe,
+    _step_name,
+)
+from .model import (
+    Phase,
+    PreState,
+    RollbackResult,
+    Status,
+    Step,
+    Transaction,
+    TransactionError,
+    TransactionResult,
+)
+
+if TYPE_CHECKING:
+    from .journal import JournalEntry
+
+__all__ = ["RecoveryJournal", "recover_interrupted", "rollback_committed"]
+
+_perf = time.perf_counter
+
+
+class RecoveryJournal(Protocol):
+    """What recovery and rollback by id need of a journal (:class:`kensa.journal.SqliteJournal` has it).
+
+    A ``lock(exclusive=..., timeout=...)`` method returning a context manager
+    is used when present.
+    """
+
+    def interrupted(self) -> Sequence[JournalEntry]: ...
+
+    def get(self, txn_id: str) -> JournalEntry: ...
+
+    def history(self, host: Optional[str] = None, *, since: Optional[datetime] = None) -> Sequence[JournalEntry]: ...
+
+    def record_recovery(self, txn_id: str, result: TransactionResult) -> None: ...
+
+    def record_rollback(self, txn_id: str, result: TransactionResult) -> None: ...
+
+
+_NEEDED = ("interrupted", "get", "history", "record_recovery", "record_rollback")
+
+
+def _journal_of(engine: Engine, action: str) -> RecoveryJournal:
+    journal: Any = engine.journal
+    if journal is None:
+        raise RollbackRefusedError(
+            f"cannot {action}: this engine has no journal, so no pre-state was recorded; "
+            "use kensa.engine.default_engine() or Engine(journal=SqliteJournal(path))"
+        )
+    missing = [name for name in _NEEDED if not callable(getattr(journal, name, None))]
+    if missing:
+        raise RollbackRefusedError(
+            f"cannot {action}: the engine's journal {journal!r} has no {', '.join(missing)}; "
+            "use a kensa.journal.SqliteJournal"
+        )
+    return cast(RecoveryJournal, journal)
+
+
+def _exclusive_lock(journal: RecoveryJournal) -> ContextManager[Any]:
+    make_lock: Optional[Callable[..., ContextManager[Any]]] = getattr(journal, "lock", None)
+    return contextlib.nullcontext() if make_lock is None else make_lock(exclusive=True)
+
+
+# --- what a step touches -------------------------------------------------------------
+
+
+def _paths_in(value: Any, found: Set[str]) -> None:
+    # Captured file states name their file under "path" (sysctl_set also under
+    # "runtime_path"), however deep a handler nests them.
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(item, str) and isinstance(key, str) and (key == "path" or key.endswith("_path")):
+                found.add(item)
+            else:
+                _paths_in(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _paths_in(item, found)
+
+
+def _files(step: Step, pre: Optional[PreState]) -> FrozenSet[str]:
+    """The files a step may change: its ``path`` and every path its pre-state captured."""
+    found: Set[str] = set()
+    _paths_in({"path": step.params.get("path")}, found)
+    if pre is not None:
+        _paths_in(pre.data, found)
+    return frozenset(found)
+
+
+def _name(step: Step) -> str:
+    """A step's target as the operator knows it: its path, else its key (a sysctl), else its audit rule."""
+    for param in ("path", "key", "persist_file", "rule"):
+        value = step.params.get(param)
+        if isinstance(value, (list, tuple)):
+            value = "; ".join(str(line) for line in value)
+        if isinstance(value, str) and value:
+            return value
+    return step.mechanism
+
+
+def _may_have_changed(entry: JournalEntry) -> bool:
+    if entry.result is None:
+        return True
+    if entry.later_rollback is not None and entry.later_rollback.host_unchanged:
+        return False
+    return not entry.result.host_unchanged
+
+
+def _later_changes(journal: RecoveryJournal, entry: JournalEntry) -> Dict[int, Tuple[str, str]]:
+    """Step index -> (file, transaction) for steps whose file a later transaction may have changed."""
+    files = [_files(step, pre) for step, pre in zip(entry.txn.steps, entry.pre_states)]
+    mine = frozenset().union(*files)
+    touched: Dict[str, str] = {}
+    # Newest first: the message names the most recent change of each file.
+    for later in journal.history(entry.txn.host, since=entry.created):
+        if later.txn.id == entry.txn.id or not _may_have_changed(later):
+            continue
+        state = "interrupted" if later.result is None else later.result.status.value
+        who = f"transaction {later.txn.id} (rule {later.txn.rule}, {state})"
+        for step, pre in zip(later.txn.steps, later.pre_states):
+            for path in _files(step, pre) & mine:
+                touched.setdefault(path, who)
+    found: Dict[int, Tuple[str, str]] = {}
+    for index, step_files in enumerate(files):
+        for path in sorted(step_files & touched.keys()):
+            found.setdefault(index, (path, touched[path]))
+    return found
+
+
+# --- shared steps --------------------------------------------------------------------
+
+
+def _resolve(engine: Engine, entry: JournalEntry) -> Tuple[Any, List[Optional[Handler]]]:
+    """The host object and the handler of every step that has a pre-state to restore."""
+    handlers = [None if pre is None else engine.registry[step.mechanism] for step, pre in zip(entry.txn.steps, entry.pre_states)]
+    return engine.hosts(entry.txn.host), handlers
+
+
+def _restore(
+    txn: Transaction,
+    host: Any,
+    handlers: Sequence[Optional[Handler]],
+    pre_states: Sequence[Optional[PreState]],
+    withheld: Mapping[int, str],
+) -> Tuple[List[RollbackResult], List[str]]:
+    """Roll back every captured step, last first; every one is tried. Returns (rollbacks, failures)."""
+    rollbacks: List[RollbackResult] = []
+    failures: List[str] = []
+    for index in range(len(txn.steps) - 1, -1, -1):
+        pre, handler, step = pre_states[index], handlers[index], txn.steps[index]
+        if pre is None or handler is None:
+            continue
+        if index in withheld:
+            rb = RollbackResult(step.mechanism, ok=False, detail=withheld[index])
+        else:
+            try:
+                rb = handler.rollback(host, pre)
+                if not isinstance(rb, RollbackResult):
+                    raise TypeError(f"{type(handler).__name__}.rollback returned {type(rb).__name__}")
+            except Exception as exc:
+                rb = RollbackResult(step.mechanism, ok=False, detail=_describe(exc))
+        if not rb.ok:
+            failures.append(f"{_step_name(index, step)}: {rb.detail or 'the handler gave no detail'}")
+        rollbacks.append(rb)
+    return rollbacks, failures
+
+
+def _irreversible(entry: JournalEntry) -> List[str]:
+    return [_step_name(i, step) for i, (step, pre) in enumerate(zip(entry.txn.steps, entry.pre_states)) if pre is None]
+
+
+def _outcome(
+    txn: Transaction,
+    done: Status,
+    rollbacks: List[RollbackResult],
+    failures: List[str],
+    irreversible: List[str],
+    timings: Dict[Phase, float],
+    what: str,
+) -> TransactionResult:
+    if failures:
+        message = (
+            f"{what}: {len(failures)} of {len(rollbacks)} restores failed, the host is not in its pre-state "
+            f"(first: {failures[0]}); the pre-states stay in the journal for a manual restore"
+        )
+        error: Optional[TransactionError] = TransactionError(RollbackFailedError.__name__, message, Phase.ROLLBACK)
+        status, unchanged = Status.ROLLBACK_FAILED, False
+    elif irreversible:
+        message = (
+            f"{what}: every captured step was restored, but {', '.join(irreversible)} cannot be reversed "
+            "and may have changed the host; check it by hand"
+        )
+        error = TransactionError(NotCapturableError.__name__, message, Phase.ROLLBACK)
+        status, unchanged = Status.PARTIALLY_APPLIED, False
+    else:
+        error, status, unchanged = None, done, True
+    return TransactionResult(txn.id, txn.rule, txn.host, status, unchanged, timings, (), tuple(rollbacks), error)
+
+
+def _recorded(
+    write: Callable[[str, TransactionResult], None], result: TransactionResult, timings: Dict[Phase, float], what: str
+) -> TransactionResult:
+    """Journal ``result``; a result the journal does not hold is returned as errored, never as done."""
+    start = _perf()
+    try:
+        write(result.txn_id, result)
+    except Exception as exc:
+        message = f"the journal could not record the {what} ({result.status.value}): {_describe(exc)}"
+        result = replace(result, status=Status.ERRORED, error=TransactionError(type(exc).__name__, message, Phase.COMMIT))
+    timings[Phase.COMMIT] = _perf() - start
+    return replace(result, timings=timings)
+
+
+def _recorder(engine: Engine, txn: Transaction) -> PhaseRecorder:
+    try:
+        return engine.audit.transaction(txn.id, txn.rule, txn.host)
+    except Exception as exc:
+        engine._audit_failed(exc)
+        return _NOOP_RECORDER
+
+
+def _conclude(engine: Engine, rec: PhaseRecorder, result: TransactionResult) -> TransactionResult:
+    ok = result.host_unchanged and result.status is not Status.ERRORED
+    try:
+        rec.emit(result.status.value, ok)
+    except Exception as exc:
+        engine._audit_failed(exc)
+    engine.events.publish_terminal(result, ok)
+    return result
+
+
+# --- recovery ------------------------------------------------------------------------
+
+
+def recover_interrupted(engine: Engine) -> List[TransactionResult]:
+    """Reverse every interrupted transaction, newest first; see the module docstring."""
+    journal = _journal_of(engine, "recover interrupted transactions")
+    results: List[TransactionResult] = []
+    with _exclusive_lock(journal):
+        for entry in reversed(list(journal.interrupted())):
+            with engine._lock_for(entry.txn.host):
+                results.append(_recover_one(engine, journal, entry))
+    return results
+
+
+def _recover_one(engine: Engine, journal: RecoveryJournal, entry: JournalEntry) -> TransactionResult:
+    txn = entry.txn
+    rec = _recorder(engine, txn)
+    engine._boundary(rec, txn, Phase.STARTED, True)
+    timings: Dict[Phase, float] = {}
+    start = _perf()
+    try:
+        host, handlers = _resolve(engine, entry)
+        later = _later_changes(journal, entry)
+    except Exception as exc:
+        timings[Phase.PREFLIGHT] = _perf() - start
+        message = (
+            f"could not start recovering interrupted transaction {txn.id} (rule {txn.rule}, host {txn.host}): "
+            f"{_describe(exc)}; nothing was restored and it stays interrupted in the journal: "
+            "fix the cause and recover again"
+        )
+        error = TransactionError(type(exc).__name__, message, Phase.PREFLIGHT)
+        result = TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, False, timings, error=error)
+        return _conclude(engine, rec, result)
+    timings[Phase.PREFLIGHT] = _perf() - start
+    withheld = {
+        index: f"not restored: {path} was changed after the interruption by {who}; restoring this pre-state "
+        f"would undo that: check {path} by hand"
+        for index, (path, who) in later.items()
+    }
+    start = _perf()
+    rollbacks, failures = _restore(txn, host, handlers, entry.pre_states, withheld)
+    timings[Phase.ROLLBACK] = _perf() - start
+    engine._boundary(rec, txn, Phase.ROLLBACK, not failures)
+    what = f"recovery of interrupted transaction {txn.id}"
+    result = _outcome(txn, Status.RECOVERED, rollbacks, failures, _irreversible(entry), timings, what)
+    return _conclude(engine, rec, _recorded(journal.record_recovery, result, timings, "recovery"))
+
+
+# --- rollback by id ------------------------------------------------------------------
+
+_NOT_ROLLED_BACK_BECAUSE = {
+    Status.ROLLED_BACK: "its changes were already rolled back when it ran",
+    Status.RECOVERED: "it was interrupted, and recovery already restored its pre-state",
+    Status.ERRORED: "it stopped before changing anything",
+    Status.SKIPPED: "the host already complied, so it changed nothing",
+    Status.PARTIALLY_APPLIED: "its own rollback could not reverse every step; restore by hand from its journaled pre-states",
+    Status.ROLLBACK_FAILED: "its own rollback failed; restore by hand from its journaled pre-states",
+}
+
+
+def _refuse_unless_committed(entry: JournalEntry, force: bool) -> None:
+    txn, result = entry.txn, entry.result
+    where = f"transaction {txn.id} (rule {txn.rule}, host {txn.host})"
+    if result is None:
+        raise RollbackRefusedError(
+            f"cannot roll back {where}: it was interrupted and has no result; run recovery (kensa recover) instead"
+        )
+    if entry.later_rollback is not None:
+        at = f" at {entry.later_rollback_at.isoformat()}" if entry.later_rollback_at is not None else ""
+        raise RollbackRefusedError(
+            f"cannot roll back {where}: it was already rolled back{at} ({entry.later_rollback.status.value}); "
+            "see its journal entry (kensa history)"
+        )
+    if result.status is Status.STAGED and not force:
+        raise RollbackRefusedError(
+            f"cannot roll back {where}: it is staged (in effect only after a reboot), so kensa cannot check "
+            "whether the host drifted; pass force=True (kensa rollback --force) to restore its pre-state anyway"
+        )
+    if result.status not in (Status.COMMITTED, Status.STAGED):
+        reason = _NOT_ROLLED_BACK_BECAUSE.get(result.status, "only a committed transaction can be rolled back")
+        raise RollbackRefusedError(f"cannot roll back {where}: it ended as {result.status.value}: {reason}")
+    irreversible = _irreversible(entry)
+    if irreversible and not force:
+        raise RollbackRefusedError(
+            f"cannot roll back {where}: {', '.join(irreversible)} cannot be reversed (no pre-state was captured); "
+            "pass force=True (kensa rollback --force) to restore the other steps anyway"
+        )
+
+
+def _drift(engine: Engine, journal: RecoveryJournal, entry: JournalEntry, host: Any) -> Tuple[List[str], List[str]]:
+    """(names, reasons) of what changed since ``entry`` committed."""
+    names: List[str] = []
+    reasons: List[str] = []
+    for index, step in enumerate(entry.txn.steps):
+        try:
+            holds = engine.registry[step.mechanism].validate(host, step.params)
+            why = "no longer holds what the transaction set"
+        except Exception as exc:
+            holds, why = False, f"cannot be checked: {_describe(exc)}"
+        if not holds:
+            names.append(_name(step))
+            reasons.append(f"{_name(step)} ({_step_name(index, step)}) {why}")
+    for index, (path, who) in sorted(_later_changes(journal, entry).items()):
+        if path not in names:
+            names.append(path)
+            reasons.append(f"{path} ({_step_name(index, entry.txn.steps[index])}) was changed later by {who}")
+    return names, reasons
+
+
+def rollback_committed(engine: Engine, txn_id: str, *, force: bool = False) -> TransactionResult:
+    """Reverse committed ``txn_id`` from its journaled pre-states; see the module docstring."""
+    journal = _journal_of(engine, f"roll back transaction {txn_id}")
+    with engine._shared_run_lock():
+        entry = journal.get(txn_id)
+        _refuse_unless_committed(entry, force)
+        txn = entry.txn
+        with engine._lock_for(txn.host):
+            try:
+                host, handlers = _resolve(engine, entry)
+            except Exception as exc:
+                raise RollbackRefusedError(
+                    f"cannot roll back transaction {txn.id} (rule {txn.rule}, host {txn.host}): {_describe(exc)}; "
+                    "nothing was changed"
+                ) from exc
+            if not force:
+                names, reasons = _drift(engine, journal, entry, host)
+                if names:
+                    raise RollbackRefusedError(
+                        f"cannot roll back transaction {txn.id} (rule {txn.rule}, host {txn.host}): the host drifted "
+                        f"since it committed: {'; '.join(reasons)}. Rolling back restores the state from before the "
+                        "transaction and would overwrite those changes; nothing was changed. Check them, then pass "
+                        "force=True (kensa rollback --force) to roll back anyway",
+                        names,
+                    )
+            rec = _recorder(engine, txn)
+            engine._boundary(rec, txn, Phase.STARTED, True)
+            timings: Dict[Phase, float] = {}
+            start = _perf()
+            rollbacks, failures = _restore(txn, host, handlers, entry.pre_states, {})
+            timings[Phase.ROLLBACK] = _perf() - start
+            engine._boundary(rec, txn, Phase.ROLLBACK, not failures)
+            what = f"rollback of transaction {txn.id}"
+            result = _outcome(txn, Status.ROLLED_BACK, rollbacks, failures, _irreversible(entry), timings, what)
+            return _conclude(engine, rec, _recorded(journal.record_rollback, result, timings, "rollback"))
