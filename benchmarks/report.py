@@ -327,36 +327,21 @@ def _batch_lines(t: tx.Transactions) -> List[str]:
         return lines + [f"  not measured: {t.batch_why_not or t.why_not}"]
     rows = [
         [
-            "no journal",
-            f"{b.no_journal_s * 1e3:.1f} ms",
-            f"{b.no_journal_s / b.transactions * 1e6:.1f} us",
-            f"{b.no_journal_s / b.floor_2x_s:.2f}x",
-        ],
-        [
-            "SQLite journal",
-            f"{b.journal_s * 1e3:.1f} ms",
-            f"{b.journal_s / b.transactions * 1e6:.1f} us",
-            f"{b.journal_s / b.floor_2x_s:.2f}x",
-        ],
-        [
-            f"floor: {b.transactions} fsyncs (1x)",
-            f"{b.floor_1x_s * 1e3:.1f} ms",
-            f"{b.floor_1x_s / b.transactions * 1e6:.1f} us",
-            f"{b.floor_1x_s / b.floor_2x_s:.2f}x",
-        ],
-        [
-            f"floor: {2 * b.transactions} fsyncs (2x)",
-            f"{b.floor_2x_s * 1e3:.1f} ms",
-            f"{b.floor_2x_s / b.transactions * 1e6:.1f} us",
-            "1.00x",
-        ],
-    ]
-    lines += [
-        "  " + line
-        for line in _table(
-            [f"{b.transactions} transactions, emitter {b.emitter}", "time", "per txn", "vs 2x floor"], rows
+            label,
+            f"{seconds * 1e3:.1f} ms",
+            f"{seconds / b.transactions * 1e6:.1f} us",
+            f"{b.transactions / seconds:,.0f}" if txns else "-",
+            f"{seconds / b.floor_2x_s:.2f}x",
+        ]
+        for label, seconds, txns in (
+            ("no journal", b.no_journal_s, True),
+            ("SQLite journal", b.journal_s, True),
+            (f"floor: {b.transactions} fsyncs (1x)", b.floor_1x_s, False),
+            (f"floor: {2 * b.transactions} fsyncs (2x)", b.floor_2x_s, False),
         )
     ]
+    headers = [f"{b.transactions} transactions, emitter {b.emitter}", "time", "per txn", "txn/s", "vs 2x floor"]
+    lines += ["  " + line for line in _table(headers, rows)]
     lines.append(f"  median of {b.reps} repetitions; statuses: " + ", ".join(f"{k} {n}" for k, n in b.statuses.items()))
     return lines
 
@@ -394,6 +379,31 @@ def render(run: Run, goals: Sequence[Target]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _transaction_costs(t: tx.Transactions) -> Dict[str, Dict[str, Any]]:
+    """What each emitter added, per workload: the numbers behind the targets."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for w in t.workloads:
+        base = w.variant(tx.BASELINE)
+        if base is None or base.per_txn is None:
+            continue
+        out[w.name] = {}
+        for v in w.variants:
+            if v.name == tx.BASELINE or v.per_txn is None:
+                continue
+            out[w.name][v.name] = {
+                "wall_added_ns": v.per_txn.p50_ns - base.per_txn.p50_ns,
+                "wall_added_percent": w.added_percent(v.name),
+                "direct_added_ns": w.added_direct_ns(v.name),
+                "direct_added_percent": w.added_direct_percent(v.name),
+                "per_call_added_ns": {
+                    call: s.p50_ns - base.per_phase[call].p50_ns
+                    for call, s in v.per_phase.items()
+                    if call in base.per_phase
+                },
+            }
+    return out
+
+
 def to_json(run: Run, goals: Sequence[Target]) -> str:
     data = {
         "sizes": run.sizes,
@@ -402,6 +412,7 @@ def to_json(run: Run, goals: Sequence[Target]) -> str:
         "emission": [dataclasses.asdict(s) for s in run.scenarios],
         "throughput": dataclasses.asdict(run.throughput) if run.throughput else None,
         "transactions": dataclasses.asdict(run.transactions) if run.transactions else None,
+        "transaction_costs": _transaction_costs(run.transactions) if run.transactions else None,
         "targets": [dict(dataclasses.asdict(g), verdict=g.verdict) for g in goals],
         "not_measured": skipped(run),
     }
