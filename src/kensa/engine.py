@@ -322,7 +322,7 @@ class Engine:
         # The journal's shared run lock, taken once however many runs nest.
         self._run_lock_guard = threading.Lock()
         self._run_lock_users = 0
-        self._run_lock_held: Optional[Any] = None
+        self._run_lock_held: Optional[contextlib.ExitStack] = None
         self._run_lock_pid = 0
 
     @property
@@ -390,12 +390,12 @@ class Engine:
             if self._run_lock_pid != os.getpid():
                 # Forked while a run held it: the child's runs take their own.
                 if self._run_lock_held is not None:
-                    self._run_lock_held.release()
+                    self._run_lock_held.close()
                 self._run_lock_held, self._run_lock_users = None, 0
                 self._run_lock_pid = os.getpid()
             if self._run_lock_users == 0:
-                held = make_lock(exclusive=False)
-                held.acquire()
+                held = contextlib.ExitStack()
+                held.enter_context(make_lock(exclusive=False))
                 self._run_lock_held = held
             self._run_lock_users += 1
         try:
@@ -404,7 +404,7 @@ class Engine:
             with self._run_lock_guard:
                 self._run_lock_users -= 1
                 if self._run_lock_users == 0 and self._run_lock_held is not None:
-                    self._run_lock_held.release()
+                    self._run_lock_held.close()
                     self._run_lock_held = None
 
     def _run_many(self, txns: Iterable[Transaction], workers: Optional[int]) -> List[TransactionResult]:

@@ -3,7 +3,9 @@
 :meth:`Engine.recover <kensa.engine.Engine.recover>` and
 :meth:`Engine.rollback <kensa.engine.Engine.rollback>` delegate here. This
 module talks to the engine's journal object only (no sqlite), to the engine's
-registry for the handlers and to its ``hosts`` callable for the target.
+registry for the handlers and to its ``hosts`` callable for the target. It is
+the engine's own code, kept apart from the run path: it uses the engine's host
+locks, run lock and audit emission, so those behave exactly as in a run.
 
 Recovery (:func:`recover_interrupted`)
     Under the journal's exclusive lock (runs hold it shared), every
@@ -67,6 +69,7 @@ journal cannot record the outcome, the result returned is ``errored`` (phase
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -164,11 +167,11 @@ def _exclusive_lock(journal: RecoveryJournal) -> ContextManager[Any]:
 
 def _paths_in(value: Any, found: Set[str]) -> None:
     # Captured file states name their file under "path" (sysctl_set also under
-    # "runtime_path"), however deep a handler nests them.
+    # "runtime_path"), however deep a handler nests them; "/etc//x" is "/etc/x".
     if isinstance(value, Mapping):
         for key, item in value.items():
             if isinstance(item, str) and isinstance(key, str) and (key == "path" or key.endswith("_path")):
-                found.add(item)
+                found.add(posixpath.normpath(item))
             else:
                 _paths_in(item, found)
     elif isinstance(value, (list, tuple)):
