@@ -1036,6 +1036,9 @@ def parse_rule(
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         problem = exc.problem or "invalid YAML"
+        if "maximum nesting depth" in problem:
+            # Newer libyaml stops deep nesting itself, before our own bound.
+            raise doc.at_line(line, f"nesting deeper than {MAX_NESTING_DEPTH} levels; rule files are shallow") from None
         context = ""
         if exc.context:
             started = exc.context_mark
