@@ -14,7 +14,9 @@ class Section:
     ``tried`` and ``found`` are the one-line summary; ``body`` is markdown;
     ``problems`` lists everything that broke a claim (empty when clean);
     ``losses`` counts journaled results that went missing or trees that were
-    not restored; ``figures`` are the numbers the tests check.
+    not restored; ``findings`` are known defects, reported with a reproduction
+    and tracked by a strict xfail test until fixed; ``figures`` are the
+    numbers the tests check.
     """
 
     key: str
@@ -24,6 +26,7 @@ class Section:
     body: Tuple[str, ...] = ()
     problems: Tuple[str, ...] = ()
     losses: int = 0
+    findings: Tuple[str, ...] = ()
     figures: Mapping[str, Any] = field(default_factory=dict)
     skipped: str = ""
 
@@ -72,6 +75,10 @@ def render(sections: Sequence[Section], meta: Mapping[str, str]) -> str:
     if problems:
         out += ["", "## Problems", ""]
         out += [f"- {title}: {text}" for title, text in problems]
+    findings = [(s.title, f) for s in sections for f in s.findings]
+    if findings:
+        out += ["", "## Known defects", ""]
+        out += [f"- {title}: {text}" for title, text in findings]
     for s in sections:
         out += ["", f"## {s.title}", ""]
         if s.skipped:
