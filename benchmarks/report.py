@@ -128,18 +128,19 @@ def targets(run: Run) -> List[Target]:
             out.append(Target(f"{name} transaction", goal, "not measured", None))
             continue
         wall, again = w.added_percent(tx.ASYNC), w.added_percent(tx.BASELINE_AGAIN)
+        if wall is None or again is None:
+            out.append(Target(f"{name} transaction", goal, "not measured", None))
+            continue
         measured = (
             f"{direct:+.2f}% direct ({fmt_ns(w.added_direct_ns(tx.ASYNC))} of emitter calls on a "
             f"{fmt_ns(base.per_txn.p50_ns)} median transaction); wall clock {wall:+.1f}%, "
             f"whose no-emitter A/A noise is {again:+.1f}%"
         )
+        # The emitter's own calls must fit, and the wall clock must not say
+        # otherwise by more than its own noise.
+        met = direct <= limit and wall <= limit + abs(again)
         out.append(
-            Target(
-                f"{name} transaction",
-                goal + " (direct: the emitter's calls inside the engine)",
-                measured,
-                direct <= limit,
-            )
+            Target(f"{name} transaction", goal + " (direct, and wall clock within its A/A noise)", measured, met)
         )
     b = run.transactions.batch if run.transactions else None
     if b:
