@@ -1,0 +1,234 @@
+"""The path resolver under hostile trees: never a path outside the root.
+
+Hypothesis builds a target root holding directories, files with odd names and
+symlinks of every kind (absolute and relative, into the root, out of it,
+dangling, to themselves, in loops), next to sentinel directories outside the
+root, one reachable with ``..`` and one only by absolute path. It then runs
+LocalHost's read/info/write/remove/set_meta on paths made of those names,
+``..``, ``.`` and empty components. Each operation must either succeed
+touching only what lies inside the root, or refuse with a KensaError; the
+sentinels must be byte-for-byte unchanged afterwards, and no read may return
+sentinel bytes.
+
+``KENSA_FUZZ_SCALE`` multiplies the example counts (the reliability report
+runs this file at a larger size); ``KENSA_FUZZ_REPORT`` names a JSON file to
+which the counts of what was tried are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kensa.host import LocalHost
+from kensa.model import KensaError
+
+SCALE = int(os.environ.get("KENSA_FUZZ_SCALE", "1"))
+FUZZ = settings(
+    max_examples=150 * SCALE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+SENTINEL = b"SENTINEL: outside the root\n"
+COUNTS: Counter = Counter()
+
+NAMES = ["a", "b", "etc", "with space", "caf\u00e9", "\udcff\udc80", "-rf", ".hidden", "x" * 200, "new\nline", "*"]
+LINK_KINDS = ["abs_outside", "rel_outside", "abs_outside_file", "rel_outside_file", "abs_inside", "rel_inside",
+              "dangling", "self", "loop", "abs_other_sentinel", "root_itself", "dotdot_chain"]
+
+
+def _fs(name: str) -> bytes:
+    return os.fsencode(name)
+
+
+entries = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(NAMES), min_size=1, max_size=3),
+        st.sampled_from(["dir", "file", "link"]),
+        st.sampled_from(LINK_KINDS),
+    ),
+    max_size=12,
+)
+components = st.lists(st.one_of(st.sampled_from(NAMES), st.sampled_from(["..", ".", "", "outside", "secret"])), max_size=6)
+OPS = ["info", "read_file", "write_file", "remove_file", "set_meta"]
+
+
+def operations(plan: List[Tuple[List[str], str, str]]) -> st.SearchStrategy[List[Tuple[str, List[str]]]]:
+    """Operations on random paths, and on paths that start with (or are) an entry of the tree."""
+    paths = components
+    made = [names for names, _, _ in plan]
+    if made:
+        existing = st.sampled_from(made)
+        paths = st.one_of(components, existing, st.tuples(existing, components).map(lambda pair: pair[0] + pair[1]))
+    return st.lists(st.tuples(st.sampled_from(OPS), paths), min_size=1, max_size=10)
+
+
+def _link_target(kind: str, base: Path, root: Path, link: Path) -> str:
+    depth = len(link.relative_to(root).parts)  # levels from the link's directory up to base
+    up = "../" * depth
+    return {
+        "abs_outside": str(base / "outside"),
+        "rel_outside": up + "outside",
+        "abs_outside_file": str(base / "outside" / "secret"),
+        "rel_outside_file": up + "outside/secret",
+        "abs_inside": str(root / "a"),
+        "rel_inside": "a" if depth == 1 else "../" * (depth - 1) + "a",
+        "dangling": "does-not-exist",
+        "self": link.name,
+        "loop": link.name + "-twin",
+        "abs_other_sentinel": str(base / "far" / "secret"),
+        "root_itself": str(root),
+        "dotdot_chain": "../" * (depth + 5),
+    }[kind]
+
+
+def _build(base: Path, plan: List[Tuple[List[str], str, str]]) -> Dict[str, int]:
+    """Make the sentinels and the root's entries; returns how many of each kind were made."""
+    made: Counter = Counter()
+    for sentinel in (base / "outside", base / "far"):
+        sentinel.mkdir()
+        (sentinel / "secret").write_bytes(SENTINEL)
+        (sentinel / "secret").chmod(0o640)
+        (sentinel / "a").mkdir()
+        (sentinel / "a" / "secret").write_bytes(SENTINEL)
+    root = base / "root"
+    root.mkdir()
+    for names, kind, link_kind in plan:
+        path = root.joinpath(*names)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "dir":
+                path.mkdir()
+            elif kind == "file":
+                path.write_bytes(b"inside: " + _fs(str(path.relative_to(root))))
+            else:
+                os.symlink(_link_target(link_kind, base, root, path), path)
+                if link_kind == "loop":
+                    os.symlink(path.name, path.with_name(path.name + "-twin"))
+                made[f"link:{link_kind}"] += 1
+                continue
+            made[kind] += 1
+        except (OSError, ValueError):
+            # A name already taken, a parent that is a file or a link: that tree is just different.
+            made["not made"] += 1
+    return dict(made)
+
+
+def _snapshot(top: Path) -> Dict[str, Tuple[int, int, int, Optional[bytes]]]:
+    found: Dict[str, Tuple[int, int, int, Optional[bytes]]] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st_ = os.lstat(path)
+            data = Path(path).read_bytes() if stat.S_ISREG(st_.st_mode) else None
+            found[path] = (st_.st_mode, st_.st_uid, st_.st_gid, data)
+    return found
+
+
+def _lexical_inside(root: Path, path: str) -> Optional[Path]:
+    """Where ``path`` lies in the root when every component is a real directory (None: above the root)."""
+    parts: List[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(part)
+    return root.joinpath(*parts)
+
+
+def _operate(host: LocalHost, root: Path, op: str, path: str) -> str:
+    """Run one operation; returns "ok" or the name of the KensaError it raised."""
+    try:
+        if op == "info":
+            found = host.info(path, content=True)
+            assert found is None or found.content is None or SENTINEL not in found.content
+        elif op == "read_file":
+            found = host.read_file(path)
+            assert found is None or found.content is None or SENTINEL not in found.content
+        elif op == "write_file":
+            host.write_file(path, b"written by the fuzzer\n", mode=0o600)
+            target = _lexical_inside(root, path)
+            assert target is not None and os.path.realpath(target).startswith(str(root) + os.sep)
+            assert not os.path.islink(target) and Path(target).read_bytes() == b"written by the fuzzer\n"
+        elif op == "remove_file":
+            host.remove_file(path)
+        else:
+            host.set_meta(path, mode=0o600)
+    except KensaError as exc:
+        return type(exc).__name__
+    return "ok"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_counts() -> Iterator[None]:
+    yield
+    report = os.environ.get("KENSA_FUZZ_REPORT")
+    if report:
+        Path(report).write_text(json.dumps(dict(COUNTS), sort_keys=True))
+
+
+@FUZZ
+@given(plan=entries, data=st.data())
+def test_operations_stay_inside_the_root(plan: List[Tuple[List[str], str, str]], data: st.DataObject) -> None:
+    """read/info/write/remove/set_meta either refuse with a KensaError or touch only files inside the root."""
+    ops = data.draw(operations(plan))
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        made = _build(base, plan)
+        outside = _snapshot(base / "outside"), _snapshot(base / "far")
+        root = base / "root"
+        host = LocalHost(str(root))
+        COUNTS["trees"] += 1
+        COUNTS.update(made)
+        for op, parts in ops:
+            path = "/" + "/".join(parts)
+            outcome = _operate(host, root, op, path)
+            COUNTS[f"{op}:{outcome}"] += 1
+            COUNTS["operations"] += 1
+        assert (_snapshot(base / "outside"), _snapshot(base / "far")) == outside, "a sentinel outside the root changed"
+
+
+@FUZZ
+@given(plan=entries, names=st.lists(st.sampled_from(NAMES + [".."]), min_size=1, max_size=4), link_kind=st.sampled_from(LINK_KINDS))
+def test_a_symlink_anywhere_in_the_path_is_refused(plan: List[Tuple[List[str], str, str]], names: List[str], link_kind: str) -> None:
+    """A path through a symlink, as a parent or as the final name, is refused by every operation."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        _build(base, plan)
+        root = base / "root"
+        clean = [n for n in names if n != ".."] or ["a"]
+        link = root / "via-link"
+        os.symlink(_link_target(link_kind, base, root, link), link)
+        outside = _snapshot(base / "outside")
+        host = LocalHost(str(root))
+        for path in ("/via-link", "/via-link/" + "/".join(clean)):
+            for op in OPS:
+                outcome = _operate(host, root, op, path)
+                COUNTS[f"through link:{outcome}"] += 1
+                assert outcome != "ok", (op, path, link_kind)
+        assert os.path.islink(link)
+        assert _snapshot(base / "outside") == outside
+
+
+def test_the_sentinels_are_reachable_without_the_resolver() -> None:
+    """The trees really point outside: following the links with plain open() reaches the sentinels."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        _build(base, [(["a"], "link", "rel_outside_file"), (["b"], "link", "abs_outside")])
+        assert (base / "root" / "a").read_bytes() == SENTINEL
+        assert (base / "root" / "b" / "secret").read_bytes() == SENTINEL
+        with pytest.raises(KensaError):
+            LocalHost(str(base / "root")).read_file("/a")
