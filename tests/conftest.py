@@ -11,13 +11,15 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -33,9 +35,10 @@ def require_audit(why: str) -> None:
     pytest.skip(why)
 
 
-def require_root() -> None:
+def require_root(why: str = "") -> None:
+    """Skip, or fail under KENSA_REQUIRE_AUDIT=1, when not root."""
     if os.geteuid() != 0:
-        require_audit("this test needs root")
+        require_audit(f"this test needs root{f' ({why})' if why else ''}")
 
 
 def require_auditd() -> int:
@@ -169,3 +172,38 @@ def decode_value(value: str) -> bytes:
     if value.startswith('"') and value.endswith('"') and len(value) >= 2:
         return value[1:-1].encode("ascii")
     return bytes.fromhex(value)
+
+
+Snapshot = Dict[str, Tuple[Any, ...]]
+
+
+def snapshot_tree(top: Path) -> Snapshot:
+    """Everything under ``top``: kind, mode, owner, bytes, xattrs, link targets (lstat, never followed)."""
+    found: Snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [".", *dirnames, *filenames] if dirpath == str(top) else [*dirnames, *filenames]:
+            path = os.path.normpath(os.path.join(dirpath, name))
+            rel = os.path.relpath(path, top)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                found[rel] = ("link", os.readlink(path))
+                continue
+            xattrs = tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in os.listxattr(path, follow_symlinks=False)))
+            content = Path(path).read_bytes() if stat.S_ISREG(st.st_mode) else None
+            kind = "file" if stat.S_ISREG(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else "other"
+            found[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, content, xattrs)
+    return found
+
+
+@contextmanager
+def tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted with ``options`` (e.g. ``size=64k`` or ``ro``), always unmounted (needs root)."""
+    require_root()
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=False)

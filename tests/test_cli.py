@@ -14,6 +14,7 @@ import pytest
 
 import kensa
 from conftest import require_root
+from conftest import snapshot_tree as snapshot
 from kensa.cli import EXIT_BAD_INPUT, EXIT_NOT_APPLIED, EXIT_OK, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,14 +45,6 @@ def make_root(base: Path) -> Path:
     return root
 
 
-def snapshot(root: Path) -> Dict[str, Tuple[int, bytes]]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            out[str(path.relative_to(root))] = (st.st_mode, path.read_bytes() if path.is_file() else b"")
-    return out
 
 
 def kensa_cli(*argv: str) -> Tuple[int, str]:

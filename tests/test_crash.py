@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+from conftest import Snapshot, require_root
+from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.host import resolve_host
@@ -103,7 +105,6 @@ txn = Transaction("crash-test", tuple(Step(m, p) for m, p in json.loads(steps)),
 print(engine.run(txn).status.value)
 """
 
-Snapshot = Dict[str, Tuple[str, int, int, int, Optional[bytes], Dict[str, bytes]]]
 
 
 def make_tree(base: Path) -> Path:
@@ -127,18 +128,6 @@ def make_tree(base: Path) -> Path:
     return root
 
 
-def snapshot(root: Path) -> Snapshot:
-    """Every entry under root: kind, mode, owner, group, bytes of a file, xattrs."""
-    found: Snapshot = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            kind = "dir" if os.path.isdir(path) else "file"
-            content = Path(path).read_bytes() if kind == "file" else None
-            xattrs = {x: os.getxattr(path, x, follow_symlinks=False) for x in sorted(os.listxattr(path, follow_symlinks=False))}
-            found[os.path.relpath(path, root)] = (kind, st.st_mode, st.st_uid, st.st_gid, content, xattrs)
-    return found
 
 
 def run_transaction(root: Path, journal: Path, txn_id: str, point: str) -> "subprocess.CompletedProcess[str]":
@@ -149,10 +138,7 @@ def run_transaction(root: Path, journal: Path, txn_id: str, point: str) -> "subp
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    if os.geteuid() != 0:
-        if os.environ.get("KENSA_REQUIRE_AUDIT") == "1":
-            pytest.fail("this test needs root (it gives files owners) and KENSA_REQUIRE_AUDIT=1 requires it to run")
-        pytest.skip("needs root to give files owners")
+    require_root("it gives files owners")
     return make_tree(tmp_path)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 
 import pytest
 
+from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine
 from kensa.handlers import FileContent, ParamError, default_registry
 from kensa.handlers.audit_rule_set import rule_identity
@@ -48,22 +49,6 @@ def xattrs_supported(directory: Path) -> bool:
         probe.unlink()
 
 
-def snapshot(top: Path) -> Dict[str, Tuple[Any, ...]]:
-    """Everything under ``top``: kind, mode, owner, bytes, xattrs, link targets (lstat, never followed)."""
-    found: Dict[str, Tuple[Any, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in [".", *dirnames, *filenames] if dirpath == str(top) else [*dirnames, *filenames]:
-            path = os.path.normpath(os.path.join(dirpath, name))
-            rel = os.path.relpath(path, top)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                found[rel] = ("link", os.readlink(path))
-                continue
-            xattrs = tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in os.listxattr(path, follow_symlinks=False)))
-            content = Path(path).read_bytes() if stat.S_ISREG(st.st_mode) else None
-            kind = "file" if stat.S_ISREG(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else "other"
-            found[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, content, xattrs)
-    return found
 
 
 def changed_paths(before: Mapping[str, Any], after: Mapping[str, Any]) -> Set[str]:

@@ -29,6 +29,7 @@ from kensa.journal import (
     SqliteJournal,
     default_journal_path,
 )
+from conftest import require_root, tmpfs
 from kensa.model import (
     KensaError,
     Phase,
@@ -41,13 +42,6 @@ from kensa.model import (
     TransactionError,
     TransactionResult,
 )
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("KENSA_REQUIRE_AUDIT") == "1":
-            pytest.fail("this test needs root (it mounts a tmpfs) and KENSA_REQUIRE_AUDIT=1 requires it to run")
-        pytest.skip("needs root to mount a tmpfs")
 
 
 @pytest.fixture
@@ -76,17 +70,6 @@ def make_result(txn: Transaction, status: Status = Status.COMMITTED, **changes: 
     return TransactionResult(**fields)
 
 
-@contextlib.contextmanager
-def tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
-    require_root()
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)], check=True)
-    try:
-        yield mountpoint
-    finally:
-        if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 # --- exact storage -------------------------------------------------------------

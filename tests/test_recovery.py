@@ -18,6 +18,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
+from conftest import Snapshot, tmpfs
+from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine, Handler, RollbackRefusedError, default_engine
 from kensa.handlers import default_registry
 from kensa.handlers.file_content import FileContent
@@ -33,14 +35,6 @@ from kensa.model import (
     TransactionResult,
 )
 
-Snapshot = Dict[str, Tuple[int, int, int, Optional[bytes], Dict[str, bytes]]]
-
-
-def require_root(why: str) -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("KENSA_REQUIRE_AUDIT") == "1":
-            pytest.fail(f"this test needs root ({why}) and KENSA_REQUIRE_AUDIT=1 requires it to run")
-        pytest.skip(f"needs root ({why})")
 
 
 def make_tree(base: Path) -> Path:
@@ -60,17 +54,6 @@ def make_tree(base: Path) -> Path:
     return root
 
 
-def snapshot(root: Path) -> Snapshot:
-    """What exists under root, with mode, owner, group, bytes and xattrs."""
-    found: Snapshot = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            content = Path(path).read_bytes() if name in filenames else None
-            xattrs = {x: os.getxattr(path, x) for x in sorted(os.listxattr(path))}
-            found[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_gid, content, xattrs)
-    return found
 
 
 @pytest.fixture
@@ -508,17 +491,6 @@ def test_rollback_of_an_irreversible_step_needs_force_and_is_partially_applied(r
 # --- a journal that cannot be written --------------------------------------------------
 
 
-@contextlib.contextmanager
-def tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
-    require_root("it mounts a tmpfs")
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)], check=True)
-    try:
-        yield mountpoint
-    finally:
-        if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_default_engine_with_a_journal_on_a_read_only_filesystem_fails_before_any_change(root: Path, tmp_path: Path) -> None:
