@@ -510,8 +510,10 @@ static struct kstate *state_new(int mode, int msg_type, size_t capacity, int *re
             state_release(st);
             return NULL;
         }
-        /* Fault the pages in now, not on a caller's emit. */
-        memset(st->ring, 0, st->cap);
+        /* Fault the pages in now, not on a caller's emit. Not zeroes: the
+         * compiler may turn malloc + memset(0) into calloc, which touches
+         * nothing on a fresh mapping. */
+        memset(st->ring, 0xa5, st->cap);
         /* The sender must never run Python's signal handlers' C side. */
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
