@@ -232,3 +232,19 @@ def test_the_sentinels_are_reachable_without_the_resolver() -> None:
         assert (base / "root" / "b" / "secret").read_bytes() == SENTINEL
         with pytest.raises(KensaError):
             LocalHost(str(base / "root")).read_file("/a")
+
+
+@pytest.mark.xfail(strict=True, reason="LocalHost raises UnicodeEncodeError, not a KensaError, for a path holding a lone surrogate outside U+DC80-U+DCFF")
+@pytest.mark.parametrize("op", OPS)
+def test_a_path_that_cannot_be_encoded_is_refused_with_a_kensa_error(op: str) -> None:
+    """A path str the file system cannot encode ("/\\ud800") is refused with a KensaError, like one holding NUL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        host = LocalHost(tmp)
+        with pytest.raises(KensaError):
+            {
+                "info": lambda: host.info("/\ud800"),
+                "read_file": lambda: host.read_file("/\ud800"),
+                "write_file": lambda: host.write_file("/\ud800", b"x"),
+                "remove_file": lambda: host.remove_file("/\ud800"),
+                "set_meta": lambda: host.set_meta("/\ud800", mode=0o600),
+            }[op]()
