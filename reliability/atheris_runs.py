@@ -52,14 +52,14 @@ def _target(name: str, work: Path) -> Callable[[bytes], None]:
         from kensa.model import KensaError
 
     if name == "rules":
-        def one(data: bytes) -> None:
+        def rules_one(data: bytes) -> None:
             try:
                 rules.parse_rule(data, "fuzz.yml")
             except rules.RuleError:
                 pass
-        return one
+        return rules_one
     if name == "encoder":
-        def one(data: bytes) -> None:
+        def encoder_one(data: bytes) -> None:
             fdp = atheris.FuzzedDataProvider(data)
             values = [fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4000)) for _ in range(3)]
             ok = fdp.ConsumeBool()
@@ -67,7 +67,7 @@ def _target(name: str, work: Path) -> Callable[[bytes], None]:
             keys = [token.partition("=")[0] for token in body.decode("ascii").split(" ")]
             assert keys == ["op", "phase", "txn", "rule", "host", "res"], body[:200]
             assert len(body) <= audit.MAX_BODY and b"'" not in body
-        return one
+        return encoder_one
     local = host.LocalHost(str(_tree(work)))
     ops: List[Callable[[str], Any]] = [
         lambda p: local.info(p, content=True), local.read_file, lambda p: local.write_file(p, b"fuzzed\n"),
@@ -75,7 +75,7 @@ def _target(name: str, work: Path) -> Callable[[bytes], None]:
     ]
     pieces = ["..", ".", "", "up", "abs", "file", "etc", "loop", "dangling", "motd", "ssh", "outside", "secret"]
 
-    def one(data: bytes) -> None:
+    def paths_one(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
         op = ops[fdp.ConsumeIntInRange(0, len(ops) - 1)]
         parts = [pieces[fdp.ConsumeIntInRange(0, len(pieces) - 1)] if fdp.ConsumeBool() else fdp.ConsumeUnicodeNoSurrogates(12)
@@ -86,7 +86,7 @@ def _target(name: str, work: Path) -> Callable[[bytes], None]:
             return
         content = getattr(found, "content", None)
         assert not content or SENTINEL not in content, "read the sentinel outside the root"
-    return one
+    return paths_one
 
 
 def main(argv: List[str]) -> None:

@@ -150,7 +150,7 @@ def run(ctx: Context) -> Section:
             sum(not c["diff"] for c in mine),
             sum(c["logged"] == c["expected"] for c in mine) if ctx.kernel_log is not None else "-",
         ))
-    points = table(["path", "boundaries killed at"], [(p, ", ".join(k)) for p, k in KILL_POINTS.items()])
+    kill_table = table(["path", "boundaries killed at"], [(p, ", ".join(k)) for p, k in KILL_POINTS.items()])
     body = [
         f"{len(cases)} kills: {len(STEPS)} capturable handlers x {sum(len(k) for k in KILL_POINTS.values())} "
         f"kill points x {ctx.size.crash_repeats} repeat(s). `changed` counts kills that left the tree changed "
@@ -160,7 +160,7 @@ def run(ctx: Context) -> Section:
         "or its backlog is full, which other programs on this machine may cause; it must never log one out of "
         "order or one that was not written).",
         "",
-        *points,
+        *kill_table,
         "",
         *table(["handler", "kills", "changed", "then", "identical", "records"], rows),
     ]

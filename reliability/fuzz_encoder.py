@@ -96,12 +96,12 @@ def _in_memory(examples: int) -> Dict[str, Any]:
         wrong = field_problems(body, phase, ok, (txn, rule, host))
         assert not wrong, wrong
 
-    reports: List[str] = []
+    reports: List[object] = []
     with with_reporter(reports.append):
         try:
             property_()
         except Exception as exc:  # the falsifying example is in reports
-            stats["problems"].append(f"{type(exc).__name__}: {exc}; {' '.join(reports)[-1500:]}")
+            stats["problems"].append(f"{type(exc).__name__}: {exc}; {' '.join(map(str, reports))[-1500:]}")
     return stats
 
 

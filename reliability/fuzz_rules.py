@@ -86,7 +86,7 @@ def _replace_value(seed: bytes, value: Any) -> str:
     doc = yaml.safe_load(seed)
     key = sorted(doc)[hash(repr(value)) % len(doc)]
     doc[key] = value
-    return yaml.safe_dump(doc, allow_unicode=True)
+    return str(yaml.safe_dump(doc, allow_unicode=True))
 
 
 def _parse(data: Any, loader: Any) -> str:
@@ -124,12 +124,12 @@ def run(ctx: Context) -> Section:
             slowest[name] = max(slowest.get(name, 0.0), time.perf_counter() - began)
             outcomes[(kind, outcome)] = outcomes.get((kind, outcome), 0) + 1
 
-    reports: List[str] = []
+    reports: List[object] = []
     try:
         with with_reporter(reports.append):
             property_()
     except Exception as exc:  # the falsifying example is in reports
-        problems.append(f"{type(exc).__name__}: {str(exc)[:500]}; {' '.join(reports)[-1500:]}")
+        problems.append(f"{type(exc).__name__}: {str(exc)[:500]}; {' '.join(map(str, reports))[-1500:]}")
     finally:
         rules._LOADER = original_loader
         signal.signal(signal.SIGALRM, previous)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 from .context import REPO, Context
 from .report import Section, table
@@ -56,7 +56,7 @@ def run(ctx: Context) -> Section:
         problems.append(f"run_sanitizers.sh {n} exited {proc.returncode}: {(proc.stdout + proc.stderr)[-3000:]}")
     labels = ["ASan + UBSan", "valgrind memcheck"]
     sizes = [n, n // 10]
-    rows = []
+    rows: List[Tuple[Any, ...]] = []
     totals = []
     for label, size, scenarios, rnd in zip(labels, sizes, runs, rounds + [0] * 2):
         busy = _close_while_busy_emits(size, rnd)

@@ -23,7 +23,7 @@ import stat
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,7 +39,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 SENTINEL = b"SENTINEL: outside the root\n"
-COUNTS: Counter = Counter()
+COUNTS: "Counter[str]" = Counter()
 
 NAMES = ["a", "b", "etc", "with space", "caf\u00e9", "\udcff\udc80", "-rf", ".hidden", "x" * 200, "new\nline", "*"]
 LINK_KINDS = ["abs_outside", "rel_outside", "abs_outside_file", "rel_outside_file", "abs_inside", "rel_inside",
@@ -93,7 +93,7 @@ def _link_target(kind: str, base: Path, root: Path, link: Path) -> str:
 
 def _build(base: Path, plan: List[Tuple[List[str], str, str]]) -> Dict[str, int]:
     """Make the sentinels and the root's entries; returns how many of each kind were made."""
-    made: Counter = Counter()
+    made: "Counter[str]" = Counter()
     for sentinel in (base / "outside", base / "far"):
         sentinel.mkdir()
         (sentinel / "secret").write_bytes(SENTINEL)
@@ -240,11 +240,12 @@ def test_a_path_that_cannot_be_encoded_is_refused_with_a_kensa_error(op: str) ->
     """A path str the file system cannot encode ("/\\ud800") is refused with a KensaError, like one holding NUL."""
     with tempfile.TemporaryDirectory() as tmp:
         host = LocalHost(tmp)
+        calls: Dict[str, Callable[[], object]] = {
+            "info": lambda: host.info("/\ud800"),
+            "read_file": lambda: host.read_file("/\ud800"),
+            "write_file": lambda: host.write_file("/\ud800", b"x"),
+            "remove_file": lambda: host.remove_file("/\ud800"),
+            "set_meta": lambda: host.set_meta("/\ud800", mode=0o600),
+        }
         with pytest.raises(KensaError):
-            {
-                "info": lambda: host.info("/\ud800"),
-                "read_file": lambda: host.read_file("/\ud800"),
-                "write_file": lambda: host.write_file("/\ud800", b"x"),
-                "remove_file": lambda: host.remove_file("/\ud800"),
-                "set_meta": lambda: host.set_meta("/\ud800", mode=0o600),
-            }[op]()
+            calls[op]()

@@ -39,7 +39,12 @@ def report() -> Iterator[Dict[str, Any]]:
     """The reduced run's figures, and the audit configuration before and after it."""
     require_root()
     if not (REPO / "reliability" / "__main__.py").exists():
-        require_audit("the reliability program is not in this checkout")
+        pytest.skip("the reliability program is not in this copy of the tests (an sdist)")
+    from kensa import audit
+
+    status = audit.status()
+    if not status.enabled:
+        require_audit(f"the report needs kernel audit emission: {status}")
     before = _audit_state()
     with tempfile.TemporaryDirectory() as tmp:
         out, figures = Path(tmp) / "reliability.md", Path(tmp) / "reliability.json"
