@@ -525,3 +525,32 @@ def test_a_run_with_a_journal_on_a_full_filesystem_is_errored_and_changes_nothin
             assert snapshot(root) == before
             filler.unlink()
             assert journal.interrupted() == []
+
+
+@pytest.mark.parametrize("already_compliant", [True, False])
+def test_a_retried_id_never_overwrites_its_interrupted_entry(tmp_path: Path, already_compliant: bool) -> None:
+    """Re-running a crashed transaction's id (new journal object, as after a restart) leaves the
+    interrupted entry to recovery, reports errored, and recovery then restores the pre-state."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/motd").write_text("old\n")
+    path = tmp_path / "journal.db"
+    txn = Transaction("r1", (Step("file_content", {"path": "/etc/motd", "content": "new\n"}),), host=str(root))
+    crashed = SqliteJournal(path)
+    handler = default_registry()["file_content"]
+    host = resolve_host(str(root))
+    pre = handler.capture(host, txn.steps[0].params)
+    crashed.begin(txn, [pre])
+    if already_compliant:
+        handler.apply(host, txn.steps[0].params, pre)
+    crashed.close()
+
+    journal = SqliteJournal(path)
+    engine = Engine(default_registry(), journal=journal, hosts=resolve_host)
+    result = engine.run(txn)
+    assert result.status is Status.ERRORED
+    assert "kensa recover" in (result.error.message if result.error else "")
+    assert [e.txn.id for e in journal.interrupted()] == [txn.id]
+    recovered = engine.recover()
+    assert [r.status for r in recovered] == [Status.RECOVERED]
+    assert (root / "etc/motd").read_text() == "old\n"

@@ -75,6 +75,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Type,
     Union,
@@ -435,6 +436,10 @@ class SqliteJournal:
         # Connections inherited over fork: kept referenced so they are never
         # closed (or finalized) in the child.
         self._inherited: List[sqlite3.Connection] = []
+        # Ids whose intent this object recorded and whose result it has not:
+        # only these may be finished over an existing entry. Any other entry
+        # without a result is an interrupted transaction that recovery owns.
+        self._begun: Set[str] = set()
         self._conn: Optional[sqlite3.Connection] = self._connect()
         try:
             self._migrate(self._conn)
@@ -507,6 +512,7 @@ class SqliteJournal:
             conn.executemany(
                 "INSERT INTO pre_states (txn_id, step, mechanism, params, data) VALUES (?, ?, ?, ?, ?)", pre_rows
             )
+        self._begun.add(txn.id)
 
     def finish(self, result: TransactionResult) -> None:
         """Record the terminal result; inserts the whole entry when ``begin`` was never called."""
@@ -528,8 +534,15 @@ class SqliteJournal:
                     f"kensa journal {self._path}: transaction {result.txn_id} already has a result "
                     f"({row['status']}); a transaction is finished once"
                 )
+            if result.txn_id not in self._begun:
+                raise JournalError(
+                    f"kensa journal {self._path}: transaction {result.txn_id} was interrupted in an earlier "
+                    "run and its entry belongs to recovery; run 'kensa recover' (Engine.recover()) before "
+                    "running it again"
+                )
             self._check_same_transaction(row, result)
             conn.execute(_SET_RESULT, (*columns, now, 0, txn_id))
+        self._begun.discard(result.txn_id)
 
     # --- recovery and later rollback --------------------------------------------
 
