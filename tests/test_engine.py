@@ -737,12 +737,69 @@ def test_public_names() -> None:
 
 
 def test_default_engine_wires_the_real_parts(tmp_path: Path) -> None:
-    """default_engine builds an engine with the built-in handlers, local hosts under root and the
-    SQLite journal at journal_path."""
-    engine = default_engine(root=str(tmp_path), journal_path=str(tmp_path / "journal.db"), audit=False)
+    """default_engine builds an engine with the built-in handlers, local hosts, canonical host keys
+    and the SQLite journal at journal_path."""
+    engine = default_engine(journal_path=str(tmp_path / "journal.db"), audit=False)
     try:
         assert "file_content" in engine.registry
-        assert str(engine.hosts("localhost").root) == str(tmp_path)
+        assert str(engine.hosts(str(tmp_path)).root) == str(tmp_path)
+        assert str(engine.hosts("localhost").root) == "/"
+        assert engine.host_key(str(tmp_path) + "/./") == str(tmp_path)
+        assert engine.host_key("/") == "localhost"
         assert (tmp_path / "journal.db").exists()
     finally:
         engine.journal.close()  # type: ignore[union-attr]
+
+
+class _AmbiguousTruth:
+    def __bool__(self) -> bool:
+        raise ValueError("truth value is ambiguous")
+
+
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ failed")
+
+
+class _Misbehaving:
+    """Validates False first (so the run proceeds), then returns something whose truth raises;
+    apply raises an exception whose str() raises when asked to."""
+
+    name, capturable = "misbehaving", True
+
+    def __init__(self, unprintable: bool) -> None:
+        self.unprintable = unprintable
+        self.calls = 0
+
+    def validate(self, host: Any, params: Mapping[str, Any]) -> Any:
+        self.calls += 1
+        return False if self.calls == 1 else _AmbiguousTruth()
+
+    def capture(self, host: Any, params: Mapping[str, Any]) -> PreState:
+        return PreState(self.name, params, {})
+
+    def apply(self, host: Any, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+        if self.unprintable:
+            raise _UnprintableError()
+        return StepResult(self.name, ok=True, changed=True)
+
+    def rollback(self, host: Any, pre: PreState) -> RollbackResult:
+        return RollbackResult(self.name, ok=True)
+
+
+@pytest.mark.parametrize("unprintable", [False, True])
+def test_odd_handler_values_never_escape_run(unprintable: bool) -> None:
+    """A validate result whose truth raises, or an exception whose str() raises, is a failed
+    step rolled back, never an exception out of Engine.run."""
+    engine = Engine({"misbehaving": _Misbehaving(unprintable)})
+    result = engine.run(Transaction("r", (Step("misbehaving"),)))
+    assert result.status is Status.ROLLED_BACK and result.host_unchanged
+    assert result.error is not None
+
+
+def test_transaction_fields_must_be_strings() -> None:
+    """A non-str rule, host or id is refused when the Transaction is built, not deep in a run."""
+    for field in ("rule", "host", "id"):
+        kwargs: Dict[str, Any] = {"rule": "r", "steps": (), field: ["x"]}
+        with pytest.raises(TypeError, match=f"Transaction.{field} must be a str"):
+            Transaction(**kwargs)

@@ -499,7 +499,7 @@ def test_default_engine_with_a_journal_on_a_read_only_filesystem_fails_before_an
     with tmpfs(tmp_path, "size=64k,ro") as mountpoint:
         path = mountpoint / "journal.db"
         with pytest.raises(JournalError, match=str(path)):
-            default_engine(root=str(root), journal_path=str(path), audit=False)
+            default_engine(journal_path=str(path), audit=False)
     assert snapshot(root) == before
 
 
@@ -554,3 +554,32 @@ def test_a_retried_id_never_overwrites_its_interrupted_entry(tmp_path: Path, alr
     recovered = engine.recover()
     assert [r.status for r in recovered] == [Status.RECOVERED]
     assert (root / "etc/motd").read_text() == "old\n"
+
+
+def test_spellings_of_one_root_are_one_host(tmp_path: Path) -> None:
+    """A later commit on the same tree spelled differently ("root/", a symlink) is seen by recovery:
+    the interrupted transaction's restore is withheld instead of silently undoing that commit."""
+    from kensa.host import canonical_host_key
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/motd").write_text("v0\n")
+    (tmp_path / "alias").symlink_to(root)
+    journal = SqliteJournal(tmp_path / "journal.db")
+    engine = Engine(default_registry(), journal=journal, hosts=resolve_host, host_key=canonical_host_key)
+
+    def motd(content: str, host: str) -> Transaction:
+        return Transaction("r", (Step("file_content", {"path": "/etc/motd", "content": content}),), host=host)
+
+    t1 = motd("v1\n", str(root))
+    handler, host = default_registry()["file_content"], resolve_host(str(root))
+    pre = handler.capture(host, t1.steps[0].params)
+    journal.begin(t1, [pre])  # intent journaled, then the process died mid-apply
+    handler.apply(host, t1.steps[0].params, pre)
+
+    for content, spelling in (("v2\n", str(root) + "/"), ("v3\n", str(tmp_path / "alias") + "/./")):
+        result = engine.run(motd(content, spelling))
+        assert result.status is Status.COMMITTED and result.host == str(root)
+    [recovered] = engine.recover()
+    assert recovered.status is Status.ROLLBACK_FAILED and not recovered.host_unchanged
+    assert (root / "etc/motd").read_text() == "v3\n"

@@ -272,6 +272,10 @@ class _NoopEmitter:
         return "NoopEmitter()"
 
 
+def _same_key(key: str) -> str:
+    return key
+
+
 def _host_key(key: str) -> Any:
     return key
 
@@ -281,7 +285,10 @@ _OK_STATUSES = frozenset((Status.COMMITTED, Status.SKIPPED, Status.STAGED))
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ raises still gets described
+        text = object.__repr__(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -294,7 +301,9 @@ class Engine:
 
     ``registry`` maps mechanism names to handlers (a :class:`Registry` or a plain
     mapping). ``hosts`` turns a transaction's host key into the object handlers
-    receive (default: the key itself). ``audit`` defaults to a no-op emitter,
+    receive (default: the key itself); ``host_key`` turns the spellings of one
+    target into one canonical key, under which the transaction runs, is
+    locked, journaled and audited (default: keys are taken as they are). ``audit`` defaults to a no-op emitter,
     ``journal`` to none, ``events`` to a fresh :class:`~kensa.events.EventBus`.
     Safe to share between threads: runs on the same host key serialize, runs on
     different hosts proceed in parallel.
@@ -307,8 +316,13 @@ class Engine:
         journal: Optional[Journal] = None,
         hosts: Optional[Callable[[str], Any]] = None,
         events: Optional[EventBus] = None,
+        host_key: Optional[Callable[[str], str]] = None,
     ) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
+        # Spellings of one target ("/srv/r", "/srv/r/", a symlink to it) must
+        # share a lock, a journal history and audit records: every transaction
+        # runs under its canonical key.
+        self.host_key: Callable[[str], str] = host_key if host_key is not None else _same_key
         self.audit: PhaseEmitter = audit if audit is not None else _NoopEmitter()
         self.journal = journal
         self.hosts: Callable[[str], Any] = hosts if hosts is not None else _host_key
@@ -348,6 +362,7 @@ class Engine:
         lock, so it never overlaps :meth:`recover`; a KensaError from taking
         that lock (recovery is in progress) is raised before anything runs.
         """
+        txn = self._canonical(txn)
         with self._shared_run_lock(), self._lock_for(txn.host):
             return self._run(txn)
 
@@ -410,7 +425,7 @@ class Engine:
     def _run_many(self, txns: Iterable[Transaction], workers: Optional[int]) -> List[TransactionResult]:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive number of threads, got {workers!r}")
-        todo = list(txns)
+        todo = [self._canonical(txn) for txn in txns]
         groups: Dict[str, List[int]] = {}
         for index, txn in enumerate(todo):
             groups.setdefault(txn.host, []).append(index)
@@ -440,6 +455,14 @@ class Engine:
         return cast(List[TransactionResult], results)
 
     # --- one transaction -----------------------------------------------------------
+
+    def _canonical(self, txn: Transaction) -> Transaction:
+        try:
+            key = self.host_key(txn.host)
+        except Exception:
+            # Left as given: resolving it in preflight reports why it is bad.
+            return txn
+        return txn if key == txn.host else replace(txn, host=key)
 
     def _lock_for(self, key: str) -> threading.Lock:
         lock = self._host_locks.get(key)
@@ -499,7 +522,7 @@ class Engine:
         index = 0
         try:
             for index, (step, handler) in enumerate(zip(txn.steps, handlers)):
-                if not handler.validate(host, step.params):
+                if not bool(handler.validate(host, step.params)):
                     compliant = False
                     break
         except Exception as exc:
@@ -586,7 +609,7 @@ class Engine:
                         staged = True
                         continue
                     try:
-                        holds = handlers[index].validate(host, step.params)
+                        holds = bool(handlers[index].validate(host, step.params))
                     except Exception as exc:
                         message = f"{_step_name(index, step)} raised during validate: {_describe(exc)}"
                         failure = TransactionError(type(exc).__name__, message, Phase.VALIDATE)
@@ -708,7 +731,6 @@ class Engine:
 
 
 def default_engine(
-    root: Optional[str] = None,
     journal_path: Optional[str] = None,
     *,
     audit: bool = True,
@@ -716,8 +738,9 @@ def default_engine(
 ) -> Engine:
     """The production engine: built-in handlers, local hosts, SQLite journal, kernel audit.
 
-    ``root``: transactions on ``"localhost"`` target this tree instead of ``/``
-    (other keys resolve as :func:`kensa.host.resolve_host` says).
+    Host keys are ``"localhost"`` (this machine, ``/``) or the absolute path of
+    a target root (:func:`kensa.host.resolve_host`); spellings of one target are
+    made one key (:func:`kensa.host.canonical_host_key`).
     ``journal_path``: default :func:`kensa.journal.default_journal_path`.
     ``audit=False`` turns kernel audit records off. The parts are imported here,
     so ``import kensa`` stays free of cffi and sqlite; a part that cannot be
@@ -728,7 +751,7 @@ def default_engine(
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.handlers.default_registry: {exc}; reinstall kensa") from exc
     try:
-        from .host import resolve_host
+        from .host import canonical_host_key, resolve_host
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.host.resolve_host: {exc}; reinstall kensa") from exc
     try:
@@ -743,14 +766,7 @@ def default_engine(
             raise WiringError(f"default_engine needs kensa.audit.open_emitter: {exc}; reinstall kensa") from exc
         emitter = open_emitter()
 
-    hosts: Callable[[str], Any] = resolve_host
-    if root is not None:
-        target = os.fspath(root)
-
-        def hosts_in_root(key: str) -> Any:
-            return resolve_host(target if key == "localhost" else key)
-
-        hosts = hosts_in_root
-
     journal = SqliteJournal(journal_path if journal_path is not None else default_journal_path())
-    return Engine(default_registry(), audit=emitter, journal=journal, hosts=hosts, events=events)
+    return Engine(
+        default_registry(), audit=emitter, journal=journal, hosts=resolve_host, events=events, host_key=canonical_host_key
+    )

@@ -434,3 +434,17 @@ def resolve_host(key: str) -> LocalHost:
     if isinstance(key, str) and key.startswith("/"):
         return LocalHost(key)
     raise HostSelectionError(f"host {key!r} is neither 'localhost' nor an absolute path to a target root")
+
+
+def canonical_host_key(key: str) -> str:
+    """One spelling per target: ``"localhost"`` for ``/``, else the real path.
+
+    ``"/srv/r"``, ``"/srv/r/"``, ``"/srv/./r"`` and a symlink to it name one
+    tree; the engine locks, journals and audits it under the key returned
+    here, so runs on it serialize and recovery sees every change to it. Keys
+    that are neither are returned as given (resolving them is the error).
+    """
+    if isinstance(key, str) and key.startswith("/"):
+        real = os.path.realpath(key)
+        return "localhost" if real == "/" else real
+    return key

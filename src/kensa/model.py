@@ -83,6 +83,9 @@ class Transaction:
     transactional: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("rule", "host", "id"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Transaction.{name} must be a str, got {type(getattr(self, name)).__name__}")
         object.__setattr__(self, "steps", tuple(self.steps))
         for step in self.steps:
             if not isinstance(step, Step):
