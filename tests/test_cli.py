@@ -205,3 +205,33 @@ def test_unsupported_rule_is_reported_not_run(tmp_path: Path, journal: str) -> N
     doc = json.loads(out)
     assert code == EXIT_NOT_APPLIED
     assert doc["results"] == [] and doc["unsupported"][0]["rule"] == "svc-rule"
+
+
+def test_terminal_escapes_from_a_root_are_printed_escaped(tmp_path: Path, journal: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A symlink whose target holds an escape sequence is reported with the escape made visible, never raw."""
+    root = make_root(tmp_path)
+    config = root / "etc/ssh/sshd_config"
+    config.unlink()
+    config.symlink_to("/x\x1b]0;OWNED\x07\x1b[2Jfake: all compliant")
+    rule = EXAMPLES / "access-control" / "ssh-disable-root-login.yml"
+    code, out = kensa_cli("--journal", journal, "--no-audit", "check", str(rule), "--root", str(root))
+    assert code == EXIT_NOT_APPLIED
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;OWNED\\x07" in out
+    code, out = kensa_cli("--journal", journal, "--no-audit", "remediate", str(rule), "--root", str(root))
+    assert "\x1b" not in out + capsys.readouterr().err
+
+
+def test_errored_with_the_host_changed_needs_an_operator() -> None:
+    """Exit 3 for any outcome that did not hold and left the host changed, whatever its status."""
+    from kensa.cli import EXIT_NEEDS_OPERATOR, exit_code_for
+    from kensa.model import Status, TransactionResult
+
+    def result(status: Status, unchanged: bool) -> TransactionResult:
+        return TransactionResult("t", "r", "h", status, unchanged)
+
+    assert exit_code_for([result(Status.ERRORED, False)], False) == EXIT_NEEDS_OPERATOR
+    assert exit_code_for([result(Status.ERRORED, True)], False) == EXIT_NOT_APPLIED
+    assert exit_code_for([result(Status.PARTIALLY_APPLIED, False)], False) == EXIT_NEEDS_OPERATOR
+    assert exit_code_for([result(Status.COMMITTED, False), result(Status.SKIPPED, True)], False) == EXIT_OK
+    assert exit_code_for([result(Status.COMMITTED, False)], True) == EXIT_NOT_APPLIED

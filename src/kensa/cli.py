@@ -61,7 +61,21 @@ def result_dict(result: TransactionResult) -> Dict[str, Any]:
     }
 
 
+def printable(text: object) -> str:
+    """``text`` with control and other non-printable characters escaped.
+
+    Rule ids, paths, link targets and command output come from rule files and
+    target roots: printed raw, an escape sequence in them could rewrite what
+    an operator's terminal shows.
+    """
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
 def print_table(rows: Sequence[Sequence[str]], header: Sequence[str], out: TextIO) -> None:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     # The last column is free text: never pad it.
     widths[-1] = 0
@@ -92,7 +106,7 @@ class Progress:
         with self._lock:
             self.done += 1
             filled = int(30 * self.done / self.total)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {label[:40]:<40}")
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {printable(label)[:40]:<40}")
             self.stream.flush()
 
     def finish(self) -> None:
@@ -210,11 +224,15 @@ def transactions_for(rules: Iterable[Any], target: Target, host: Any) -> Tuple[L
     return txns, unsupported
 
 
-def exit_code_for(statuses: Iterable[Status], unsupported: bool) -> int:
-    statuses = list(statuses)
-    if any(s in _NEEDS_OPERATOR for s in statuses):
+def exit_code_for(results: Iterable[TransactionResult], unsupported: bool) -> int:
+    """The exit code for these outcomes (see the module docstring)."""
+    results = list(results)
+    # A result that did not hold and left the host changed (partially applied,
+    # rollback failed, errored after a change) needs an operator, whatever
+    # its status is called.
+    if any(r.status in _NEEDS_OPERATOR or (r.status not in _HELD and not r.host_unchanged) for r in results):
         return EXIT_NEEDS_OPERATOR
-    if unsupported or any(s not in _HELD for s in statuses):
+    if unsupported or any(r.status not in _HELD for r in results):
         return EXIT_NOT_APPLIED
     return EXIT_OK
 
@@ -256,7 +274,7 @@ def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
         out.write("\n")
     else:
         print_results(results, unsupported, out)
-    return exit_code_for((r.status for r in results), bool(unsupported))
+    return exit_code_for(results, bool(unsupported))
 
 
 def _dry_run(args: argparse.Namespace, txns: List[Transaction], unsupported: List[Dict[str, Any]], host: Any, out: TextIO) -> int:
@@ -321,7 +339,8 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
     engine = _engine(args)
     result = engine.rollback(args.txn_id, force=args.force)
     _report_one(args, result, out)
-    return EXIT_OK if result.host_unchanged else exit_code_for([result.status], False)
+    # Here rolled_back is what was asked for.
+    return EXIT_OK if result.status is Status.ROLLED_BACK else exit_code_for([result], False)
 
 
 def cmd_recover(args: argparse.Namespace, out: TextIO) -> int:
@@ -334,7 +353,7 @@ def cmd_recover(args: argparse.Namespace, out: TextIO) -> int:
         out.write("nothing to recover: every journaled transaction has a terminal result\n")
     else:
         print_results(results, [], out)
-    return exit_code_for((r.status for r in results), False)
+    return exit_code_for(results, False)
 
 
 def _report_one(args: argparse.Namespace, result: TransactionResult, out: TextIO) -> None:
@@ -469,7 +488,7 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
     try:
         return int(args.func(args, stream))
     except KensaError as exc:
-        sys.stderr.write(f"kensa: {exc}\n")
+        sys.stderr.write(f"kensa: {printable(exc)}\n")
         return EXIT_BAD_INPUT
     except BrokenPipeError:
         return EXIT_OK

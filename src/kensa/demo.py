@@ -184,7 +184,7 @@ def _open_tap() -> Tuple[Optional[RecordTap], str]:
 
 def run_demo(out: TextIO, keep: bool = False, json_output: bool = False) -> int:
     from . import audit
-    from .cli import print_results, result_dict, transactions_for, Target
+    from .cli import Target, printable, print_results, result_dict, transactions_for
     from .engine import default_engine
     from .host import LocalHost
     from .rules import load_rules
@@ -227,7 +227,7 @@ def run_demo(out: TextIO, keep: bool = False, json_output: bool = False) -> int:
         else:
             out.write(f"audit records the kernel logged for this run ({len(records)}):\n")
             for text in records:
-                out.write("  " + text[text.find("msg=") :] + "\n")
+                out.write("  " + printable(text[text.find("msg=") :]) + "\n")
             out.write("  (auditd has them too: ausearch -m USER -i --success no)\n")
         if keep:
             out.write(f"\nthe tree is kept in {root}; journal: {os.path.join(work, 'journal.db')}\n")
