@@ -118,11 +118,22 @@ int kensa_uses_libaudit(void)
     return libaudit_open != NULL;
 }
 
+/* CLOCK_MONOTONIC cannot fail on Linux; should it, times read as zero, which
+ * only makes waits time out at once and send timings meaningless. */
 static uint64_t now_ns(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The CLOCK_MONOTONIC time ns nanoseconds from now, for timed waits. */
+static void deadline_in(struct timespec *ts, long long ns)
+{
+    uint64_t t = now_ns() + (uint64_t)(ns < 0 ? 0 : ns);
+    ts->tv_sec = (time_t)(t / 1000000000u);
+    ts->tv_nsec = (long)(t % 1000000000u);
 }
 
 static int open_socket(int *err)
@@ -425,12 +436,7 @@ static void *sender_main(void *arg)
                 break;
             if (idle_rounds < LINGER_ROUNDS) {
                 struct timespec ts;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                ts.tv_nsec += LINGER_NS;
-                if (ts.tv_nsec >= 1000000000L) {
-                    ts.tv_sec++;
-                    ts.tv_nsec -= 1000000000L;
-                }
+                deadline_in(&ts, LINGER_NS);
                 idle_rounds++;
                 pthread_cond_timedwait(&st->work, &st->lock, &ts);
             } else {
@@ -470,10 +476,33 @@ static void *sender_main(void *arg)
     return NULL;
 }
 
+/* Initializes the lock and condition variables; returns 0 or an error number. */
+static int init_sync(struct kstate *st)
+{
+    pthread_condattr_t ca;
+    int rc = pthread_mutex_init(&st->lock, NULL);
+    if (rc != 0)
+        return rc;
+    rc = pthread_condattr_init(&ca);
+    if (rc == 0) {
+        rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        if (rc == 0)
+            rc = pthread_cond_init(&st->work, &ca);
+        if (rc == 0) {
+            rc = pthread_cond_init(&st->drained, &ca);
+            if (rc != 0)
+                pthread_cond_destroy(&st->work);
+        }
+        pthread_condattr_destroy(&ca);
+    }
+    if (rc != 0)
+        pthread_mutex_destroy(&st->lock);
+    return rc;
+}
+
 static struct kstate *state_new(int mode, int msg_type, size_t capacity, int *reason, int *err)
 {
     struct kstate *st = calloc(1, sizeof *st);
-    pthread_condattr_t ca;
     sigset_t all, old;
     int rc;
 
@@ -486,12 +515,12 @@ static struct kstate *state_new(int mode, int msg_type, size_t capacity, int *re
     st->msg_type = msg_type;
     st->refs = 1;
     st->stats.mode = mode;
-    pthread_mutex_init(&st->lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&st->work, &ca);
-    pthread_cond_init(&st->drained, &ca);
-    pthread_condattr_destroy(&ca);
+    rc = init_sync(st);
+    if (rc != 0) {
+        *err = rc;
+        free(st);
+        return NULL;
+    }
 
     st->fd = open_socket(err);
     if (st->fd < 0) {
@@ -596,10 +625,11 @@ static struct kstate *current(kensa_emitter *k)
         if (st == NULL) {
             /* Keep a state that says why, so emits count as dropped. */
             st = calloc(1, sizeof *st);
+            if (st != NULL && init_sync(st) != 0) {
+                free(st);
+                st = NULL;
+            }
             if (st != NULL) {
-                pthread_mutex_init(&st->lock, NULL);
-                pthread_cond_init(&st->work, NULL);
-                pthread_cond_init(&st->drained, NULL);
                 st->fd = -1;
                 st->refs = 1;
                 st->mode = k->mode;
@@ -718,24 +748,13 @@ int kensa_emit(kensa_emitter *k, const char *head, const char *mid, const char *
     return KENSA_ON;
 }
 
-static void deadline_after(struct timespec *ts, long timeout_ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += timeout_ms / 1000;
-    ts->tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 /* Waits for an empty ring with nothing in flight; callers hold st->lock. */
 static int wait_drained(struct kstate *st, long timeout_ms)
 {
     struct timespec ts;
     int rc = 0;
     if (timeout_ms >= 0)
-        deadline_after(&ts, timeout_ms);
+        deadline_in(&ts, (long long)timeout_ms * 1000000);
     st->flushers++;
     pthread_cond_signal(&st->work);
     while (st->head != st->tail && !st->sender_exited && rc != ETIMEDOUT) {
@@ -760,7 +779,9 @@ int kensa_flush(kensa_emitter *k, long timeout_ms)
     return done;
 }
 
-int kensa_close(kensa_emitter *k, long timeout_ms)
+/* Flushes up to timeout_ms, then gives the sender grace_ms to leave; a sender
+ * stuck in the kernel is detached and frees the state when it returns. */
+static int close_state(kensa_emitter *k, long timeout_ms, long grace_ms)
 {
     struct kstate *st = peek(k);
     int done = 1, joinable = 0;
@@ -769,8 +790,9 @@ int kensa_close(kensa_emitter *k, long timeout_ms)
         return 1;
     pthread_mutex_lock(&st->lock);
     if (st->closing) {
+        done = st->head == st->tail;
         pthread_mutex_unlock(&st->lock);
-        return st->head == st->tail;
+        return done;
     }
     if (st->has_sender)
         done = wait_drained(st, timeout_ms);
@@ -779,10 +801,8 @@ int kensa_close(kensa_emitter *k, long timeout_ms)
     pthread_cond_signal(&st->work);
     joinable = st->has_sender && st->sender_exited;
     if (st->has_sender && !joinable) {
-        /* Give the sender the rest of a short grace to leave; a sender stuck
-         * in the kernel is detached and frees the state when it returns. */
         struct timespec ts;
-        deadline_after(&ts, 50);
+        deadline_in(&ts, (long long)grace_ms * 1000000);
         while (!st->sender_exited &&
                pthread_cond_timedwait(&st->drained, &st->lock, &ts) != ETIMEDOUT)
             ;
@@ -798,12 +818,18 @@ int kensa_close(kensa_emitter *k, long timeout_ms)
     return done;
 }
 
+int kensa_close(kensa_emitter *k, long timeout_ms)
+{
+    return close_state(k, timeout_ms, 50);
+}
+
 void kensa_emitter_free(kensa_emitter *k)
 {
     struct kstate *st;
     if (k == NULL)
         return;
-    kensa_close(k, 0);
+    /* Runs from Python's garbage collector, on whatever thread: never wait. */
+    close_state(k, 0, 0);
     /* In a child the inherited state is the parent's: leave it alone. */
     st = peek(k);
     if (st != NULL)
