@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 
 import pytest
 
-from conftest import snapshot_tree as snapshot
+from conftest import require_root, snapshot_tree as snapshot
 from kensa.engine import Engine
 from kensa.handlers import FileContent, ParamError, default_registry
 from kensa.handlers.audit_rule_set import rule_identity
@@ -232,8 +232,8 @@ CASES: List[Any] = [
 
 
 def needs_root_for_owner(params: Mapping[str, Any]) -> None:
-    if ("owner" in params or "group" in params) and not IS_ROOT:
-        pytest.skip("changing owners needs root")
+    if "owner" in params or "group" in params:
+        require_root("changing owners")
 
 
 @pytest.mark.parametrize("mechanism, params, changes, check", CASES)
@@ -417,8 +417,7 @@ def test_an_unrestorable_rollback_is_reported_honestly(tree: Path) -> None:
 
 def test_file_permissions_rollback_restores_setuid_and_capability_xattrs(tree: Path) -> None:
     """A chown clears set-id bits and security.capability; rollback puts both back exactly."""
-    if not IS_ROOT:
-        pytest.skip("changing owners and security.* xattrs needs root")
+    require_root("changing owners and security.* xattrs")
     tool = tree / "root/srv/tool"
     tool.write_bytes(b"\x7fELF")
     os.chmod(tool, 0o4755)
