@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import decode_value, parse_fields
+from conftest import decode_value, parse_fields, require_audit
 from kensa import audit
 from kensa.audit import MAX_BODY, encode_value, format_phase_record
 
@@ -110,7 +110,7 @@ def test_max_body_matches_the_c_header() -> None:
     try:
         from kensa import _audit
     except ImportError:
-        pytest.skip("extension not built")
+        require_audit("the extension kensa._audit is not built")
     assert _audit.lib.KENSA_MAX_BODY == MAX_BODY
 
 
