@@ -235,3 +235,27 @@ def test_errored_with_the_host_changed_needs_an_operator() -> None:
     assert exit_code_for([result(Status.PARTIALLY_APPLIED, False)], False) == EXIT_NEEDS_OPERATOR
     assert exit_code_for([result(Status.COMMITTED, False), result(Status.SKIPPED, True)], False) == EXIT_OK
     assert exit_code_for([result(Status.COMMITTED, False)], True) == EXIT_NOT_APPLIED
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    """The batch progress bar draws on a terminal, escapes its labels, and clears its line; piped, it writes nothing."""
+    from kensa.cli import Progress
+
+    tty = _Terminal()
+    bar = Progress(2, tty)
+    bar.advance("rule-\x1b[31m committed")
+    bar.advance("rule-2 rolled_back")
+    bar.finish()
+    drawn = tty.getvalue()
+    assert "[###############...............] 1/2" in drawn and "2/2" in drawn
+    assert "\x1b" not in drawn and drawn.endswith("\r")
+    piped = io.StringIO()
+    quiet = Progress(2, piped)
+    quiet.advance("x")
+    quiet.finish()
+    assert piped.getvalue() == ""
