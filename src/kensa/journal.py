@@ -893,7 +893,8 @@ class JournalLock:
             raise JournalError(f"kensa journal lock {self._path} is already held by this JournalLock")
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: a link planted at the lock path must not redirect it.
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise JournalError(
                 f"kensa journal lock {self._path}: cannot open it: {exc}. {_WHAT_TO_DO}"
