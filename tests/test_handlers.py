@@ -460,6 +460,38 @@ def test_audit_rule_identity_matches_auditctl_spellings() -> None:
     assert rule_identity("-w /etc/passwd") == rule_identity("-w /etc/passwd -p rwxa")
 
 
+HOSTILE_AUDIT_RULES = [
+    ("-w /etc/passwd -p wa -k identity -e 2", "-e"),
+    ("-w /etc/passwd -p wa -f 2", "-f"),
+    ("-w /etc/passwd -D -k x", "-D"),
+    ("-w /etc/passwd -p wa -W /etc/shadow", "-W"),
+    ("-w /etc/passwd -b 1", "-b"),
+    ("-w /etc/passwd -F dir=/etc", "-F dir=/etc"),
+    ("-a always,exit -S open -k x -e 2", "-e"),
+    ("-a always,exit -S open -d always,exit", "-d"),
+    ("-a always,exit -S open -r 0", "-r"),
+    ("-a always,exit -S open -R /etc/evil.rules", "-R"),
+    ("-a always,exit -S open -a never,exit", "-a"),
+    ("-A exit,always -S open -w /etc/passwd", "-w"),
+    ("-a always,exit -S open -s x", "-s"),
+]
+
+
+@pytest.mark.parametrize("rule, option", HOSTILE_AUDIT_RULES, ids=[r for r, _ in HOSTILE_AUDIT_RULES])
+def test_control_options_after_an_audit_rule_are_refused(tree: Path, rule: str, option: str) -> None:
+    """Every option on a rule line reaches auditctl, so a control or deletion option after a
+    watch or syscall rule is refused by validate, capture and apply, naming the option; nothing changes."""
+    handler, host = REGISTRY["audit_rule_set"], LocalHost(str(tree / "root"))
+    before = snapshot(tree)
+    for params in ({"rule": rule}, {"rule": ["-w /etc/group -p wa -k identity", rule]}):
+        for call in (lambda: handler.validate(host, params), lambda: handler.capture(host, params),
+                     lambda: handler.apply(host, params, None)):
+            with pytest.raises(ParamError) as caught:
+                call()
+            assert f"'{option}'" in str(caught.value), str(caught.value)
+    assert snapshot(tree) == before
+
+
 def test_audit_rollback_after_a_foreign_edit_removes_only_its_own_lines(tree: Path) -> None:
     """When the rules file changed after apply, rollback takes out exactly the lines it added."""
     handler, host = REGISTRY["audit_rule_set"], LocalHost(str(tree / "root"))

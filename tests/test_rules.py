@@ -367,6 +367,40 @@ def test_every_malformed_data_file_has_an_expectation() -> None:
     assert sorted(p.name for p in (DATA / "malformed").iterdir()) == sorted(case[0] for case in MALFORMED)
 
 
+def _audit_rule_file(rule: str) -> str:
+    return (
+        "id: r\ntitle: t\nseverity: low\nimplementations:\n"
+        f"  - default: true\n    remediation: {{mechanism: audit_rule_set, rule: '{rule}'}}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "rule, option",
+    [
+        ("-w /etc/passwd -p wa -k identity -e 2", "-e"),
+        ("-w /etc/passwd -p wa -f 2", "-f"),
+        ("-a always,exit -S open -k x -D x", "-D"),
+        ("-a always,exit -S open -b 8192", "-b"),
+        ("-w /etc/passwd -p wa -W /etc/passwd", "-W"),
+        ("-e 2", "-e"),
+    ],
+)
+def test_audit_rule_with_a_control_option_is_a_rule_error(rule: str, option: str) -> None:
+    """The loader refuses a rule line carrying a control or deletion option anywhere, naming it."""
+    with pytest.raises(RuleError) as caught:
+        parse_rule(_audit_rule_file(rule))
+    message = str(caught.value)
+    assert "field 'implementations[0].remediation.rule': " in message, message
+    assert f"'{option}'" in message, message
+
+
+def test_audit_rule_of_allowed_options_loads() -> None:
+    """Watches with -p/-k/-F key= and syscall rules with -S/-F/-C/-k load."""
+    for rule in ("-w /etc/passwd -p wa -k identity", "-w /etc/sudoers.d/ -F key=scope",
+                 "-a always,exit -F arch=b64 -S sethostname -C auid!=uid -k loc"):
+        assert parse_rule(_audit_rule_file(rule)).implementations[0].supported
+
+
 def test_document_marker_alone_is_an_empty_rule() -> None:
     """A file holding only '---' is reported as empty, not as a null value."""
     with pytest.raises(RuleError, match="<string>:1: the YAML document is empty"):

@@ -81,6 +81,7 @@ from typing import (
 
 import yaml
 
+from .auditrules import AuditRuleError, rule_options
 from .model import KensaError, Step, Transaction
 
 __all__ = [
@@ -584,10 +585,10 @@ def _mode(doc: _Document, path: FieldPath, value: Any) -> str:
 
 def _audit_rule(doc: _Document, path: FieldPath, value: Any) -> str:
     text = _line_text(doc, path, value)
-    if not text.startswith("-"):
-        raise doc.error(
-            path, f"{text[:80]!r} is not an auditctl rule such as '-w /etc/shadow -p wa -k identity'"
-        )
+    try:
+        rule_options(text)
+    except AuditRuleError as exc:
+        raise doc.error(path, f"{exc}; write one rule such as '-w /etc/shadow -p wa -k identity'") from None
     return text
 
 

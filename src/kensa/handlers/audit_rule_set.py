@@ -1,8 +1,10 @@
 """audit_rule_set: audit rules are persisted in a rules file and loaded in the kernel.
 
-Rules are ``-w`` watch or ``-a``/``-A`` syscall rule lines; anything else
-(``-D``, ``-e``, ``-b``, deletions) is refused, since a control line could wipe or
-lock the whole audit configuration.
+Rules are ``-w`` watch or ``-a``/``-A`` syscall rule lines made only of the options
+:mod:`kensa.auditrules` allows for that kind; anything else (``-D``, ``-e``, ``-f``,
+``-b``, deletions), first on the line or after a rule, is refused, since every
+option on a line reaches auditctl and a control option could wipe, lock or arm
+the whole audit configuration.
 
 Comparing rules: ``auditctl -l`` prints a rule in its own canonical spelling
 (``-k x`` on a syscall rule becomes ``-F key=x``, several ``-S`` merge into one
@@ -26,6 +28,7 @@ import shlex
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..auditrules import AuditRuleError, rule_options
 from ..host import HostAccessError, LocalHost
 from ..model import KensaError, PreState, RollbackResult, StepResult
 from .config_set import decode, encode
@@ -35,7 +38,6 @@ from .params import ParamError, require_path
 DEFAULT_PERSIST_FILE = "/etc/audit/rules.d/99-kensa.rules"
 AUDITCTL_TIMEOUT = 30.0
 
-_ADD = {"-w", "-a", "-A"}
 _DELETE = {"-w": "-W", "-a": "-d", "-A": "-d"}
 
 
@@ -45,16 +47,17 @@ class AuditControlError(KensaError, RuntimeError):
 
 def rule_identity(line: str) -> Tuple[Any, ...]:
     """A normalised form of a rule line under which auditctl's spellings compare equal."""
-    tokens = shlex.split(line)
-    if not tokens or tokens[0] not in _ADD or len(tokens) % 2:
-        raise ParamError(f"audit_rule_set: {line!r} is not a '-w PATH ...' or '-a LIST,ACTION ...' rule")
-    kind = "w" if tokens[0] == "-w" else "a"
+    try:
+        pairs = rule_options(line)
+    except AuditRuleError as exc:
+        raise ParamError(f"audit_rule_set: {exc}") from None
+    kind = "w" if pairs[0][0] == "-w" else "a"
     perms = "rwxa" if kind == "w" else ""
     target: Tuple[str, ...] = ()
     syscalls: List[str] = []
     fields: List[str] = []
     keys: List[str] = []
-    for option, arg in zip(tokens[::2], tokens[1::2]):
+    for option, arg in pairs:
         if option == "-w":
             target = (arg.rstrip("/") or "/",)
         elif option in ("-a", "-A"):
@@ -107,10 +110,7 @@ class AuditRuleSet:
             raise ParamError(f"{self.name}: parameter 'rule' holds no rule")
         unique: Dict[Tuple[Any, ...], str] = {}
         for line in rules:
-            try:
-                unique.setdefault(rule_identity(line), line)
-            except ValueError as exc:  # shlex: unbalanced quotes
-                raise ParamError(f"{self.name}: cannot parse rule {line!r}: {exc}") from exc
+            unique.setdefault(rule_identity(line), line)
         rules = list(unique.values())
         persist = require_path(self.name, params, "persist_file") if "persist_file" in params else DEFAULT_PERSIST_FILE
         return rules, persist
