@@ -14,12 +14,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 import pytest
 
 from conftest import require_root, snapshot_tree as snapshot
+from kensa.checks import evaluate_check
 from kensa.engine import Engine
 from kensa.handlers import FileContent, ParamError, default_registry
 from kensa.handlers.audit_rule_set import rule_identity
 from kensa.handlers.config_set import get_value, set_value
 from kensa.host import HostAccessError, LocalHost, PathEscapeError, resolve_host
 from kensa.model import KensaError, PreState, Status, Step, Transaction
+from kensa.rules import Check
 
 REGISTRY = default_registry()
 IS_ROOT = os.geteuid() == 0
@@ -346,6 +348,51 @@ def test_sysctl_through_a_symlinked_proc_is_refused(tree: Path) -> None:
         with pytest.raises(PathEscapeError):
             call()
     assert snapshot(tree) == before
+
+
+@pytest.mark.parametrize("key", [
+    "kernel/../../../etc/shadow", "kernel/..", "vm/../../../etc/shadow", "vm.swappiness/..", "net..ipv4",
+    "vm/./swappiness", "vm/", ".vm.swappiness", "/vm/swappiness", "vm.swap@piness", "vm.swap:piness", "",
+])
+def test_a_sysctl_key_that_could_leave_proc_sys_is_refused_and_changes_nothing(tree: Path, key: str) -> None:
+    """A key with an empty, '.' or '..' component (either spelling) or a foreign character is refused
+    before anything is read or written: a '..' key can never write in place to a file of the root."""
+    (tree / "root/etc/shadow").write_text("root:$6$hash:19000:0:99999:7:::\n")
+    before = snapshot(tree)
+    result = Engine(default_registry(), hosts=resolve_host).run(
+        Transaction("r", (Step("sysctl_set", {"key": key, "value": "pwned"}),), host=str(tree / "root")))
+    assert result.status is Status.ERRORED, result
+    assert result.error is not None and "sysctl" in result.error.message
+    assert snapshot(tree) == before
+
+
+@pytest.mark.parametrize("key", ["net/ipv4/conf/eth0.100/forwarding", "net.ipv4.conf.eth0/100.forwarding"])
+def test_sysctl_handler_and_check_read_the_same_file_for_dotted_components(tree: Path, key: str) -> None:
+    """Both spellings of a key whose component holds a dot name one /proc/sys file, for the handler
+    and for the sysctl_value check alike, so 'kensa check' and the engine agree."""
+    knob = tree / "root/proc/sys/net/ipv4/conf/eth0.100/forwarding"
+    knob.parent.mkdir(parents=True)
+    knob.write_text("0\n")
+    host = LocalHost(str(tree / "root"))
+    params = {"key": key, "value": "1", "persist_file": "/etc/sysctl.d/vlan.conf"}
+    check = Check("sysctl_value", {"key": key, "expected": "1"})
+    assert evaluate_check(check, host, REGISTRY) is False
+    assert REGISTRY["sysctl_set"].apply(host, params, None).ok
+    assert knob.read_text() == "1\n"
+    assert evaluate_check(check, host, REGISTRY) is True
+    assert REGISTRY["sysctl_set"].validate(host, params) is True
+
+
+def test_sysctl_rollback_refuses_a_journaled_path_the_key_does_not_name(tree: Path) -> None:
+    """A pre-state whose runtime path is not the file its key names (edited or written by an older
+    kensa) is not written through; rollback reports it instead."""
+    handler, host = REGISTRY["sysctl_set"], LocalHost(str(tree / "root"))
+    (tree / "root/etc/shadow").write_text("secret\n")
+    pre = handler.capture(host, {"key": "vm.swappiness", "value": 1})
+    forged = PreState(pre.mechanism, pre.params, {**pre.data, "runtime_path": "/proc/sys/vm/../../../etc/shadow"})
+    result = handler.rollback(host, forged)
+    assert result.ok is False and "etc/shadow" in result.detail
+    assert (tree / "root/etc/shadow").read_text() == "secret\n"
 
 
 BAD_PARAMS = [

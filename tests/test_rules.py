@@ -401,6 +401,43 @@ def test_audit_rule_of_allowed_options_loads() -> None:
         assert parse_rule(_audit_rule_file(rule)).implementations[0].supported
 
 
+SYSCTL_KEYS = [
+    ("net.ipv4.ip_forward", True),
+    ("net/ipv4/conf/eth0.100/forwarding", True),
+    ("net.ipv4.conf.eth0/100.forwarding", True),
+    ("kernel", True),
+    ("net/../../../etc/shadow", False),
+    ("kernel/..", False),
+    ("net..ipv4", False),
+    ("net/ipv4/./ip_forward", False),
+    ("net.ipv4.conf.eth0@1.forwarding", False),
+    ("net.ipv4.conf.eth0:1.forwarding", False),
+    ("net.ipv4.", False),
+]
+
+
+@pytest.mark.parametrize("key, accepted", SYSCTL_KEYS, ids=[k for k, _ in SYSCTL_KEYS])
+def test_loader_and_handler_accept_the_same_sysctl_keys(key: str, accepted: bool) -> None:
+    """The loader's sysctl key validation is the handler's: a key loads exactly when the handler takes it."""
+    handlers = pytest.importorskip("kensa.handlers")
+    text = (
+        "id: r\ntitle: t\nseverity: low\nimplementations:\n"
+        f"  - default: true\n    remediation: {{mechanism: sysctl_set, key: '{key}', value: '1'}}\n"
+    )
+    try:
+        parse_rule(text)
+        loaded = True
+    except RuleError as exc:
+        assert "not a sysctl parameter name" in str(exc)
+        loaded = False
+    try:
+        handlers.SysctlSet()._desired({"key": key, "value": "1"})
+        taken = True
+    except handlers.ParamError:
+        taken = False
+    assert (loaded, taken) == (accepted, accepted)
+
+
 def test_document_marker_alone_is_an_empty_rule() -> None:
     """A file holding only '---' is reported as empty, not as a null value."""
     with pytest.raises(RuleError, match="<string>:1: the YAML document is empty"):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from .engine import Handler
 from .model import KensaError, Step
 from .rules import Check, Implementation
+from .sysctlkeys import sysctl_path
 
 
 class CheckError(KensaError, ValueError):
@@ -37,7 +38,7 @@ def _text(host: Any, path: str) -> Optional[str]:
 
 def _sysctl_value(host: Any, params: Mapping[str, Any]) -> bool:
     key = str(params["key"])
-    current = _text(host, "/proc/sys/" + key.replace(".", "/"))
+    current = _text(host, sysctl_path(key))
     # The kernel separates multi-value settings with tabs; rules write spaces.
     return current is not None and current.split() == str(params["expected"]).split()
 

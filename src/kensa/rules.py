@@ -83,6 +83,7 @@ import yaml
 
 from .auditrules import AuditRuleError, rule_options
 from .model import KensaError, Step, Transaction
+from .sysctlkeys import SysctlKeyError, sysctl_path
 
 __all__ = [
     "MAX_NESTING_DEPTH",
@@ -509,7 +510,6 @@ _MODE = re.compile(r"^[0-7]{3,4}$")
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _ACCOUNT = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})$")
 _CONFIG_KEY = re.compile(r"^[^\s#;=][^\s=]{0,255}$")
-_SYSCTL_KEY = re.compile(r"^[A-Za-z0-9_-]+(?:[./][A-Za-z0-9_:@-]+){0,31}$")
 _MAX_PATH = 4096
 
 
@@ -592,6 +592,15 @@ def _audit_rule(doc: _Document, path: FieldPath, value: Any) -> str:
     return text
 
 
+def _sysctl_key(doc: _Document, path: FieldPath, value: Any) -> str:
+    text = _expect_str(doc, path, value)
+    try:
+        sysctl_path(text)
+    except SysctlKeyError as exc:
+        raise doc.error(path, str(exc)[:300]) from None
+    return text
+
+
 def _regex(doc: _Document, path: FieldPath, value: Any) -> str:
     text = _line_text(doc, path, value)
     try:
@@ -617,7 +626,6 @@ def _boolean(doc: _Document, path: FieldPath, value: Any) -> bool:
 
 _account = _matching(_ACCOUNT, "a user or group name or numeric id")
 _config_key = _matching(_CONFIG_KEY, "a configuration key (one word, no '=' or spaces)")
-_sysctl_key = _matching(_SYSCTL_KEY, "a sysctl parameter name such as 'net.ipv4.ip_forward'")
 _capability = _matching(_CAPABILITY, "a capability name")
 _category = _matching(_CATEGORY, "a category such as 'access-control'")
 _family = _matching(_FAMILY, "an OS family such as 'rhel'")

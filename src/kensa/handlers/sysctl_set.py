@@ -1,8 +1,8 @@
 """sysctl_set: a kernel parameter has a value now (under /proc/sys) and after reboot.
 
-The runtime value lives in the target root's ``/proc/sys/<key with dots as
-slashes>`` (a key already written with slashes is used as is, which is how sysctl
-spells components that contain dots, such as VLAN interface names). The persisted
+The runtime value lives in the target root's /proc/sys file the key names, read
+as sysctl(8) reads it (:mod:`kensa.sysctlkeys`: dots or, for components that
+contain dots such as VLAN interface names, slashes). The persisted
 value is a ``key = value`` line in ``persist_file``, by default
 ``/etc/sysctl.d/99-kensa-<key>.conf`` inside the root. Values compare with their
 whitespace collapsed, as the kernel prints multi-field values tab-separated.
@@ -10,16 +10,15 @@ whitespace collapsed, as the kernel prints multi-field values tab-separated.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Optional, Tuple
 
 from ..host import LocalHost
 from ..model import KensaError, PreState, RollbackResult, StepResult
+from ..sysctlkeys import SysctlKeyError, sysctl_path
 from .config_set import decode, encode, get_value, set_value
 from .filestate import capture_file, restore_file, rollback_result
 from .params import ParamError, require_path, require_str, scalar_text
 
-_SYSCTL_KEY = re.compile(r"[A-Za-z0-9_\-]+([./][A-Za-z0-9_\-.]+)*")
 _COMMENTS = ("#", ";")
 
 
@@ -35,12 +34,13 @@ class SysctlSet:
 
     def _desired(self, params: Mapping[str, Any]) -> Tuple[str, str, str, str]:
         key = require_str(self.name, params, "key")
-        if not _SYSCTL_KEY.fullmatch(key) or ".." in key.replace(".", "/").split("/") or key.startswith("/"):
-            raise ParamError(f"{self.name}: {key!r} is not a sysctl key like 'net.ipv4.ip_forward'")
+        try:
+            runtime = sysctl_path(key)
+        except SysctlKeyError as exc:
+            raise ParamError(f"{self.name}: {exc}") from None
         value = _normal(scalar_text(self.name, params, "value"))
         if not value:
             raise ParamError(f"{self.name}: value for {key} must not be empty")
-        runtime = "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
         if "persist_file" in params:
             persist = require_path(self.name, params, "persist_file")
         else:
@@ -77,6 +77,10 @@ class SysctlSet:
         key, path, before = str(pre.data["key"]), str(pre.data["runtime_path"]), str(pre.data["runtime"])
         problems = restore_file(host, pre.data["persist"])
         try:
+            if sysctl_path(key) != path:
+                # A pre-state journaled by an older kensa or edited on disk: never write
+                # a runtime value anywhere but the file the key names.
+                raise SysctlKeyError(f"journaled runtime path {path!r} is not the file key {key!r} names")
             host.write_in_place(path, (before + "\n").encode())
             now = self._runtime(host, key, path)
             if now != before:

@@ -1,0 +1,55 @@
+"""Sysctl parameter names and the /proc/sys file each one names.
+
+A key is spelt as sysctl(8) and systemd-sysctl read it: the first separator
+decides. When it is a dot (``net.ipv4.conf.eth0/100.forwarding``), dots separate
+components and a slash stands for a dot inside one; when it is a slash
+(``net/ipv4/conf/eth0.100/forwarding``) the key is the path below /proc/sys as
+written. Both name ``/proc/sys/net/ipv4/conf/eth0.100/forwarding``.
+
+Components are letters, digits, ``_``, ``-`` and (inside a component) ``.``;
+empty, ``.`` and ``..`` components are refused, so a key can only name a file
+below /proc/sys. The handler, the checks and the rule loader all use
+:func:`sysctl_path`, so they accept the same keys and read the same file.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from .model import KensaError
+
+PROC_SYS = "/proc/sys/"
+MAX_COMPONENTS = 32
+MAX_KEY_LENGTH = 1024
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class SysctlKeyError(KensaError, ValueError):
+    """A string is not a sysctl parameter name kensa accepts."""
+
+
+def sysctl_path(key: str) -> str:
+    """The file under /proc/sys that ``key`` names; raises SysctlKeyError for a bad key."""
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise SysctlKeyError(
+            f"{key!r} is not a sysctl parameter name such as 'net.ipv4.ip_forward' "
+            f"(a non-empty string of at most {MAX_KEY_LENGTH} characters)"
+        )
+    separators = [c for c in key if c in "./"]
+    relative = key.translate(str.maketrans("./", "/.")) if separators[:1] == ["."] else key
+    parts = relative.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not _COMPONENT.fullmatch(part):
+            raise SysctlKeyError(
+                f"{key!r} is not a sysctl parameter name such as 'net.ipv4.ip_forward': component {part!r} "
+                "is empty, '.' or '..', or holds a character other than letters, digits, '_', '-' and '.'"
+            )
+    if len(parts) > MAX_COMPONENTS:
+        raise SysctlKeyError(f"{key!r} has more than {MAX_COMPONENTS} components; no sysctl is that deep")
+    path = PROC_SYS + "/".join(parts)
+    # Each component is checked above; this states the guarantee the callers rely on.
+    if posixpath.normpath(path) != path or not path.startswith(PROC_SYS):
+        raise SysctlKeyError(f"sysctl key {key!r} does not name a file below {PROC_SYS}")
+    return path
