@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, List
 
 import pytest
 
+from conftest import require_root
 from kensa.host import HostAccessError, HostSelectionError, LocalHost, PathEscapeError, resolve_host
 from kensa.model import KensaError
 
@@ -147,6 +150,69 @@ def test_info_and_removal_refuse_special_files(root: Path) -> None:
         host.remove_file("/etc/dir")
     assert (root / "etc" / "dir").is_dir()
     assert host.info("/etc/absent") is None
+
+
+SPECIAL_FILE_OPS = {
+    "info": "host.info(path)",
+    "read_bytes": "host.read_bytes(path)",
+    "write_in_place": "host.write_in_place(path, b'1\\n')",
+    "set_meta": "host.set_meta(path, mode=0o600)",
+    "write_file": "host.write_file(path, b'x')",
+}
+SPECIAL_FILE_SCRIPT = """
+import sys
+from kensa.host import LocalHost
+from kensa.model import KensaError
+host, path = LocalHost(sys.argv[1]), sys.argv[2]
+try:
+    {op}
+    print("no error")
+except KensaError as exc:
+    print("KensaError:", exc)
+"""
+
+
+def plant_special_file(where: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(where)
+    else:
+        require_root("creating a device node")
+        os.mknod(where, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # the numbers of /dev/null
+
+
+@pytest.mark.parametrize("op", sorted(SPECIAL_FILE_OPS))
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_a_fifo_or_device_node_is_refused_without_hanging(root: Path, kind: str, op: str) -> None:
+    """A FIFO (with no reader) or a device node planted at a path is refused with a KensaError
+    naming what it is, by every operation; nothing blocks and the node is left as it was."""
+    (root / "proc/sys/net").mkdir(parents=True)
+    node = root / "proc/sys/net/knob"
+    plant_special_file(node, kind)
+    before = os.lstat(node)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SPECIAL_FILE_SCRIPT.format(op=SPECIAL_FILE_OPS[op]), str(root), "/proc/sys/net/knob"],
+            capture_output=True, text=True, env=env, timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{op} on a {kind} blocked")
+    assert done.stdout.startswith("KensaError:"), done.stdout + done.stderr
+    expected = "a FIFO" if kind == "fifo" else "a character device"
+    assert expected in done.stdout and "/proc/sys/net/knob" in done.stdout
+    after = os.lstat(node)
+    assert (after.st_mode, after.st_rdev, after.st_ino) == (before.st_mode, before.st_rdev, before.st_ino)
+
+
+def test_write_in_place_refuses_a_directory_and_truncates_nothing_else(root: Path) -> None:
+    """write_in_place writes a regular file from its start, replacing all old bytes, and
+    refuses a directory with a HostAccessError."""
+    (root / "etc" / "knob").write_text("a longer old value\n")
+    host = LocalHost(str(root))
+    host.write_in_place("/etc/knob", b"1\n")
+    assert (root / "etc" / "knob").read_bytes() == b"1\n"
+    with pytest.raises(HostAccessError):
+        host.write_in_place("/etc", b"1\n")
 
 
 def test_lookup_id_reads_the_target_roots_databases(root: Path) -> None:

@@ -39,9 +39,12 @@ from .model import KensaError
 #: Mode of a file kensa creates when the caller gives none (the usual /etc default).
 DEFAULT_FILE_MODE = 0o644
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK keeps an open of a FIFO planted at the path from hanging.
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+# O_NONBLOCK keeps an open of a FIFO planted at the path from hanging; O_NOCTTY keeps
+# a terminal device from becoming this process's controlling terminal.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# No O_TRUNC: the file type is checked on the open fd before anything is truncated.
+_WRITE_IN_PLACE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 class PathEscapeError(KensaError, PermissionError):
@@ -74,6 +77,15 @@ class FileInfo:
     gid: int
     xattrs: Mapping[str, bytes] = field(default_factory=dict)
     content: Optional[bytes] = None  # read only for regular files, when asked
+
+
+def _kind_name(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def _read_xattrs(fd: int) -> Dict[str, bytes]:
@@ -196,6 +208,9 @@ class LocalHost:
             st = None
         if st is not None and stat.S_ISLNK(st.st_mode):
             return self._symlink_refusal(path, dir_fd, name)
+        if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            # e.g. ENXIO: a FIFO swapped in that has no reader
+            return self._special_refusal(path, st.st_mode)
         if exc.errno == errno.ENOENT:
             return HostAccessError(
                 exc.errno, f"path {self.where(path)}: directory {name!r} does not exist; create it first"
@@ -204,14 +219,45 @@ class LocalHost:
             return HostAccessError(exc.errno, f"path {self.where(path)}: component {name!r} is not a directory")
         return HostAccessError(exc.errno, f"path {self.where(path)}: cannot open {name!r}: {exc.strerror}")
 
+    def _special_refusal(self, path: str, mode: int) -> HostAccessError:
+        return HostAccessError(
+            errno.EINVAL,
+            f"{self.where(path)} is {_kind_name(mode)}, neither a regular file nor a directory; "
+            "kensa refuses to open or change it: remove it or point the rule at a regular file",
+        )
+
     def _open_final(self, path: str, dir_fd: int, name: str, flags: int) -> Optional[int]:
-        """Open the final component with ``flags`` (which include O_NOFOLLOW); None if absent."""
+        """Open the final component with ``flags`` (which include O_NOFOLLOW); None if absent.
+
+        Only a regular file or a directory is opened: the type is checked before the
+        open (opening a device runs its driver) and again on the open fd (the entry
+        may have been swapped in between), and a special file is closed unread.
+        """
         try:
-            return os.open(name, flags, dir_fd=dir_fd)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise self._walk_error(path, dir_fd, name, exc) from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise self._symlink_refusal(path, dir_fd, name)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise self._special_refusal(path, st.st_mode)
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._walk_error(path, dir_fd, name, exc) from exc
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError as exc:
+            os.close(fd)
+            raise HostAccessError(exc.errno, f"cannot stat {self.where(path)}: {exc.strerror}") from exc
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            os.close(fd)
+            raise self._special_refusal(path, mode)
+        return fd
 
     # -- reading -----------------------------------------------------------------
 
@@ -227,14 +273,7 @@ class LocalHost:
             try:
                 st = os.fstat(fd)
                 kind: FileKind
-                if stat.S_ISREG(st.st_mode):
-                    kind = "file"
-                elif stat.S_ISDIR(st.st_mode):
-                    kind = "dir"
-                else:
-                    raise HostAccessError(
-                        errno.EINVAL, f"{self.where(path)} is neither a regular file nor a directory; refusing it"
-                    )
+                kind = "file" if stat.S_ISREG(st.st_mode) else "dir"  # _open_final refused the rest
                 data = _read_all(fd) if content and kind == "file" else None
                 return FileInfo(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _read_xattrs(fd), data)
             finally:
@@ -338,13 +377,20 @@ class LocalHost:
                     os.unlink(tmp, dir_fd=dir_fd)
 
     def write_in_place(self, path: str, data: bytes) -> None:
-        """Overwrite an existing file's bytes in place (for /proc/sys, where rename cannot work)."""
+        """Overwrite an existing regular file's bytes in place (for /proc/sys, where rename
+        cannot work; its files are regular files). Anything else is refused before a byte
+        of it is truncated."""
         with self._parent(path) as (dir_fd, name):
-            fd = self._open_final(path, dir_fd, name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = self._open_final(path, dir_fd, name, _WRITE_IN_PLACE_FLAGS)
             if fd is None:
                 raise HostAccessError(errno.ENOENT, f"{self.where(path)} does not exist")
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise HostAccessError(errno.EISDIR, f"{self.where(path)} is a directory, not a file; refusing to write it")
+                os.ftruncate(fd, 0)
                 _write_all(fd, data)
+            except KensaError:
+                raise
             except OSError as exc:
                 raise HostAccessError(exc.errno, f"cannot write {data!r} to {self.where(path)}: {exc.strerror}") from exc
             finally:
