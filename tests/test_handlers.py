@@ -395,6 +395,20 @@ def test_sysctl_rollback_refuses_a_journaled_path_the_key_does_not_name(tree: Pa
     assert (tree / "root/etc/shadow").read_text() == "secret\n"
 
 
+def test_file_permissions_on_a_hard_link_to_outside_the_root_rolls_back_cleanly(tree: Path) -> None:
+    """A file hard-linked to one outside the root is refused before its shared inode changes;
+    the transaction rolls back verified, with the host and the outside file unchanged."""
+    os.chmod(tree / "outside/secret", 0o600)
+    os.link(tree / "outside/secret", tree / "root/etc/passwd-backup")
+    before = snapshot(tree)
+    result = Engine(default_registry(), hosts=resolve_host).run(Transaction(
+        "r", (Step("file_permissions", {"path": "/etc/passwd-backup", "mode": "0644"}),), host=str(tree / "root")))
+    assert result.status is Status.ROLLED_BACK and result.host_unchanged, result
+    assert result.error is not None and "hard links" in result.error.message
+    assert all(rb.ok for rb in result.rollbacks)
+    assert snapshot(tree) == before
+
+
 BAD_PARAMS = [
     ("file_content", {}),
     ("file_content", {"path": "etc/relative", "content": "x"}),

@@ -215,6 +215,24 @@ def test_write_in_place_refuses_a_directory_and_truncates_nothing_else(root: Pat
         host.write_in_place("/etc", b"1\n")
 
 
+def test_a_hard_linked_file_is_not_changed_in_place_under_an_image_root(root: Path) -> None:
+    """set_meta and write_in_place act on the inode, which a hard link outside the root shares:
+    on an image root they refuse a file with several links; write_file replaces the entry instead."""
+    outside = root.parent / "outside" / "secret"
+    os.chmod(outside, 0o600)
+    os.link(outside, root / "etc" / "linked")
+    host = LocalHost(str(root))
+    for call in (lambda: host.set_meta("/etc/linked", mode=0o644), lambda: host.write_in_place("/etc/linked", b"x\n")):
+        with pytest.raises(HostAccessError) as caught:
+            call()
+        assert "2 hard links" in str(caught.value) and "/etc/linked" in str(caught.value)
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o600 and outside.read_text() == "outside\n"
+    host.write_file("/etc/linked", b"mine\n")
+    assert outside.read_text() == "outside\n" and os.stat(outside).st_nlink == 1
+    host.set_meta("/etc/linked", mode=0o644)  # its own inode now
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o600
+
+
 def test_lookup_id_reads_the_target_roots_databases(root: Path) -> None:
     """Owner and group names resolve in the root's /etc/passwd and /etc/group, not the machine's."""
     (root / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nalice:x:1234:1234::/home/alice:/bin/sh\n")

@@ -21,6 +21,11 @@ Path policy:
   (including ``security.selinux``) unless the caller sets them. Because the rename
   replaces the directory entry, a file with several hard links is detached from the
   others.
+- Changing a file in place (``set_meta``, ``write_in_place``) acts on its inode,
+  which every hard link to it shares, and a link may live outside the root. So on
+  an image root (not the live host "/") a regular file with more than one link is
+  refused there, naming the link count. On the live host every link is on the
+  machine being remediated anyway, and /proc/sys files have one link.
 """
 
 from __future__ import annotations
@@ -219,6 +224,15 @@ class LocalHost:
             return HostAccessError(exc.errno, f"path {self.where(path)}: component {name!r} is not a directory")
         return HostAccessError(exc.errno, f"path {self.where(path)}: cannot open {name!r}: {exc.strerror}")
 
+    def _refuse_shared_inode(self, path: str, st: os.stat_result) -> None:
+        """Refuse an in-place change of a multiply linked file of an image root."""
+        if not self.is_live and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            raise HostAccessError(
+                errno.EMLINK,
+                f"{self.where(path)} has {st.st_nlink} hard links, and another link may be outside the root; "
+                "kensa refuses to change it in place: replace it with a copy of its own (cp, then mv over it) first",
+            )
+
     def _special_refusal(self, path: str, mode: int) -> HostAccessError:
         return HostAccessError(
             errno.EINVAL,
@@ -385,8 +399,10 @@ class LocalHost:
             if fd is None:
                 raise HostAccessError(errno.ENOENT, f"{self.where(path)} does not exist")
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
                     raise HostAccessError(errno.EISDIR, f"{self.where(path)} is a directory, not a file; refusing to write it")
+                self._refuse_shared_inode(path, st)
                 os.ftruncate(fd, 0)
                 _write_all(fd, data)
             except KensaError:
@@ -429,6 +445,7 @@ class LocalHost:
                 raise HostAccessError(errno.ENOENT, f"{self.where(path)} does not exist")
             try:
                 before = os.fstat(fd)
+                self._refuse_shared_inode(path, before)
                 if uid is not None or gid is not None:
                     os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
                     if mode is None:
@@ -438,6 +455,8 @@ class LocalHost:
                     _set_exact_xattrs(fd, xattrs)
                 if mode is not None:
                     os.fchmod(fd, mode)
+            except KensaError:
+                raise
             except OSError as exc:
                 raise HostAccessError(exc.errno, f"cannot change {self.where(path)}: {exc.strerror}") from exc
             finally:

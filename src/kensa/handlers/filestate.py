@@ -72,6 +72,8 @@ def restore_file(host: LocalHost, pre: Mapping[str, Any]) -> List[str]:
 def restore_meta(host: LocalHost, pre: Mapping[str, Any]) -> List[str]:
     """Put back a state from :func:`capture_meta`; return what still differs."""
     path = str(pre["path"])
+    if not _read_back(host, pre, with_content=False):
+        return []  # already as captured (apply failed before changing it): write nothing
     problems = []
     try:
         host.set_meta(path, mode=int(pre["mode"]), uid=int(pre["uid"]), gid=int(pre["gid"]), xattrs=dict(pre["xattrs"]))

@@ -81,7 +81,8 @@ class SysctlSet:
                 # A pre-state journaled by an older kensa or edited on disk: never write
                 # a runtime value anywhere but the file the key names.
                 raise SysctlKeyError(f"journaled runtime path {path!r} is not the file key {key!r} names")
-            host.write_in_place(path, (before + "\n").encode())
+            if self._runtime(host, key, path) != before:
+                host.write_in_place(path, (before + "\n").encode())
             now = self._runtime(host, key, path)
             if now != before:
                 problems.append(f"{key} reads back as {now!r}, expected {before!r}")
