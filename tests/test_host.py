@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import shutil
 import stat
 import subprocess
 import sys
@@ -231,6 +234,63 @@ def test_a_hard_linked_file_is_not_changed_in_place_under_an_image_root(root: Pa
     assert outside.read_text() == "outside\n" and os.stat(outside).st_nlink == 1
     host.set_meta("/etc/linked", mode=0o644)  # its own inode now
     assert stat.S_IMODE(os.stat(outside).st_mode) == 0o600
+
+
+def test_a_root_replaced_by_a_file_gives_a_kensa_error(root: Path) -> None:
+    """When the root directory is deleted and a file put in its place after the host was made,
+    every operation raises a HostAccessError (a KensaError), never a bare OSError."""
+    (root / "etc" / "conf").write_text("x\n")
+    host = LocalHost(str(root))
+    shutil.rmtree(root)
+    root.write_text("not a directory\n")
+    calls: List[Callable[[], object]] = [
+        lambda: host.info("/etc/conf"),
+        lambda: host.read_bytes("/etc/conf"),
+        lambda: host.write_file("/etc/conf", b"y\n"),
+        lambda: host.write_in_place("/etc/conf", b"y\n"),
+        lambda: host.set_meta("/etc/conf", mode=0o600),
+        lambda: host.remove_file("/etc/conf"),
+        lambda: host.write_file("/new", b"y\n"),
+    ]
+    for call in calls:
+        with pytest.raises(HostAccessError):
+            call()
+    assert root.read_text() == "not a directory\n"
+
+
+def test_an_ancestor_swapped_for_a_symlink_does_not_redirect_writes(tmp_path: Path) -> None:
+    """The root is held open from construction: swapping an ancestor (or the root itself) for a
+    symlink afterwards leaves kensa writing in the tree it resolved, never the link's target."""
+    (tmp_path / "images" / "img" / "etc").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "img" / "etc").mkdir(parents=True)
+    host = LocalHost(str(tmp_path / "images" / "img"))
+    (tmp_path / "images").rename(tmp_path / "images.old")
+    (tmp_path / "images").symlink_to(tmp_path / "elsewhere")
+    host.write_file("/etc/motd", b"hello\n")
+    assert (tmp_path / "images.old" / "img" / "etc" / "motd").read_bytes() == b"hello\n"
+    assert os.listdir(tmp_path / "elsewhere" / "img" / "etc") == []
+
+
+def test_an_os_error_inside_an_operation_is_a_host_access_error(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An I/O error from any system call of an operation reaches the caller as a HostAccessError
+    naming the path, with the errno kept."""
+    (root / "etc" / "conf").write_text("x\n")
+    host = LocalHost(str(root))
+
+    def failing_listxattr(*args: object) -> List[str]:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "listxattr", failing_listxattr)
+    with pytest.raises(HostAccessError) as caught:
+        host.info("/etc/conf")
+    assert caught.value.errno == errno.EIO and "/etc/conf" in str(caught.value)
+
+
+def test_a_host_pickles_as_its_root(root: Path) -> None:
+    """A LocalHost sent to another process (pickled) resolves its root again there and works."""
+    (root / "etc" / "conf").write_text("x\n")
+    copy = pickle.loads(pickle.dumps(LocalHost(str(root))))
+    assert copy.root == os.path.realpath(root) and copy.read_bytes("/etc/conf") == b"x\n"
 
 
 def test_lookup_id_reads_the_target_roots_databases(root: Path) -> None:

@@ -4,6 +4,13 @@ Every path a handler names is absolute and is resolved *inside* the target root,
 one component at a time, with ``O_NOFOLLOW`` and directory file descriptors, so
 neither ``..`` nor a symlink can lead outside it.
 
+The root is resolved once, when the :class:`LocalHost` is made, and held open as
+an ``O_PATH`` directory descriptor; every walk starts from it. Renaming or swapping
+the root or one of its ancestors for a symlink afterwards therefore cannot redirect
+kensa to another tree: it keeps working on the directory it resolved (if that
+directory is deleted, operations fail with :class:`HostAccessError`). Every
+``OSError`` of a file operation reaches the caller as a :class:`HostAccessError`.
+
 Path policy:
 
 - ``..`` is resolved lexically before the walk; a ``..`` that would climb above the
@@ -129,6 +136,23 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+class _PinnedDir:
+    """An O_PATH descriptor of a directory, closed when the last holder lets it go."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self.fd)
+
+    def __copy__(self) -> "_PinnedDir":
+        return self  # copies share the one descriptor; it is closed once
+
+    def __deepcopy__(self, memo: Dict[int, object]) -> "_PinnedDir":
+        return self
+
+
 class LocalHost:
     """File, sysctl and command access to a local tree, confined to ``root``."""
 
@@ -136,12 +160,18 @@ class LocalHost:
         if not isinstance(root, str) or not os.path.isabs(root):
             raise HostSelectionError(f"target root {root!r} must be an absolute path")
         real = os.path.realpath(root)
-        if not os.path.isdir(real):
-            raise HostSelectionError(f"target root {root!r} does not exist or is not a directory")
+        try:
+            self._pin = _PinnedDir(real)
+        except OSError as exc:
+            raise HostSelectionError(f"target root {root!r} does not exist or is not a directory ({exc.strerror})") from None
         self.root = real
 
     def __repr__(self) -> str:
         return f"LocalHost(root={self.root!r})"
+
+    def __reduce__(self) -> Tuple[type, Tuple[str]]:
+        # A descriptor means nothing in another process: resolve the root again there.
+        return (LocalHost, (self.root,))
 
     @property
     def is_live(self) -> bool:
@@ -193,7 +223,10 @@ class LocalHost:
         parts = self._components(path)
         if not parts:
             raise HostAccessError(errno.EISDIR, f"path {path!r} names the target root itself, not a file")
-        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            fd = os.open(".", _DIR_FLAGS, dir_fd=self._pin.fd)
+        except OSError as exc:
+            raise HostAccessError(exc.errno, f"cannot open the target root {self.root}: {exc.strerror}") from exc
         try:
             for name in parts[:-1]:
                 try:
@@ -203,6 +236,11 @@ class LocalHost:
                 os.close(fd)
                 fd = next_fd
             yield fd, parts[-1]
+        except KensaError:
+            raise
+        except OSError as exc:
+            # Whatever the operation, the caller sees a KensaError naming the path.
+            raise HostAccessError(exc.errno, f"{self.where(path)}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
 
