@@ -189,6 +189,12 @@ class LocalHost:
             raise HostAccessError(
                 errno.EINVAL, f"path {path!r} must be an absolute path (inside the target root) without NUL bytes"
             )
+        try:
+            os.fsencode(path)
+        except UnicodeEncodeError:
+            raise HostAccessError(
+                errno.EINVAL, f"path {path!r} holds a character no file name can hold (a lone surrogate)"
+            ) from None
         parts: List[str] = []
         for part in path.split("/"):
             if part in ("", "."):
