@@ -41,7 +41,7 @@ FUZZ = settings(
 SENTINEL = b"SENTINEL: outside the root\n"
 COUNTS: "Counter[str]" = Counter()
 
-NAMES = ["a", "b", "etc", "with space", "caf\u00e9", "\udcff\udc80", "-rf", ".hidden", "x" * 200, "new\nline", "*"]
+NAMES = ["a", "b", "etc", "with space", "caf\u00e9", "\udcff\udc80", "\ud800", "-rf", ".hidden", "x" * 200, "new\nline", "*"]
 LINK_KINDS = ["abs_outside", "rel_outside", "abs_outside_file", "rel_outside_file", "abs_inside", "rel_inside",
               "dangling", "self", "loop", "abs_other_sentinel", "root_itself", "dotdot_chain"]
 
