@@ -55,6 +55,7 @@ struct entry_hdr {
 /* Everything a process generation owns. Shared by the handle and the sender
  * thread; freed when both have let go (refs). */
 struct kstate {
+    struct kstate *next_orphan;
     pthread_mutex_t lock;
     pthread_cond_t work;    /* sender waits for records */
     pthread_cond_t drained; /* flushers wait for an empty ring */
@@ -95,6 +96,11 @@ static unsigned long fork_gen;
 static pthread_mutex_t reinit_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t process_once = PTHREAD_ONCE_INIT;
 static int (*libaudit_open)(void);
+/* States whose handle was freed while their sender still drains, linked
+ * through next_orphan, guarded by reinit_lock. The list keeps them reachable
+ * in a forked child, where no sender will ever free them; the child never
+ * frees them either: its copy-on-write pages are best left untouched. */
+static struct kstate *orphans;
 
 static void atfork_prepare(void) { pthread_mutex_lock(&reinit_lock); }
 static void atfork_parent(void) { pthread_mutex_unlock(&reinit_lock); }
@@ -472,6 +478,16 @@ static void *sender_main(void *arg)
     st->sender_exited = 1;
     pthread_cond_broadcast(&st->drained);
     pthread_mutex_unlock(&st->lock);
+    /* Set exited before unlinking: kensa_emitter_free links a state only
+     * while its sender has not exited, under reinit_lock, so this finds it. */
+    pthread_mutex_lock(&reinit_lock);
+    for (struct kstate **p = &orphans; *p != NULL; p = &(*p)->next_orphan) {
+        if (*p == st) {
+            *p = st->next_orphan;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&reinit_lock);
     state_release(st);
     return NULL;
 }
@@ -832,8 +848,17 @@ void kensa_emitter_free(kensa_emitter *k)
     close_state(k, 0, 0);
     /* In a child the inherited state is the parent's: leave it alone. */
     st = peek(k);
-    if (st != NULL)
+    if (st != NULL) {
+        pthread_mutex_lock(&reinit_lock);
+        pthread_mutex_lock(&st->lock);
+        if (st->has_sender && !st->sender_exited) {
+            st->next_orphan = orphans;
+            orphans = st;
+        }
+        pthread_mutex_unlock(&st->lock);
+        pthread_mutex_unlock(&reinit_lock);
         state_release(st);
+    }
     free(k);
 }
 
