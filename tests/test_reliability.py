@@ -130,7 +130,6 @@ def test_the_c_emitter_is_sanitizer_clean(report: Dict[str, Any]) -> None:
     assert san["clean"] and san["emits_asan"] > 0 and san["emits_valgrind"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="the engine serializes runs by host key string, not by the root the key resolves to")
 def test_one_root_spelled_two_ways_is_serialized() -> None:
     """Two threads naming one root '/r' and '/r/' never have handler calls overlap on it."""
     require_root()

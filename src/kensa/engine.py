@@ -303,7 +303,9 @@ class Engine:
     mapping). ``hosts`` turns a transaction's host key into the object handlers
     receive (default: the key itself); ``host_key`` turns the spellings of one
     target into one canonical key, under which the transaction runs, is
-    locked, journaled and audited (default: keys are taken as they are). ``audit`` defaults to a no-op emitter,
+    locked, journaled and audited (default: ``hosts.canonical_key`` when the
+    resolver has one, as :func:`kensa.host.resolve_host` does, else keys are
+    taken as they are). ``audit`` defaults to a no-op emitter,
     ``journal`` to none, ``events`` to a fresh :class:`~kensa.events.EventBus`.
     Safe to share between threads: runs on the same host key serialize, runs on
     different hosts proceed in parallel.
@@ -322,7 +324,10 @@ class Engine:
         # Spellings of one target ("/srv/r", "/srv/r/", a symlink to it) must
         # share a lock, a journal history and audit records: every transaction
         # runs under its canonical key.
-        self.host_key: Callable[[str], str] = host_key if host_key is not None else _same_key
+        # A hosts callable may name its own canonicalizer (kensa.host.resolve_host does).
+        self.host_key: Callable[[str], str] = (
+            host_key if host_key is not None else getattr(hosts, "canonical_key", _same_key)
+        )
         self.audit: PhaseEmitter = audit if audit is not None else _NoopEmitter()
         self.journal = journal
         self.hosts: Callable[[str], Any] = hosts if hosts is not None else _host_key
@@ -751,7 +756,7 @@ def default_engine(
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.handlers.default_registry: {exc}; reinstall kensa") from exc
     try:
-        from .host import canonical_host_key, resolve_host
+        from .host import resolve_host
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.host.resolve_host: {exc}; reinstall kensa") from exc
     try:
@@ -767,6 +772,4 @@ def default_engine(
         emitter = open_emitter()
 
     journal = SqliteJournal(journal_path if journal_path is not None else default_journal_path())
-    return Engine(
-        default_registry(), audit=emitter, journal=journal, hosts=resolve_host, events=events, host_key=canonical_host_key
-    )
+    return Engine(default_registry(), audit=emitter, journal=journal, hosts=resolve_host, events=events)

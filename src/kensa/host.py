@@ -557,3 +557,7 @@ def canonical_host_key(key: str) -> str:
         real = os.path.realpath(key)
         return "localhost" if real == "/" else real
     return key
+
+
+# The engine canonicalizes host keys with the resolver's own function.
+resolve_host.canonical_key = canonical_host_key  # type: ignore[attr-defined]
