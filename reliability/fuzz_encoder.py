@@ -16,7 +16,6 @@ what the kernel logged too).
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from typing import Any, Dict, List, Tuple, Union
 
@@ -159,7 +158,6 @@ def _delivered(ctx: Context, count: int) -> Dict[str, Any]:
 
 
 def run(ctx: Context) -> Section:
-    began = time.monotonic()
     memory = _in_memory(ctx.size.encoder_examples)
     delivered = _delivered(ctx, ctx.size.delivered_records)
     problems = tuple(memory["problems"] + delivered["problems"][:20])

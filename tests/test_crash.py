@@ -17,11 +17,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
-from conftest import Snapshot, require_root
+from conftest import require_root
 from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine
 from kensa.handlers import default_registry

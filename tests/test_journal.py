@@ -29,7 +29,7 @@ from kensa.journal import (
     SqliteJournal,
     default_journal_path,
 )
-from conftest import require_root, tmpfs
+from conftest import tmpfs
 from kensa.model import (
     KensaError,
     Phase,

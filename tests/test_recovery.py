@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
-from conftest import Snapshot, tmpfs
+from conftest import tmpfs
 from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine, Handler, RollbackRefusedError, default_engine
 from kensa.handlers import default_registry
