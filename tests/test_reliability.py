@@ -94,7 +94,8 @@ def test_load_journals_every_result_and_counts_every_record(report: Dict[str, An
     assert load["transactions"] == 8 * 40 and load["journal_rows"] == load["transactions"]
     assert load["missing_from_journal"] == load["journal_status_differs"] == load["wrong_statuses"] == 0
     assert load["overlaps"] == 0 and load["handler_calls"] > 0
-    assert load["alias_overlaps"] > 0, "the control run must show the detector can see overlaps"
+    assert load["alias_overlaps"] == 0
+    assert load["control_overlaps"] > 0, "the control run must show the detector can see overlaps"
     assert load["emitter_enabled"] and load["balanced"]
     assert load["emitted"] == load["records_produced"] == load["sent"] + load["dropped"] + load["failed"]
 
