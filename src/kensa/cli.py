@@ -176,8 +176,16 @@ def _engine(args: argparse.Namespace) -> Any:
     return default_engine(journal_path=_journal_path(args), audit=not args.no_audit)
 
 
+def implementation_for(rule: Any, caps: FrozenSet[str]) -> Tuple[Any, str]:
+    """The implementation of ``rule`` to run here, or None and why not."""
+    impl = rule.select_implementation(caps)
+    if impl is None or not impl.supported:
+        return None, rule.unsupported_reason or "no implementation applies to this host"
+    return impl, ""
+
+
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    from .checks import CheckError, compliance
+    from .checks import compliance
     from .handlers import default_registry
     from .host import LocalHost
 
@@ -189,14 +197,14 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     rows = []
     code = EXIT_OK
     for rule in rules:
-        impl = rule.select_implementation(caps)
-        if impl is None or not impl.supported:
-            state, detail = "unsupported", rule.unsupported_reason or "no implementation applies to this host"
+        impl, why_not = implementation_for(rule, caps)
+        if impl is None:
+            state, detail = "unsupported", why_not
         else:
             try:
                 verdict = compliance(impl, host, handlers)
                 state, detail = ("compliant" if verdict.compliant else "not_compliant"), verdict.detail
-            except (CheckError, KensaError) as exc:
+            except KensaError as exc:
                 state, detail = "error", str(exc)
         if state != "compliant":
             code = EXIT_NOT_APPLIED
@@ -215,10 +223,9 @@ def transactions_for(rules: Iterable[Any], target: Target, host: Any) -> Tuple[L
     txns: List[Transaction] = []
     unsupported: List[Dict[str, Any]] = []
     for rule in rules:
-        impl = rule.select_implementation(caps)
-        if impl is None or not impl.supported:
-            reason = rule.unsupported_reason or "no implementation applies to this host"
-            unsupported.append({"rule": rule.id, "status": "unsupported", "detail": reason})
+        impl, why_not = implementation_for(rule, caps)
+        if impl is None:
+            unsupported.append({"rule": rule.id, "status": "unsupported", "detail": why_not})
             continue
         txns.append(rule.to_transaction(target.key, impl))
     return txns, unsupported
@@ -278,15 +285,16 @@ def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _dry_run(args: argparse.Namespace, txns: List[Transaction], unsupported: List[Dict[str, Any]], host: Any, out: TextIO) -> int:
+    from .checks import step_holds
     from .handlers import default_registry
 
     handlers = default_registry()
     rows = []
     for txn in txns:
         try:
-            holds = all(handlers[s.mechanism].validate(host, s.params) for s in txn.steps)
+            holds = all(step_holds(s, host, handlers) for s in txn.steps)
             plan = "compliant: would skip" if holds else "would apply: " + ", ".join(s.mechanism for s in txn.steps)
-        except (KensaError, KeyError) as exc:
+        except KensaError as exc:
             plan = f"would error: {exc}"
         rows.append({"rule": txn.rule, "plan": plan})
     rows += [{"rule": u["rule"], "plan": f"unsupported: {u['detail']}"} for u in unsupported]
