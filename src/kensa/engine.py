@@ -711,7 +711,10 @@ class Engine:
             timings = dict(result.timings)
             timings[Phase.COMMIT] = _perf() - start
             result = replace(result, status=status, error=error, timings=timings)
-        ok = result.status in _OK_STATUSES
+        return self._terminal(rec, result, result.status in _OK_STATUSES)
+
+    def _terminal(self, rec: PhaseRecorder, result: TransactionResult, ok: bool) -> TransactionResult:
+        """Emit the terminal record and event of ``result`` (recovery uses it too)."""
         try:
             rec.emit(result.status.value, ok)
         except Exception as exc:

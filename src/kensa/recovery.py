@@ -321,13 +321,8 @@ def _recorder(engine: Engine, txn: Transaction) -> PhaseRecorder:
 
 
 def _conclude(engine: Engine, rec: PhaseRecorder, result: TransactionResult) -> TransactionResult:
-    ok = result.host_unchanged and result.status is not Status.ERRORED
-    try:
-        rec.emit(result.status.value, ok)
-    except Exception as exc:
-        engine._audit_failed(exc)
-    engine.events.publish_terminal(result, ok)
-    return result
+    # Success here means the host is back in its pre-state.
+    return engine._terminal(rec, result, result.host_unchanged and result.status is not Status.ERRORED)
 
 
 # --- recovery ------------------------------------------------------------------------
