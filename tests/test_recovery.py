@@ -247,7 +247,9 @@ def test_recover_reports_a_failed_restore_and_still_tries_every_step(root: Path,
     txn_id = interrupt(journal_path, txn_on(root, motd("hi\n"), sshd("PermitRootLogin", "no")))
     registry = default_registry()
     broken = RollbackResult("config_set", ok=False, detail="disk on fire")
-    registry["config_set"] = Wrapped(registry["config_set"], rollback=lambda host, pre: broken)
+    registry["config_set"] = Wrapped(
+        registry["config_set"], rollback=lambda host, pre: broken, restore=lambda host, pre, assessment, force=False: broken
+    )
     with engine_on(journal_path, registry) as engine:
         (result,) = engine.recover()
     assert (result.status, result.host_unchanged) == (Status.ROLLBACK_FAILED, False)
@@ -404,7 +406,7 @@ def test_rollback_by_id_restores_the_snapshot_and_is_done_once(root: Path, journ
     "drift, named",
     [
         (("etc/motd", b"edited by hand\n"), "/etc/motd"),
-        (("proc/sys/net/ipv4/ip_forward", b"1\n"), "net.ipv4.ip_forward"),
+        (("proc/sys/net/ipv4/ip_forward", b"2\n"), "net.ipv4.ip_forward"),
     ],
 )
 def test_rollback_of_a_drifted_host_is_refused_naming_it_and_forced(
@@ -426,17 +428,17 @@ def test_rollback_of_a_drifted_host_is_refused_naming_it_and_forced(
     assert snapshot(root) == before
 
 
-def test_rollback_is_refused_when_a_later_transaction_changed_the_same_file(root: Path, journal_path: Path) -> None:
-    """Rolling back the first of two edits to sshd_config is refused naming the file and the later transaction; in reverse order both roll back."""
+def test_rollback_keeps_a_later_transactions_edit_of_the_same_file(root: Path, journal_path: Path) -> None:
+    """Rolling back the first of two edits to sshd_config reverts only its own key and keeps the later one; then the second rolls back to the original bytes."""
     before = snapshot(root)
     with engine_on(journal_path) as engine:
         first = engine.run(txn_on(root, sshd("PermitRootLogin", "no")))
         second = engine.run(txn_on(root, sshd("MaxAuthTries", "3")))
-        with pytest.raises(RollbackRefusedError, match=f"/etc/ssh/sshd_config.*changed later by transaction {second.txn_id}"):
-            engine.rollback(first.txn_id)
-        assert b"MaxAuthTries 3" in (root / "etc/ssh/sshd_config").read_bytes()
+        undone = engine.rollback(first.txn_id)
+        assert (undone.status, undone.host_unchanged) == (Status.ROLLED_BACK, False)
+        assert undone.rollbacks[0].kept and "kept a later change" in undone.rollbacks[0].detail
+        assert (root / "etc/ssh/sshd_config").read_bytes() == b"Port 22\nPermitRootLogin yes\nMaxAuthTries 3\n"
         assert engine.rollback(second.txn_id).status is Status.ROLLED_BACK
-        assert engine.rollback(first.txn_id).status is Status.ROLLED_BACK
     assert snapshot(root) == before
 
 

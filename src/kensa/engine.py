@@ -72,6 +72,7 @@ from typing import (
 
 from .events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscription
 from .model import (
+    Assessment,
     KensaError,
     Phase,
     PreState,
@@ -93,6 +94,7 @@ __all__ = [
     "PhaseEmitter",
     "PhaseRecorder",
     "Registry",
+    "Restorable",
     "RollbackFailedError",
     "RollbackRefusedError",
     "StepFailedError",
@@ -124,6 +126,25 @@ class Handler(Protocol):
     def validate(self, host: Any, params: Mapping[str, Any]) -> bool: ...
 
     def rollback(self, host: Any, pre: PreState) -> RollbackResult: ...
+
+
+@runtime_checkable
+class Restorable(Protocol):
+    """A capturable handler that can tell its own change from later edits.
+
+    ``assess`` compares the target now with the step's pre-state and with the
+    state it journaled having written (see :class:`~kensa.model.Drift`); it
+    changes nothing. ``restore`` carries out that assessment: nothing to do at
+    the pre-state, the exact pre-state when the target is as kensa left it, only
+    the step's own change when later edits lie outside it, and nothing (a failed
+    result saying what is withheld) on a conflict unless ``force``, which puts
+    the pre-state back and says what it overwrote. Rollback by id and recovery
+    use these; a run's own rollback uses ``rollback``.
+    """
+
+    def assess(self, host: Any, pre: PreState) -> Assessment: ...
+
+    def restore(self, host: Any, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult: ...
 
 
 class PhaseRecorder(Protocol):

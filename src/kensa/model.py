@@ -109,6 +109,42 @@ class PreState:
         object.__setattr__(self, "data", _freeze(self.data))
 
 
+class Drift(str, enum.Enum):
+    """Where a changed target stands, compared with a step's pre-state and the state it wrote.
+
+    ``AT_PRE``: nothing of the step's change is left, there is nothing to restore.
+    ``AT_POST``: exactly as the step left it; restoring the pre-state loses nothing.
+    ``OUTSIDE``: changed since, but only outside the step's footprint (its key's
+    line, its appended line, the mode bits it set): revert the footprint, keep the rest.
+    ``CONFLICT``: the step's own change was altered, or the state is unknown:
+    restoring would destroy what kensa did not write.
+    """
+
+    AT_PRE = "at_pre"
+    AT_POST = "at_post"
+    OUTSIDE = "outside"
+    CONFLICT = "conflict"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A capturable step's :class:`Drift`, what differs (naming paths), and the handler's own plan.
+
+    ``plan`` is opaque to everyone but the handler that made it: it carries what
+    that handler needs to restore exactly what it assessed.
+    """
+
+    drift: Drift
+    details: Tuple[str, ...] = ()
+    plan: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "details", tuple(self.details))
+
+
 @dataclass(frozen=True)
 class StepResult:
     """Outcome of applying one step."""
@@ -122,11 +158,19 @@ class StepResult:
 
 @dataclass(frozen=True)
 class RollbackResult:
-    """Outcome of reversing one step; ``ok`` is true only when read-back verified it."""
+    """Outcome of reversing one step; ``ok`` is true only when read-back verified it.
+
+    ``kept`` names later changes that were left in place (the step's own change
+    was reverted around them), so the host is not exactly in its pre-state.
+    """
 
     mechanism: str
     ok: bool
     detail: str = ""
+    kept: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kept", tuple(self.kept))
 
 
 @dataclass(frozen=True)

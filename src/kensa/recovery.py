@@ -22,6 +22,14 @@ Recovery (:func:`recover_interrupted`)
       interruption: nobody can tell, so the host is not called unchanged;
     - ``rollback_failed``: a restore failed or was withheld (below).
 
+    A step whose handler can assess itself (:class:`~kensa.engine.Restorable`,
+    every built-in capturable mechanism) is restored only when what is there now
+    is exactly what kensa would have left (the state it journaled having
+    written); when it is already in its pre-state nothing is written; anything
+    else was changed by someone after the interruption and is withheld, naming
+    the path: an operator must look. Temporary files a killed write left next to
+    the step's files are removed.
+
     A step is withheld, not restored, when a later journaled transaction on the
     same host that may have changed the host (committed, staged, partially
     applied, rollback failed, or itself still interrupted) touched one of the
@@ -37,12 +45,20 @@ Recovery (:func:`recover_interrupted`)
 Rollback by id (:func:`rollback_committed`)
     Reverses a committed transaction from its journaled pre-states, holding
     the shared run lock and the engine's lock for the host like a run.
-    Refused (:class:`~kensa.engine.RollbackRefusedError`, nothing changed)
-    when the transaction is not committed, was rolled back already, or the
-    host drifted since the commit: a step's ``validate()`` no longer holds, or
-    a later journaled transaction that may have changed the host touched one
-    of its files. The refusal names the drifted paths (a sysctl by its key).
-    ``force=True`` restores anyway; it also lets a staged transaction (which
+    Each step is first assessed against its pre-state and the state it wrote
+    (:class:`~kensa.model.Drift`): as kensa left it, the exact pre-state comes
+    back; changed since only outside the step's own change (its key's line, its
+    appended line, the mode bits it set), only that change is reverted and the
+    later edits are kept (the result is ``rolled_back`` but not
+    ``host_unchanged``, and each rollback names what it kept); a change to the
+    step's own part is drift. Refused (:class:`~kensa.engine.RollbackRefusedError`,
+    nothing changed) when the transaction is not committed, was rolled back
+    already, or the host drifted. For a handler that cannot assess itself, drift
+    is a step's ``validate()`` no longer holding, or a later journaled
+    transaction that may have changed the host touching one of its files. The
+    refusal names the drifted paths (a sysctl by its key).
+    ``force=True`` restores the pre-state anyway and each rollback says what it
+    overwrote; it also lets a staged transaction (which
     cannot be checked before a reboot) and one with a step that cannot be
     reversed (the result is then ``partially_applied``) be rolled back. The
     outcome, ``rolled_back`` (``host_unchanged``) or ``rollback_failed``, is
@@ -96,12 +112,16 @@ from .engine import (
     Handler,
     NotCapturableError,
     PhaseRecorder,
+    Restorable,
     RollbackFailedError,
     RollbackRefusedError,
     _describe,
     _step_name,
 )
 from .model import (
+    KensaError,
+    Assessment,
+    Drift,
     Phase,
     PreState,
     RollbackResult,
@@ -199,6 +219,25 @@ def _name(step: Step) -> str:
     return step.mechanism
 
 
+def _assess(host: Any, entry: JournalEntry, handlers: Sequence[Optional[Handler]]) -> Dict[int, Assessment]:
+    """The assessment of every captured step whose handler is :class:`~kensa.engine.Restorable`.
+
+    A step that cannot be assessed is a conflict naming why: nobody can tell what is safe to restore.
+    """
+    found: Dict[int, Assessment] = {}
+    for index, (step, pre, handler) in enumerate(zip(entry.txn.steps, entry.pre_states, handlers)):
+        if pre is None or handler is None or not isinstance(handler, Restorable):
+            continue
+        try:
+            assessment = handler.assess(host, pre)
+            if not isinstance(assessment, Assessment):
+                raise TypeError(f"{type(handler).__name__}.assess returned {type(assessment).__name__}")
+        except Exception as exc:
+            assessment = Assessment(Drift.CONFLICT, (f"{_name(step)} cannot be checked: {_describe(exc)}",))
+        found[index] = assessment
+    return found
+
+
 def _may_have_changed(entry: JournalEntry) -> bool:
     if entry.result is None:
         return True
@@ -243,8 +282,15 @@ def _restore(
     handlers: Sequence[Optional[Handler]],
     pre_states: Sequence[Optional[PreState]],
     withheld: Mapping[int, str],
+    assessments: Optional[Mapping[int, Assessment]] = None,
+    force: bool = False,
 ) -> Tuple[List[RollbackResult], List[str]]:
-    """Roll back every captured step, last first; every one is tried. Returns (rollbacks, failures)."""
+    """Roll back every captured step, last first; every one is tried. Returns (rollbacks, failures).
+
+    A step with an assessment is restored as assessed (:class:`~kensa.engine.Restorable`);
+    the others with their handler's ``rollback``.
+    """
+    assessments = assessments or {}
     rollbacks: List[RollbackResult] = []
     failures: List[str] = []
     for index in range(len(txn.steps) - 1, -1, -1):
@@ -255,7 +301,11 @@ def _restore(
             rb = RollbackResult(step.mechanism, ok=False, detail=withheld[index])
         else:
             try:
-                rb = handler.rollback(host, pre)
+                assessment = assessments.get(index)
+                if assessment is not None:
+                    rb = cast(Restorable, handler).restore(host, pre, assessment, force)
+                else:
+                    rb = handler.rollback(host, pre)
                 if not isinstance(rb, RollbackResult):
                     raise TypeError(f"{type(handler).__name__}.rollback returned {type(rb).__name__}")
             except Exception as exc:
@@ -264,6 +314,22 @@ def _restore(
             failures.append(f"{_step_name(index, step)}: {rb.detail or 'the handler gave no detail'}")
         rollbacks.append(rb)
     return rollbacks, failures
+
+
+def _remove_leftovers(host: Any, entry: JournalEntry) -> List[str]:
+    """Remove the temporary files a killed write of kensa's left next to the files this
+    entry touched; return what could not be removed."""
+    remove = getattr(host, "remove_leftover_temps", None)
+    if remove is None:
+        return []
+    failures = []
+    for step, pre in zip(entry.txn.steps, entry.pre_states):
+        for path in sorted(_files(step, pre)):
+            try:
+                remove(path)
+            except (KensaError, OSError) as exc:
+                failures.append(f"kensa's leftover temporary file next to {path} could not be removed: {exc}")
+    return failures
 
 
 def _irreversible(entry: JournalEntry) -> List[str]:
@@ -294,7 +360,8 @@ def _outcome(
         error = TransactionError(NotCapturableError.__name__, message, Phase.ROLLBACK)
         status, unchanged = Status.PARTIALLY_APPLIED, False
     else:
-        error, status, unchanged = None, done, True
+        # Later edits kept around a reverted change leave the host unlike its pre-state.
+        error, status, unchanged = None, done, not any(rb.kept for rb in rollbacks)
     return TransactionResult(txn.id, txn.rule, txn.host, status, unchanged, timings, (), tuple(rollbacks), error)
 
 
@@ -358,14 +425,23 @@ def _recover_one(engine: Engine, journal: RecoveryJournal, entry: JournalEntry) 
         error = TransactionError(type(exc).__name__, message, Phase.PREFLIGHT)
         result = TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, False, timings, error=error)
         return _conclude(engine, rec, result)
-    timings[Phase.PREFLIGHT] = _perf() - start
     withheld = {
         index: f"not restored: {path} was changed after the interruption by {who}; restoring this pre-state "
         f"would undo that: check {path} by hand"
         for index, (path, who) in later.items()
     }
+    assessments = _assess(host, entry, handlers)
+    for index, assessment in assessments.items():
+        if index not in withheld and assessment.drift in (Drift.OUTSIDE, Drift.CONFLICT):
+            withheld[index] = (
+                f"not restored: {_name(txn.steps[index])} is neither in its pre-state nor as kensa would have left "
+                f"it ({'; '.join(assessment.details)}); it was changed by someone else since the interruption: "
+                "an operator must look"
+            )
+    timings[Phase.PREFLIGHT] = _perf() - start
     start = _perf()
-    rollbacks, failures = _restore(txn, host, handlers, entry.pre_states, withheld)
+    rollbacks, failures = _restore(txn, host, handlers, entry.pre_states, withheld, assessments)
+    failures += _remove_leftovers(host, entry)
     timings[Phase.ROLLBACK] = _perf() - start
     engine._boundary(rec, txn, Phase.ROLLBACK, not failures)
     what = f"recovery of interrupted transaction {txn.id}"
@@ -414,11 +490,26 @@ def _refuse_unless_committed(entry: JournalEntry, force: bool) -> None:
         )
 
 
-def _drift(engine: Engine, journal: RecoveryJournal, entry: JournalEntry, host: Any) -> Tuple[List[str], List[str]]:
-    """(names, reasons) of what changed since ``entry`` committed."""
+def _drift(
+    engine: Engine, journal: RecoveryJournal, entry: JournalEntry, host: Any, assessments: Mapping[int, Assessment]
+) -> Tuple[List[str], List[str]]:
+    """(names, reasons) of what changed since ``entry`` committed in a way a rollback would destroy.
+
+    A step with an assessment drifted when it is a conflict: later edits outside
+    its own change are kept by the rollback, so they are no drift. A step
+    without one (a handler that cannot assess) drifted when its ``validate()``
+    no longer holds or a later transaction touched its files.
+    """
     names: List[str] = []
     reasons: List[str] = []
+    for index, assessment in sorted(assessments.items()):
+        step = entry.txn.steps[index]
+        if assessment.drift is Drift.CONFLICT:
+            names.append(_name(step))
+            reasons.append(f"{_name(step)} ({_step_name(index, step)}): {'; '.join(assessment.details)}")
     for index, step in enumerate(entry.txn.steps):
+        if index in assessments:
+            continue
         try:
             holds = engine.registry[step.mechanism].validate(host, step.params)
             why = "no longer holds what the transaction set"
@@ -428,6 +519,8 @@ def _drift(engine: Engine, journal: RecoveryJournal, entry: JournalEntry, host: 
             names.append(_name(step))
             reasons.append(f"{_name(step)} ({_step_name(index, step)}) {why}")
     for index, (path, who) in sorted(_later_changes(journal, entry).items()):
+        if index in assessments:
+            continue
         if path not in names:
             names.append(path)
             reasons.append(f"{path} ({_step_name(index, entry.txn.steps[index])}) was changed later by {who}")
@@ -449,8 +542,9 @@ def rollback_committed(engine: Engine, txn_id: str, *, force: bool = False) -> T
                     f"cannot roll back transaction {txn.id} (rule {txn.rule}, host {txn.host}): {_describe(exc)}; "
                     "nothing was changed"
                 ) from exc
+            assessments = _assess(host, entry, handlers)
             if not force:
-                names, reasons = _drift(engine, journal, entry, host)
+                names, reasons = _drift(engine, journal, entry, host, assessments)
                 if names:
                     raise RollbackRefusedError(
                         f"cannot roll back transaction {txn.id} (rule {txn.rule}, host {txn.host}): the host drifted "
@@ -463,7 +557,7 @@ def rollback_committed(engine: Engine, txn_id: str, *, force: bool = False) -> T
             engine._boundary(rec, txn, Phase.STARTED, True)
             timings: Dict[Phase, float] = {}
             start = _perf()
-            rollbacks, failures = _restore(txn, host, handlers, entry.pre_states, {})
+            rollbacks, failures = _restore(txn, host, handlers, entry.pre_states, {}, assessments, force)
             timings[Phase.ROLLBACK] = _perf() - start
             engine._boundary(rec, txn, Phase.ROLLBACK, not failures)
             what = f"rollback of transaction {txn.id}"

@@ -26,13 +26,14 @@ from __future__ import annotations
 import errno
 import shlex
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..auditrules import AuditRuleError, rule_options
 from ..host import HostAccessError, LocalHost
-from ..model import KensaError, PreState, RollbackResult, StepResult
+from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
 from .config_set import decode, encode
-from .filestate import capture_file, restore_file, rollback_result
+from .filestate import Revert, assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
 from .params import ParamError, require_path
 
 DEFAULT_PERSIST_FILE = "/etc/audit/rules.d/99-kensa.rules"
@@ -89,6 +90,33 @@ def merge_lines(text: str, lines: Sequence[str]) -> str:
     if lines and text and not text.endswith("\n"):
         text += "\n"
     return text + "".join(line + "\n" for line in lines)
+
+
+def revert_rules(added: Sequence[str]) -> Revert:
+    """Undo only the appended rule lines: for each, the last line with its identity goes.
+    None when one of them is no longer in the file."""
+
+    def revert(now: bytes) -> Optional[bytes]:
+        lines = decode(now).splitlines(keepends=True)
+        for line in added:
+            wanted = rule_identity(line)
+            for index in range(len(lines) - 1, -1, -1):
+                if _identities([lines[index]]) == [wanted]:
+                    del lines[index]
+                    break
+            else:
+                return None
+        return encode("".join(lines))
+
+    return revert
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """What restoring the kernel's rules means: its drift and why."""
+
+    drift: Drift
+    details: Tuple[str, ...] = ()
 
 
 class AuditRuleSet:
@@ -158,6 +186,7 @@ class AuditRuleSet:
         state = capture_file(host, persist)
         lines_added = self._missing(rules, decode(state.get("content")).splitlines())
         kernel = self._kernel(host)
+        state["post"] = post_state(state, encode(merge_lines(decode(state.get("content")), lines_added)))
         data: Dict[str, Any] = {"persist": state, "lines_added": lines_added, "kernel": None}
         if kernel is not None:
             data["kernel"] = {
@@ -199,6 +228,42 @@ class AuditRuleSet:
             problems += self._rollback_kernel(host, list(kernel["before"]), list(kernel["rules_added"]))
         return rollback_result(self.name, problems)
 
+    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+        state, added = pre.data["persist"], list(pre.data["lines_added"])
+        plans: List[Any] = [assess_file(host, state, state.get("post"), revert_rules(added))]
+        kernel = pre.data["kernel"]
+        if kernel is not None and not kernel["immutable"]:
+            now = self._kernel(host)
+            if now is None:
+                plans.append(KernelPlan(Drift.CONFLICT, ("audit is no longer available: cannot check the kernel's rules",)))
+            else:
+                missing = self._missing(list(kernel["rules_added"]), now["rules"])
+                others = Counter(now["rules"]) - Counter(kernel["before"])
+                ours = set(_identities(list(kernel["rules_added"])))
+                foreign = [line for line in others.elements() if not ours.intersection(_identities([line]))]
+                if len(missing) == len(kernel["rules_added"]):
+                    plans.append(KernelPlan(Drift.AT_PRE if not foreign else Drift.OUTSIDE))
+                elif missing:
+                    plans.append(KernelPlan(Drift.CONFLICT, (f"kernel audit rules kensa loaded were deleted since: {missing}",)))
+                elif foreign:
+                    plans.append(KernelPlan(Drift.OUTSIDE, (f"kept later kernel audit rules: {foreign}",)))
+                else:
+                    plans.append(KernelPlan(Drift.AT_POST))
+        return combine(plans)
+
+    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        file_plan = assessment.plan[0]
+        problems = restore_planned(host, pre.data["persist"], file_plan, force)
+        kernel = pre.data["kernel"]
+        if len(assessment.plan) > 1 and kernel is not None:
+            plan = assessment.plan[1]
+            if plan.drift is Drift.CONFLICT and not force:
+                problems.append(f"withheld: {'; '.join(plan.details)}")
+            elif plan.drift is not Drift.AT_PRE:
+                exact = plan.drift is not Drift.OUTSIDE
+                problems += self._rollback_kernel(host, list(kernel["before"]), list(kernel["rules_added"]), exact)
+        return restored(self.name, problems, assessment, force)
+
     def _rollback_file(self, host: LocalHost, state: Mapping[str, Any], added: List[str]) -> List[str]:
         path = str(state["path"])
         try:
@@ -225,7 +290,7 @@ class AuditRuleSet:
             return [f"{path} still holds {len(added) - len(left)} of kensa's lines"]
         return []
 
-    def _rollback_kernel(self, host: LocalHost, before: List[str], added: List[str]) -> List[str]:
+    def _rollback_kernel(self, host: LocalHost, before: List[str], added: List[str], exact: bool = True) -> List[str]:
         problems = []
         try:
             kernel = self._kernel(host)
@@ -243,6 +308,14 @@ class AuditRuleSet:
         except (KensaError, OSError, ValueError) as exc:
             return [f"restoring the kernel's audit rules failed: {exc}"]
         now = [] if kernel is None else kernel["rules"]
+        if not exact:
+            # Rules loaded since by someone else stay: only kensa's must be gone, and
+            # nothing that was there before may be missing.
+            left = [line for line in added if line not in self._missing([line], now)]
+            gone = list((Counter(before) - Counter(now)).elements())
+            if left or gone:
+                problems.append(f"after deleting kensa's rules: still loaded {left}, missing {gone}")
+            return problems
         if now != before:
             extra = list((Counter(now) - Counter(before)).elements())
             gone = list((Counter(before) - Counter(now)).elements())

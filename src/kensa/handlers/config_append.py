@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Tuple
 
 from ..host import LocalHost
-from ..model import PreState, RollbackResult, StepResult
+from ..model import Assessment, PreState, RollbackResult, StepResult
 from .config_set import decode, encode
-from .filestate import capture_file, restore_file, rollback_result
+from .filestate import Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
 from .params import ParamError, require_path, require_str
 
 
@@ -20,6 +20,22 @@ def append_line(text: str, line: str) -> str:
     if text and not text.endswith("\n"):
         text += "\n"
     return text + line + "\n"
+
+
+def revert_append(line: str) -> Revert:
+    """Undo only an :func:`append_line`: the last line matching ``line`` goes, the rest stays.
+    None when no line matches any more."""
+    wanted = line.strip()
+
+    def revert(now: bytes) -> Optional[bytes]:
+        lines = decode(now).splitlines(keepends=True)
+        for index in range(len(lines) - 1, -1, -1):
+            if lines[index].strip() == wanted:
+                del lines[index]
+                return encode("".join(lines))
+        return None
+
+    return revert
 
 
 class ConfigAppend:
@@ -40,7 +56,11 @@ class ConfigAppend:
         return has_line(decode(host.read_bytes(path)), line)
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
-        return PreState(self.name, params, capture_file(host, self._desired(params)[0]))
+        path, line = self._desired(params)
+        state = capture_file(host, path)
+        text = decode(state.get("content"))
+        post = post_state(state, state.get("content") if has_line(text, line) else encode(append_line(text, line)))
+        return PreState(self.name, params, {**state, "post": post})
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         path, line = self._desired(params)
@@ -52,3 +72,9 @@ class ConfigAppend:
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_file(host, pre.data))
+
+    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+        return assess_files(host, [(pre.data, revert_append(self._desired(pre.params)[1]))])
+
+    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        return restored(self.name, restore_files(host, [pre.data], assessment, force), assessment, force)

@@ -10,11 +10,11 @@ directives are not followed.
 from __future__ import annotations
 
 import re
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from ..host import LocalHost
-from ..model import PreState, RollbackResult, StepResult
-from .filestate import capture_file, restore_file, rollback_result
+from ..model import Assessment, PreState, RollbackResult, StepResult
+from .filestate import Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
 from .params import ParamError, require_path, require_str, scalar_text
 
 _KEY = re.compile(r"[^\s=#]+")
@@ -72,6 +72,34 @@ def set_value(text: str, key: str, value: str, separator: str = " ", comments: S
     return "".join(lines)
 
 
+Finder = Callable[[Sequence[str], str, Sequence[str]], Tuple[Optional[int], int]]
+
+
+def revert_key(
+    before: str, key: str, value: str, separator: str = " ", comments: Sequence[str] = ("#",), find: Finder = _find,
+) -> Revert:
+    """Undo only a :func:`set_value` of ``key`` made over ``before``: the key's line goes back
+    to what it was (or goes, when ``before`` had none), every other line stays as it is now.
+    None when the key no longer holds the value kensa set: that change is not kensa's to undo."""
+    old_lines = before.splitlines(keepends=True)
+    old_index, _ = find(old_lines, key, comments)
+    old = None if old_index is None else old_lines[old_index].rstrip("\r\n")
+
+    def revert(now: bytes) -> Optional[bytes]:
+        lines = decode(now).splitlines(keepends=True)
+        index, _ = find(lines, key, comments)
+        if index is None or _line_value(lines[index], key, separator) != value.strip():
+            return None
+        if old is None:
+            del lines[index]
+        else:
+            line = lines[index]
+            lines[index] = old + line[len(line.rstrip("\r\n")):]
+        return encode("".join(lines))
+
+    return revert
+
+
 def decode(data: Optional[bytes]) -> str:
     """File bytes as text that encodes back to the very same bytes."""
     return "" if data is None else data.decode("utf-8", "surrogateescape")
@@ -106,7 +134,10 @@ class ConfigSet:
         return get_value(decode(host.read_bytes(path)), key, separator) == value.strip()
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
-        return PreState(self.name, params, capture_file(host, self._desired(params)[0]))
+        path, key, value, separator = self._desired(params)
+        state = capture_file(host, path)
+        post = post_state(state, encode(set_value(decode(state.get("content")), key, value, separator)))
+        return PreState(self.name, params, {**state, "post": post})
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         path, key, value, separator = self._desired(params)
@@ -119,3 +150,10 @@ class ConfigSet:
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_file(host, pre.data))
+
+    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+        _, key, value, separator = self._desired(pre.params)
+        return assess_files(host, [(pre.data, revert_key(decode(pre.data.get("content")), key, value, separator))])
+
+    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        return restored(self.name, restore_files(host, [pre.data], assessment, force), assessment, force)

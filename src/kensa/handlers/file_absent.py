@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from ..host import LocalHost
-from ..model import PreState, RollbackResult, StepResult
-from .filestate import capture_file, restore_file, rollback_result
+from ..model import Assessment, PreState, RollbackResult, StepResult
+from .filestate import assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
 from .params import require_path
 
 
@@ -24,7 +24,8 @@ class FileAbsent:
         return host.read_file(path) is None
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
-        return PreState(self.name, params, capture_file(host, require_path(self.name, params)))
+        state = capture_file(host, require_path(self.name, params))
+        return PreState(self.name, params, {**state, "post": post_state(state, None)})
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         path = require_path(self.name, params)
@@ -34,3 +35,9 @@ class FileAbsent:
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_file(host, pre.data))
+
+    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+        return assess_files(host, [(pre.data, None)])
+
+    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        return restored(self.name, restore_files(host, [pre.data], assessment, force), assessment, force)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from ..host import LocalHost
-from ..model import PreState, RollbackResult, StepResult
-from .filestate import capture_file, restore_file, rollback_result
+from ..model import Assessment, PreState, RollbackResult, StepResult
+from .filestate import assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
 from .params import ParamError, optional_id, optional_mode, require_path
 
 
@@ -44,7 +44,9 @@ class FileContent:
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
         want = self._desired(host, params)
-        return PreState(self.name, params, capture_file(host, want["path"]))
+        state = capture_file(host, want["path"])
+        post = post_state(state, want["content"], mode=want["mode"], uid=want["uid"], gid=want["gid"])
+        return PreState(self.name, params, {**state, "post": post})
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         want = self._desired(host, params)
@@ -55,3 +57,9 @@ class FileContent:
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_file(host, pre.data))
+
+    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+        return assess_files(host, [(pre.data, None)])
+
+    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        return restored(self.name, restore_files(host, [pre.data], assessment, force), assessment, force)

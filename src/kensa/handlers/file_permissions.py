@@ -6,8 +6,8 @@ import errno
 from typing import Any, Mapping, Optional, Tuple
 
 from ..host import FileInfo, HostAccessError, LocalHost
-from ..model import PreState, RollbackResult, StepResult
-from .filestate import capture_meta, restore_meta, rollback_result
+from ..model import Assessment, PreState, RollbackResult, StepResult
+from .filestate import assess_file, capture_meta, combine, meta_post_state, restore_meta, restore_planned, restored, rollback_result
 from .params import ParamError, optional_id, optional_mode, require_path
 
 
@@ -39,9 +39,10 @@ class FilePermissions:
         return (mode is None or found.mode == mode) and (uid is None or found.uid == uid) and (gid is None or found.gid == gid)
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
-        path = self._desired(host, params)[0]
+        path, mode, uid, gid = self._desired(host, params)
         self._existing(host, path)
-        return PreState(self.name, params, capture_meta(host, path))
+        state = capture_meta(host, path)
+        return PreState(self.name, params, {**state, "post": meta_post_state(state, mode, uid, gid)})
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         path, mode, uid, gid = self._desired(host, params)
@@ -56,3 +57,10 @@ class FilePermissions:
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_meta(host, pre.data))
+
+    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+        return combine([assess_file(host, pre.data, pre.data.get("post"), None, with_content=False)])
+
+    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        problems = restore_planned(host, pre.data, assessment.plan[0], force)
+        return restored(self.name, problems, assessment, force)

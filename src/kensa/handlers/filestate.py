@@ -7,10 +7,13 @@ from it after a crash.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..host import FileInfo, LocalHost
-from ..model import KensaError, RollbackResult
+from ..host import DEFAULT_FILE_MODE, FileInfo, LocalHost
+from ..model import Assessment, Drift, KensaError, RollbackResult
 
 
 def _describe(path: str, info: Optional[FileInfo], with_content: bool) -> Dict[str, Any]:
@@ -55,6 +58,8 @@ def differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> List[
 def restore_file(host: LocalHost, pre: Mapping[str, Any]) -> List[str]:
     """Put back a state from :func:`capture_file`; return what still differs (empty: exact)."""
     path = str(pre["path"])
+    if not _read_back(host, pre, with_content=True):
+        return []  # already as captured (apply failed before changing it): write nothing
     problems = []
     try:
         if pre["exists"]:
@@ -96,3 +101,198 @@ def rollback_result(mechanism: str, problems: List[str]) -> RollbackResult:
     if problems:
         return RollbackResult(mechanism, ok=False, detail="; ".join(problems))
     return RollbackResult(mechanism, ok=True, detail="restored and verified by read-back")
+
+
+# --- restoring without clobbering -------------------------------------------------
+#
+# A capturable step journals, next to its pre-state, the state it is about to
+# write (``post``: existence, SHA-256 of the bytes, mode, owner, group). A rollback
+# by id or a recovery compares what is there now with both, and restores only what
+# provably belongs to kensa; see :class:`kensa.model.Drift`.
+
+#: current bytes -> the same bytes with only the step's change undone; None when
+#: the step's change is no longer intact (so only an operator can tell what to keep).
+Revert = Callable[[bytes], Optional[bytes]]
+
+_META = ("mode", "uid", "gid")
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def post_state(
+    pre: Mapping[str, Any], content: Optional[bytes], *,
+    mode: Optional[int] = None, uid: Optional[int] = None, gid: Optional[int] = None,
+) -> Dict[str, Any]:
+    """The state a step leaves when it writes ``content`` over the file captured in ``pre``
+    (``content`` None: it removes the file); unset attributes stay as captured, and a new
+    file gets what :meth:`LocalHost.write_file` gives one."""
+    if content is None:
+        return {"exists": False}
+    if pre.get("exists"):
+        base = {key: int(pre[key]) for key in _META}
+    else:
+        base = {"mode": DEFAULT_FILE_MODE, "uid": os.geteuid(), "gid": os.getegid()}
+    for key, value in (("mode", mode), ("uid", uid), ("gid", gid)):
+        if value is not None:
+            base[key] = value
+    return {"exists": True, "sha256": digest(content), **base}
+
+
+def meta_post_state(pre: Mapping[str, Any], mode: Optional[int], uid: Optional[int], gid: Optional[int]) -> Dict[str, Any]:
+    """The attributes a metadata-only step leaves on the file captured in ``pre``."""
+    wanted = {"mode": mode, "uid": uid, "gid": gid}
+    return {"exists": True, **{key: int(pre[key]) if wanted[key] is None else wanted[key] for key in _META}}
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """What restoring one file means, decided before anything is written."""
+
+    path: str
+    drift: Drift
+    details: Tuple[str, ...] = ()
+    content: Optional[bytes] = None  # OUTSIDE: the bytes with only the step's change undone
+    remove: bool = False  # OUTSIDE: the step created the file and nothing else is left in it
+    meta: Mapping[str, int] = field(default_factory=dict)  # OUTSIDE: attributes the step set, to put back
+
+
+def _post_differences(path: str, post: Mapping[str, Any], now: Optional[FileInfo], with_content: bool) -> List[str]:
+    if bool(post.get("exists")) != (now is not None):
+        return [f"{path} {'was removed' if now is None else 'was created again'} since kensa changed it"]
+    if now is None:
+        return []
+    found = []
+    if with_content and "sha256" in post and digest(now.content or b"") != post["sha256"]:
+        found.append(f"{path}: content differs from what kensa wrote")
+    for key in _META:
+        if key in post and getattr(now, key) != post[key]:
+            found.append(f"{path}: {key} is {_shown(key, getattr(now, key))}, kensa set {_shown(key, post[key])}")
+    return found
+
+
+def _shown(key: str, value: int) -> str:
+    return f"{value:04o}" if key == "mode" else str(value)
+
+
+def assess_file(
+    host: LocalHost, pre: Mapping[str, Any], post: Optional[Mapping[str, Any]], revert: Optional[Revert],
+    *, with_content: bool = True,
+) -> FilePlan:
+    """Compare the file now with its pre-state and with the state the step wrote.
+
+    ``revert`` undoes the step's change in the current bytes (None: the step's
+    footprint is the whole content). ``with_content`` False: a metadata-only step,
+    whose footprint is the attributes it changed.
+    """
+    path = str(pre["path"])
+    if post is None:
+        return FilePlan(path, Drift.CONFLICT, (
+            f"{path}: journaled without the state kensa wrote (by an older kensa), so kensa cannot tell "
+            "whether it was edited since",
+        ))
+    now = host.info(path, content=with_content)
+    if not differences(pre, _describe(path, now, with_content)):
+        return FilePlan(path, Drift.AT_PRE)
+    changed = _post_differences(path, post, now, with_content)
+    if not changed:
+        return FilePlan(path, Drift.AT_POST)
+    if now is None or not post.get("exists"):
+        return FilePlan(path, Drift.CONFLICT, tuple(changed))
+    conflicts: List[str] = []
+    content: Optional[bytes] = None
+    if with_content:
+        if revert is None:
+            if now.content is not None and digest(now.content) == post.get("sha256"):
+                content = bytes(pre["content"]) if pre.get("exists") else b""
+        else:
+            content = revert(now.content or b"")
+        if content is None:
+            conflicts.append(f"{path}: the part kensa wrote was changed since")
+    meta: Dict[str, int] = {}
+    if pre.get("exists"):
+        for key in _META:
+            if post[key] == pre[key]:
+                continue  # not the step's: whatever it is now stays
+            if getattr(now, key) != post[key]:
+                conflicts.append(f"{path}: {key} is {_shown(key, getattr(now, key))}, kensa set {_shown(key, post[key])}")
+            else:
+                meta[key] = int(pre[key])
+    if conflicts:
+        return FilePlan(path, Drift.CONFLICT, tuple(conflicts))
+    kept = tuple(f"kept a later change: {phrase}" for phrase in changed)
+    remove = with_content and not pre.get("exists") and content == b""
+    return FilePlan(path, Drift.OUTSIDE, kept, content, remove, meta)
+
+
+def restore_planned(host: LocalHost, pre: Mapping[str, Any], plan: FilePlan, force: bool = False) -> List[str]:
+    """Carry out ``plan`` (from :func:`assess_file`); return what still differs (empty: done)."""
+    with_content = "content" in pre or not pre.get("exists")
+    if plan.drift is Drift.AT_PRE:
+        return _read_back(host, pre, with_content=with_content)
+    if plan.drift is Drift.CONFLICT and not force:
+        return [f"withheld: {'; '.join(plan.details)}"]
+    if plan.drift is not Drift.OUTSIDE:
+        return restore_file(host, pre) if with_content else restore_meta(host, pre)
+    path = str(pre["path"])
+    try:
+        if plan.remove:
+            host.remove_file(path)
+        elif with_content and plan.content is not None:
+            host.write_file(path, plan.content, mode=plan.meta.get("mode"), uid=plan.meta.get("uid"), gid=plan.meta.get("gid"))
+        elif plan.meta:
+            host.set_meta(path, mode=plan.meta.get("mode"), uid=plan.meta.get("uid"), gid=plan.meta.get("gid"))
+        now = host.info(path, content=with_content)
+    except (KensaError, OSError) as exc:
+        return [f"reverting kensa's change of {path} failed: {exc}"]
+    if plan.remove:
+        return [] if now is None else [f"{path} still exists after removing it"]
+    if now is None:
+        return [f"{path} is missing after reverting kensa's change"]
+    problems = [f"{path}: {key} reads back as {getattr(now, key)}" for key, value in plan.meta.items() if getattr(now, key) != value]
+    if with_content and now.content != plan.content:
+        problems.append(f"{path}: content does not read back as written")
+    return problems
+
+
+def combine(plans: Sequence[Any]) -> Assessment:
+    """One step's assessment from the plans of everything it wrote (each has ``drift`` and ``details``)."""
+    drifts = {plan.drift for plan in plans}
+    if Drift.CONFLICT in drifts:
+        drift = Drift.CONFLICT
+    elif Drift.OUTSIDE in drifts:
+        drift = Drift.OUTSIDE
+    elif drifts <= {Drift.AT_PRE}:
+        drift = Drift.AT_PRE
+    else:
+        drift = Drift.AT_POST
+    return Assessment(drift, tuple(line for plan in plans for line in plan.details), tuple(plans))
+
+
+def restored(mechanism: str, problems: List[str], assessment: Assessment, force: bool) -> RollbackResult:
+    """The result of restoring a step as ``assessment`` planned, saying plainly what was kept or overwritten."""
+    if problems:
+        return RollbackResult(mechanism, ok=False, detail="; ".join(problems))
+    if assessment.drift is Drift.AT_PRE:
+        return RollbackResult(mechanism, ok=True, detail="already in its pre-state: nothing to restore")
+    if assessment.drift is Drift.CONFLICT and force:
+        return RollbackResult(mechanism, ok=True, detail="restored the pre-state by force, overwriting: " + "; ".join(assessment.details))
+    if assessment.drift is Drift.OUTSIDE:
+        kept = tuple(line for line in assessment.details)
+        detail = "reverted only kensa's change, verified by read-back; " + "; ".join(kept)
+        return RollbackResult(mechanism, ok=True, detail=detail, kept=kept)
+    return RollbackResult(mechanism, ok=True, detail="restored and verified by read-back")
+
+
+def assess_files(host: LocalHost, files: Sequence[Tuple[Mapping[str, Any], Optional[Revert]]], post_key: str = "post") -> Assessment:
+    """:func:`combine` of :func:`assess_file` over (captured file with its ``post``, revert) pairs."""
+    return combine([assess_file(host, pre, pre.get(post_key), revert) for pre, revert in files])
+
+
+def restore_files(host: LocalHost, files: Sequence[Mapping[str, Any]], assessment: Assessment, force: bool) -> List[str]:
+    """Carry out the plans of :func:`assess_files` for the same captured files, in order."""
+    problems: List[str] = []
+    for pre, plan in zip(files, assessment.plan):
+        problems += restore_planned(host, pre, plan, force)
+    return problems

@@ -10,13 +10,14 @@ whitespace collapsed, as the kernel prints multi-field values tab-separated.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Tuple
 
 from ..host import LocalHost
-from ..model import KensaError, PreState, RollbackResult, StepResult
+from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
 from ..sysctlkeys import SysctlKeyError, sysctl_path
-from .config_set import decode, encode, get_value, set_value
-from .filestate import capture_file, restore_file, rollback_result
+from .config_set import decode, encode, get_value, revert_key, set_value
+from .filestate import assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
 from .params import ParamError, require_path, require_str, scalar_text
 
 _COMMENTS = ("#", ";")
@@ -24,6 +25,14 @@ _COMMENTS = ("#", ";")
 
 def _normal(value: str) -> str:
     return " ".join(value.split())
+
+
+@dataclass(frozen=True)
+class RuntimePlan:
+    """What restoring the runtime value means: its drift and why."""
+
+    drift: Drift
+    details: Tuple[str, ...] = ()
 
 
 class SysctlSet:
@@ -59,8 +68,11 @@ class SysctlSet:
         return self._runtime(host, key, runtime) == value and persisted is not None and _normal(persisted) == value
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
-        key, _, runtime, persist = self._desired(params)
-        data = {"key": key, "runtime_path": runtime, "runtime": self._runtime(host, key, runtime), "persist": capture_file(host, persist)}
+        key, value, runtime, persist = self._desired(params)
+        state = capture_file(host, persist)
+        state["post"] = post_state(state, encode(set_value(decode(state.get("content")), key, value, " = ", _COMMENTS)))
+        data = {"key": key, "runtime_path": runtime, "runtime": self._runtime(host, key, runtime), "persist": state,
+                "post_runtime": value}
         return PreState(self.name, params, data)
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
@@ -73,9 +85,37 @@ class SysctlSet:
         host.write_in_place(runtime, (value + "\n").encode())
         return StepResult(self.name, ok=True, changed=True, detail=f"{key} = {value}, persisted in {host.where(persist)}")
 
+    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+        key, value, _, _ = self._desired(pre.params)
+        persist = pre.data["persist"]
+        revert = revert_key(decode(persist.get("content")), key, value, " = ", _COMMENTS)
+        plans: List[Any] = [assess_file(host, persist, persist.get("post"), revert)]
+        before, written = str(pre.data["runtime"]), pre.data.get("post_runtime")
+        now = self._runtime(host, key, str(pre.data["runtime_path"]))
+        if now == before:
+            plans.append(RuntimePlan(Drift.AT_PRE))
+        elif written is not None and now == written:
+            plans.append(RuntimePlan(Drift.AT_POST))
+        else:
+            plans.append(RuntimePlan(Drift.CONFLICT, (f"{key} is {now!r} now, kensa set {written!r}",)))
+        return combine(plans)
+
+    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        file_plan, runtime_plan = assessment.plan
+        problems = restore_planned(host, pre.data["persist"], file_plan, force)
+        if runtime_plan.drift is Drift.CONFLICT and not force:
+            problems.append(f"withheld: {'; '.join(runtime_plan.details)}")
+        elif runtime_plan.drift is not Drift.AT_PRE:
+            problems += self._restore_runtime(host, pre)
+        return restored(self.name, problems, assessment, force)
+
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
-        key, path, before = str(pre.data["key"]), str(pre.data["runtime_path"]), str(pre.data["runtime"])
         problems = restore_file(host, pre.data["persist"])
+        return rollback_result(self.name, problems + self._restore_runtime(host, pre))
+
+    def _restore_runtime(self, host: LocalHost, pre: PreState) -> List[str]:
+        key, path, before = str(pre.data["key"]), str(pre.data["runtime_path"]), str(pre.data["runtime"])
+        problems: List[str] = []
         try:
             if sysctl_path(key) != path:
                 # A pre-state journaled by an older kensa or edited on disk: never write
@@ -88,4 +128,4 @@ class SysctlSet:
                 problems.append(f"{key} reads back as {now!r}, expected {before!r}")
         except (KensaError, OSError) as exc:
             problems.append(f"restoring {key} to {before!r} failed: {exc}")
-        return rollback_result(self.name, problems)
+        return problems
