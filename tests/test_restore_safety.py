@@ -303,3 +303,43 @@ def test_a_failed_apply_that_changed_nothing_is_rolled_back_without_a_write(root
         result = Engine(registry, journal=journal, hosts=resolve_host).run(Transaction("r", (PERMIT,), host=str(root)))
     assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, True)
     assert (root / SSHD).stat().st_ino == inode
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def test_cli_rollback_keeps_an_operators_later_line(tmp_path: Path) -> None:
+    """kensa remediate, an operator appends a line and sets mode 600, kensa rollback TXN: both kept, the key reverted, host_unchanged no."""
+    import io
+    import json
+
+    from kensa.cli import EXIT_OK, main
+
+    rule = tmp_path / "permit.yml"
+    rule.write_text(
+        "id: permit-root-no\ntitle: no root login\nseverity: high\nimplementations:\n"
+        "  - default: true\n    check:\n      method: config_value\n      path: /etc/ssh/sshd_config\n"
+        "      key: PermitRootLogin\n      expected: \"no\"\n"
+        "    remediation:\n      mechanism: config_set\n      path: /etc/ssh/sshd_config\n"
+        "      key: PermitRootLogin\n      value: \"no\"\n"
+    )
+    root = tmp_path / "root"
+    (root / "etc/ssh").mkdir(parents=True)
+    (root / SSHD).write_bytes(ORIGINAL)
+    journal = str(tmp_path / "j.db")
+
+    def cli(*argv: str) -> "tuple[int, str]":
+        out = io.StringIO()
+        return main(["--journal", journal, "--no-audit", *argv], out=out), out.getvalue()
+
+    code, out = cli("remediate", str(rule), "--root", str(root), "--json")
+    assert code == EXIT_OK, out
+    txn = json.loads(out)["results"][0]["txn"]
+    (root / SSHD).write_bytes((root / SSHD).read_bytes() + b"PasswordAuthentication no\n")
+    (root / SSHD).chmod(0o600)
+    code, out = cli("rollback", txn, "--json")
+    assert code == EXIT_OK, out
+    shown = json.loads(out)
+    assert (shown["status"], shown["host_unchanged"]) == ("rolled_back", False)
+    assert (root / SSHD).read_bytes() == b"Port 22\nPermitRootLogin yes\nPasswordAuthentication no\n"
+    assert (root / SSHD).stat().st_mode & 0o777 == 0o600
