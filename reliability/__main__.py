@@ -31,7 +31,9 @@ from .report import Section, as_json, render
 from .sizes import SIZES
 
 # Scenario modules, in the order they run; each has run(ctx) -> Section.
-SCENARIOS = ("fuzz_encoder", "fuzz_rules", "fuzz_paths", "atheris_runs", "sanitizers", "crash", "load", "audit_faults")
+SCENARIOS = (
+    "fuzz_encoder", "fuzz_rules", "fuzz_paths", "atheris_runs", "sanitizers", "crash", "load", "audit_faults", "adversarial",
+)
 
 
 def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
