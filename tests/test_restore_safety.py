@@ -343,3 +343,14 @@ def test_cli_rollback_keeps_an_operators_later_line(tmp_path: Path) -> None:
     assert (shown["status"], shown["host_unchanged"]) == ("rolled_back", False)
     assert (root / SSHD).read_bytes() == b"Port 22\nPermitRootLogin yes\nPasswordAuthentication no\n"
     assert (root / SSHD).stat().st_mode & 0o777 == 0o600
+
+
+def test_rollback_keeps_an_xattr_set_after_the_commit(root: Path, tmp_path: Path) -> None:
+    """An extended attribute an operator set after the commit is outside kensa's change: the key reverts, the xattr stays."""
+    with engine_on(tmp_path / "j.db") as engine:
+        done = run(engine, root, PERMIT)
+        os.setxattr(root / SSHD, "user.operator", b"reviewed")
+        result = engine.rollback(done.txn_id)
+    assert result.status is Status.ROLLED_BACK and not result.host_unchanged
+    assert (root / SSHD).read_bytes() == ORIGINAL
+    assert os.getxattr(root / SSHD, "user.operator") == b"reviewed"

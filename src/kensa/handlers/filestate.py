@@ -137,7 +137,11 @@ def post_state(
     for key, value in (("mode", mode), ("uid", uid), ("gid", gid)):
         if value is not None:
             base[key] = value
-    return {"exists": True, "sha256": digest(content), **base}
+    post: Dict[str, Any] = {"exists": True, "sha256": digest(content), **base}
+    if pre.get("exists"):
+        # A rewrite keeps the file's xattrs; a new file gets what the kernel gives it.
+        post["xattrs"] = dict(pre["xattrs"])
+    return post
 
 
 def meta_post_state(pre: Mapping[str, Any], mode: Optional[int], uid: Optional[int], gid: Optional[int]) -> Dict[str, Any]:
@@ -169,6 +173,8 @@ def _post_differences(path: str, post: Mapping[str, Any], now: Optional[FileInfo
     for key in _META:
         if key in post and getattr(now, key) != post[key]:
             found.append(f"{path}: {key} is {_shown(key, getattr(now, key))}, kensa set {_shown(key, post[key])}")
+    if "xattrs" in post and dict(now.xattrs) != dict(post["xattrs"]):
+        found.append(f"{path}: extended attributes differ from what kensa left")
     return found
 
 
