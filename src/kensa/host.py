@@ -4,12 +4,16 @@ Every path a handler names is absolute and is resolved *inside* the target root,
 one component at a time, with ``O_NOFOLLOW`` and directory file descriptors, so
 neither ``..`` nor a symlink can lead outside it.
 
-The root is resolved once, when the :class:`LocalHost` is made, and held open as
-an ``O_PATH`` directory descriptor; every walk starts from it. Renaming or swapping
-the root or one of its ancestors for a symlink afterwards therefore cannot redirect
-kensa to another tree: it keeps working on the directory it resolved (if that
-directory is deleted, operations fail with :class:`HostAccessError`). Every
-``OSError`` of a file operation reaches the caller as a :class:`HostAccessError`.
+The root is opened once, when the :class:`LocalHost` is made, following the given
+path (so ``/proc/PID/root``, a "magic link", pins the root of that process's mount
+namespace, which no path string could name), and held open as an ``O_PATH``
+directory descriptor; every walk starts from it and it is never turned back into a
+path. Renaming or swapping the root or one of its ancestors for a symlink afterwards
+therefore cannot redirect kensa to another tree: it keeps working on the directory
+it pinned (if that directory is deleted, operations fail with
+:class:`HostAccessError`). :attr:`LocalHost.root` is only the root's name for
+messages and keys; :attr:`LocalHost.identity` names the pinned directory itself.
+Every ``OSError`` of a file operation reaches the caller as a :class:`HostAccessError`.
 
 Path policy:
 
@@ -21,6 +25,16 @@ Path policy:
   and its target. An in-root symlink would be safe to follow, but refusing is simple
   to verify, and a remediation that writes through a link the operator did not
   expect is worse than one that stops and says why.
+- Mounts: the live host ("/" of this process's mount namespace) spans mounts by
+  nature (/boot, /proc, /var), so walks there cross them. Under any other root (an
+  image, or another namespace's root) a walk never enters another mount: a mount
+  point inside the root, directory or file (a bind mount of something outside, a
+  procfs at its /proc), is refused with :class:`PathEscapeError` naming it. This
+  uses ``openat2`` with ``RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH``,
+  or, on kernels without it (ENOSYS), a comparison of each opened entry's mount id
+  with the root's. A real procfs is refused under such a root even when no mount
+  point is crossed (a root that is itself on procfs), so an image root never
+  changes the running kernel.
 - Writes are atomic: a temporary file in the same directory (created through the
   directory fd with ``O_EXCL|O_NOFOLLOW``), written, fsynced, given its owner,
   extended attributes and mode, renamed over the target, and the directory fsynced.
@@ -38,13 +52,15 @@ Path policy:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import platform
 import secrets
 import stat
 import subprocess
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple
 
 from .model import KensaError
 
@@ -57,6 +73,135 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_C
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # No O_TRUNC: the file type is checked on the open fd before anything is truncated.
 _WRITE_IN_PLACE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+# Kernel ABI values (linux/openat2.h, linux/stat.h, linux/magic.h, fcntl.h). Python has
+# no binding for openat2, statx or fstatfs, so they are called through ctypes.
+_RESOLVE_NO_XDEV = 0x01
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_CONFINED_RESOLVE = _RESOLVE_NO_XDEV | _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH
+_STATX_MNT_ID = 0x1000
+_STATX_MNT_ID_UNIQUE = 0x4000
+_AT_EMPTY_PATH = 0x1000
+_PROC_SUPER_MAGIC = 0x9FA0
+# openat2 has number 437 on every architecture that uses the unified syscall table;
+# elsewhere (alpha, unknown machines) the mount-id comparison is used instead.
+_SYS_OPENAT2 = 437 if platform.machine() in (
+    "x86_64", "amd64", "i386", "i686", "aarch64", "arm64", "armv7l", "armv8l", "ppc64le", "ppc64", "s390x", "riscv64",
+) else None
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _Statx(ctypes.Structure):
+    # Only the fields read here are named; the kernel fills 256 bytes.
+    _fields_ = [("stx_mask", ctypes.c_uint32), ("_head", ctypes.c_uint8 * 140), ("stx_mnt_id", ctypes.c_uint64),
+                ("_tail", ctypes.c_uint8 * 104)]
+
+
+# Set to False (in this process and its children) once the kernel answers ENOSYS.
+_openat2_works = _SYS_OPENAT2 is not None
+
+
+def _oserror(name: str = "") -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code), name) if name else OSError(code, os.strerror(code))
+
+
+def _openat2(dir_fd: int, name: str, flags: int, resolve: int) -> int:
+    """openat2(2): open ``name`` under ``dir_fd`` with the given RESOLVE_* rules."""
+    how = _OpenHow(flags, 0, resolve)
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2 or -1), ctypes.c_int(dir_fd), ctypes.c_char_p(os.fsencode(name)),
+                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        raise _oserror(name)
+    return int(fd)
+
+
+def _mount_id(fd: int, unique: bool = False) -> int:
+    """The id of the mount ``fd`` lives on (statx; /proc/self/fdinfo when statx lacks it).
+
+    The plain id is what /proc/self/mountinfo lists and may be reused after an
+    unmount; ``unique`` asks for the never-reused 64-bit id where the kernel has it.
+    """
+    statx = getattr(_libc, "statx", None)
+    if statx is not None:
+        buf = _Statx()
+        mask = _STATX_MNT_ID_UNIQUE if unique else _STATX_MNT_ID
+        if statx(ctypes.c_int(fd), ctypes.c_char_p(b""), ctypes.c_int(_AT_EMPTY_PATH), ctypes.c_uint(mask),
+                 ctypes.byref(buf)) != 0:
+            raise _oserror()
+        if buf.stx_mask & mask:
+            return int(buf.stx_mnt_id)
+        if unique:
+            return _mount_id(fd)
+    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+        for line in info:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(errno.ENOTSUP, "the kernel reports no mount id for a file descriptor")
+
+
+def _fs_type(fd: int) -> int:
+    """statfs(2) f_type of the filesystem ``fd`` lives on."""
+    buf = (ctypes.c_long * 32)()  # struct statfs is smaller; f_type is its first word
+    if _libc.fstatfs(ctypes.c_int(fd), ctypes.byref(buf)) != 0:
+        raise _oserror()
+    return int(buf[0]) & 0xFFFFFFFF
+
+
+def _place(fd: int) -> Tuple[int, int, int]:
+    """What an fd names, mount included: the same inode seen through another mount
+    namespace (whose mounts over its subdirectories differ) is another place."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino, _mount_id(fd)
+
+
+def _place_of(path: str) -> Optional[Tuple[int, int, int]]:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _place(fd)
+    finally:
+        os.close(fd)
+
+
+def _spelling(path: str) -> str:
+    """``path`` with its symlinks resolved as text, the way realpath does, except a
+    link the kernel follows somewhere its text does not name (a /proc "magic link"
+    such as /proc/PID/root of another mount namespace): that link is kept as
+    written, since its text ("/") would name this machine's own root."""
+    pending = [part for part in reversed(path.split("/")) if part]
+    done = "/"
+    hops = 0
+    while pending:
+        name = pending.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            done = os.path.dirname(done)
+            continue
+        here = os.path.join(done, name)
+        if not stat.S_ISLNK(os.lstat(here).st_mode):
+            done = here
+            continue
+        hops += 1
+        if hops > 40:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        text = os.readlink(here)
+        if _place_of(os.path.join(done, text)) == _place_of(here):
+            if text.startswith("/"):
+                done = "/"
+            pending.extend(part for part in reversed(text.split("/")) if part)
+        else:
+            done = here
+    return done
 
 
 class PathEscapeError(KensaError, PermissionError):
@@ -137,10 +282,14 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class _PinnedDir:
-    """An O_PATH descriptor of a directory, closed when the last holder lets it go."""
+    """An O_PATH descriptor of a directory, closed when the last holder lets it go.
+
+    The given path is followed, magic links included: ``/proc/PID/root`` pins the
+    root of that process's mount namespace, which no path string could name.
+    """
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def __del__(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
@@ -153,18 +302,41 @@ class _PinnedDir:
         return self
 
 
+def _light_normpath(path: str) -> str:
+    """``path`` without empty and "." components; ".." is kept (lexical ".." is wrong
+    after a magic link)."""
+    return "/" + "/".join(part for part in path.split("/") if part not in ("", "."))
+
+
+def _listed_mount_ids() -> Optional[FrozenSet[int]]:
+    """Ids of the mounts of this process's mount namespace (None when /proc is not readable)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            return frozenset(int(line.split(" ", 1)[0]) for line in mounts if line.strip())
+    except (OSError, ValueError):
+        return None
+
+
 class LocalHost:
     """File, sysctl and command access to a local tree, confined to ``root``."""
 
     def __init__(self, root: str = "/") -> None:
         if not isinstance(root, str) or not os.path.isabs(root):
             raise HostSelectionError(f"target root {root!r} must be an absolute path")
-        real = os.path.realpath(root)
         try:
-            self._pin = _PinnedDir(real)
+            self._pin = _PinnedDir(root)
+            self._place = _place(self._pin.fd)
+            live = _place_of("/")
         except OSError as exc:
             raise HostSelectionError(f"target root {root!r} does not exist or is not a directory ({exc.strerror})") from None
-        self.root = real
+        self._live = live == self._place
+        try:
+            spelled = _spelling(root)
+        except OSError:
+            spelled = ""
+        # The name is for people (messages, keys, audit host=); it never opens anything.
+        # When it cannot be shown to name the pinned directory, the given spelling is kept.
+        self.root = "/" if self._live else spelled if spelled and _place_of(spelled) == self._place else _light_normpath(root)
 
     def __repr__(self) -> str:
         return f"LocalHost(root={self.root!r})"
@@ -175,8 +347,31 @@ class LocalHost:
 
     @property
     def is_live(self) -> bool:
-        """True when the target is this machine itself (root "/"): kernel state applies."""
-        return self.root == "/"
+        """True when the target is this machine itself (the root directory of this
+        process's mount namespace, however spelled): kernel state applies."""
+        return self._live
+
+    @property
+    def identity(self) -> str:
+        """A stable name of the pinned target directory, safe to use in a file name.
+
+        ``"DEV:INO"`` (device and inode numbers of the root directory) when the root
+        lies on a mount of this process's mount namespace, so every spelling and
+        every bind mount of one tree is one identity. A root reached in another
+        mount namespace (``/proc/PID/root``) adds ``":mntID"``, the kernel's id of
+        that mount, since the same inode there may show other files under it. Two
+        LocalHosts with equal identities change the same files: key a per-target,
+        cross-process lock on it. It holds while the target directory exists.
+        """
+        dev, ino, mount = self._place
+        listed = _listed_mount_ids()
+        if listed is not None and mount in listed:
+            return f"{dev}:{ino}"
+        try:
+            mount = _mount_id(self._pin.fd, unique=True)
+        except OSError as exc:
+            raise HostAccessError(exc.errno, f"cannot read the mount id of the target root {self.root}: {exc.strerror}") from exc
+        return f"{dev}:{ino}:mnt{mount}"
 
     def where(self, path: str) -> str:
         """``path`` as the operator should read it in a message."""
@@ -234,13 +429,22 @@ class LocalHost:
         except OSError as exc:
             raise HostAccessError(exc.errno, f"cannot open the target root {self.root}: {exc.strerror}") from exc
         try:
-            for name in parts[:-1]:
+            for depth, name in enumerate(parts[:-1], 1):
                 try:
-                    next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    next_fd = self._open_below(path, fd, name, _DIR_FLAGS, "/" + "/".join(parts[:depth]))
+                except KensaError:
+                    raise
                 except OSError as exc:
                     raise self._walk_error(path, fd, name, exc) from exc
                 os.close(fd)
                 fd = next_fd
+            if not self._live and _fs_type(fd) == _PROC_SUPER_MAGIC:
+                raise PathEscapeError(
+                    f"path {self.where(path)} is on a real procfs, which is the running kernel's state, not the "
+                    "image's; kensa refuses it under an image root: remediate the live host for kernel settings",
+                    path,
+                    parts[-2] if len(parts) > 1 else parts[-1],
+                )
             yield fd, parts[-1]
         except KensaError:
             raise
@@ -249,6 +453,48 @@ class LocalHost:
             raise HostAccessError(exc.errno, f"{self.where(path)}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
+
+    def _open_below(self, path: str, dir_fd: int, name: str, flags: int, where: str) -> int:
+        """Open the entry ``name`` of ``dir_fd``; under an image root never into another mount.
+
+        The live host spans mounts by nature (/boot, /proc, /var may each be one),
+        so there a walk crosses them. Under an image root (or another mount
+        namespace's root) a mount point is where another filesystem, or a bind
+        mount of a directory from anywhere, begins: crossing it would change files
+        that are not the image's, so it is refused with :class:`PathEscapeError`
+        naming the mount point. ``where`` is the entry's path inside the root.
+        """
+        global _openat2_works
+        if self._live:
+            return os.open(name, flags, dir_fd=dir_fd)
+        if _openat2_works:
+            try:
+                return _openat2(dir_fd, name, flags, _CONFINED_RESOLVE)
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:
+                    raise self._mount_refusal(path, where) from None
+                if exc.errno != errno.ENOSYS:
+                    raise
+                _openat2_works = False  # kernel before 5.6, or a seccomp filter: compare mount ids
+        fd = os.open(name, flags, dir_fd=dir_fd)
+        try:
+            crossed = _mount_id(fd) != self._place[2]
+        except OSError:
+            os.close(fd)
+            raise
+        if crossed:
+            os.close(fd)
+            raise self._mount_refusal(path, where)
+        return fd
+
+    def _mount_refusal(self, path: str, mount_point: str) -> PathEscapeError:
+        return PathEscapeError(
+            f"path {self.where(path)}: {mount_point} is a mount point (another filesystem or a bind mount) inside the "
+            "image root; kensa does not cross mounts there, since what is mounted may belong to another system: "
+            "point --root at that filesystem itself, or unmount it",
+            path,
+            mount_point,
+        )
 
     def _walk_error(self, path: str, dir_fd: int, name: str, exc: OSError) -> KensaError:
         try:
@@ -302,9 +548,11 @@ class LocalHost:
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             raise self._special_refusal(path, st.st_mode)
         try:
-            fd = os.open(name, flags, dir_fd=dir_fd)
+            fd = self._open_below(path, dir_fd, name, flags, _light_normpath("/".join(self._components(path))))
         except FileNotFoundError:
             return None
+        except KensaError:
+            raise
         except OSError as exc:
             raise self._walk_error(path, dir_fd, name, exc) from exc
         try:
@@ -467,6 +715,10 @@ class LocalHost:
                 raise self._symlink_refusal(path, dir_fd, name)
             if not stat.S_ISREG(st.st_mode):
                 raise HostAccessError(errno.EISDIR, f"{self.where(path)} is not a regular file; refusing to remove it")
+            fd = self._open_final(path, dir_fd, name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)  # refuses a mount point
+            if fd is None:
+                return
+            os.close(fd)
             try:
                 os.unlink(name, dir_fd=dir_fd)
                 os.fsync(dir_fd)
@@ -546,16 +798,22 @@ def resolve_host(key: str) -> LocalHost:
 
 
 def canonical_host_key(key: str) -> str:
-    """One spelling per target: ``"localhost"`` for ``/``, else the real path.
+    """One spelling per target: ``"localhost"`` for this machine's root, else the
+    root's real path (:attr:`LocalHost.root`).
 
     ``"/srv/r"``, ``"/srv/r/"``, ``"/srv/./r"`` and a symlink to it name one
     tree; the engine locks, journals and audits it under the key returned
-    here, so runs on it serialize and recovery sees every change to it. Keys
-    that are neither are returned as given (resolving them is the error).
+    here, so runs on it serialize and recovery sees every change to it. A root
+    reached through a magic link (``/proc/PID/root`` of another mount namespace)
+    keeps that link in its key, never collapsing to "localhost". Keys that name
+    no directory are returned as given (resolving them is the error).
     """
     if isinstance(key, str) and key.startswith("/"):
-        real = os.path.realpath(key)
-        return "localhost" if real == "/" else real
+        try:
+            host = LocalHost(key)
+        except HostSelectionError:
+            return key
+        return "localhost" if host.is_live else host.root
     return key
 
 
