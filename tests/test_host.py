@@ -322,3 +322,72 @@ def test_run_takes_an_argument_list_without_a_shell(root: Path) -> None:
     assert done.stdout == "$HOME; *\n"
     with pytest.raises(HostAccessError):
         host.run(["kensa-no-such-command"], 10)
+
+
+@pytest.mark.parametrize("length", [235, 236, 250, 255])
+def test_names_up_to_name_max_are_written_atomically(root: Path, length: int) -> None:
+    """write_file works for every name the filesystem allows (up to 255 bytes, multibyte
+    characters included): the temporary name always fits NAME_MAX, and none is left behind."""
+    for name in ("n" * length, "\u00e9" * (length // 2) + "x" * (length % 2)):
+        assert len(os.fsencode(name)) == length
+        host = LocalHost(str(root))
+        host.write_file(f"/etc/{name}", b"one\n")
+        host.write_file(f"/etc/{name}", b"two\n")
+        assert (root / "etc" / name).read_bytes() == b"two\n"
+        assert os.listdir(root / "etc") == [name]
+        os.unlink(root / "etc" / name)
+
+
+KILLED_WRITE = """
+import os, signal, sys
+from kensa.host import LocalHost
+host, path = LocalHost(sys.argv[1]), sys.argv[2]
+real_fsync = os.fsync
+def fsync_then_die(fd):
+    real_fsync(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+os.fsync = fsync_then_die  # the first fsync is of the temporary file, before the rename
+host.write_file(path, b"half-done\\n")
+"""
+
+
+@pytest.mark.parametrize("length", [11, 255])
+def test_a_write_killed_before_its_rename_leaves_a_temp_that_kensa_finds_and_removes(root: Path, length: int) -> None:
+    """A process SIGKILLed between creating its temporary file and renaming it leaves the temp;
+    leftover_temps names exactly that file, remove_leftover_temps removes it and says so, and
+    the target keeps its old bytes."""
+    name = ("sshd_config" + "x" * 255)[:length]
+    (root / "etc" / name).write_bytes(b"old\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(root), f"/etc/{name}"], env=env, timeout=60)
+    assert done.returncode == -9
+    [temp] = [entry for entry in os.listdir(root / "etc") if entry != name]
+    host = LocalHost(str(root))
+    assert host.leftover_temps(f"/etc/{name}") == [f"/etc/{temp}"]
+    assert host.remove_leftover_temps(f"/etc/{name}") == [f"/etc/{temp}"]
+    assert os.listdir(root / "etc") == [name] and (root / "etc" / name).read_bytes() == b"old\n"
+    assert host.leftover_temps(f"/etc/{name}") == [] and host.remove_leftover_temps(f"/etc/{name}") == []
+
+
+def test_leftover_temps_match_only_kensas_own_names_and_never_follow_symlinks(root: Path) -> None:
+    """Only regular files named exactly as kensa names a temp of that file count: other files'
+    temps, near-miss names, a directory and a symlink with a matching name (and its target) are
+    left alone."""
+    etc = root / "etc"
+    (etc / "sshd_config").write_text("conf\n")
+    mine = ".sshd_config.kensa-0123456789ab"
+    (etc / mine).write_text("temp\n")
+    keep = [".sshd_config.kensa-0123456789a", ".sshd_config.kensa-0123456789abc", ".sshd_config.kensa-0123456789AB",
+            ".other.kensa-0123456789ab", "sshd_config.kensa-0123456789ab", ".sshd_config.kensa-01234567890g"]
+    for other in keep:
+        (etc / other).write_text("not kensa's\n")
+    (etc / ".sshd_config.kensa-aaaaaaaaaaaa").mkdir()
+    (etc / ".sshd_config.kensa-bbbbbbbbbbbb").symlink_to(root.parent / "outside" / "secret")
+    host = LocalHost(str(root))
+    assert host.leftover_temps("/etc/sshd_config") == [f"/etc/{mine}"]
+    assert host.remove_leftover_temps("/etc/sshd_config") == [f"/etc/{mine}"]
+    assert sorted(os.listdir(etc)) == sorted(keep + ["sshd_config", ".sshd_config.kensa-aaaaaaaaaaaa",
+                                                      ".sshd_config.kensa-bbbbbbbbbbbb"])
+    assert (root.parent / "outside" / "secret").read_text() == "outside\n"
+    with pytest.raises(PathEscapeError):
+        host.leftover_temps("/../outside/secret")

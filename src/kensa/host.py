@@ -41,7 +41,9 @@ Path policy:
   Rewriting an existing file keeps its mode, owner, group and extended attributes
   (including ``security.selinux``) unless the caller sets them. Because the rename
   replaces the directory entry, a file with several hard links is detached from the
-  others.
+  others. The temporary name (``.NAME.kensa-`` and 12 hex digits; a long NAME is cut
+  and given a hash of itself) always fits NAME_MAX, and
+  :meth:`LocalHost.remove_leftover_temps` removes the ones a killed write left.
 - Changing a file in place (``set_meta``, ``write_in_place``) acts on its inode,
   which every hard link to it shares, and a link may live outside the root. So on
   an image root (not the live host "/") a regular file with more than one link is
@@ -54,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import os
 import platform
 import secrets
@@ -202,6 +205,33 @@ def _spelling(path: str) -> str:
         else:
             done = here
     return done
+
+
+# A temporary file is ".NAME.kensa-" plus 12 random hex digits. A name too long for
+# that within NAME_MAX (255 bytes on every Linux filesystem kensa targets) is cut to
+# 218 bytes and followed by 16 hex digits of its SHA-256, so each file's temps have a
+# pattern of their own that no other file's temps can match.
+_NAME_MAX = 255
+_TEMP_TAG = ".kensa-"
+_TEMP_RANDOM_HEX = 12
+_TEMP_HASH_HEX = 16
+
+
+def _temp_prefix(name: str) -> str:
+    """What every temporary name kensa makes for the file ``name`` starts with."""
+    raw = os.fsencode(name)
+    if 1 + len(raw) + len(_TEMP_TAG) + _TEMP_RANDOM_HEX <= _NAME_MAX:
+        return f".{name}{_TEMP_TAG}"
+    keep = _NAME_MAX - (1 + len(_TEMP_TAG) + _TEMP_HASH_HEX + 1 + _TEMP_RANDOM_HEX)
+    digest = hashlib.sha256(raw).hexdigest()[:_TEMP_HASH_HEX]
+    return f".{os.fsdecode(raw[:keep])}{_TEMP_TAG}{digest}-"
+
+
+def _is_temp_of(entry: str, name: str) -> bool:
+    prefix = _temp_prefix(name)
+    tail = entry[len(prefix):]
+    return (entry.startswith(prefix) and len(tail) == _TEMP_RANDOM_HEX
+            and all(c in "0123456789abcdef" for c in tail))
 
 
 class PathEscapeError(KensaError, PermissionError):
@@ -651,7 +681,7 @@ class LocalHost:
         gid: int,
         xattrs: Optional[Mapping[str, bytes]],
     ) -> None:
-        tmp = f".{name}.kensa-{secrets.token_hex(6)}"
+        tmp = _temp_prefix(name) + secrets.token_hex(_TEMP_RANDOM_HEX // 2)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
@@ -724,6 +754,50 @@ class LocalHost:
                 os.fsync(dir_fd)
             except OSError as exc:
                 raise HostAccessError(exc.errno, f"cannot remove {self.where(path)}: {exc.strerror}") from exc
+
+    def leftover_temps(self, path: str) -> List[str]:
+        """Temporary files kensa's own writes of ``path`` left in its directory.
+
+        A write killed between creating its temporary file and renaming it (SIGKILL,
+        power loss) leaves ``.NAME.kensa-XXXXXXXXXXXX`` behind. Only regular files
+        whose names match exactly what :meth:`write_file` makes for this ``path``
+        are listed (paths inside the root, sorted); symlinks, directories and other
+        files' temps are not, and nothing is followed.
+        """
+        with self._parent(path) as (dir_fd, name):
+            return [self._sibling(path, entry) for entry in self._temps_in(dir_fd, name)]
+
+    def remove_leftover_temps(self, path: str) -> List[str]:
+        """Remove what :meth:`leftover_temps` lists for ``path``; return what was removed."""
+        removed = []
+        with self._parent(path) as (dir_fd, name):
+            for entry in self._temps_in(dir_fd, name):
+                try:
+                    st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue  # swapped since the listing: not kensa's
+                    os.unlink(entry, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise HostAccessError(
+                        exc.errno, f"cannot remove kensa's leftover {self.where(self._sibling(path, entry))}: {exc.strerror}"
+                    ) from exc
+                removed.append(self._sibling(path, entry))
+            if removed:
+                os.fsync(dir_fd)
+        return removed
+
+    def _temps_in(self, dir_fd: int, name: str) -> List[str]:
+        found = []
+        with os.scandir(dir_fd) as entries:
+            for entry in entries:
+                if _is_temp_of(entry.name, name) and entry.is_file(follow_symlinks=False):
+                    found.append(entry.name)
+        return sorted(found)
+
+    def _sibling(self, path: str, entry: str) -> str:
+        return "/" + "/".join(self._components(path)[:-1] + [entry])
 
     def set_meta(
         self,
