@@ -391,3 +391,74 @@ def test_leftover_temps_match_only_kensas_own_names_and_never_follow_symlinks(ro
     assert (root.parent / "outside" / "secret").read_text() == "outside\n"
     with pytest.raises(PathEscapeError):
         host.leftover_temps("/../outside/secret")
+
+
+def test_files_above_the_size_cap_are_refused_before_loading(root: Path) -> None:
+    """read_file, read_bytes and info(content=True) refuse a file above max_file_bytes with a
+    HostAccessError naming the path, its size and the cap; a file at the cap and metadata-only
+    info still work, and nothing is changed."""
+    (root / "etc" / "big").write_bytes(b"x" * 1001)
+    (root / "etc" / "fits").write_bytes(b"y" * 1000)
+    host = LocalHost(str(root), max_file_bytes=1000)
+    calls: List[Callable[[], object]] = [
+        lambda: host.read_file("/etc/big"), lambda: host.read_bytes("/etc/big"), lambda: host.info("/etc/big", content=True),
+    ]
+    for call in calls:
+        with pytest.raises(HostAccessError) as caught:
+            call()
+        message = str(caught.value)
+        assert caught.value.errno == errno.EFBIG and "/etc/big" in message and "1001 bytes" in message and "1000" in message
+    assert host.read_bytes("/etc/fits") == b"y" * 1000
+    found = host.info("/etc/big")
+    assert found is not None and found.content is None
+    assert (root / "etc" / "big").read_bytes() == b"x" * 1001
+
+
+def test_the_cap_holds_for_files_whose_size_stat_does_not_tell() -> None:
+    """A procfs file reports size 0; its bytes still count against the cap while read."""
+    status = f"/proc/{os.getpid()}/status"
+    host = LocalHost("/", max_file_bytes=16)
+    with pytest.raises(HostAccessError) as caught:
+        host.read_bytes(status)
+    assert "more than 16 bytes" in str(caught.value) and status in str(caught.value)
+    assert LocalHost("/").read_bytes(status)
+
+
+def test_the_default_cap_and_bad_caps(root: Path) -> None:
+    """The default cap is 64 MiB and travels with a pickled host; a cap that is not a
+    non-negative integer is refused naming it."""
+    from kensa.host import DEFAULT_MAX_FILE_BYTES
+
+    assert DEFAULT_MAX_FILE_BYTES == 64 << 20 and LocalHost(str(root)).max_file_bytes == DEFAULT_MAX_FILE_BYTES
+    assert pickle.loads(pickle.dumps(LocalHost(str(root), max_file_bytes=5))).max_file_bytes == 5
+    assert resolve_host(str(root), max_file_bytes=7).max_file_bytes == 7
+    for bad in (-1, True, "10", 1.5, None):
+        with pytest.raises(HostSelectionError) as caught:
+            LocalHost(str(root), max_file_bytes=bad)  # type: ignore[arg-type]
+        assert "max_file_bytes" in str(caught.value) and repr(bad) in str(caught.value)
+
+
+PEAK_READ = """
+import resource, sys
+from kensa.host import LocalHost
+host = LocalHost(sys.argv[1], max_file_bytes=1 << 30)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = host.read_bytes("/etc/big")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(data), (after - before) * 1024)
+"""
+
+
+def test_reading_a_large_file_holds_its_bytes_about_once(root: Path) -> None:
+    """Loading a 128 MiB file raises the process's peak memory by about its size, not a
+    multiple of it (no chunk list joined into a second copy)."""
+    size = 128 << 20
+    if shutil.disk_usage(root).free < 2 * size:
+        pytest.skip("not enough free space for a 128 MiB file")
+    with open(root / "etc" / "big", "wb") as out:
+        out.truncate(size)  # sparse: the read still materialises every byte
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", PEAK_READ, str(root)], capture_output=True, text=True, env=env, timeout=120)
+    length, grew = map(int, done.stdout.split())
+    assert length == size
+    assert grew < 1.3 * size, f"peak memory grew by {grew / size:.2f}x the file size"

@@ -15,6 +15,14 @@ it pinned (if that directory is deleted, operations fail with
 messages and keys; :attr:`LocalHost.identity` names the pinned directory itself.
 Every ``OSError`` of a file operation reaches the caller as a :class:`HostAccessError`.
 
+Size cap: reads that load a file's bytes (``read_file``, ``read_bytes``,
+``info(content=True)``) refuse a file larger than ``max_file_bytes``
+(:data:`DEFAULT_MAX_FILE_BYTES`, 64 MiB, unless the caller passes another value to
+:class:`LocalHost` or :func:`resolve_host`) with a :class:`HostAccessError`
+(``errno.EFBIG``) naming the path, its size and the cap. Capture reads before
+apply, so such a file is refused before anything changes. Bytes are read in one
+allocation of the file's size, never in chunks joined into a second copy.
+
 Path policy:
 
 - ``..`` is resolved lexically before the walk; a ``..`` that would climb above the
@@ -63,12 +71,17 @@ import secrets
 import stat
 import subprocess
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple
 
 from .model import KensaError
 
 #: Mode of a file kensa creates when the caller gives none (the usual /etc default).
 DEFAULT_FILE_MODE = 0o644
+
+#: Largest file (bytes) a LocalHost loads by default: 64 MiB. Configuration files
+#: are far smaller; a larger one is refused before anything changes rather than
+#: held in memory (and journaled) whole.
+DEFAULT_MAX_FILE_BYTES = 64 << 20
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 # O_NONBLOCK keeps an open of a FIFO planted at the path from hanging; O_NOCTTY keeps
@@ -296,13 +309,25 @@ def _set_exact_xattrs(fd: int, wanted: Mapping[str, bytes]) -> None:
             os.setxattr(fd, name, value)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_capped(fd: int, size: int, cap: int) -> Optional[bytes]:
+    """The bytes of ``fd`` (whose stat size is ``size``), or None when they pass ``cap``.
+
+    One read of the stated size (plus one byte, to see growth) allocates the bytes
+    once and returns them without a copy; the loop serves files whose stat size
+    says nothing (procfs reports 0) or that grow while read.
+    """
     chunks: List[bytes] = []
+    total = 0
+    want = size + 1 if size else 1 << 16
     while True:
-        chunk = os.read(fd, 1 << 16)
+        chunk = os.read(fd, min(want, cap - total + 1))
         if not chunk:
-            return b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        total += len(chunk)
+        if total > cap:
+            return None
         chunks.append(chunk)
+        want = 1 << 16
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -350,9 +375,13 @@ def _listed_mount_ids() -> Optional[FrozenSet[int]]:
 class LocalHost:
     """File, sysctl and command access to a local tree, confined to ``root``."""
 
-    def __init__(self, root: str = "/") -> None:
+    def __init__(self, root: str = "/", *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         if not isinstance(root, str) or not os.path.isabs(root):
             raise HostSelectionError(f"target root {root!r} must be an absolute path")
+        if isinstance(max_file_bytes, bool) or not isinstance(max_file_bytes, int) or max_file_bytes < 0:
+            raise HostSelectionError(f"max_file_bytes {max_file_bytes!r} must be a whole number of bytes, 0 or more")
+        #: Largest file whose bytes this host loads (read_file, read_bytes, info(content=True)).
+        self.max_file_bytes = max_file_bytes
         try:
             self._pin = _PinnedDir(root)
             self._place = _place(self._pin.fd)
@@ -371,9 +400,9 @@ class LocalHost:
     def __repr__(self) -> str:
         return f"LocalHost(root={self.root!r})"
 
-    def __reduce__(self) -> Tuple[type, Tuple[str]]:
+    def __reduce__(self) -> Tuple[Any, Tuple[str, int]]:
         # A descriptor means nothing in another process: resolve the root again there.
-        return (LocalHost, (self.root,))
+        return (_rebuild, (self.root, self.max_file_bytes))
 
     @property
     def is_live(self) -> bool:
@@ -610,10 +639,22 @@ class LocalHost:
                 st = os.fstat(fd)
                 kind: FileKind
                 kind = "file" if stat.S_ISREG(st.st_mode) else "dir"  # _open_final refused the rest
-                data = _read_all(fd) if content and kind == "file" else None
+                data = self._load(path, fd, st.st_size) if content and kind == "file" else None
                 return FileInfo(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _read_xattrs(fd), data)
             finally:
                 os.close(fd)
+
+    def _load(self, path: str, fd: int, size: int) -> bytes:
+        cap = self.max_file_bytes
+        data = None if size > cap else _read_capped(fd, size, cap)
+        if data is None:
+            shown = f"{size} bytes" if size > cap else f"more than {cap} bytes (it grew, or its size is not stated)"
+            raise HostAccessError(
+                errno.EFBIG,
+                f"{self.where(path)} is {shown}, above the cap of {cap} bytes on files kensa loads; refusing to read "
+                "it, nothing was changed: raise the cap (LocalHost max_file_bytes) if this file is meant to be managed",
+            )
+        return data
 
     def read_file(self, path: str) -> Optional[FileInfo]:
         """The regular file at ``path`` with its bytes, or None when absent."""
@@ -858,16 +899,20 @@ class LocalHost:
             raise HostAccessError(errno.ETIMEDOUT, f"command {list(argv)!r} timed out after {timeout} s") from exc
 
 
-def resolve_host(key: str) -> LocalHost:
+def _rebuild(root: str, max_file_bytes: int) -> LocalHost:
+    return LocalHost(root, max_file_bytes=max_file_bytes)
+
+
+def resolve_host(key: str, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> LocalHost:
     """The local target a transaction's ``host`` key names.
 
     ``"localhost"`` is this machine (root "/"); an absolute path is a tree to
     remediate in place (an image or container root), which must be a directory.
     """
     if key == "localhost":
-        return LocalHost("/")
+        return LocalHost("/", max_file_bytes=max_file_bytes)
     if isinstance(key, str) and key.startswith("/"):
-        return LocalHost(key)
+        return LocalHost(key, max_file_bytes=max_file_bytes)
     raise HostSelectionError(f"host {key!r} is neither 'localhost' nor an absolute path to a target root")
 
 
