@@ -462,3 +462,56 @@ def test_reading_a_large_file_holds_its_bytes_about_once(root: Path) -> None:
     length, grew = map(int, done.stdout.split())
     assert length == size
     assert grew < 1.3 * size, f"peak memory grew by {grew / size:.2f}x the file size"
+
+
+def test_info_reports_mtime_inode_and_link_count(root: Path) -> None:
+    """FileInfo carries the modification time in ns, the inode number and the hard link count,
+    for files and directories, so a rollback can restore the time and say what it cannot restore."""
+    path = root / "etc" / "conf"
+    path.write_text("x\n")
+    os.link(path, root / "etc" / "second")
+    os.utime(path, ns=(1_000_000_000, 1_234_567_891_234_567_890))
+    host = LocalHost(str(root))
+    found = host.info("/etc/conf")
+    st = os.stat(path)
+    assert found is not None and (found.mtime_ns, found.ino, found.nlink) == (1_234_567_891_234_567_890, st.st_ino, 2)
+    folder = host.info("/etc")
+    assert folder is not None and folder.mtime_ns == os.stat(root / "etc").st_mtime_ns and folder.ino == os.stat(root / "etc").st_ino
+
+
+def test_write_file_and_set_meta_set_the_modification_time(root: Path) -> None:
+    """mtime_ns given to write_file or set_meta becomes the file's (or directory's) modification
+    time exactly; write_file without it gives the new bytes a new time, as any write does."""
+    path = root / "etc" / "conf"
+    path.write_text("old\n")
+    os.utime(path, ns=(5, 1_000_000_000_000_000_007))
+    host = LocalHost(str(root))
+    host.write_file("/etc/conf", b"new\n")
+    assert os.stat(path).st_mtime_ns != 1_000_000_000_000_000_007
+    host.write_file("/etc/conf", b"restored\n", mtime_ns=1_000_000_000_000_000_007)
+    assert path.read_bytes() == b"restored\n" and os.stat(path).st_mtime_ns == 1_000_000_000_000_000_007
+    host.write_file("/etc/fresh", b"x", mtime_ns=-3_000_000_001)
+    assert os.stat(root / "etc" / "fresh").st_mtime_ns == -3_000_000_001
+    host.set_meta("/etc/conf", mode=0o600, mtime_ns=42)
+    assert os.stat(path).st_mtime_ns == 42 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    host.set_meta("/etc", mtime_ns=43)
+    assert os.stat(root / "etc").st_mtime_ns == 43
+
+
+def test_a_bad_mtime_is_refused_before_anything_changes(root: Path) -> None:
+    """An mtime_ns that is not an integer nanosecond count in range is refused naming the path;
+    the file keeps its bytes, mode and time."""
+    path = root / "etc" / "conf"
+    path.write_text("old\n")
+    os.chmod(path, 0o644)
+    os.utime(path, ns=(5, 77))
+    host = LocalHost(str(root))
+    for bad in (1.5, "77", True, 1 << 63):
+        for call in (lambda: host.write_file("/etc/conf", b"new\n", mtime_ns=bad),  # type: ignore[arg-type]
+                     lambda: host.set_meta("/etc/conf", mode=0o600, mtime_ns=bad)):  # type: ignore[arg-type]
+            with pytest.raises(HostAccessError) as caught:
+                call()
+            assert "mtime_ns" in str(caught.value) and "/etc/conf" in str(caught.value)
+    st = os.stat(path)
+    assert path.read_text() == "old\n" and stat.S_IMODE(st.st_mode) == 0o644 and st.st_mtime_ns == 77
+    assert os.listdir(root / "etc") == ["conf"]

@@ -269,7 +269,13 @@ FileKind = Literal["file", "dir"]
 
 @dataclass(frozen=True)
 class FileInfo:
-    """What exists at a path: kind, permissions, ownership, xattrs, and a file's bytes."""
+    """What exists at a path: kind, permissions, ownership, xattrs, a file's bytes,
+    its modification time, and what a restore cannot bring back.
+
+    A restore by :meth:`LocalHost.write_file` renames a new file into place: the
+    path gets a new inode (``ino`` changes) and, when ``nlink`` was above 1, is
+    detached from its other hard links. A caller compares these to say so honestly.
+    """
 
     kind: FileKind
     mode: int  # permission bits only (stat.S_IMODE)
@@ -277,6 +283,9 @@ class FileInfo:
     gid: int
     xattrs: Mapping[str, bytes] = field(default_factory=dict)
     content: Optional[bytes] = None  # read only for regular files, when asked
+    mtime_ns: int = 0  # modification time, ns since the epoch
+    ino: int = 0
+    nlink: int = 0
 
 
 def _kind_name(mode: int) -> str:
@@ -328,6 +337,11 @@ def _read_capped(fd: int, size: int, cap: int) -> Optional[bytes]:
             return None
         chunks.append(chunk)
         want = 1 << 16
+
+
+def _set_mtime(fd: int, mtime_ns: int) -> None:
+    # utime needs both times; the access time is kept as it is.
+    os.utime(fd, ns=(os.fstat(fd).st_atime_ns, mtime_ns))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -573,6 +587,16 @@ class LocalHost:
             return HostAccessError(exc.errno, f"path {self.where(path)}: component {name!r} is not a directory")
         return HostAccessError(exc.errno, f"path {self.where(path)}: cannot open {name!r}: {exc.strerror}")
 
+    def _check_mtime(self, path: str, mtime_ns: Optional[int]) -> None:
+        if mtime_ns is None:
+            return
+        if isinstance(mtime_ns, bool) or not isinstance(mtime_ns, int) or not -(1 << 63) <= mtime_ns < (1 << 63):
+            raise HostAccessError(
+                errno.EINVAL,
+                f"mtime_ns {mtime_ns!r} for {self.where(path)} must be a whole number of nanoseconds since the epoch "
+                "(a signed 64-bit value); nothing was changed",
+            )
+
     def _refuse_shared_inode(self, path: str, st: os.stat_result) -> None:
         """Refuse an in-place change of a multiply linked file of an image root."""
         if not self.is_live and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
@@ -640,7 +664,10 @@ class LocalHost:
                 kind: FileKind
                 kind = "file" if stat.S_ISREG(st.st_mode) else "dir"  # _open_final refused the rest
                 data = self._load(path, fd, st.st_size) if content and kind == "file" else None
-                return FileInfo(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _read_xattrs(fd), data)
+                return FileInfo(
+                    kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _read_xattrs(fd), data,
+                    mtime_ns=st.st_mtime_ns, ino=st.st_ino, nlink=st.st_nlink,
+                )
             finally:
                 os.close(fd)
 
@@ -679,14 +706,18 @@ class LocalHost:
         uid: Optional[int] = None,
         gid: Optional[int] = None,
         xattrs: Optional[Mapping[str, bytes]] = None,
+        mtime_ns: Optional[int] = None,
     ) -> None:
         """Atomically replace (or create) the regular file at ``path`` with ``data``.
 
         Unset ``mode``/``uid``/``gid``/``xattrs`` keep those of the file being
         replaced; for a new file they default to 0644, this process's ids, and
         whatever the kernel gives a new file (e.g. the SELinux default context).
-        Given ``xattrs`` become the file's exact set.
+        Given ``xattrs`` become the file's exact set. ``mtime_ns`` sets the
+        modification time (a restore passes the captured one); unset, the new
+        bytes get the time of this write.
         """
+        self._check_mtime(path, mtime_ns)
         with self._parent(path) as (dir_fd, name):
             old_fd = self._open_final(path, dir_fd, name, _READ_FLAGS)
             old: Optional[os.stat_result] = None
@@ -709,7 +740,7 @@ class LocalHost:
                 gid = old.st_gid if old else os.getegid()
             if xattrs is None:
                 xattrs = old_xattrs
-            self._replace(path, dir_fd, name, data, mode, uid, gid, xattrs)
+            self._replace(path, dir_fd, name, data, mode, uid, gid, xattrs, mtime_ns)
 
     def _replace(
         self,
@@ -721,6 +752,7 @@ class LocalHost:
         uid: int,
         gid: int,
         xattrs: Optional[Mapping[str, bytes]],
+        mtime_ns: Optional[int],
     ) -> None:
         tmp = _temp_prefix(name) + secrets.token_hex(_TEMP_RANDOM_HEX // 2)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -739,6 +771,8 @@ class LocalHost:
                 if xattrs is not None:
                     _set_exact_xattrs(fd, xattrs)
                 os.fchmod(fd, mode)
+                if mtime_ns is not None:
+                    _set_mtime(fd, mtime_ns)  # after the last write of the bytes
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -848,8 +882,11 @@ class LocalHost:
         uid: Optional[int] = None,
         gid: Optional[int] = None,
         xattrs: Optional[Mapping[str, bytes]] = None,
+        mtime_ns: Optional[int] = None,
     ) -> None:
-        """Set owner, group, exact xattrs and mode of the file or directory at ``path``."""
+        """Set owner, group, exact xattrs, mode and modification time (ns) of the file
+        or directory at ``path``; what is None is left as it is."""
+        self._check_mtime(path, mtime_ns)
         with self._parent(path) as (dir_fd, name):
             fd = self._open_final(path, dir_fd, name, _READ_FLAGS)
             if fd is None:
@@ -866,6 +903,8 @@ class LocalHost:
                     _set_exact_xattrs(fd, xattrs)
                 if mode is not None:
                     os.fchmod(fd, mode)
+                if mtime_ns is not None:
+                    _set_mtime(fd, mtime_ns)
             except KensaError:
                 raise
             except OSError as exc:
