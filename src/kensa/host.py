@@ -398,10 +398,13 @@ class LocalHost:
         self.max_file_bytes = max_file_bytes
         try:
             self._pin = _PinnedDir(root)
+        except OSError as exc:
+            raise HostSelectionError(f"target root {root!r} does not exist or is not a directory ({exc.strerror})") from None
+        try:
             self._place = _place(self._pin.fd)
             live = _place_of("/")
         except OSError as exc:
-            raise HostSelectionError(f"target root {root!r} does not exist or is not a directory ({exc.strerror})") from None
+            raise HostSelectionError(f"cannot tell which mount the target root {root!r} is on: {exc.strerror}") from None
         self._live = live == self._place
         try:
             spelled = _spelling(root)
