@@ -391,6 +391,10 @@ def test_leftover_temps_match_only_kensas_own_names_and_never_follow_symlinks(ro
     assert (root.parent / "outside" / "secret").read_text() == "outside\n"
     with pytest.raises(PathEscapeError):
         host.leftover_temps("/../outside/secret")
+    assert host.leftover_temps("/etc/missing-dir/conf") == [] and host.remove_leftover_temps("/etc/missing-dir/conf") == []
+    (etc / "plain").write_text("x\n")
+    with pytest.raises(HostAccessError):
+        host.leftover_temps("/etc/plain/conf")  # a file where a directory should be is not "nothing there"
 
 
 def test_files_above_the_size_cap_are_refused_before_loading(root: Path) -> None:

@@ -840,15 +840,22 @@ class LocalHost:
         power loss) leaves ``.NAME.kensa-XXXXXXXXXXXX`` behind. Only regular files
         whose names match exactly what :meth:`write_file` makes for this ``path``
         are listed (paths inside the root, sorted); symlinks, directories and other
-        files' temps are not, and nothing is followed.
+        files' temps are not, and nothing is followed. A directory that does not
+        exist holds none.
         """
-        with self._parent(path) as (dir_fd, name):
+        with self._parent_if_any(path) as found:
+            if found is None:
+                return []
+            dir_fd, name = found
             return [self._sibling(path, entry) for entry in self._temps_in(dir_fd, name)]
 
     def remove_leftover_temps(self, path: str) -> List[str]:
         """Remove what :meth:`leftover_temps` lists for ``path``; return what was removed."""
         removed = []
-        with self._parent(path) as (dir_fd, name):
+        with self._parent_if_any(path) as found:
+            if found is None:
+                return []
+            dir_fd, name = found
             for entry in self._temps_in(dir_fd, name):
                 try:
                     st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
@@ -865,6 +872,19 @@ class LocalHost:
             if removed:
                 os.fsync(dir_fd)
         return removed
+
+    @contextlib.contextmanager
+    def _parent_if_any(self, path: str) -> Iterator[Optional[Tuple[int, str]]]:
+        """Like :meth:`_parent`, but None when a directory on the way does not exist."""
+        with contextlib.ExitStack() as stack:
+            found: Optional[Tuple[int, str]]
+            try:
+                found = stack.enter_context(self._parent(path))
+            except HostAccessError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                found = None
+            yield found
 
     def _temps_in(self, dir_fd: int, name: str) -> List[str]:
         found = []
