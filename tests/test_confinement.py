@@ -272,6 +272,15 @@ def test_an_image_root_on_procfs_is_refused() -> None:
         host.write_in_place("/sys/kernel/domainname", b"x\n")
 
 
+def test_an_image_root_on_sysfs_is_refused() -> None:
+    """The same holds for the other filesystems that are kernel state: an image root on sysfs."""
+    if not os.path.isdir("/sys/kernel"):
+        require_audit("sysfs is not mounted at /sys")
+    with pytest.raises(PathEscapeError) as caught:
+        LocalHost("/sys").read_bytes("/kernel/profiling")
+    assert "real sysfs" in str(caught.value) and "/kernel/profiling" in str(caught.value)
+
+
 def test_sysctl_set_on_an_image_root_with_procfs_does_not_change_the_kernel(image: Path, tmp_path: Path) -> None:
     """The engine running sysctl_set against an image root whose /proc is a real procfs ends
     errored with the mount point named, and the live kernel parameter keeps its value."""

@@ -40,8 +40,9 @@ Path policy:
   procfs at its /proc), is refused with :class:`PathEscapeError` naming it. This
   uses ``openat2`` with ``RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH``,
   or, on kernels without it (ENOSYS), a comparison of each opened entry's mount id
-  with the root's. A real procfs is refused under such a root even when no mount
-  point is crossed (a root that is itself on procfs), so an image root never
+  with the root's. A real procfs (or sysfs, cgroupfs, debugfs, tracefs,
+  securityfs, configfs, bpffs, efivarfs) is refused under such a root even when no
+  mount point is crossed (a root that is itself on one), so an image root never
   changes the running kernel.
 - Writes are atomic: a temporary file in the same directory (created through the
   directory fd with ``O_EXCL|O_NOFOLLOW``), written, fsynced, given its owner,
@@ -99,7 +100,20 @@ _CONFINED_RESOLVE = _RESOLVE_NO_XDEV | _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH
 _STATX_MNT_ID = 0x1000
 _STATX_MNT_ID_UNIQUE = 0x4000
 _AT_EMPTY_PATH = 0x1000
-_PROC_SUPER_MAGIC = 0x9FA0
+# Filesystems whose files are the running kernel's state (linux/magic.h): under an
+# image root, writing one would change this machine, not the image.
+_KERNEL_STATE_FS = {
+    0x9FA0: "procfs",
+    0x62656572: "sysfs",
+    0x27E0EB: "cgroupfs",
+    0x63677270: "cgroup2fs",
+    0x64626720: "debugfs",
+    0x74726163: "tracefs",
+    0x73636673: "securityfs",
+    0x62656570: "configfs",
+    0xCAFE4A11: "bpffs",
+    0xDE5E81E4: "efivarfs",
+}
 # openat2 has number 437 on every architecture that uses the unified syscall table;
 # elsewhere (alpha, unknown machines) the mount-id comparison is used instead.
 _SYS_OPENAT2 = 437 if platform.machine() in (
@@ -514,9 +528,10 @@ class LocalHost:
                     raise self._walk_error(path, fd, name, exc) from exc
                 os.close(fd)
                 fd = next_fd
-            if not self._live and _fs_type(fd) == _PROC_SUPER_MAGIC:
+            kernel_fs = None if self._live else _KERNEL_STATE_FS.get(_fs_type(fd))
+            if kernel_fs is not None:
                 raise PathEscapeError(
-                    f"path {self.where(path)} is on a real procfs, which is the running kernel's state, not the "
+                    f"path {self.where(path)} is on a real {kernel_fs}, which is the running kernel's state, not the "
                     "image's; kensa refuses it under an image root: remediate the live host for kernel settings",
                     path,
                     parts[-2] if len(parts) > 1 else parts[-1],
