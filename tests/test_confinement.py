@@ -167,7 +167,7 @@ for target, op, path in ops:
         "read": lambda: host.read_bytes(path),
         "info": lambda: host.info(path),
         "write": lambda: host.write_file(path, b"PermitRootLogin no\n"),
-        "in_place": lambda: host.write_in_place(path, b"1\n"),
+        "in_place": lambda: host.write_in_place(path, b"kensa-test\n"),
         "meta": lambda: host.set_meta(path, mode=0o600),
         "remove": lambda: host.remove_file(path),
     }[op]
@@ -179,6 +179,18 @@ for target, op, path in ops:
                     "component": getattr(exc, "component", "")})
 print(json.dumps(out))
 """
+
+
+@contextmanager
+def kernel_value_kept(knob: Path) -> Iterator[bytes]:
+    """The live kernel parameter's value, written back afterwards if anything changed it:
+    a regression these tests catch must not leave the machine's kernel changed."""
+    before = knob.read_bytes()
+    try:
+        yield before
+    finally:
+        if knob.read_bytes() != before:
+            knob.write_bytes(before.rstrip(b"\n"))
 
 
 def probe(root: Path, mode: str, mounts: List[List[str]], ops: List[List[str]]) -> List[Dict[str, Any]]:
@@ -237,6 +249,45 @@ def test_a_bind_mounted_file_inside_an_image_root_is_not_crossed(image: Path, mo
     assert outside.read_text() == "outside motd\n" and (os.stat(outside).st_mode & 0o777) == 0o644
 
 
+ENGINE_RUN = r"""
+import json, subprocess, sys
+from kensa.engine import Engine
+from kensa.handlers import default_registry
+from kensa.host import resolve_host
+from kensa.model import Step, Transaction
+root, mount, step = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+subprocess.run(mount, check=True)
+result = Engine(default_registry(), hosts=resolve_host).run(Transaction("r", (Step(step[0], step[1]),), host=root))
+print(json.dumps({"status": result.status.value, "unchanged": result.host_unchanged,
+                  "error": result.error.message if result.error else ""}))
+"""
+
+
+def engine_run_in_namespace(root: Path, mount: List[str], mechanism: str, params: Dict[str, Any]) -> Dict[str, Any]:
+    done = subprocess.run(
+        ["unshare", "-m", sys.executable, "-c", ENGINE_RUN, str(root), json.dumps(mount), json.dumps([mechanism, params])],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def test_config_set_through_a_bind_mount_errors_and_changes_nothing(image: Path) -> None:
+    """The engine running config_set on root/etc/ssh/sshd_config, where root/etc/ssh is a bind
+    mount of an outside directory, ends errored with the host unchanged and the mount point
+    named; the outside file stays byte-identical."""
+    require_unshare()
+    outside = image.parent / "outside"
+    result = engine_run_in_namespace(
+        image, ["mount", "--bind", str(outside), str(image / "etc/ssh")],
+        "config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"},
+    )
+    assert result["status"] == "errored" and result["unchanged"], result
+    assert "/etc/ssh is a mount point" in result["error"], result
+    assert (outside / "sshd_config").read_bytes() == HOST_CONFIG
+    assert sorted(os.listdir(outside)) == ["motd", "sshd_config"]
+
+
 def test_the_live_host_crosses_its_own_mounts(image: Path) -> None:
     """On the live host ("/") mounts are part of the machine (/boot, /proc, a bind mount), so a
     walk crosses them: the bind-mounted file is read through the live root."""
@@ -251,14 +302,15 @@ def test_procfs_mounted_in_an_image_root_never_reaches_the_live_kernel(image: Pa
     """A real procfs mounted at root/proc is another mount: sysctl-style reads and in-place writes
     under it are refused naming /proc, and the live kernel's value is unchanged."""
     require_unshare()
-    knob = "/proc/sys/kernel/domainname"
-    before = Path(knob).read_bytes()
-    ops = [[str(image), "read", knob], [str(image), "in_place", knob]]
-    results = probe(image, mode, [["mount", "-t", "proc", "proc", str(image / "proc")]], ops)
+    knob = Path("/proc/sys/kernel/domainname")
+    with kernel_value_kept(knob) as before:
+        ops = [[str(image), "read", str(knob)], [str(image), "in_place", str(knob)]]
+        results = probe(image, mode, [["mount", "-t", "proc", "proc", str(image / "proc")]], ops)
+        changed = knob.read_bytes()
     for result in results:
         assert not result["ok"] and result["type"] == "PathEscapeError", result
         assert result["component"] == "/proc" and "mount point" in result["message"], result
-    assert Path(knob).read_bytes() == before
+    assert changed == before
 
 
 def test_an_image_root_on_procfs_is_refused() -> None:
@@ -268,8 +320,9 @@ def test_an_image_root_on_procfs_is_refused() -> None:
     with pytest.raises(PathEscapeError) as caught:
         host.read_bytes("/sys/kernel/osrelease")
     assert "real procfs" in str(caught.value) and "/sys/kernel/osrelease" in str(caught.value)
-    with pytest.raises(PathEscapeError):
-        host.write_in_place("/sys/kernel/domainname", b"x\n")
+    with kernel_value_kept(Path("/proc/sys/kernel/domainname")):
+        with pytest.raises(PathEscapeError):
+            host.write_in_place("/sys/kernel/domainname", b"kensa-test\n")
 
 
 def test_an_image_root_on_sysfs_is_refused() -> None:
@@ -281,32 +334,23 @@ def test_an_image_root_on_sysfs_is_refused() -> None:
     assert "real sysfs" in str(caught.value) and "/kernel/profiling" in str(caught.value)
 
 
-def test_sysctl_set_on_an_image_root_with_procfs_does_not_change_the_kernel(image: Path, tmp_path: Path) -> None:
+def test_sysctl_set_on_an_image_root_with_procfs_does_not_change_the_kernel(image: Path) -> None:
     """The engine running sysctl_set against an image root whose /proc is a real procfs ends
     errored with the mount point named, and the live kernel parameter keeps its value."""
     require_unshare()
     (image / "etc/sysctl.d").mkdir()
     knob = Path("/proc/sys/kernel/kptr_restrict")
     before = knob.read_bytes()
-    script = r"""
-import json, subprocess, sys
-from kensa.engine import Engine
-from kensa.handlers import default_registry
-from kensa.host import resolve_host
-from kensa.model import Step, Transaction
-root, value = sys.argv[1], sys.argv[2]
-subprocess.run(["mount", "-t", "proc", "proc", root + "/proc"], check=True)
-step = Step("sysctl_set", {"key": "kernel.kptr_restrict", "value": value, "persist_file": "/etc/sysctl.d/99-k.conf"})
-result = Engine(default_registry(), hosts=resolve_host).run(Transaction("k", (step,), host=root))
-print(json.dumps({"status": result.status.value, "error": result.error.message if result.error else ""}))
-"""
     value = "2" if before.strip() != b"2" else "1"
-    done = subprocess.run(["unshare", "-m", sys.executable, "-c", script, str(image), value],
-                          capture_output=True, text=True, env=ENV, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(done.stdout)
-    assert result["status"] == "errored" and "/proc is a mount point" in result["error"], result
-    assert knob.read_bytes() == before
+    with kernel_value_kept(knob):
+        result = engine_run_in_namespace(
+            image, ["mount", "-t", "proc", "proc", str(image / "proc")],
+            "sysctl_set", {"key": "kernel.kptr_restrict", "value": value, "persist_file": "/etc/sysctl.d/99-k.conf"},
+        )
+        changed = knob.read_bytes()
+    assert result["status"] == "errored" and result["unchanged"], result
+    assert "/proc is a mount point" in result["error"], result
+    assert changed == before
     assert not (image / "etc/sysctl.d/99-k.conf").exists()
 
 
