@@ -5,7 +5,9 @@ symlinks of every kind (absolute and relative, into the root, out of it,
 dangling, to themselves, in loops), next to sentinel directories outside the
 root, one reachable with ``..`` and one only by absolute path. It then runs
 LocalHost's read/info/write/remove/set_meta on paths made of those names,
-``..``, ``.`` and empty components. Each operation must either succeed
+``..``, ``.`` and empty components. One more test does the same in a private
+mount namespace with the sentinels bind-mounted at random places inside the
+root (as root only). Each operation must either succeed
 touching only what lies inside the root, or refuse with a KensaError; the
 sentinels must be byte-for-byte unchanged afterwards, and no read may return
 sentinel bytes.
@@ -19,7 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -29,6 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import require_audit, require_root
 from kensa.host import LocalHost
 from kensa.model import KensaError
 
@@ -248,3 +254,91 @@ def test_a_path_that_cannot_be_encoded_is_refused_with_a_kensa_error(op: str) ->
         }
         with pytest.raises(KensaError):
             calls[op]()
+
+
+# Runs inside `unshare -m` (mounts made there never reach the machine's mount table):
+# hostile trees as above, plus bind mounts of the sentinels (directories and a file)
+# at random places inside the root.
+MOUNT_FUZZ = r"""
+import ctypes, json, os, sys, tempfile
+from collections import Counter
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import test_fuzz_paths as fz
+from hypothesis import given, settings, strategies as st
+from kensa.host import LocalHost
+
+libc = ctypes.CDLL(None, use_errno=True)
+MS_BIND, MNT_DETACH = 4096, 2
+counts = Counter()
+sources = ["outside", "far", "outside/secret", "far/a", "outside/a/secret"]
+mounts = st.lists(st.tuples(st.lists(st.sampled_from(fz.NAMES[:6]), min_size=1, max_size=3), st.sampled_from(sources)),
+                  min_size=1, max_size=3)
+
+
+def through(root, path, points):
+    where = fz._lexical_inside(root, path)
+    return where is not None and any(where == p or p in where.parents for p in points)
+
+
+@settings(max_examples=int(sys.argv[2]), deadline=None, suppress_health_check=list(fz.HealthCheck))
+@given(plan=fz.entries, binds=mounts, data=st.data())
+def run(plan, binds, data):
+    ops = data.draw(fz.operations(plan + [(names, "dir", "") for names, _ in binds]))
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        fz._build(base, plan)
+        root = base / "root"
+        points = []
+        try:
+            for names, source in binds:
+                dst, src = root.joinpath(*names), base / source
+                try:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    if not os.path.realpath(dst).startswith(str(root) + os.sep) or dst.is_symlink():
+                        continue
+                    if src.is_dir():
+                        dst.mkdir(exist_ok=True)
+                    elif not dst.exists():
+                        dst.touch()
+                except OSError:
+                    continue
+                if libc.mount(os.fsencode(src), os.fsencode(dst), None, MS_BIND, None) == 0:
+                    points.append(Path(os.path.realpath(dst)))
+                    counts["bind mounts"] += 1
+            before = fz._snapshot(base / "outside"), fz._snapshot(base / "far")
+            host = LocalHost(str(root))
+            for op, parts in ops:
+                path = "/" + "/".join(parts)
+                outcome = fz._operate(host, root, op, path)
+                crossing = through(root, path, points)
+                counts[f"{op}:{'through a mount' if crossing else 'elsewhere'}:{outcome}"] += 1
+                assert not (crossing and outcome == "ok"), (op, path, [str(p) for p in points])
+            assert (fz._snapshot(base / "outside"), fz._snapshot(base / "far")) == before, "a sentinel changed"
+        finally:
+            for point in reversed(points):
+                if libc.umount2(os.fsencode(point), MNT_DETACH) != 0:
+                    raise OSError(ctypes.get_errno(), "umount2", str(point))
+
+
+run()
+print(json.dumps(counts))
+"""
+
+
+def test_bind_mounts_inside_an_image_root_are_never_crossed() -> None:
+    """With the sentinels bind-mounted at random places inside the root (directories and a
+    file), every operation on a path through a mount point is refused and no sentinel changes."""
+    require_root("bind mounts in a private mount namespace")
+    if shutil.which("unshare") is None:
+        require_audit("unshare (util-linux) is not installed")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(
+        ["unshare", "-m", sys.executable, "-c", MOUNT_FUZZ, str(Path(__file__).parent), str(60 * SCALE)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    counts = json.loads(done.stdout.splitlines()[-1])
+    COUNTS.update({f"mounts:{key}": value for key, value in counts.items()})
+    assert counts.get("bind mounts", 0) > 0
+    assert sum(v for k, v in counts.items() if ":through a mount:" in k) > 0

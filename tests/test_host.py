@@ -322,3 +322,200 @@ def test_run_takes_an_argument_list_without_a_shell(root: Path) -> None:
     assert done.stdout == "$HOME; *\n"
     with pytest.raises(HostAccessError):
         host.run(["kensa-no-such-command"], 10)
+
+
+@pytest.mark.parametrize("length", [235, 236, 250, 255])
+def test_names_up_to_name_max_are_written_atomically(root: Path, length: int) -> None:
+    """write_file works for every name the filesystem allows (up to 255 bytes, multibyte
+    characters included): the temporary name always fits NAME_MAX, and none is left behind."""
+    for name in ("n" * length, "\u00e9" * (length // 2) + "x" * (length % 2)):
+        assert len(os.fsencode(name)) == length
+        host = LocalHost(str(root))
+        host.write_file(f"/etc/{name}", b"one\n")
+        host.write_file(f"/etc/{name}", b"two\n")
+        assert (root / "etc" / name).read_bytes() == b"two\n"
+        assert os.listdir(root / "etc") == [name]
+        os.unlink(root / "etc" / name)
+
+
+KILLED_WRITE = """
+import os, signal, sys
+from kensa.host import LocalHost
+host, path = LocalHost(sys.argv[1]), sys.argv[2]
+real_fsync = os.fsync
+def fsync_then_die(fd):
+    real_fsync(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+os.fsync = fsync_then_die  # the first fsync is of the temporary file, before the rename
+host.write_file(path, b"half-done\\n")
+"""
+
+
+@pytest.mark.parametrize("length", [11, 255])
+def test_a_write_killed_before_its_rename_leaves_a_temp_that_kensa_finds_and_removes(root: Path, length: int) -> None:
+    """A process SIGKILLed between creating its temporary file and renaming it leaves the temp;
+    leftover_temps names exactly that file, remove_leftover_temps removes it and says so, and
+    the target keeps its old bytes."""
+    name = ("sshd_config" + "x" * 255)[:length]
+    (root / "etc" / name).write_bytes(b"old\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(root), f"/etc/{name}"], env=env, timeout=60)
+    assert done.returncode == -9
+    [temp] = [entry for entry in os.listdir(root / "etc") if entry != name]
+    host = LocalHost(str(root))
+    assert host.leftover_temps(f"/etc/{name}") == [f"/etc/{temp}"]
+    assert host.remove_leftover_temps(f"/etc/{name}") == [f"/etc/{temp}"]
+    assert os.listdir(root / "etc") == [name] and (root / "etc" / name).read_bytes() == b"old\n"
+    assert host.leftover_temps(f"/etc/{name}") == [] and host.remove_leftover_temps(f"/etc/{name}") == []
+
+
+def test_leftover_temps_match_only_kensas_own_names_and_never_follow_symlinks(root: Path) -> None:
+    """Only regular files named exactly as kensa names a temp of that file count: other files'
+    temps, near-miss names, a directory and a symlink with a matching name (and its target) are
+    left alone."""
+    etc = root / "etc"
+    (etc / "sshd_config").write_text("conf\n")
+    mine = ".sshd_config.kensa-0123456789ab"
+    (etc / mine).write_text("temp\n")
+    keep = [".sshd_config.kensa-0123456789a", ".sshd_config.kensa-0123456789abc", ".sshd_config.kensa-0123456789AB",
+            ".other.kensa-0123456789ab", "sshd_config.kensa-0123456789ab", ".sshd_config.kensa-01234567890g"]
+    for other in keep:
+        (etc / other).write_text("not kensa's\n")
+    (etc / ".sshd_config.kensa-aaaaaaaaaaaa").mkdir()
+    (etc / ".sshd_config.kensa-bbbbbbbbbbbb").symlink_to(root.parent / "outside" / "secret")
+    host = LocalHost(str(root))
+    assert host.leftover_temps("/etc/sshd_config") == [f"/etc/{mine}"]
+    assert host.remove_leftover_temps("/etc/sshd_config") == [f"/etc/{mine}"]
+    assert sorted(os.listdir(etc)) == sorted(keep + ["sshd_config", ".sshd_config.kensa-aaaaaaaaaaaa",
+                                                      ".sshd_config.kensa-bbbbbbbbbbbb"])
+    assert (root.parent / "outside" / "secret").read_text() == "outside\n"
+    with pytest.raises(PathEscapeError):
+        host.leftover_temps("/../outside/secret")
+    assert host.leftover_temps("/etc/missing-dir/conf") == [] and host.remove_leftover_temps("/etc/missing-dir/conf") == []
+    (etc / "plain").write_text("x\n")
+    with pytest.raises(HostAccessError):
+        host.leftover_temps("/etc/plain/conf")  # a file where a directory should be is not "nothing there"
+
+
+def test_files_above_the_size_cap_are_refused_before_loading(root: Path) -> None:
+    """read_file, read_bytes and info(content=True) refuse a file above max_file_bytes with a
+    HostAccessError naming the path, its size and the cap; a file at the cap and metadata-only
+    info still work, and nothing is changed."""
+    (root / "etc" / "big").write_bytes(b"x" * 1001)
+    (root / "etc" / "fits").write_bytes(b"y" * 1000)
+    host = LocalHost(str(root), max_file_bytes=1000)
+    calls: List[Callable[[], object]] = [
+        lambda: host.read_file("/etc/big"), lambda: host.read_bytes("/etc/big"), lambda: host.info("/etc/big", content=True),
+    ]
+    for call in calls:
+        with pytest.raises(HostAccessError) as caught:
+            call()
+        message = str(caught.value)
+        assert caught.value.errno == errno.EFBIG and "/etc/big" in message and "1001 bytes" in message and "1000" in message
+    assert host.read_bytes("/etc/fits") == b"y" * 1000
+    found = host.info("/etc/big")
+    assert found is not None and found.content is None
+    assert (root / "etc" / "big").read_bytes() == b"x" * 1001
+
+
+def test_the_cap_holds_for_files_whose_size_stat_does_not_tell() -> None:
+    """A procfs file reports size 0; its bytes still count against the cap while read."""
+    status = f"/proc/{os.getpid()}/status"
+    host = LocalHost("/", max_file_bytes=16)
+    with pytest.raises(HostAccessError) as caught:
+        host.read_bytes(status)
+    assert "more than 16 bytes" in str(caught.value) and status in str(caught.value)
+    assert LocalHost("/").read_bytes(status)
+
+
+def test_the_default_cap_and_bad_caps(root: Path) -> None:
+    """The default cap is 64 MiB and travels with a pickled host; a cap that is not a
+    non-negative integer is refused naming it."""
+    from kensa.host import DEFAULT_MAX_FILE_BYTES
+
+    assert DEFAULT_MAX_FILE_BYTES == 64 << 20 and LocalHost(str(root)).max_file_bytes == DEFAULT_MAX_FILE_BYTES
+    assert pickle.loads(pickle.dumps(LocalHost(str(root), max_file_bytes=5))).max_file_bytes == 5
+    assert resolve_host(str(root), max_file_bytes=7).max_file_bytes == 7
+    for bad in (-1, True, "10", 1.5, None):
+        with pytest.raises(HostSelectionError) as caught:
+            LocalHost(str(root), max_file_bytes=bad)  # type: ignore[arg-type]
+        assert "max_file_bytes" in str(caught.value) and repr(bad) in str(caught.value)
+
+
+PEAK_READ = """
+import resource, sys
+from kensa.host import LocalHost
+host = LocalHost(sys.argv[1], max_file_bytes=1 << 30)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = host.read_bytes("/etc/big")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(data), (after - before) * 1024)
+"""
+
+
+def test_reading_a_large_file_holds_its_bytes_about_once(root: Path) -> None:
+    """Loading a 128 MiB file raises the process's peak memory by about its size, not a
+    multiple of it (no chunk list joined into a second copy)."""
+    size = 128 << 20
+    if shutil.disk_usage(root).free < 2 * size:
+        pytest.skip("not enough free space for a 128 MiB file")
+    with open(root / "etc" / "big", "wb") as out:
+        out.truncate(size)  # sparse: the read still materialises every byte
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", PEAK_READ, str(root)], capture_output=True, text=True, env=env, timeout=120)
+    length, grew = map(int, done.stdout.split())
+    assert length == size
+    assert grew < 1.3 * size, f"peak memory grew by {grew / size:.2f}x the file size"
+
+
+def test_info_reports_mtime_inode_and_link_count(root: Path) -> None:
+    """FileInfo carries the modification time in ns, the inode number and the hard link count,
+    for files and directories, so a rollback can restore the time and say what it cannot restore."""
+    path = root / "etc" / "conf"
+    path.write_text("x\n")
+    os.link(path, root / "etc" / "second")
+    os.utime(path, ns=(1_000_000_000, 1_234_567_891_234_567_890))
+    host = LocalHost(str(root))
+    found = host.info("/etc/conf")
+    st = os.stat(path)
+    assert found is not None and (found.mtime_ns, found.ino, found.nlink) == (1_234_567_891_234_567_890, st.st_ino, 2)
+    folder = host.info("/etc")
+    assert folder is not None and folder.mtime_ns == os.stat(root / "etc").st_mtime_ns and folder.ino == os.stat(root / "etc").st_ino
+
+
+def test_write_file_and_set_meta_set_the_modification_time(root: Path) -> None:
+    """mtime_ns given to write_file or set_meta becomes the file's (or directory's) modification
+    time exactly; write_file without it gives the new bytes a new time, as any write does."""
+    path = root / "etc" / "conf"
+    path.write_text("old\n")
+    os.utime(path, ns=(5, 1_000_000_000_000_000_007))
+    host = LocalHost(str(root))
+    host.write_file("/etc/conf", b"new\n")
+    assert os.stat(path).st_mtime_ns != 1_000_000_000_000_000_007
+    host.write_file("/etc/conf", b"restored\n", mtime_ns=1_000_000_000_000_000_007)
+    assert path.read_bytes() == b"restored\n" and os.stat(path).st_mtime_ns == 1_000_000_000_000_000_007
+    host.write_file("/etc/fresh", b"x", mtime_ns=-3_000_000_001)
+    assert os.stat(root / "etc" / "fresh").st_mtime_ns == -3_000_000_001
+    host.set_meta("/etc/conf", mode=0o600, mtime_ns=42)
+    assert os.stat(path).st_mtime_ns == 42 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    host.set_meta("/etc", mtime_ns=43)
+    assert os.stat(root / "etc").st_mtime_ns == 43
+
+
+def test_a_bad_mtime_is_refused_before_anything_changes(root: Path) -> None:
+    """An mtime_ns that is not an integer nanosecond count in range is refused naming the path;
+    the file keeps its bytes, mode and time."""
+    path = root / "etc" / "conf"
+    path.write_text("old\n")
+    os.chmod(path, 0o644)
+    os.utime(path, ns=(5, 77))
+    host = LocalHost(str(root))
+    for bad in (1.5, "77", True, 1 << 63):
+        for call in (lambda: host.write_file("/etc/conf", b"new\n", mtime_ns=bad),  # type: ignore[arg-type]
+                     lambda: host.set_meta("/etc/conf", mode=0o600, mtime_ns=bad)):  # type: ignore[arg-type]
+            with pytest.raises(HostAccessError) as caught:
+                call()
+            assert "mtime_ns" in str(caught.value) and "/etc/conf" in str(caught.value)
+    st = os.stat(path)
+    assert path.read_text() == "old\n" and stat.S_IMODE(st.st_mode) == 0o644 and st.st_mtime_ns == 77
+    assert os.listdir(root / "etc") == ["conf"]
