@@ -354,3 +354,55 @@ def test_rollback_keeps_an_xattr_set_after_the_commit(root: Path, tmp_path: Path
     assert result.status is Status.ROLLED_BACK and not result.host_unchanged
     assert (root / SSHD).read_bytes() == ORIGINAL
     assert os.getxattr(root / SSHD, "user.operator") == b"reviewed"
+
+
+def test_rollback_restores_the_mtime_and_names_the_new_inode_and_broken_hard_links(root: Path, tmp_path: Path) -> None:
+    """An exact restore puts back the modification time too, and says plainly that the file is a new inode no longer hard-linked with its other name."""
+    sshd = root / SSHD
+    os.link(sshd, root / "etc/ssh/sshd_config.link")
+    os.utime(sshd, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    inode = sshd.stat().st_ino
+    with engine_on(tmp_path / "j.db") as engine:
+        done = run(engine, root, PERMIT)
+        result = engine.rollback(done.txn_id)
+    assert result.status is Status.ROLLED_BACK
+    assert sshd.stat().st_mtime_ns == 1_600_000_000_123_456_789
+    assert sshd.read_bytes() == ORIGINAL and sshd.stat().st_ino != inode
+    detail = result.rollbacks[0].detail
+    assert "new inode" in detail and "2 hard links" in detail
+
+
+KILLED_INSIDE_THE_WRITE = r"""
+import os, signal, sys
+from kensa.engine import Engine
+from kensa.handlers import default_registry
+from kensa.host import resolve_host
+from kensa.journal import SqliteJournal
+from kensa.model import Step, Transaction
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+os.rename = die  # the temporary file is written and fsynced; the rename never happens
+step = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"})
+Engine(default_registry(), journal=SqliteJournal(sys.argv[2]), hosts=resolve_host).run(Transaction("r", (step,), host=sys.argv[1]))
+"""
+
+
+def test_recovery_removes_the_temporary_file_a_killed_write_left(root: Path, tmp_path: Path) -> None:
+    """SIGKILL between writing the temporary file and renaming it: recovery finds the file in its pre-state and removes kensa's leftover."""
+    import signal
+    import subprocess
+    import sys
+
+    journal_path = tmp_path / "j.db"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", KILLED_INSIDE_THE_WRITE, str(root), str(journal_path)], env=env, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = [p.name for p in (root / "etc/ssh").iterdir() if p.name != "sshd_config"]
+    assert len(leftovers) == 1 and "kensa" in leftovers[0]
+    with engine_on(journal_path) as engine:
+        (result,) = engine.recover()
+    assert (result.status, result.host_unchanged) == (Status.RECOVERED, True)
+    assert sorted(p.name for p in (root / "etc/ssh").iterdir()) == ["sshd_config"]
+    assert (root / SSHD).read_bytes() == ORIGINAL

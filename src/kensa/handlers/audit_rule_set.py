@@ -33,7 +33,7 @@ from ..auditrules import AuditRuleError, rule_options
 from ..host import HostAccessError, LocalHost
 from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
 from .config_set import decode, encode
-from .filestate import Revert, assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
+from .filestate import fidelity_notes, Revert, assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
 from .params import ParamError, require_path
 
 DEFAULT_PERSIST_FILE = "/etc/audit/rules.d/99-kensa.rules"
@@ -226,7 +226,7 @@ class AuditRuleSet:
         kernel = pre.data["kernel"]
         if kernel is not None and not kernel["immutable"]:
             problems += self._rollback_kernel(host, list(kernel["before"]), list(kernel["rules_added"]))
-        return rollback_result(self.name, problems)
+        return rollback_result(self.name, problems, fidelity_notes(host, [pre.data["persist"]]))
 
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         state, added = pre.data["persist"], list(pre.data["lines_added"])
@@ -262,7 +262,7 @@ class AuditRuleSet:
             elif plan.drift is not Drift.AT_PRE:
                 exact = plan.drift is not Drift.OUTSIDE
                 problems += self._rollback_kernel(host, list(kernel["before"]), list(kernel["rules_added"]), exact)
-        return restored(self.name, problems, assessment, force)
+        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data["persist"]]))
 
     def _rollback_file(self, host: LocalHost, state: Mapping[str, Any], added: List[str]) -> List[str]:
         path = str(state["path"])

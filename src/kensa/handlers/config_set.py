@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from ..host import LocalHost
 from ..model import Assessment, PreState, RollbackResult, StepResult
-from .filestate import Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
+from .filestate import fidelity_notes, Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
 from .params import ParamError, require_path, require_str, scalar_text
 
 _KEY = re.compile(r"[^\s=#]+")
@@ -149,11 +149,12 @@ class ConfigSet:
         return StepResult(self.name, ok=True, changed=True, detail=f"set {key} in {host.where(path)}")
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
-        return rollback_result(self.name, restore_file(host, pre.data))
+        return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
 
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         _, key, value, separator = self._desired(pre.params)
         return assess_files(host, [(pre.data, revert_key(decode(pre.data.get("content")), key, value, separator))])
 
     def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
-        return restored(self.name, restore_files(host, [pre.data], assessment, force), assessment, force)
+        problems = restore_files(host, [pre.data], assessment, force)
+        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data]))

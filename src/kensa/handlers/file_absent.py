@@ -6,7 +6,7 @@ from typing import Any, Mapping, Optional
 
 from ..host import LocalHost
 from ..model import Assessment, PreState, RollbackResult, StepResult
-from .filestate import assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
+from .filestate import fidelity_notes, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
 from .params import require_path
 
 
@@ -34,10 +34,11 @@ class FileAbsent:
         return StepResult(self.name, ok=True, changed=existed, detail=f"removed {host.where(path)}" if existed else "")
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
-        return rollback_result(self.name, restore_file(host, pre.data))
+        return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
 
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         return assess_files(host, [(pre.data, None)])
 
     def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
-        return restored(self.name, restore_files(host, [pre.data], assessment, force), assessment, force)
+        problems = restore_files(host, [pre.data], assessment, force)
+        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data]))

@@ -27,6 +27,9 @@ def _describe(path: str, info: Optional[FileInfo], with_content: bool) -> Dict[s
         "uid": info.uid,
         "gid": info.gid,
         "xattrs": dict(info.xattrs),
+        "mtime_ns": info.mtime_ns,
+        "ino": info.ino,
+        "nlink": info.nlink,
     }
     if with_content:
         data["content"] = info.content
@@ -63,9 +66,10 @@ def restore_file(host: LocalHost, pre: Mapping[str, Any]) -> List[str]:
     problems = []
     try:
         if pre["exists"]:
+            mtime = pre.get("mtime_ns")
             host.write_file(
                 path, bytes(pre["content"]), mode=int(pre["mode"]), uid=int(pre["uid"]), gid=int(pre["gid"]),
-                xattrs=dict(pre["xattrs"]),
+                xattrs=dict(pre["xattrs"]), mtime_ns=int(mtime) if mtime else None,
             )
         else:
             host.remove_file(path)
@@ -96,11 +100,31 @@ def _read_back(host: LocalHost, pre: Mapping[str, Any], with_content: bool) -> L
     return differences(pre, now)
 
 
-def rollback_result(mechanism: str, problems: List[str]) -> RollbackResult:
+def rollback_result(mechanism: str, problems: List[str], notes: Sequence[str] = ()) -> RollbackResult:
     """A verified rollback when nothing differs; otherwise an honest partial restore."""
     if problems:
         return RollbackResult(mechanism, ok=False, detail="; ".join(problems))
-    return RollbackResult(mechanism, ok=True, detail="restored and verified by read-back")
+    return RollbackResult(mechanism, ok=True, detail="; ".join(["restored and verified by read-back", *notes]))
+
+
+def fidelity_notes(host: LocalHost, files: Sequence[Mapping[str, Any]]) -> List[str]:
+    """What a restore by rename cannot give back: the file's inode, and its other hard links."""
+    notes = []
+    for pre in files:
+        if not pre.get("exists") or not pre.get("ino"):
+            continue
+        path = str(pre["path"])
+        try:
+            now = host.info(path)
+        except (KensaError, OSError):
+            continue  # the read-back that verified the restore already said what is wrong
+        if now is None or now.ino == pre["ino"]:
+            continue
+        note = f"{path} was put back by an atomic rename, so it is a new inode"
+        if int(pre.get("nlink", 1)) > 1:
+            note += f"; it had {pre['nlink']} hard links, and its other names no longer share it"
+        notes.append(note)
+    return notes
 
 
 # --- restoring without clobbering -------------------------------------------------
@@ -276,19 +300,22 @@ def combine(plans: Sequence[Any]) -> Assessment:
     return Assessment(drift, tuple(line for plan in plans for line in plan.details), tuple(plans))
 
 
-def restored(mechanism: str, problems: List[str], assessment: Assessment, force: bool) -> RollbackResult:
+def restored(
+    mechanism: str, problems: List[str], assessment: Assessment, force: bool, notes: Sequence[str] = ()
+) -> RollbackResult:
     """The result of restoring a step as ``assessment`` planned, saying plainly what was kept or overwritten."""
     if problems:
         return RollbackResult(mechanism, ok=False, detail="; ".join(problems))
     if assessment.drift is Drift.AT_PRE:
         return RollbackResult(mechanism, ok=True, detail="already in its pre-state: nothing to restore")
     if assessment.drift is Drift.CONFLICT and force:
-        return RollbackResult(mechanism, ok=True, detail="restored the pre-state by force, overwriting: " + "; ".join(assessment.details))
+        detail = "; ".join(["restored the pre-state by force, overwriting: " + "; ".join(assessment.details), *notes])
+        return RollbackResult(mechanism, ok=True, detail=detail)
     if assessment.drift is Drift.OUTSIDE:
         kept = tuple(line for line in assessment.details)
         detail = "reverted only kensa's change, verified by read-back; " + "; ".join(kept)
         return RollbackResult(mechanism, ok=True, detail=detail, kept=kept)
-    return RollbackResult(mechanism, ok=True, detail="restored and verified by read-back")
+    return RollbackResult(mechanism, ok=True, detail="; ".join(["restored and verified by read-back", *notes]))
 
 
 def assess_files(host: LocalHost, files: Sequence[Tuple[Mapping[str, Any], Optional[Revert]]], post_key: str = "post") -> Assessment:

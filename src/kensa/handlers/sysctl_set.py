@@ -17,7 +17,7 @@ from ..host import LocalHost
 from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
 from ..sysctlkeys import SysctlKeyError, sysctl_path
 from .config_set import decode, encode, get_value, revert_key, set_value
-from .filestate import assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
+from .filestate import fidelity_notes, assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
 from .params import ParamError, require_path, require_str, scalar_text
 
 _COMMENTS = ("#", ";")
@@ -107,11 +107,12 @@ class SysctlSet:
             problems.append(f"withheld: {'; '.join(runtime_plan.details)}")
         elif runtime_plan.drift is not Drift.AT_PRE:
             problems += self._restore_runtime(host, pre)
-        return restored(self.name, problems, assessment, force)
+        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data["persist"]]))
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         problems = restore_file(host, pre.data["persist"])
-        return rollback_result(self.name, problems + self._restore_runtime(host, pre))
+        problems += self._restore_runtime(host, pre)
+        return rollback_result(self.name, problems, fidelity_notes(host, [pre.data["persist"]]))
 
     def _restore_runtime(self, host: LocalHost, pre: PreState) -> List[str]:
         key, path, before = str(pre.data["key"]), str(pre.data["runtime_path"]), str(pre.data["runtime"])
