@@ -96,6 +96,7 @@ __all__ = [
     "RollbackFailedError",
     "RollbackRefusedError",
     "StepFailedError",
+    "TargetLock",
     "UnknownMechanismError",
     "ValidationFailedError",
     "WiringError",
@@ -149,6 +150,18 @@ class Journal(Protocol):
     def begin(self, txn: Transaction, pre_states: Sequence[Optional[PreState]]) -> None: ...
 
     def finish(self, result: TransactionResult) -> None: ...
+
+
+class TargetLock(Protocol):
+    """One writer per target across processes (:class:`kensa.targetlock.TargetLocks`).
+
+    ``hold(key, identity)`` is a context manager held around a whole
+    transaction, rollback by id or recovery of one entry on the target
+    ``key``; ``identity`` is the host object's ``identity`` attribute, or None.
+    It raises a KensaError when the lock cannot be taken; nothing has run then.
+    """
+
+    def hold(self, key: str, identity: Any = None) -> ContextManager[None]: ...
 
 
 class UnknownMechanismError(KensaError, LookupError):
@@ -272,6 +285,16 @@ class _NoopEmitter:
         return "NoopEmitter()"
 
 
+class _NoTargetLock:
+    """The engine's target lock unless one is injected: threads of one process only."""
+
+    def hold(self, key: str, identity: Any = None) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+    def __repr__(self) -> str:
+        return "NoTargetLock()"
+
+
 def _same_key(key: str) -> str:
     return key
 
@@ -306,9 +329,10 @@ class Engine:
     locked, journaled and audited (default: ``hosts.canonical_key`` when the
     resolver has one, as :func:`kensa.host.resolve_host` does, else keys are
     taken as they are). ``audit`` defaults to a no-op emitter,
-    ``journal`` to none, ``events`` to a fresh :class:`~kensa.events.EventBus`.
-    Safe to share between threads: runs on the same host key serialize, runs on
-    different hosts proceed in parallel.
+    ``journal`` to none, ``events`` to a fresh :class:`~kensa.events.EventBus`,
+    ``target_lock`` to none (only this process's threads are serialized; see
+    :class:`TargetLock`). Safe to share between threads: runs on the same host
+    key serialize, runs on different hosts proceed in parallel.
     """
 
     def __init__(
@@ -319,6 +343,7 @@ class Engine:
         hosts: Optional[Callable[[str], Any]] = None,
         events: Optional[EventBus] = None,
         host_key: Optional[Callable[[str], str]] = None,
+        target_lock: Optional[TargetLock] = None,
     ) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         # Spellings of one target ("/srv/r", "/srv/r/", a symlink to it) must
@@ -332,6 +357,7 @@ class Engine:
         self.journal = journal
         self.hosts: Callable[[str], Any] = hosts if hosts is not None else _host_key
         self.events = events if events is not None else EventBus()
+        self.target_lock: TargetLock = target_lock if target_lock is not None else _NoTargetLock()
         # One lock per host key, kept for the engine's life (a few bytes per host).
         self._host_locks: Dict[str, threading.Lock] = {}
         self._host_locks_guard = threading.Lock()
@@ -366,9 +392,12 @@ class Engine:
         With a journal that has a ``lock()`` method the run holds its shared
         lock, so it never overlaps :meth:`recover`; a KensaError from taking
         that lock (recovery is in progress) is raised before anything runs.
+        The run also holds the target lock of its host (see :class:`TargetLock`);
+        a KensaError from taking it (another process kept the host busy past
+        the lock's timeout) is raised the same way, before anything runs.
         """
         txn = self._canonical(txn)
-        with self._shared_run_lock(), self._lock_for(txn.host):
+        with self._shared_run_lock(), self._hold_host(txn.host):
             return self._run(txn)
 
     def run_many(self, txns: Iterable[Transaction], workers: Optional[int] = None) -> List[TransactionResult]:
@@ -475,6 +504,19 @@ class Engine:
             with self._host_locks_guard:
                 lock = self._host_locks.setdefault(key, threading.Lock())
         return lock
+
+    @contextlib.contextmanager
+    def _hold_host(self, key: str) -> Iterator[None]:
+        """Be the one writer of target ``key``: this process's lock, then the cross-process one."""
+        with self._lock_for(key):
+            identity = None
+            if not isinstance(self.target_lock, _NoTargetLock):
+                try:
+                    identity = getattr(self.hosts(key), "identity", None)
+                except Exception:
+                    pass  # locked under its key; preflight resolves it again and reports why it failed
+            with self.target_lock.hold(key, identity):
+                yield
 
     def _run(self, txn: Transaction) -> TransactionResult:
         try:
@@ -743,6 +785,7 @@ def default_engine(
     *,
     audit: bool = True,
     events: Optional[EventBus] = None,
+    target_lock_timeout: Optional[float] = None,
 ) -> Engine:
     """The production engine: built-in handlers, local hosts, SQLite journal, kernel audit.
 
@@ -750,7 +793,12 @@ def default_engine(
     a target root (:func:`kensa.host.resolve_host`); spellings of one target are
     made one key (:func:`kensa.host.canonical_host_key`).
     ``journal_path``: default :func:`kensa.journal.default_journal_path`.
-    ``audit=False`` turns kernel audit records off. The parts are imported here,
+    ``audit=False`` turns kernel audit records off. Runs, rollbacks and
+    recovery hold a cross-process lock of their target
+    (:class:`kensa.targetlock.TargetLocks`, in ``<journal>.targets/``), waiting
+    at most ``target_lock_timeout`` seconds (None: the default,
+    :data:`kensa.targetlock.DEFAULT_TIMEOUT`; ``float("inf")`` waits forever)
+    for another process's transaction on it. The parts are imported here,
     so ``import kensa`` stays free of cffi and sqlite; a part that cannot be
     imported raises :class:`WiringError` (an ImportError) naming it.
     """
@@ -774,5 +822,15 @@ def default_engine(
             raise WiringError(f"default_engine needs kensa.audit.open_emitter: {exc}; reinstall kensa") from exc
         emitter = open_emitter()
 
-    journal = SqliteJournal(journal_path if journal_path is not None else default_journal_path())
-    return Engine(default_registry(), audit=emitter, journal=journal, hosts=resolve_host, events=events)
+    try:
+        from .targetlock import DEFAULT_TIMEOUT, TargetLocks, target_lock_directory
+    except ImportError as exc:
+        raise WiringError(f"default_engine needs kensa.targetlock.TargetLocks: {exc}; reinstall kensa") from exc
+
+    path = journal_path if journal_path is not None else default_journal_path()
+    journal = SqliteJournal(path)
+    timeout = DEFAULT_TIMEOUT if target_lock_timeout is None else target_lock_timeout
+    locks = TargetLocks(target_lock_directory(path), timeout=timeout)
+    return Engine(
+        default_registry(), audit=emitter, journal=journal, hosts=resolve_host, events=events, target_lock=locks
+    )
