@@ -50,6 +50,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import (
@@ -332,7 +333,8 @@ class Engine:
     ``journal`` to none, ``events`` to a fresh :class:`~kensa.events.EventBus`,
     ``target_lock`` to none (only this process's threads are serialized; see
     :class:`TargetLock`). Safe to share between threads: runs on the same host
-    key serialize, runs on different hosts proceed in parallel.
+    key serialize, runs on different hosts proceed in parallel. Safe across
+    ``fork``: the child gets fresh locks (see :mod:`kensa.events` too).
     """
 
     def __init__(
@@ -369,6 +371,7 @@ class Engine:
         self._run_lock_users = 0
         self._run_lock_held: Optional[contextlib.ExitStack] = None
         self._run_lock_pid = 0
+        _LIVE_ENGINES.add(self)
 
     @property
     def audit_errors(self) -> int:
@@ -517,6 +520,14 @@ class Engine:
                     pass  # locked under its key; preflight resolves it again and reports why it failed
             with self.target_lock.hold(key, identity):
                 yield
+
+    def _after_fork_in_child(self) -> None:
+        # Runs single-threaded in the child: any of these may have been held by a
+        # parent thread at fork time, and that thread does not exist here.
+        self._host_locks = {}
+        self._host_locks_guard = threading.Lock()
+        self._audit_lock = threading.Lock()
+        self._run_lock_guard = threading.Lock()
 
     def _run(self, txn: Transaction) -> TransactionResult:
         try:
@@ -778,6 +789,17 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine(registry={self.registry!r}, audit={self.audit!r}, journal={self.journal!r})"
+
+
+_LIVE_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+def _reset_engines_in_child() -> None:
+    for engine in list(_LIVE_ENGINES):
+        engine._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_engines_in_child)
 
 
 def default_engine(

@@ -6,13 +6,20 @@ only appends to the queue. A full queue drops the event and counts the drop; an
 exception raised by the callback is counted and kept (``last_error``), never
 propagated. A callback that blocks forever only stalls its own queue, which then
 drops.
+
+Forking is safe: in the child every bus and subscription gets fresh locks (a
+parent thread may have held one at fork time), events queued before the fork
+are left to the parent, and a subscription's delivery thread, which does not
+exist in the child, is started again with the child's first event.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Deque, Optional, Tuple, Union
 
@@ -69,9 +76,22 @@ class Subscription:
         self._errors = 0
         self._delivered = 0
         self._last_error: Optional[BaseException] = None
-        name = getattr(callback, "__qualname__", type(callback).__name__)
+        self._thread: Optional[threading.Thread] = None
+        self._start_delivery()
+        _LIVE_SUBSCRIPTIONS.add(self)
+
+    def _start_delivery(self) -> None:
+        name = getattr(self._callback, "__qualname__", type(self._callback).__name__)
         self._thread = threading.Thread(target=self._deliver, name=f"kensa-events-{name}", daemon=True)
         self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        # Runs single-threaded in the child: the lock may have been held by a parent
+        # thread, the queued events are the parent's to deliver, and the delivery
+        # thread is gone.
+        self._cond = threading.Condition(threading.Lock())
+        self._items.clear()
+        self._thread = None
 
     @property
     def dropped(self) -> int:
@@ -111,6 +131,8 @@ class Subscription:
                 self._dropped += 1
                 return
             self._items.append(event)
+            if self._thread is None:
+                self._start_delivery()
             self._cond.notify()
 
     def unsubscribe(self) -> None:
@@ -127,8 +149,11 @@ class Subscription:
         keeps its daemon thread; it never holds up the process's exit).
         """
         self.unsubscribe()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def _deliver(self) -> None:
         while True:
@@ -159,6 +184,10 @@ class EventBus:
         self._lock = threading.Lock()
         # Replaced, never mutated, so publish can iterate without the lock.
         self._subs: Tuple[Subscription, ...] = ()
+        _LIVE_BUSES.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def active(self) -> bool:
@@ -196,3 +225,17 @@ class EventBus:
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
             self._subs = tuple(s for s in self._subs if s is not sub)
+
+
+_LIVE_SUBSCRIPTIONS: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
+_LIVE_BUSES: "weakref.WeakSet[EventBus]" = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for bus in list(_LIVE_BUSES):
+        bus._after_fork_in_child()
+    for sub in list(_LIVE_SUBSCRIPTIONS):
+        sub._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
