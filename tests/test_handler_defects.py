@@ -97,3 +97,49 @@ def test_two_commands_without_unless_in_one_rule_both_commit(tmp_path: Path) -> 
     result = _live_engine().run(Transaction("two", steps, "localhost", transactional=False))
     assert result.status is Status.COMMITTED, result.error
     assert first.read_text() == second.read_text() == "ran\n"
+
+
+# --- sysctl_set: in a sysctl file the last assignment of a key wins -------------------
+
+
+@pytest.fixture
+def sysctl_root(tmp_path: Path) -> Path:
+    """A target root with a runtime value for vm.swappiness (a plain file, as in an image)."""
+    root = tmp_path / "root"
+    (root / "proc/sys/vm").mkdir(parents=True)
+    (root / "etc/sysctl.d").mkdir(parents=True)
+    (root / "proc/sys/vm/swappiness").write_text("10\n")
+    return root
+
+
+PERSIST = "/etc/sysctl.d/90-tuning.conf"
+
+
+def _sysctl(root: Path, text: str) -> Status:
+    (root / PERSIST.lstrip("/")).write_text(text)
+    step = Step("sysctl_set", {"key": "vm.swappiness", "value": "10", "persist_file": PERSIST})
+    return Engine(default_registry(), hosts=resolve_host).run(Transaction("swap", (step,), str(root))).status
+
+
+def test_sysctl_set_edits_the_last_assignment_of_a_key_assigned_twice(sysctl_root: Path) -> None:
+    """A persist file assigning the key twice, the first right and the last wrong (the last
+    wins at boot), is not compliant; remediation rewrites the last assignment and commits."""
+    status = _sysctl(sysctl_root, "vm.swappiness = 10\n# later override\nvm.swappiness=60\n")
+    assert status is Status.COMMITTED
+    assert (sysctl_root / PERSIST.lstrip("/")).read_text() == "vm.swappiness = 10\n# later override\nvm.swappiness = 10\n"
+
+
+def test_sysctl_set_is_compliant_when_the_last_assignment_holds(sysctl_root: Path) -> None:
+    """A first wrong and a last right assignment: the value at boot is right, so the rule is
+    skipped and the file is left alone."""
+    text = "vm.swappiness = 60\nvm.swappiness = 10\n"
+    assert _sysctl(sysctl_root, text) is Status.SKIPPED
+    assert (sysctl_root / PERSIST.lstrip("/")).read_text() == text
+
+
+def test_sysctl_set_knows_a_key_spelt_with_slashes_or_a_dash(sysctl_root: Path) -> None:
+    """``vm/swappiness`` and systemd's ``-vm.swappiness`` name the same parameter: a wrong
+    last assignment spelt that way is the one rewritten, keeping its spelling."""
+    status = _sysctl(sysctl_root, "vm.swappiness = 10\n-vm/swappiness = 60\n")
+    assert status is Status.COMMITTED
+    assert (sysctl_root / PERSIST.lstrip("/")).read_text() == "vm.swappiness = 10\n-vm/swappiness = 10\n"
