@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 
 from kensa import Step, Transaction
+from kensa.auditrules import silencing_reason
 from kensa.checks import step_holds
 from kensa.engine import Engine
 from kensa.handlers import default_registry
+from kensa.handlers.audit_rule_set import AuditRuleSet
+from kensa.handlers.params import ParamError
 from kensa.host import LocalHost, resolve_host
-from kensa.model import Status
+from kensa.model import Status, TransactionResult
+from kensa.rules import RuleError, parse_rule
 
 
 def _live_engine() -> Engine:
@@ -143,3 +147,105 @@ def test_sysctl_set_knows_a_key_spelt_with_slashes_or_a_dash(sysctl_root: Path) 
     status = _sysctl(sysctl_root, "vm.swappiness = 10\n-vm/swappiness = 60\n")
     assert status is Status.COMMITTED
     assert (sysctl_root / PERSIST.lstrip("/")).read_text() == "vm.swappiness = 10\n-vm/swappiness = 10\n"
+
+
+# --- audit_rule_set: rules that silence audit itself -----------------------------------
+
+SILENCING = [
+    pytest.param("-a exclude,always -F msgtype=USER", id="exclude-USER"),
+    pytest.param("-a always,exclude -F msgtype=1005", id="exclude-1005"),
+    pytest.param("-a always,exclude -F msgtype>=1000 -F msgtype<=1099", id="exclude-range-over-1005"),
+    pytest.param("-a always,exclude -F msgtype!=CRYPTO_KEY_USER", id="exclude-all-but-another"),
+    pytest.param("-a always,exclude", id="exclude-everything"),
+    pytest.param("-a never,task", id="never-task"),
+    pytest.param("-a task,never", id="task-never"),
+    pytest.param("-a never,user", id="never-user"),
+    pytest.param("-a exit,never -F arch=b64", id="never-every-syscall"),
+]
+
+KEEPS_AUDIT = [
+    pytest.param("-a always,exclude -F msgtype=CRYPTO_KEY_USER", id="exclude-another-type"),
+    pytest.param("-a exclude,always -F msgtype>=1100", id="exclude-range-above-1005"),
+    pytest.param("-a never,exit -F arch=b64 -S adjtimex -F auid=unset", id="never-one-syscall"),
+    pytest.param("-a never,user -F msgtype!=USER", id="never-user-but-not-USER"),
+]
+
+RULES_FILE = "etc/audit/rules.d/99-kensa.rules"
+
+
+@pytest.fixture
+def image_root(tmp_path: Path) -> Path:
+    """A target root that is not the live host: audit_rule_set only persists rules there."""
+    root = tmp_path / "root"
+    (root / "etc/audit/rules.d").mkdir(parents=True)
+    return root
+
+
+def _audit_run(root: Path, params: dict) -> TransactionResult:
+    step = Step("audit_rule_set", params)
+    return Engine(default_registry(), hosts=resolve_host).run(Transaction("audit", (step,), str(root)))
+
+
+@pytest.mark.parametrize("line", SILENCING)
+def test_a_rule_that_silences_audit_is_refused_and_changes_nothing(image_root: Path, line: str) -> None:
+    """audit_rule_set refuses a rule that would silence audit (kensa's own records included),
+    naming the rule and the parameter that allows it; nothing is written."""
+    result = _audit_run(image_root, {"rule": line})
+    assert result.status is Status.ERRORED and result.host_unchanged
+    assert result.error is not None
+    assert repr(line) in result.error.message and "allow_silencing: true" in result.error.message
+    assert not (image_root / RULES_FILE).exists()
+    host = LocalHost(str(image_root))
+    with pytest.raises(ParamError, match="would silence audit"):
+        AuditRuleSet().apply(host, {"rule": line}, None)
+    assert not (image_root / RULES_FILE).exists()
+
+
+@pytest.mark.parametrize("line", SILENCING)
+def test_a_silencing_rule_with_allow_silencing_is_applied(image_root: Path, line: str) -> None:
+    """With ``allow_silencing: true`` the step means it: the rule is persisted and commits."""
+    result = _audit_run(image_root, {"rule": line, "allow_silencing": True})
+    assert result.status is Status.COMMITTED, result.error
+    assert (image_root / RULES_FILE).read_text() == line + "\n"
+
+
+@pytest.mark.parametrize("line", KEEPS_AUDIT)
+def test_exclusions_that_keep_kensas_records_are_accepted(image_root: Path, line: str) -> None:
+    """Noise filters that cannot match AUDIT_USER (1005), or one syscall, are not silencing."""
+    assert silencing_reason(line) is None
+    assert _audit_run(image_root, {"rule": line}).status is Status.COMMITTED
+
+
+def test_allow_silencing_must_be_a_boolean(image_root: Path) -> None:
+    """``allow_silencing: "yes"`` is a clear error, not a truthy string: nothing is written."""
+    result = _audit_run(image_root, {"rule": "-a never,task", "allow_silencing": "yes"})
+    assert result.status is Status.ERRORED and result.error is not None
+    assert "allow_silencing must be true or false" in result.error.message
+    assert not (image_root / RULES_FILE).exists()
+
+
+def _rule_file(rule: str, extra: str = "") -> str:
+    return (
+        "id: r\ntitle: t\nseverity: low\nimplementations:\n"
+        f"  - default: true\n    remediation: {{mechanism: audit_rule_set, rule: '{rule}'{extra}}}\n"
+    )
+
+
+def test_the_loader_knows_allow_silencing_and_checks_its_type() -> None:
+    """A rule file may set ``allow_silencing: true`` (the step carries it); a non-boolean is a RuleError."""
+    rule = parse_rule(_rule_file("-a never,task", ", allow_silencing: true"))
+    impl = rule.implementations[0]
+    assert impl.supported and impl.steps[0].params["allow_silencing"] is True
+    with pytest.raises(RuleError, match="allow_silencing"):
+        parse_rule(_rule_file("-a never,task", ", allow_silencing: 'yes'"))
+
+
+@pytest.mark.parametrize("rule", ["-e 0", "-a always,exit -S open -e 0"])
+def test_audit_off_is_refused_even_with_allow_silencing(image_root: Path, rule: str) -> None:
+    """``-e 0`` turns audit off: it is a control option, refused by the loader and the
+    handler whatever allow_silencing says."""
+    with pytest.raises(RuleError, match="'-e'"):
+        parse_rule(_rule_file(rule, ", allow_silencing: true"))
+    result = _audit_run(image_root, {"rule": rule, "allow_silencing": True})
+    assert result.status is Status.ERRORED and result.error is not None and "-e" in result.error.message
+    assert not (image_root / RULES_FILE).exists()
