@@ -17,7 +17,7 @@ import pytest
 
 from kensa import Step, Transaction
 from kensa.engine import Engine, default_engine
-from kensa.model import KensaError, PreState, RollbackResult, Status, StepResult
+from kensa.model import KensaError, Phase, PreState, RollbackResult, Status, StepResult
 from kensa.targetlock import TargetLockError, TargetLocks, TargetLockTimeout, target_lock_directory
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -137,19 +137,36 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_run_waits_bounded_and_names_the_host_and_the_holder_pid(tmp_path: Path, root: Path) -> None:
-    """A run on a target another process holds fails after the timeout with TargetLockTimeout
-    naming the host and the holder's pid, and changes nothing."""
+    """A run on a target another process holds ends errored (in preflight, journaled) after the
+    timeout, naming the host and the holder's pid, and changes nothing; the batch goes on."""
     engine = _engine(tmp_path, timeout=0.2)
     locks = engine.target_lock
     assert isinstance(locks, TargetLocks)
+    other = tmp_path / "other"
+    (other / "etc").mkdir(parents=True)
+    txns = [Transaction("r", (_conf_step("new"),), str(root)), Transaction("o", (_conf_step("new"),), str(other))]
     with _held_by_other_process(locks.directory, str(root)) as pid:
-        with pytest.raises(TargetLockTimeout) as caught:
-            engine.run(Transaction("r", (_conf_step("new"),), str(root)))
-    message = str(caught.value)
+        busy, free = engine.run_many(txns)
+    assert busy.status is Status.ERRORED and busy.host_unchanged and busy.error is not None
+    assert busy.error.type == TargetLockTimeout.__name__ and busy.error.phase is Phase.PREFLIGHT
+    message = busy.error.message
     assert f"pid {pid}" in message and repr(str(root)) in message and "nothing was changed" in message
-    assert isinstance(caught.value, KensaError) and isinstance(caught.value, TimeoutError)
     assert (root / "etc" / "app.conf").read_text() == "Setting old\n"
+    assert free.status is Status.COMMITTED
+    assert engine.journal is not None
+    journaled = engine.journal.get(busy.txn_id).result
+    assert journaled is not None and (journaled.status, journaled.error) == (busy.status, busy.error)
     assert engine.run(Transaction("r", (_conf_step("new"),), str(root))).status is Status.COMMITTED
+
+
+def test_target_lock_timeout_is_a_kensa_timeout_error(tmp_path: Path) -> None:
+    """TargetLocks.hold raises TargetLockTimeout (a KensaError and a TimeoutError) after its timeout."""
+    locks = TargetLocks(tmp_path / "locks", timeout=0)
+    with _held_by_other_process(locks.directory, "/srv/r") as pid:
+        with pytest.raises(TargetLockTimeout, match=f"pid {pid}") as caught:
+            with locks.hold("/srv/r"):
+                pass
+    assert isinstance(caught.value, KensaError) and isinstance(caught.value, TimeoutError)
 
 
 def test_rollback_by_id_takes_the_target_lock(tmp_path: Path, root: Path) -> None:
@@ -233,8 +250,9 @@ def test_the_lock_follows_the_host_objects_identity(tmp_path: Path) -> None:
     engine = Engine([Inert()], hosts=lambda key: SimpleNamespace(identity="same-tree"), target_lock=locks)
     assert locks.path_for("/a", "same-tree") == locks.path_for("/b", "same-tree") != locks.path_for("/a")
     with _held_by_other_process(locks.directory, "/a", "same-tree"):
-        with pytest.raises(TargetLockTimeout):
-            engine.run(Transaction("r", (Step("inert", {}),), "/b"))
+        busy = engine.run(Transaction("r", (Step("inert", {}),), "/b"))
+        assert busy.status is Status.ERRORED and busy.error is not None
+        assert busy.error.type == TargetLockTimeout.__name__
         result = Engine([Inert()], target_lock=locks).run(Transaction("r", (Step("inert", {}),), "/c"))
     assert result.status is Status.ROLLED_BACK  # another target is not blocked (its validate never holds)
 

@@ -395,13 +395,21 @@ class Engine:
         With a journal that has a ``lock()`` method the run holds its shared
         lock, so it never overlaps :meth:`recover`; a KensaError from taking
         that lock (recovery is in progress) is raised before anything runs.
-        The run also holds the target lock of its host (see :class:`TargetLock`);
-        a KensaError from taking it (another process kept the host busy past
-        the lock's timeout) is raised the same way, before anything runs.
+        The run also holds the target lock of its host (see :class:`TargetLock`).
+        When that cannot be taken (another process kept the host busy past the
+        lock's timeout) the result is ``errored`` in preflight, journaled and
+        audited, with nothing run: a batch goes on with its other transactions.
         """
         txn = self._canonical(txn)
-        with self._shared_run_lock(), self._hold_host(txn.host):
-            return self._run(txn)
+        with self._shared_run_lock(), self._lock_for(txn.host):
+            held = contextlib.ExitStack()
+            start = _perf()
+            try:
+                held.enter_context(self._hold_target(txn.host))
+            except KensaError as exc:
+                return self._target_busy(txn, exc, _perf() - start)
+            with held:
+                return self._run(txn)
 
     def run_many(self, txns: Iterable[Transaction], workers: Optional[int] = None) -> List[TransactionResult]:
         """Run transactions, different hosts in parallel; results in input order.
@@ -511,15 +519,27 @@ class Engine:
     @contextlib.contextmanager
     def _hold_host(self, key: str) -> Iterator[None]:
         """Be the one writer of target ``key``: this process's lock, then the cross-process one."""
-        with self._lock_for(key):
-            identity = None
-            if not isinstance(self.target_lock, _NoTargetLock):
-                try:
-                    identity = getattr(self.hosts(key), "identity", None)
-                except Exception:
-                    pass  # locked under its key; preflight resolves it again and reports why it failed
-            with self.target_lock.hold(key, identity):
-                yield
+        with self._lock_for(key), self._hold_target(key):
+            yield
+
+    def _hold_target(self, key: str) -> ContextManager[None]:
+        identity = None
+        if not isinstance(self.target_lock, _NoTargetLock):
+            try:
+                identity = getattr(self.hosts(key), "identity", None)
+            except Exception:
+                pass  # locked under its key; preflight resolves it again and reports why it failed
+        return self.target_lock.hold(key, identity)
+
+    def _target_busy(self, txn: Transaction, exc: KensaError, waited: float) -> TransactionResult:
+        try:
+            rec = self.audit.transaction(txn.id, txn.rule, txn.host)
+        except Exception as audit_exc:
+            self._audit_failed(audit_exc)
+            rec = _NOOP_RECORDER
+        self._boundary(rec, txn, Phase.STARTED, True)
+        timings = {Phase.PREFLIGHT: waited}
+        return self._conclude(rec, self._errored(txn, timings, type(exc).__name__, str(exc), Phase.PREFLIGHT))
 
     def _after_fork_in_child(self) -> None:
         # Runs single-threaded in the child: any of these may have been held by a

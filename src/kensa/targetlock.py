@@ -18,7 +18,8 @@ waits on it would let two processes hold "the" lock at once.
 Waiting is bounded. A process that cannot take the lock within ``timeout``
 seconds (default :data:`DEFAULT_TIMEOUT`) gets :class:`TargetLockTimeout`,
 naming the target, the lock file and the pids holding it; nothing has been
-changed then. ``timeout=None`` waits as long as it takes.
+changed then (the engine turns it into an ``errored`` result of that run; a
+rollback or recovery raises it). ``timeout=None`` waits as long as it takes.
 
 A forked child never inherits a held lock: descriptors held at fork time are
 closed in the child (its runs take the lock afresh, and wait for the parent's).
