@@ -50,7 +50,6 @@ import contextlib
 import os
 import threading
 import time
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import (
@@ -71,6 +70,7 @@ from typing import (
     runtime_checkable,
 )
 
+from .afterfork import reset_in_child
 from .events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscription
 from .model import (
     KensaError,
@@ -371,7 +371,7 @@ class Engine:
         self._run_lock_users = 0
         self._run_lock_held: Optional[contextlib.ExitStack] = None
         self._run_lock_pid = 0
-        _LIVE_ENGINES.add(self)
+        reset_in_child(self)
 
     @property
     def audit_errors(self) -> int:
@@ -531,12 +531,15 @@ class Engine:
                 pass  # locked under its key; preflight resolves it again and reports why it failed
         return self.target_lock.hold(key, identity)
 
-    def _target_busy(self, txn: Transaction, exc: KensaError, waited: float) -> TransactionResult:
+    def _recorder(self, txn: Transaction) -> PhaseRecorder:
         try:
-            rec = self.audit.transaction(txn.id, txn.rule, txn.host)
-        except Exception as audit_exc:
-            self._audit_failed(audit_exc)
-            rec = _NOOP_RECORDER
+            return self.audit.transaction(txn.id, txn.rule, txn.host)
+        except Exception as exc:
+            self._audit_failed(exc)
+            return _NOOP_RECORDER
+
+    def _target_busy(self, txn: Transaction, exc: KensaError, waited: float) -> TransactionResult:
+        rec = self._recorder(txn)
         self._boundary(rec, txn, Phase.STARTED, True)
         timings = {Phase.PREFLIGHT: waited}
         return self._conclude(rec, self._errored(txn, timings, type(exc).__name__, str(exc), Phase.PREFLIGHT))
@@ -550,11 +553,7 @@ class Engine:
         self._run_lock_guard = threading.Lock()
 
     def _run(self, txn: Transaction) -> TransactionResult:
-        try:
-            rec = self.audit.transaction(txn.id, txn.rule, txn.host)
-        except Exception as exc:
-            self._audit_failed(exc)
-            rec = _NOOP_RECORDER
+        rec = self._recorder(txn)
         self._boundary(rec, txn, Phase.STARTED, True)
         timings: Dict[Phase, float] = {}
         try:
@@ -809,17 +808,6 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine(registry={self.registry!r}, audit={self.audit!r}, journal={self.journal!r})"
-
-
-_LIVE_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
-
-
-def _reset_engines_in_child() -> None:
-    for engine in list(_LIVE_ENGINES):
-        engine._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_engines_in_child)
 
 
 def default_engine(

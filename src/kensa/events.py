@@ -16,13 +16,12 @@ exist in the child, is started again with the child's first event.
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Deque, Optional, Tuple, Union
 
+from .afterfork import reset_in_child
 from .model import Phase, Status, TransactionResult
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "Event", "EventBus", "PhaseEvent", "Subscription", "TerminalEvent"]
@@ -78,7 +77,7 @@ class Subscription:
         self._last_error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
         self._start_delivery()
-        _LIVE_SUBSCRIPTIONS.add(self)
+        reset_in_child(self)
 
     def _start_delivery(self) -> None:
         name = getattr(self._callback, "__qualname__", type(self._callback).__name__)
@@ -184,7 +183,7 @@ class EventBus:
         self._lock = threading.Lock()
         # Replaced, never mutated, so publish can iterate without the lock.
         self._subs: Tuple[Subscription, ...] = ()
-        _LIVE_BUSES.add(self)
+        reset_in_child(self)
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -225,17 +224,3 @@ class EventBus:
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
             self._subs = tuple(s for s in self._subs if s is not sub)
-
-
-_LIVE_SUBSCRIPTIONS: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
-_LIVE_BUSES: "weakref.WeakSet[EventBus]" = weakref.WeakSet()
-
-
-def _reset_in_child() -> None:
-    for bus in list(_LIVE_BUSES):
-        bus._after_fork_in_child()
-    for sub in list(_LIVE_SUBSCRIPTIONS):
-        sub._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_in_child)

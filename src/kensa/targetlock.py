@@ -34,10 +34,10 @@ import hashlib
 import os
 import stat
 import time
-import weakref
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Set, Tuple, Union
 
+from .afterfork import reset_in_child
 from .model import KensaError
 
 __all__ = ["DEFAULT_TIMEOUT", "TargetLockError", "TargetLockTimeout", "TargetLocks", "target_lock_directory"]
@@ -94,17 +94,6 @@ def _identity_bytes(key: str, identity: Any) -> bytes:
     return b"identity:" + text.encode("utf-8", "surrogateescape")
 
 
-_LIVE: "weakref.WeakSet[TargetLocks]" = weakref.WeakSet()
-
-
-def _close_inherited_in_child() -> None:
-    for locks in list(_LIVE):
-        locks._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_close_inherited_in_child)
-
-
 class TargetLocks:
     """Exclusive cross-process locks of targets, in ``directory``; see the module docstring.
 
@@ -120,7 +109,7 @@ class TargetLocks:
         self._timeout = timeout
         # Descriptors of the locks this process holds now (set add/discard are atomic).
         self._held: Set[int] = set()
-        _LIVE.add(self)
+        reset_in_child(self)
 
     @property
     def directory(self) -> Path:
