@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -296,3 +297,35 @@ def test_default_engine_keeps_target_locks_private_next_to_the_journal(tmp_path:
     directory = tmp_path / "journal.db.targets"
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert target_lock_directory(tmp_path / "link.db") == directory
+
+
+def test_a_child_forked_inside_a_hold_neither_keeps_nor_double_closes_the_lock(tmp_path: Path) -> None:
+    """Forked inside ``hold``: the child does not keep the parent's lock, and when the child
+    leaves that ``with`` it closes nothing (not a lock it took since, which may reuse the
+    descriptor's number); the parent's release frees the target for other processes."""
+    locks = TargetLocks(tmp_path / "locks", timeout=0)
+    inner = contextlib.ExitStack()
+    child = False
+    with locks.hold("/srv/r"):
+        pid = os.fork()
+        child = pid == 0
+        if child:
+            try:
+                inner.enter_context(locks.hold("/srv/other"))
+            except BaseException:
+                os._exit(2)
+    if child:
+        code = 3
+        try:
+            with TargetLocks(tmp_path / "locks", timeout=0).hold("/srv/other"):
+                code = 4  # the outer with released the child's own later lock
+        except TargetLockTimeout:
+            code = 0
+        except BaseException:
+            code = 5
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with TargetLocks(tmp_path / "locks", timeout=0).hold("/srv/r"):
+        pass  # free at once: neither the parent nor the exited child holds it

@@ -35,7 +35,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .afterfork import reset_in_child
 from .model import KensaError
@@ -107,8 +107,10 @@ class TargetLocks:
             raise ValueError(f"target lock timeout must be a non-negative number of seconds or None, got {timeout!r}")
         self._directory = Path(os.fspath(directory))
         self._timeout = timeout
-        # Descriptors of the locks this process holds now (set add/discard are atomic).
-        self._held: Set[int] = set()
+        # Descriptors of the locks held now, per hold (dict set/pop are atomic). A
+        # child drops them all; a hold that was open in the forking thread then finds
+        # its entry gone and closes nothing (the number may name another file by then).
+        self._held: Dict[object, int] = {}
         reset_in_child(self)
 
     @property
@@ -135,12 +137,14 @@ class TargetLocks:
         except BaseException:
             os.close(fd)
             raise
-        self._held.add(fd)
+        token = object()
+        self._held[token] = fd
         try:
             yield
         finally:
-            self._held.discard(fd)
-            os.close(fd)  # closing the only descriptor releases the flock
+            mine = self._held.pop(token, None)
+            if mine is not None:
+                os.close(mine)  # closing the only descriptor releases the flock
 
     def _open(self, key: str, path: Path) -> int:
         try:
@@ -217,8 +221,8 @@ class TargetLocks:
     def _after_fork_in_child(self) -> None:
         # The child shares the parent's open lock descriptions: keeping them would
         # hold the parent's locks until the child exits, and block the child itself.
-        held: Tuple[int, ...] = tuple(self._held)
-        self._held = set()
+        held: Tuple[int, ...] = tuple(self._held.values())
+        self._held = {}
         for fd in held:
             with contextlib.suppress(OSError):
                 os.close(fd)
