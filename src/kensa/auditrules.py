@@ -12,6 +12,18 @@ only when it is exactly one rule, built from an allow-list of options per kind:
 
 Each option takes exactly one argument (as auditctl's getopt reads them), so the
 line is read as option/argument pairs and anything else is refused by name.
+
+Some well-formed rules silence audit itself, kensa's own records included
+(:func:`silencing_reason`): a rule on the ``exclude`` list, or ``never`` on
+the ``user`` list, that can match the AUDIT_USER (1005) records kensa writes
+(``-a exclude,always -F msgtype=USER`` drops every one); ``never`` on the
+``task`` list (no syscall auditing for any new task); and ``never`` on the
+``exit`` list for every syscall (no ``-S``, or ``-S all``, and no field but
+``arch``/``key``). Whether an exclude or user rule can match 1005 is decided
+by its ``msgtype`` fields (all must hold, as the kernel ANDs them); a rule
+with none can. The handler refuses these unless the step sets
+``allow_silencing: true``. ``-e 0`` (audit off) is a control line and is
+refused always.
 This module imports nothing from kensa but the model, so the rule loader can
 validate rule text without importing the handlers.
 """
@@ -19,7 +31,8 @@ validate rule text without importing the handlers.
 from __future__ import annotations
 
 import shlex
-from typing import List, Tuple
+import operator
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .model import KensaError
 
@@ -75,3 +88,80 @@ def rule_options(line: str) -> List[Tuple[str, str]]:
     if kind != "-w" and (target.count(",") != 1 or "" in target.split(",")):
         raise AuditRuleError(f"audit rule {line!r}: {target!r} is not LIST,ACTION such as 'always,exit'")
     return pairs
+
+
+#: The record type kensa's emitter writes by default (AUDIT_USER).
+KENSA_RECORD_TYPE = 1005
+
+# auditctl's -F comparison operators, longest first so "<=" is not read as "<".
+_OPERATORS: Sequence[Tuple[str, Callable[[int, int], bool]]] = (
+    ("!=", operator.ne),
+    ("<=", operator.le),
+    (">=", operator.ge),
+    ("&=", lambda value, mask: value & mask == mask),
+    ("=", operator.eq),
+    ("<", operator.lt),
+    (">", operator.gt),
+    ("&", lambda value, mask: bool(value & mask)),
+)
+# Only a name auditctl maps to 1005 needs its number: any other name is another type.
+_TYPE_NAMES: Dict[str, int] = {"USER": KENSA_RECORD_TYPE}
+
+
+def _field(arg: str) -> Tuple[str, str, str]:
+    for symbol, _ in _OPERATORS:
+        name, sep, value = arg.partition(symbol)
+        if sep and name and not any(c in name for c in "!<>&="):
+            return name, symbol, value
+    return arg, "", ""
+
+
+def _msgtype_admits(symbol: str, value: str, msg_type: int) -> bool:
+    """Whether ``msgtype<symbol><value>`` holds for ``msg_type``; True when kensa cannot tell."""
+    compare = dict(_OPERATORS)[symbol]
+    text = value.strip()
+    if text.isdigit():
+        number = int(text)
+    elif text.lower().startswith("0x"):
+        try:
+            number = int(text, 16)
+        except ValueError:
+            return True
+    elif symbol in ("=", "!="):
+        number = _TYPE_NAMES.get(text.upper(), -1)  # another name is another type
+    else:
+        return True  # an ordering or mask against a name kensa does not map: assume it covers
+    return compare(msg_type, number)
+
+
+def silencing_reason(line: str) -> Optional[str]:
+    """Why the rule ``line`` would silence audit itself, or None; see the module docstring.
+
+    ``line`` must be a rule :func:`rule_options` accepts (it raises AuditRuleError otherwise).
+    """
+    pairs = rule_options(line)
+    if pairs[0][0] == "-w":
+        return None
+    first, second = pairs[0][1].split(",")
+    actions = {"always", "never"}
+    action, filter_list = (first, second) if first in actions else (second, first)
+    fields = [_field(arg) for option, arg in pairs[1:] if option == "-F"]
+    syscalls = [arg for option, arg in pairs[1:] if option == "-S"]
+    if filter_list == "exclude" or (filter_list == "user" and action == "never"):
+        msgtypes = [(symbol, value) for name, symbol, value in fields if name == "msgtype" and symbol]
+        if all(_msgtype_admits(symbol, value, KENSA_RECORD_TYPE) for symbol, value in msgtypes):
+            which = "exclude list" if filter_list == "exclude" else "user list with action never"
+            return (
+                f"a rule on the {which} that can match msgtype {KENSA_RECORD_TYPE} (AUDIT_USER) drops those "
+                "records, kensa's own audit trail included"
+            )
+    if filter_list == "task" and action == "never":
+        return "'never' on the task list turns off syscall auditing for every task it matches"
+    if filter_list == "exit" and action == "never":
+        every_call = not syscalls or any(name == "all" for arg in syscalls for name in arg.split(","))
+        narrowed = any(name not in ("arch", "key") for name, _, _ in fields) or any(
+            option == "-C" for option, _ in pairs[1:]
+        )
+        if every_call and not narrowed:
+            return "'never' on the exit list for every syscall turns off syscall auditing"
+    return None

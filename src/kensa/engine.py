@@ -70,6 +70,7 @@ from typing import (
     runtime_checkable,
 )
 
+from .afterfork import reset_in_child
 from .events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscription
 from .model import (
     Assessment,
@@ -98,6 +99,7 @@ __all__ = [
     "RollbackFailedError",
     "RollbackRefusedError",
     "StepFailedError",
+    "TargetLock",
     "UnknownMechanismError",
     "ValidationFailedError",
     "WiringError",
@@ -170,6 +172,18 @@ class Journal(Protocol):
     def begin(self, txn: Transaction, pre_states: Sequence[Optional[PreState]]) -> None: ...
 
     def finish(self, result: TransactionResult) -> None: ...
+
+
+class TargetLock(Protocol):
+    """One writer per target across processes (:class:`kensa.targetlock.TargetLocks`).
+
+    ``hold(key, identity)`` is a context manager held around a whole
+    transaction, rollback by id or recovery of one entry on the target
+    ``key``; ``identity`` is the host object's ``identity`` attribute, or None.
+    It raises a KensaError when the lock cannot be taken; nothing has run then.
+    """
+
+    def hold(self, key: str, identity: Any = None) -> ContextManager[None]: ...
 
 
 class UnknownMechanismError(KensaError, LookupError):
@@ -293,6 +307,16 @@ class _NoopEmitter:
         return "NoopEmitter()"
 
 
+class _NoTargetLock:
+    """The engine's target lock unless one is injected: threads of one process only."""
+
+    def hold(self, key: str, identity: Any = None) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+    def __repr__(self) -> str:
+        return "NoTargetLock()"
+
+
 def _same_key(key: str) -> str:
     return key
 
@@ -327,9 +351,11 @@ class Engine:
     locked, journaled and audited (default: ``hosts.canonical_key`` when the
     resolver has one, as :func:`kensa.host.resolve_host` does, else keys are
     taken as they are). ``audit`` defaults to a no-op emitter,
-    ``journal`` to none, ``events`` to a fresh :class:`~kensa.events.EventBus`.
-    Safe to share between threads: runs on the same host key serialize, runs on
-    different hosts proceed in parallel.
+    ``journal`` to none, ``events`` to a fresh :class:`~kensa.events.EventBus`,
+    ``target_lock`` to none (only this process's threads are serialized; see
+    :class:`TargetLock`). Safe to share between threads: runs on the same host
+    key serialize, runs on different hosts proceed in parallel. Safe across
+    ``fork``: the child gets fresh locks (see :mod:`kensa.events` too).
     """
 
     def __init__(
@@ -340,6 +366,7 @@ class Engine:
         hosts: Optional[Callable[[str], Any]] = None,
         events: Optional[EventBus] = None,
         host_key: Optional[Callable[[str], str]] = None,
+        target_lock: Optional[TargetLock] = None,
     ) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         # Spellings of one target ("/srv/r", "/srv/r/", a symlink to it) must
@@ -353,6 +380,7 @@ class Engine:
         self.journal = journal
         self.hosts: Callable[[str], Any] = hosts if hosts is not None else _host_key
         self.events = events if events is not None else EventBus()
+        self.target_lock: TargetLock = target_lock if target_lock is not None else _NoTargetLock()
         # One lock per host key, kept for the engine's life (a few bytes per host).
         self._host_locks: Dict[str, threading.Lock] = {}
         self._host_locks_guard = threading.Lock()
@@ -364,6 +392,7 @@ class Engine:
         self._run_lock_users = 0
         self._run_lock_held: Optional[contextlib.ExitStack] = None
         self._run_lock_pid = 0
+        reset_in_child(self)
 
     @property
     def audit_errors(self) -> int:
@@ -387,10 +416,21 @@ class Engine:
         With a journal that has a ``lock()`` method the run holds its shared
         lock, so it never overlaps :meth:`recover`; a KensaError from taking
         that lock (recovery is in progress) is raised before anything runs.
+        The run also holds the target lock of its host (see :class:`TargetLock`).
+        When that cannot be taken (another process kept the host busy past the
+        lock's timeout) the result is ``errored`` in preflight, journaled and
+        audited, with nothing run: a batch goes on with its other transactions.
         """
         txn = self._canonical(txn)
         with self._shared_run_lock(), self._lock_for(txn.host):
-            return self._run(txn)
+            held = contextlib.ExitStack()
+            start = _perf()
+            try:
+                held.enter_context(self._hold_target(txn.host))
+            except KensaError as exc:
+                return self._target_busy(txn, exc, _perf() - start)
+            with held:
+                return self._run(txn)
 
     def run_many(self, txns: Iterable[Transaction], workers: Optional[int] = None) -> List[TransactionResult]:
         """Run transactions, different hosts in parallel; results in input order.
@@ -497,12 +537,44 @@ class Engine:
                 lock = self._host_locks.setdefault(key, threading.Lock())
         return lock
 
-    def _run(self, txn: Transaction) -> TransactionResult:
+    @contextlib.contextmanager
+    def _hold_host(self, key: str) -> Iterator[None]:
+        """Be the one writer of target ``key``: this process's lock, then the cross-process one."""
+        with self._lock_for(key), self._hold_target(key):
+            yield
+
+    def _hold_target(self, key: str) -> ContextManager[None]:
+        identity = None
+        if not isinstance(self.target_lock, _NoTargetLock):
+            try:
+                identity = getattr(self.hosts(key), "identity", None)
+            except Exception:
+                pass  # locked under its key; preflight resolves it again and reports why it failed
+        return self.target_lock.hold(key, identity)
+
+    def _recorder(self, txn: Transaction) -> PhaseRecorder:
         try:
-            rec = self.audit.transaction(txn.id, txn.rule, txn.host)
+            return self.audit.transaction(txn.id, txn.rule, txn.host)
         except Exception as exc:
             self._audit_failed(exc)
-            rec = _NOOP_RECORDER
+            return _NOOP_RECORDER
+
+    def _target_busy(self, txn: Transaction, exc: KensaError, waited: float) -> TransactionResult:
+        rec = self._recorder(txn)
+        self._boundary(rec, txn, Phase.STARTED, True)
+        timings = {Phase.PREFLIGHT: waited}
+        return self._conclude(rec, self._errored(txn, timings, type(exc).__name__, str(exc), Phase.PREFLIGHT))
+
+    def _after_fork_in_child(self) -> None:
+        # Runs single-threaded in the child: any of these may have been held by a
+        # parent thread at fork time, and that thread does not exist here.
+        self._host_locks = {}
+        self._host_locks_guard = threading.Lock()
+        self._audit_lock = threading.Lock()
+        self._run_lock_guard = threading.Lock()
+
+    def _run(self, txn: Transaction) -> TransactionResult:
+        rec = self._recorder(txn)
         self._boundary(rec, txn, Phase.STARTED, True)
         timings: Dict[Phase, float] = {}
         try:
@@ -764,6 +836,7 @@ def default_engine(
     *,
     audit: bool = True,
     events: Optional[EventBus] = None,
+    target_lock_timeout: Optional[float] = None,
 ) -> Engine:
     """The production engine: built-in handlers, local hosts, SQLite journal, kernel audit.
 
@@ -771,7 +844,12 @@ def default_engine(
     a target root (:func:`kensa.host.resolve_host`); spellings of one target are
     made one key (:func:`kensa.host.canonical_host_key`).
     ``journal_path``: default :func:`kensa.journal.default_journal_path`.
-    ``audit=False`` turns kernel audit records off. The parts are imported here,
+    ``audit=False`` turns kernel audit records off. Runs, rollbacks and
+    recovery hold a cross-process lock of their target
+    (:class:`kensa.targetlock.TargetLocks`, in ``<journal>.targets/``), waiting
+    at most ``target_lock_timeout`` seconds (None: the default,
+    :data:`kensa.targetlock.DEFAULT_TIMEOUT`; ``float("inf")`` waits forever)
+    for another process's transaction on it. The parts are imported here,
     so ``import kensa`` stays free of cffi and sqlite; a part that cannot be
     imported raises :class:`WiringError` (an ImportError) naming it.
     """
@@ -795,5 +873,15 @@ def default_engine(
             raise WiringError(f"default_engine needs kensa.audit.open_emitter: {exc}; reinstall kensa") from exc
         emitter = open_emitter()
 
-    journal = SqliteJournal(journal_path if journal_path is not None else default_journal_path())
-    return Engine(default_registry(), audit=emitter, journal=journal, hosts=resolve_host, events=events)
+    try:
+        from .targetlock import DEFAULT_TIMEOUT, TargetLocks, target_lock_directory
+    except ImportError as exc:
+        raise WiringError(f"default_engine needs kensa.targetlock.TargetLocks: {exc}; reinstall kensa") from exc
+
+    path = journal_path if journal_path is not None else default_journal_path()
+    journal = SqliteJournal(path)
+    timeout = DEFAULT_TIMEOUT if target_lock_timeout is None else target_lock_timeout
+    locks = TargetLocks(target_lock_directory(path), timeout=timeout)
+    return Engine(
+        default_registry(), audit=emitter, journal=journal, hosts=resolve_host, events=events, target_lock=locks
+    )

@@ -6,6 +6,11 @@ only appends to the queue. A full queue drops the event and counts the drop; an
 exception raised by the callback is counted and kept (``last_error``), never
 propagated. A callback that blocks forever only stalls its own queue, which then
 drops.
+
+Forking is safe: in the child every bus and subscription gets fresh locks (a
+parent thread may have held one at fork time), events queued before the fork
+are left to the parent, and a subscription's delivery thread, which does not
+exist in the child, is started again with the child's first event.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Deque, Optional, Tuple, Union
 
+from .afterfork import reset_in_child
 from .model import Phase, Status, TransactionResult
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "Event", "EventBus", "PhaseEvent", "Subscription", "TerminalEvent"]
@@ -69,9 +75,22 @@ class Subscription:
         self._errors = 0
         self._delivered = 0
         self._last_error: Optional[BaseException] = None
-        name = getattr(callback, "__qualname__", type(callback).__name__)
+        self._thread: Optional[threading.Thread] = None
+        self._start_delivery()
+        reset_in_child(self)
+
+    def _start_delivery(self) -> None:
+        name = getattr(self._callback, "__qualname__", type(self._callback).__name__)
         self._thread = threading.Thread(target=self._deliver, name=f"kensa-events-{name}", daemon=True)
         self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        # Runs single-threaded in the child: the lock may have been held by a parent
+        # thread, the queued events are the parent's to deliver, and the delivery
+        # thread is gone.
+        self._cond = threading.Condition(threading.Lock())
+        self._items.clear()
+        self._thread = None
 
     @property
     def dropped(self) -> int:
@@ -111,6 +130,8 @@ class Subscription:
                 self._dropped += 1
                 return
             self._items.append(event)
+            if self._thread is None:
+                self._start_delivery()
             self._cond.notify()
 
     def unsubscribe(self) -> None:
@@ -127,8 +148,11 @@ class Subscription:
         keeps its daemon thread; it never holds up the process's exit).
         """
         self.unsubscribe()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def _deliver(self) -> None:
         while True:
@@ -159,6 +183,10 @@ class EventBus:
         self._lock = threading.Lock()
         # Replaced, never mutated, so publish can iterate without the lock.
         self._subs: Tuple[Subscription, ...] = ()
+        reset_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def active(self) -> bool:

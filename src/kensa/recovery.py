@@ -401,7 +401,7 @@ def recover_interrupted(engine: Engine) -> List[TransactionResult]:
     results: List[TransactionResult] = []
     with _exclusive_lock(journal):
         for entry in reversed(list(journal.interrupted())):
-            with engine._lock_for(entry.txn.host):
+            with engine._hold_host(entry.txn.host):
                 results.append(_recover_one(engine, journal, entry))
     return results
 
@@ -534,7 +534,7 @@ def rollback_committed(engine: Engine, txn_id: str, *, force: bool = False) -> T
         entry = journal.get(txn_id)
         _refuse_unless_committed(entry, force)
         txn = entry.txn
-        with engine._lock_for(txn.host):
+        with engine._hold_host(txn.host):
             try:
                 host, handlers = _resolve(engine, entry)
             except Exception as exc:

@@ -658,7 +658,7 @@ _MECHANISM_SCHEMAS: Mapping[str, _Schema] = {
     "file_absent": _Schema({"path": _absolute_path}),
     "file_permissions": _Schema({"path": _absolute_path}, dict(_OWNERSHIP), ("owner", "group", "mode")),
     "sysctl_set": _Schema({"key": _sysctl_key, "value": _single_line}, {"persist_file": _absolute_path}),
-    "audit_rule_set": _Schema({"rule": _audit_rule}, {"persist_file": _absolute_path}),
+    "audit_rule_set": _Schema({"rule": _audit_rule}, {"persist_file": _absolute_path, "allow_silencing": _boolean}),
     "command_exec": _Schema({"run": _command}, {"unless": _command, "timeout": _timeout}),
 }
 

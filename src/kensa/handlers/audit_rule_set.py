@@ -6,6 +6,13 @@ Rules are ``-w`` watch or ``-a``/``-A`` syscall rule lines made only of the opti
 option on a line reaches auditctl and a control option could wipe, lock or arm
 the whole audit configuration.
 
+Rules that silence audit itself (an exclude rule that can match kensa's own
+AUDIT_USER records, ``never`` on the task list, ...; see
+:func:`kensa.auditrules.silencing_reason`) are refused before anything is
+captured or written, unless the step says it means it with
+``allow_silencing: true``. Checking whether such a rule is present is allowed:
+only writing it is refused.
+
 Comparing rules: ``auditctl -l`` prints a rule in its own canonical spelling
 (``-k x`` on a syscall rule becomes ``-F key=x``, several ``-S`` merge into one
 comma list, a watch's trailing slash and permission order change). Whether a rule
@@ -29,7 +36,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..auditrules import AuditRuleError, rule_options
+from ..auditrules import AuditRuleError, rule_options, silencing_reason
 from ..host import HostAccessError, LocalHost
 from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
 from .config_set import decode, encode
@@ -143,6 +150,20 @@ class AuditRuleSet:
         persist = require_path(self.name, params, "persist_file") if "persist_file" in params else DEFAULT_PERSIST_FILE
         return rules, persist
 
+    def _refuse_silencing(self, params: Mapping[str, Any], rules: Sequence[str]) -> None:
+        allow = params.get("allow_silencing", False)
+        if not isinstance(allow, bool):
+            raise ParamError(f"{self.name}: allow_silencing must be true or false, got {allow!r}")
+        if allow:
+            return
+        for line in rules:
+            reason = silencing_reason(line)
+            if reason is not None:
+                raise ParamError(
+                    f"{self.name}: rule {line!r} would silence audit: {reason}. Nothing was changed; "
+                    "if that is intended, set allow_silencing: true on the step"
+                )
+
     # -- the kernel side -------------------------------------------------------
 
     def _auditctl(self, host: LocalHost, args: Sequence[str]) -> Tuple[int, str]:
@@ -183,6 +204,7 @@ class AuditRuleSet:
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
         rules, persist = self._desired(params)
+        self._refuse_silencing(params, rules)
         state = capture_file(host, persist)
         lines_added = self._missing(rules, decode(state.get("content")).splitlines())
         kernel = self._kernel(host)
@@ -198,6 +220,7 @@ class AuditRuleSet:
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         rules, persist = self._desired(params)
+        self._refuse_silencing(params, rules)
         text = decode(host.read_bytes(persist))
         lines = self._missing(rules, text.splitlines())
         if lines:

@@ -1,21 +1,35 @@
 """command_exec: run a command on the live host. Not capturable: it cannot be undone.
 
 The command (``run``, as Kensa's rules spell it, or ``command``) is split with
-shlex and run without a shell, under a timeout. With an
-``unless`` command, the step counts as already compliant when ``unless`` exits 0;
-without one, validate reports False, so the engine always runs the command.
+shlex and run without a shell, under a timeout.
+
+Whether the step holds:
+
+- with an ``unless`` command, when ``unless`` exits 0: before apply the step
+  is then already compliant (the command is not run), after apply a
+  still-failing ``unless`` fails the transaction's validate phase;
+- without one, nothing on the host says whether the command's effect is there,
+  so the step holds only right after its own successful run: ``apply``
+  remembers the exit status of the command it ran (for that step's parameters,
+  on that thread), and the next ``validate`` of those parameters on that thread
+  reads it once. A validate with no run before it (the engine's compliance
+  check, ``kensa check``) is False, so the command always runs, and it never
+  runs twice in one transaction.
 """
 
 from __future__ import annotations
 
 import shlex
-from typing import Any, List, Mapping, Optional
+import threading
+from collections import OrderedDict
+from typing import Any, List, Mapping, Optional, Tuple
 
 from ..host import LocalHost
 from ..model import PreState, RollbackResult, StepResult
 from .params import ParamError, require_str
 
 DEFAULT_TIMEOUT = 300.0
+_MAX_PENDING = 1024
 
 
 class CommandExec:
@@ -23,6 +37,12 @@ class CommandExec:
 
     name = "command_exec"
     capturable = False
+
+    def __init__(self) -> None:
+        # Per thread: id(params) -> (host, params, exit status) of runs not yet validated.
+        # The engine applies and validates a step on one thread with the very same host
+        # and params objects; holding them keeps their ids from being reused.
+        self._runs = threading.local()
 
     def _argv(self, params: Mapping[str, Any], key: str) -> List[str]:
         text = require_str(self.name, params, key)
@@ -52,13 +72,31 @@ class CommandExec:
         self._command(params)  # bad params are refused here, before anything runs
         timeout = self._timeout(params)
         if params.get("unless") is None:
-            return False
+            return self._ran_ok(host, params)
         return host.run(self._argv(params, "unless"), timeout).returncode == 0
+
+    def _pending(self) -> "OrderedDict[int, Tuple[LocalHost, Mapping[str, Any], int]]":
+        runs: Optional[OrderedDict[int, Tuple[LocalHost, Mapping[str, Any], int]]] = getattr(self._runs, "pending", None)
+        if runs is None:
+            runs = self._runs.pending = OrderedDict()
+        return runs
+
+    def _ran_ok(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+        # Read once: a later validate of the same step must not inherit this run.
+        run = self._pending().pop(id(params), None)
+        return run is not None and run[0] is host and run[1] is params and run[2] == 0
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         self._live(host)
         argv = self._command(params)
+        pending = self._pending()
+        pending.pop(id(params), None)
         done = host.run(argv, self._timeout(params))
+        pending[id(params)] = (host, params, done.returncode)
+        while len(pending) > _MAX_PENDING:
+            # Runs whose transaction stopped before its validate phase; a run dropped
+            # here only makes its own validate fail, visibly.
+            pending.popitem(last=False)
         output = (done.stdout + done.stderr).strip()
         detail = f"exit status {done.returncode}" + (f": {output[-500:]}" if output else "")
         return StepResult(self.name, ok=done.returncode == 0, changed=True, detail=detail)

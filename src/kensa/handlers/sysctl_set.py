@@ -6,6 +6,12 @@ contain dots such as VLAN interface names, slashes). The persisted
 value is a ``key = value`` line in ``persist_file``, by default
 ``/etc/sysctl.d/99-kensa-<key>.conf`` inside the root. Values compare with their
 whitespace collapsed, as the kernel prints multi-field values tab-separated.
+
+In a sysctl file the last assignment of a key wins (sysctl(8) and
+systemd-sysctl apply lines in order), so the persisted value is read from the
+last line assigning the key, and apply rewrites that line (keeping how it
+spells the key: dots or slashes, systemd's ``-`` prefix), or appends one when
+the file has none. Earlier assignments are overridden at boot and left alone.
 """
 
 from __future__ import annotations
@@ -16,8 +22,19 @@ from typing import Any, List, Mapping, Optional, Tuple
 from ..host import LocalHost
 from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
 from ..sysctlkeys import SysctlKeyError, sysctl_path
-from .config_set import decode, encode, get_value, revert_key, set_value
-from .filestate import fidelity_notes, assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
+from .config_set import decode, encode
+from .filestate import (
+    Revert,
+    assess_file,
+    capture_file,
+    combine,
+    fidelity_notes,
+    post_state,
+    restore_file,
+    restore_planned,
+    restored,
+    rollback_result,
+)
 from .params import ParamError, require_path, require_str, scalar_text
 
 _COMMENTS = ("#", ";")
@@ -25,6 +42,69 @@ _COMMENTS = ("#", ";")
 
 def _normal(value: str) -> str:
     return " ".join(value.split())
+
+
+def _last_assignment(lines: List[str], key: str) -> Optional[Tuple[int, str, str]]:
+    """(index, key as spelt, value) of the last line assigning ``key``, or None."""
+    wanted = sysctl_path(key)
+    found = None
+    for index, line in enumerate(lines):
+        text = line.strip()
+        if not text or text.startswith(_COMMENTS) or "=" not in text:
+            continue
+        spelt, _, value = text.partition("=")
+        name = spelt.strip()
+        try:
+            # systemd-sysctl: a leading "-" only says "ignore a failure to set it".
+            same = sysctl_path(name[1:] if name.startswith("-") else name) == wanted
+        except SysctlKeyError:
+            continue  # not a key kensa reads; sysctl would complain about it, not us
+        if same:
+            found = (index, name, value.strip())
+    return found
+
+
+def _persisted_value(text: str, key: str) -> Optional[str]:
+    """The value ``key`` gets at boot from the sysctl file ``text`` (its last assignment), or None."""
+    last = _last_assignment(text.splitlines(), key)
+    return None if last is None else last[2]
+
+
+def _persist_value(text: str, key: str, value: str) -> str:
+    """``text`` with the last assignment of ``key`` set to ``value``, or one appended."""
+    lines = text.splitlines(keepends=True)
+    last = _last_assignment(lines, key)
+    if last is None:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines.append(f"{key} = {value}\n")
+    else:
+        index, spelt, _ = last
+        old = lines[index]
+        lines[index] = f"{spelt} = {value}" + old[len(old.rstrip("\r\n")):]
+    return "".join(lines)
+
+
+def _revert_persist(before: str, key: str, value: str) -> Revert:
+    """Undo only a :func:`_persist_value` made over ``before``: the key's last assignment goes
+    back to its old line (or goes, when there was none); None when it no longer holds ``value``."""
+    old_lines = before.splitlines(keepends=True)
+    old = _last_assignment(old_lines, key)
+    old_line = None if old is None else old_lines[old[0]].rstrip("\r\n")
+
+    def revert(now: bytes) -> Optional[bytes]:
+        lines = decode(now).splitlines(keepends=True)
+        last = _last_assignment(lines, key)
+        if last is None or _normal(last[2]) != value:
+            return None
+        index = last[0]
+        if old_line is None:
+            del lines[index]
+        else:
+            lines[index] = old_line + lines[index][len(lines[index].rstrip("\r\n")):]
+        return encode("".join(lines))
+
+    return revert
 
 
 @dataclass(frozen=True)
@@ -64,13 +144,13 @@ class SysctlSet:
 
     def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
         key, value, runtime, persist = self._desired(params)
-        persisted = get_value(decode(host.read_bytes(persist)), key, " = ", _COMMENTS)
+        persisted = _persisted_value(decode(host.read_bytes(persist)), key)
         return self._runtime(host, key, runtime) == value and persisted is not None and _normal(persisted) == value
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
         key, value, runtime, persist = self._desired(params)
         state = capture_file(host, persist)
-        state["post"] = post_state(state, encode(set_value(decode(state.get("content")), key, value, " = ", _COMMENTS)))
+        state["post"] = post_state(state, encode(_persist_value(decode(state.get("content")), key, value)))
         data = {"key": key, "runtime_path": runtime, "runtime": self._runtime(host, key, runtime), "persist": state,
                 "post_runtime": value}
         return PreState(self.name, params, data)
@@ -79,7 +159,7 @@ class SysctlSet:
         key, value, runtime, persist = self._desired(params)
         self._runtime(host, key, runtime)  # an unknown key is refused before anything is written
         old = host.read_bytes(persist)
-        new = encode(set_value(decode(old), key, value, " = ", _COMMENTS))
+        new = encode(_persist_value(decode(old), key, value))
         if new != old:
             host.write_file(persist, new)
         host.write_in_place(runtime, (value + "\n").encode())
@@ -88,7 +168,7 @@ class SysctlSet:
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         key, value, _, _ = self._desired(pre.params)
         persist = pre.data["persist"]
-        revert = revert_key(decode(persist.get("content")), key, value, " = ", _COMMENTS)
+        revert = _revert_persist(decode(persist.get("content")), key, value)
         plans: List[Any] = [assess_file(host, persist, persist.get("post"), revert)]
         before, written = str(pre.data["runtime"]), pre.data.get("post_runtime")
         now = self._runtime(host, key, str(pre.data["runtime_path"]))

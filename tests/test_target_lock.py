@@ -1,0 +1,332 @@
+"""One writer per target across processes: the cross-process target lock."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator, List, Mapping, Optional
+
+import pytest
+
+from kensa import Step, Transaction
+from kensa.engine import Engine, default_engine
+from kensa.host import LocalHost
+from kensa.model import KensaError, Phase, PreState, RollbackResult, Status, StepResult
+from kensa.targetlock import TargetLockError, TargetLocks, TargetLockTimeout, target_lock_directory
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+RULES_PER_PROCESS = 60
+
+
+def _write_rules(directory: Path, prefix: str, count: int) -> None:
+    directory.mkdir()
+    for index in range(count):
+        key = f"{prefix}Key{index}"
+        (directory / f"{prefix.lower()}-{index}.yml").write_text(
+            f"id: {prefix.lower()}-key-{index}\n"
+            f"title: set {key}\n"
+            "severity: low\n"
+            "category: system\n"
+            "implementations:\n"
+            "  - default: true\n"
+            "    remediation:\n"
+            "      mechanism: config_set\n"
+            "      path: /etc/app.conf\n"
+            f"      key: {key}\n"
+            f'      value: "{index}"\n'
+        )
+
+
+def _kensa(journal: Path, *args: str) -> "subprocess.Popen[str]":
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_two_processes_remediating_one_root_lose_no_key(tmp_path: Path) -> None:
+    """Two real `kensa remediate` processes with 60 rules each on one root: all 120 keys end in the file.
+
+    Without a cross-process lock each process reads the file, sets its key and
+    renames its copy over the other's, so committed keys vanish.
+    """
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "app.conf").write_text("# app\n")
+    journal = tmp_path / "journal.db"
+    _write_rules(tmp_path / "a", "A", RULES_PER_PROCESS)
+    _write_rules(tmp_path / "b", "B", RULES_PER_PROCESS)
+    procs = [
+        _kensa(journal, "remediate", str(tmp_path / name), "--root", str(root), "--json") for name in ("a", "b")
+    ]
+    outputs: List[str] = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("a kensa remediate process did not finish")
+        assert out, err
+        outputs.append(out)
+    statuses = Counter(item["status"] for out in outputs for item in json.loads(out)["results"])
+    assert statuses == {"committed": 2 * RULES_PER_PROCESS}
+    assert [proc.returncode for proc in procs] == [0, 0]
+    text = (root / "etc" / "app.conf").read_text()
+    missing = [
+        f"{prefix}Key{index}"
+        for prefix in ("A", "B")
+        for index in range(RULES_PER_PROCESS)
+        if f"{prefix}Key{index} {index}\n" not in text
+    ]
+    assert not missing, f"{len(missing)} committed keys are not in the file: {missing[:5]}"
+
+
+HOLDER = """
+import sys
+from kensa.targetlock import TargetLocks
+identity = sys.argv[3] if len(sys.argv) > 3 else None
+with TargetLocks(sys.argv[1]).hold(sys.argv[2], identity):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def _held_by_other_process(directory: Path, key: str, identity: Optional[str] = None) -> Iterator[int]:
+    """Hold the target lock of ``key`` in a real second process; yields its pid."""
+    args = [sys.executable, "-c", HOLDER, str(directory), key] + ([identity] if identity else [])
+    proc = subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=SRC)
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        yield proc.pid
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(30)
+
+
+def _conf_step(value: str) -> Step:
+    return Step("config_set", {"path": "/etc/app.conf", "key": "Setting", "value": value})
+
+
+def _engine(tmp_path: Path, timeout: float) -> Engine:
+    engine = default_engine(str(tmp_path / "journal.db"), audit=False, target_lock_timeout=timeout)
+    assert isinstance(engine.target_lock, TargetLocks)
+    return engine
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "app.conf").write_text("Setting old\n")
+    return root
+
+
+def test_run_waits_bounded_and_names_the_host_and_the_holder_pid(tmp_path: Path, root: Path) -> None:
+    """A run on a target another process holds ends errored (in preflight, journaled) after the
+    timeout, naming the host and the holder's pid, and changes nothing; the batch goes on."""
+    engine = _engine(tmp_path, timeout=0.2)
+    locks = engine.target_lock
+    assert isinstance(locks, TargetLocks)
+    other = tmp_path / "other"
+    (other / "etc").mkdir(parents=True)
+    txns = [Transaction("r", (_conf_step("new"),), str(root)), Transaction("o", (_conf_step("new"),), str(other))]
+    with _held_by_other_process(locks.directory, str(root), LocalHost(str(root)).identity) as pid:
+        busy, free = engine.run_many(txns)
+    assert busy.status is Status.ERRORED and busy.host_unchanged and busy.error is not None
+    assert busy.error.type == TargetLockTimeout.__name__ and busy.error.phase is Phase.PREFLIGHT
+    message = busy.error.message
+    assert f"pid {pid}" in message and repr(str(root)) in message and "nothing was changed" in message
+    assert (root / "etc" / "app.conf").read_text() == "Setting old\n"
+    assert free.status is Status.COMMITTED
+    assert engine.journal is not None
+    journaled = engine.journal.get(busy.txn_id).result
+    assert journaled is not None and (journaled.status, journaled.error) == (busy.status, busy.error)
+    assert engine.run(Transaction("r", (_conf_step("new"),), str(root))).status is Status.COMMITTED
+
+
+def test_target_lock_timeout_is_a_kensa_timeout_error(tmp_path: Path) -> None:
+    """TargetLocks.hold raises TargetLockTimeout (a KensaError and a TimeoutError) after its timeout."""
+    locks = TargetLocks(tmp_path / "locks", timeout=0)
+    with _held_by_other_process(locks.directory, "/srv/r") as pid:
+        with pytest.raises(TargetLockTimeout, match=f"pid {pid}") as caught:
+            with locks.hold("/srv/r"):
+                pass
+    assert isinstance(caught.value, KensaError) and isinstance(caught.value, TimeoutError)
+
+
+def test_rollback_by_id_takes_the_target_lock(tmp_path: Path, root: Path) -> None:
+    """`rollback TXN` while another process holds the target's lock is refused after the
+    timeout; the committed change stays."""
+    engine = _engine(tmp_path, timeout=0.2)
+    result = engine.run(Transaction("r", (_conf_step("new"),), str(root)))
+    assert result.status is Status.COMMITTED
+    assert isinstance(engine.target_lock, TargetLocks)
+    with _held_by_other_process(engine.target_lock.directory, str(root), LocalHost(str(root)).identity):
+        with pytest.raises(TargetLockTimeout):
+            engine.rollback(result.txn_id)
+    assert (root / "etc" / "app.conf").read_text() == "Setting new\n"
+
+
+class FailThenExitInRollback:
+    """Fails its apply; its rollback raises SystemExit (leaving the transaction interrupted) once."""
+
+    name = "fail_then_exit"
+    capturable = True
+
+    def __init__(self, exit_in_rollback: bool) -> None:
+        self.exit_in_rollback = exit_in_rollback
+
+    def capture(self, host: Any, params: Mapping[str, Any]) -> PreState:
+        return PreState(self.name, params, {})
+
+    def apply(self, host: Any, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+        return StepResult(self.name, ok=False, detail="fails on purpose")
+
+    def validate(self, host: Any, params: Mapping[str, Any]) -> bool:
+        return False
+
+    def rollback(self, host: Any, pre: PreState) -> RollbackResult:
+        if self.exit_in_rollback:
+            raise SystemExit(9)
+        return RollbackResult(self.name, ok=True)
+
+
+def test_recovery_takes_the_target_lock(tmp_path: Path, root: Path) -> None:
+    """Recovery of an interrupted transaction while another process holds the target's lock
+    is refused after the timeout and restores nothing; once free, recovery runs."""
+    engine = _engine(tmp_path, timeout=0.2)
+    engine.registry.register(FailThenExitInRollback(exit_in_rollback=True))
+    with pytest.raises(SystemExit):
+        engine.run(Transaction("r", (_conf_step("new"), Step("fail_then_exit", {})), str(root)))
+    assert (root / "etc" / "app.conf").read_text() == "Setting new\n"
+    fresh = _engine(tmp_path, timeout=0.2)
+    fresh.registry.register(FailThenExitInRollback(exit_in_rollback=False))
+    assert isinstance(fresh.target_lock, TargetLocks)
+    with _held_by_other_process(fresh.target_lock.directory, str(root), LocalHost(str(root)).identity):
+        with pytest.raises(TargetLockTimeout):
+            fresh.recover()
+    assert (root / "etc" / "app.conf").read_text() == "Setting new\n"
+    assert len(fresh.recover()) == 1
+
+
+class Inert:
+    """A capturable step that changes nothing and always holds after apply."""
+
+    name = "inert"
+    capturable = True
+
+    def capture(self, host: Any, params: Mapping[str, Any]) -> PreState:
+        return PreState(self.name, params, {})
+
+    def apply(self, host: Any, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+        return StepResult(self.name, ok=True)
+
+    def validate(self, host: Any, params: Mapping[str, Any]) -> bool:
+        return False
+
+    def rollback(self, host: Any, pre: PreState) -> RollbackResult:
+        return RollbackResult(self.name, ok=True)
+
+
+def test_the_lock_follows_the_host_objects_identity(tmp_path: Path) -> None:
+    """Two host keys whose host objects share one ``identity`` share one lock: a run on the
+    second key waits for the process holding the first's."""
+    locks = TargetLocks(tmp_path / "locks", timeout=0.2)
+    engine = Engine([Inert()], hosts=lambda key: SimpleNamespace(identity="same-tree"), target_lock=locks)
+    assert locks.path_for("/a", "same-tree") == locks.path_for("/b", "same-tree") != locks.path_for("/a")
+    with _held_by_other_process(locks.directory, "/a", "same-tree"):
+        busy = engine.run(Transaction("r", (Step("inert", {}),), "/b"))
+        assert busy.status is Status.ERRORED and busy.error is not None
+        assert busy.error.type == TargetLockTimeout.__name__
+        result = Engine([Inert()], target_lock=locks).run(Transaction("r", (Step("inert", {}),), "/c"))
+    assert result.status is Status.ROLLED_BACK  # another target is not blocked (its validate never holds)
+
+
+def test_a_symlink_planted_at_the_lock_path_is_not_followed(tmp_path: Path) -> None:
+    """A symlink at a target's lock path is refused with TargetLockError; its target is not created."""
+    locks = TargetLocks(tmp_path / "locks")
+    (tmp_path / "locks").mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    locks.path_for("/srv/r").symlink_to(victim)
+    with pytest.raises(TargetLockError, match="cannot open it"):
+        with locks.hold("/srv/r"):
+            pass
+    assert not victim.exists()
+
+
+def test_a_lock_directory_that_is_not_private_is_refused(tmp_path: Path) -> None:
+    """A lock directory others can write, or a symlink in its place, is refused naming it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(TargetLockError, match="mode 0700"):
+        with TargetLocks(shared).hold("/srv/r"):
+            pass
+    assert not list(shared.iterdir())
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(TargetLockError, match=str(tmp_path / "link")):
+        with TargetLocks(tmp_path / "link").hold("/srv/r"):
+            pass
+    assert not list(real.iterdir())
+
+
+def test_default_engine_keeps_target_locks_private_next_to_the_journal(tmp_path: Path, root: Path) -> None:
+    """default_engine's lock directory is ``<journal>.targets`` with mode 0700, and a
+    symlink to the journal shares it."""
+    (tmp_path / "link.db").symlink_to(tmp_path / "journal.db")
+    engine = _engine(tmp_path, timeout=1)
+    assert engine.run(Transaction("r", (_conf_step("new"),), str(root))).status is Status.COMMITTED
+    directory = tmp_path / "journal.db.targets"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert target_lock_directory(tmp_path / "link.db") == directory
+
+
+def test_a_child_forked_inside_a_hold_neither_keeps_nor_double_closes_the_lock(tmp_path: Path) -> None:
+    """Forked inside ``hold``: the child does not keep the parent's lock, and when the child
+    leaves that ``with`` it closes nothing (not a lock it took since, which may reuse the
+    descriptor's number); the parent's release frees the target for other processes."""
+    locks = TargetLocks(tmp_path / "locks", timeout=0)
+    inner = contextlib.ExitStack()
+    child = False
+    with locks.hold("/srv/r"):
+        pid = os.fork()
+        child = pid == 0
+        if child:
+            try:
+                inner.enter_context(locks.hold("/srv/other"))
+            except BaseException:
+                os._exit(2)
+    if child:
+        code = 3
+        try:
+            with TargetLocks(tmp_path / "locks", timeout=0).hold("/srv/other"):
+                code = 4  # the outer with released the child's own later lock
+        except TargetLockTimeout:
+            code = 0
+        except BaseException:
+            code = 5
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with TargetLocks(tmp_path / "locks", timeout=0).hold("/srv/r"):
+        pass  # free at once: neither the parent nor the exited child holds it
