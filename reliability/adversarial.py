@@ -143,29 +143,25 @@ def _in_namespace(script: str, timeout: float = 120) -> "subprocess.CompletedPro
 
 
 def magic_link_root(base: Path) -> Case:
-    live = Path("/etc/kensa-adversarial-probe.conf")
-    if live.exists():
-        return Case("--root /proc/PID/root of another mount namespace", "the namespace's file edited", "probe path exists on the live host", False)
-    rule = _rule(base / "r.yml", "probe", "config_set", "method: config_value\npath: /etc/kensa-adversarial-probe.conf\nkey: PermitRootLogin\nexpected: \"no\"",
-                 path="/etc/kensa-adversarial-probe.conf", key="PermitRootLogin", value="no")
-    live.write_bytes(SSHD)
+    # The directory exists on the live host too, holding a live file; inside the
+    # namespace a tmpfs over it holds that namespace's own file.
+    tree = _tree(base)
+    live = tree / "etc/ssh/sshd_config"
+    script = (f"mount -t tmpfs t {tree} && mkdir -p {tree}/etc/ssh && "
+              f"printf 'Port 22\\nPermitRootLogin yes\\n' > {live} && echo ready && sleep 120")
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-ec", script], stdout=subprocess.PIPE, text=True)
     try:
-        holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-ec",
-                                   f"mount -t tmpfs t /etc && printf 'Port 22\\nPermitRootLogin yes\\n' > {live} && echo ready && sleep 120"],
-                                  stdout=subprocess.PIPE, text=True)
-        try:
-            assert holder.stdout is not None
-            holder.stdout.readline()
-            done = _kensa("--journal", str(base / "j.db"), "--no-audit", "remediate", str(rule), "--root", f"/proc/{holder.pid}/root", "--json")
-            inside = Path(f"/proc/{holder.pid}/root{live}").read_bytes()
-        finally:
-            holder.kill()
-            holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.readline()
+        done = _kensa("--journal", str(base / "j.db"), "--no-audit", "remediate", str(_sshd_rule(base / "r.yml")),
+                      "--root", f"/proc/{holder.pid}/root{tree}", "--json")
+        inside = Path(f"/proc/{holder.pid}/root{live}").read_bytes()
     finally:
-        outside = live.read_bytes()
-        live.unlink()
+        holder.kill()
+        holder.wait()
+    outside = live.read_bytes()
     ok = outside == SSHD and b"PermitRootLogin no" in inside
-    return Case("--root /proc/PID/root of another mount namespace", "the namespace's file edited, the live host's untouched",
+    return Case("--root /proc/PID/root/DIR of another mount namespace", "the namespace's file edited, the live host's untouched",
                 f"exit {done.returncode}, live {'untouched' if outside == SSHD else 'CHANGED'}, namespace {'edited' if inside != SSHD else 'untouched'}", ok)
 
 
