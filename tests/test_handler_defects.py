@@ -161,13 +161,22 @@ SILENCING = [
     pytest.param("-a task,never", id="task-never"),
     pytest.param("-a never,user", id="never-user"),
     pytest.param("-a exit,never -F arch=b64", id="never-every-syscall"),
+    # A field that matches every task does not narrow a never rule, and an exclude
+    # rule that spares kensa's records still drops what an auditor expects.
+    pytest.param("-a never,exit -F auid>=0", id="never-exit-always-true-field"),
+    pytest.param("-A never,exit -F auid!=12345", id="never-exit-prepended"),
+    pytest.param("-a never,exit -S all -F pid>0", id="never-all-pid"),
+    pytest.param("-a always,exclude -F msgtype>=1100", id="exclude-range-above-1005"),
+    pytest.param("-a always,exclude -F msgtype=CRYPTO_KEY_USER", id="exclude-another-type"),
+    pytest.param("-a never,exit -F arch=b64 -S adjtimex -F auid=unset", id="never-one-syscall"),
+    pytest.param("-a never,user -F msgtype!=USER", id="never-user-but-not-USER"),
+    pytest.param("-a never,filesystem -F fstype=ext4", id="never-filesystem"),
 ]
 
 KEEPS_AUDIT = [
-    pytest.param("-a always,exclude -F msgtype=CRYPTO_KEY_USER", id="exclude-another-type"),
-    pytest.param("-a exclude,always -F msgtype>=1100", id="exclude-range-above-1005"),
-    pytest.param("-a never,exit -F arch=b64 -S adjtimex -F auid=unset", id="never-one-syscall"),
-    pytest.param("-a never,user -F msgtype!=USER", id="never-user-but-not-USER"),
+    pytest.param("-a always,exit -F arch=b64 -S adjtimex -S settimeofday -k time-change", id="always-exit"),
+    pytest.param("-w /etc/sudoers -p wa -k scope", id="watch"),
+    pytest.param("-a always,exit -F arch=b64 -S execve -F auid>=1000 -F auid!=unset -k exec", id="always-exit-fields"),
 ]
 
 RULES_FILE = "etc/audit/rules.d/99-kensa.rules"
@@ -211,7 +220,7 @@ def test_a_silencing_rule_with_allow_silencing_is_applied(image_root: Path, line
 
 @pytest.mark.parametrize("line", KEEPS_AUDIT)
 def test_exclusions_that_keep_kensas_records_are_accepted(image_root: Path, line: str) -> None:
-    """Noise filters that cannot match AUDIT_USER (1005), or one syscall, are not silencing."""
+    """Rules that add auditing (always on the exit list, watches) are not silencing."""
     assert silencing_reason(line) is None
     assert _audit_run(image_root, {"rule": line}).status is Status.COMMITTED
 

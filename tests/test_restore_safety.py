@@ -406,3 +406,120 @@ def test_recovery_removes_the_temporary_file_a_killed_write_left(root: Path, tmp
     assert (result.status, result.host_unchanged) == (Status.RECOVERED, True)
     assert sorted(p.name for p in (root / "etc/ssh").iterdir()) == ["sshd_config"]
     assert (root / SSHD).read_bytes() == ORIGINAL
+
+
+# --- several steps on one file --------------------------------------------------------
+
+X11 = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "X11Forwarding", "value": "no"})
+
+
+def test_two_steps_on_one_file_roll_back_to_the_exact_original(root: Path, tmp_path: Path) -> None:
+    """Two config_set steps on one file: an untouched rollback gives back the original bytes, host_unchanged, nothing reported as kept."""
+    before = snapshot(root)
+    with engine_on(tmp_path / "j.db") as engine:
+        done = run(engine, root, PERMIT, X11)
+        assert (root / SSHD).read_bytes() == b"Port 22\nPermitRootLogin no\nX11Forwarding no\n"
+        result = engine.rollback(done.txn_id)
+    assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, True), result
+    assert not any(rb.kept for rb in result.rollbacks)
+    assert snapshot(root) == before
+
+
+def test_two_steps_on_one_file_keep_an_operators_later_line(root: Path, tmp_path: Path) -> None:
+    """Two steps on one file, then an operator's line: both of kensa's keys revert, the operator's line stays."""
+    with engine_on(tmp_path / "j.db") as engine:
+        done = run(engine, root, PERMIT, X11)
+        (root / SSHD).write_bytes((root / SSHD).read_bytes() + b"Banner /etc/issue\n")
+        result = engine.rollback(done.txn_id)
+    assert result.status is Status.ROLLED_BACK and not result.host_unchanged
+    assert (root / SSHD).read_bytes() == ORIGINAL + b"Banner /etc/issue\n"
+
+
+@pytest.mark.parametrize("journal_cls", [DiesBeforeFinish, DiesAfterBegin])
+def test_recovery_of_two_steps_on_one_file(root: Path, tmp_path: Path, journal_cls: type) -> None:
+    """Interrupted with both steps applied, or before any: recovery ends with the original file and calls it recovered."""
+    before = snapshot(root)
+    interrupt(journal_cls, tmp_path / "j.db", root, PERMIT, X11)
+    with engine_on(tmp_path / "j.db") as engine:
+        (result,) = engine.recover()
+    assert (result.status, result.host_unchanged) == (Status.RECOVERED, True), result
+    assert snapshot(root) == before
+
+
+def test_recovery_of_two_steps_on_one_file_killed_between_them(root: Path, tmp_path: Path) -> None:
+    """Interrupted after the first of two steps on one file: the second is at its pre-state, the first is restored."""
+    before = snapshot(root)
+    registry = default_registry()
+    inner = registry["config_set"]
+
+    class DiesOnSecond:
+        name, capturable = inner.name, inner.capturable
+        capture, validate, rollback, assess, restore, planned, settled = (
+            inner.capture, inner.validate, inner.rollback, inner.assess, inner.restore, inner.planned, inner.settled)  # type: ignore[attr-defined]
+        calls = 0
+
+        def apply(self, host: Any, params: Any, pre: Any) -> Any:
+            DiesOnSecond.calls += 1
+            if DiesOnSecond.calls == 2:
+                raise Crash
+            return inner.apply(host, params, pre)
+
+    registry["config_set"] = DiesOnSecond()  # type: ignore[assignment]
+
+    class NoUndo(SqliteJournal):
+        def finish(self, result: TransactionResult) -> None:
+            raise Crash
+
+    class NoRollback(DiesOnSecond):
+        def rollback(self, host: Any, pre: Any) -> Any:
+            raise Crash  # the process is dead: nothing is rolled back
+
+    registry["config_set"] = NoRollback()  # type: ignore[assignment]
+    with NoUndo(tmp_path / "j.db") as journal:
+        with pytest.raises(Crash):
+            Engine(registry, journal=journal, hosts=resolve_host).run(Transaction("r", (PERMIT, X11), host=str(root)))
+    assert (root / SSHD).read_bytes() == b"Port 22\nPermitRootLogin no\n"
+    with engine_on(tmp_path / "j.db") as engine:
+        (result,) = engine.recover()
+    assert (result.status, result.host_unchanged) == (Status.RECOVERED, True), result
+    assert snapshot(root) == before
+
+
+def test_config_append_of_a_line_already_there_never_removes_it(root: Path, tmp_path: Path) -> None:
+    """A config_append whose line was already in the file wrote nothing: a later edit plus rollback leaves the original line."""
+    (root / "etc/motd").write_bytes(b"Authorized use only\n")
+    step = Step("config_append", {"path": "/etc/motd", "line": "Authorized use only"})
+    with engine_on(tmp_path / "j.db") as engine:
+        done = run(engine, root, step, PERMIT)
+        (root / "etc/motd").write_bytes(b"Authorized use only\nContact: ops\n")
+        result = engine.rollback(done.txn_id)
+    assert result.status is Status.ROLLED_BACK
+    assert (root / "etc/motd").read_bytes() == b"Authorized use only\nContact: ops\n"
+    assert (root / SSHD).read_bytes() == ORIGINAL
+
+
+def test_partial_revert_of_a_chown_puts_back_the_capabilities_it_cleared(root: Path, tmp_path: Path) -> None:
+    """file_permissions chowned a binary with file capabilities (the kernel drops them), then an operator changed its mode: rollback restores owner and capabilities, keeps the mode."""
+    import shutil
+    import subprocess
+
+    from conftest import require_audit, require_root
+
+    require_root("it sets file capabilities")
+    if shutil.which("setcap") is None:
+        require_audit("setcap is not installed (libcap2-bin)")
+    ping = root / "usr/bin/ping"
+    ping.parent.mkdir(parents=True)
+    ping.write_bytes(b"\x7fELF not really\n")
+    ping.chmod(0o755)
+    subprocess.run(["setcap", "cap_net_raw+ep", str(ping)], check=True)
+    capability = os.getxattr(ping, "security.capability")
+    step = Step("file_permissions", {"path": "/usr/bin/ping", "owner": 65534})
+    with engine_on(tmp_path / "j.db") as engine:
+        done = run(engine, root, step)
+        assert "security.capability" not in os.listxattr(ping)
+        ping.chmod(0o750)
+        result = engine.rollback(done.txn_id)
+    assert result.status is Status.ROLLED_BACK and not result.host_unchanged
+    assert ping.stat().st_uid == 0 and ping.stat().st_mode & 0o777 == 0o750
+    assert os.getxattr(ping, "security.capability") == capability

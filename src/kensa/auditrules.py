@@ -13,15 +13,13 @@ only when it is exactly one rule, built from an allow-list of options per kind:
 Each option takes exactly one argument (as auditctl's getopt reads them), so the
 line is read as option/argument pairs and anything else is refused by name.
 
-Some well-formed rules silence audit itself, kensa's own records included
-(:func:`silencing_reason`): a rule on the ``exclude`` list, or ``never`` on
-the ``user`` list, that can match the AUDIT_USER (1005) records kensa writes
-(``-a exclude,always -F msgtype=USER`` drops every one); ``never`` on the
-``task`` list (no syscall auditing for any new task); and ``never`` on the
-``exit`` list for every syscall (no ``-S``, or ``-S all``, and no field but
-``arch``/``key``). Whether an exclude or user rule can match 1005 is decided
-by its ``msgtype`` fields (all must hold, as the kernel ANDs them); a rule
-with none can. The handler refuses these unless the step sets
+Some well-formed rules silence audit (:func:`silencing_reason`): every rule on
+the ``exclude`` list (``-a exclude,always -F msgtype=USER`` drops every record
+kensa writes; one that spares kensa's type still drops logins, AVCs or syscall
+records an auditor expects), and every rule whose action is ``never``, on any
+list. A field does not make a ``never`` rule narrow: ``-F auid>=0`` or
+``-F pid>0`` match every task, and kensa cannot tell such a field from one that
+narrows. The handler refuses these unless the step sets
 ``allow_silencing: true``. ``-e 0`` (audit off) is a control line and is
 refused always.
 This module imports nothing from kensa but the model, so the rule loader can
@@ -146,22 +144,23 @@ def silencing_reason(line: str) -> Optional[str]:
     actions = {"always", "never"}
     action, filter_list = (first, second) if first in actions else (second, first)
     fields = [_field(arg) for option, arg in pairs[1:] if option == "-F"]
-    syscalls = [arg for option, arg in pairs[1:] if option == "-S"]
-    if filter_list == "exclude" or (filter_list == "user" and action == "never"):
+    if filter_list == "exclude":
+        # Whether it spares kensa's own records or not, an exclude rule drops records
+        # an auditor expects (logins, AVCs, syscalls): always an explicit decision.
         msgtypes = [(symbol, value) for name, symbol, value in fields if name == "msgtype" and symbol]
         if all(_msgtype_admits(symbol, value, KENSA_RECORD_TYPE) for symbol, value in msgtypes):
-            which = "exclude list" if filter_list == "exclude" else "user list with action never"
             return (
-                f"a rule on the {which} that can match msgtype {KENSA_RECORD_TYPE} (AUDIT_USER) drops those "
+                f"a rule on the exclude list that can match msgtype {KENSA_RECORD_TYPE} (AUDIT_USER) drops those "
                 "records, kensa's own audit trail included"
             )
-    if filter_list == "task" and action == "never":
-        return "'never' on the task list turns off syscall auditing for every task it matches"
-    if filter_list == "exit" and action == "never":
-        every_call = not syscalls or any(name == "all" for arg in syscalls for name in arg.split(","))
-        narrowed = any(name not in ("arch", "key") for name, _, _ in fields) or any(
-            option == "-C" for option, _ in pairs[1:]
-        )
-        if every_call and not narrowed:
-            return "'never' on the exit list for every syscall turns off syscall auditing"
+        return "a rule on the exclude list drops every record type it matches from the audit trail"
+    if action == "never":
+        # A field does not make it narrow: "-F auid>=0" or "-F pid>0" match every task,
+        # and kensa cannot tell a narrowing field from one that matches everything.
+        if filter_list == "user":
+            return (
+                f"'never' on the user list drops user records (msgtype {KENSA_RECORD_TYPE}, AUDIT_USER, among them), "
+                "kensa's own audit trail included"
+            )
+        return f"'never' on the {filter_list} list turns off auditing of whatever it matches"
     return None

@@ -142,11 +142,23 @@ class Restorable(Protocol):
     result saying what is withheld) on a conflict unless ``force``, which puts
     the pre-state back and says what it overwrote. Rollback by id and recovery
     use these; a run's own rollback uses ``rollback``.
+
+
+    Steps of one transaction may write the same file, and all are captured
+    before any is applied. So ``planned(host, pre)`` says what the step will
+    leave (path -> what will be there), and the engine captures each later step
+    through ``host.overlay(...)`` of those plans; ``settled(host, pre,
+    assessment, force)`` says what a restore will leave, and rollback and
+    recovery assess each earlier step through an overlay of it.
     """
 
     def assess(self, host: Any, pre: PreState) -> Assessment: ...
 
     def restore(self, host: Any, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult: ...
+
+    def planned(self, host: Any, pre: PreState) -> Mapping[str, Any]: ...
+
+    def settled(self, host: Any, pre: PreState, assessment: Assessment, force: bool = False) -> Mapping[str, Any]: ...
 
 
 class PhaseRecorder(Protocol):
@@ -633,15 +645,20 @@ class Engine:
 
         start = _perf()
         pres: List[Optional[PreState]] = []
+        # Each step captures what the steps before it will leave (see Restorable.planned).
+        view = host
         try:
             for index, (step, handler) in enumerate(zip(txn.steps, handlers)):
                 if not handler.capturable:
                     pres.append(None)
                     continue
-                pre = handler.capture(host, step.params)
+                pre = handler.capture(view, step.params)
                 if not isinstance(pre, PreState):
                     raise TypeError(f"{type(handler).__name__}.capture returned {type(pre).__name__}, not a PreState")
                 pres.append(pre)
+                planned, overlay = getattr(handler, "planned", None), getattr(view, "overlay", None)
+                if planned is not None and overlay is not None and index + 1 < len(txn.steps):
+                    view = overlay(planned(view, pre))
         except Exception as exc:
             timings[Phase.CAPTURE] = _perf() - start
             message = f"{_step_name(index, txn.steps[index])} could not capture its pre-state: {_describe(exc)}"

@@ -467,6 +467,11 @@ class LocalHost:
         """``path`` as the operator should read it in a message."""
         return path if self.is_live else f"{path} (under root {self.root})"
 
+    def overlay(self, planned: Mapping[str, Optional[FileInfo]]) -> "PlannedView":
+        """A read-only view of this host in which the files of ``planned`` (path ->
+        what will be there, None for absent) already look as given; see :class:`PlannedView`."""
+        return PlannedView(self, planned)
+
     # -- path resolution -------------------------------------------------------
 
     def _components(self, path: str) -> List[str]:
@@ -978,6 +983,53 @@ class LocalHost:
 
 def _rebuild(root: str, max_file_bytes: int) -> LocalHost:
     return LocalHost(root, max_file_bytes=max_file_bytes)
+
+
+class PlannedView:
+    """This host as it will be once some planned writes are made: reads of a planned
+    path answer from the plan, every other read goes to the host, and nothing can be
+    written through it.
+
+    A transaction captures all its steps before applying any. When two steps write
+    one file, the second must capture what the first will leave, not what is there
+    now, or its pre-state (what its rollback restores) and its recorded post-state
+    (what tells kensa's change from a later edit) would be wrong. The engine
+    captures each step through a view holding what the earlier steps plan.
+    """
+
+    def __init__(self, host: "LocalHost", planned: Mapping[str, Optional[FileInfo]]) -> None:
+        self._host = host
+        self._planned = {os.path.normpath(path): info for path, info in planned.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("write_file", "write_in_place", "remove_file", "set_meta", "remove_leftover_temps"):
+            raise AttributeError(f"{name}: a planned view of {self._host!r} is read-only")
+        return getattr(self._host, name)
+
+    def overlay(self, planned: Mapping[str, Optional[FileInfo]]) -> "PlannedView":
+        return PlannedView(self._host, {**self._planned, **planned})
+
+    def info(self, path: str, *, content: bool = False) -> Optional[FileInfo]:
+        key = os.path.normpath(path)
+        if key not in self._planned:
+            return self._host.info(path, content=content)
+        found = self._planned[key]
+        if found is None or content or found.content is None:
+            return found
+        return FileInfo(found.kind, found.mode, found.uid, found.gid, found.xattrs, None, found.mtime_ns, found.ino, found.nlink)
+
+    def read_file(self, path: str) -> Optional[FileInfo]:
+        found = self.info(path, content=True)
+        if found is not None and found.kind != "file":
+            raise HostAccessError(errno.EISDIR, f"{self.where(path)} is a directory, not a file")
+        return found
+
+    def read_bytes(self, path: str) -> Optional[bytes]:
+        found = self.read_file(path)
+        return None if found is None else found.content
+
+    def __repr__(self) -> str:
+        return f"PlannedView({self._host!r}, {sorted(self._planned)!r})"
 
 
 def resolve_host(key: str, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> LocalHost:

@@ -219,19 +219,50 @@ def _name(step: Step) -> str:
     return step.mechanism
 
 
-def _assess(host: Any, entry: JournalEntry, handlers: Sequence[Optional[Handler]]) -> Dict[int, Assessment]:
+_NOT_REACHED = "not reached"
+
+
+def _not_reached(view: Any, entry: JournalEntry, handlers: Sequence[Optional[Handler]], index: int) -> bool:
+    """True when an earlier step of this transaction over the same files is still in its
+    pre-state: the interruption came before that step, so before step ``index`` too."""
+    mine = _files(entry.txn.steps[index], entry.pre_states[index])
+    for earlier in range(index - 1, -1, -1):
+        pre, handler = entry.pre_states[earlier], handlers[earlier]
+        if pre is None or not isinstance(handler, Restorable) or not mine <= _files(entry.txn.steps[earlier], pre):
+            continue
+        try:
+            return handler.assess(view, pre).drift is Drift.AT_PRE
+        except Exception:
+            return False  # cannot tell: the step stays as assessed
+    return False
+
+
+def _assess(
+    host: Any, entry: JournalEntry, handlers: Sequence[Optional[Handler]], force: bool = False, recovering: bool = False
+) -> Dict[int, Assessment]:
     """The assessment of every captured step whose handler is :class:`~kensa.engine.Restorable`.
 
-    A step that cannot be assessed is a conflict naming why: nobody can tell what is safe to restore.
+    Steps are restored last first, so each is assessed as the restores of the
+    steps after it will leave the host (an overlay of their ``settled`` files).
+    A step that cannot be assessed is a conflict naming why: nobody can tell
+    what is safe to restore.
     """
     found: Dict[int, Assessment] = {}
-    for index, (step, pre, handler) in enumerate(zip(entry.txn.steps, entry.pre_states, handlers)):
+    view = host
+    for index in range(len(entry.txn.steps) - 1, -1, -1):
+        step, pre, handler = entry.txn.steps[index], entry.pre_states[index], handlers[index]
         if pre is None or handler is None or not isinstance(handler, Restorable):
             continue
         try:
-            assessment = handler.assess(host, pre)
+            assessment = handler.assess(view, pre)
             if not isinstance(assessment, Assessment):
                 raise TypeError(f"{type(handler).__name__}.assess returned {type(assessment).__name__}")
+            if recovering and assessment.drift is not Drift.AT_PRE and _not_reached(view, entry, handlers, index):
+                found[index] = Assessment(Drift.AT_PRE, ("the interruption came before this step",), _NOT_REACHED)
+                continue
+            overlay = getattr(view, "overlay", None)
+            if overlay is not None and index > 0:
+                view = overlay(handler.settled(view, pre, assessment, force))
         except Exception as exc:
             assessment = Assessment(Drift.CONFLICT, (f"{_name(step)} cannot be checked: {_describe(exc)}",))
         found[index] = assessment
@@ -302,7 +333,9 @@ def _restore(
         else:
             try:
                 assessment = assessments.get(index)
-                if assessment is not None:
+                if assessment is not None and assessment.plan == _NOT_REACHED:
+                    rb = RollbackResult(step.mechanism, ok=True, detail="not reached before the interruption: nothing to restore")
+                elif assessment is not None:
                     rb = cast(Restorable, handler).restore(host, pre, assessment, force)
                 else:
                     rb = handler.rollback(host, pre)
@@ -430,7 +463,7 @@ def _recover_one(engine: Engine, journal: RecoveryJournal, entry: JournalEntry) 
         f"would undo that: check {path} by hand"
         for index, (path, who) in later.items()
     }
-    assessments = _assess(host, entry, handlers)
+    assessments = _assess(host, entry, handlers, recovering=True)
     for index, assessment in assessments.items():
         if index not in withheld and assessment.drift in (Drift.OUTSIDE, Drift.CONFLICT):
             withheld[index] = (
@@ -542,7 +575,7 @@ def rollback_committed(engine: Engine, txn_id: str, *, force: bool = False) -> T
                     f"cannot roll back transaction {txn.id} (rule {txn.rule}, host {txn.host}): {_describe(exc)}; "
                     "nothing was changed"
                 ) from exc
-            assessments = _assess(host, entry, handlers)
+            assessments = _assess(host, entry, handlers, force)
             if not force:
                 names, reasons = _drift(engine, journal, entry, host, assessments)
                 if names:

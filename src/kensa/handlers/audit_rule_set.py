@@ -40,7 +40,7 @@ from ..auditrules import AuditRuleError, rule_options, silencing_reason
 from ..host import HostAccessError, LocalHost
 from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
 from .config_set import decode, encode
-from .filestate import fidelity_notes, Revert, assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
+from .filestate import Planned, fidelity_notes, planned_file, settled_files, Revert, assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
 from .params import ParamError, require_path
 
 DEFAULT_PERSIST_FILE = "/etc/audit/rules.d/99-kensa.rules"
@@ -251,6 +251,13 @@ class AuditRuleSet:
             problems += self._rollback_kernel(host, list(kernel["before"]), list(kernel["rules_added"]))
         return rollback_result(self.name, problems, fidelity_notes(host, [pre.data["persist"]]))
 
+    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+        state = pre.data["persist"]
+        return planned_file(state, encode(merge_lines(decode(state.get("content")), list(pre.data["lines_added"]))))
+
+    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+        return settled_files(host, [pre.data["persist"]], assessment, force)
+
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         state, added = pre.data["persist"], list(pre.data["lines_added"])
         plans: List[Any] = [assess_file(host, state, state.get("post"), revert_rules(added))]
@@ -264,12 +271,13 @@ class AuditRuleSet:
                 others = Counter(now["rules"]) - Counter(kernel["before"])
                 ours = set(_identities(list(kernel["rules_added"])))
                 foreign = [line for line in others.elements() if not ours.intersection(_identities([line]))]
+                kept = (f"kept later kernel audit rules: {foreign}",) if foreign else ()
                 if len(missing) == len(kernel["rules_added"]):
-                    plans.append(KernelPlan(Drift.AT_PRE if not foreign else Drift.OUTSIDE))
+                    plans.append(KernelPlan(Drift.OUTSIDE, kept) if foreign else KernelPlan(Drift.AT_PRE))
                 elif missing:
                     plans.append(KernelPlan(Drift.CONFLICT, (f"kernel audit rules kensa loaded were deleted since: {missing}",)))
                 elif foreign:
-                    plans.append(KernelPlan(Drift.OUTSIDE, (f"kept later kernel audit rules: {foreign}",)))
+                    plans.append(KernelPlan(Drift.OUTSIDE, kept))
                 else:
                     plans.append(KernelPlan(Drift.AT_POST))
         return combine(plans)

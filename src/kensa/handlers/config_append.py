@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Tuple
 from ..host import LocalHost
 from ..model import Assessment, PreState, RollbackResult, StepResult
 from .config_set import decode, encode
-from .filestate import fidelity_notes, Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
+from .filestate import Planned, fidelity_notes, planned_file, settled_files, Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
 from .params import ParamError, require_path, require_str
 
 
@@ -72,6 +72,14 @@ class ConfigAppend:
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
+
+    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+        text = decode(pre.data.get("content"))
+        line = self._desired(pre.params)[1]
+        return planned_file(pre.data, encode(text if has_line(text, line) else append_line(text, line)))
+
+    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+        return settled_files(host, [pre.data], assessment, force)
 
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         return assess_files(host, [(pre.data, revert_append(self._desired(pre.params)[1]))])

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from ..host import LocalHost
 from ..model import Assessment, PreState, RollbackResult, StepResult
-from .filestate import fidelity_notes, Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
+from .filestate import Planned, fidelity_notes, planned_file, settled_files, Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
 from .params import ParamError, require_path, require_str, scalar_text
 
 _KEY = re.compile(r"[^\s=#]+")
@@ -150,6 +150,13 @@ class ConfigSet:
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
+
+    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+        _, key, value, separator = self._desired(pre.params)
+        return planned_file(pre.data, encode(set_value(decode(pre.data.get("content")), key, value, separator)))
+
+    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+        return settled_files(host, [pre.data], assessment, force)
 
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         _, key, value, separator = self._desired(pre.params)

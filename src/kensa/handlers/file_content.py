@@ -6,7 +6,7 @@ from typing import Any, Mapping, Optional
 
 from ..host import LocalHost
 from ..model import Assessment, PreState, RollbackResult, StepResult
-from .filestate import fidelity_notes, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
+from .filestate import Planned, fidelity_notes, planned_file, settled_files, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
 from .params import ParamError, optional_id, optional_mode, require_path
 
 
@@ -57,6 +57,12 @@ class FileContent:
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
+
+    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+        return planned_file(pre.data, self._content(pre.params))
+
+    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+        return settled_files(host, [pre.data], assessment, force)
 
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         return assess_files(host, [(pre.data, None)])

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 from ..host import FileInfo, HostAccessError, LocalHost
 from ..model import Assessment, PreState, RollbackResult, StepResult
-from .filestate import assess_file, capture_meta, combine, meta_post_state, restore_meta, restore_planned, restored, rollback_result
+from .filestate import Planned, planned_meta, settled_files, assess_file, capture_meta, combine, meta_post_state, restore_meta, restore_planned, restored, rollback_result
 from .params import ParamError, optional_id, optional_mode, require_path
 
 
@@ -57,6 +57,12 @@ class FilePermissions:
 
     def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_meta(host, pre.data))
+
+    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+        return planned_meta(host, pre.data)
+
+    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+        return settled_files(host, [pre.data], assessment, force)
 
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         return combine([assess_file(host, pre.data, pre.data.get("post"), None, with_content=False)])

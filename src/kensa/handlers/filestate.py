@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..host import DEFAULT_FILE_MODE, FileInfo, LocalHost
+from ..host import DEFAULT_FILE_MODE, FileInfo, FileKind, LocalHost
 from ..model import Assessment, Drift, KensaError, RollbackResult
 
 
@@ -139,6 +139,7 @@ def fidelity_notes(host: LocalHost, files: Sequence[Mapping[str, Any]]) -> List[
 Revert = Callable[[bytes], Optional[bytes]]
 
 _META = ("mode", "uid", "gid")
+_CLEARED_BY_CHOWN = "security.capability"
 
 
 def digest(data: bytes) -> str:
@@ -184,6 +185,8 @@ class FilePlan:
     content: Optional[bytes] = None  # OUTSIDE: the bytes with only the step's change undone
     remove: bool = False  # OUTSIDE: the step created the file and nothing else is left in it
     meta: Mapping[str, int] = field(default_factory=dict)  # OUTSIDE: attributes the step set, to put back
+    wrote_nothing: bool = False  # the step had nothing to change here, so nothing here is kensa's
+    xattrs: Optional[Mapping[str, bytes]] = None  # OUTSIDE: the exact xattrs to set (those a chown cleared put back)
 
 
 def _post_differences(path: str, post: Mapping[str, Any], now: Optional[FileInfo], with_content: bool) -> List[str]:
@@ -206,6 +209,14 @@ def _shown(key: str, value: int) -> str:
     return f"{value:04o}" if key == "mode" else str(value)
 
 
+def _wrote_nothing(pre: Mapping[str, Any], post: Mapping[str, Any]) -> bool:
+    if not pre.get("exists") or not post.get("exists"):
+        return not pre.get("exists") and not post.get("exists")
+    if "sha256" in post and ("content" not in pre or digest(bytes(pre["content"])) != post["sha256"]):
+        return False
+    return all(post.get(key) == pre.get(key) for key in _META)
+
+
 def assess_file(
     host: LocalHost, pre: Mapping[str, Any], post: Optional[Mapping[str, Any]], revert: Optional[Revert],
     *, with_content: bool = True,
@@ -222,6 +233,8 @@ def assess_file(
             f"{path}: journaled without the state kensa wrote (by an older kensa), so kensa cannot tell "
             "whether it was edited since",
         ))
+    if _wrote_nothing(pre, post):
+        return FilePlan(path, Drift.AT_PRE, wrote_nothing=True)
     now = host.info(path, content=with_content)
     if not differences(pre, _describe(path, now, with_content)):
         return FilePlan(path, Drift.AT_PRE)
@@ -253,12 +266,19 @@ def assess_file(
         return FilePlan(path, Drift.CONFLICT, tuple(conflicts))
     kept = tuple(f"kept a later change: {phrase}" for phrase in changed)
     remove = with_content and not pre.get("exists") and content == b""
-    return FilePlan(path, Drift.OUTSIDE, kept, content, remove, meta)
+    xattrs: Optional[Dict[str, bytes]] = None
+    if ("uid" in meta or "gid" in meta) and _CLEARED_BY_CHOWN in pre.get("xattrs", {}):
+        # The step's chown made the kernel drop the file's capabilities; putting the
+        # owner back does not bring them back, so they are set again.
+        xattrs = {**dict(now.xattrs), _CLEARED_BY_CHOWN: bytes(pre["xattrs"][_CLEARED_BY_CHOWN])}
+    return FilePlan(path, Drift.OUTSIDE, kept, content, remove, meta, xattrs=xattrs)
 
 
 def restore_planned(host: LocalHost, pre: Mapping[str, Any], plan: FilePlan, force: bool = False) -> List[str]:
     """Carry out ``plan`` (from :func:`assess_file`); return what still differs (empty: done)."""
     with_content = "content" in pre or not pre.get("exists")
+    if plan.wrote_nothing:
+        return []
     if plan.drift is Drift.AT_PRE:
         return _read_back(host, pre, with_content=with_content)
     if plan.drift is Drift.CONFLICT and not force:
@@ -270,9 +290,11 @@ def restore_planned(host: LocalHost, pre: Mapping[str, Any], plan: FilePlan, for
         if plan.remove:
             host.remove_file(path)
         elif with_content and plan.content is not None:
-            host.write_file(path, plan.content, mode=plan.meta.get("mode"), uid=plan.meta.get("uid"), gid=plan.meta.get("gid"))
+            host.write_file(path, plan.content, mode=plan.meta.get("mode"), uid=plan.meta.get("uid"), gid=plan.meta.get("gid"),
+                            xattrs=plan.xattrs)
         elif plan.meta:
-            host.set_meta(path, mode=plan.meta.get("mode"), uid=plan.meta.get("uid"), gid=plan.meta.get("gid"))
+            host.set_meta(path, mode=plan.meta.get("mode"), uid=plan.meta.get("uid"), gid=plan.meta.get("gid"),
+                          xattrs=plan.xattrs)
         now = host.info(path, content=with_content)
     except (KensaError, OSError) as exc:
         return [f"reverting kensa's change of {path} failed: {exc}"]
@@ -281,6 +303,8 @@ def restore_planned(host: LocalHost, pre: Mapping[str, Any], plan: FilePlan, for
     if now is None:
         return [f"{path} is missing after reverting kensa's change"]
     problems = [f"{path}: {key} reads back as {getattr(now, key)}" for key, value in plan.meta.items() if getattr(now, key) != value]
+    if plan.xattrs is not None and dict(now.xattrs) != dict(plan.xattrs):
+        problems.append(f"{path}: extended attributes do not read back as set")
     if with_content and now.content != plan.content:
         problems.append(f"{path}: content does not read back as written")
     return problems
@@ -329,3 +353,55 @@ def restore_files(host: LocalHost, files: Sequence[Mapping[str, Any]], assessmen
     for pre, plan in zip(files, assessment.plan):
         problems += restore_planned(host, pre, plan, force)
     return problems
+
+
+# --- capturing and assessing through planned views ---------------------------------
+#
+# Capture of step N must see what steps 1..N-1 of the same transaction will write,
+# and assessing step N-1 for a rollback must see what restoring step N will leave;
+# the engine and recovery pass these through LocalHost.overlay.
+
+Planned = Dict[str, Optional[FileInfo]]
+
+
+def planned_file(pre: Mapping[str, Any], content: Optional[bytes]) -> Planned:
+    """What the file captured in ``pre`` will be once the step writes ``content`` (None: removes it)."""
+    post = pre["post"]
+    if not post.get("exists") or content is None:
+        return {str(pre["path"]): None}
+    xattrs = dict(post.get("xattrs", pre.get("xattrs") or {}))
+    return {str(pre["path"]): FileInfo("file", int(post["mode"]), int(post["uid"]), int(post["gid"]), xattrs, content)}
+
+
+def planned_meta(host: LocalHost, pre: Mapping[str, Any]) -> Planned:
+    """What the file or directory captured in ``pre`` will be once a metadata-only step sets its attributes."""
+    path, post = str(pre["path"]), pre["post"]
+    now = host.info(path, content=True)
+    if now is None:
+        return {path: None}
+    return {path: FileInfo(now.kind, int(post["mode"]), int(post["uid"]), int(post["gid"]), dict(now.xattrs), now.content)}
+
+
+def settled_files(host: LocalHost, files: Sequence[Mapping[str, Any]], assessment: Assessment, force: bool) -> Planned:
+    """What the captured ``files`` will be once :func:`restore_planned` carried out ``assessment``."""
+    plans = [plan for plan in assessment.plan if isinstance(plan, FilePlan)]
+    found: Planned = {}
+    for pre, plan in zip(files, plans):
+        path = str(pre["path"])
+        if plan.wrote_nothing or (plan.drift is Drift.CONFLICT and not force):
+            continue  # left as it is
+        now = host.info(path, content=True)
+        if plan.drift is Drift.OUTSIDE:
+            if plan.remove or now is None:
+                found[path] = None
+                continue
+            meta = {key: plan.meta.get(key, getattr(now, key)) for key in _META}
+            content = plan.content if plan.content is not None else now.content
+            found[path] = FileInfo(now.kind, meta["mode"], meta["uid"], meta["gid"], dict(now.xattrs), content)
+        elif not pre.get("exists"):
+            found[path] = None
+        else:
+            content = bytes(pre["content"]) if "content" in pre else (None if now is None else now.content)
+            kind: FileKind = "dir" if pre.get("kind") == "dir" else "file"
+            found[path] = FileInfo(kind, int(pre["mode"]), int(pre["uid"]), int(pre["gid"]), dict(pre["xattrs"]), content)
+    return found

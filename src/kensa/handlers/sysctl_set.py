@@ -24,16 +24,19 @@ from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, Ste
 from ..sysctlkeys import SysctlKeyError, sysctl_path
 from .config_set import decode, encode
 from .filestate import (
+    Planned,
     Revert,
     assess_file,
     capture_file,
     combine,
     fidelity_notes,
+    planned_file,
     post_state,
     restore_file,
     restore_planned,
     restored,
     rollback_result,
+    settled_files,
 )
 from .params import ParamError, require_path, require_str, scalar_text
 
@@ -164,6 +167,14 @@ class SysctlSet:
             host.write_file(persist, new)
         host.write_in_place(runtime, (value + "\n").encode())
         return StepResult(self.name, ok=True, changed=True, detail=f"{key} = {value}, persisted in {host.where(persist)}")
+
+    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+        key, value, _, _ = self._desired(pre.params)
+        persist = pre.data["persist"]
+        return planned_file(persist, encode(_persist_value(decode(persist.get("content")), key, value)))
+
+    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+        return settled_files(host, [pre.data["persist"]], assessment, force)
 
     def assess(self, host: LocalHost, pre: PreState) -> Assessment:
         key, value, _, _ = self._desired(pre.params)
