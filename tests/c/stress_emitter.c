@@ -97,27 +97,51 @@ static void tiny_ring(void)
     kensa_emitter_free(k);
 }
 
+/* The smallest ring (capacity 1 asks for the minimum) still carries the
+ * largest record, and one more byte is refused. */
 static void oversized(void)
 {
     static char big[KENSA_MAX_BODY + 2];
-    kensa_emitter *k = make(KENSA_MODE_ASYNC, 1 << 20);
+    size_t max = KENSA_MAX_BODY - KENSA_SEQ_ROOM;
+    kensa_emitter *k = make(KENSA_MODE_ASYNC, 1);
+    kensa_stats s;
     memset(big, 'x', sizeof big - 1);
-    big[KENSA_MAX_BODY] = '\0';
-    CHECK(kensa_emit(k, big, "", "") == 0, "max body refused");
-    big[KENSA_MAX_BODY] = 'x';
-    CHECK(kensa_emit(k, big, "", "") == -EMSGSIZE, "oversize accepted");
+    big[max] = '\0';
+    CHECK(kensa_emit(k, big, "", "") == 1, "max body refused");
     CHECK(kensa_flush(k, 10000), "flush timed out");
+    kensa_get_stats(k, &s);
+    CHECK(s.sent == 1, "max body not sent from the smallest ring");
+    big[max] = 'x';
+    CHECK(kensa_emit(k, big, "", "") == -EMSGSIZE, "oversize accepted");
     check_accounted(k, 2, "max and oversize body");
     kensa_emitter_free(k);
+}
+
+/* Handles freed with records still queued: flush_all waits for them all
+ * within one deadline, and the senders then exit and free their states. */
+static void freed_while_draining(void)
+{
+    uint64_t abandoned = 1;
+    for (int i = 0; i < 4; i++) {
+        kensa_emitter *k = make(KENSA_MODE_ASYNC, 1 << 20);
+        emit_n(k, records / 4);
+        kensa_emitter_free(k);
+    }
+    CHECK(kensa_flush_all(60000, &abandoned) == 1 && abandoned == 0,
+          "flush_all left %llu records", (unsigned long long)abandoned);
+    printf("%-24s 4 emitters\n", "freed while draining");
 }
 
 static void close_while_busy(void)
 {
     for (int round = 0; round < 20; round++) {
         kensa_emitter *k = make(KENSA_MODE_ASYNC, 256 << 10);
+        kensa_stats s;
         emit_n(k, records / 20);
         kensa_close(k, 0);
         emit_n(k, 10); /* after close: dropped, never a crash */
+        kensa_get_stats(k, &s);
+        CHECK(s.sent + s.dropped + s.failed == s.emitted, "close left records unaccounted");
         kensa_emitter_free(k);
     }
     printf("%-24s 20 rounds\n", "close while busy");
@@ -165,6 +189,7 @@ int main(int argc, char **argv)
     sync_mode();
     tiny_ring();
     oversized();
+    freed_while_draining();
     close_while_busy();
     fork_storm();
     printf("ok\n");

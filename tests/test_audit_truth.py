@@ -1,0 +1,392 @@
+"""Audit truth against the real kernel: what status() says, nothing lost at exit, close() stops.
+
+Some tests here turn kernel audit off (``auditctl -e 0``), stop auditd or
+SIGSTOP it: each keeps the window short and restores the machine in a
+``finally``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+
+from conftest import (
+    AuditListener,
+    auditd_stopped,
+    kensa_records,
+    parse_fields,
+    require_audit,
+    require_auditd,
+    require_root,
+)
+from kensa import audit
+from kensa.audit import AuditArgumentError, AuditEmitter, KensaError
+
+SRC = str(Path(audit.__file__).resolve().parent.parent)
+
+
+def real_emitter(mode: str = "async", **kw: int) -> AuditEmitter:
+    """An emitter that must be real here (root, audit in the kernel)."""
+    require_root()
+    em = audit.open_emitter(mode, **kw)  # type: ignore[arg-type]
+    if not isinstance(em, AuditEmitter):
+        require_audit(f"emission is off: {audit.status()}")
+    assert isinstance(em, AuditEmitter)
+    return em
+
+
+def auditctl_status() -> Dict[str, str]:
+    """``auditctl -s`` as a dict: an oracle independent of kensa's AUDIT_GET."""
+    if shutil.which("auditctl") is None:
+        require_audit("auditctl is not installed")
+    out = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
+    return {k: v.split()[0] for k, _, v in (line.partition(" ") for line in out.splitlines()) if v}
+
+
+@contextmanager
+def kernel_audit_disabled() -> Iterator[None]:
+    """Kernel audit off (``auditctl -e 0``) for the duration; always restored."""
+    require_root()
+    before = auditctl_status()["enabled"]
+    if before == "2":
+        require_audit("kernel audit is locked (enabled 2): cannot switch it off to test")
+    subprocess.run(["auditctl", "-e", "0"], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["auditctl", "-e", before], check=True, capture_output=True)
+
+
+def wait_kernel_pid(pred: "object", timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = audit.kernel_status().pid
+        if pred(pid) or time.monotonic() > deadline:  # type: ignore[operator]
+            return pid
+        time.sleep(0.05)
+
+
+@contextmanager
+def auditd_terminated() -> Iterator[None]:
+    """auditd stopped for real (SIGTERM: it unregisters), then started again; always restarted."""
+    pid = require_auditd()
+    os.kill(pid, signal.SIGTERM)
+    try:
+        assert wait_kernel_pid(lambda p: p == 0) == 0, "auditd did not unregister from the kernel"
+        yield
+    finally:
+        if subprocess.run(["pgrep", "-x", "auditd"], capture_output=True).returncode != 0:
+            subprocess.run(["auditd"], check=True)
+        assert wait_kernel_pid(lambda p: p != 0) != 0, "auditd did not come back"
+
+
+def sentinel(listener: AuditListener) -> None:
+    """Send one record from a fresh emitter and wait for it: what was queued before has been logged."""
+    mark = uuid.uuid4().hex
+    em = real_emitter("sync")
+    em.emit_phase(mark, "started", True)
+    em.close()
+    assert kensa_records(listener, mark, 1, timeout=60), "sentinel record never arrived"
+
+
+# --- status() asks the kernel ---------------------------------------------------------
+
+
+def test_status_is_off_and_records_are_discarded_while_kernel_audit_is_disabled(listener: AuditListener) -> None:
+    """With ``auditctl -e 0``: status() is off and says what to do; an emitter counts its records as discarded."""
+    em_marker = uuid.uuid4().hex
+    with kernel_audit_disabled():
+        st = audit.status()
+        em = real_emitter("async")
+        for _ in range(20):
+            em.emit_phase(em_marker, "apply", True)
+        assert em.flush(10)
+        s = em.stats()
+        em.close()
+    assert st.state == "off" and not st.enabled and st.writable
+    assert st.reason == "kernel_disabled" and "auditctl -e 1" in st.detail
+    assert st.kernel is not None and st.kernel.enabled == 0
+    assert s.discarded == 20 and s.sent == 0 and s.dropped == 20
+    assert s.emitted == s.sent + s.dropped + s.failed
+    sentinel(listener)
+    assert listener.matching(lambda r: em_marker in r.text) == []
+    assert audit.status().state == "on"
+
+
+def test_status_names_no_audit_daemon_when_auditd_is_stopped() -> None:
+    """With auditd stopped (pid 0 in the kernel): status() is on but says no audit daemon receives records."""
+    with auditd_terminated():
+        st = audit.status()
+    assert st.reason == "no_audit_daemon" and st.state == "on"
+    assert "no audit daemon" in st.detail and "kernel log" in st.detail
+    assert st.kernel is not None and st.kernel.pid == 0
+
+
+def test_status_is_on_with_auditd_running() -> None:
+    """With auditd running: status() is on, and the kernel's figures match auditctl -s."""
+    pid = require_auditd()
+    st = audit.status()
+    assert st.state == "on" and st.enabled and st.reason in ("on", "locked")
+    assert st.kernel is not None and st.kernel.pid == pid
+    oracle = auditctl_status()
+    assert str(st.kernel.enabled) == oracle["enabled"] and str(st.kernel.backlog_limit) == oracle["backlog_limit"]
+
+
+def test_status_without_cap_audit_control_is_unknown() -> None:
+    """Without CAP_AUDIT_CONTROL the kernel cannot be asked: status() says unknown, not on."""
+    require_root()
+    if shutil.which("setpriv") is None:
+        require_audit("setpriv is not installed")
+    code = "import json, kensa.audit as a; s = a.status(); print(json.dumps([s.state, s.reason, s.writable, s.detail]))"
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-audit_control", "--inh-caps=-audit_control", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC},
+    )
+    assert out.returncode == 0, out.stderr
+    state, reason, writable, detail = json.loads(out.stdout)
+    assert (state, reason, writable) == ("unknown", "kernel_state_unknown", True)
+    assert "CAP_AUDIT_CONTROL" in detail
+
+
+def test_cli_audit_status_json_carries_the_kernel_figures_without_auditctl(tmp_path: Path) -> None:
+    """`kensa audit status --json` reports the kernel's own figures with no auditctl on PATH."""
+    require_auditd()
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "kensa", "audit", "status", "--json"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(empty), "PYTHONPATH": SRC},
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    oracle = auditctl_status()
+    kernel = doc["kernel"]
+    assert set(kernel) >= {"enabled", "failure", "pid", "rate_limit", "backlog_limit", "lost", "backlog", "backlog_wait_time"}
+    for key in ("enabled", "failure", "pid", "backlog_limit", "rate_limit", "backlog_wait_time"):
+        assert str(kernel[key]) == oracle[key], key
+    assert doc["state"] == "on"
+
+
+# --- nothing lost at exit, nothing hanging --------------------------------------------
+
+OUT_OF_SCOPE = """
+import gc, sys
+import kensa.audit as a
+def batch():
+    em = a.open_emitter()
+    rec = em.transaction(sys.argv[1], "exit-test", "localhost")
+    for _ in range(6000):
+        rec.emit("apply", True)
+batch()
+gc.collect()
+"""
+
+
+def test_records_of_an_emitter_gone_out_of_scope_all_reach_the_kernel(listener: AuditListener) -> None:
+    """6,000 records of a function-local emitter, collected before exit, all reach the kernel."""
+    require_root()
+    marker = uuid.uuid4().hex
+    proc = subprocess.run(
+        [sys.executable, "-c", OUT_OF_SCOPE, marker], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = kensa_records(listener, marker, 6000, timeout=60)
+    assert len(got) == 6000
+    assert "abandoned" not in proc.stderr
+
+
+def test_close_then_emit_sends_nothing(listener: AuditListener) -> None:
+    """After close(), emitted records are counted as dropped and none reaches the kernel."""
+    em = real_emitter("async")
+    marker = uuid.uuid4().hex
+    assert em.close(5)
+    for _ in range(100):
+        em.emit_phase(marker, "apply", True)
+    s = em.stats()
+    sentinel(listener)
+    assert s.reason == "closed" and s.dropped == 100 and s.sent == 0
+    assert listener.matching(lambda r: marker in r.text) == []
+
+
+def test_close_stops_a_sender_the_kernel_holds(listener: AuditListener) -> None:
+    """close() with auditd SIGSTOPped: what was still queued is abandoned, not sent later by a detached sender."""
+    pid = require_auditd()
+    em = real_emitter("async", capacity=64 << 10)
+    marker = uuid.uuid4().hex
+    rec = em.transaction(marker, "close-test", "localhost")
+    with auditd_stopped(pid):
+        for _ in range(3000):
+            rec.emit("apply", True)
+        em.close(0.1)
+        at_close = em.stats()
+    # Let a send the kernel held finish, then wait until the kernel logged it.
+    sentinel(listener)
+    after = em.stats()
+    got = listener.matching(lambda r: marker in r.text)
+    assert at_close.queued > 0, "nothing was queued at close(): the sender was not held"
+    assert after.dropped > at_close.dropped, "records queued at close() were not abandoned"
+    assert after.sent + after.dropped + after.failed == after.emitted == 3000
+    assert len(got) <= after.sent
+
+
+def test_flush_returns_by_its_timeout_while_auditd_is_stopped() -> None:
+    """flush() gives up at its timeout, with records still queued, when auditd hangs."""
+    pid = require_auditd()
+    em = real_emitter("async", capacity=64 << 10)
+    rec = em.transaction(uuid.uuid4().hex, "flush-test", "localhost")
+    with auditd_stopped(pid):
+        for _ in range(3000):
+            rec.emit("apply", True)
+        drained = em.flush(0.3)
+        queued = em.stats().queued
+    assert em.flush(60)
+    em.close()
+    assert not drained and queued > 0
+
+
+def test_flush_has_a_finite_default_and_a_huge_timeout_cannot_overflow() -> None:
+    """flush()'s default timeout is finite; 1e300 s is clamped, not an overflow; bad timeouts are refused."""
+    default = inspect.signature(AuditEmitter.flush).parameters["timeout"].default
+    assert isinstance(default, float) and 0 < default < 3600
+    em = real_emitter("async")
+    em.emit_phase("overflow-test", "apply", True)
+    assert em.flush(1e300) is True
+    assert em.close(1e300) is True
+    for bad in (-1, float("nan"), "1", True):
+        with pytest.raises(AuditArgumentError) as exc:
+            em.flush(bad)  # type: ignore[arg-type]
+        assert isinstance(exc.value, KensaError) and isinstance(exc.value, ValueError)
+        assert "timeout" in str(exc.value)
+
+
+def test_smallest_ring_carries_the_largest_record(listener: AuditListener) -> None:
+    """An emitter asked for a 1-byte ring still sends a record of the longest allowed body."""
+    em = real_emitter("async", capacity=1)
+    marker = uuid.uuid4().hex
+    em.emit_phase(marker, "apply", True, "r" * 20_000, "h")
+    assert em.flush(10)
+    s = em.stats()
+    em.close()
+    got = kensa_records(listener, marker, 1)
+    assert s.sent == 1 and s.dropped == 0
+    assert len(got) == 1 and len(got[0].body) > audit.MAX_BODY - 64
+
+
+# --- gap-evident records --------------------------------------------------------------
+
+
+def test_sequence_numbers_count_every_record_and_gap_records_carry_one(listener: AuditListener) -> None:
+    """Records of one emitter carry seq 1..N without a hole, gap records included, and gaps sum the drops."""
+    require_auditd()
+    for _attempt in range(3):
+        lost_before = audit.kernel_status().lost
+        em = real_emitter("async", capacity=1)
+        marker = uuid.uuid4().hex
+        rec = em.transaction(marker, "seq-test", "localhost")
+        for _ in range(2000):
+            rec.emit("apply", True)
+        assert em.flush(60)
+        rec.emit("committed", True)
+        assert em.flush(30)
+        s = em.stats()
+        em.close()
+        mine = f"pid={os.getpid()} "
+        expected = s.sent + s.gaps
+        got = listener.wait_for(
+            lambda r: mine in r.text and (marker in r.text or "op=kensa_audit_gap" in r.text) and "seq=" in r.text,
+            expected,
+        )
+        listener.records.clear()
+        if audit.kernel_status().lost != lost_before:
+            continue  # the kernel dropped records itself: try again
+        seqs = [int(dict(parse_fields(r.body))["seq"]) for r in got]
+        gaps = [dict(parse_fields(r.body)) for r in got if "op=kensa_audit_gap" in r.body]
+        assert s.dropped > 0 and s.gaps > 0
+        assert sorted(seqs) == list(range(1, s.seq + 1)) and s.seq == expected
+        assert len(gaps) == s.gaps and sum(int(g["dropped"]) for g in gaps) == s.dropped
+        return
+    pytest.fail("the kernel kept losing records in three attempts")
+
+
+def test_ausearch_and_aureport_read_every_record_with_its_seq() -> None:
+    """ausearch -i keeps seq=N as sent, and aureport lists every one of the records' events."""
+    require_auditd()
+    if shutil.which("aureport") is None:
+        require_audit("aureport is not installed")
+    em = real_emitter("sync")
+    txn = uuid.uuid4().hex
+    seqs = [em.emit_phase(txn, phase, ok, "r1", "h1") for phase, ok in (("started", True), ("apply", False), ("rolled_back", True))]
+    em.close()
+    deadline = time.monotonic() + 60
+    lines = []
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ausearch", "-m", "USER", "-ts", "recent", "-i"], capture_output=True, text=True).stdout
+        lines = [line for line in out.splitlines() if txn in line]
+        if len(lines) == 3:
+            break
+        time.sleep(0.3)
+    assert len(lines) == 3
+    for line, seq in zip(lines, seqs):
+        assert f" seq={seq} " in line
+    raw = subprocess.run(["ausearch", "-m", "USER", "-ts", "recent"], capture_output=True, text=True).stdout
+    serials = [line.split(":", 2)[1].split(")")[0] for line in raw.splitlines() if txn in line]
+    report = subprocess.run(["aureport", "-ts", "recent", "-e"], capture_output=True, text=True).stdout
+    listed = {fields[3] for fields in (line.split() for line in report.splitlines()) if len(fields) > 4}
+    assert len(serials) == 3 and set(serials) <= listed, (serials, report[-2000:])
+
+
+def test_demo_says_why_no_record_was_logged_without_cap_audit_write() -> None:
+    """Without CAP_AUDIT_WRITE the demo names the missing capability and says to run as root."""
+    require_root()
+    if shutil.which("setpriv") is None:
+        require_audit("setpriv is not installed")
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-audit_write", "--inh-caps=-audit_write", sys.executable, "-m", "kensa", "demo"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": SRC},
+    )
+    line = next(line for line in out.stdout.splitlines() if line.startswith("audit records"))
+    assert "none" in line and "CAP_AUDIT_WRITE" in line and "run the demo as root" in line
+
+
+def test_demo_says_why_no_record_was_logged_with_kernel_audit_disabled() -> None:
+    """With kernel audit disabled the demo says the kernel discards records and to start auditd or auditctl -e 1."""
+    with kernel_audit_disabled():
+        out = subprocess.run(
+            [sys.executable, "-m", "kensa", "demo"], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
+    line = next(line for line in out.stdout.splitlines() if line.startswith("audit records"))
+    assert "none" in line and "enabled 0" in line and "auditctl -e 1" in line
+
+
+def test_demo_says_why_no_record_was_logged_without_the_extension(tmp_path: Path) -> None:
+    """Without the compiled extension the demo says so and how to get it."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'kensa._audit':\n"
+        "            raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "kensa", "demo"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{SRC}"},
+    )
+    line = next(line for line in out.stdout.splitlines() if line.startswith("audit records"))
+    assert "none" in line and "kensa._audit" in line and "reinstall kensa" in line
+
