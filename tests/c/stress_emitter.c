@@ -9,6 +9,8 @@
  */
 #include "kensa_audit.h"
 
+#include <linux/audit.h>
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -176,6 +178,20 @@ static void fork_storm(void)
     kensa_emitter_free(k);
 }
 
+/* AUDIT_GET through kensa_kernel_status, many times: the reply parsing and
+ * the poll loop must be clean, and the answer plausible. */
+static void kernel_status(void)
+{
+    struct audit_status st;
+    for (int i = 0; i < 50; i++) {
+        int err = kensa_kernel_status(&st);
+        CHECK(err == 0, "kensa_kernel_status: %s", strerror(err));
+        CHECK(st.enabled <= 2, "enabled %u", st.enabled);
+    }
+    printf("%-24s enabled %u pid %u backlog_limit %u lost %u\n", "kernel status", st.enabled, st.pid,
+           st.backlog_limit, st.lost);
+}
+
 int main(int argc, char **argv)
 {
     int err;
@@ -185,6 +201,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "emission is off here (probe %d): run as root on a kernel with audit\n", kensa_probe(&err));
         return 77;
     }
+    kernel_status();
     concurrent_async();
     sync_mode();
     tiny_ring();
