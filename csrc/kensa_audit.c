@@ -99,7 +99,6 @@ struct kstate {
     kensa_stats stats;
     /* The kernel's audit state as last read, under lock. */
     int status_pending; /* an AUDIT_GET is on its way */
-    uint64_t requested_ns;
     uint64_t checked_ns;
     int kernel_enabled;
     int kernel_errno;
@@ -350,17 +349,13 @@ static int request_status(int fd)
     return n < 0 ? errno : 0;
 }
 
-/* Asks the kernel on fd and waits up to KENSA_STATUS_WAIT_MS for the answer
- * (the kernel sends AUDIT_GET replies from a thread of its own, so the reply
- * may come after sendto returned). Refusals of records that arrive meanwhile
- * are kept in *r. Returns 0 with r->status filled, or an errno. */
-static int query_status(int fd, struct replies *r)
+/* Waits up to KENSA_STATUS_WAIT_MS for the answer to an AUDIT_GET sent on fd
+ * (the kernel sends it from a thread of its own, so it may come after sendto
+ * returned). Refusals of records that arrive meanwhile are kept in *r.
+ * Returns 0 with r->status filled, or an errno. */
+static int await_status(int fd, struct replies *r)
 {
     uint64_t deadline = now_ns() + (uint64_t)KENSA_STATUS_WAIT_MS * 1000000u;
-    int err = request_status(fd);
-    if (err != 0)
-        return err;
-    r->status_seen = 0;
     for (;;) {
         struct pollfd p = {fd, POLLIN, 0};
         uint64_t now;
@@ -375,6 +370,14 @@ static int query_status(int fd, struct replies *r)
         if (rc < 0 && errno != EINTR)
             return errno;
     }
+}
+
+/* Asks the kernel on fd and waits for the answer; 0 or an errno. */
+static int query_status(int fd, struct replies *r)
+{
+    int err = request_status(fd);
+    r->status_seen = 0;
+    return err != 0 ? err : await_status(fd, r);
 }
 
 int kensa_kernel_status(struct audit_status *out)
@@ -451,6 +454,14 @@ static void maybe_close_fd(struct kstate *st)
     }
 }
 
+/* Outcomes of sends made without the lock, booked later under it. */
+struct tally {
+    uint64_t sent, failed, gaps, stalls, worst_ns, discarded;
+    uint64_t refused;
+    int last_errno;
+    int off_reason, off_errno;
+};
+
 /* Books what an AUDIT_GET said (err: why it failed); callers hold st->lock. */
 static void set_kernel_state(struct kstate *st, int err, const struct audit_status *status)
 {
@@ -462,40 +473,59 @@ static void set_kernel_state(struct kstate *st, int err, const struct audit_stat
 }
 
 /* Asks the kernel for its audit state again when the last answer is older
- * than KENSA_RECHECK_NS, without waiting: the answer is picked up with the
- * replies after the batch (note_replies). A request unanswered for a second
- * is taken as lost. Called with no lock held by a thread that may use st->fd. */
-static void refresh_kernel_state(struct kstate *st)
+ * than KENSA_RECHECK_NS; returns 1 when a request went out, whose answer the
+ * caller collects after its sends with settle_kernel_state. Called with no
+ * lock held by a thread that may use st->fd. */
+static int refresh_kernel_state(struct kstate *st)
 {
     uint64_t now = now_ns();
     int due, err;
     pthread_mutex_lock(&st->lock);
-    if (st->status_pending && now - st->requested_ns > 1000000000u)
-        st->status_pending = 0;
     due = !st->status_pending && now - st->checked_ns >= KENSA_RECHECK_NS;
-    if (due) {
+    if (due)
         st->status_pending = 1;
-        st->requested_ns = now;
-    }
     pthread_mutex_unlock(&st->lock);
     if (!due)
-        return;
+        return 0;
     err = request_status(st->fd);
     if (err != 0) {
         pthread_mutex_lock(&st->lock);
         set_kernel_state(st, err, NULL);
         pthread_mutex_unlock(&st->lock);
+        return 0;
     }
+    return 1;
 }
 
-/* Books a kernel state answer found among the replies. */
-static void note_replies(struct kstate *st, const struct replies *r)
+/* Books the kernel state found among the replies; when this thread asked
+ * before its sends (asked), it waits for the answer first, unless another
+ * sync caller already read and booked it. An answer of "disabled" covers the
+ * records just sent: the kernel dropped them, so they move from sent to
+ * discarded. */
+static void settle_kernel_state(struct kstate *st, int asked, struct replies *r, struct tally *t)
 {
-    if (!r->status_seen)
+    int err = 0;
+    if (asked && !r->status_seen) {
+        int booked;
+        pthread_mutex_lock(&st->lock);
+        booked = !st->status_pending;
+        pthread_mutex_unlock(&st->lock);
+        if (booked)
+            return;
+        err = await_status(st->fd, r);
+    }
+    if (!r->status_seen && !asked)
         return;
     pthread_mutex_lock(&st->lock);
-    set_kernel_state(st, r->status_errno, &r->status);
+    if (r->status_seen)
+        set_kernel_state(st, r->status_errno, &r->status);
+    else
+        set_kernel_state(st, err, NULL);
     pthread_mutex_unlock(&st->lock);
+    if (r->status_seen && r->status_errno == 0 && r->status.enabled == KENSA_KERNEL_DISABLED) {
+        t->discarded += t->sent;
+        t->sent = 0;
+    }
 }
 
 /* Whether the kernel is known to discard user records (enabled 0). */
@@ -533,14 +563,6 @@ static int send_record(struct kstate *st, struct nlmsghdr *h, uint32_t body_len,
     *elapsed = now_ns() - t0;
     return err;
 }
-
-/* Outcomes of sends made without the lock, booked later under it. */
-struct tally {
-    uint64_t sent, failed, gaps, stalls, worst_ns, discarded;
-    uint64_t refused;
-    int last_errno;
-    int off_reason, off_errno;
-};
 
 static void tally_off(struct tally *t, int err)
 {
@@ -692,7 +714,7 @@ static void *sender_main(void *arg)
         struct tally t;
         struct replies r;
         uint64_t pos, end;
-        int n, discarding;
+        int n, discarding, asked;
 
         if (st->reason != KENSA_ON && st->reason != KENSA_OFF_CLOSED)
             discard_queue(st, 1);
@@ -724,7 +746,13 @@ static void *sender_main(void *arg)
 
         memset(&t, 0, sizeof t);
         memset(&r, 0, sizeof r);
-        refresh_kernel_state(st);
+        asked = refresh_kernel_state(st);
+        if (asked && kernel_discards(st)) {
+            /* Sending nothing while the kernel discards: wait for the answer
+             * now, so records are not dropped once audit is back on. */
+            settle_kernel_state(st, 1, &r, &t);
+            asked = 0;
+        }
         /* With audit disabled the kernel drops user records without a word:
          * count them as discarded rather than pretend they were logged. */
         discarding = kernel_discards(st);
@@ -748,8 +776,8 @@ static void *sender_main(void *arg)
             pos += NEED(e->len);
         }
         drain_replies(st->fd, &r);
+        settle_kernel_state(st, asked, &r, &t);
         tally_replies(&t, &r);
-        note_replies(st, &r);
 
         pthread_mutex_lock(&st->lock);
         st->head = pos;
@@ -992,7 +1020,7 @@ static long long emit_sync(struct kstate *st, uint64_t seq, const char *head, si
     struct tally t;
     struct replies r;
     uint64_t elapsed = 0;
-    int err = 0, discarding;
+    int err = 0, discarding, asked;
     long long ret;
 
     memcpy(body, head, head_len);
@@ -1004,7 +1032,11 @@ static long long emit_sync(struct kstate *st, uint64_t seq, const char *head, si
     body[len] = '\0';
     memset(&t, 0, sizeof t);
     memset(&r, 0, sizeof r);
-    refresh_kernel_state(st);
+    asked = refresh_kernel_state(st);
+    if (asked && kernel_discards(st)) {
+        settle_kernel_state(st, 1, &r, &t);
+        asked = 0;
+    }
     discarding = kernel_discards(st);
     if (discarding) {
         t.discarded++;
@@ -1013,8 +1045,9 @@ static long long emit_sync(struct kstate *st, uint64_t seq, const char *head, si
         tally_send(&t, err, elapsed, 0);
     }
     drain_replies(st->fd, &r);
+    settle_kernel_state(st, asked, &r, &t);
+    discarding = t.discarded > 0;
     tally_replies(&t, &r);
-    note_replies(st, &r);
     pthread_mutex_lock(&st->lock);
     book(st, &t);
     st->in_send--;

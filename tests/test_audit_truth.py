@@ -125,6 +125,34 @@ def test_status_is_off_and_records_are_discarded_while_kernel_audit_is_disabled(
     assert audit.status().state == "on"
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_running_emitter_follows_kernel_audit_off_and_on(listener: AuditListener, mode: str) -> None:
+    """An emitter counts records as discarded while auditctl -e 0 holds, and sends again after it is undone."""
+    em = real_emitter(mode)
+    marker = uuid.uuid4().hex
+    # Sleeps outlast the sender's re-read interval (KENSA_RECHECK_NS, 100 ms).
+    for _ in range(10):
+        em.emit_phase(marker, "apply", True)
+    assert em.flush(10)
+    with kernel_audit_disabled():
+        time.sleep(0.3)
+        for _ in range(30):
+            em.emit_phase(marker, "apply", True)
+        assert em.flush(10)
+        off = em.stats()
+    time.sleep(0.3)
+    for _ in range(5):
+        em.emit_phase(marker, "apply", True)
+    assert em.flush(10)
+    on = em.stats()
+    em.close()
+    sentinel(listener)
+    assert (off.sent, off.discarded, off.kernel_enabled) == (10, 30, 0)
+    assert (on.sent, on.discarded, on.kernel_enabled) == (15, 30, 1)
+    assert on.emitted == on.sent + on.dropped + on.failed == 45
+    assert len(listener.matching(lambda r: marker in r.text)) == 15
+
+
 def test_status_names_no_audit_daemon_when_auditd_is_stopped() -> None:
     """With auditd stopped (pid 0 in the kernel): status() is on but says no audit daemon receives records."""
     with auditd_terminated():
@@ -221,15 +249,32 @@ def test_close_then_emit_sends_nothing(listener: AuditListener) -> None:
     assert listener.matching(lambda r: marker in r.text) == []
 
 
+def fill_until_the_kernel_holds_the_sender(em: AuditEmitter, marker: str) -> None:
+    """With auditd stopped: emit until the kernel's queue is over its backlog limit, then a little more.
+
+    From then on the kernel holds every send (backlog_wait_time), so the
+    sender sits in sendto with records left in the ring.
+    """
+    rec = em.transaction(marker, "hold-test", "localhost")
+    for _ in range(500):
+        for _ in range(500):
+            rec.emit("apply", True)
+        kernel = audit.kernel_status()
+        if kernel.backlog_limit and kernel.backlog >= kernel.backlog_limit:
+            for _ in range(2000):
+                rec.emit("apply", True)
+            return
+        time.sleep(0.01)
+    pytest.fail("the kernel's audit backlog never filled with auditd stopped")
+
+
 def test_close_stops_a_sender_the_kernel_holds(listener: AuditListener) -> None:
     """close() with auditd SIGSTOPped: what was still queued is abandoned, not sent later by a detached sender."""
     pid = require_auditd()
-    em = real_emitter("async", capacity=64 << 10)
+    em = real_emitter("async", capacity=16 << 20)
     marker = uuid.uuid4().hex
-    rec = em.transaction(marker, "close-test", "localhost")
     with auditd_stopped(pid):
-        for _ in range(3000):
-            rec.emit("apply", True)
+        fill_until_the_kernel_holds_the_sender(em, marker)
         em.close(0.1)
         at_close = em.stats()
     # Let a send the kernel held finish, then wait until the kernel logged it.
@@ -238,21 +283,19 @@ def test_close_stops_a_sender_the_kernel_holds(listener: AuditListener) -> None:
     got = listener.matching(lambda r: marker in r.text)
     assert at_close.queued > 0, "nothing was queued at close(): the sender was not held"
     assert after.dropped > at_close.dropped, "records queued at close() were not abandoned"
-    assert after.sent + after.dropped + after.failed == after.emitted == 3000
+    assert after.sent + after.dropped + after.failed == after.emitted == at_close.emitted
     assert len(got) <= after.sent
 
 
 def test_flush_returns_by_its_timeout_while_auditd_is_stopped() -> None:
     """flush() gives up at its timeout, with records still queued, when auditd hangs."""
     pid = require_auditd()
-    em = real_emitter("async", capacity=64 << 10)
-    rec = em.transaction(uuid.uuid4().hex, "flush-test", "localhost")
+    em = real_emitter("async", capacity=16 << 20)
     with auditd_stopped(pid):
-        for _ in range(3000):
-            rec.emit("apply", True)
+        fill_until_the_kernel_holds_the_sender(em, uuid.uuid4().hex)
         drained = em.flush(0.3)
         queued = em.stats().queued
-    assert em.flush(60)
+    assert em.flush(120)
     em.close()
     assert not drained and queued > 0
 
