@@ -236,6 +236,66 @@ def test_records_of_an_emitter_gone_out_of_scope_all_reach_the_kernel(listener: 
     assert "abandoned" not in proc.stderr
 
 
+HELD_AT_EXIT = """
+import sys, time
+import kensa.audit as a
+em = a.open_emitter(capacity=16 << 20)
+rec = em.transaction(sys.argv[1], "exit-held", "localhost")
+for _ in range(500):
+    for _ in range(500):
+        rec.emit("apply", True)
+    k = a.kernel_status()
+    if k.backlog_limit and k.backlog >= k.backlog_limit:
+        break
+    time.sleep(0.01)
+else:
+    sys.exit(3)
+for _ in range(2000):
+    rec.emit("apply", True)
+"""
+
+
+def test_records_abandoned_at_exit_are_reported_on_stderr() -> None:
+    """With auditd SIGSTOPped, exit gives up at its deadline and says on stderr how many records it abandoned."""
+    pid = require_auditd()
+    with auditd_stopped(pid):
+        proc = subprocess.run(
+            [sys.executable, "-c", HELD_AT_EXIT, uuid.uuid4().hex], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stderr.splitlines() if "abandoned at exit" in line)
+    assert int(line.split("kensa: ", 1)[1].split()[0]) > 0
+
+
+DRAIN_COUNT = """
+import kensa.audit as a
+em = a.open_emitter()
+rec = em.transaction("drain-count", "r", "h")
+for _ in range(5000):
+    rec.emit("apply", True)
+assert em.flush(60)
+"""
+
+
+def test_replies_are_drained_once_per_batch_not_per_record(tmp_path: Path) -> None:
+    """strace of a 5,000-record burst: far fewer recvfrom calls than record sends."""
+    require_auditd()
+    if shutil.which("strace") is None:
+        require_audit("strace is not installed")
+    trace = tmp_path / "trace"
+    proc = subprocess.run(
+        ["strace", "-f", "-qq", "-s", "200", "-e", "trace=sendto,recvfrom", "-o", str(trace), sys.executable, "-c", DRAIN_COUNT],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": SRC},
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = trace.read_text().splitlines()
+    sends = [c for c in calls if "sendto(" in c and "nlmsg_type=AUDIT_USER" in c]
+    recvs = [c for c in calls if "recvfrom(" in c]
+    assert len(sends) == 5000
+    assert len(recvs) * 4 < len(sends), f"{len(recvs)} recvfrom for {len(sends)} sends"
+
+
 def test_close_then_emit_sends_nothing(listener: AuditListener) -> None:
     """After close(), emitted records are counted as dropped and none reaches the kernel."""
     em = real_emitter("async")
