@@ -99,6 +99,7 @@ struct kstate {
     kensa_stats stats;
     /* The kernel's audit state as last read, under lock. */
     int status_pending; /* an AUDIT_GET is on its way */
+    int status_refused; /* the kernel refuses AUDIT_GET here for good: stop asking */
     uint64_t checked_ns;
     int kernel_enabled;
     int kernel_errno;
@@ -470,6 +471,9 @@ static void set_kernel_state(struct kstate *st, int err, const struct audit_stat
     st->kernel_pid = err == 0 ? status->pid : 0;
     st->status_pending = 0;
     st->checked_ns = now_ns();
+    /* No capability or a foreign user namespace does not change while the
+     * process runs: asking again every 100 ms would only cost syscalls. */
+    st->status_refused = err == EPERM || err == ECONNREFUSED;
 }
 
 /* Asks the kernel for its audit state again when the last answer is older
@@ -481,7 +485,7 @@ static int refresh_kernel_state(struct kstate *st)
     uint64_t now = now_ns();
     int due, err;
     pthread_mutex_lock(&st->lock);
-    due = !st->status_pending && now - st->checked_ns >= KENSA_RECHECK_NS;
+    due = !st->status_pending && !st->status_refused && now - st->checked_ns >= KENSA_RECHECK_NS;
     if (due)
         st->status_pending = 1;
     pthread_mutex_unlock(&st->lock);

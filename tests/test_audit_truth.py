@@ -173,19 +173,29 @@ def test_status_is_on_with_auditd_running() -> None:
 
 
 def test_status_without_cap_audit_control_is_unknown() -> None:
-    """Without CAP_AUDIT_CONTROL the kernel cannot be asked: status() says unknown, not on."""
+    """Without CAP_AUDIT_CONTROL the kernel cannot be asked: status() says unknown, and records are still sent."""
     require_root()
     if shutil.which("setpriv") is None:
         require_audit("setpriv is not installed")
-    code = "import json, kensa.audit as a; s = a.status(); print(json.dumps([s.state, s.reason, s.writable, s.detail]))"
+    code = (
+        "import json, kensa.audit as a\n"
+        "s = a.status()\n"
+        "em = a.open_emitter()\n"
+        "for _ in range(5): em.emit_phase('no-control', 'apply', True)\n"
+        "em.flush(10)\n"
+        "e = em.stats()\n"
+        "print(json.dumps([s.state, s.reason, s.writable, s.detail, e.sent, e.reason, e.kernel_enabled]))\n"
+    )
     out = subprocess.run(
         ["setpriv", "--bounding-set=-audit_control", "--inh-caps=-audit_control", sys.executable, "-c", code],
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC},
     )
     assert out.returncode == 0, out.stderr
-    state, reason, writable, detail = json.loads(out.stdout)
+    state, reason, writable, detail, sent, emitter_reason, kernel_enabled = json.loads(out.stdout)
     assert (state, reason, writable) == ("unknown", "kernel_state_unknown", True)
     assert "CAP_AUDIT_CONTROL" in detail
+    # The kernel's refusal of AUDIT_GET is not a refusal of the records.
+    assert (sent, emitter_reason, kernel_enabled) == (5, "on", -1)
 
 
 def test_cli_audit_status_json_carries_the_kernel_figures_without_auditctl(tmp_path: Path) -> None:
