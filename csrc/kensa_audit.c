@@ -542,6 +542,22 @@ static int kernel_discards(struct kstate *st)
     return off;
 }
 
+/* Before sending: asks the kernel again when due and, while it is known to
+ * discard records, waits for the answer so records flow again as soon as
+ * audit is back on. Sets *discarding (send nothing, count the records
+ * discarded); returns 1 when an answer is still to be collected after the
+ * sends (settle_kernel_state). */
+static int check_before_sending(struct kstate *st, struct replies *r, struct tally *t, int *discarding)
+{
+    int asked = refresh_kernel_state(st);
+    if (asked && kernel_discards(st)) {
+        settle_kernel_state(st, 1, r, t);
+        asked = 0;
+    }
+    *discarding = kernel_discards(st);
+    return asked;
+}
+
 /* Sends one message: h is followed by body_len bytes of body and a NUL.
  * Called with no lock held. Returns 0 or an errno. */
 static int send_record(struct kstate *st, struct nlmsghdr *h, uint32_t body_len, uint64_t *elapsed)
@@ -750,16 +766,9 @@ static void *sender_main(void *arg)
 
         memset(&t, 0, sizeof t);
         memset(&r, 0, sizeof r);
-        asked = refresh_kernel_state(st);
-        if (asked && kernel_discards(st)) {
-            /* Sending nothing while the kernel discards: wait for the answer
-             * now, so records are not dropped once audit is back on. */
-            settle_kernel_state(st, 1, &r, &t);
-            asked = 0;
-        }
         /* With audit disabled the kernel drops user records without a word:
          * count them as discarded rather than pretend they were logged. */
-        discarding = kernel_discards(st);
+        asked = check_before_sending(st, &r, &t, &discarding);
         for (n = 0; pos != end && n < SEND_BATCH && t.off_reason == KENSA_ON; n++) {
             struct entry_hdr *e = (struct entry_hdr *)(st->ring + pos % st->cap);
             uint64_t elapsed;
@@ -1036,12 +1045,7 @@ static long long emit_sync(struct kstate *st, uint64_t seq, const char *head, si
     body[len] = '\0';
     memset(&t, 0, sizeof t);
     memset(&r, 0, sizeof r);
-    asked = refresh_kernel_state(st);
-    if (asked && kernel_discards(st)) {
-        settle_kernel_state(st, 1, &r, &t);
-        asked = 0;
-    }
-    discarding = kernel_discards(st);
+    asked = check_before_sending(st, &r, &t, &discarding);
     if (discarding) {
         t.discarded++;
     } else {

@@ -33,18 +33,9 @@ from conftest import (
 )
 from kensa import audit
 from kensa.audit import AuditArgumentError, AuditEmitter, KensaError
+from test_audit_kernel import real_emitter
 
 SRC = str(Path(audit.__file__).resolve().parent.parent)
-
-
-def real_emitter(mode: str = "async", **kw: int) -> AuditEmitter:
-    """An emitter that must be real here (root, audit in the kernel)."""
-    require_root()
-    em = audit.open_emitter(mode, **kw)  # type: ignore[arg-type]
-    if not isinstance(em, AuditEmitter):
-        require_audit(f"emission is off: {audit.status()}")
-    assert isinstance(em, AuditEmitter)
-    return em
 
 
 def auditctl_status() -> Dict[str, str]:

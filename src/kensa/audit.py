@@ -394,8 +394,9 @@ class NoopEmitter:
     def transaction(self, txn: Value, rule: Value, host: Value) -> _NoopRecorder:
         return _NoopRecorder()
 
-    def emit_phase(self, txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> None:
+    def emit_phase(self, txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> Optional[int]:
         _head(phase)
+        return None
 
     def stats(self) -> EmitterStats:
         return EmitterStats(self.mode, False, self.reason, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, "")
