@@ -60,13 +60,27 @@ def kernel_audit_disabled() -> Iterator[None]:
         subprocess.run(["auditctl", "-e", before], check=True, capture_output=True)
 
 
-def wait_kernel_pid(pred: "object", timeout: float = 20.0) -> int:
+def wait_for(predicate: "object", timeout: float = 30.0) -> bool:
+    """Poll predicate until it holds or timeout seconds passed; whether it held."""
     deadline = time.monotonic() + timeout
-    while True:
-        pid = audit.kernel_status().pid
-        if pred(pid) or time.monotonic() > deadline:  # type: ignore[operator]
-            return pid
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
+    return True
+
+
+def live_auditd() -> bool:
+    """Whether an auditd process runs (zombies, which no init may reap here, do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            comm = fields[0].split("(", 1)[1]
+        except (OSError, IndexError):
+            continue
+        if comm == "auditd" and fields[1].split()[0] != "Z":
+            return True
+    return False
 
 
 @contextmanager
@@ -75,12 +89,16 @@ def auditd_terminated() -> Iterator[None]:
     pid = require_auditd()
     os.kill(pid, signal.SIGTERM)
     try:
-        assert wait_kernel_pid(lambda p: p == 0) == 0, "auditd did not unregister from the kernel"
+        assert wait_for(lambda: audit.kernel_status().pid == 0), "auditd did not unregister from the kernel"
         yield
     finally:
-        if subprocess.run(["pgrep", "-x", "auditd"], capture_output=True).returncode != 0:
+        wait_for(lambda: not live_auditd())
+        if not live_auditd():
             subprocess.run(["auditd"], check=True)
-        assert wait_kernel_pid(lambda p: p != 0) != 0, "auditd did not come back"
+        assert wait_for(lambda: audit.kernel_status().pid != 0), "auditd did not come back"
+        # Others find auditd with pgrep, which also lists the old one until it is reaped.
+        wait_for(lambda: subprocess.run(["pgrep", "-x", "auditd"], capture_output=True, text=True).stdout.split()
+                 == [str(audit.kernel_status().pid)])
 
 
 def sentinel(listener: AuditListener) -> None:
