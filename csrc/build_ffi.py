@@ -1,7 +1,9 @@
 """cffi build script for kensa._audit (API mode, out-of-line).
 
 The cdef is csrc/kensa_audit.h itself with its preprocessor lines removed, so
-the C surface is written once.
+the C surface is written once, followed by csrc/kernel_cdef.h, which names the
+fields of the kernel's struct audit_status and its constants with ``...`` so
+that their layout and values come from <linux/audit.h> at build time.
 """
 
 import os
@@ -18,9 +20,11 @@ def read_cdef(path: str) -> str:
 
 ffibuilder = FFI()
 ffibuilder.cdef(read_cdef(os.path.join(HERE, "kensa_audit.h")))
+with open(os.path.join(HERE, "kernel_cdef.h"), encoding="utf-8") as f:
+    ffibuilder.cdef(f.read())
 ffibuilder.set_source(
     "kensa._audit",
-    '#include "kensa_audit.h"',
+    '#include <linux/audit.h>\n#include "kensa_audit.h"',
     sources=[os.path.relpath(os.path.join(HERE, "kensa_audit.c"))],
     include_dirs=[os.path.relpath(HERE)],
     # Never libaudit: kensa_audit.c dlopens libaudit.so.1 at run time, so a

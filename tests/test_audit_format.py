@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import decode_value, parse_fields, require_audit
 from kensa import audit
+from kensa import audit
 from kensa.audit import MAX_BODY, encode_value, format_phase_record
 
 DATA = Path(__file__).parent / "data"
@@ -112,6 +113,21 @@ def test_max_body_matches_the_c_header() -> None:
     except ImportError:
         require_audit("the extension kensa._audit is not built")
     assert _audit.lib.KENSA_MAX_BODY == MAX_BODY
+    assert _audit.lib.KENSA_SEQ_ROOM == audit.SEQ_ROOM
+
+
+def test_longest_body_with_the_largest_seq_still_fits() -> None:
+    """Truncated values leave room for seq=<20 digits>: the body the C side builds stays under the cap."""
+    body = format_phase_record("t" * 10_000, "partially_applied", False, "r" * 10_000, "h" * 10_000, seq=2**64 - 1)
+    assert len(body) <= MAX_BODY
+    assert [k for k, _ in parse_fields(body.decode())] == ["op", "phase", "seq", *KEYS[2:]]
+
+
+def test_seq_must_be_a_positive_64_bit_number() -> None:
+    """format_phase_record refuses a seq the emitter can never produce, with an AuditArgumentError."""
+    for bad in (0, -1, 2**64, True, "1"):
+        with pytest.raises(audit.AuditArgumentError, match="seq"):
+            format_phase_record("t", "apply", True, seq=bad)  # type: ignore[arg-type]
 
 
 def test_import_kensa_without_the_extension() -> None:

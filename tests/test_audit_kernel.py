@@ -55,9 +55,9 @@ def test_record_reaches_the_kernel_byte_for_byte(listener: AuditListener, mode: 
     assert em.flush(5)
     got = kensa_records(listener, txn, 2)
     assert [r.type for r in got] == [1005, 1005]
-    assert got[0].body == format_phase_record(txn, "validate", False, "ssh-disable-root-login", "web01").decode()
+    assert got[0].body == format_phase_record(txn, "validate", False, "ssh-disable-root-login", "web01", seq=1).decode()
     assert got[1].body.endswith(" res=success")
-    assert got[1].body == format_phase_record(txn, "committed", True, "ssh-disable-root-login", "web01").decode()
+    assert got[1].body == format_phase_record(txn, "committed", True, "ssh-disable-root-login", "web01", seq=2).decode()
     assert got[0].pid == os.getpid()
     em.close()
 
@@ -90,7 +90,7 @@ def test_ausearch_reads_the_outcome() -> None:
 
 
 def test_hostile_ids_never_forge_a_field(listener: AuditListener) -> None:
-    """Hostile rule ids and hosts arrive with exactly six fields and decode back."""
+    """Hostile rule ids and hosts arrive with exactly seven fields (seq included) and decode back."""
     em = real_emitter("sync")
     marker = uuid.uuid4().hex
     for i, hostile in enumerate(HOSTILE):
@@ -99,11 +99,11 @@ def test_hostile_ids_never_forge_a_field(listener: AuditListener) -> None:
     assert len(got) == len(HOSTILE)
     for record, hostile in zip(got, HOSTILE):
         fields = parse_fields(record.body)
-        assert [k for k, _ in fields] == ["op", "phase", "txn", "rule", "host", "res"]
+        assert [k for k, _ in fields] == ["op", "phase", "seq", "txn", "rule", "host", "res"]
         assert fields[-1] == ("res", "failed")
         raw = hostile.encode()
-        assert raw.startswith(decode_value(fields[3][1]))
         assert raw.startswith(decode_value(fields[4][1]))
+        assert raw.startswith(decode_value(fields[5][1]))
     em.close()
 
 

@@ -2,7 +2,12 @@
 
 One record per phase boundary, type AUDIT_USER (1005) by default::
 
-    op=kensa_transaction phase=<phase> txn=<id> rule=<id> host=<target> res=success|failed
+    op=kensa_transaction phase=<phase> seq=<n> txn=<id> rule=<id> host=<target> res=success|failed
+
+``seq`` numbers every record one emitter hands to the kernel (gap records
+included) from 1 without holes: a number missing from auditd's log is a record
+lost after kensa sent it. ``ausearch -i`` and ``aureport`` leave the field as
+it is.
 
 ``res`` is the audit dictionary's outcome field, so ``ausearch --success no``
 and ``aureport`` understand it. Caller-supplied values (txn, rule, host) are
@@ -22,31 +27,48 @@ refused, and the journal remains the record of truth.
 In ``async`` mode (the default) the calling thread copies the record into a
 bounded ring and a C sender thread talks to the kernel; a full ring drops the
 record, counts it, and the next record that gets through is preceded by an
-``op=kensa_audit_gap dropped=N res=failed`` record. ``sync`` mode sends on the
-calling thread, so the record is in the kernel before the call returns.
+``op=kensa_audit_gap seq=<n> dropped=N res=failed`` record. ``sync`` mode sends
+on the calling thread, so the record is in the kernel before the call returns.
+
+:func:`status` asks the kernel itself (``AUDIT_GET``): whether it logs records
+at all (``enabled 0`` discards them), whether an audit daemon receives them,
+and its counters. The sender re-reads that state at least every 100 ms while
+it sends and counts records it would send while the kernel discards them as
+``discarded`` (part of ``dropped``), so ``emitted == sent + dropped + failed``
+says what reached the log. At interpreter exit every emitter's queue, also of
+emitters already garbage-collected, is flushed within one bounded wait; what
+could not be sent in time is reported on stderr.
 """
 
 from __future__ import annotations
 
 import atexit
 import errno
+import math
 import os
 import re
+import sys
 import threading
-import weakref
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
+
+from .model import KensaError
 
 __all__ = [
     "AUDIT_USER",
     "MAX_BODY",
+    "AuditArgumentError",
     "AuditEmitter",
+    "AuditError",
     "AuditStatus",
     "EmitterStats",
+    "KernelAuditStatus",
+    "KernelStatusError",
     "NoopEmitter",
     "PhaseRecorder",
     "encode_value",
     "format_phase_record",
+    "kernel_status",
     "open_emitter",
     "status",
 ]
@@ -55,8 +77,15 @@ AUDIT_USER = 1005
 #: Longest body the kernel keeps whole (AUDIT_MESSAGE_TEXT_MAX less its NUL);
 #: equal to KENSA_MAX_BODY in csrc/kensa_audit.h (a test checks).
 MAX_BODY = 8559
+#: Room for ``seq=<n> `` inside MAX_BODY; equal to KENSA_SEQ_ROOM (a test checks).
+SEQ_ROOM = 25
 DEFAULT_CAPACITY = 1 << 20
+#: One deadline for all emitters' queues at interpreter exit.
 EXIT_FLUSH_SECONDS = 2.0
+#: flush() waits at most this long unless told otherwise.
+DEFAULT_FLUSH_SECONDS = 10.0
+# Longest wait a caller may ask for, in ms (about 31 years): C clamps there too.
+_MAX_WAIT_MS = 10**12
 
 _PHASE_RE = re.compile(r"[a-z][a-z_]{0,31}\Z")
 # Room for the longest phase name, so a transaction's values are truncated the
@@ -67,7 +96,7 @@ _OP = b"op=kensa_transaction phase="
 _RES_OK = b" res=success"
 _RES_FAILED = b" res=failed"
 _RES = {True: _RES_OK, False: _RES_FAILED}
-_FIXED = len(_OP) + _PHASE_ROOM + len(b" txn= rule= host=") + len(_RES[False])
+_FIXED = len(_OP) + _PHASE_ROOM + SEQ_ROOM + len(b" txn= rule= host=") + len(_RES[False])
 
 Value = Union[str, bytes]
 
@@ -84,7 +113,17 @@ _REASONS = {
     9: "thread_error",
 }
 _REASON_TEXT = {
-    "on": "audit records are being written",
+    "on": "the kernel logs audit records and an audit daemon receives them",
+    "kernel_disabled": "the kernel discards every audit record (audit enabled 0): start auditd or run auditctl -e 1",
+    "no_audit_daemon": (
+        "no audit daemon is registered with the kernel (pid 0): records reach only the kernel log "
+        "(dmesg), rate-limited; start auditd"
+    ),
+    "locked": "the kernel logs audit records; its audit configuration is locked (enabled 2) until reboot",
+    "kernel_state_unknown": (
+        "this process may write audit records, but without CAP_AUDIT_CONTROL it cannot ask the kernel "
+        "whether it logs them (AUDIT_GET refused); run as root or grant CAP_AUDIT_CONTROL to know"
+    ),
     "no_capability": "the process lacks CAP_AUDIT_WRITE in its effective set",
     "user_namespace": "the process is not in the initial user namespace; the kernel refuses audit records from others",
     "no_kernel_audit": "the kernel has no audit support (NETLINK_AUDIT unavailable)",
@@ -97,6 +136,18 @@ _REASON_TEXT = {
     "no_extension": "the compiled extension kensa._audit could not be imported",
     "disabled": "emission was turned off with KENSA_AUDIT=off",
 }
+
+
+class AuditError(KensaError):
+    """Base of the errors kensa.audit raises (only ever for the caller's input or a query)."""
+
+
+class AuditArgumentError(AuditError, ValueError):
+    """An argument to the audit API is invalid; nothing was changed."""
+
+
+class KernelStatusError(AuditError, OSError):
+    """The kernel's audit status could not be read (``errno`` says why: EPERM without CAP_AUDIT_CONTROL)."""
 
 
 def _errno_text(err: int) -> str:
@@ -175,28 +226,89 @@ def _bind_values(txn: Value, rule: Value, host: Value) -> bytes:
 
 def _phase_head(phase: str) -> bytes:
     if not isinstance(phase, str) or not _PHASE_RE.match(phase):
-        raise ValueError(f"invalid audit phase {phase!r}: expected lowercase letters and '_', at most 32")
+        raise AuditArgumentError(f"invalid audit phase {phase!r}: expected lowercase letters and '_', at most 32")
     return _OP + phase.encode("ascii") + b" "
 
 
-def format_phase_record(txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> bytes:
-    """The exact record body kensa sends for one phase boundary (without NUL)."""
-    return _phase_head(phase) + _bind_values(txn, rule, host) + _RES[bool(ok)]
+def format_phase_record(
+    txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "", *, seq: Optional[int] = None
+) -> bytes:
+    """The exact record body kensa sends for one phase boundary (without NUL).
+
+    With ``seq`` it is the body of the record with that sequence number; without,
+    the same body less its ``seq=`` field (the C emitter inserts it).
+    """
+    head = _phase_head(phase)
+    if seq is not None:
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**64:
+            raise AuditArgumentError(f"seq must be an int from 1 to 2**64-1, got {seq!r}")
+        head += b"seq=%d " % seq
+    return head + _bind_values(txn, rule, host) + _RES[bool(ok)]
+
+
+@dataclass(frozen=True)
+class KernelAuditStatus:
+    """The kernel's ``struct audit_status`` as ``AUDIT_GET`` returned it.
+
+    ``enabled``: 0 the kernel discards records, 1 it logs them, 2 it logs them
+    and the configuration is locked. ``pid``: the audit daemon, 0 when none.
+    ``failure``: 0 silent, 1 printk, 2 panic when records are lost.
+    ``backlog_wait_time`` is in jiffies, as the kernel keeps it.
+    """
+
+    enabled: int
+    failure: int
+    pid: int
+    rate_limit: int
+    backlog_limit: int
+    lost: int
+    backlog: int
+    backlog_wait_time: int
+
+
+_KERNEL_FIELDS = ("enabled", "failure", "pid", "rate_limit", "backlog_limit", "lost", "backlog", "backlog_wait_time")
+
+
+def kernel_status() -> KernelAuditStatus:
+    """Ask the kernel for its audit status (``AUDIT_GET``; needs CAP_AUDIT_CONTROL).
+
+    Raises :class:`KernelStatusError` with the errno when the kernel cannot be
+    asked: EPERM without the capability, ECONNREFUSED outside the initial user
+    namespace, EPROTONOSUPPORT without kernel audit, or no extension at all.
+    """
+    lib, ffi, missing = _load()
+    if lib is None:
+        raise KernelStatusError(errno.ENOSYS, f"cannot ask the kernel: {_REASON_TEXT['no_extension']} ({missing})")
+    out = ffi.new("struct audit_status *")
+    err = lib.kensa_kernel_status(out)
+    if err:
+        raise KernelStatusError(err, f"AUDIT_GET failed: {_errno_text(err)}")
+    return KernelAuditStatus(*(int(getattr(out, f)) for f in _KERNEL_FIELDS))
 
 
 @dataclass(frozen=True)
 class AuditStatus:
-    """Whether emission is possible here, and exactly why not."""
+    """What happens to kensa's audit records here, and exactly why.
+
+    ``state`` is ``"on"`` (the kernel logs them; ``reason`` ``no_audit_daemon``
+    when only its own log has them), ``"off"`` (they are not written or the
+    kernel discards them) or ``"unknown"`` (they can be written but the kernel
+    cannot be asked whether it logs them). ``enabled`` is ``state == "on"``.
+    ``writable``: this process can hand records to the kernel at all.
+    ``kernel``: the kernel's own figures, when it could be asked.
+    """
 
     enabled: bool
     reason: str
     detail: str
     extension: bool
     libaudit: bool
+    state: str = "off"
+    writable: bool = False
+    kernel: Optional[KernelAuditStatus] = None
 
     def __str__(self) -> str:
-        state = "on" if self.enabled else "off"
-        return f"audit emission {state} ({self.reason}): {self.detail}"
+        return f"audit emission {self.state} ({self.reason}): {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -216,6 +328,9 @@ class EmitterStats:
     queued: int
     last_errno: int
     last_error: str
+    discarded: int = 0
+    seq: int = 0
+    kernel_enabled: int = -1
 
 
 # Record heads by phase, filled on first use; phases are a small closed set.
@@ -233,23 +348,30 @@ class PhaseRecorder:
     """Emits one transaction's records; txn, rule and host are encoded once.
 
     The per-record work on the calling thread is a dict lookup and one C call
-    that copies the record into the ring.
+    that copies the record into the ring. ``sequences`` lists, in order, each
+    emitted phase with the sequence number of its record, or None when the
+    emitter did not hand it to the kernel (dropped, refused, emitter off): what
+    the journal keeps so ``kensa audit reconcile`` can prove a gap.
     """
 
-    __slots__ = ("_send", "_handle", "_mid")
+    __slots__ = ("_send", "_handle", "_mid", "sequences")
 
     def __init__(self, emitter: "AuditEmitter", mid: bytes) -> None:
         self._send = emitter._send
         self._handle = emitter._handle
         self._mid = mid
+        self.sequences: List[Tuple[str, Optional[int]]] = []
 
     def emit(self, phase: str, ok: bool) -> None:
         head = _heads.get(phase) or _head(phase)
-        self._send(self._handle, head, self._mid, _RES_OK if ok else _RES_FAILED)
+        seq = self._send(self._handle, head, self._mid, _RES_OK if ok else _RES_FAILED)
+        self.sequences.append((phase, seq if seq > 0 else None))
 
 
 class _NoopRecorder:
     __slots__ = ()
+    # Nothing was handed to the kernel, so nothing to reconcile.
+    sequences: Tuple[Tuple[str, Optional[int]], ...] = ()
 
     def emit(self, phase: str, ok: bool) -> None:
         # Same phase-name check as the real recorder, so code tested with
@@ -272,16 +394,19 @@ class NoopEmitter:
     def transaction(self, txn: Value, rule: Value, host: Value) -> _NoopRecorder:
         return _NoopRecorder()
 
-    def emit_phase(self, txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> None:
+    def emit_phase(self, txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> Optional[int]:
         _head(phase)
+        return None
 
     def stats(self) -> EmitterStats:
         return EmitterStats(self.mode, False, self.reason, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, "")
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: Optional[float] = DEFAULT_FLUSH_SECONDS) -> bool:
+        _ms(timeout)
         return True
 
     def close(self, timeout: Optional[float] = 1.0) -> bool:
+        _ms(timeout)
         return True
 
     def __repr__(self) -> str:
@@ -289,7 +414,12 @@ class NoopEmitter:
 
 
 def _ms(timeout: Optional[float]) -> int:
-    return -1 if timeout is None else max(0, int(timeout * 1000))
+    """A timeout in seconds (None: no limit) as C milliseconds, checked."""
+    if timeout is None:
+        return -1
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
+        raise AuditArgumentError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    return int(min(timeout * 1000, _MAX_WAIT_MS))
 
 
 class AuditEmitter:
@@ -302,15 +432,18 @@ class AuditEmitter:
         self._send = lib.kensa_emit
         self.mode = mode
         self.msg_type = msg_type
-        _live.add(self)
 
     def transaction(self, txn: Value, rule: Value, host: Value) -> PhaseRecorder:
         """A recorder for one transaction: values are encoded here, once."""
         return PhaseRecorder(self, _bind_values(txn, rule, host))
 
-    def emit_phase(self, txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> None:
-        """Emit one phase record. Never blocks in async mode; never raises for I/O."""
-        self._lib.kensa_emit(self._handle, _head(phase), _bind_values(txn, rule, host), _RES[bool(ok)])
+    def emit_phase(self, txn: Value, phase: str, ok: bool, rule: Value = "", host: Value = "") -> Optional[int]:
+        """Emit one phase record; its sequence number, or None when it was not handed over.
+
+        Never blocks in async mode; never raises for I/O.
+        """
+        seq = self._lib.kensa_emit(self._handle, _head(phase), _bind_values(txn, rule, host), _RES[bool(ok)])
+        return int(seq) if seq > 0 else None
 
     @property
     def enabled(self) -> bool:
@@ -334,14 +467,26 @@ class AuditEmitter:
             queued=s.queued,
             last_errno=s.last_errno,
             last_error=_errno_text(s.last_errno),
+            discarded=s.discarded,
+            seq=s.seq,
+            kernel_enabled=s.kernel_enabled,
         )
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every queued record was handed to the kernel; False on timeout."""
+    def flush(self, timeout: Optional[float] = DEFAULT_FLUSH_SECONDS) -> bool:
+        """Wait until every queued record was handed to the kernel; False on timeout.
+
+        ``timeout`` is in seconds; None waits as long as it takes.
+        """
         return bool(self._lib.kensa_flush(self._handle, _ms(timeout)))
 
     def close(self, timeout: Optional[float] = 1.0) -> bool:
-        """Flush up to ``timeout`` seconds, then stop. Later records are dropped."""
+        """Flush up to ``timeout`` seconds, then stop the sender and close the socket.
+
+        Records still queued then are abandoned (counted as dropped), and so
+        are records emitted later. A send the kernel holds (auditd hung) past a
+        50 ms grace finishes on its own; nothing else is sent. False when
+        records were abandoned.
+        """
         return bool(self._lib.kensa_close(self._handle, _ms(timeout)))
 
     def __repr__(self) -> str:
@@ -350,7 +495,6 @@ class AuditEmitter:
 
 Emitter = Union[AuditEmitter, NoopEmitter]
 
-_live: "weakref.WeakSet[AuditEmitter]" = weakref.WeakSet()
 _import_lock = threading.Lock()
 
 
@@ -368,7 +512,7 @@ def _check_msg_type(msg_type: int) -> None:
     if isinstance(msg_type, bool) or not isinstance(msg_type, int):
         raise TypeError(f"msg_type must be an int, got {type(msg_type).__name__}")
     if not (msg_type == AUDIT_USER or 1100 <= msg_type <= 1199 or 2100 <= msg_type <= 2999):
-        raise ValueError(
+        raise AuditArgumentError(
             f"msg_type {msg_type} is not a user audit message type: "
             "use 1005 (AUDIT_USER) or a value in 1100-1199 or 2100-2999"
         )
@@ -379,7 +523,15 @@ def _disabled_by_env() -> bool:
 
 
 def status() -> AuditStatus:
-    """Probe whether this process can write audit records, and why not."""
+    """What happens to audit records written from this process, and why.
+
+    First whether this process can write them at all (extension, capability,
+    user namespace, kernel support), then what the kernel does with them, as
+    it says itself (``AUDIT_GET``): discards them (``enabled 0``), logs them
+    with no audit daemon to receive them (``pid 0``), logs them with its
+    configuration locked (``enabled 2``), or logs them. Without
+    CAP_AUDIT_CONTROL the kernel cannot be asked: the state is ``unknown``.
+    """
     lib, ffi, missing = _load()
     if lib is None:
         return AuditStatus(False, "no_extension", f"{_REASON_TEXT['no_extension']} ({missing})", False, False)
@@ -388,10 +540,26 @@ def status() -> AuditStatus:
         return AuditStatus(False, "disabled", _REASON_TEXT["disabled"], True, libaudit)
     err = ffi.new("int *")
     reason = _REASONS.get(lib.kensa_probe(err), "socket_error")
-    detail = _REASON_TEXT[reason]
-    if err[0]:
-        detail += f" ({_errno_text(err[0])})"
-    return AuditStatus(reason == "on", reason, detail, True, libaudit)
+    if reason != "on":
+        detail = _REASON_TEXT[reason] + (f" ({_errno_text(err[0])})" if err[0] else "")
+        return AuditStatus(False, reason, detail, True, libaudit)
+    try:
+        kernel = kernel_status()
+    except KernelStatusError as exc:
+        detail = _REASON_TEXT["kernel_state_unknown"]
+        if exc.errno != errno.EPERM:
+            detail = f"this process may write audit records, but the kernel could not be asked whether it logs them ({exc.strerror})"
+        return AuditStatus(False, "kernel_state_unknown", detail, True, libaudit, "unknown", True)
+    state, reason = "on", "on"
+    detail = _REASON_TEXT["on"] + f" (auditd pid {kernel.pid})"
+    if kernel.enabled == lib.KENSA_KERNEL_DISABLED:
+        state, reason, detail = "off", "kernel_disabled", _REASON_TEXT["kernel_disabled"]
+    elif kernel.pid == 0:
+        reason = "no_audit_daemon"
+        detail = _REASON_TEXT["no_audit_daemon"] + f" (kernel rate_limit {kernel.rate_limit}/s, 0: none; printk limits too)"
+    elif kernel.enabled == lib.KENSA_KERNEL_LOCKED:
+        reason, detail = "locked", _REASON_TEXT["locked"] + f" (auditd pid {kernel.pid})"
+    return AuditStatus(state == "on", reason, detail, True, libaudit, state, True, kernel)
 
 
 def open_emitter(mode: str = "async", *, msg_type: int = AUDIT_USER, capacity: int = DEFAULT_CAPACITY) -> Emitter:
@@ -403,12 +571,14 @@ def open_emitter(mode: str = "async", *, msg_type: int = AUDIT_USER, capacity: i
     for invalid arguments; never for the environment.
     """
     if mode not in ("async", "sync"):
-        raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
+        raise AuditArgumentError(f"mode must be 'async' or 'sync', got {mode!r}")
     _check_msg_type(msg_type)
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
-        raise ValueError(f"capacity must be a positive number of bytes, got {capacity!r}")
+        raise AuditArgumentError(f"capacity must be a positive number of bytes, got {capacity!r}")
     st = status()
-    if not st.enabled:
+    # A kernel that discards records now may log them later (auditd starts):
+    # the emitter still runs and counts what the kernel discarded.
+    if not st.writable:
         return NoopEmitter(mode, st.reason, st.detail)
     lib, ffi, _ = _load()
     reason = ffi.new("int *")
@@ -424,10 +594,14 @@ def open_emitter(mode: str = "async", *, msg_type: int = AUDIT_USER, capacity: i
 
 @atexit.register
 def _flush_at_exit() -> None:
-    """Give queued records a bounded chance to reach the kernel at exit."""
-    emitters = list(_live)
-    if not emitters:
-        return
-    per = EXIT_FLUSH_SECONDS / len(emitters)
-    for emitter in emitters:
-        emitter.flush(per)
+    """Give every queued record, also of collected emitters, one bounded chance at exit."""
+    module = sys.modules.get(f"{__package__}._audit")
+    if module is None:
+        return  # never loaded: no emitter ever ran here
+    lib, ffi = module.lib, module.ffi
+    abandoned = ffi.new("uint64_t *")
+    if not lib.kensa_flush_all(_ms(EXIT_FLUSH_SECONDS), abandoned):
+        sys.stderr.write(
+            f"kensa: {abandoned[0]} audit record(s) abandoned at exit: the kernel did not take them "
+            f"within {EXIT_FLUSH_SECONDS:g} s (is auditd hung?)\n"
+        )

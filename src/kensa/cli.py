@@ -372,54 +372,72 @@ def _report_one(args: argparse.Namespace, result: TransactionResult, out: TextIO
         print_results([result], [], out)
 
 
-def kernel_audit_state() -> Dict[str, str]:
-    """The kernel's audit settings as ``auditctl -s`` reports them (empty when unavailable)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("auditctl") is None:
-        return {}
-    proc = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, timeout=10, check=False)
-    if proc.returncode != 0:
-        return {}
-    state = {}
-    for line in proc.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        if key:
-            state[key] = value.strip()
-    return state
-
-
 def cmd_audit_status(args: argparse.Namespace, out: TextIO) -> int:
+    """``kensa audit status``: what happens to the records, the kernel's own figures, the counters."""
     from . import audit
 
     st = audit.status()
     emitter = audit.open_emitter()
     stats = emitter.stats()
     emitter.close()
-    kernel = kernel_audit_state()
+    kernel = st.kernel.__dict__ if st.kernel is not None else None
     if args.json:
         json.dump(
-            {"enabled": st.enabled, "reason": st.reason, "detail": st.detail, "extension": st.extension,
-             "libaudit": st.libaudit, "counters": stats.__dict__, "kernel": kernel},
+            {"state": st.state, "enabled": st.enabled, "writable": st.writable, "reason": st.reason,
+             "detail": st.detail, "extension": st.extension, "libaudit": st.libaudit,
+             "counters": stats.__dict__, "kernel": kernel},
             out,
             indent=2,
         )
         out.write("\n")
         return EXIT_OK
-    out.write(f"emission:  {'on' if st.enabled else 'off'} ({st.reason})\n")
+    out.write(f"emission:  {st.state} ({st.reason})\n")
     out.write(f"why:       {st.detail}\n")
     out.write(f"extension: {'loaded' if st.extension else 'missing'}; socket from {'libaudit' if st.libaudit else 'socket()'}\n")
     out.write(
-        "counters:  emitted={0.emitted} sent={0.sent} dropped={0.dropped} failed={0.failed} gaps={0.gaps} "
-        "stalls={0.stalls} worst_send={1:.3f}ms (this process)\n".format(stats, stats.worst_send_seconds * 1000)
+        "counters:  emitted={0.emitted} sent={0.sent} dropped={0.dropped} (discarded={0.discarded}) failed={0.failed} "
+        "gaps={0.gaps} stalls={0.stalls} worst_send={1:.3f}ms (this process)\n".format(stats, stats.worst_send_seconds * 1000)
     )
-    if kernel:
-        keys = ("enabled", "pid", "backlog", "backlog_limit", "lost", "backlog_wait_time")
-        out.write("kernel:    " + " ".join(f"{k}={kernel[k]}" for k in keys if k in kernel) + "\n")
+    if kernel is not None:
+        out.write("kernel:    " + " ".join(f"{k}={v}" for k, v in kernel.items()) + " (AUDIT_GET)\n")
     else:
-        out.write("kernel:    auditctl unavailable or not permitted; kernel counters unknown\n")
+        out.write("kernel:    not asked or not answered (AUDIT_GET needs CAP_AUDIT_CONTROL); kernel figures unknown\n")
     return EXIT_OK
+
+
+def cmd_audit_reconcile(args: argparse.Namespace, out: TextIO) -> int:
+    """``kensa audit reconcile``: which journaled records auditd's log holds, and which it lacks."""
+    from pathlib import Path
+
+    from .auditlog import LOGGED, MISSING, NOT_SENT, parse_since, reconcile, reconciliation_dict
+    from .journal import SqliteJournal
+
+    since = parse_since(args.since) if args.since is not None else None
+    logs = [Path(p) for p in args.log] if args.log else None
+    with SqliteJournal(_journal_path(args)) as journal:
+        rec = reconcile(journal, since, logs)
+    if args.json:
+        json.dump(reconciliation_dict(rec), out, indent=2)
+        out.write("\n")
+        return EXIT_OK if rec.complete else EXIT_NOT_APPLIED
+    where = ", ".join(str(p) for p in rec.log_files)
+    out.write(f"{len(rec.transactions)} journaled transaction(s){' since ' + rec.since.isoformat() if rec.since else ''}; log: {where}\n")
+    for t in rec.transactions:
+        logged = sum(1 for r in t.records if r.state == LOGGED)
+        line = f"{printable(t.txn_id)}: {logged} of {len(t.records)} record(s) in the log"
+        if t.missing:
+            line += "; MISSING (kensa sent them, the log lacks them): " + ", ".join(
+                f"{r.phase} (seq {r.seq}, pid {r.pid})" for r in t.missing
+            )
+        if t.not_sent:
+            line += "; NOT SENT (kensa's emitter dropped them): " + ", ".join(r.phase for r in t.not_sent)
+        out.write(line + "\n")
+    out.write(
+        f"summary: {rec.count(LOGGED)} in the log, {rec.count(MISSING)} missing after kensa sent them, "
+        f"{rec.count(NOT_SENT)} dropped by kensa's emitter; gap records in the log announce "
+        f"{rec.announced_drops} dropped\n"
+    )
+    return EXIT_OK if rec.complete else EXIT_NOT_APPLIED
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
@@ -479,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = audit_sub.add_parser("status", help="is emission on, why not, and the counters")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_audit_status)
+    q = audit_sub.add_parser("reconcile", help="which journaled records auditd's log holds and which are missing")
+    q.add_argument("--since", metavar="TIME", help="only transactions journaled since TIME (ISO 8601, or an age: 30m, 2h, 1d)")
+    q.add_argument("--log", action="append", metavar="PATH", help="auditd log file to read (repeatable; default: auditd.conf's log_file and its rotations)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_audit_reconcile)
 
     p = sub.add_parser("demo", help="run a built-in bundle of rules in a throw-away root")
     p.add_argument("--keep", action="store_true", help="keep the throw-away root and print where it is")

@@ -6,7 +6,8 @@ so validation fails and the transaction rolls back, and one that is refused
 before anything runs (errored: a transactional rule with a step that cannot be
 undone). When this process can write kernel audit records and read the audit
 multicast group (root), the demo prints the records the kernel logged for the
-run; otherwise it says exactly why not.
+run; when it shows none it says exactly why (not root, no capability, kernel
+audit disabled, no extension, ...) and what to do.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import struct
 import tempfile
 import threading
 import time
-from typing import Dict, List, Optional, TextIO, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, TextIO, Tuple
 
 from .model import Status, TransactionResult
+
+if TYPE_CHECKING:
+    from .audit import AuditStatus, EmitterStats
 
 RULES: Dict[str, str] = {
     "ssh-disable-root-login.yml": """\
@@ -196,12 +200,13 @@ def run_demo(out: TextIO, keep: bool = False, json_output: bool = False) -> int:
         make_tree(root)
         write_rules(rules_dir)
         status = audit.status()
-        tap, tap_problem = _open_tap() if status.enabled else (None, "")
+        tap, tap_problem = _open_tap() if status.writable else (None, "")
         engine = default_engine(journal_path=os.path.join(work, "journal.db"))
         target = Target(root, root)
         txns, unsupported = transactions_for(load_rules([rules_dir]), target, LocalHost(root))
         results: List[TransactionResult] = engine.run_many(txns)
         flushed = getattr(engine.audit, "flush", lambda timeout: True)(2.0)
+        stats = getattr(engine.audit, "stats", lambda: None)()
         records: List[str] = []
         if tap is not None:
             records = _collect(tap, results)
@@ -210,8 +215,9 @@ def run_demo(out: TextIO, keep: bool = False, json_output: bool = False) -> int:
         if json_output:
             json.dump(
                 {"root": root if keep else None, "results": [result_dict(r) for r in results],
-                 "audit": {"enabled": status.enabled, "reason": status.reason, "detail": status.detail,
-                           "flushed": flushed, "records": records}},
+                 "audit": {"enabled": status.enabled, "state": status.state, "reason": status.reason,
+                           "detail": status.detail, "flushed": flushed, "records": records,
+                           "why_none": None if records else why_no_records(status, tap_problem, stats)}},
                 out,
                 indent=2,
             )
@@ -220,21 +226,54 @@ def run_demo(out: TextIO, keep: bool = False, json_output: bool = False) -> int:
         out.write(f"kensa demo: {len(txns)} rules against a throw-away root\n\n")
         print_results(results, unsupported, out)
         out.write("\n")
-        if not status.enabled:
-            out.write(f"audit records: none written: {status.detail} ({status.reason})\n")
-        elif tap is None:
-            out.write(f"audit records: written to the kernel, but {tap_problem}\n")
-        else:
+        if records:
             out.write(f"audit records the kernel logged for this run ({len(records)}):\n")
             for text in records:
                 out.write("  " + printable(text[text.find("msg=") :]) + "\n")
-            out.write("  (auditd has them too: ausearch -m USER -i --success no)\n")
+            if status.reason == "no_audit_daemon":
+                out.write("  (no audit daemon runs: only the kernel log has them, rate-limited; start auditd)\n")
+            else:
+                out.write("  (auditd has them too: ausearch -m USER -i --success no)\n")
+        else:
+            out.write(f"audit records the kernel logged for this run: none. {why_no_records(status, tap_problem, stats)}\n")
         if keep:
             out.write(f"\nthe tree is kept in {root}; journal: {os.path.join(work, 'journal.db')}\n")
         return code
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+# What to do about each reason emission is off (kensa.audit.status() reasons).
+_REMEDY = {
+    "no_extension": "reinstall kensa where a C compiler is available (pip install --force-reinstall kensa)",
+    "disabled": "unset KENSA_AUDIT",
+    "no_capability": "run the demo as root (sudo kensa demo)",
+    "user_namespace": "run it on the host, outside the user namespace (rootless container)",
+    "no_kernel_audit": "use a kernel built with CONFIG_AUDIT",
+    "refused_eperm": "run the demo as root (sudo kensa demo)",
+    "refused_econnrefused": "run it on the host, outside the user namespace (rootless container)",
+    "kernel_disabled": "start auditd, or run auditctl -e 1",
+    "kernel_state_unknown": "run the demo as root to let kensa ask the kernel",
+}
+
+
+def why_no_records(status: "AuditStatus", tap_problem: str, stats: Optional["EmitterStats"]) -> str:
+    """One sentence: why this run shows no kernel audit record, and what to do."""
+    remedy = _REMEDY.get(status.reason)
+    if not status.writable:
+        return f"kensa wrote none: {status.detail}; to see them, {remedy or 'see kensa audit status'}."
+    if status.reason == "kernel_disabled":
+        return "kensa sent them, but the kernel's audit is disabled (enabled 0) and it discards every record; start auditd, or run auditctl -e 1."
+    if tap_problem:
+        return f"kensa sent them, but {tap_problem}."
+    if stats is not None and stats.discarded:
+        return f"the kernel's audit was disabled while the demo ran: {stats.discarded} record(s) discarded; start auditd, or run auditctl -e 1."
+    if stats is not None and not stats.enabled:
+        return f"the emitter switched off ({stats.reason}{': ' + stats.last_error if stats.last_error else ''}); see kensa audit status."
+    if stats is not None and stats.dropped + stats.failed:
+        return f"the emitter dropped {stats.dropped} and failed {stats.failed} record(s) ({stats.last_error or 'ring full'}); see kensa audit status."
+    return f"none arrived within the wait ({status.detail}); see kensa audit status."
 
 
 def _collect(tap: RecordTap, results: List[TransactionResult], timeout: float = 3.0) -> List[str]:

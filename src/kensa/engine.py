@@ -829,8 +829,24 @@ class Engine:
             rec.emit(result.status.value, ok)
         except Exception as exc:
             self._audit_failed(exc)
+        self._journal_audit_sequences(result.txn_id, rec)
         self.events.publish_terminal(result, ok)
         return result
+
+    def _journal_audit_sequences(self, txn_id: str, rec: PhaseRecorder) -> None:
+        """Journal the sequence numbers of the records ``rec`` emitted, when both sides support it.
+
+        Optional on both protocols (a recorder's ``sequences``, a journal's
+        ``record_audit_sequences``); a failure is an audit error, never an outcome.
+        """
+        sequences = getattr(rec, "sequences", None)
+        record = getattr(self.journal, "record_audit_sequences", None)
+        if not sequences or record is None:
+            return
+        try:
+            record(txn_id, list(sequences))
+        except Exception as exc:
+            self._audit_failed(exc)
 
     def _boundary(self, rec: PhaseRecorder, txn: Transaction, phase: Phase, ok: bool) -> None:
         try:

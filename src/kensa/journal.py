@@ -794,6 +794,98 @@ class SqliteJournal:
                     )
         return [_entry_from(row, pre_states.get(_untext(row["id"]), {})) for row in rows]
 
+    # --- audit sequence numbers -------------------------------------------------
+    # Kept apart from the transaction tables: one row per audit record a
+    # transaction emitted, so ``kensa audit reconcile`` can tell which of them
+    # auditd's log holds. The table is created on first use.
+
+    def record_audit_sequences(
+        self, txn_id: str, sequences: Sequence[Tuple[str, Optional[int]]], *, pid: Optional[int] = None
+    ) -> None:
+        """Journal, in order, each ``(phase, seq)`` of ``txn_id``'s audit records.
+
+        ``seq`` is the record's sequence number, or None when the emitter did
+        not hand it to the kernel. ``pid`` (default: this process) is the
+        emitting process the kernel writes into the record. Appends after rows
+        recorded earlier for the same transaction (a later rollback or recovery).
+        """
+        rows = _audit_sequence_rows(self._path, txn_id, sequences)
+        who = os.getpid() if pid is None else pid
+        now = _now_us()
+        what = f"record the audit sequence numbers of transaction {txn_id}"
+        conn = self._acquire()
+        try:
+            # Not worth an fsync of its own (it would double a transaction's
+            # journal cost): committed with synchronous=NORMAL, the rows are
+            # durable with the next FULL commit. The setting is restored before
+            # the lock is released, or the connection is dropped.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_AUDIT_SEQUENCES_DDL)
+                conn.execute(_AUDIT_SEQUENCES_INDEX)
+                start = conn.execute(
+                    "SELECT COALESCE(MAX(ordinal), -1) + 1 FROM audit_sequences WHERE txn_id = ?", (_text(txn_id),)
+                ).fetchone()[0]
+                conn.executemany(
+                    "INSERT INTO audit_sequences (txn_id, ordinal, phase, seq, pid, recorded) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(_text(txn_id), start + i, phase, seq, who, now) for i, (phase, seq) in enumerate(rows)],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            finally:
+                try:
+                    conn.execute("PRAGMA synchronous=FULL")
+                except sqlite3.Error:
+                    conn.close()
+                    self._conn = None  # reopened with synchronous=FULL on next use
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failure(what, exc) from exc
+        finally:
+            self._lock.release()
+
+    def audit_sequences(self, txn_id: str) -> List[AuditSequence]:
+        """The audit records journaled for ``txn_id``, in emission order (empty when none)."""
+        return self._audit_sequences("WHERE txn_id = ?", (_text(txn_id),), f"read the audit sequence numbers of {txn_id}")
+
+    def audit_sequences_between(
+        self, since: Optional[datetime] = None, until: Optional[datetime] = None
+    ) -> Dict[str, List[AuditSequence]]:
+        """Audit records journaled from ``since`` (inclusive) to ``until`` (exclusive), by transaction.
+
+        A naive datetime is local time, as in :meth:`history`.
+        """
+        clauses: List[str] = []
+        params: List[Any] = []
+        if since is not None:
+            clauses.append("recorded >= ?")
+            params.append(_to_us(since))
+        if until is not None:
+            clauses.append("recorded < ?")
+            params.append(_to_us(until))
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
+        found: Dict[str, List[AuditSequence]] = {}
+        for item in self._audit_sequences(where, tuple(params), "read the audit sequence numbers"):
+            found.setdefault(item.txn_id, []).append(item)
+        return found
+
+    def _audit_sequences(self, where: str, params: Tuple[Any, ...], what: str) -> List[AuditSequence]:
+        with self._transaction(what, "BEGIN") as conn:
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_sequences'").fetchone()
+            if exists is None:
+                return []
+            rows = conn.execute(
+                f"SELECT txn_id, phase, seq, pid, recorded FROM audit_sequences {where} ORDER BY recorded, txn_id, ordinal",
+                params,
+            ).fetchall()
+        return [
+            AuditSequence(_untext(r["txn_id"]), r["phase"], r["seq"], r["pid"], _to_datetime(r["recorded"])) for r in rows
+        ]
+
 
 def _entry_from(row: sqlite3.Row, pre_states: Mapping[int, PreState]) -> JournalEntry:
     txn_id, host, rule = _untext(row["id"]), _untext(row["host"]), _untext(row["rule"])
@@ -958,3 +1050,56 @@ class JournalLock:
         tb: Optional[TracebackType],
     ) -> None:
         self.release()
+
+
+# --- audit sequence numbers: the table and its rows ------------------------------
+
+_AUDIT_SEQUENCES_DDL = """CREATE TABLE IF NOT EXISTS audit_sequences (
+    txn_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    seq INTEGER CHECK (seq IS NULL OR seq >= 1),
+    pid INTEGER NOT NULL,
+    recorded INTEGER NOT NULL,
+    PRIMARY KEY (txn_id, ordinal)
+)"""
+_AUDIT_SEQUENCES_INDEX = "CREATE INDEX IF NOT EXISTS audit_sequences_by_recorded ON audit_sequences (recorded)"
+
+
+class AuditSequenceError(JournalError, ValueError):
+    """Audit sequence numbers given to the journal are malformed; nothing was written."""
+
+
+@dataclass(frozen=True)
+class AuditSequence:
+    """One audit record a transaction emitted: its phase and sequence number (None: never sent)."""
+
+    txn_id: str
+    phase: str
+    seq: Optional[int]
+    pid: int
+    recorded: datetime
+
+
+def _audit_sequence_rows(
+    path: Path, txn_id: str, sequences: Sequence[Tuple[str, Optional[int]]]
+) -> List[Tuple[str, Optional[int]]]:
+    if not isinstance(txn_id, str) or not txn_id:
+        raise AuditSequenceError(f"kensa journal {path}: audit sequence numbers need a transaction id, got {txn_id!r}")
+    rows: List[Tuple[str, Optional[int]]] = []
+    for n, item in enumerate(sequences):
+        try:
+            phase, seq = item
+        except (TypeError, ValueError):
+            raise AuditSequenceError(
+                f"kensa journal {path}: audit record {n} of transaction {txn_id}: expected (phase, seq), got {item!r}"
+            ) from None
+        if not isinstance(phase, str) or not phase:
+            raise AuditSequenceError(f"kensa journal {path}: audit record {n} of transaction {txn_id}: bad phase {phase!r}")
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63):
+            raise AuditSequenceError(
+                f"kensa journal {path}: audit record {n} ({phase}) of transaction {txn_id}: "
+                f"seq must be None or an int from 1 to 2**63-1, got {seq!r}"
+            )
+        rows.append((phase, seq))
+    return rows

@@ -9,6 +9,8 @@
  */
 #include "kensa_audit.h"
 
+#include <linux/audit.h>
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -97,27 +99,51 @@ static void tiny_ring(void)
     kensa_emitter_free(k);
 }
 
+/* The smallest ring (capacity 1 asks for the minimum) still carries the
+ * largest record, and one more byte is refused. */
 static void oversized(void)
 {
     static char big[KENSA_MAX_BODY + 2];
-    kensa_emitter *k = make(KENSA_MODE_ASYNC, 1 << 20);
+    size_t max = KENSA_MAX_BODY - KENSA_SEQ_ROOM;
+    kensa_emitter *k = make(KENSA_MODE_ASYNC, 1);
+    kensa_stats s;
     memset(big, 'x', sizeof big - 1);
-    big[KENSA_MAX_BODY] = '\0';
-    CHECK(kensa_emit(k, big, "", "") == 0, "max body refused");
-    big[KENSA_MAX_BODY] = 'x';
-    CHECK(kensa_emit(k, big, "", "") == -EMSGSIZE, "oversize accepted");
+    big[max] = '\0';
+    CHECK(kensa_emit(k, big, "", "") == 1, "max body refused");
     CHECK(kensa_flush(k, 10000), "flush timed out");
+    kensa_get_stats(k, &s);
+    CHECK(s.sent == 1, "max body not sent from the smallest ring");
+    big[max] = 'x';
+    CHECK(kensa_emit(k, big, "", "") == -EMSGSIZE, "oversize accepted");
     check_accounted(k, 2, "max and oversize body");
     kensa_emitter_free(k);
+}
+
+/* Handles freed with records still queued: flush_all waits for them all
+ * within one deadline, and the senders then exit and free their states. */
+static void freed_while_draining(void)
+{
+    uint64_t abandoned = 1;
+    for (int i = 0; i < 4; i++) {
+        kensa_emitter *k = make(KENSA_MODE_ASYNC, 1 << 20);
+        emit_n(k, records / 4);
+        kensa_emitter_free(k);
+    }
+    CHECK(kensa_flush_all(60000, &abandoned) == 1 && abandoned == 0,
+          "flush_all left %llu records", (unsigned long long)abandoned);
+    printf("%-24s 4 emitters\n", "freed while draining");
 }
 
 static void close_while_busy(void)
 {
     for (int round = 0; round < 20; round++) {
         kensa_emitter *k = make(KENSA_MODE_ASYNC, 256 << 10);
+        kensa_stats s;
         emit_n(k, records / 20);
         kensa_close(k, 0);
         emit_n(k, 10); /* after close: dropped, never a crash */
+        kensa_get_stats(k, &s);
+        CHECK(s.sent + s.dropped + s.failed == s.emitted, "close left records unaccounted");
         kensa_emitter_free(k);
     }
     printf("%-24s 20 rounds\n", "close while busy");
@@ -152,6 +178,20 @@ static void fork_storm(void)
     kensa_emitter_free(k);
 }
 
+/* AUDIT_GET through kensa_kernel_status, many times: the reply parsing and
+ * the poll loop must be clean, and the answer plausible. */
+static void kernel_status(void)
+{
+    struct audit_status st;
+    for (int i = 0; i < 50; i++) {
+        int err = kensa_kernel_status(&st);
+        CHECK(err == 0, "kensa_kernel_status: %s", strerror(err));
+        CHECK(st.enabled <= 2, "enabled %u", st.enabled);
+    }
+    printf("%-24s enabled %u pid %u backlog_limit %u lost %u\n", "kernel status", st.enabled, st.pid,
+           st.backlog_limit, st.lost);
+}
+
 int main(int argc, char **argv)
 {
     int err;
@@ -161,10 +201,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "emission is off here (probe %d): run as root on a kernel with audit\n", kensa_probe(&err));
         return 77;
     }
+    kernel_status();
     concurrent_async();
     sync_mode();
     tiny_ring();
     oversized();
+    freed_while_draining();
     close_while_busy();
     fork_storm();
     printf("ok\n");
