@@ -1,6 +1,6 @@
-"""What recovery and rollback by id learn from the journal: order by sequence, corrupt entries, locks across links.
+"""What recovery and rollback by id learn from the journal: order by sequence, corrupt entries.
 
-Real handlers in a temporary root, a real SQLite journal, real processes. An
+Real handlers in a temporary root and a real SQLite journal. An
 interrupted transaction is made in-process by a journal whose ``finish``
 raises a BaseException: the host is changed and the entry has no result, as a
 kill just before the terminal write leaves it.
@@ -9,21 +9,17 @@ kill just before the terminal write leaves it.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import subprocess
-import sys
-import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Iterator
 
 import pytest
 
 from kensa.engine import Engine, RollbackRefusedError
 from kensa.handlers import default_registry
 from kensa.host import resolve_host
-from kensa.journal import JournalCorruptError, JournalLock, JournalLockTimeout, SqliteJournal
+from kensa.journal import SqliteJournal
 from kensa.model import Status, Step, Transaction, TransactionResult
 
 
@@ -111,3 +107,45 @@ def test_rollback_by_id_sees_a_later_commit_made_after_the_clock_stepped_back(tm
         with pytest.raises(RollbackRefusedError, match=f"changed later by transaction {second.txn_id}"):
             engine.rollback(first.txn_id)
     assert b"MaxAuthTries 3" in (root / "etc/ssh/sshd_config").read_bytes()
+
+
+# --- corrupt entries -------------------------------------------------------------------
+
+
+def damage_pre_state(journal_path: Path, txn_id: str) -> None:
+    with contextlib.closing(sqlite3.connect(journal_path)) as conn:
+        conn.execute("UPDATE pre_state_blobs SET sha256 = zeroblob(32) WHERE txn_id = ?", (txn_id,))
+        conn.commit()
+
+
+def test_recovery_reports_a_corrupt_entry_by_id_and_recovers_the_rest(tmp_path: Path) -> None:
+    """Engine.recover(): the corrupt interrupted entry is errored (host not called unchanged) naming it and stays interrupted; the other is recovered."""
+    journal_path = tmp_path / "journal.db"
+    root_a, root_b = make_root(tmp_path / "a"), make_root(tmp_path / "b")
+    damaged = interrupt(journal_path, motd(root_a, "a\n"))
+    intact = interrupt(journal_path, motd(root_b, "b\n"))
+    damage_pre_state(journal_path, damaged)
+    with engine_on(journal_path) as engine:
+        results = {r.txn_id: r for r in engine.recover()}
+        assert (results[intact].status, results[intact].host_unchanged) == (Status.RECOVERED, True)
+        assert (root_b / "etc/motd").read_bytes() == b"welcome\n"
+        bad = results[damaged]
+        assert (bad.status, bad.host_unchanged) == (Status.ERRORED, False)
+        assert bad.error is not None and damaged in bad.error.message and "SHA-256" in bad.error.message
+        assert (root_a / "etc/motd").read_bytes() == b"a\n"
+        assert [r.txn_id for r in engine.recover()] == [damaged]
+
+
+def test_an_older_entry_is_not_restored_over_a_later_corrupt_one_on_the_same_host(tmp_path: Path) -> None:
+    """When a later interrupted entry on the same host is unreadable, what it touched is unknown: the older one is not restored either."""
+    journal_path = tmp_path / "journal.db"
+    root = make_root(tmp_path)
+    older = interrupt(journal_path, sshd(root, "PermitRootLogin", "no"))
+    later = interrupt(journal_path, motd(root, "later\n"))
+    damage_pre_state(journal_path, later)
+    config = (root / "etc/ssh/sshd_config").read_bytes()
+    with engine_on(journal_path) as engine:
+        results = {r.txn_id: r for r in engine.recover()}
+    assert {r.status for r in results.values()} == {Status.ERRORED}
+    assert later in results[older].error.message  # type: ignore[union-attr]
+    assert (root / "etc/ssh/sshd_config").read_bytes() == config
