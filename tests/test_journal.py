@@ -1104,3 +1104,34 @@ def test_a_row_whose_text_is_not_utf8_is_listed_as_corrupt(tmp_path: Path) -> No
         assert bad.corrupt is not None and txns[0].id in bad.corrupt
         assert good.corrupt is None and good.pre_states == (make_pre(),)
         assert [e.txn.id for e in journal.history()] == [txns[1].id, txns[0].id]
+
+
+# VmHWM, not getrusage: ru_maxrss survives exec, so it would report the
+# (large) test process that spawned this one.
+PEAK_RSS_OF_HISTORY = """
+import io, sys
+from kensa.cli import main
+code = main(["--journal", sys.argv[1], "history", "--limit", "3", "--json"], out=io.StringIO())
+assert code == 0, code
+with open("/proc/self/status") as status:
+    print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+"""
+
+
+def test_kensa_history_on_a_journal_holding_a_64_mib_pre_state_never_loads_it(tmp_path: Path) -> None:
+    """The peak RSS of `kensa history --limit 3` (a real process) is the same, within 16 MiB, whether an entry holds a 64 MiB pre-state or a tiny one."""
+
+    def peak_kib(pre_state_bytes: int) -> int:
+        path = tmp_path / f"journal-{pre_state_bytes}.db"
+        with SqliteJournal(path) as journal:
+            txn = make_txn()
+            journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": os.urandom(pre_state_bytes)})])
+            journal.finish(make_result(txn))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        proc = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS_OF_HISTORY, str(path)], capture_output=True, text=True, env=env, check=True
+        )
+        return int(proc.stdout.split()[-1])
+
+    small, large = peak_kib(16), peak_kib(64 << 20)
+    assert large - small < 16 << 10, (small, large)
