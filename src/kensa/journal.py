@@ -689,7 +689,6 @@ def _sequence_digests_and_binary_pre_states(conn: sqlite3.Connection) -> None:
     ]
     conn.executemany("UPDATE transactions SET steps_sha256 = ? WHERE id = ?", digests)
     conn.execute("CREATE UNIQUE INDEX transactions_by_seq ON transactions (seq)")
-    conn.execute("CREATE INDEX transactions_by_host ON transactions (host, seq)")
     conn.execute("DROP INDEX transactions_interrupted")
     conn.execute("CREATE INDEX transactions_interrupted ON transactions (seq) WHERE status IS NULL")
     conn.execute(
@@ -1103,6 +1102,12 @@ class SqliteJournal:
                 f"AND seq > {oldest_interrupted}",
                 params,
             ).fetchone()[0]
+            # The largest seq ever given must outlive the entries holding it.
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', "
+                "(SELECT max(coalesce((SELECT max(seq) FROM transactions), 0), "
+                "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))))"
+            )
             conn.execute(f"DELETE FROM pre_state_blobs WHERE txn_id IN ({doomed})", params)
             conn.execute(f"DELETE FROM later_rollbacks WHERE txn_id IN ({doomed})", params)
             deleted = conn.execute(f"DELETE FROM transactions WHERE id IN ({doomed})", params).rowcount
@@ -1342,11 +1347,16 @@ class SqliteJournal:
 
 
 def _next_seq(conn: sqlite3.Connection) -> int:
-    """The next entry's ``seq``; kept in meta so that pruning the newest entries never makes a number reused."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
-    seq = int(row[0]) + 1
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
-    return seq
+    """The next entry's ``seq``: one above the largest in use or ever pruned (pruning records it in meta).
+
+    Read from the seq index and meta, not counted in meta on every write: a
+    write would dirty one more page in every begin's commit.
+    """
+    row = conn.execute(
+        "SELECT max(coalesce((SELECT max(seq) FROM transactions), 0), "
+        "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))"
+    ).fetchone()
+    return int(row[0]) + 1
 
 
 def _entry_from(row: sqlite3.Row, pre_states: _PreStates) -> JournalEntry:
