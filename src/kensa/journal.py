@@ -1259,7 +1259,7 @@ class SqliteJournal:
         with self._transaction(what, "BEGIN") as conn:
             rows = conn.execute(_ENTRY_QUERY + where, params).fetchall()
             if not load:
-                return [self._entry_from(row, None) for row in rows]
+                return [self._entry_or_corrupt(row, None) for row in rows]
             blobs: Dict[str, List[Tuple[int, bytes, bytes]]] = {}
             ids = [row["id"] for row in rows if row["steps"] is not None]
             # Stay well under SQLite's limit on bound parameters.
@@ -1273,7 +1273,7 @@ class SqliteJournal:
         entries = []
         for row in rows:
             txn_id = _untext(row["id"])
-            entries.append(self._entry_from(row, blobs.get(txn_id, [])))
+            entries.append(self._entry_or_corrupt(row, blobs.get(txn_id, [])))
         return entries
 
     def _load_pre_states(self, txn_id: str, steps: int) -> Tuple[Optional[PreState], ...]:
@@ -1304,7 +1304,7 @@ class SqliteJournal:
                 raise JournalCorruptError(f"{where} cannot be decoded: {exc}", txn_id) from None
         return tuple(found.get(index) for index in range(steps))
 
-    def _entry_from(self, row: sqlite3.Row, blobs: Optional[Sequence[Tuple[int, bytes, bytes]]]) -> JournalEntry:
+    def _entry_or_corrupt(self, row: sqlite3.Row, blobs: Optional[Sequence[Tuple[int, bytes, bytes]]]) -> JournalEntry:
         """The entry of one row; a row that cannot be read gives an entry marked ``corrupt``."""
         txn_id, host, rule = _untext(row["id"]), _untext(row["host"]), _untext(row["rule"])
         try:
