@@ -1135,3 +1135,15 @@ def test_kensa_history_on_a_journal_holding_a_64_mib_pre_state_never_loads_it(tm
 
     small, large = peak_kib(16), peak_kib(64 << 20)
     assert large - small < 16 << 10, (small, large)
+
+
+def test_get_and_interrupted_load_pre_states_and_history_reads_them_from_the_open_journal(tmp_path: Path) -> None:
+    """Entries from get() and interrupted() carry their pre-states (usable after close); a history() entry's first access after close is a JournalError."""
+    txn = make_txn()
+    with SqliteJournal(tmp_path / "journal.db") as journal:
+        journal.begin(txn, [make_pre()])
+        got, (listed_interrupted,) = journal.get(txn.id), journal.interrupted()
+        (listed,) = journal.history()
+    assert got.pre_states == listed_interrupted.pre_states == (make_pre(),)
+    with pytest.raises(JournalError, match="closed"):
+        listed.pre_states
