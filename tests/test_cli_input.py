@@ -129,6 +129,13 @@ def test_the_exit_code_survives_a_closed_stdout_and_no_output_lands_in_the_journ
     assert entry.result is not None and entry.result.status is Status.PARTIALLY_APPLIED
 
 
+def test_an_output_that_cannot_be_written_is_reported_and_is_not_success(tmp_path: Path) -> None:
+    """With stdout on a full device (ENOSPC), check says it could not write its output and exits 2 instead of claiming a result nobody saw."""
+    proc = kensa_process(["--no-audit", "check", str(ROOT_LOGIN_RULE), "--root", str(make_root(tmp_path))], ">/dev/full")
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "could not write the output" in proc.stderr and "Traceback" not in proc.stderr
+
+
 # --- a journal that does not exist -----------------------------------------------------------
 
 
@@ -280,7 +287,17 @@ def test_history_prune_older_than_days_keeps_interrupted_entries_and_says_so(tmp
         assert {e.txn.rule for e in journal.history()} == {"recent", interrupted.rule}
 
 
-@pytest.mark.parametrize("argv", [["--prune"], ["--prune", "--older-than", "-1"], ["--prune", "--older-than", "1", "--host", "h"], ["--older-than", "3"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--prune"],
+        ["--prune", "--older-than", "-1"],
+        ["--prune", "--older-than", "nan"],
+        ["--prune", "--older-than", "1", "--host", "h"],
+        ["--prune", "--keep-last", "1", "--limit", "0"],
+        ["--older-than", "3"],
+    ],
+)
 def test_history_prune_refuses_incomplete_or_mixed_options(tmp_path: Path, argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
     """--prune without a bound, with a negative one, mixed with listing filters, or a bound without --prune is exit 2 and deletes nothing."""
     path = tmp_path / "journal.db"

@@ -366,8 +366,8 @@ def cmd_history_prune(args: argparse.Namespace, path: str, out: TextIO) -> int:
     """``history --prune``: delete finished entries by age and/or count; never an interrupted one."""
     from .journal import SqliteJournal
 
-    mixed = [name for name, value in (("--host", args.host), ("--rule", args.rule), ("--status", args.status),
-             ("--limit", args.limit), ("--verify", args.verify)) if value]
+    given = (("--host", args.host), ("--rule", args.rule), ("--status", args.status), ("--limit", args.limit))
+    mixed = [name for name, value in given if value is not None] + (["--verify"] if args.verify else [])
     if mixed:
         raise UsageError(
             f"history --prune deletes by age (--older-than) and count (--keep-last) only; {', '.join(mixed)} "
