@@ -420,11 +420,16 @@ def _pack_str(value: str, out: List[bytes]) -> None:
     out.append(raw)
 
 
-def _pack(value: Any) -> bytes:
-    """``value`` (JSON-like plus bytes) in the stored binary form."""
+def _pack_chunks(value: Any) -> List[bytes]:
+    """``value`` (JSON-like plus bytes) in the stored binary form, as pieces: bytes values are not copied."""
     out = [bytes((_STATE_FORMAT,))]
     _pack_into(value, out)
-    return b"".join(out)
+    return out
+
+
+def _pack(value: Any) -> bytes:
+    """``value`` (JSON-like plus bytes) in the stored binary form."""
+    return b"".join(_pack_chunks(value))
 
 
 class _Unpacker:
@@ -507,15 +512,51 @@ def _unpack(data: bytes) -> Any:
     return value
 
 
-def _digest(kind: bytes, txn_id: str, index: int, stored: bytes) -> bytes:
-    """SHA-256 binding stored bytes to their transaction and step, so a row moved elsewhere fails too."""
+def _digest(kind: bytes, txn_id: str, index: int, *stored: bytes) -> bytes:
+    """SHA-256 binding stored bytes (given whole or in pieces) to their transaction and step, so a row moved elsewhere fails too."""
     digest = hashlib.sha256(kind + b"\0" + txn_id.encode("utf-8", "surrogatepass") + b"\0" + str(index).encode() + b"\0")
-    digest.update(stored)
+    for piece in stored:
+        digest.update(piece)
     return digest.digest()
 
 
+def _pre_state_chunks(pre: PreState) -> List[bytes]:
+    return _pack_chunks([pre.mechanism, pre.params, pre.data])
+
+
 def _pre_state_blob(pre: PreState) -> bytes:
-    return _pack([pre.mechanism, pre.params, pre.data])
+    return b"".join(_pre_state_chunks(pre))
+
+
+# Above this size a pre-state is written into a zeroblob piece by piece
+# (where sqlite3 has blobopen): joining it and binding the result would hold
+# two more copies of a captured file in memory.
+_STREAM_BLOB_BYTES = 1 << 20
+
+
+def _insert_pre_state(conn: sqlite3.Connection, txn_id: Union[str, bytes], index: int, chunks: List[bytes], digest: bytes) -> None:
+    size = sum(len(chunk) for chunk in chunks)
+    blobopen = getattr(conn, "blobopen", None)
+    if size < _STREAM_BLOB_BYTES or blobopen is None:
+        conn.execute(
+            "INSERT INTO pre_state_blobs (txn_id, step, state, sha256) VALUES (?, ?, ?, ?)",
+            (txn_id, index, b"".join(chunks), digest),
+        )
+        return
+    cursor = conn.execute(
+        "INSERT INTO pre_state_blobs (txn_id, step, state, sha256) VALUES (?, ?, zeroblob(?), ?)",
+        (txn_id, index, size, digest),
+    )
+    with blobopen("pre_state_blobs", "state", cursor.lastrowid) as blob:
+        pending: List[bytes] = []
+        for chunk in chunks:
+            if len(chunk) >= _STREAM_BLOB_BYTES:
+                blob.write(b"".join(pending))
+                pending = []
+                blob.write(chunk)
+            else:
+                pending.append(chunk)
+        blob.write(b"".join(pending))
 
 
 def _pre_state_from(blob: bytes) -> PreState:
@@ -695,8 +736,10 @@ def _sequence_digests_and_binary_pre_states(conn: sqlite3.Connection) -> None:
         """CREATE TABLE pre_state_blobs (
     txn_id TEXT NOT NULL REFERENCES transactions (id),
     step INTEGER NOT NULL,
-    state BLOB NOT NULL,   -- [mechanism, params, data], see _pack
     sha256 BLOB NOT NULL,  -- _digest(b"pre", txn_id, step, state)
+    -- Last, so that SQLite can write a zeroblob here without expanding it
+    -- in memory (see _insert_pre_state).
+    state BLOB NOT NULL,   -- [mechanism, params, data], see _pack
     PRIMARY KEY (txn_id, step)
 )"""
     )
@@ -870,8 +913,8 @@ class SqliteJournal:
             pre_rows = []
             for index, pre in enumerate(pre_states):
                 if pre is not None:
-                    blob = _pre_state_blob(pre)
-                    pre_rows.append((txn_id, index, blob, _digest(b"pre", txn.id, index, blob)))
+                    chunks = _pre_state_chunks(pre)
+                    pre_rows.append((index, chunks, _digest(b"pre", txn.id, index, *chunks)))
         except _NotJsonLike as exc:
             raise JournalError(
                 f"kensa journal {self._path}: transaction {txn.id} (rule {txn.rule}) holds a value that "
@@ -898,7 +941,8 @@ class SqliteJournal:
                     self._now(),
                 ),
             )
-            conn.executemany("INSERT INTO pre_state_blobs (txn_id, step, state, sha256) VALUES (?, ?, ?, ?)", pre_rows)
+            for index, chunks, digest in pre_rows:
+                _insert_pre_state(conn, txn_id, index, chunks, digest)
         self._begun.add(txn.id)
 
     def finish(self, result: TransactionResult) -> None:
