@@ -1180,3 +1180,79 @@ def test_begin_of_a_64_mib_pre_state_holds_no_copy_of_it(tmp_path: Path) -> None
     if not hasattr(sqlite3.Connection, "blobopen"):
         pytest.skip("this Python's sqlite3 has no blobopen: large pre-states are bound whole")
     assert int(proc.stdout) < 16 << 10, proc.stdout
+
+
+PEAK_RSS_OF_GET = """
+import os, sys
+from kensa.journal import SqliteJournal
+from kensa.model import PreState, Step, Transaction
+
+def peak_kib():
+    with open("/proc/self/status") as status:
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+
+size = int(sys.argv[2])
+with SqliteJournal(sys.argv[1]) as journal:
+    txn = Transaction("r", (Step("file", {"path": "/etc/f0"}),))
+    journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": os.urandom(size)})])
+with SqliteJournal(sys.argv[1]) as journal:
+    before = peak_kib()
+    assert len(journal.get(txn.id).pre_states[0].data["content"]) == size
+    print(peak_kib() - before)
+"""
+
+
+def test_get_of_a_64_mib_pre_state_holds_one_copy_of_it(tmp_path: Path) -> None:
+    """Reading back a 64 MiB pre-state (a real process) raises the peak RSS by about the pre-state itself: it is read from the BLOB and checked as it is decoded, not loaded first."""
+    if not hasattr(sqlite3.Connection, "blobopen"):
+        pytest.skip("this Python's sqlite3 has no blobopen: stored pre-states are read whole")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_GET, str(tmp_path / "journal.db"), str(64 << 20)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert int(proc.stdout) < (64 + 16) << 10, proc.stdout
+
+
+class _WithoutBlobopen(sqlite3.Connection):
+    blobopen = None  # as on Pythons before 3.11
+
+
+def test_without_blobopen_large_pre_states_are_bound_and_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a sqlite3 without blobopen a pre-state above the streaming size is stored and read back equal, and damage is still found."""
+    connect = sqlite3.connect
+    monkeypatch.setattr(journal_module.sqlite3, "connect", lambda *a, **k: connect(*a, factory=_WithoutBlobopen, **k))
+    content = os.urandom(journal_module._STREAM_BLOB_BYTES + 1)
+    txn = make_txn()
+    path = tmp_path / "journal.db"
+    with SqliteJournal(path) as journal:
+        journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": content})])
+        assert journal.get(txn.id).pre_states[0].data["content"] == content  # type: ignore[union-attr]
+    corrupt(path, "UPDATE pre_state_blobs SET state = zeroblob(length(state))")
+    with SqliteJournal(path) as journal:
+        assert "SHA-256" in (journal.get(txn.id).corrupt or "")
+
+
+def test_a_damaged_value_that_still_decodes_or_no_longer_decodes_fails_its_digest(tmp_path: Path) -> None:
+    """Damage inside a bytes value (still decodable) and in a length prefix (no longer decodable) are both reported as a failed SHA-256 check."""
+    path = tmp_path / "journal.db"
+    inside, prefix = make_txn(rule="inside"), make_txn(rule="prefix")
+    with SqliteJournal(path) as journal:
+        for txn in (inside, prefix):
+            journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": b"x" * 100})])
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (state,) = conn.execute("SELECT state FROM pre_state_blobs WHERE txn_id = ?", (inside.id,)).fetchone()
+        flipped = bytearray(state)
+        flipped[-5] ^= 0xFF
+        conn.execute("UPDATE pre_state_blobs SET state = ? WHERE txn_id = ?", (bytes(flipped), inside.id))
+        conn.execute("UPDATE pre_state_blobs SET state = ? WHERE txn_id = ?", (b"\x01\xff" + state[2:], prefix.id))
+        conn.commit()
+    assert journal_module._unpack(bytes(flipped))[2]["content"] != b"x" * 100
+    with pytest.raises(journal_module._Undecodable):
+        journal_module._unpack(b"\x01\xff" + state[2:])
+    with SqliteJournal(path) as journal:
+        for txn in (inside, prefix):
+            assert "fails its SHA-256 check" in (journal.get(txn.id).corrupt or ""), txn.rule

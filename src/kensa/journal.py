@@ -60,8 +60,11 @@ Stored values
     ``{"$bytes": "<base64>"}`` for bytes. Pre-states, which can hold whole
     files, are stored as BLOBs in a compact binary form (see ``_pack``: a
     type byte per value, lengths as LEB128, bytes as raw bytes), in their own
-    table, so listings never read them. Either way any JSON-like value plus
-    ``bytes`` reads back equal (tuples read back as lists).
+    table, so listings never read them. Large ones are written into the BLOB
+    in pieces and read back from it while being checked and decoded (where
+    sqlite3 has ``blobopen``, Python 3.11+), so neither holds an extra copy
+    of a captured file. Either way any JSON-like value plus ``bytes`` reads
+    back equal (tuples read back as lists).
 
 Integrity
     Each pre-state BLOB, and each entry's steps, carry a SHA-256 computed
@@ -85,6 +88,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -99,16 +103,19 @@ from types import TracebackType
 from typing import (
     Any,
     Callable,
+    ContextManager,
     Dict,
     Iterator,
     List,
     Mapping,
     Optional,
+    Protocol,
     Sequence,
     Set,
     Tuple,
     Type,
     Union,
+    cast,
 )
 
 from ._version import __version__
@@ -432,18 +439,33 @@ def _pack(value: Any) -> bytes:
     return b"".join(_pack_chunks(value))
 
 
-class _Unpacker:
-    def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
-        self._pos = 0
+class _Source(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
-    def _take(self, count: int) -> memoryview:
-        end = self._pos + count
-        if end > len(self._data):
-            raise _Undecodable(f"truncated at byte {self._pos}: {count} more bytes announced, {len(self._data) - self._pos} left")
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
+
+class _Unpacker:
+    """Decodes one stored value from ``source`` (``size`` bytes), hashing every byte it reads.
+
+    Reads come straight from the BLOB (or a buffer), so a large bytes value
+    is copied once, into the bytes object that holds it.
+    """
+
+    def __init__(self, source: _Source, size: int, digest: "hashlib._Hash") -> None:
+        self._source = source
+        self._left = size
+        self._pos = 0
+        self._digest = digest
+
+    def _take(self, count: int) -> bytes:
+        if count > self._left:
+            raise _Undecodable(f"truncated at byte {self._pos}: {count} more bytes announced, {self._left} left")
+        data = self._source.read(count)
+        if len(data) != count:
+            raise _Undecodable(f"short read at byte {self._pos}: {len(data)} of {count} bytes")
+        self._digest.update(data)
+        self._left -= count
+        self._pos += count
+        return data
 
     def _varint(self) -> int:
         number = shift = 0
@@ -458,18 +480,18 @@ class _Unpacker:
 
     def _str(self) -> str:
         try:
-            return bytes(self._take(self._varint())).decode("utf-8", "surrogatepass")
+            return self._take(self._varint()).decode("utf-8", "surrogatepass")
         except UnicodeDecodeError as exc:
             raise _Undecodable(f"text before byte {self._pos} is not UTF-8: {exc.reason}") from None
 
     def _count(self) -> int:
         count = self._varint()
         # Every item takes at least one byte: a larger count is corrupt.
-        if count > len(self._data) - self._pos:
+        if count > self._left:
             raise _Undecodable(f"count {count} at byte {self._pos} exceeds the remaining data")
         return count
 
-    def value(self) -> Any:
+    def _value(self) -> Any:
         kind = self._take(1)[0]
         if kind == _NONE:
             return None
@@ -482,39 +504,49 @@ class _Unpacker:
         if kind == _STR:
             return self._str()
         if kind == _BYTES:
-            return bytes(self._take(self._varint()))
+            return self._take(self._varint())
         if kind == _LIST:
-            return [self.value() for _ in range(self._count())]
+            return [self._value() for _ in range(self._count())]
         if kind == _DICT:
             items: Dict[str, Any] = {}
             for _ in range(self._count()):
                 key = self._str()
-                items[key] = self.value()
+                items[key] = self._value()
             return items
         raise _Undecodable(f"unknown type byte {kind:#04x} at byte {self._pos - 1}")
 
-    def end(self) -> None:
-        if self._pos != len(self._data):
-            raise _Undecodable(f"{len(self._data) - self._pos} bytes left over after the value")
+    def whole(self) -> Any:
+        """The one value the source holds, format byte first and nothing after it."""
+        fmt = self._take(1) if self._left else b""
+        if fmt != bytes((_STATE_FORMAT,)):
+            raise _Undecodable(f"unknown stored format {fmt!r}")
+        try:
+            value = self._value()
+        except RecursionError:
+            raise _Undecodable("nested too deeply") from None
+        if self._left:
+            raise _Undecodable(f"{self._left} bytes left over after the value")
+        return value
+
+    def drain(self) -> None:
+        """Hash what was not decoded, so a damaged value is told apart from one this code cannot read."""
+        while self._left:
+            self._take(min(self._left, _STREAM_BLOB_BYTES))
 
 
 def _unpack(data: bytes) -> Any:
     """The value stored by :func:`_pack`; raises :class:`_Undecodable`."""
-    if not data or data[0] != _STATE_FORMAT:
-        raise _Undecodable(f"unknown stored format {data[:1]!r}")
-    unpacker = _Unpacker(data)
-    unpacker._take(1)
-    try:
-        value = unpacker.value()
-    except RecursionError:
-        raise _Undecodable("nested too deeply") from None
-    unpacker.end()
-    return value
+    return _Unpacker(io.BytesIO(data), len(data), hashlib.sha256()).whole()
+
+
+def _hasher(kind: bytes, txn_id: str, index: int) -> "hashlib._Hash":
+    """SHA-256 primed with what the stored bytes belong to, so a row moved to another entry or step fails its check."""
+    return hashlib.sha256(kind + b"\0" + txn_id.encode("utf-8", "surrogatepass") + b"\0" + str(index).encode() + b"\0")
 
 
 def _digest(kind: bytes, txn_id: str, index: int, *stored: bytes) -> bytes:
-    """SHA-256 binding stored bytes (given whole or in pieces) to their transaction and step, so a row moved elsewhere fails too."""
-    digest = hashlib.sha256(kind + b"\0" + txn_id.encode("utf-8", "surrogatepass") + b"\0" + str(index).encode() + b"\0")
+    """The SHA-256 of stored bytes (given whole or in pieces) bound to their transaction and step."""
+    digest = _hasher(kind, txn_id, index)
     for piece in stored:
         digest.update(piece)
     return digest.digest()
@@ -559,8 +591,7 @@ def _insert_pre_state(conn: sqlite3.Connection, txn_id: Union[str, bytes], index
         blob.write(b"".join(pending))
 
 
-def _pre_state_from(blob: bytes) -> PreState:
-    value = _unpack(blob)
+def _pre_state_of(value: Any) -> PreState:
     if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and isinstance(value[1], dict)):
         raise _Undecodable("not a [mechanism, params, data] triple")
     return PreState(mechanism=value[0], params=value[1], data=value[2])
@@ -781,9 +812,11 @@ SELECT t.id, t.seq, t.host, t.rule, t.transactional, t.steps, t.steps_sha256, t.
 FROM transactions AS t LEFT JOIN later_rollbacks AS r ON r.txn_id = t.id
 """
 
-# A damaged row may hold text where a BLOB belongs: read it as bytes, so the
-# digest check reports it instead of a failed UTF-8 decode aborting the query.
-_STATE_COLUMNS = "CAST(state AS BLOB) AS state, CAST(sha256 AS BLOB) AS sha256"
+# What is needed to check and read a stored pre-state without loading it:
+# typeof() and length() of a column are answered from the record header. A
+# damaged row may hold text where a BLOB belongs: the digest is read as
+# bytes so that the check reports it instead of a UTF-8 decode failing.
+_STATE_REFS = "step, CAST(sha256 AS BLOB) AS sha256, typeof(state) AS kind, length(state) AS size, rowid AS ref"
 
 _SET_RESULT = """
 UPDATE transactions SET status = ?, host_unchanged = ?, error_type = ?, error_message = ?,
@@ -1304,55 +1337,73 @@ class SqliteJournal:
             rows = conn.execute(_ENTRY_QUERY + where, params).fetchall()
             if not load:
                 return [self._entry_or_corrupt(row, None) for row in rows]
-            blobs: Dict[str, List[Tuple[int, bytes, bytes]]] = {}
+            stored: Dict[str, List[sqlite3.Row]] = {}
             ids = [row["id"] for row in rows if row["steps"] is not None]
             # Stay well under SQLite's limit on bound parameters.
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                for pre in conn.execute(
-                    f"SELECT txn_id, step, {_STATE_COLUMNS} FROM pre_state_blobs WHERE txn_id IN ({', '.join('?' * len(chunk))})",
+                for ref in conn.execute(
+                    f"SELECT txn_id, {_STATE_REFS} FROM pre_state_blobs WHERE txn_id IN ({', '.join('?' * len(chunk))})",
                     chunk,
                 ):
-                    blobs.setdefault(_untext(pre["txn_id"]), []).append((pre["step"], pre["state"], pre["sha256"]))
-        entries = []
-        for row in rows:
-            txn_id = _untext(row["id"])
-            entries.append(self._entry_or_corrupt(row, blobs.get(txn_id, [])))
-        return entries
+                    stored.setdefault(_untext(ref["txn_id"]), []).append(ref)
+            return [self._entry_or_corrupt(row, (conn, stored.get(_untext(row["id"]), []))) for row in rows]
 
     def _load_pre_states(self, txn_id: str, steps: int) -> Tuple[Optional[PreState], ...]:
         with self._transaction(f"read the pre-states of transaction {txn_id}", "BEGIN") as conn:
-            rows = [
-                (row["step"], row["state"], row["sha256"])
-                for row in conn.execute(f"SELECT step, {_STATE_COLUMNS} FROM pre_state_blobs WHERE txn_id = ?", (_text(txn_id),))
-            ]
-        return self._pre_states_from(txn_id, steps, rows)
+            refs = conn.execute(f"SELECT {_STATE_REFS} FROM pre_state_blobs WHERE txn_id = ?", (_text(txn_id),)).fetchall()
+            return self._pre_states_from(conn, txn_id, steps, refs)
 
     def _pre_states_from(
-        self, txn_id: str, steps: int, rows: Sequence[Tuple[int, bytes, bytes]]
+        self, conn: sqlite3.Connection, txn_id: str, steps: int, refs: Sequence[sqlite3.Row]
     ) -> Tuple[Optional[PreState], ...]:
         """Verify and decode one entry's stored pre-states; :class:`JournalCorruptError` names the first bad one."""
         found: Dict[int, PreState] = {}
-        for step, state, digest in rows:
+        for ref in refs:
+            step = ref["step"]
             where = f"kensa journal {self._path}: transaction {txn_id}: the pre-state of step {step}"
             if not isinstance(step, int) or not 0 <= step < steps:
                 raise JournalCorruptError(f"{where} belongs to no step (the transaction has {steps})", txn_id)
-            if not isinstance(state, bytes) or digest != _digest(b"pre", txn_id, step, state):
-                raise JournalCorruptError(
-                    f"{where} fails its SHA-256 check: the journal row was damaged; "
-                    "it cannot be restored from the journal", txn_id
-                )
+            damaged = JournalCorruptError(
+                f"{where} fails its SHA-256 check: the journal row was damaged; it cannot be restored from the journal",
+                txn_id,
+            )
+            if ref["kind"] != "blob":
+                raise damaged
+            digest = _hasher(b"pre", txn_id, step)
+            with self._open_state(conn, ref["ref"]) as source:
+                unpacker = _Unpacker(source, ref["size"], digest)
+                try:
+                    value, problem = unpacker.whole(), ""
+                except _Undecodable as exc:
+                    unpacker.drain()
+                    value, problem = None, str(exc)
+            if digest.digest() != ref["sha256"]:
+                raise damaged
             try:
-                found[step] = _pre_state_from(state)
+                if problem:
+                    raise _Undecodable(problem)
+                found[step] = _pre_state_of(value)
             except (_Undecodable, TypeError, ValueError) as exc:
                 raise JournalCorruptError(f"{where} cannot be decoded: {exc}", txn_id) from None
         return tuple(found.get(index) for index in range(steps))
 
-    def _entry_or_corrupt(self, row: sqlite3.Row, blobs: Optional[Sequence[Tuple[int, bytes, bytes]]]) -> JournalEntry:
+    @staticmethod
+    def _open_state(conn: sqlite3.Connection, ref: int) -> ContextManager[_Source]:
+        """A reader of one stored pre-state: the BLOB itself where sqlite3 has blobopen, else its bytes."""
+        blobopen = getattr(conn, "blobopen", None)
+        if blobopen is not None:
+            return cast(ContextManager[_Source], blobopen("pre_state_blobs", "state", ref, readonly=True))
+        (data,) = conn.execute("SELECT state FROM pre_state_blobs WHERE rowid = ?", (ref,)).fetchone()
+        return contextlib.nullcontext(io.BytesIO(data))
+
+    def _entry_or_corrupt(
+        self, row: sqlite3.Row, stored: Optional[Tuple[sqlite3.Connection, Sequence[sqlite3.Row]]]
+    ) -> JournalEntry:
         """The entry of one row; a row that cannot be read gives an entry marked ``corrupt``."""
         txn_id, host, rule = _untext(row["id"]), _untext(row["host"]), _untext(row["rule"])
         try:
-            return _entry_from(row, self._pre_state_source(txn_id, row, blobs))
+            return _entry_from(row, self._pre_state_source(txn_id, row, stored))
         except JournalCorruptError as exc:
             why = str(exc)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -1374,8 +1425,9 @@ class SqliteJournal:
         )
 
     def _pre_state_source(
-        self, txn_id: str, row: sqlite3.Row, blobs: Optional[Sequence[Tuple[int, bytes, bytes]]]
+        self, txn_id: str, row: sqlite3.Row, stored: Optional[Tuple[sqlite3.Connection, Sequence[sqlite3.Row]]]
     ) -> _PreStates:
+        """Loaded pre-states when ``stored`` (a connection in a read transaction, and the entry's refs) is given, else a loader."""
         steps = row["steps"]
         if steps is None:
             return _PreStates(())
@@ -1385,8 +1437,8 @@ class SqliteJournal:
                 "the journal row was damaged", txn_id
             )
         count = len(json.loads(steps))
-        if blobs is not None:
-            return _PreStates(self._pre_states_from(txn_id, count, blobs))
+        if stored is not None:
+            return _PreStates(self._pre_states_from(stored[0], txn_id, count, stored[1]))
         return _PreStates(load=lambda: self._load_pre_states(txn_id, count))
 
 
