@@ -883,8 +883,8 @@ def statements(journal: SqliteJournal) -> Iterator[List[str]]:
         conn.set_trace_callback(None)
 
 
-def test_history_reads_no_pre_state_and_loads_one_on_first_access(journal: SqliteJournal) -> None:
-    """history() never queries the pre-state table; an entry's pre_states are read on first access, once, and equal what was stored."""
+def test_history_reads_no_pre_state_and_reads_one_at_each_access(journal: SqliteJournal) -> None:
+    """history() never queries the pre-state table; an entry's pre_states are read at each access, kept nowhere, and equal what was stored."""
     txn = make_txn(steps=2)
     pres = [PreState("file", {"path": "/etc/f0"}, {"content": bytes(range(256)) * 4096}), None]
     journal.begin(txn, pres)
@@ -895,7 +895,7 @@ def test_history_reads_no_pre_state_and_loads_one_on_first_access(journal: Sqlit
     with statements(journal) as seen:
         assert entry.pre_states == tuple(pres)
         assert entry.pre_states == tuple(pres)
-    assert sum("pre_state_blobs" in sql for sql in seen) == 1
+    assert sum("pre_state_blobs" in sql for sql in seen) == 2
 
 
 def test_pre_states_are_stored_as_binary_blobs_not_base64_text(journal: SqliteJournal) -> None:
@@ -1138,7 +1138,7 @@ def test_kensa_history_on_a_journal_holding_a_64_mib_pre_state_never_loads_it(tm
 
 
 def test_get_and_interrupted_load_pre_states_and_history_reads_them_from_the_open_journal(tmp_path: Path) -> None:
-    """Entries from get() and interrupted() carry their pre-states (usable after close); a history() entry's first access after close is a JournalError."""
+    """Entries from get() and interrupted() carry their pre-states (usable after close); a history() entry's access after close is a JournalError."""
     txn = make_txn()
     with SqliteJournal(tmp_path / "journal.db") as journal:
         journal.begin(txn, [make_pre()])

@@ -200,7 +200,12 @@ def default_journal_path() -> Path:
 
 
 class _PreStates:
-    """The pre-states of one entry: already loaded, unreadable, or read from the journal on first use."""
+    """The pre-states of one entry: already loaded, unreadable, or read from the journal at each use.
+
+    Read pre-states are not kept: a caller walking a long history() once
+    (recovery looking for later changes of a file) holds one entry's
+    pre-states at a time, not every one it has seen.
+    """
 
     def __init__(
         self,
@@ -216,12 +221,11 @@ class _PreStates:
 
     def get(self) -> Tuple[Optional[PreState], ...]:
         with self._lock:
-            if self._values is None and self._corrupt is None and self._load is not None:
+            if self._corrupt is None and self._values is None and self._load is not None:
                 try:
-                    self._values = self._load()
+                    return self._load()
                 except JournalCorruptError as exc:
                     self._corrupt = exc
-                self._load = None
             if self._corrupt is not None:
                 # A fresh exception each time: re-raising one instance would chain tracebacks.
                 raise JournalCorruptError(str(self._corrupt), self._corrupt.txn_id)
@@ -255,8 +259,9 @@ class JournalEntry:
     ``pre_states`` is aligned with ``txn.steps`` (None for a step that has no
     captured pre-state). Entries from :meth:`SqliteJournal.get` and
     :meth:`SqliteJournal.interrupted` carry them loaded; entries from
-    :meth:`SqliteJournal.history` read them from the (still open) journal on
-    first access, so listings never load pre-states. Reading them raises
+    :meth:`SqliteJournal.history` read them from the (still open) journal at
+    each access and keep nothing, so listings never load pre-states and a
+    walk over a long history holds one entry's at a time. Reading them raises
     :class:`JournalCorruptError` when they fail their SHA-256 check or cannot
     be decoded. ``corrupt`` is None for a readable entry, else why it is not
     (then ``pre_states`` raises, and ``txn.steps`` is empty when the steps
