@@ -259,7 +259,9 @@ def test_history_shows_a_corrupt_entry_as_corrupt_and_verify_finds_a_damaged_pre
 
     code, out = kensa_cli("--journal", str(path), "history", "--verify", "--json")
     assert code == EXIT_NEEDS_OPERATOR
-    corrupt = {e["txn"]: e["corrupt"] for e in json.loads(out)}
+    listed = json.loads(out)
+    assert [e["seq"] for e in listed] == sorted((e["seq"] for e in listed), reverse=True)
+    corrupt = {e["txn"]: e["corrupt"] for e in listed}
     assert corrupt[fine.id] is None
     assert garbled.id in corrupt[garbled.id] and "SHA-256" in corrupt[damaged.id]
 

@@ -403,6 +403,7 @@ def cmd_history_prune(args: argparse.Namespace, path: str, out: TextIO) -> int:
 def _entry_dict(entry: Any) -> Dict[str, Any]:
     return {
         "txn": entry.txn.id,
+        "seq": entry.seq,
         "rule": entry.txn.rule,
         "host": entry.txn.host,
         "created": entry.created.isoformat(),
