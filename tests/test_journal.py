@@ -946,7 +946,7 @@ def test_a_damaged_pre_state_is_reported_by_id_and_the_others_still_read(tmp_pat
         assert good0.corrupt is None and good0.pre_states == (make_pre(),) and good2.pre_states == (make_pre(),)
         assert bad.corrupt is not None and txns[1].id in bad.corrupt and "SHA-256" in bad.corrupt
         with pytest.raises(JournalCorruptError, match=txns[1].id) as caught:
-            bad.pre_states
+            tuple(bad.pre_states)
         assert caught.value.txn_id == txns[1].id and isinstance(caught.value, KensaError)
         assert journal.get(txns[1].id).corrupt == bad.corrupt
         listed = journal.history()
@@ -991,7 +991,7 @@ def test_an_undecodable_transaction_row_is_listed_as_corrupt_without_raising(tmp
             assert (entry.txn.id, entry.txn.rule, entry.txn.host) == (txn.id, txn.rule, txn.host)
             assert not entry.interrupted
             with pytest.raises(JournalCorruptError):
-                entry.pre_states
+                tuple(entry.pre_states)
         assert "SHA-256" in (first.corrupt or "")
         assert journal.interrupted() == []
 
@@ -1146,7 +1146,7 @@ def test_get_and_interrupted_load_pre_states_and_history_reads_them_from_the_ope
         (listed,) = journal.history()
     assert got.pre_states == listed_interrupted.pre_states == (make_pre(),)
     with pytest.raises(JournalError, match="closed"):
-        listed.pre_states
+        tuple(listed.pre_states)
 
 
 PEAK_RSS_OF_BEGIN = """
@@ -1256,3 +1256,20 @@ def test_a_damaged_value_that_still_decodes_or_no_longer_decodes_fails_its_diges
     with SqliteJournal(path) as journal:
         for txn in (inside, prefix):
             assert "fails its SHA-256 check" in (journal.get(txn.id).corrupt or ""), txn.rule
+
+
+def test_an_entry_shows_and_compares_without_reading_its_pre_states(tmp_path: Path) -> None:
+    """repr() and == of entries never read pre-states: a corrupt entry can be printed, and a huge one is not dumped."""
+    path = tmp_path / "journal.db"
+    txn = make_txn()
+    with SqliteJournal(path) as journal:
+        journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": b"s" * 100_000})])
+        assert len(repr(journal.get(txn.id))) < 2000
+    corrupt(path, "UPDATE pre_state_blobs SET sha256 = zeroblob(32)")
+    with SqliteJournal(path) as journal:
+        (listed,) = journal.history()
+        assert "pre-states" not in repr(listed) and listed == journal.history()[0]
+        damaged = journal.get(txn.id)
+        assert damaged.corrupt is not None and txn.id in repr(damaged)
+        with pytest.raises(JournalCorruptError):
+            len(damaged.pre_states)

@@ -116,6 +116,7 @@ from typing import (
     Type,
     Union,
     cast,
+    overload,
 )
 
 from ._version import __version__
@@ -199,37 +200,57 @@ def default_journal_path() -> Path:
     return base / "kensa" / "journal.db"
 
 
-class _PreStates:
-    """The pre-states of one entry: already loaded, unreadable, or read from the journal at each use.
+class _StoredPreStates(Sequence[Optional[PreState]]):
+    """An entry's pre-states left in the journal (read at each access) or unreadable there (raising at each access).
 
-    Read pre-states are not kept: a caller walking a long history() once
-    (recovery looking for later changes of a file) holds one entry's
-    pre-states at a time, not every one it has seen.
+    Nothing read is kept: a caller walking a long history() once (recovery
+    looking for later changes of a file) holds one entry's pre-states at a
+    time, not every one it has seen.
     """
 
     def __init__(
         self,
-        values: Optional[Tuple[Optional[PreState], ...]] = None,
         *,
-        corrupt: Optional[JournalCorruptError] = None,
         load: Optional[Callable[[], Tuple[Optional[PreState], ...]]] = None,
+        corrupt: Optional[JournalCorruptError] = None,
     ) -> None:
-        self._values = values
-        self._corrupt = corrupt
         self._load = load
-        self._lock = threading.Lock()
+        self._corrupt = corrupt
 
-    def get(self) -> Tuple[Optional[PreState], ...]:
-        with self._lock:
-            if self._corrupt is None and self._values is None and self._load is not None:
-                try:
-                    return self._load()
-                except JournalCorruptError as exc:
-                    self._corrupt = exc
-            if self._corrupt is not None:
-                # A fresh exception each time: re-raising one instance would chain tracebacks.
-                raise JournalCorruptError(str(self._corrupt), self._corrupt.txn_id)
-            return self._values if self._values is not None else ()
+    def _read(self) -> Tuple[Optional[PreState], ...]:
+        if self._corrupt is None and self._load is not None:
+            try:
+                return self._load()
+            except JournalCorruptError as exc:
+                self._corrupt = exc
+        if self._corrupt is None:
+            return ()
+        # A fresh exception each time: re-raising one instance would chain tracebacks.
+        raise JournalCorruptError(str(self._corrupt), self._corrupt.txn_id)
+
+    @overload
+    def __getitem__(self, index: int) -> Optional[PreState]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Optional[PreState]]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[Optional[PreState], Sequence[Optional[PreState]]]:
+        return self._read()[index]
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    def __iter__(self) -> Iterator[Optional[PreState]]:
+        return iter(self._read())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return self._read() == tuple(other)
+
+    def __repr__(self) -> str:
+        # Never read (or raise) just to show an entry.
+        return "<unreadable pre-states>" if self._corrupt is not None else "<pre-states in the journal>"
 
 
 @dataclass(frozen=True)
@@ -258,12 +279,13 @@ class JournalEntry:
 
     ``pre_states`` is aligned with ``txn.steps`` (None for a step that has no
     captured pre-state). Entries from :meth:`SqliteJournal.get` and
-    :meth:`SqliteJournal.interrupted` carry them loaded; entries from
-    :meth:`SqliteJournal.history` read them from the (still open) journal at
-    each access and keep nothing, so listings never load pre-states and a
-    walk over a long history holds one entry's at a time. Reading them raises
-    :class:`JournalCorruptError` when they fail their SHA-256 check or cannot
-    be decoded. ``corrupt`` is None for a readable entry, else why it is not
+    :meth:`SqliteJournal.interrupted` carry them loaded, as a tuple; entries
+    from :meth:`SqliteJournal.history` carry a sequence that reads them from
+    the (still open) journal at each access and keeps nothing, so listings
+    never load pre-states and a walk over a long history holds one entry's at
+    a time. Reading them raises :class:`JournalCorruptError` when they fail
+    their SHA-256 check or cannot be decoded. They are left out of the
+    entry's ``repr`` and equality (a pre-state can be a whole file). ``corrupt`` is None for a readable entry, else why it is not
     (then ``pre_states`` raises, and ``txn.steps`` is empty when the steps
     themselves are unreadable). ``result`` is None while the transaction is
     interrupted. ``intent_recorded`` is False for a transaction that ended
@@ -276,22 +298,17 @@ class JournalEntry:
     """
 
     txn: Transaction
+    pre_states: Sequence[Optional[PreState]] = field(repr=False, compare=False)
     result: Optional[TransactionResult]
     created: datetime
     finished: Optional[datetime]
-    seq: int
     intent_recorded: bool = True
     recovered: bool = False
     later_rollback: Optional[TransactionResult] = None
     later_rollback_at: Optional[datetime] = None
+    seq: int = 0
     corrupt: Optional[str] = None
-    _pre_states: _PreStates = field(default_factory=_PreStates, repr=False, compare=False)
     _result_recorded: bool = field(default=False, repr=False, compare=False)
-
-    @property
-    def pre_states(self) -> Tuple[Optional[PreState], ...]:
-        """One pre-state per step (None where none was captured); see the class docstring."""
-        return self._pre_states.get()
 
     @property
     def interrupted(self) -> bool:
@@ -1425,17 +1442,17 @@ class SqliteJournal:
             intent_recorded=row["steps"] is not None,
             recovered=bool(row["recovered"]),
             corrupt=why,
-            _pre_states=_PreStates(corrupt=JournalCorruptError(why, txn_id)),
+            pre_states=_StoredPreStates(corrupt=JournalCorruptError(why, txn_id)),
             _result_recorded=row["status"] is not None,
         )
 
     def _pre_state_source(
         self, txn_id: str, row: sqlite3.Row, stored: Optional[Tuple[sqlite3.Connection, Sequence[sqlite3.Row]]]
-    ) -> _PreStates:
+    ) -> Sequence[Optional[PreState]]:
         """Loaded pre-states when ``stored`` (a connection in a read transaction, and the entry's refs) is given, else a loader."""
         steps = row["steps"]
         if steps is None:
-            return _PreStates(())
+            return ()
         if row["steps_sha256"] != _steps_digest(txn_id, _untext(steps)):
             raise JournalCorruptError(
                 f"kensa journal {self._path}: transaction {txn_id}: its steps fail their SHA-256 check: "
@@ -1443,8 +1460,8 @@ class SqliteJournal:
             )
         count = len(json.loads(steps))
         if stored is not None:
-            return _PreStates(self._pre_states_from(stored[0], txn_id, count, stored[1]))
-        return _PreStates(load=lambda: self._load_pre_states(txn_id, count))
+            return self._pre_states_from(stored[0], txn_id, count, stored[1])
+        return _StoredPreStates(load=lambda: self._load_pre_states(txn_id, count))
 
 
 def _next_seq(conn: sqlite3.Connection) -> int:
@@ -1460,7 +1477,7 @@ def _next_seq(conn: sqlite3.Connection) -> int:
     return int(row[0]) + 1
 
 
-def _entry_from(row: sqlite3.Row, pre_states: _PreStates) -> JournalEntry:
+def _entry_from(row: sqlite3.Row, pre_states: Sequence[Optional[PreState]]) -> JournalEntry:
     txn_id, host, rule = _untext(row["id"]), _untext(row["host"]), _untext(row["rule"])
     intent_recorded = row["steps"] is not None
     steps: Tuple[Step, ...] = ()
@@ -1491,7 +1508,7 @@ def _entry_from(row: sqlite3.Row, pre_states: _PreStates) -> JournalEntry:
         recovered=bool(row["recovered"]),
         later_rollback=later_rollback,
         later_rollback_at=later_rollback_at,
-        _pre_states=pre_states,
+        pre_states=pre_states,
         _result_recorded=row["status"] is not None,
     )
 
