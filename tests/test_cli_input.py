@@ -222,7 +222,7 @@ def test_recover_restores_every_other_entry_and_reports_the_corrupt_one_by_id(tm
     damaged = interrupted_run(path, root_a, "a\n")
     intact = interrupted_run(path, root_b, "b\n")
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("UPDATE pre_state_blobs SET state = CAST('junk' AS BLOB) WHERE txn_id = ?", (damaged,))
+        conn.execute("UPDATE pre_states SET state = CAST('junk' AS BLOB) WHERE txn_id = ?", (damaged,))
         conn.commit()
 
     code, out = kensa_cli("--journal", str(path), "--no-audit", "recover", "--json")
@@ -248,13 +248,13 @@ def test_history_shows_a_corrupt_entry_as_corrupt_and_verify_finds_a_damaged_pre
         fine = interrupted_entry(journal, tmp_path / "c", "c\n")
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("UPDATE transactions SET steps = '[' WHERE id = ?", (garbled.id,))
-        conn.execute("UPDATE pre_state_blobs SET sha256 = zeroblob(32) WHERE txn_id = ?", (damaged.id,))
+        conn.execute("UPDATE pre_states SET sha256 = zeroblob(32) WHERE txn_id = ?", (damaged.id,))
         conn.commit()
 
     code, out = kensa_cli("--journal", str(path), "history")
     assert code == EXIT_OK
     lines = {line.split()[2]: line for line in out.splitlines()[1:]}
-    assert f"{garbled.id}: its steps fail their SHA-256 check" in lines[garbled.id]
+    assert f"{garbled.id}: its steps are corrupt: they fail their SHA-256 check" in lines[garbled.id]
     assert lines[damaged.id].endswith("  interrupted") and lines[fine.id].endswith("  interrupted")
 
     code, out = kensa_cli("--journal", str(path), "history", "--verify", "--json")

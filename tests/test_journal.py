@@ -895,7 +895,7 @@ def test_history_reads_no_pre_state_and_reads_one_at_each_access(journal: Sqlite
     with statements(journal) as seen:
         assert entry.pre_states == tuple(pres)
         assert entry.pre_states == tuple(pres)
-    assert sum("pre_state_blobs" in sql for sql in seen) == 2
+    assert sum("pre_states" in sql for sql in seen) == 2
 
 
 def test_pre_states_are_stored_as_binary_blobs_not_base64_text(journal: SqliteJournal) -> None:
@@ -904,7 +904,7 @@ def test_pre_states_are_stored_as_binary_blobs_not_base64_text(journal: SqliteJo
     txn = make_txn()
     journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": content})])
     with contextlib.closing(sqlite3.connect(journal.path)) as conn:
-        kind, size = conn.execute("SELECT typeof(state), length(state) FROM pre_state_blobs").fetchone()
+        kind, size = conn.execute("SELECT typeof(state), length(state) FROM pre_states").fetchone()
     assert kind == "blob" and len(content) < size < len(content) + 100
 
 
@@ -936,7 +936,7 @@ def test_a_damaged_pre_state_is_reported_by_id_and_the_others_still_read(tmp_pat
             journal.begin(txn, [make_pre()])
     corrupt(
         path,
-        "UPDATE pre_state_blobs SET state = substr(state, 1, 10) || X'00' || substr(state, 12) WHERE txn_id = ?",
+        "UPDATE pre_states SET state = substr(state, 1, 10) || X'00' || substr(state, 12) WHERE txn_id = ?",
         txns[1].id,
     )
     with SqliteJournal(path) as journal:
@@ -963,7 +963,7 @@ def test_a_pre_state_moved_to_another_entry_fails_its_digest(tmp_path: Path) -> 
         journal.begin(second, [PreState("file", {"path": "/etc/b"}, {"content": b"b"})])
     corrupt(
         path,
-        "UPDATE pre_state_blobs SET (state, sha256) = (SELECT state, sha256 FROM pre_state_blobs WHERE txn_id = ?) "
+        "UPDATE pre_states SET (state, sha256) = (SELECT state, sha256 FROM pre_states WHERE txn_id = ?) "
         "WHERE txn_id = ?",
         first.id,
         second.id,
@@ -1074,7 +1074,7 @@ def test_prune_deletes_old_finished_entries_and_never_an_interrupted_one(tmp_pat
         assert [e.txn.rule for e in journal.history()] == ["recent", "open"]
         assert journal.interrupted()[0].pre_states == (make_pre(),)
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT count(*) FROM pre_state_blobs").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM pre_states").fetchone()[0] == 1
         assert conn.execute("SELECT count(*) FROM later_rollbacks").fetchone()[0] == 0
 
 
@@ -1231,7 +1231,7 @@ def test_without_blobopen_large_pre_states_are_bound_and_read_whole(tmp_path: Pa
     with SqliteJournal(path) as journal:
         journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": content})])
         assert journal.get(txn.id).pre_states[0].data["content"] == content  # type: ignore[union-attr]
-    corrupt(path, "UPDATE pre_state_blobs SET state = zeroblob(length(state))")
+    corrupt(path, "UPDATE pre_states SET state = zeroblob(length(state))")
     with SqliteJournal(path) as journal:
         assert "SHA-256" in (journal.get(txn.id).corrupt or "")
 
@@ -1244,11 +1244,11 @@ def test_a_damaged_value_that_still_decodes_or_no_longer_decodes_fails_its_diges
         for txn in (inside, prefix):
             journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": b"x" * 100})])
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        (state,) = conn.execute("SELECT state FROM pre_state_blobs WHERE txn_id = ?", (inside.id,)).fetchone()
+        (state,) = conn.execute("SELECT state FROM pre_states WHERE txn_id = ?", (inside.id,)).fetchone()
         flipped = bytearray(state)
         flipped[-5] ^= 0xFF
-        conn.execute("UPDATE pre_state_blobs SET state = ? WHERE txn_id = ?", (bytes(flipped), inside.id))
-        conn.execute("UPDATE pre_state_blobs SET state = ? WHERE txn_id = ?", (b"\x01\xff" + state[2:], prefix.id))
+        conn.execute("UPDATE pre_states SET state = ? WHERE txn_id = ?", (bytes(flipped), inside.id))
+        conn.execute("UPDATE pre_states SET state = ? WHERE txn_id = ?", (b"\x01\xff" + state[2:], prefix.id))
         conn.commit()
     assert journal_module._unpack(bytes(flipped))[2]["content"] != b"x" * 100
     with pytest.raises(journal_module._Undecodable):
@@ -1265,7 +1265,7 @@ def test_an_entry_shows_and_compares_without_reading_its_pre_states(tmp_path: Pa
     with SqliteJournal(path) as journal:
         journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": b"s" * 100_000})])
         assert len(repr(journal.get(txn.id))) < 2000
-    corrupt(path, "UPDATE pre_state_blobs SET sha256 = zeroblob(32)")
+    corrupt(path, "UPDATE pre_states SET sha256 = zeroblob(32)")
     with SqliteJournal(path) as journal:
         (listed,) = journal.history()
         assert "pre-states" not in repr(listed) and listed == journal.history()[0]

@@ -117,7 +117,7 @@ def test_rollback_by_id_keeps_a_later_commit_made_after_the_clock_stepped_back(t
 
 def damage_pre_state(journal_path: Path, txn_id: str) -> None:
     with contextlib.closing(sqlite3.connect(journal_path)) as conn:
-        conn.execute("UPDATE pre_state_blobs SET sha256 = zeroblob(32) WHERE txn_id = ?", (txn_id,))
+        conn.execute("UPDATE pre_states SET sha256 = zeroblob(32) WHERE txn_id = ?", (txn_id,))
         conn.commit()
 
 

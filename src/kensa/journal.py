@@ -593,15 +593,15 @@ def _insert_pre_state(conn: sqlite3.Connection, txn_id: Union[str, bytes], index
     blobopen = getattr(conn, "blobopen", None)
     if size < _STREAM_BLOB_BYTES or blobopen is None:
         conn.execute(
-            "INSERT INTO pre_state_blobs (txn_id, step, state, sha256) VALUES (?, ?, ?, ?)",
+            "INSERT INTO pre_states (txn_id, step, state, sha256) VALUES (?, ?, ?, ?)",
             (txn_id, index, b"".join(chunks), digest),
         )
         return
     cursor = conn.execute(
-        "INSERT INTO pre_state_blobs (txn_id, step, state, sha256) VALUES (?, ?, zeroblob(?), ?)",
+        "INSERT INTO pre_states (txn_id, step, state, sha256) VALUES (?, ?, zeroblob(?), ?)",
         (txn_id, index, size, digest),
     )
-    with blobopen("pre_state_blobs", "state", cursor.lastrowid) as blob:
+    with blobopen("pre_states", "state", cursor.lastrowid) as blob:
         pending: List[bytes] = []
         for chunk in chunks:
             if len(chunk) >= _STREAM_BLOB_BYTES:
@@ -785,8 +785,10 @@ def _sequence_digests_and_binary_pre_states(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE UNIQUE INDEX transactions_by_seq ON transactions (seq)")
     conn.execute("DROP INDEX transactions_interrupted")
     conn.execute("CREATE INDEX transactions_interrupted ON transactions (seq) WHERE status IS NULL")
+    # The table keeps its name; the version 1 rows are converted out of the old one.
+    conn.execute("ALTER TABLE pre_states RENAME TO pre_states_v1")
     conn.execute(
-        """CREATE TABLE pre_state_blobs (
+        """CREATE TABLE pre_states (
     txn_id TEXT NOT NULL REFERENCES transactions (id),
     step INTEGER NOT NULL,
     sha256 BLOB NOT NULL,  -- _digest(b"pre", txn_id, step, state)
@@ -798,7 +800,7 @@ def _sequence_digests_and_binary_pre_states(conn: sqlite3.Connection) -> None:
     )
     old = conn.cursor()
     for txn_id, step, mechanism, params, data in old.execute(
-        "SELECT txn_id, step, mechanism, params, data FROM pre_states ORDER BY txn_id, step"
+        "SELECT txn_id, step, mechanism, params, data FROM pre_states_v1 ORDER BY txn_id, step"
     ):
         try:
             pre = PreState(_untext(mechanism), _decode(json.loads(params)), _decode(json.loads(data)))
@@ -807,9 +809,9 @@ def _sequence_digests_and_binary_pre_states(conn: sqlite3.Connection) -> None:
         except (ValueError, TypeError, KeyError, _NotJsonLike):
             blob, digest = _untext(data).encode("utf-8", "surrogatepass"), b""
         conn.execute(
-            "INSERT INTO pre_state_blobs (txn_id, step, state, sha256) VALUES (?, ?, ?, ?)", (txn_id, step, blob, digest)
+            "INSERT INTO pre_states (txn_id, step, state, sha256) VALUES (?, ?, ?, ?)", (txn_id, step, blob, digest)
         )
-    conn.execute("DROP TABLE pre_states")
+    conn.execute("DROP TABLE pre_states_v1")
     conn.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', (SELECT coalesce(max(seq), 0) FROM transactions))"
     )
@@ -1207,7 +1209,7 @@ class SqliteJournal:
                 "(SELECT max(coalesce((SELECT max(seq) FROM transactions), 0), "
                 "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))))"
             )
-            conn.execute(f"DELETE FROM pre_state_blobs WHERE txn_id IN ({doomed})", params)
+            conn.execute(f"DELETE FROM pre_states WHERE txn_id IN ({doomed})", params)
             conn.execute(f"DELETE FROM later_rollbacks WHERE txn_id IN ({doomed})", params)
             deleted = conn.execute(f"DELETE FROM transactions WHERE id IN ({doomed})", params).rowcount
         return PruneResult(deleted=deleted, kept_interrupted=interrupted, kept_for_recovery=held)
@@ -1365,7 +1367,7 @@ class SqliteJournal:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 for ref in conn.execute(
-                    f"SELECT txn_id, {_STATE_REFS} FROM pre_state_blobs WHERE txn_id IN ({', '.join('?' * len(chunk))})",
+                    f"SELECT txn_id, {_STATE_REFS} FROM pre_states WHERE txn_id IN ({', '.join('?' * len(chunk))})",
                     chunk,
                 ):
                     stored.setdefault(_untext(ref["txn_id"]), []).append(ref)
@@ -1373,7 +1375,7 @@ class SqliteJournal:
 
     def _load_pre_states(self, txn_id: str, steps: int) -> Tuple[Optional[PreState], ...]:
         with self._transaction(f"read the pre-states of transaction {txn_id}", "BEGIN") as conn:
-            refs = conn.execute(f"SELECT {_STATE_REFS} FROM pre_state_blobs WHERE txn_id = ?", (_text(txn_id),)).fetchall()
+            refs = conn.execute(f"SELECT {_STATE_REFS} FROM pre_states WHERE txn_id = ?", (_text(txn_id),)).fetchall()
             return self._pre_states_from(conn, txn_id, steps, refs)
 
     def _pre_states_from(
@@ -1385,9 +1387,10 @@ class SqliteJournal:
             step = ref["step"]
             where = f"kensa journal {self._path}: transaction {txn_id}: the pre-state of step {step}"
             if not isinstance(step, int) or not 0 <= step < steps:
-                raise JournalCorruptError(f"{where} belongs to no step (the transaction has {steps})", txn_id)
+                raise JournalCorruptError(f"{where} is corrupt: it belongs to no step (the transaction has {steps})", txn_id)
             damaged = JournalCorruptError(
-                f"{where} fails its SHA-256 check: the journal row was damaged; it cannot be restored from the journal",
+                f"{where} is corrupt: it fails its SHA-256 check (the journal row was damaged); "
+                "it cannot be restored from the journal",
                 txn_id,
             )
             if ref["kind"] != "blob":
@@ -1407,7 +1410,7 @@ class SqliteJournal:
                     raise _Undecodable(problem)
                 found[step] = _pre_state_of(value)
             except (_Undecodable, TypeError, ValueError) as exc:
-                raise JournalCorruptError(f"{where} cannot be decoded: {exc}", txn_id) from None
+                raise JournalCorruptError(f"{where} is corrupt: it cannot be decoded: {exc}", txn_id) from None
         return tuple(found.get(index) for index in range(steps))
 
     @staticmethod
@@ -1415,8 +1418,8 @@ class SqliteJournal:
         """A reader of one stored pre-state: the BLOB itself where sqlite3 has blobopen, else its bytes."""
         blobopen = getattr(conn, "blobopen", None)
         if blobopen is not None:
-            return cast(ContextManager[_Source], blobopen("pre_state_blobs", "state", ref, readonly=True))
-        (data,) = conn.execute("SELECT state FROM pre_state_blobs WHERE rowid = ?", (ref,)).fetchone()
+            return cast(ContextManager[_Source], blobopen("pre_states", "state", ref, readonly=True))
+        (data,) = conn.execute("SELECT state FROM pre_states WHERE rowid = ?", (ref,)).fetchone()
         return contextlib.nullcontext(io.BytesIO(data))
 
     def _entry_or_corrupt(
@@ -1429,7 +1432,10 @@ class SqliteJournal:
         except JournalCorruptError as exc:
             why = str(exc)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            why = f"kensa journal {self._path}: transaction {txn_id}: its row cannot be decoded: {type(exc).__name__}: {exc}"
+            why = (
+                f"kensa journal {self._path}: transaction {txn_id}: its row is corrupt: it cannot be decoded: "
+                f"{type(exc).__name__}: {exc}"
+            )
         result: Optional[TransactionResult] = None
         with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
             result = None if row["status"] is None else _result_from(txn_id, rule, host, row, "")
@@ -1455,8 +1461,8 @@ class SqliteJournal:
             return ()
         if row["steps_sha256"] != _steps_digest(txn_id, _untext(steps)):
             raise JournalCorruptError(
-                f"kensa journal {self._path}: transaction {txn_id}: its steps fail their SHA-256 check: "
-                "the journal row was damaged", txn_id
+                f"kensa journal {self._path}: transaction {txn_id}: its steps are corrupt: they fail their "
+                "SHA-256 check (the journal row was damaged)", txn_id
             )
         count = len(json.loads(steps))
         if stored is not None:
