@@ -16,6 +16,7 @@ import kensa
 from conftest import require_root
 from conftest import snapshot_tree as snapshot
 from kensa.cli import EXIT_BAD_INPUT, EXIT_NOT_APPLIED, EXIT_OK, main
+from kensa.journal import SqliteJournal
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "rules"
@@ -135,6 +136,7 @@ def test_history_and_rollback_by_id(tmp_path: Path, journal: str) -> None:
 def test_recover_with_nothing_interrupted(tmp_path: Path, journal: str) -> None:
     """recover on a clean journal says there is nothing to do and exits 0."""
     make_root(tmp_path)
+    SqliteJournal(journal).close()
     code, out = kensa_cli("--journal", journal, "--no-audit", "recover")
     assert code == EXIT_OK
     assert "nothing to recover" in out

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from kensa import journal as journal_module
 from kensa.journal import (
     SCHEMA_VERSION,
+    JournalCorruptError,
     JournalEntryNotFound,
     JournalError,
     JournalLock,
@@ -772,3 +773,503 @@ def test_opening_a_journal_on_a_full_filesystem_fails(tmp_path: Path) -> None:
         path = mountpoint / "journal.db"
         with pytest.raises(JournalError, match=str(path)):
             SqliteJournal(path)
+
+
+TAKE_JOURNAL_LOCK = """
+import sys
+from kensa.journal import JournalLock, JournalLockTimeout
+lock = JournalLock(sys.argv[1], exclusive=sys.argv[2] == "exclusive", timeout=float(sys.argv[3]))
+try:
+    lock.acquire()
+except JournalLockTimeout as exc:
+    print("refused", exc, flush=True)
+    sys.exit(0)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def kensa_process(*args: str) -> "subprocess.Popen[str]":
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen(
+        [sys.executable, "-c", TAKE_JOURNAL_LOCK, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("holder_mode, other_mode", [("shared", "exclusive"), ("exclusive", "shared")])
+def test_a_lock_through_a_symlink_excludes_a_lock_through_the_file(tmp_path: Path, holder_mode: str, other_mode: str) -> None:
+    """A run holding the lock through jl.db and a recovery trying through a symlink to it (and the reverse) exclude each other, in two real processes."""
+    real = tmp_path / "jl.db"
+    SqliteJournal(real).close()
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    holder = kensa_process(str(real), holder_mode, "5")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        other = kensa_process(str(link), other_mode, "0")
+        out, _ = other.communicate("")
+        assert out.startswith("refused") and f"pid {holder.pid}" in out, out
+    finally:
+        holder.communicate("")
+    assert JournalLock(link).path == JournalLock(real).path == Path(str(real) + ".lock")
+
+
+def test_a_journal_opened_through_a_symlink_locks_the_file_it_opened(tmp_path: Path) -> None:
+    """SqliteJournal.lock of a journal opened through a link is the lock of the real file, and the link is resolved once."""
+    real = tmp_path / "jl.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    with SqliteJournal(link) as through_link, SqliteJournal(real) as direct:
+        with through_link.lock(exclusive=True, timeout=0):
+            with pytest.raises(JournalLockTimeout):
+                direct.lock(timeout=0).acquire()
+        link.unlink()
+        link.symlink_to(tmp_path / "elsewhere.db")
+        through_link.finish(make_result(make_txn(), Status.SKIPPED))
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+# --- sequence order ------------------------------------------------------------
+
+
+def test_history_and_interrupted_order_by_sequence_when_the_clock_steps_back(tmp_path: Path) -> None:
+    """Entries created while the clock steps back an hour are still ordered as created; after_seq finds the later ones."""
+    clock_now = [journal_module._to_datetime(journal_module._now_us())]
+    with SqliteJournal(tmp_path / "journal.db", clock=lambda: clock_now[0]) as journal:
+        txns = [make_txn(rule=f"r{i}") for i in range(3)]
+        for txn in txns:
+            journal.begin(txn, [make_pre()])
+            clock_now[0] -= timedelta(hours=1)
+        journal.finish(make_result(txns[1]))
+
+        newest_first = journal.history()
+        assert [e.txn.id for e in newest_first] == [t.id for t in reversed(txns)]
+        assert [e.seq for e in newest_first] == sorted((e.seq for e in newest_first), reverse=True)
+        assert newest_first[0].created < newest_first[-1].created
+        assert [e.txn.id for e in journal.interrupted()] == [txns[0].id, txns[2].id]
+        first = journal.get(txns[0].id)
+        assert [e.txn.id for e in journal.history(after_seq=first.seq)] == [txns[2].id, txns[1].id]
+        assert journal.history(after_seq=newest_first[0].seq) == []
+
+
+def test_a_sequence_number_is_never_reused_after_pruning_the_newest(journal: SqliteJournal) -> None:
+    """Pruning every finished entry and writing a new one gives it a larger seq than any before."""
+    txn = make_txn()
+    journal.finish(make_result(txn, Status.SKIPPED))
+    old_seq = journal.get(txn.id).seq
+    assert journal.prune(keep_last=0).deleted == 1
+    again = make_txn()
+    journal.finish(make_result(again, Status.SKIPPED))
+    assert journal.get(again.id).seq > old_seq
+
+
+# --- size: pre-states as BLOBs, never loaded for listings ----------------------------
+
+
+@contextlib.contextmanager
+def statements(journal: SqliteJournal) -> Iterator[List[str]]:
+    """Every SQL statement the journal's connection runs inside the block."""
+    seen: List[str] = []
+    conn = journal._conn
+    assert conn is not None
+    conn.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        conn.set_trace_callback(None)
+
+
+def test_history_reads_no_pre_state_and_reads_one_at_each_access(journal: SqliteJournal) -> None:
+    """history() never queries the pre-state table; an entry's pre_states are read at each access, kept nowhere, and equal what was stored."""
+    txn = make_txn(steps=2)
+    pres = [PreState("file", {"path": "/etc/f0"}, {"content": bytes(range(256)) * 4096}), None]
+    journal.begin(txn, pres)
+    journal.finish(make_result(txn))
+    with statements(journal) as seen:
+        (entry,) = journal.history(limit=3)
+    assert seen and not any("pre_state" in sql for sql in seen), seen
+    with statements(journal) as seen:
+        assert entry.pre_states == tuple(pres)
+        assert entry.pre_states == tuple(pres)
+    assert sum("pre_states" in sql for sql in seen) == 2
+
+
+def test_pre_states_are_stored_as_binary_blobs_not_base64_text(journal: SqliteJournal) -> None:
+    """A 1 MiB pre-state is one BLOB of little more than 1 MiB, not text."""
+    content = os.urandom(1 << 20)
+    txn = make_txn()
+    journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": content})])
+    with contextlib.closing(sqlite3.connect(journal.path)) as conn:
+        kind, size = conn.execute("SELECT typeof(state), length(state) FROM pre_states").fetchone()
+    assert kind == "blob" and len(content) < size < len(content) + 100
+
+
+def test_the_binary_codec_round_trips_and_rejects_damage() -> None:
+    """_pack/_unpack round-trip every kind of value; truncation, junk and unknown types are errors, not garbage."""
+    value = {"a": [None, True, False, 0, -1, 2**200, -(2**70), 1.5, float("inf"), "x\udcff", b"\x00\xff"], "": {}}
+    packed = journal_module._pack(value)
+    assert journal_module._unpack(packed) == value
+    for damaged in (packed[:-1], packed + b"\x00", b"\x02" + packed[1:], packed[:1] + b"Z", b""):
+        with pytest.raises(journal_module._Undecodable):
+            journal_module._unpack(damaged)
+
+
+# --- corruption ----------------------------------------------------------------
+
+
+def corrupt(path: Path, sql: str, *params: Any) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(sql, params)
+        conn.commit()
+
+
+def test_a_damaged_pre_state_is_reported_by_id_and_the_others_still_read(tmp_path: Path) -> None:
+    """One flipped byte in a stored pre-state: that entry is marked corrupt by id, its pre_states raise, every other entry reads."""
+    path = tmp_path / "journal.db"
+    txns = [make_txn(rule=f"r{i}") for i in range(3)]
+    with SqliteJournal(path) as journal:
+        for txn in txns:
+            journal.begin(txn, [make_pre()])
+    corrupt(
+        path,
+        "UPDATE pre_states SET state = substr(state, 1, 10) || X'00' || substr(state, 12) WHERE txn_id = ?",
+        txns[1].id,
+    )
+    with SqliteJournal(path) as journal:
+        interrupted = journal.interrupted()
+        assert [e.txn.id for e in interrupted] == [t.id for t in txns]
+        good0, bad, good2 = interrupted
+        assert good0.corrupt is None and good0.pre_states == (make_pre(),) and good2.pre_states == (make_pre(),)
+        assert bad.corrupt is not None and txns[1].id in bad.corrupt and "SHA-256" in bad.corrupt
+        with pytest.raises(JournalCorruptError, match=txns[1].id) as caught:
+            tuple(bad.pre_states)
+        assert caught.value.txn_id == txns[1].id and isinstance(caught.value, KensaError)
+        assert journal.get(txns[1].id).corrupt == bad.corrupt
+        listed = journal.history()
+        assert [e.corrupt for e in listed] == [None, None, None]  # listings do not read pre-states
+        assert journal.verify(listed) == {txns[1].id: bad.corrupt}
+
+
+def test_a_pre_state_moved_to_another_entry_fails_its_digest(tmp_path: Path) -> None:
+    """Copying one entry's valid pre-state row over another's is detected: the digest binds it to its transaction and step."""
+    path = tmp_path / "journal.db"
+    first, second = make_txn(), make_txn()
+    with SqliteJournal(path) as journal:
+        journal.begin(first, [PreState("file", {"path": "/etc/a"}, {"content": b"a"})])
+        journal.begin(second, [PreState("file", {"path": "/etc/b"}, {"content": b"b"})])
+    corrupt(
+        path,
+        "UPDATE pre_states SET (state, sha256) = (SELECT state, sha256 FROM pre_states WHERE txn_id = ?) "
+        "WHERE txn_id = ?",
+        first.id,
+        second.id,
+    )
+    with SqliteJournal(path) as journal:
+        assert journal.get(first.id).corrupt is None
+        assert "SHA-256" in (journal.get(second.id).corrupt or "")
+
+
+def test_an_undecodable_transaction_row_is_listed_as_corrupt_without_raising(tmp_path: Path) -> None:
+    """Garbage in a row's steps or result columns: history lists the entry as corrupt, with its id, host and rule; the rest read."""
+    path = tmp_path / "journal.db"
+    txns = [make_txn(rule=f"r{i}") for i in range(3)]
+    with SqliteJournal(path) as journal:
+        for txn in txns:
+            journal.begin(txn, [make_pre()])
+            journal.finish(make_result(txn))
+    corrupt(path, "UPDATE transactions SET steps = 'not json' WHERE id = ?", txns[0].id)
+    corrupt(path, "UPDATE transactions SET step_results = '[{' WHERE id = ?", txns[1].id)
+    with SqliteJournal(path) as journal:
+        third, second, first = journal.history()
+        assert third.corrupt is None and third.result == make_result(txns[2])
+        for entry, txn in ((first, txns[0]), (second, txns[1])):
+            assert entry.corrupt is not None and txn.id in entry.corrupt
+            assert (entry.txn.id, entry.txn.rule, entry.txn.host) == (txn.id, txn.rule, txn.host)
+            assert not entry.interrupted
+            with pytest.raises(JournalCorruptError):
+                tuple(entry.pre_states)
+        assert "SHA-256" in (first.corrupt or "")
+        assert journal.interrupted() == []
+
+
+# --- migration from schema version 1 ---------------------------------------------------
+
+
+def test_a_version_1_journal_is_migrated_and_reads_back_what_the_old_code_wrote(tmp_path: Path) -> None:
+    """tests/data/journal_v1.db (written by schema-1 kensa) opens, migrates to the current schema and reads back every entry, in order."""
+    path = tmp_path / "journal.db"
+    path.write_bytes((Path(__file__).parent / "data" / "journal_v1.db").read_bytes())
+    assert user_version(path) == 1
+    with SqliteJournal(path) as journal:
+        entries = journal.history()
+        assert [e.txn.id for e in entries] == ["v1-skipped", "v1-interrupted", "v1-rolled", "v1-committed"]
+        assert [e.seq for e in entries] == [4, 3, 2, 1]
+        assert all(e.corrupt is None for e in entries)
+        committed = journal.get("v1-committed")
+        assert committed.result is not None and committed.result.status is Status.COMMITTED
+        assert committed.txn.steps[0].params == {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}
+        assert committed.pre_states == (
+            PreState(
+                "config_set",
+                {"path": "/etc/ssh/sshd_config"},
+                {"path": "/etc/ssh/sshd_config", "content": b"PermitRootLogin yes\n\xff\x00", "mode": 0o600},
+            ),
+            PreState("file_content", {"path": "/etc/motd"}, {"path": "/etc/motd", "exists": False, "nested": {"$bytes": [1, 2]}}),
+        )
+        rolled = journal.get("v1-rolled")
+        assert rolled.later_rollback is not None and rolled.later_rollback.status is Status.ROLLED_BACK
+        (interrupted,) = journal.interrupted()
+        assert interrupted.txn.id == "v1-interrupted" and interrupted.pre_states[0] == committed.pre_states[0]
+        assert journal.get("v1-skipped").result.error.message == "bad \udcff rule"  # type: ignore[union-attr]
+        newer = make_txn()
+        journal.begin(newer, [make_pre()])
+        assert journal.get(newer.id).seq == 5
+        assert [e.txn.id for e in journal.history(after_seq=interrupted.seq)] == [newer.id, "v1-skipped"]
+    assert user_version(path) == SCHEMA_VERSION == 2
+
+
+def test_a_version_1_pre_state_the_old_code_could_not_read_migrates_as_corrupt(tmp_path: Path) -> None:
+    """A damaged row in a version 1 journal does not block the migration: it comes out as that entry marked corrupt."""
+    path = tmp_path / "journal.db"
+    path.write_bytes((Path(__file__).parent / "data" / "journal_v1.db").read_bytes())
+    corrupt(path, "UPDATE pre_states SET data = '{\"$bytes\": \"!!\"}' WHERE txn_id = 'v1-interrupted'")
+    with SqliteJournal(path) as journal:
+        (interrupted,) = journal.interrupted()
+        assert interrupted.corrupt is not None and "v1-interrupted" in interrupted.corrupt
+        assert journal.get("v1-committed").corrupt is None
+
+
+# --- retention -----------------------------------------------------------------
+
+
+def test_prune_deletes_old_finished_entries_and_never_an_interrupted_one(tmp_path: Path) -> None:
+    """prune(before=) deletes finished entries older than the cut with their pre-states and later rollbacks; interrupted ones stay and are counted."""
+    clock_now = [journal_module._to_datetime(journal_module._now_us()) - timedelta(days=10)]
+    path = tmp_path / "journal.db"
+    with SqliteJournal(path, clock=lambda: clock_now[0]) as journal:
+        old_done, old_interrupted, old_rolled = make_txn(rule="done"), make_txn(rule="cut"), make_txn(rule="rolled")
+        for txn in (old_done, old_rolled):
+            journal.begin(txn, [make_pre()])
+            journal.finish(make_result(txn))
+        journal.record_rollback(old_rolled.id, make_result(old_rolled, Status.ROLLED_BACK))
+        clock_now[0] += timedelta(days=9)
+        journal.begin(old_interrupted, [make_pre()])
+        journal.record_recovery(old_interrupted.id, make_result(old_interrupted, Status.RECOVERED))
+        still_open = make_txn(rule="open")
+        journal.begin(still_open, [make_pre()])
+        clock_now[0] += timedelta(days=1)
+        recent = make_txn(rule="recent")
+        journal.finish(make_result(recent, Status.SKIPPED))
+
+        pruned = journal.prune(before=clock_now[0] - timedelta(days=5))
+        assert (pruned.deleted, pruned.kept_interrupted, pruned.kept_for_recovery) == (2, 0, 0)
+        assert [e.txn.rule for e in journal.history()] == ["recent", "open", "cut"]
+
+        pruned = journal.prune(before=clock_now[0] + timedelta(days=1))
+        assert (pruned.deleted, pruned.kept_interrupted, pruned.kept_for_recovery) == (1, 1, 1)
+        assert [e.txn.rule for e in journal.history()] == ["recent", "open"]
+        assert journal.interrupted()[0].pre_states == (make_pre(),)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM pre_states").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM later_rollbacks").fetchone()[0] == 0
+
+
+def test_prune_keep_last_keeps_the_newest_by_sequence(journal: SqliteJournal) -> None:
+    """keep_last=N keeps the N newest entries by seq; bad arguments are refused and delete nothing."""
+    txns = [make_txn(rule=f"r{i}") for i in range(5)]
+    for txn in txns:
+        journal.finish(make_result(txn, Status.SKIPPED))
+    for bad in ({}, {"keep_last": -1}):
+        with pytest.raises(ValueError, match="prune") as caught:
+            journal.prune(**bad)
+        assert isinstance(caught.value, JournalError)
+    assert journal.prune(keep_last=2).deleted == 3
+    assert [e.txn.rule for e in journal.history()] == ["r4", "r3"]
+
+
+def test_a_row_whose_text_is_not_utf8_is_listed_as_corrupt(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 written into a text column mark that entry corrupt; the query and the other entries survive."""
+    path = tmp_path / "journal.db"
+    txns = [make_txn(rule=f"r{i}") for i in range(2)]
+    with SqliteJournal(path) as journal:
+        for txn in txns:
+            journal.begin(txn, [make_pre()])
+    corrupt(path, "UPDATE transactions SET steps = CAST(X'5bff5d' AS TEXT) WHERE id = ?", txns[0].id)
+    with SqliteJournal(path) as journal:
+        bad, good = journal.interrupted()
+        assert bad.corrupt is not None and txns[0].id in bad.corrupt
+        assert good.corrupt is None and good.pre_states == (make_pre(),)
+        assert [e.txn.id for e in journal.history()] == [txns[1].id, txns[0].id]
+
+
+# VmHWM, not getrusage: ru_maxrss survives exec, so it would report the
+# (large) test process that spawned this one.
+PEAK_RSS_OF_HISTORY = """
+import io, sys
+from kensa.cli import main
+code = main(["--journal", sys.argv[1], "history", "--limit", "3", "--json"], out=io.StringIO())
+assert code == 0, code
+with open("/proc/self/status") as status:
+    print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+"""
+
+
+def test_kensa_history_on_a_journal_holding_a_64_mib_pre_state_never_loads_it(tmp_path: Path) -> None:
+    """The peak RSS of `kensa history --limit 3` (a real process) is the same, within 16 MiB, whether an entry holds a 64 MiB pre-state or a tiny one."""
+
+    def peak_kib(pre_state_bytes: int) -> int:
+        path = tmp_path / f"journal-{pre_state_bytes}.db"
+        with SqliteJournal(path) as journal:
+            txn = make_txn()
+            journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": os.urandom(pre_state_bytes)})])
+            journal.finish(make_result(txn))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        proc = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS_OF_HISTORY, str(path)], capture_output=True, text=True, env=env, check=True
+        )
+        return int(proc.stdout.split()[-1])
+
+    small, large = peak_kib(16), peak_kib(64 << 20)
+    assert large - small < 16 << 10, (small, large)
+
+
+def test_get_and_interrupted_load_pre_states_and_history_reads_them_from_the_open_journal(tmp_path: Path) -> None:
+    """Entries from get() and interrupted() carry their pre-states (usable after close); a history() entry's access after close is a JournalError."""
+    txn = make_txn()
+    with SqliteJournal(tmp_path / "journal.db") as journal:
+        journal.begin(txn, [make_pre()])
+        got, (listed_interrupted,) = journal.get(txn.id), journal.interrupted()
+        (listed,) = journal.history()
+    assert got.pre_states == listed_interrupted.pre_states == (make_pre(),)
+    with pytest.raises(JournalError, match="closed"):
+        tuple(listed.pre_states)
+
+
+PEAK_RSS_OF_BEGIN = """
+import os, sys
+from kensa.journal import SqliteJournal
+from kensa.model import PreState, Step, Transaction
+
+def peak_kib():
+    with open("/proc/self/status") as status:
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+
+content = os.urandom(int(sys.argv[2]))
+with SqliteJournal(sys.argv[1]) as journal:
+    before = peak_kib()
+    txn = Transaction("r", (Step("file", {"path": "/etc/f0"}),))
+    journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": content})])
+    print(peak_kib() - before)
+"""
+
+
+def test_begin_of_a_64_mib_pre_state_holds_no_copy_of_it(tmp_path: Path) -> None:
+    """Journaling a 64 MiB pre-state (a real process) raises the peak RSS by far less than the pre-state itself: it is written in pieces, never joined or copied."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_BEGIN, str(tmp_path / "journal.db"), str(64 << 20)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    if not hasattr(sqlite3.Connection, "blobopen"):
+        pytest.skip("this Python's sqlite3 has no blobopen: large pre-states are bound whole")
+    assert int(proc.stdout) < 16 << 10, proc.stdout
+
+
+PEAK_RSS_OF_GET = """
+import os, sys
+from kensa.journal import SqliteJournal
+from kensa.model import PreState, Step, Transaction
+
+def peak_kib():
+    with open("/proc/self/status") as status:
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+
+size = int(sys.argv[2])
+with SqliteJournal(sys.argv[1]) as journal:
+    txn = Transaction("r", (Step("file", {"path": "/etc/f0"}),))
+    journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": os.urandom(size)})])
+with SqliteJournal(sys.argv[1]) as journal:
+    before = peak_kib()
+    assert len(journal.get(txn.id).pre_states[0].data["content"]) == size
+    print(peak_kib() - before)
+"""
+
+
+def test_get_of_a_64_mib_pre_state_holds_one_copy_of_it(tmp_path: Path) -> None:
+    """Reading back a 64 MiB pre-state (a real process) raises the peak RSS by about the pre-state itself: it is read from the BLOB and checked as it is decoded, not loaded first."""
+    if not hasattr(sqlite3.Connection, "blobopen"):
+        pytest.skip("this Python's sqlite3 has no blobopen: stored pre-states are read whole")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_GET, str(tmp_path / "journal.db"), str(64 << 20)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert int(proc.stdout) < (64 + 16) << 10, proc.stdout
+
+
+class _WithoutBlobopen(sqlite3.Connection):
+    blobopen = None  # as on Pythons before 3.11
+
+
+def test_without_blobopen_large_pre_states_are_bound_and_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a sqlite3 without blobopen a pre-state above the streaming size is stored and read back equal, and damage is still found."""
+    connect = sqlite3.connect
+    monkeypatch.setattr(journal_module.sqlite3, "connect", lambda *a, **k: connect(*a, factory=_WithoutBlobopen, **k))
+    content = os.urandom(journal_module._STREAM_BLOB_BYTES + 1)
+    txn = make_txn()
+    path = tmp_path / "journal.db"
+    with SqliteJournal(path) as journal:
+        journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": content})])
+        assert journal.get(txn.id).pre_states[0].data["content"] == content  # type: ignore[union-attr]
+    corrupt(path, "UPDATE pre_states SET state = zeroblob(length(state))")
+    with SqliteJournal(path) as journal:
+        assert "SHA-256" in (journal.get(txn.id).corrupt or "")
+
+
+def test_a_damaged_value_that_still_decodes_or_no_longer_decodes_fails_its_digest(tmp_path: Path) -> None:
+    """Damage inside a bytes value (still decodable) and in a length prefix (no longer decodable) are both reported as a failed SHA-256 check."""
+    path = tmp_path / "journal.db"
+    inside, prefix = make_txn(rule="inside"), make_txn(rule="prefix")
+    with SqliteJournal(path) as journal:
+        for txn in (inside, prefix):
+            journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": b"x" * 100})])
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (state,) = conn.execute("SELECT state FROM pre_states WHERE txn_id = ?", (inside.id,)).fetchone()
+        flipped = bytearray(state)
+        flipped[-5] ^= 0xFF
+        conn.execute("UPDATE pre_states SET state = ? WHERE txn_id = ?", (bytes(flipped), inside.id))
+        conn.execute("UPDATE pre_states SET state = ? WHERE txn_id = ?", (b"\x01\xff" + state[2:], prefix.id))
+        conn.commit()
+    assert journal_module._unpack(bytes(flipped))[2]["content"] != b"x" * 100
+    with pytest.raises(journal_module._Undecodable):
+        journal_module._unpack(b"\x01\xff" + state[2:])
+    with SqliteJournal(path) as journal:
+        for txn in (inside, prefix):
+            assert "fails its SHA-256 check" in (journal.get(txn.id).corrupt or ""), txn.rule
+
+
+def test_an_entry_shows_and_compares_without_reading_its_pre_states(tmp_path: Path) -> None:
+    """repr() and == of entries never read pre-states: a corrupt entry can be printed, and a huge one is not dumped."""
+    path = tmp_path / "journal.db"
+    txn = make_txn()
+    with SqliteJournal(path) as journal:
+        journal.begin(txn, [PreState("file", {"path": "/etc/f0"}, {"content": b"s" * 100_000})])
+        assert len(repr(journal.get(txn.id))) < 2000
+    corrupt(path, "UPDATE pre_states SET sha256 = zeroblob(32)")
+    with SqliteJournal(path) as journal:
+        (listed,) = journal.history()
+        assert "pre-states" not in repr(listed) and listed == journal.history()[0]
+        damaged = journal.get(txn.id)
+        assert damaged.corrupt is not None and txn.id in repr(damaged)
+        with pytest.raises(JournalCorruptError):
+            len(damaged.pre_states)

@@ -666,3 +666,23 @@ def test_unmutated_fuzz_seed_is_valid() -> None:
     """The seed the mutation test starts from is itself a supported rule (so mutations probe real paths)."""
     rule = parse_rule(yaml.safe_dump(VALID_RULE))
     assert rule.supported and rule.select_implementation({"cap"}) is rule.implementations[0]
+
+
+def test_integers_outside_64_bits_are_refused_naming_file_and_line(tmp_path: Path) -> None:
+    """A hex integer of 5,000 digits (beyond Python's decimal digit limit) and a decimal one past 64 bits are RuleErrors at their line."""
+    for number in ("0x" + "f" * 5000, str(2**63), str(-(2**63) - 1)):
+        path = tmp_path / "big.yml"
+        path.write_text(f"id: big\ntitle: {number}\n")
+        with pytest.raises(RuleError, match=rf"big.yml:2: cannot read number .*too large") as caught:
+            load_rule_file(path)
+        assert len(str(caught.value)) < 300
+    path.write_text(f"id: big\ntitle: t\nseverity: {2**63 - 1}\n")
+    with pytest.raises(RuleError, match="big.yml:3: field 'severity'"):
+        load_rule_file(path)
+
+
+def test_a_fifo_among_rule_files_is_refused_without_blocking(tmp_path: Path) -> None:
+    """load_rules on a directory holding a FIFO named *.yml raises RuleError naming it instead of waiting for a writer."""
+    os.mkfifo(tmp_path / "pipe.yml")
+    with pytest.raises(RuleError, match=r"pipe.yml: cannot read rule file: not a regular file \(a FIFO\)"):
+        load_rules([tmp_path])

@@ -9,16 +9,29 @@ Exit codes:
 - 2: bad input or environment (a malformed rule file, a missing root, a
   journal that cannot be written); nothing was changed
 - 3: some transaction left the host changed and unverified
-  (``partially_applied``, ``rollback_failed``): an operator must look
+  (``partially_applied``, ``rollback_failed``): an operator must look. Also
+  ``recover`` when an interrupted entry is corrupt in the journal (it is
+  reported by id, errored, and kept interrupted; every other one is
+  recovered): the host may be half changed and cannot be restored from the
+  journal. And ``history --verify`` when it finds a corrupt entry.
+
+The exit code is the outcome, whatever happens to the output: a reader that
+went away (EPIPE, ``kensa ... | head``) or a closed stdout does not turn it
+into 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import io
 import json
+import math
 import os
 import sys
 import threading
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
 
@@ -170,6 +183,16 @@ def _journal_path(args: argparse.Namespace) -> str:
     return args.journal or os.fspath(default_journal_path())
 
 
+def _existing_journal(args: argparse.Namespace) -> str:
+    """The journal path, which must already hold a journal: reading or undoing
+    from a mistyped path must be an error, not a new empty journal."""
+    from .journal import SqliteJournal
+
+    path = _journal_path(args)
+    SqliteJournal(path, create=False).close()
+    return path
+
+
 def _engine(args: argparse.Namespace) -> Any:
     from .engine import default_engine
 
@@ -309,29 +332,78 @@ def _dry_run(args: argparse.Namespace, txns: List[Transaction], unsupported: Lis
 def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     from .journal import SqliteJournal
 
-    path = _journal_path(args)
-    if not os.path.exists(path):
-        raise UsageError(f"no journal at {path}: nothing has run yet (or pass --journal)")
+    path = _existing_journal(args)
+    if args.prune:
+        return cmd_history_prune(args, path, out)
+    if args.older_than is not None or args.keep_last is not None:
+        raise UsageError("history: --older-than and --keep-last select what --prune deletes; add --prune")
     status = Status(args.status) if args.status else None
-    with SqliteJournal(path) as journal:
-        entries = journal.history(host=args.host, rule=args.rule, status=status, limit=args.limit)
+    limit = _DEFAULT_HISTORY_LIMIT if args.limit is None else args.limit
+    with SqliteJournal(path, create=False) as journal:
+        entries = journal.history(host=args.host, rule=args.rule, status=status, limit=limit)
+        corrupt = {e.txn.id: e.corrupt for e in entries if e.corrupt is not None}
+        if args.verify:
+            corrupt.update(journal.verify(entries))
+    code = EXIT_NEEDS_OPERATOR if args.verify and corrupt else EXIT_OK
     if args.json:
-        json.dump([_entry_dict(e) for e in entries], out, indent=2)
+        json.dump([dict(_entry_dict(e), corrupt=corrupt.get(e.txn.id)) for e in entries], out, indent=2)
         out.write("\n")
-        return EXIT_OK
+        return code
     rows = []
     for e in entries:
-        status_text = e.result.status.value if e.result else "interrupted"
-        if e.later_rollback is not None:
-            status_text += f" (rolled back: {e.later_rollback.status.value})"
+        if e.txn.id in corrupt:
+            status_text = f"corrupt: {corrupt[e.txn.id]}"
+        else:
+            status_text = e.result.status.value if e.result else "interrupted"
+            if e.later_rollback is not None:
+                status_text += f" (rolled back: {e.later_rollback.status.value})"
         rows.append((e.created.strftime("%Y-%m-%d %H:%M:%S"), e.txn.id, e.txn.rule, e.txn.host, status_text))
     print_table(rows, ("WHEN (UTC)", "TXN", "RULE", "HOST", "STATUS"), out)
+    return code
+
+
+def cmd_history_prune(args: argparse.Namespace, path: str, out: TextIO) -> int:
+    """``history --prune``: delete finished entries by age and/or count; never an interrupted one."""
+    from .journal import SqliteJournal
+
+    given = (("--host", args.host), ("--rule", args.rule), ("--status", args.status), ("--limit", args.limit))
+    mixed = [name for name, value in given if value is not None] + (["--verify"] if args.verify else [])
+    if mixed:
+        raise UsageError(
+            f"history --prune deletes by age (--older-than) and count (--keep-last) only; {', '.join(mixed)} "
+            "do not apply to it"
+        )
+    if args.older_than is None and args.keep_last is None:
+        raise UsageError("history --prune needs --older-than DAYS and/or --keep-last N; it deletes nothing by default")
+    before = None if args.older_than is None else datetime.now(timezone.utc) - timedelta(days=args.older_than)
+    with SqliteJournal(path, create=False) as journal:
+        pruned = journal.prune(before=before, keep_last=args.keep_last)
+    if args.json:
+        json.dump(
+            {"deleted": pruned.deleted, "kept_interrupted": pruned.kept_interrupted,
+             "kept_for_recovery": pruned.kept_for_recovery},
+            out,
+            indent=2,
+        )
+        out.write("\n")
+        return EXIT_OK
+    out.write(
+        f"deleted {pruned.deleted} entries; kept {pruned.kept_interrupted} interrupted entries "
+        "(pruning never deletes an interrupted entry: run kensa recover)"
+    )
+    if pruned.kept_for_recovery:
+        out.write(
+            f" and {pruned.kept_for_recovery} entries created after an interrupted one "
+            "(recovery compares against them)"
+        )
+    out.write("\n")
     return EXIT_OK
 
 
 def _entry_dict(entry: Any) -> Dict[str, Any]:
     return {
         "txn": entry.txn.id,
+        "seq": entry.seq,
         "rule": entry.txn.rule,
         "host": entry.txn.host,
         "created": entry.created.isoformat(),
@@ -344,6 +416,7 @@ def _entry_dict(entry: Any) -> Dict[str, Any]:
 
 
 def cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
+    _existing_journal(args)
     engine = _engine(args)
     result = engine.rollback(args.txn_id, force=args.force)
     _report_one(args, result, out)
@@ -352,6 +425,7 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_recover(args: argparse.Namespace, out: TextIO) -> int:
+    _existing_journal(args)
     engine = _engine(args)
     results = engine.recover()
     if args.json:
@@ -449,6 +523,31 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 # --- parser ---------------------------------------------------------------------
 
 
+_DEFAULT_HISTORY_LIMIT = 100
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number from 0 to 2**63 - 1 (what SQLite can take)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {2**63 - 1}, got {text[:40]!r}")
+    return value
+
+
+def _days(text: str) -> float:
+    """argparse type: a number of days from 0 to 100000."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"expected a number of days from 0 to 100000, got {text[:40]!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kensa",
@@ -478,7 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="only this host key")
     p.add_argument("--rule", help="only this rule id")
     p.add_argument("--status", choices=[s.value for s in Status], help="only this status")
-    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p.add_argument("--limit", type=_count, help=f"at most this many (default {_DEFAULT_HISTORY_LIMIT})")
+    p.add_argument("--verify", action="store_true", help="also check the listed entries' pre-states against their SHA-256")
+    p.add_argument("--prune", action="store_true", help="delete old finished entries instead of listing (never interrupted ones)")
+    p.add_argument("--older-than", type=_days, metavar="DAYS", help="with --prune: entries created more than DAYS ago")
+    p.add_argument("--keep-last", type=_count, metavar="N", help="with --prune: all but the N newest entries")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_history)
 
@@ -511,18 +614,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
+    _ensure_standard_streams()
     args = build_parser().parse_args(argv)
     stream = out if out is not None else sys.stdout
     if getattr(args, "workers", 1) < 1:
         sys.stderr.write("kensa: --workers must be at least 1\n")
         return EXIT_BAD_INPUT
+    # The output is written once the outcome is known, so that failing to
+    # write it can never change the exit code.
+    rendered = io.StringIO()
     try:
-        return int(args.func(args, stream))
+        code = int(args.func(args, rendered))
     except KensaError as exc:
         sys.stderr.write(f"kensa: {printable(exc)}\n")
-        return EXIT_BAD_INPUT
-    except BrokenPipeError:
-        return EXIT_OK
+        code = EXIT_BAD_INPUT
+    return _deliver(rendered.getvalue(), stream, code)
+
+
+def _ensure_standard_streams() -> None:
+    """Put /dev/null on closed descriptors 0-2 and streams on a missing sys.stdout/sys.stderr.
+
+    With fd 1 closed the next file opened (the journal) would become fd 1, and
+    anything written to stdout, by kensa or by a command it runs, would land in it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            # Lower descriptors are open by now, so this takes fd itself.
+            # Inheritable on purpose: commands kensa runs need their 0-2 too.
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
+
+
+def _deliver(text: str, stream: TextIO, code: int) -> int:
+    """Write ``text``; the exit code stays ``code`` when the reader went away, and says so when the write failed."""
+    try:
+        stream.write(text)
+        stream.flush()
+        return code
+    except ValueError:
+        return code  # the stream was closed under us: as good as a reader gone
+    except OSError as exc:
+        failure: OSError = exc
+    if stream is sys.stdout:
+        # The interpreter flushes stdout again at exit; with the failed data
+        # still buffered that would fail and print a traceback.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+    if failure.errno == errno.EPIPE:
+        return code
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"kensa: could not write the output: {failure}\n")
+    return code if code == EXIT_NEEDS_OPERATOR else EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

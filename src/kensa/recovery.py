@@ -88,7 +88,6 @@ import contextlib
 import posixpath
 import time
 from dataclasses import replace
-from datetime import datetime
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -151,7 +150,7 @@ class RecoveryJournal(Protocol):
 
     def get(self, txn_id: str) -> JournalEntry: ...
 
-    def history(self, host: Optional[str] = None, *, since: Optional[datetime] = None) -> Sequence[JournalEntry]: ...
+    def history(self, host: Optional[str] = None, *, after_seq: Optional[int] = None) -> Sequence[JournalEntry]: ...
 
     def record_recovery(self, txn_id: str, result: TransactionResult) -> None: ...
 
@@ -283,7 +282,7 @@ def _later_changes(journal: RecoveryJournal, entry: JournalEntry) -> Dict[int, T
     mine = frozenset().union(*files)
     touched: Dict[str, str] = {}
     # Newest first: the message names the most recent change of each file.
-    for later in journal.history(entry.txn.host, since=entry.created):
+    for later in journal.history(entry.txn.host, after_seq=entry.seq):
         if later.txn.id == entry.txn.id or not _may_have_changed(later):
             continue
         state = "interrupted" if later.result is None else later.result.status.value

@@ -48,8 +48,9 @@ What loads, what is refused:
 
 Hostile input is bounded: files larger than :data:`MAX_RULE_FILE_BYTES`, nesting
 deeper than :data:`MAX_NESTING_DEPTH`, YAML aliases (the "billion laughs"
-expansion), explicit tags, non-string or duplicate keys are all refused with a
-:class:`RuleError`. The YAML event stream is turned into values by an iterative
+expansion), explicit tags, non-string or duplicate keys, integers outside 64
+bits, and rule paths that are not regular files (a FIFO would block the read
+forever, a device never end it) are all refused with a :class:`RuleError`. The YAML event stream is turned into values by an iterative
 builder here, so no input can recurse the interpreter or build objects other
 than str, int, float, bool, None, list and dict.
 """
@@ -61,6 +62,7 @@ import difflib
 import enum
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -411,7 +413,12 @@ def _scalar(doc: _Document, event: Any) -> Any:
         node = yaml.ScalarNode(resolved, event.value)
         try:
             if resolved.endswith("int"):
-                return constructor.construct_yaml_int(node)
+                number = constructor.construct_yaml_int(node)
+                # Hex and octal escape Python's digit limit; a huge int would
+                # then fail in every message that shows it.
+                if not -(2**63) <= number < 2**63:
+                    raise ValueError("too large: numbers in rule files must fit in 64 bits")
+                return number
             return constructor.construct_yaml_float(node)
         except (ValueError, OverflowError) as exc:
             reason = str(exc).split(";")[0]
@@ -1074,11 +1081,32 @@ def load_rule_file(
     """Load the one rule in the YAML file at ``path``. Raises RuleError."""
     name = os.fspath(path)
     try:
-        with open(name, "rb") as stream:
+        _require_regular(name, os.stat(name).st_mode)
+        # O_NONBLOCK: a FIFO swapped in after the stat must not block the open.
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as stream:
+            _require_regular(name, os.fstat(fd).st_mode)
             data = stream.read(MAX_RULE_FILE_BYTES + 1)
     except OSError as exc:
         raise RuleError(f"{name}: cannot read rule file: {exc.strerror or exc}") from None
     return parse_rule(data, name, mechanisms=mechanisms, check_methods=check_methods)
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _require_regular(name: str, mode: int) -> None:
+    """Refuse anything but a regular file: reading a FIFO or a device could block forever or never end."""
+    if stat.S_ISREG(mode):
+        return
+    kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a file")
+    raise RuleError(f"{name}: cannot read rule file: not a regular file ({kind}); rule files must be regular files")
 
 
 def _rule_files(path: Path) -> List[Path]:
