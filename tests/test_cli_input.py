@@ -314,3 +314,16 @@ def test_history_prune_refuses_incomplete_or_mixed_options(tmp_path: Path, argv:
     assert "--" in capsys.readouterr().err
     with SqliteJournal(path) as journal:
         assert len(journal.history()) == 1
+
+
+def test_recover_with_no_default_journal_says_nothing_ran_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --journal or KENSA_JOURNAL, a default journal that does not exist means kensa never ran here: recover exits 0 saying so, and creates nothing."""
+    from kensa import journal as journal_module
+
+    default = tmp_path / "state" / "journal.db"
+    monkeypatch.delenv("KENSA_JOURNAL", raising=False)
+    monkeypatch.setattr(journal_module, "default_journal_path", lambda: default)
+    code, out = kensa_cli("--no-audit", "recover")
+    assert code == EXIT_OK
+    assert "nothing to recover" in out and str(default) in out
+    assert list(tmp_path.iterdir()) == []

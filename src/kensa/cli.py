@@ -425,7 +425,16 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_recover(args: argparse.Namespace, out: TextIO) -> int:
-    _existing_journal(args)
+    from .journal import JournalNotFound
+
+    try:
+        _existing_journal(args)
+    except JournalNotFound:
+        if args.journal is not None or os.environ.get("KENSA_JOURNAL"):
+            raise  # a journal named by the operator must exist: a typo is an error
+        # The default journal is made by the first run: none means nothing ever ran here.
+        out.write(f"nothing to recover: there is no journal at {_journal_path(args)} (kensa has not run here)\n")
+        return EXIT_OK
     engine = _engine(args)
     results = engine.recover()
     if args.json:
