@@ -174,7 +174,12 @@ def bind_mount_in_root(base: Path) -> Case:
     done = _in_namespace(cmd)
     ok = (outside / "sshd_config").read_bytes() == SSHD and "exit=0" not in done.stdout
     return Case("a bind mount of an outside directory at root/etc/ssh", "refused, the outside file untouched",
-                f"{done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr.strip()[-80:]}, outside {'untouched' if ok else 'CHANGED'}", ok)
+                f"{_exit_line(done)}, outside {'untouched' if (outside / 'sshd_config').read_bytes() == SSHD else 'CHANGED'}", ok)
+
+
+def _exit_line(done: "subprocess.CompletedProcess[str]") -> str:
+    lines = [line for line in done.stdout.splitlines() if line.startswith("exit=")]
+    return lines[-1].replace("=", " ") if lines else f"no exit status ({done.stderr.strip()[-80:]})"
 
 
 def procfs_in_image_root(base: Path) -> Case:
@@ -190,7 +195,7 @@ def procfs_in_image_root(base: Path) -> Case:
         Path("/proc/sys/net/ipv4/ip_forward").write_bytes(live)
     ok = now == live and "exit=0" not in done.stdout
     return Case("procfs mounted at an image root's /proc, then sysctl_set", "refused, the live kernel untouched",
-                f"live value {'untouched' if now == live else 'CHANGED'}", ok)
+                f"{_exit_line(done)}, live value {'untouched' if now == live else 'CHANGED'}", ok)
 
 
 def failed_apply_on_immutable_file(base: Path) -> Case:
