@@ -138,7 +138,7 @@ def two_writers_on_one_host(base: Path) -> Case:
 
 
 def _in_namespace(script: str, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-ec", script], env=child_env(),
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=child_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -170,9 +170,9 @@ def bind_mount_in_root(base: Path) -> Case:
     outside.mkdir()
     (outside / "sshd_config").write_bytes(SSHD)
     rule = _sshd_rule(base / "r.yml")
-    cmd = f"mount --bind {outside} {root}/etc/ssh && {sys.executable} -m kensa --journal {base}/j.db --no-audit remediate {rule} --root {root}; echo exit=$?"
+    cmd = f"mount --bind {outside} {root}/etc/ssh || exit 99; {sys.executable} -m kensa --journal {base}/j.db --no-audit remediate {rule} --root {root}; echo exit=$?"
     done = _in_namespace(cmd)
-    ok = (outside / "sshd_config").read_bytes() == SSHD and "exit=0" not in done.stdout
+    ok = (outside / "sshd_config").read_bytes() == SSHD and "exit=" in done.stdout and "exit=0" not in done.stdout
     return Case("a bind mount of an outside directory at root/etc/ssh", "refused, the outside file untouched",
                 f"{_exit_line(done)}, outside {'untouched' if (outside / 'sshd_config').read_bytes() == SSHD else 'CHANGED'}", ok)
 
@@ -188,12 +188,12 @@ def procfs_in_image_root(base: Path) -> Case:
     want = "0" if live.strip() == b"1" else "1"
     check = f"method: sysctl_value\nkey: net.ipv4.ip_forward\nexpected: \"{want}\""
     rule = _rule(base / "r.yml", "fwd", "sysctl_set", check, key="net.ipv4.ip_forward", value=want)
-    cmd = f"mount -t proc proc {root}/proc && {sys.executable} -m kensa --journal {base}/j.db --no-audit remediate {rule} --root {root}; echo exit=$?"
+    cmd = f"mount -t proc proc {root}/proc || exit 99; {sys.executable} -m kensa --journal {base}/j.db --no-audit remediate {rule} --root {root}; echo exit=$?"
     done = _in_namespace(cmd)
     now = Path("/proc/sys/net/ipv4/ip_forward").read_bytes()
     if now != live:
         Path("/proc/sys/net/ipv4/ip_forward").write_bytes(live)
-    ok = now == live and "exit=0" not in done.stdout
+    ok = now == live and "exit=" in done.stdout and "exit=0" not in done.stdout
     return Case("procfs mounted at an image root's /proc, then sysctl_set", "refused, the live kernel untouched",
                 f"{_exit_line(done)}, live value {'untouched' if now == live else 'CHANGED'}", ok)
 
