@@ -1018,15 +1018,9 @@ class PlannedView:
             return found
         return FileInfo(found.kind, found.mode, found.uid, found.gid, found.xattrs, None, found.mtime_ns, found.ino, found.nlink)
 
-    def read_file(self, path: str) -> Optional[FileInfo]:
-        found = self.info(path, content=True)
-        if found is not None and found.kind != "file":
-            raise HostAccessError(errno.EISDIR, f"{self.where(path)} is a directory, not a file")
-        return found
-
-    def read_bytes(self, path: str) -> Optional[bytes]:
-        found = self.read_file(path)
-        return None if found is None else found.content
+    # The host's own readers, over this view's info().
+    read_file = LocalHost.read_file
+    read_bytes = LocalHost.read_bytes
 
     def __repr__(self) -> str:
         return f"PlannedView({self._host!r}, {sorted(self._planned)!r})"

@@ -33,14 +33,27 @@ from __future__ import annotations
 import errno
 import shlex
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..auditrules import AuditRuleError, rule_options, silencing_reason
 from ..host import HostAccessError, LocalHost
 from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
 from .config_set import decode, encode
-from .filestate import Planned, fidelity_notes, planned_file, settled_files, Revert, assess_file, capture_file, combine, post_state, restore_file, restore_planned, restored, rollback_result
+from .filestate import (
+    Planned,
+    Revert,
+    StatePlan,
+    assess_file,
+    capture_file,
+    combine,
+    fidelity_notes,
+    planned_file,
+    post_state,
+    restore_planned,
+    restored,
+    rollback_result,
+    settled_files,
+)
 from .params import ParamError, require_path
 
 DEFAULT_PERSIST_FILE = "/etc/audit/rules.d/99-kensa.rules"
@@ -116,14 +129,6 @@ def revert_rules(added: Sequence[str]) -> Revert:
         return encode("".join(lines))
 
     return revert
-
-
-@dataclass(frozen=True)
-class KernelPlan:
-    """What restoring the kernel's rules means: its drift and why."""
-
-    drift: Drift
-    details: Tuple[str, ...] = ()
 
 
 class AuditRuleSet:
@@ -265,7 +270,7 @@ class AuditRuleSet:
         if kernel is not None and not kernel["immutable"]:
             now = self._kernel(host)
             if now is None:
-                plans.append(KernelPlan(Drift.CONFLICT, ("audit is no longer available: cannot check the kernel's rules",)))
+                plans.append(StatePlan(Drift.CONFLICT, ("audit is no longer available: cannot check the kernel's rules",)))
             else:
                 missing = self._missing(list(kernel["rules_added"]), now["rules"])
                 others = Counter(now["rules"]) - Counter(kernel["before"])
@@ -273,13 +278,13 @@ class AuditRuleSet:
                 foreign = [line for line in others.elements() if not ours.intersection(_identities([line]))]
                 kept = (f"kept later kernel audit rules: {foreign}",) if foreign else ()
                 if len(missing) == len(kernel["rules_added"]):
-                    plans.append(KernelPlan(Drift.OUTSIDE, kept) if foreign else KernelPlan(Drift.AT_PRE))
+                    plans.append(StatePlan(Drift.OUTSIDE, kept) if foreign else StatePlan(Drift.AT_PRE))
                 elif missing:
-                    plans.append(KernelPlan(Drift.CONFLICT, (f"kernel audit rules kensa loaded were deleted since: {missing}",)))
+                    plans.append(StatePlan(Drift.CONFLICT, (f"kernel audit rules kensa loaded were deleted since: {missing}",)))
                 elif foreign:
-                    plans.append(KernelPlan(Drift.OUTSIDE, kept))
+                    plans.append(StatePlan(Drift.OUTSIDE, kept))
                 else:
-                    plans.append(KernelPlan(Drift.AT_POST))
+                    plans.append(StatePlan(Drift.AT_POST))
         return combine(plans)
 
     def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
@@ -296,30 +301,12 @@ class AuditRuleSet:
         return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data["persist"]]))
 
     def _rollback_file(self, host: LocalHost, state: Mapping[str, Any], added: List[str]) -> List[str]:
-        path = str(state["path"])
+        # Someone may have edited the file since apply: only this step's lines go then.
         try:
-            now = host.read_bytes(path)
+            plan = assess_file(host, state, state.get("post"), revert_rules(added))
         except (KensaError, OSError) as exc:
-            return [f"reading {path} failed: {exc}"]
-        before = decode(state.get("content"))
-        if now is None or now == encode(merge_lines(before, added)):
-            return restore_file(host, state)
-        # Someone else edited the file since apply: take out only this step's lines.
-        lines = decode(now).splitlines(keepends=True)
-        for line in added:
-            wanted = rule_identity(line)
-            for index in range(len(lines) - 1, -1, -1):
-                if _identities([lines[index]]) == [wanted]:
-                    del lines[index]
-                    break
-        try:
-            host.write_file(path, encode("".join(lines)))
-            left = self._missing(added, decode(host.read_bytes(path)).splitlines())
-        except (KensaError, OSError) as exc:
-            return [f"removing kensa's lines from {path} failed: {exc}"]
-        if len(left) != len(added):
-            return [f"{path} still holds {len(added) - len(left)} of kensa's lines"]
-        return []
+            return [f"reading {state['path']} failed: {exc}"]
+        return restore_planned(host, state, plan, force=True)
 
     def _rollback_kernel(self, host: LocalHost, before: List[str], added: List[str], exact: bool = True) -> List[str]:
         problems = []

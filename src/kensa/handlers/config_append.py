@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Tuple
 
 from ..host import LocalHost
-from ..model import Assessment, PreState, RollbackResult, StepResult
+from ..model import PreState, StepResult
 from .config_set import decode, encode
-from .filestate import Planned, fidelity_notes, planned_file, settled_files, Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
+from .filestate import OneFileStep, Revert, capture_file, post_state
 from .params import ParamError, require_path, require_str
 
 
@@ -38,7 +38,7 @@ def revert_append(line: str) -> Revert:
     return revert
 
 
-class ConfigAppend:
+class ConfigAppend(OneFileStep):
     """Append a line when no line of the file already matches it; creates the file (0644)."""
 
     name = "config_append"
@@ -56,10 +56,8 @@ class ConfigAppend:
         return has_line(decode(host.read_bytes(path)), line)
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
-        path, line = self._desired(params)
-        state = capture_file(host, path)
-        text = decode(state.get("content"))
-        post = post_state(state, state.get("content") if has_line(text, line) else encode(append_line(text, line)))
+        state = capture_file(host, self._desired(params)[0])
+        post = post_state(state, self.written(PreState(self.name, params, state)))
         return PreState(self.name, params, {**state, "post": post})
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
@@ -70,20 +68,10 @@ class ConfigAppend:
         host.write_file(path, encode(append_line(text, line)))
         return StepResult(self.name, ok=True, changed=True, detail=f"appended a line to {host.where(path)}")
 
-    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
-        return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
-
-    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+    def written(self, pre: PreState) -> Optional[bytes]:
         text = decode(pre.data.get("content"))
         line = self._desired(pre.params)[1]
-        return planned_file(pre.data, encode(text if has_line(text, line) else append_line(text, line)))
+        return encode(text if has_line(text, line) else append_line(text, line))
 
-    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
-        return settled_files(host, [pre.data], assessment, force)
-
-    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
-        return assess_files(host, [(pre.data, revert_append(self._desired(pre.params)[1]))])
-
-    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
-        problems = restore_files(host, [pre.data], assessment, force)
-        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data]))
+    def revert(self, pre: PreState) -> Optional[Revert]:
+        return revert_append(self._desired(pre.params)[1])

@@ -13,8 +13,8 @@ import re
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from ..host import LocalHost
-from ..model import Assessment, PreState, RollbackResult, StepResult
-from .filestate import Planned, fidelity_notes, planned_file, settled_files, Revert, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
+from ..model import PreState, StepResult
+from .filestate import OneFileStep, Revert, capture_file, post_state
 from .params import ParamError, require_path, require_str, scalar_text
 
 _KEY = re.compile(r"[^\s=#]+")
@@ -109,7 +109,7 @@ def encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-class ConfigSet:
+class ConfigSet(OneFileStep):
     """Set one key in a config file, creating the file (0644) when it does not exist."""
 
     name = "config_set"
@@ -134,9 +134,8 @@ class ConfigSet:
         return get_value(decode(host.read_bytes(path)), key, separator) == value.strip()
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
-        path, key, value, separator = self._desired(params)
-        state = capture_file(host, path)
-        post = post_state(state, encode(set_value(decode(state.get("content")), key, value, separator)))
+        state = capture_file(host, self._desired(params)[0])
+        post = post_state(state, self.written(PreState(self.name, params, state)))
         return PreState(self.name, params, {**state, "post": post})
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
@@ -148,20 +147,10 @@ class ConfigSet:
         host.write_file(path, new)
         return StepResult(self.name, ok=True, changed=True, detail=f"set {key} in {host.where(path)}")
 
-    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
-        return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
-
-    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+    def written(self, pre: PreState) -> Optional[bytes]:
         _, key, value, separator = self._desired(pre.params)
-        return planned_file(pre.data, encode(set_value(decode(pre.data.get("content")), key, value, separator)))
+        return encode(set_value(decode(pre.data.get("content")), key, value, separator))
 
-    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
-        return settled_files(host, [pre.data], assessment, force)
-
-    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+    def revert(self, pre: PreState) -> Optional[Revert]:
         _, key, value, separator = self._desired(pre.params)
-        return assess_files(host, [(pre.data, revert_key(decode(pre.data.get("content")), key, value, separator))])
-
-    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
-        problems = restore_files(host, [pre.data], assessment, force)
-        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data]))
+        return revert_key(decode(pre.data.get("content")), key, value, separator)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from ..host import LocalHost
-from ..model import Assessment, PreState, RollbackResult, StepResult
-from .filestate import Planned, fidelity_notes, planned_file, settled_files, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
+from ..model import PreState, StepResult
+from .filestate import OneFileStep, capture_file, post_state
 from .params import require_path
 
 
-class FileAbsent:
+class FileAbsent(OneFileStep):
     """Remove a regular file; rollback re-creates it with its bytes, owner, mode and xattrs.
 
     Directories and symlinks at the path are refused rather than removed.
@@ -33,18 +33,5 @@ class FileAbsent:
         host.remove_file(path)
         return StepResult(self.name, ok=True, changed=existed, detail=f"removed {host.where(path)}" if existed else "")
 
-    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
-        return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
-
-    def planned(self, host: LocalHost, pre: PreState) -> Planned:
-        return planned_file(pre.data, None)
-
-    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
-        return settled_files(host, [pre.data], assessment, force)
-
-    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
-        return assess_files(host, [(pre.data, None)])
-
-    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
-        problems = restore_files(host, [pre.data], assessment, force)
-        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data]))
+    def written(self, pre: PreState) -> Optional[bytes]:
+        return None

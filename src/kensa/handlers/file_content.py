@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from ..host import LocalHost
-from ..model import Assessment, PreState, RollbackResult, StepResult
-from .filestate import Planned, fidelity_notes, planned_file, settled_files, assess_files, capture_file, post_state, restore_file, restore_files, restored, rollback_result
+from ..model import PreState, StepResult
+from .filestate import OneFileStep, capture_file, post_state
 from .params import ParamError, optional_id, optional_mode, require_path
 
 
-class FileContent:
+class FileContent(OneFileStep):
     """Write a whole file atomically; unset mode/owner/group keep the existing file's."""
 
     name = "file_content"
@@ -55,18 +55,5 @@ class FileContent:
         host.write_file(want["path"], want["content"], mode=want["mode"], uid=want["uid"], gid=want["gid"])
         return StepResult(self.name, ok=True, changed=True, detail=f"wrote {host.where(want['path'])}")
 
-    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
-        return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
-
-    def planned(self, host: LocalHost, pre: PreState) -> Planned:
-        return planned_file(pre.data, self._content(pre.params))
-
-    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
-        return settled_files(host, [pre.data], assessment, force)
-
-    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
-        return assess_files(host, [(pre.data, None)])
-
-    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
-        problems = restore_files(host, [pre.data], assessment, force)
-        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data]))
+    def written(self, pre: PreState) -> Optional[bytes]:
+        return self._content(pre.params)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..host import DEFAULT_FILE_MODE, FileInfo, FileKind, LocalHost
-from ..model import Assessment, Drift, KensaError, RollbackResult
+from ..model import Assessment, Drift, KensaError, PreState, RollbackResult
 
 
 def _describe(path: str, info: Optional[FileInfo], with_content: bool) -> Dict[str, Any]:
@@ -310,6 +310,14 @@ def restore_planned(host: LocalHost, pre: Mapping[str, Any], plan: FilePlan, for
     return problems
 
 
+@dataclass(frozen=True)
+class StatePlan:
+    """What restoring a piece of state that is not a file (a runtime value, the kernel's rules) means."""
+
+    drift: Drift
+    details: Tuple[str, ...] = ()
+
+
 def combine(plans: Sequence[Any]) -> Assessment:
     """One step's assessment from the plans of everything it wrote (each has ``drift`` and ``details``)."""
     drifts = {plan.drift for plan in plans}
@@ -405,3 +413,37 @@ def settled_files(host: LocalHost, files: Sequence[Mapping[str, Any]], assessmen
             kind: FileKind = "dir" if pre.get("kind") == "dir" else "file"
             found[path] = FileInfo(kind, int(pre["mode"]), int(pre["uid"]), int(pre["gid"]), dict(pre["xattrs"]), content)
     return found
+
+
+class OneFileStep:
+    """The restore side of a step whose pre-state is one captured file (with its ``post``).
+
+    A handler says what it writes (:meth:`written`) and how to undo only its own
+    change in bytes changed since (:meth:`revert`; None: it owns the whole
+    content); rollback, assessment and the planned views follow from those.
+    """
+
+    name: str
+
+    def written(self, pre: PreState) -> Optional[bytes]:
+        """The bytes the step writes over the file captured in ``pre`` (None: it removes the file)."""
+        raise NotImplementedError
+
+    def revert(self, pre: PreState) -> Optional[Revert]:
+        return None
+
+    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
+        return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
+
+    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+        return planned_file(pre.data, self.written(pre))
+
+    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+        return settled_files(host, [pre.data], assessment, force)
+
+    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+        return assess_files(host, [(pre.data, self.revert(pre))])
+
+    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        problems = restore_files(host, [pre.data], assessment, force)
+        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data]))

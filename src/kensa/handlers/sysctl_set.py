@@ -16,7 +16,6 @@ the file has none. Earlier assignments are overridden at boot and left alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Tuple
 
 from ..host import LocalHost
@@ -24,6 +23,7 @@ from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, Ste
 from ..sysctlkeys import SysctlKeyError, sysctl_path
 from .config_set import decode, encode
 from .filestate import (
+    StatePlan,
     Planned,
     Revert,
     assess_file,
@@ -110,14 +110,6 @@ def _revert_persist(before: str, key: str, value: str) -> Revert:
     return revert
 
 
-@dataclass(frozen=True)
-class RuntimePlan:
-    """What restoring the runtime value means: its drift and why."""
-
-    drift: Drift
-    details: Tuple[str, ...] = ()
-
-
 class SysctlSet:
     """Write the runtime value and persist it; rollback restores both."""
 
@@ -184,11 +176,11 @@ class SysctlSet:
         before, written = str(pre.data["runtime"]), pre.data.get("post_runtime")
         now = self._runtime(host, key, str(pre.data["runtime_path"]))
         if now == before:
-            plans.append(RuntimePlan(Drift.AT_PRE))
+            plans.append(StatePlan(Drift.AT_PRE))
         elif written is not None and now == written:
-            plans.append(RuntimePlan(Drift.AT_POST))
+            plans.append(StatePlan(Drift.AT_POST))
         else:
-            plans.append(RuntimePlan(Drift.CONFLICT, (f"{key} is {now!r} now, kensa set {written!r}",)))
+            plans.append(StatePlan(Drift.CONFLICT, (f"{key} is {now!r} now, kensa set {written!r}",)))
         return combine(plans)
 
     def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
