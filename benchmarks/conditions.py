@@ -34,7 +34,7 @@ def audit_write_refusal() -> str:
     import kensa.audit
 
     status = kensa.audit.status()
-    if status.enabled or status.reason in ("no_extension", "disabled"):
+    if status.writable or status.reason in ("no_extension", "disabled"):
         # Without kensa's extension (or with it turned off) the peers can
         # still run; a refusal then shows when the peer is set up.
         return "" if is_root() else "needs root (CAP_AUDIT_WRITE) to write audit records"

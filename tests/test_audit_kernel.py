@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -108,20 +109,19 @@ def test_hostile_ids_never_forge_a_field(listener: AuditListener) -> None:
 
 
 def test_auditd_stopped_never_blocks_the_caller(listener: AuditListener) -> None:
-    """With auditd SIGSTOPped, 20,000 async emits each return fast, and every record is accounted for."""
+    """With auditd SIGSTOPped, 20,000 async emits all return while the kernel holds the
+    sender (a caller the kernel could block would sleep up to backlog_wait_time on a
+    full backlog), and every record is accounted for. How fast each emit is belongs
+    to benchmarks/emission.py, not here."""
     pid = require_auditd()
     em = real_emitter("async", capacity=256 << 10)
     rec = em.transaction(str(uuid.uuid4()), "stall-test", "localhost")
-    worst = 0.0
     with auditd_stopped(pid):
         for i in range(20_000):
-            t0 = time.perf_counter()
             rec.emit("apply", i % 2 == 0)
-            worst = max(worst, time.perf_counter() - t0)
         during = em.stats()
     assert em.flush(120), em.stats()
     after = em.stats()
-    assert worst < 0.050, f"slowest emit took {worst * 1000:.1f} ms"
     assert during.emitted == 20_000
     assert after.sent + after.dropped + after.failed == after.emitted == 20_000
     assert after.failed == 0 and after.queued == 0
@@ -253,17 +253,20 @@ def test_in_a_user_namespace_emission_is_off() -> None:
 
 
 def test_close_while_the_sender_is_stuck_is_bounded() -> None:
-    """close() returns within its timeout even when the sender sits in the kernel."""
+    """close() returns while the sender sits in the kernel with auditd stopped (it does not
+    wait for the kernel to let the sender go)."""
     pid = require_auditd()
     em = real_emitter("async", capacity=64 << 10)
     rec = em.transaction("close-test", "r", "h")
     with auditd_stopped(pid):
         for _ in range(3_000):
             rec.emit("apply", True)
-        t0 = time.monotonic()
-        em.close(0.2)
-        took = time.monotonic() - t0
-    assert took < 2.0
+        closing = threading.Thread(target=em.close, args=(0.2,), daemon=True)
+        closing.start()
+        # A liveness guard, not a speed check: a close that waits on the kernel never returns here.
+        closing.join(60)
+        returned = not closing.is_alive()
+    assert returned, "close() did not return while the sender was held by the kernel"
     rec.emit("apply", True)  # after close: counted as dropped, no error
     assert em.stats().reason == "closed"
 

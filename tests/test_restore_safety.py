@@ -523,3 +523,33 @@ def test_partial_revert_of_a_chown_puts_back_the_capabilities_it_cleared(root: P
     assert result.status is Status.ROLLED_BACK and not result.host_unchanged
     assert ping.stat().st_uid == 0 and ping.stat().st_mode & 0o777 == 0o750
     assert os.getxattr(ping, "security.capability") == capability
+
+
+@pytest.mark.parametrize("fault", ["read-only filesystem", "full filesystem"])
+def test_an_apply_the_filesystem_refuses_is_rolled_back_with_the_host_unchanged(tmp_path: Path, fault: str) -> None:
+    """A write refused by a read-only (EROFS) or full (ENOSPC) filesystem changed nothing: the result is rolled_back with host_unchanged, never rollback_failed."""
+    import subprocess
+
+    from conftest import tmpfs
+
+    with tmpfs(tmp_path, "size=64k") as mnt:
+        root = mnt / "root"
+        (root / "etc/ssh").mkdir(parents=True)
+        body = b"Port 22\nPermitRootLogin yes\n" + b"# padding\n" * 2500  # about 25 KiB
+        (root / SSHD).write_bytes(body)
+        if fault == "full filesystem":
+            (mnt / "filler").write_bytes(b"\0" * (mnt.stat().st_size or 1))
+            with contextlib.suppress(OSError):
+                with open(mnt / "filler2", "wb") as filler:
+                    while True:
+                        filler.write(b"\0" * 4096)
+                        filler.flush()
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        before = snapshot(root)
+        with SqliteJournal(tmp_path / "j.db") as journal:
+            result = Engine(default_registry(), journal=journal, hosts=resolve_host).run(
+                Transaction("r", (PERMIT,), host=str(root)))
+        assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, True), result
+        assert result.rollbacks and result.rollbacks[0].ok
+        assert snapshot(root) == before
