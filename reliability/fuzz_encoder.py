@@ -180,7 +180,7 @@ def run(ctx: Context) -> Section:
     body = [
         "Values: text, bytes, field injections (`x res=success`, `a'b res=success`, `msg='x'`), control "
         "bytes, NUL, non-ASCII, lone surrogates and values of 3,000-12,000 bytes (truncated to fit). Oracle: "
-        "exactly the six fields in order, the phase and outcome given, each value a prefix of what was given, "
+        "exactly the six fields in order (and the emitter's seq=N after the phase), the phase and outcome given, each value a prefix of what was given, "
         f"printable ASCII without `'`, at most {MAX_BODY} bytes.",
         "",
         *table(["check", "tried", "found", "problems"], rows),
