@@ -16,11 +16,12 @@ from typing import Any, Iterator, List, Mapping, Optional
 
 import pytest
 
+from conftest import require_root
 from kensa import Step, Transaction
 from kensa.engine import Engine, default_engine
 from kensa.host import LocalHost
 from kensa.model import KensaError, Phase, PreState, RollbackResult, Status, StepResult
-from kensa.targetlock import TargetLockError, TargetLocks, TargetLockTimeout, target_lock_directory
+from kensa.targetlock import SYSTEM_LOCK_DIRECTORY, TargetLockError, TargetLocks, TargetLockTimeout, target_lock_directory
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 RULES_PER_PROCESS = 60
@@ -289,15 +290,31 @@ def test_a_lock_directory_that_is_not_private_is_refused(tmp_path: Path) -> None
     assert not list(real.iterdir())
 
 
-def test_default_engine_keeps_target_locks_private_next_to_the_journal(tmp_path: Path, root: Path) -> None:
-    """default_engine's lock directory is ``<journal>.targets`` with mode 0700, and a
+def test_a_users_target_locks_are_private_next_to_the_journal(tmp_path: Path, root: Path) -> None:
+    """Outside root, the lock directory is ``<journal>.targets`` with mode 0700, and a
     symlink to the journal shares it."""
     (tmp_path / "link.db").symlink_to(tmp_path / "journal.db")
-    engine = _engine(tmp_path, timeout=1)
-    assert engine.run(Transaction("r", (_conf_step("new"),), str(root))).status is Status.COMMITTED
-    directory = tmp_path / "journal.db.targets"
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert target_lock_directory(tmp_path / "link.db") == directory
+    directory = target_lock_directory(tmp_path / "journal.db", system=False)
+    assert directory == tmp_path / "journal.db.targets"
+    assert target_lock_directory(tmp_path / "link.db", system=False) == directory
+    with TargetLocks(directory, timeout=1).hold(str(root)):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_roots_processes_with_different_journals_share_one_lock_per_target(tmp_path: Path, root: Path) -> None:
+    """As root, every journal uses the machine's lock directory: a target held by another
+    process through one journal's engine is waited for by an engine with another journal."""
+    require_root("the machine-wide lock directory is root's")
+    first = default_engine(str(tmp_path / "first.db"), audit=False, target_lock_timeout=0.2)
+    second = default_engine(str(tmp_path / "second.db"), audit=False, target_lock_timeout=0.2)
+    assert isinstance(first.target_lock, TargetLocks) and isinstance(second.target_lock, TargetLocks)
+    assert first.target_lock.directory == second.target_lock.directory == SYSTEM_LOCK_DIRECTORY
+    with _held_by_other_process(first.target_lock.directory, str(root), LocalHost(str(root)).identity):
+        busy = second.run(Transaction("r", (_conf_step("new"),), str(root)))
+    assert busy.status is Status.ERRORED and busy.error is not None
+    assert busy.error.type == TargetLockTimeout.__name__
+    assert (root / "etc" / "app.conf").read_text() == "Setting old\n"
+    assert stat.S_IMODE(SYSTEM_LOCK_DIRECTORY.stat().st_mode) == 0o700
 
 
 def test_a_child_forked_inside_a_hold_neither_keeps_nor_double_closes_the_lock(tmp_path: Path) -> None:

@@ -7,9 +7,10 @@ committed changes. :class:`TargetLocks` closes that gap: the engine holds an
 exclusive ``flock`` of the target for a whole transaction, rollback by id or
 recovery of one entry.
 
-Lock files live in a private directory next to the journal,
-``<journal>.targets/`` (mode 0700, owned by the user running kensa; any other
-owner or mode is refused), one file per target named by the SHA-256 of the
+Lock files live in a private directory (mode 0700, owned by the user running
+kensa; any other owner or mode is refused): for root ``/run/kensa/targets``,
+shared by every journal, else ``<journal>.targets/`` next to the journal (see
+:func:`target_lock_directory`), one file per target named by the SHA-256 of the
 target's identity: the host object's ``identity`` attribute when it has one,
 else its canonical key. Neither the directory nor a lock file is ever opened
 through a symlink. Lock files are kept: removing one while another process
@@ -40,7 +41,14 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from .afterfork import reset_in_child
 from .model import KensaError
 
-__all__ = ["DEFAULT_TIMEOUT", "TargetLockError", "TargetLockTimeout", "TargetLocks", "target_lock_directory"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "SYSTEM_LOCK_DIRECTORY",
+    "TargetLockError",
+    "TargetLockTimeout",
+    "TargetLocks",
+    "target_lock_directory",
+]
 
 #: Seconds a run waits for another process's transaction on the same target.
 DEFAULT_TIMEOUT = 300.0
@@ -57,12 +65,25 @@ class TargetLockTimeout(TargetLockError, TimeoutError):
     """Another process held the target's lock for longer than the timeout."""
 
 
-def target_lock_directory(journal_path: Union[str, "os.PathLike[str]"]) -> Path:
+#: Where root's target locks live, whatever journal a process uses.
+SYSTEM_LOCK_DIRECTORY = Path("/run/kensa/targets")
+
+
+def target_lock_directory(journal_path: Union[str, "os.PathLike[str]"], *, system: Optional[bool] = None) -> Path:
     """Where :func:`kensa.engine.default_engine` keeps target locks for ``journal_path``.
 
-    The journal's real path is used, so every spelling of one journal (a
-    symlink to it included) shares one set of target locks.
+    As root (``system`` defaults to that): :data:`SYSTEM_LOCK_DIRECTORY`, one
+    set of locks for the machine, so processes that keep different journals (a
+    batch job with a journal per task, an operator with ``--journal``) still
+    exclude each other on one target; ``/run`` is emptied at boot, as locks
+    should be. Otherwise next to the journal, at its real path (every spelling
+    of one journal, a symlink to it included, shares one set): a user can only
+    change trees of their own, through their own journal.
     """
+    if system is None:
+        system = os.geteuid() == 0 and os.path.isdir(SYSTEM_LOCK_DIRECTORY.parent.parent)
+    if system:
+        return SYSTEM_LOCK_DIRECTORY
     return Path(os.path.realpath(os.fspath(journal_path)) + ".targets")
 
 
