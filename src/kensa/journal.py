@@ -120,6 +120,7 @@ from typing import (
 )
 
 from ._version import __version__
+from .flocks import flock_holders
 from .model import (
     KensaError,
     Phase,
@@ -1616,29 +1617,6 @@ def _entry_from(row: sqlite3.Row, pre_states: Sequence[Optional[PreState]]) -> J
 _POLL_SECONDS = 0.05
 
 
-def _lock_holders(fd: int) -> List[Tuple[int, str]]:
-    """(pid, READ|WRITE) of the flock holders of ``fd``'s file, from /proc/locks."""
-    st = os.fstat(fd)
-    holders = []
-    try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
-            for line in locks:
-                # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; waiters carry "->".
-                fields = line.split()
-                if len(fields) < 6 or fields[1] != "FLOCK":
-                    continue
-                major, minor, inode = fields[5].split(":")
-                if (int(major, 16), int(minor, 16), int(inode)) == (
-                    os.major(st.st_dev),
-                    os.minor(st.st_dev),
-                    st.st_ino,
-                ):
-                    holders.append((int(fields[4]), fields[3]))
-    except (OSError, ValueError):
-        return []
-    return holders
-
-
 class JournalLock:
     """``flock`` on ``<resolved journal path>.lock``: shared for runs, exclusive for recovery.
 
@@ -1710,7 +1688,7 @@ class JournalLock:
             time.sleep(min(_POLL_SECONDS, remaining))
 
     def _timed_out(self, fd: int, timeout: float) -> JournalLockTimeout:
-        holders = _lock_holders(fd)
+        holders = flock_holders(fd)
         if holders:
             by = "held by " + ", ".join(
                 f"pid {pid} ({'exclusive' if mode == 'WRITE' else 'shared'})" for pid, mode in holders

@@ -36,9 +36,10 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from .afterfork import reset_in_child
+from .flocks import flock_holders
 from .model import KensaError
 
 __all__ = [
@@ -85,25 +86,6 @@ def target_lock_directory(journal_path: Union[str, "os.PathLike[str]"], *, syste
     if system:
         return SYSTEM_LOCK_DIRECTORY
     return Path(os.path.realpath(os.fspath(journal_path)) + ".targets")
-
-
-def _lock_holders(fd: int) -> List[int]:
-    """Pids holding an flock on ``fd``'s file, from /proc/locks (waiters excluded)."""
-    st = os.fstat(fd)
-    holders = []
-    try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
-            for line in locks:
-                # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter has "->" in field 1.
-                fields = line.split()
-                if len(fields) < 6 or fields[1] != "FLOCK":
-                    continue
-                major, minor, inode = fields[5].split(":")
-                if (int(major, 16), int(minor, 16), int(inode)) == (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
-                    holders.append(int(fields[4]))
-    except (OSError, ValueError):
-        return []
-    return holders
 
 
 def _identity_bytes(key: str, identity: Any) -> bytes:
@@ -231,7 +213,7 @@ class TargetLocks:
             time.sleep(min(_POLL_SECONDS, remaining))
 
     def _timed_out(self, fd: int, key: str, path: Path) -> TargetLockTimeout:
-        holders = _lock_holders(fd)
+        holders = [pid for pid, _ in flock_holders(fd)]
         by = ("held by pid " + ", ".join(str(pid) for pid in holders)) if holders else "holder unknown"
         return TargetLockTimeout(
             f"host {key!r} is being changed by another kensa process ({by}; lock file "
