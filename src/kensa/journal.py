@@ -658,6 +658,16 @@ def _to_datetime(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+def _time_range(column: str, since: Optional[datetime], until: Optional[datetime], clauses: List[str], params: List[Any]) -> None:
+    """Add ``since <= column < until`` (each bound when given) to a WHERE clause being built."""
+    if since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(_to_us(since))
+    if until is not None:
+        clauses.append(f"{column} < ?")
+        params.append(_to_us(until))
+
+
 def _to_us(moment: datetime) -> int:
     # A naive datetime means local time, as datetime.timestamp() has it.
     delta = moment.astimezone(timezone.utc) - _EPOCH
@@ -1131,12 +1141,7 @@ class SqliteJournal:
         if status is not None:
             clauses.append("t.status = ?")
             params.append(Status(status).value)
-        if since is not None:
-            clauses.append("t.created >= ?")
-            params.append(_to_us(since))
-        if until is not None:
-            clauses.append("t.created < ?")
-            params.append(_to_us(until))
+        _time_range("t.created", since, until, clauses, params)
         if after_seq is not None:
             clauses.append("t.seq > ?")
             params.append(int(after_seq))
@@ -1537,12 +1542,7 @@ class SqliteJournal:
         """
         clauses: List[str] = []
         params: List[Any] = []
-        if since is not None:
-            clauses.append("recorded >= ?")
-            params.append(_to_us(since))
-        if until is not None:
-            clauses.append("recorded < ?")
-            params.append(_to_us(until))
+        _time_range("recorded", since, until, clauses, params)
         where = "WHERE " + " AND ".join(clauses) if clauses else ""
         found: Dict[str, List[AuditSequence]] = {}
         for item in self._audit_sequences(where, tuple(params), "read the audit sequence numbers"):
