@@ -437,12 +437,14 @@ class Engine:
         with self._shared_run_lock(), self._lock_for(txn.host):
             held = contextlib.ExitStack()
             start = _perf()
+            # The host is resolved once: the object the lock is keyed on is the one the run changes.
+            host = self._resolve(txn.host)
             try:
-                held.enter_context(self._hold_target(txn.host))
+                held.enter_context(self._hold_target(txn.host, host))
             except KensaError as exc:
                 return self._target_busy(txn, exc, _perf() - start)
             with held:
-                return self._run(txn)
+                return self._run(txn, host)
 
     def run_many(self, txns: Iterable[Transaction], workers: Optional[int] = None) -> List[TransactionResult]:
         """Run transactions, different hosts in parallel; results in input order.
@@ -552,16 +554,19 @@ class Engine:
     @contextlib.contextmanager
     def _hold_host(self, key: str) -> Iterator[None]:
         """Be the one writer of target ``key``: this process's lock, then the cross-process one."""
-        with self._lock_for(key), self._hold_target(key):
+        with self._lock_for(key), self._hold_target(key, self._resolve(key)):
             yield
 
-    def _hold_target(self, key: str) -> ContextManager[None]:
-        identity = None
-        if not isinstance(self.target_lock, _NoTargetLock):
-            try:
-                identity = getattr(self.hosts(key), "identity", None)
-            except Exception:
-                pass  # locked under its key; preflight resolves it again and reports why it failed
+    def _resolve(self, key: str) -> Union[Any, BaseException]:
+        """The host object of ``key``, or the exception resolving it raised (preflight reports it)."""
+        try:
+            return self.hosts(key)
+        except Exception as exc:
+            return exc
+
+    def _hold_target(self, key: str, host: Union[Any, BaseException]) -> ContextManager[None]:
+        # A host that did not resolve is locked under its key; its run ends errored in preflight.
+        identity = None if isinstance(host, BaseException) else getattr(host, "identity", None)
         return self.target_lock.hold(key, identity)
 
     def _recorder(self, txn: Transaction) -> PhaseRecorder:
@@ -585,12 +590,12 @@ class Engine:
         self._audit_lock = threading.Lock()
         self._run_lock_guard = threading.Lock()
 
-    def _run(self, txn: Transaction) -> TransactionResult:
+    def _run(self, txn: Transaction, resolved: Union[Any, BaseException]) -> TransactionResult:
         rec = self._recorder(txn)
         self._boundary(rec, txn, Phase.STARTED, True)
         timings: Dict[Phase, float] = {}
         try:
-            prepared = self._prepare(txn, rec, timings)
+            prepared = self._prepare(txn, rec, timings, resolved)
         except BaseException as exc:  # KeyboardInterrupt or SystemExit: nothing was applied
             phase = next((p for p in (Phase.PREFLIGHT, Phase.CHECK, Phase.CAPTURE) if p not in timings), Phase.CAPTURE)
             message = f"interrupted by {type(exc).__name__} during {phase.value}; nothing was applied"
@@ -602,7 +607,7 @@ class Engine:
         return self._conclude(rec, self._change(txn, rec, timings, host, handlers, pres))
 
     def _prepare(
-        self, txn: Transaction, rec: PhaseRecorder, timings: Dict[Phase, float]
+        self, txn: Transaction, rec: PhaseRecorder, timings: Dict[Phase, float], resolved: Union[Any, BaseException]
     ) -> Union[TransactionResult, Tuple[Any, List[Handler], List[Optional[PreState]]]]:
         """Preflight, compliance check, capture and journal intent; nothing is applied."""
         start = _perf()
@@ -619,12 +624,11 @@ class Engine:
         except Exception as exc:
             timings[Phase.PREFLIGHT] = _perf() - start
             return self._errored(txn, timings, type(exc).__name__, str(exc), Phase.PREFLIGHT)
-        try:
-            host = self.hosts(txn.host)
-        except Exception as exc:
+        if isinstance(resolved, BaseException):
             timings[Phase.PREFLIGHT] = _perf() - start
-            message = f"could not resolve host {txn.host!r}: {_describe(exc)}"
-            return self._errored(txn, timings, type(exc).__name__, message, Phase.PREFLIGHT)
+            message = f"could not resolve host {txn.host!r}: {_describe(resolved)}"
+            return self._errored(txn, timings, type(resolved).__name__, message, Phase.PREFLIGHT)
+        host = resolved
         timings[Phase.PREFLIGHT] = _perf() - start
 
         start = _perf()
