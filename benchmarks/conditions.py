@@ -31,7 +31,7 @@ def audit_write_refusal() -> str:
     the peers too: a peer's ``sendto`` succeeds even when the kernel refuses
     the record, so its timing alone would not show the refusal.
     """
-    import kensa.audit
+    import kensa.audit.emitter
 
     status = kensa.audit.status()
     if status.writable or status.reason in ("no_extension", "disabled"):

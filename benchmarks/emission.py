@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import kensa.audit as audit
+import kensa.audit.emitter as audit
 
 from . import conditions, peers
 from .sizes import Sizes

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-import kensa.audit as audit
+import kensa.audit.emitter as audit
 
 from . import conditions
 from .emission import HOST, PHASE, RULE, TXN, open_warm, ring_bytes

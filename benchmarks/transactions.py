@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-import kensa.audit as audit
+import kensa.audit.emitter as audit
 from kensa.model import PreState, RollbackResult, Step, StepResult, Transaction
 
 from .sizes import Sizes
@@ -185,7 +185,7 @@ class Transactions:
 
 def _engine_class() -> Tuple[Any, str]:
     try:
-        from kensa.engine import Engine
+        from kensa.engine.run import Engine
     except ImportError as exc:
         return None, f"kensa.engine.Engine is not available ({exc})"
     return Engine, ""
@@ -296,7 +296,7 @@ def _fsync_floor(directory: str, count: int) -> float:
 
 
 def _batch(engine_cls: Any, sizes: Sizes, directory: str) -> Batch:
-    from kensa.journal import SqliteJournal
+    from kensa.journal.store import SqliteJournal
 
     emitter = audit.open_emitter("async")
     label = "kensa async" if not isinstance(emitter, audit.NoopEmitter) else f"none ({emitter.reason})"
@@ -366,7 +366,7 @@ def measure(sizes: Sizes, directory: Optional[str] = None) -> Transactions:
         ]
         try:
             from kensa.handlers.file_content import FileContent
-            from kensa.host import LocalHost
+            from kensa.hosts.local import LocalHost
         except ImportError as exc:
             workloads.append(Workload("file_content", "", why_not=f"file_content handler not available ({exc})"))
         else:

@@ -89,10 +89,10 @@ def rollback_after_operator_edit(base: Path) -> Case:
 
 KILL_AFTER_BEGIN = textwrap.dedent(r"""
     import os, signal, sys
-    from kensa.engine import Engine
+    from kensa.engine.run import Engine
     from kensa.handlers import default_registry
-    from kensa.host import resolve_host
-    from kensa.journal import SqliteJournal
+    from kensa.hosts.local import resolve_host
+    from kensa.journal.store import SqliteJournal
     from kensa.model import Step, Transaction
 
     class Dies(SqliteJournal):
@@ -289,9 +289,9 @@ def huge_number_in_rule(base: Path) -> Case:
 
 
 def command_exec_commits(base: Path) -> Case:
-    from kensa.engine import Engine
+    from kensa.engine.run import Engine
     from kensa.handlers import default_registry
-    from kensa.host import resolve_host
+    from kensa.hosts.local import resolve_host
     from kensa.model import Step, Transaction
 
     txn = Transaction("cmd", (Step("command_exec", {"run": "true"}),), host="localhost", transactional=False)

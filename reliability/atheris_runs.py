@@ -47,7 +47,7 @@ def _target(name: str, work: Path) -> Callable[[bytes], None]:
     import atheris
 
     with atheris.instrument_imports():
-        from kensa import audit, host, rules
+        import kensa.audit.emitter as audit, kensa.hosts.local as host, kensa.rules.load as rules
         from kensa.model import KensaError
 
     if name == "rules":

@@ -21,10 +21,10 @@ import sys
 from dataclasses import asdict
 from typing import List
 
-import kensa.audit
-from kensa.engine import Engine
-from kensa.host import resolve_host
-from kensa.journal import SqliteJournal
+import kensa.audit.emitter
+from kensa.engine.run import Engine
+from kensa.hosts.local import resolve_host
+from kensa.journal.store import SqliteJournal
 
 from .workload import registry, transactions
 

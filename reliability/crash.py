@@ -27,11 +27,12 @@ import uuid
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
-import kensa.audit
-from kensa.engine import Engine
+import kensa.audit.emitter
+from kensa.errors import JournalEntryNotFound
+from kensa.engine.run import Engine
 from kensa.handlers import default_registry
-from kensa.host import resolve_host
-from kensa.journal import JournalEntryNotFound, SqliteJournal
+from kensa.hosts.local import resolve_host
+from kensa.journal.store import SqliteJournal
 from kensa.model import Status
 
 from .context import Context, child_env

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
 
-from kensa import audit
-from kensa.audit import MAX_BODY, format_phase_record
+import kensa.audit.emitter as audit
+from kensa.audit.emitter import MAX_BODY, format_phase_record
 
 from .context import Context
 from .report import Section, table

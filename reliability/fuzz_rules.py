@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
 
-from kensa import rules
-from kensa.rules import Rule, RuleError, parse_rule
+import kensa.rules.load as rules
+from kensa.errors import RuleError
+from kensa.rules.load import Rule, parse_rule
 
 from .context import REPO, Context
 from .report import Section, table

@@ -26,10 +26,10 @@ import time
 from collections import Counter
 from typing import Dict, List, Optional, Tuple
 
-import kensa.audit
-from kensa.engine import Engine
-from kensa.host import resolve_host
-from kensa.journal import SqliteJournal
+import kensa.audit.emitter
+from kensa.engine.run import Engine
+from kensa.hosts.local import resolve_host
+from kensa.journal.store import SqliteJournal
 from kensa.model import Status
 
 from .context import Context

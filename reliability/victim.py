@@ -15,11 +15,11 @@ import signal
 import sys
 from typing import Any, Mapping, Optional
 
-import kensa.audit
-from kensa.engine import Engine
+import kensa.audit.emitter
+from kensa.engine.run import Engine
 from kensa.handlers import default_registry
-from kensa.host import LocalHost, resolve_host
-from kensa.journal import SqliteJournal
+from kensa.hosts.local import LocalHost, resolve_host
+from kensa.journal.store import SqliteJournal
 from kensa.model import PreState, RollbackResult, Step, StepResult, Transaction
 
 

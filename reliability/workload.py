@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from kensa.handlers import default_registry
 from kensa.handlers.file_content import FileContent
-from kensa.host import LocalHost
+from kensa.hosts.local import LocalHost
 from kensa.model import PreState, RollbackResult, Status, Step, StepResult, Transaction
 
 KINDS = ("commit",) * 6 + ("validate_fail", "apply_fail", "skipped", "errored")

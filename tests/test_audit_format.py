@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import decode_value, parse_fields, require_audit
-from kensa import audit
-from kensa import audit
-from kensa.audit import MAX_BODY, encode_value, format_phase_record
+import kensa.audit.emitter as audit
+import kensa.audit.emitter as audit
+from kensa.audit.emitter import MAX_BODY, encode_value, format_phase_record
 
 DATA = Path(__file__).parent / "data"
 KEYS = ["op", "phase", "txn", "rule", "host", "res"]

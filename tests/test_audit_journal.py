@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kensa.journal import AuditSequenceError, JournalError, SqliteJournal
-from kensa.model import KensaError
+from kensa.journal.store import SqliteJournal
+from kensa.errors import AuditSequenceError, JournalError, KensaError
 
 
 def test_sequences_round_trip_in_order(tmp_path: Path) -> None:

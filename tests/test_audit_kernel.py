@@ -22,8 +22,8 @@ from conftest import (
     require_auditd,
     require_root,
 )
-from kensa import audit
-from kensa.audit import AuditEmitter, format_phase_record
+import kensa.audit.emitter as audit
+from kensa.audit.emitter import AuditEmitter, format_phase_record
 
 HOSTILE = [
     "x res=success",
@@ -203,7 +203,7 @@ def test_forked_children_emit_their_own_records(listener: AuditListener) -> None
 
 PROBE = """
 import json, sys
-import kensa.audit as a
+import kensa.audit.emitter as a
 from kensa import _audit
 em = a.open_emitter()
 em.emit_phase("t", "started", True, "r", "h")

@@ -15,14 +15,16 @@ from typing import List, Set, Tuple
 import pytest
 
 from conftest import AuditListener, auditd_stopped, kensa_records, parse_fields, require_audit, require_auditd
-from kensa import audit
-from kensa.auditlog import LOGGED, MISSING, NOT_SENT, SinceError, parse_since, read_log, reconcile
-from kensa.engine import Engine
-from kensa.journal import SqliteJournal
+import kensa
+import kensa.audit.emitter as audit
+from kensa.errors import SinceError
+from kensa.audit.reconcile import LOGGED, MISSING, NOT_SENT, parse_since, read_log, reconcile
+from kensa.engine.run import Engine
+from kensa.journal.store import SqliteJournal
 from kensa.model import Status, Step, Transaction
 from test_engine_audit_kernel import SetValue, Store
 
-SRC = str(Path(audit.__file__).resolve().parent.parent)
+SRC = str(Path(kensa.__file__).resolve().parent.parent)
 Key = Tuple[str, str, int]  # txn, phase, seq
 
 

@@ -31,11 +31,13 @@ from conftest import (
     require_auditd,
     require_root,
 )
-from kensa import audit
-from kensa.audit import AuditArgumentError, AuditEmitter, KensaError
+import kensa
+import kensa.audit.emitter as audit
+from kensa.errors import AuditArgumentError, KensaError
+from kensa.audit.emitter import AuditEmitter
 from test_audit_kernel import real_emitter
 
-SRC = str(Path(audit.__file__).resolve().parent.parent)
+SRC = str(Path(kensa.__file__).resolve().parent.parent)
 
 
 def auditctl_status() -> Dict[str, str]:
@@ -230,7 +232,7 @@ def test_cli_audit_status_json_carries_the_kernel_figures_without_auditctl(tmp_p
 
 OUT_OF_SCOPE = """
 import gc, sys
-import kensa.audit as a
+import kensa.audit.emitter as a
 def batch():
     em = a.open_emitter()
     rec = em.transaction(sys.argv[1], "exit-test", "localhost")
@@ -257,7 +259,7 @@ def test_records_of_an_emitter_gone_out_of_scope_all_reach_the_kernel(listener: 
 
 HELD_AT_EXIT = """
 import sys, time
-import kensa.audit as a
+import kensa.audit.emitter as a
 em = a.open_emitter(capacity=16 << 20)
 rec = em.transaction(sys.argv[1], "exit-held", "localhost")
 for _ in range(500):
@@ -288,7 +290,7 @@ def test_records_abandoned_at_exit_are_reported_on_stderr() -> None:
 
 
 DRAIN_COUNT = """
-import kensa.audit as a
+import kensa.audit.emitter as a
 em = a.open_emitter()
 rec = em.transaction("drain-count", "r", "h")
 for _ in range(5000):

@@ -15,8 +15,8 @@ import pytest
 import kensa
 from conftest import require_root
 from conftest import snapshot_tree as snapshot
-from kensa.cli import EXIT_BAD_INPUT, EXIT_NOT_APPLIED, EXIT_OK, main
-from kensa.journal import SqliteJournal
+from kensa.cli.main import EXIT_BAD_INPUT, EXIT_NOT_APPLIED, EXIT_OK, main
+from kensa.journal.store import SqliteJournal
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "rules"
@@ -226,7 +226,7 @@ def test_terminal_escapes_from_a_root_are_printed_escaped(tmp_path: Path, journa
 
 def test_errored_with_the_host_changed_needs_an_operator() -> None:
     """Exit 3 for any outcome that did not hold and left the host changed, whatever its status."""
-    from kensa.cli import EXIT_NEEDS_OPERATOR, exit_code_for
+    from kensa.cli.main import EXIT_NEEDS_OPERATOR, exit_code_for
     from kensa.model import Status, TransactionResult
 
     def result(status: Status, unchanged: bool) -> TransactionResult:
@@ -246,7 +246,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_only_on_a_terminal() -> None:
     """The batch progress bar draws on a terminal, escapes its labels, and clears its line; piped, it writes nothing."""
-    from kensa.cli import Progress
+    from kensa.cli.main import Progress
 
     tty = _Terminal()
     bar = Progress(2, tty)

@@ -19,8 +19,8 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from kensa.cli import EXIT_BAD_INPUT, EXIT_NEEDS_OPERATOR, EXIT_OK, main
-from kensa.journal import SqliteJournal
+from kensa.cli.main import EXIT_BAD_INPUT, EXIT_NEEDS_OPERATOR, EXIT_OK, main
+from kensa.journal.store import SqliteJournal
 from kensa.model import PreState, Status, Step, Transaction, TransactionResult
 
 REPO = Path(__file__).resolve().parent.parent
@@ -202,9 +202,9 @@ class DiesBeforeFinish(SqliteJournal):
 
 def interrupted_run(journal_path: Path, root: Path, text: str) -> str:
     """Change root's /etc/motd to ``text`` but never record the result, as a kill before the terminal write leaves it."""
-    from kensa.engine import Engine
+    from kensa.engine.run import Engine
     from kensa.handlers import default_registry
-    from kensa.host import resolve_host
+    from kensa.hosts.local import resolve_host
 
     (root / "etc").mkdir(parents=True)
     (root / "etc/motd").write_text("before\n")
@@ -318,7 +318,7 @@ def test_history_prune_refuses_incomplete_or_mixed_options(tmp_path: Path, argv:
 
 def test_recover_with_no_default_journal_says_nothing_ran_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without --journal or KENSA_JOURNAL, a default journal that does not exist means kensa never ran here: recover exits 0 saying so, and creates nothing."""
-    from kensa import journal as journal_module
+    import kensa.journal.store as journal_module
 
     default = tmp_path / "state" / "journal.db"
     monkeypatch.delenv("KENSA_JOURNAL", raising=False)

@@ -20,7 +20,8 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from conftest import require_audit, require_root
-from kensa.host import LocalHost, PathEscapeError, canonical_host_key, resolve_host
+from kensa.errors import PathEscapeError
+from kensa.hosts.local import LocalHost, canonical_host_key, resolve_host
 
 REPO = Path(__file__).resolve().parent.parent
 RULE = REPO / "examples" / "rules" / "access-control" / "ssh-disable-root-login.yml"
@@ -153,7 +154,7 @@ def test_cli_remediates_the_namespaces_file(tmp_path: Path) -> None:
 # each operation and prints what happened.
 PROBE = r"""
 import json, subprocess, sys
-import kensa.host as kh
+import kensa.hosts.local as kh
 from kensa.model import KensaError
 root, mode, mounts, ops = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 if mode == "mount-id":
@@ -251,9 +252,9 @@ def test_a_bind_mounted_file_inside_an_image_root_is_not_crossed(image: Path, mo
 
 ENGINE_RUN = r"""
 import json, subprocess, sys
-from kensa.engine import Engine
+from kensa.engine.run import Engine
 from kensa.handlers import default_registry
-from kensa.host import resolve_host
+from kensa.hosts.local import resolve_host
 from kensa.model import Step, Transaction
 root, mount, step = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 subprocess.run(mount, check=True)

@@ -23,10 +23,10 @@ import pytest
 
 from conftest import require_root
 from conftest import snapshot_tree as snapshot
-from kensa.engine import Engine
+from kensa.engine.run import Engine
 from kensa.handlers import default_registry
-from kensa.host import resolve_host
-from kensa.journal import SqliteJournal
+from kensa.hosts.local import resolve_host
+from kensa.journal.store import SqliteJournal
 from kensa.model import Status
 
 STEPS: List[Tuple[str, Dict[str, object]]] = [
@@ -46,10 +46,10 @@ KILL_POINTS = [
 
 SCRIPT = r"""
 import json, os, signal, sys
-from kensa.engine import Engine
+from kensa.engine.run import Engine
 from kensa.handlers import default_registry
-from kensa.host import LocalHost
-from kensa.journal import SqliteJournal
+from kensa.hosts.local import LocalHost
+from kensa.journal.store import SqliteJournal
 from kensa.model import Step, Transaction
 
 root, journal_path, txn_id, point, steps = sys.argv[1:6]

@@ -12,15 +12,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 import pytest
 
 import kensa
-from kensa.engine import (
-    DuplicateMechanismError,
+from kensa.errors import DuplicateMechanismError, UnknownMechanismError
+from kensa.engine.run import (
     Engine,
     Handler,
     Registry,
-    UnknownMechanismError,
     default_engine,
 )
-from kensa.events import EventBus
+from kensa.engine.events import EventBus
 from kensa.model import (
     Phase,
     PreState,

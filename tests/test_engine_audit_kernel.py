@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import pytest
 
 from conftest import AuditListener, decode_value, kensa_records, parse_fields, require_audit
-from kensa import audit
-from kensa.engine import Engine
+import kensa.audit.emitter as audit
+from kensa.engine.run import Engine
 from kensa.model import PreState, RollbackResult, Status, Step, StepResult, Transaction
 
 

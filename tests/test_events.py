@@ -8,7 +8,7 @@ from typing import Any, List
 
 import pytest
 
-from kensa.events import EventBus, PhaseEvent, TerminalEvent
+from kensa.engine.events import EventBus, PhaseEvent, TerminalEvent
 from kensa.model import Phase, Status, TransactionResult
 
 

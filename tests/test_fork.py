@@ -12,8 +12,8 @@ from typing import Any, List, Mapping, Optional
 import pytest
 
 from kensa import Step, Transaction
-from kensa.engine import default_engine
-from kensa.events import Event, TerminalEvent
+from kensa.engine.run import default_engine
+from kensa.engine.events import Event, TerminalEvent
 from kensa.model import PreState, RollbackResult, Status, StepResult
 
 CHILD_DEADLINE = 60.0  # seconds the parent gives the child before calling it hung

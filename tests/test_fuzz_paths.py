@@ -35,8 +35,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import require_audit, require_root
-from kensa.host import LocalHost
-from kensa.model import KensaError
+from kensa.hosts.local import LocalHost
+from kensa.errors import KensaError
 
 SCALE = int(os.environ.get("KENSA_FUZZ_SCALE", "1"))
 FUZZ = settings(
@@ -266,7 +266,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import test_fuzz_paths as fz
 from hypothesis import given, settings, strategies as st
-from kensa.host import LocalHost
+from kensa.hosts.local import LocalHost
 
 libc = ctypes.CDLL(None, use_errno=True)
 MS_BIND, MNT_DETACH = 4096, 2

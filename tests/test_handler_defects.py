@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from kensa import Step, Transaction
-from kensa.auditrules import silencing_reason
+from kensa.facts.auditrules import silencing_reason
 from kensa.checks import step_holds
-from kensa.engine import Engine
+from kensa.engine.run import Engine
 from kensa.handlers import default_registry
 from kensa.handlers.audit_rule_set import AuditRuleSet
-from kensa.handlers.params import ParamError
-from kensa.host import LocalHost, resolve_host
+from kensa.errors import ParamError, RuleError
+from kensa.hosts.local import LocalHost, resolve_host
 from kensa.model import Status, TransactionResult
-from kensa.rules import RuleError, parse_rule
+from kensa.rules.load import parse_rule
 
 
 def _live_engine() -> Engine:

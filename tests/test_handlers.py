@@ -14,14 +14,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 import pytest
 
 from conftest import require_root, snapshot_tree as snapshot
+from kensa.errors import HostAccessError, KensaError, ParamError, PathEscapeError
 from kensa.checks import evaluate_check
-from kensa.engine import Engine
-from kensa.handlers import FileContent, ParamError, default_registry
+from kensa.engine.run import Engine
+from kensa.handlers import FileContent, default_registry
 from kensa.handlers.audit_rule_set import rule_identity
 from kensa.handlers.config_set import get_value, set_value
-from kensa.host import HostAccessError, LocalHost, PathEscapeError, resolve_host
-from kensa.model import KensaError, PreState, Status, Step, Transaction
-from kensa.rules import Check
+from kensa.hosts.local import LocalHost, resolve_host
+from kensa.model import PreState, Status, Step, Transaction
+from kensa.rules.load import Check
 
 REGISTRY = default_registry()
 IS_ROOT = os.geteuid() == 0
@@ -109,7 +110,7 @@ def _to_json(value: Any) -> Any:
 ROLLBACK_IN_A_FRESH_PROCESS = """
 import base64, json, sys
 from kensa.handlers import default_registry
-from kensa.host import LocalHost
+from kensa.hosts.local import LocalHost
 from kensa.model import PreState
 
 def load(value):

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import require_audit, require_root
 from kensa.handlers import default_registry
-from kensa.host import LocalHost
+from kensa.hosts.local import LocalHost
 
 REGISTRY = default_registry()
 

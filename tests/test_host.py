@@ -15,8 +15,8 @@ from typing import Callable, List
 import pytest
 
 from conftest import require_root
-from kensa.host import HostAccessError, HostSelectionError, LocalHost, PathEscapeError, resolve_host
-from kensa.model import KensaError
+from kensa.hosts.local import LocalHost, resolve_host
+from kensa.errors import HostAccessError, HostSelectionError, KensaError, PathEscapeError
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ SPECIAL_FILE_OPS = {
 }
 SPECIAL_FILE_SCRIPT = """
 import sys
-from kensa.host import LocalHost
+from kensa.hosts.local import LocalHost
 from kensa.model import KensaError
 host, path = LocalHost(sys.argv[1]), sys.argv[2]
 try:
@@ -340,7 +340,7 @@ def test_names_up_to_name_max_are_written_atomically(root: Path, length: int) ->
 
 KILLED_WRITE = """
 import os, signal, sys
-from kensa.host import LocalHost
+from kensa.hosts.local import LocalHost
 host, path = LocalHost(sys.argv[1]), sys.argv[2]
 real_fsync = os.fsync
 def fsync_then_die(fd):
@@ -431,7 +431,7 @@ def test_the_cap_holds_for_files_whose_size_stat_does_not_tell() -> None:
 def test_the_default_cap_and_bad_caps(root: Path) -> None:
     """The default cap is 64 MiB and travels with a pickled host; a cap that is not a
     non-negative integer is refused naming it."""
-    from kensa.host import DEFAULT_MAX_FILE_BYTES
+    from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES
 
     assert DEFAULT_MAX_FILE_BYTES == 64 << 20 and LocalHost(str(root)).max_file_bytes == DEFAULT_MAX_FILE_BYTES
     assert pickle.loads(pickle.dumps(LocalHost(str(root), max_file_bytes=5))).max_file_bytes == 5
@@ -444,7 +444,7 @@ def test_the_default_cap_and_bad_caps(root: Path) -> None:
 
 PEAK_READ = """
 import resource, sys
-from kensa.host import LocalHost
+from kensa.hosts.local import LocalHost
 host = LocalHost(sys.argv[1], max_file_bytes=1 << 30)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 data = host.read_bytes("/etc/big")

@@ -19,20 +19,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kensa import journal as journal_module
-from kensa.journal import (
+import kensa.journal.store as journal_module
+from kensa.errors import JournalCorruptError, JournalEntryNotFound, JournalError, JournalLockTimeout, KensaError
+from kensa.journal.store import (
     SCHEMA_VERSION,
-    JournalCorruptError,
-    JournalEntryNotFound,
-    JournalError,
     JournalLock,
-    JournalLockTimeout,
     SqliteJournal,
     default_journal_path,
 )
 from conftest import tmpfs
 from kensa.model import (
-    KensaError,
     Phase,
     PreState,
     RollbackResult,
@@ -777,7 +773,7 @@ def test_opening_a_journal_on_a_full_filesystem_fails(tmp_path: Path) -> None:
 
 TAKE_JOURNAL_LOCK = """
 import sys
-from kensa.journal import JournalLock, JournalLockTimeout
+from kensa.journal.store import JournalLock, JournalLockTimeout
 lock = JournalLock(sys.argv[1], exclusive=sys.argv[2] == "exclusive", timeout=float(sys.argv[3]))
 try:
     lock.acquire()
@@ -1110,7 +1106,7 @@ def test_a_row_whose_text_is_not_utf8_is_listed_as_corrupt(tmp_path: Path) -> No
 # (large) test process that spawned this one.
 PEAK_RSS_OF_HISTORY = """
 import io, sys
-from kensa.cli import main
+from kensa.cli.main import main
 code = main(["--journal", sys.argv[1], "history", "--limit", "3", "--json"], out=io.StringIO())
 assert code == 0, code
 with open("/proc/self/status") as status:
@@ -1151,7 +1147,7 @@ def test_get_and_interrupted_load_pre_states_and_history_reads_them_from_the_ope
 
 PEAK_RSS_OF_BEGIN = """
 import os, sys
-from kensa.journal import SqliteJournal
+from kensa.journal.store import SqliteJournal
 from kensa.model import PreState, Step, Transaction
 
 def peak_kib():
@@ -1184,7 +1180,7 @@ def test_begin_of_a_64_mib_pre_state_holds_no_copy_of_it(tmp_path: Path) -> None
 
 PEAK_RSS_OF_GET = """
 import os, sys
-from kensa.journal import SqliteJournal
+from kensa.journal.store import SqliteJournal
 from kensa.model import PreState, Step, Transaction
 
 def peak_kib():

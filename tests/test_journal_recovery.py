@@ -16,10 +16,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from kensa.engine import Engine, RollbackRefusedError
+from kensa.errors import RollbackRefusedError
+from kensa.engine.run import Engine
 from kensa.handlers import default_registry
-from kensa.host import resolve_host
-from kensa.journal import SqliteJournal
+from kensa.hosts.local import resolve_host
+from kensa.journal.store import SqliteJournal
 from kensa.model import Status, Step, Transaction, TransactionResult
 
 

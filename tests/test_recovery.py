@@ -19,11 +19,12 @@ import pytest
 
 from conftest import tmpfs
 from conftest import snapshot_tree as snapshot
-from kensa.engine import Engine, Handler, RollbackRefusedError, default_engine
+from kensa.errors import JournalEntryNotFound, JournalError, JournalLockTimeout, RollbackRefusedError
+from kensa.engine.run import Engine, Handler, default_engine
 from kensa.handlers import default_registry
 from kensa.handlers.file_content import FileContent
-from kensa.host import LocalHost, resolve_host
-from kensa.journal import JournalEntryNotFound, JournalError, JournalLock, JournalLockTimeout, SqliteJournal
+from kensa.hosts.local import LocalHost, resolve_host
+from kensa.journal.store import JournalLock, SqliteJournal
 from kensa.model import (
     PreState,
     RollbackResult,
@@ -560,7 +561,7 @@ def test_a_retried_id_never_overwrites_its_interrupted_entry(tmp_path: Path, alr
 def test_spellings_of_one_root_are_one_host(tmp_path: Path) -> None:
     """A later commit on the same tree spelled differently ("root/", a symlink) is seen by recovery:
     the interrupted transaction's restore is withheld instead of silently undoing that commit."""
-    from kensa.host import canonical_host_key
+    from kensa.hosts.local import canonical_host_key
 
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)

@@ -21,10 +21,11 @@ from typing import Any, Iterator, Optional, Sequence
 import pytest
 
 from conftest import snapshot_tree as snapshot
-from kensa.engine import Engine, RollbackRefusedError
+from kensa.errors import RollbackRefusedError
+from kensa.engine.run import Engine
 from kensa.handlers import default_registry
-from kensa.host import resolve_host
-from kensa.journal import SqliteJournal
+from kensa.hosts.local import resolve_host
+from kensa.journal.store import SqliteJournal
 from kensa.model import PreState, Status, Step, Transaction, TransactionResult
 
 SSHD = "etc/ssh/sshd_config"
@@ -313,7 +314,7 @@ def test_cli_rollback_keeps_an_operators_later_line(tmp_path: Path) -> None:
     import io
     import json
 
-    from kensa.cli import EXIT_OK, main
+    from kensa.cli.main import EXIT_OK, main
 
     rule = tmp_path / "permit.yml"
     rule.write_text(
@@ -374,10 +375,10 @@ def test_rollback_restores_the_mtime_and_names_the_new_inode_and_broken_hard_lin
 
 KILLED_INSIDE_THE_WRITE = r"""
 import os, signal, sys
-from kensa.engine import Engine
+from kensa.engine.run import Engine
 from kensa.handlers import default_registry
-from kensa.host import resolve_host
-from kensa.journal import SqliteJournal
+from kensa.hosts.local import resolve_host
+from kensa.journal.store import SqliteJournal
 from kensa.model import Step, Transaction
 
 def die(*args, **kwargs):

@@ -13,12 +13,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kensa import rules
-from kensa.model import KensaError, Step, Transaction
-from kensa.rules import (
+import kensa.rules.load as rules
+from kensa.errors import KensaError, RuleError
+from kensa.model import Step, Transaction
+from kensa.rules.load import (
     CapabilityGate,
     Rule,
-    RuleError,
     Severity,
     load_rule_file,
     load_rules,

@@ -17,11 +17,12 @@ from typing import Any, Iterator, List, Mapping, Optional
 import pytest
 
 from conftest import require_root
+from kensa.errors import KensaError, TargetLockError, TargetLockTimeout
 from kensa import Step, Transaction
-from kensa.engine import Engine, default_engine
-from kensa.host import LocalHost
-from kensa.model import KensaError, Phase, PreState, RollbackResult, Status, StepResult
-from kensa.targetlock import SYSTEM_LOCK_DIRECTORY, TargetLockError, TargetLocks, TargetLockTimeout, target_lock_directory
+from kensa.engine.run import Engine, default_engine
+from kensa.hosts.local import LocalHost
+from kensa.model import Phase, PreState, RollbackResult, Status, StepResult
+from kensa.hosts.targetlock import SYSTEM_LOCK_DIRECTORY, TargetLocks, target_lock_directory
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 RULES_PER_PROCESS = 60
@@ -97,7 +98,7 @@ def test_two_processes_remediating_one_root_lose_no_key(tmp_path: Path) -> None:
 
 HOLDER = """
 import sys
-from kensa.targetlock import TargetLocks
+from kensa.hosts.targetlock import TargetLocks
 identity = sys.argv[3] if len(sys.argv) > 3 else None
 with TargetLocks(sys.argv[1]).hold(sys.argv[2], identity):
     print("held", flush=True)

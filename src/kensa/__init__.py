@@ -1,9 +1,9 @@
 """kensa: remediate Linux hosts as atomic transactions, audited at every phase."""
 
-from ._version import __version__
-from .engine import Engine, Registry, default_engine
-from .model import (
-    KensaError,
+from kensa.errors import KensaError
+from kensa._version import __version__
+from kensa.engine.run import Engine, Registry, default_engine
+from kensa.model import (
     Phase,
     PreState,
     RollbackResult,

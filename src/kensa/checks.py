@@ -13,14 +13,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from .engine import Handler
-from .model import KensaError, Step
-from .rules import Check, Implementation
-from .sysctlkeys import sysctl_path
-
-
-class CheckError(KensaError, ValueError):
-    """A check could not be evaluated (unsupported method, unreadable target)."""
+from kensa.errors import CheckError, KensaError
+from kensa.engine.run import Handler
+from kensa.model import Step
+from kensa.rules.load import Check, Implementation
+from kensa.facts.sysctl import sysctl_path
 
 
 @dataclass(frozen=True)

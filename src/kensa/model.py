@@ -12,10 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Tuple
-
-
-class KensaError(Exception):
-    """Base class of every error kensa raises on purpose."""
+from kensa.errors import KensaError
 
 
 class Phase(str, enum.Enum):

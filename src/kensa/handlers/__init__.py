@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Dict
 
-from ..engine import Handler
-from .audit_rule_set import AuditRuleSet
-from .command_exec import CommandExec
-from .config_append import ConfigAppend
-from .config_set import ConfigSet
-from .file_absent import FileAbsent
-from .file_content import FileContent
-from .file_permissions import FilePermissions
-from .params import ParamError
-from .sysctl_set import SysctlSet
+from kensa.engine.run import Handler
+from kensa.handlers.audit_rule_set import AuditRuleSet
+from kensa.handlers.command_exec import CommandExec
+from kensa.handlers.config_append import ConfigAppend
+from kensa.handlers.config_set import ConfigSet
+from kensa.handlers.file_absent import FileAbsent
+from kensa.handlers.file_content import FileContent
+from kensa.handlers.file_permissions import FilePermissions
+from kensa.errors import ParamError
+from kensa.handlers.sysctl_set import SysctlSet
 
 HANDLERS = (
     FileContent,

@@ -35,11 +35,12 @@ import shlex
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..auditrules import AuditRuleError, rule_options, silencing_reason
-from ..host import HostAccessError, LocalHost
-from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
-from .config_set import decode, encode
-from .filestate import (
+from kensa.errors import AuditControlError, AuditRuleError, HostAccessError, KensaError, ParamError
+from kensa.facts.auditrules import rule_options, silencing_reason
+from kensa.hosts.local import LocalHost
+from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
+from kensa.handlers.config_set import decode, encode
+from kensa.handlers.filestate import (
     Planned,
     Revert,
     StatePlan,
@@ -54,16 +55,12 @@ from .filestate import (
     rollback_result,
     settled_files,
 )
-from .params import ParamError, require_path
+from kensa.handlers.params import require_path
 
 DEFAULT_PERSIST_FILE = "/etc/audit/rules.d/99-kensa.rules"
 AUDITCTL_TIMEOUT = 30.0
 
 _DELETE = {"-w": "-W", "-a": "-d", "-A": "-d"}
-
-
-class AuditControlError(KensaError, RuntimeError):
-    """auditctl failed or printed something kensa cannot read."""
 
 
 def rule_identity(line: str) -> Tuple[Any, ...]:

@@ -24,9 +24,10 @@ import threading
 from collections import OrderedDict
 from typing import Any, List, Mapping, Optional, Tuple
 
-from ..host import LocalHost
-from ..model import PreState, RollbackResult, StepResult
-from .params import ParamError, require_str
+from kensa.errors import ParamError
+from kensa.hosts.local import LocalHost
+from kensa.model import PreState, RollbackResult, StepResult
+from kensa.handlers.params import require_str
 
 DEFAULT_TIMEOUT = 300.0
 _MAX_PENDING = 1024

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Tuple
 
-from ..host import LocalHost
-from ..model import PreState, StepResult
-from .config_set import decode, encode
-from .filestate import OneFileStep, Revert, capture_file, post_state
-from .params import ParamError, require_path, require_str
+from kensa.errors import ParamError
+from kensa.hosts.local import LocalHost
+from kensa.model import PreState, StepResult
+from kensa.handlers.config_set import decode, encode
+from kensa.handlers.filestate import OneFileStep, Revert, capture_file, post_state
+from kensa.handlers.params import require_path, require_str
 
 
 def has_line(text: str, line: str) -> bool:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
-from ..host import LocalHost
-from ..model import PreState, StepResult
-from .filestate import OneFileStep, Revert, capture_file, post_state
-from .params import ParamError, require_path, require_str, scalar_text
+from kensa.errors import ParamError
+from kensa.hosts.local import LocalHost
+from kensa.model import PreState, StepResult
+from kensa.handlers.filestate import OneFileStep, Revert, capture_file, post_state
+from kensa.handlers.params import require_path, require_str, scalar_text
 
 _KEY = re.compile(r"[^\s=#]+")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from ..host import LocalHost
-from ..model import PreState, StepResult
-from .filestate import OneFileStep, capture_file, post_state
-from .params import require_path
+from kensa.hosts.local import LocalHost
+from kensa.model import PreState, StepResult
+from kensa.handlers.filestate import OneFileStep, capture_file, post_state
+from kensa.handlers.params import require_path
 
 
 class FileAbsent(OneFileStep):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from ..host import LocalHost
-from ..model import PreState, StepResult
-from .filestate import OneFileStep, capture_file, post_state
-from .params import ParamError, optional_id, optional_mode, require_path
+from kensa.errors import ParamError
+from kensa.hosts.local import LocalHost
+from kensa.model import PreState, StepResult
+from kensa.handlers.filestate import OneFileStep, capture_file, post_state
+from kensa.handlers.params import optional_id, optional_mode, require_path
 
 
 class FileContent(OneFileStep):

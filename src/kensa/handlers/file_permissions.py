@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 from typing import Any, Mapping, Optional, Tuple
 
-from ..host import FileInfo, HostAccessError, LocalHost
-from ..model import Assessment, PreState, RollbackResult, StepResult
-from .filestate import Planned, planned_meta, settled_files, assess_file, capture_meta, combine, meta_post_state, restore_meta, restore_planned, restored, rollback_result
-from .params import ParamError, optional_id, optional_mode, require_path
+from kensa.errors import HostAccessError, ParamError
+from kensa.hosts.local import FileInfo, LocalHost
+from kensa.model import Assessment, PreState, RollbackResult, StepResult
+from kensa.handlers.filestate import Planned, planned_meta, settled_files, assess_file, capture_meta, combine, meta_post_state, restore_meta, restore_planned, restored, rollback_result
+from kensa.handlers.params import optional_id, optional_mode, require_path
 
 
 class FilePermissions:

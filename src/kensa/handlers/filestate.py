@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..host import DEFAULT_FILE_MODE, FileInfo, FileKind, LocalHost
-from ..model import Assessment, Drift, KensaError, PreState, RollbackResult
+from kensa.errors import KensaError
+from kensa.hosts.local import DEFAULT_FILE_MODE, FileInfo, FileKind, LocalHost
+from kensa.model import Assessment, Drift, PreState, RollbackResult
 
 
 def _describe(path: str, info: Optional[FileInfo], with_content: bool) -> Dict[str, Any]:

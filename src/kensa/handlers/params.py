@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from ..host import LocalHost
-from ..model import KensaError
-
-
-class ParamError(KensaError, ValueError):
-    """A step's parameters are missing or ill-typed; nothing was changed."""
+from kensa.hosts.local import LocalHost
+from kensa.errors import KensaError, ParamError
 
 
 def require_str(mechanism: str, params: Mapping[str, Any], key: str) -> str:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping, Optional, Tuple
 
-from ..host import LocalHost
-from ..model import Assessment, Drift, KensaError, PreState, RollbackResult, StepResult
-from ..sysctlkeys import SysctlKeyError, sysctl_path
-from .config_set import decode, encode
-from .filestate import (
+from kensa.errors import KensaError, ParamError, SysctlKeyError
+from kensa.hosts.local import LocalHost
+from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
+from kensa.facts.sysctl import sysctl_path
+from kensa.handlers.config_set import decode, encode
+from kensa.handlers.filestate import (
     StatePlan,
     Planned,
     Revert,
@@ -38,7 +39,7 @@ from .filestate import (
     rollback_result,
     settled_files,
 )
-from .params import ParamError, require_path, require_str, scalar_text
+from kensa.handlers.params import require_path, require_str, scalar_text
 
 _COMMENTS = ("#", ";")
 

@@ -22,10 +22,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, TextIO, Tuple
 
-from .model import Status, TransactionResult
+from kensa.model import Status, TransactionResult
 
 if TYPE_CHECKING:
-    from .audit import AuditStatus, EmitterStats
+    from kensa.audit.emitter import AuditStatus, EmitterStats
 
 RULES: Dict[str, str] = {
     "ssh-disable-root-login.yml": """\
@@ -187,11 +187,11 @@ def _open_tap() -> Tuple[Optional[RecordTap], str]:
 
 
 def run_demo(out: TextIO, keep: bool = False, json_output: bool = False) -> int:
-    from . import audit
-    from .cli import Target, printable, print_results, result_dict, transactions_for
-    from .engine import default_engine
-    from .host import LocalHost
-    from .rules import load_rules
+    import kensa.audit.emitter as audit
+    from kensa.cli.main import Target, printable, print_results, result_dict, transactions_for
+    from kensa.engine.run import default_engine
+    from kensa.hosts.local import LocalHost
+    from kensa.rules.load import load_rules
 
     work = tempfile.mkdtemp(prefix="kensa-demo-")
     root = os.path.join(work, "root")

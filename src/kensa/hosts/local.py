@@ -74,7 +74,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple
 
-from .model import KensaError
+from kensa.errors import HostAccessError, HostSelectionError, KensaError, PathEscapeError
 
 #: Mode of a file kensa creates when the caller gives none (the usual /etc default).
 DEFAULT_FILE_MODE = 0o644
@@ -259,23 +259,6 @@ def _is_temp_of(entry: str, name: str) -> bool:
     tail = entry[len(prefix):]
     return (entry.startswith(prefix) and len(tail) == _TEMP_RANDOM_HEX
             and all(c in "0123456789abcdef" for c in tail))
-
-
-class PathEscapeError(KensaError, PermissionError):
-    """A path was refused because resolving it could leave (or bypass) the root."""
-
-    def __init__(self, message: str, path: str = "", component: str = "") -> None:
-        super().__init__(message)
-        self.path = path
-        self.component = component
-
-
-class HostAccessError(KensaError, OSError):
-    """A confined file operation failed (missing parent, wrong file type, I/O error)."""
-
-
-class HostSelectionError(KensaError, ValueError):
-    """A host key does not name a usable local target."""
 
 
 FileKind = Literal["file", "dir"]

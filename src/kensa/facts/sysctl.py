@@ -17,17 +17,13 @@ from __future__ import annotations
 import posixpath
 import re
 
-from .model import KensaError
+from kensa.errors import KensaError, SysctlKeyError
 
 PROC_SYS = "/proc/sys/"
 MAX_COMPONENTS = 32
 MAX_KEY_LENGTH = 1024
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class SysctlKeyError(KensaError, ValueError):
-    """A string is not a sysctl parameter name kensa accepts."""
 
 
 def sysctl_path(key: str) -> str:

@@ -22,8 +22,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from .journal import AuditSequence, SqliteJournal
-from .model import KensaError
+from kensa.journal.store import AuditSequence, SqliteJournal
+from kensa.errors import AuditLogError, KensaError, SinceError
 
 __all__ = [
     "AuditLogError",
@@ -49,14 +49,6 @@ NOT_SENT = "not_sent"
 _LINE = re.compile(r"type=(\S+) msg=audit\((\d+)\.(\d+):(\d+)\): (.*)")
 _AGE = re.compile(r"(\d+)([smhd])\Z")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-class AuditLogError(KensaError, OSError):
-    """auditd's log could not be read (the path and the cause are in the message)."""
-
-
-class SinceError(KensaError, ValueError):
-    """A ``--since`` value is neither an ISO 8601 time nor an age."""
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,10 @@ from typing import (
 
 import yaml
 
-from .auditrules import AuditRuleError, rule_options
-from .model import KensaError, Step, Transaction
-from .sysctlkeys import SysctlKeyError, sysctl_path
+from kensa.errors import AuditRuleError, KensaError, RuleError, SysctlKeyError
+from kensa.facts.auditrules import rule_options
+from kensa.model import Step, Transaction
+from kensa.facts.sysctl import sysctl_path
 
 __all__ = [
     "MAX_NESTING_DEPTH",
@@ -182,10 +183,6 @@ _KENSA_CHECK_METHODS = frozenset(
 )
 
 FieldPath = Tuple[Union[str, int], ...]
-
-
-class RuleError(KensaError, ValueError):
-    """A rule file is malformed, unreadable, or clashes with another rule."""
 
 
 class Severity(str, enum.Enum):

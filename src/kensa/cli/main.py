@@ -35,8 +35,9 @@ from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
 
-from ._version import __version__
-from .model import KensaError, Status, Transaction, TransactionResult
+from kensa.errors import KensaError, UsageError
+from kensa._version import __version__
+from kensa.model import Status, Transaction, TransactionResult
 
 EXIT_OK = 0
 EXIT_NOT_APPLIED = 1
@@ -45,10 +46,6 @@ EXIT_NEEDS_OPERATOR = 3
 
 _NEEDS_OPERATOR = {Status.PARTIALLY_APPLIED, Status.ROLLBACK_FAILED}
 _HELD = {Status.COMMITTED, Status.SKIPPED, Status.STAGED, Status.RECOVERED}
-
-
-class UsageError(KensaError, ValueError):
-    """Bad command-line input: a missing root, an unknown transaction id."""
 
 
 # --- output --------------------------------------------------------------------
@@ -149,7 +146,7 @@ def target_for(root: Optional[str]) -> Target:
 
 
 def load(paths: Sequence[str]) -> List[Any]:
-    from .rules import load_rules
+    from kensa.rules.load import load_rules
 
     for path in paths:
         if not os.path.exists(path):
@@ -178,7 +175,7 @@ def detect_capabilities(host: Any) -> FrozenSet[str]:
 
 
 def _journal_path(args: argparse.Namespace) -> str:
-    from .journal import default_journal_path
+    from kensa.journal.store import default_journal_path
 
     return args.journal or os.fspath(default_journal_path())
 
@@ -186,7 +183,7 @@ def _journal_path(args: argparse.Namespace) -> str:
 def _existing_journal(args: argparse.Namespace) -> str:
     """The journal path, which must already hold a journal: reading or undoing
     from a mistyped path must be an error, not a new empty journal."""
-    from .journal import SqliteJournal
+    from kensa.journal.store import SqliteJournal
 
     path = _journal_path(args)
     SqliteJournal(path, create=False).close()
@@ -194,7 +191,7 @@ def _existing_journal(args: argparse.Namespace) -> str:
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from .engine import default_engine
+    from kensa.engine.run import default_engine
 
     return default_engine(journal_path=_journal_path(args), audit=not args.no_audit)
 
@@ -208,9 +205,9 @@ def implementation_for(rule: Any, caps: FrozenSet[str]) -> Tuple[Any, str]:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    from .checks import compliance
-    from .handlers import default_registry
-    from .host import LocalHost
+    from kensa.checks import compliance
+    from kensa.handlers import default_registry
+    from kensa.hosts.local import LocalHost
 
     target = target_for(args.root)
     rules = load(args.rules)
@@ -268,7 +265,7 @@ def exit_code_for(results: Iterable[TransactionResult], unsupported: bool) -> in
 
 
 def run_batch(engine: Any, txns: List[Transaction], workers: int, show_progress: bool) -> List[TransactionResult]:
-    from .events import TerminalEvent
+    from kensa.engine.events import TerminalEvent
 
     progress = Progress(len(txns), sys.stderr)
     sub = None
@@ -289,7 +286,7 @@ def print_results(results: Sequence[TransactionResult], unsupported: Sequence[Ma
 
 
 def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
-    from .host import LocalHost
+    from kensa.hosts.local import LocalHost
 
     target = target_for(args.root)
     rules = load(args.rules)
@@ -308,8 +305,8 @@ def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _dry_run(args: argparse.Namespace, txns: List[Transaction], unsupported: List[Dict[str, Any]], host: Any, out: TextIO) -> int:
-    from .checks import step_holds
-    from .handlers import default_registry
+    from kensa.checks import step_holds
+    from kensa.handlers import default_registry
 
     handlers = default_registry()
     rows = []
@@ -330,7 +327,7 @@ def _dry_run(args: argparse.Namespace, txns: List[Transaction], unsupported: Lis
 
 
 def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
-    from .journal import SqliteJournal
+    from kensa.journal.store import SqliteJournal
 
     path = _existing_journal(args)
     if args.prune:
@@ -364,7 +361,7 @@ def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_history_prune(args: argparse.Namespace, path: str, out: TextIO) -> int:
     """``history --prune``: delete finished entries by age and/or count; never an interrupted one."""
-    from .journal import SqliteJournal
+    from kensa.journal.store import SqliteJournal
 
     given = (("--host", args.host), ("--rule", args.rule), ("--status", args.status), ("--limit", args.limit))
     mixed = [name for name, value in given if value is not None] + (["--verify"] if args.verify else [])
@@ -425,7 +422,7 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_recover(args: argparse.Namespace, out: TextIO) -> int:
-    from .journal import JournalNotFound
+    from kensa.journal.store import JournalNotFound
 
     try:
         _existing_journal(args)
@@ -457,7 +454,7 @@ def _report_one(args: argparse.Namespace, result: TransactionResult, out: TextIO
 
 def cmd_audit_status(args: argparse.Namespace, out: TextIO) -> int:
     """``kensa audit status``: what happens to the records, the kernel's own figures, the counters."""
-    from . import audit
+    import kensa.audit.emitter as audit
 
     st = audit.status()
     emitter = audit.open_emitter()
@@ -492,8 +489,8 @@ def cmd_audit_reconcile(args: argparse.Namespace, out: TextIO) -> int:
     """``kensa audit reconcile``: which journaled records auditd's log holds, and which it lacks."""
     from pathlib import Path
 
-    from .auditlog import LOGGED, MISSING, NOT_SENT, parse_since, reconcile, reconciliation_dict
-    from .journal import SqliteJournal
+    from kensa.audit.reconcile import LOGGED, MISSING, NOT_SENT, parse_since, reconcile, reconciliation_dict
+    from kensa.journal.store import SqliteJournal
 
     since = parse_since(args.since) if args.since is not None else None
     logs = [Path(p) for p in args.log] if args.log else None
@@ -524,7 +521,7 @@ def cmd_audit_reconcile(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from .demo import run_demo
+    from kensa.cli.demo import run_demo
 
     return run_demo(out, keep=args.keep, json_output=args.json)
 

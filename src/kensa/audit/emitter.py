@@ -52,7 +52,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple, Union
 
-from .model import KensaError
+from kensa.errors import AuditArgumentError, AuditError, KensaError, KernelStatusError
 
 __all__ = [
     "AUDIT_USER",
@@ -136,18 +136,6 @@ _REASON_TEXT = {
     "no_extension": "the compiled extension kensa._audit could not be imported",
     "disabled": "emission was turned off with KENSA_AUDIT=off",
 }
-
-
-class AuditError(KensaError):
-    """Base of the errors kensa.audit raises (only ever for the caller's input or a query)."""
-
-
-class AuditArgumentError(AuditError, ValueError):
-    """An argument to the audit API is invalid; nothing was changed."""
-
-
-class KernelStatusError(AuditError, OSError):
-    """The kernel's audit status could not be read (``errno`` says why: EPERM without CAP_AUDIT_CONTROL)."""
 
 
 def _errno_text(err: int) -> str:
@@ -502,7 +490,7 @@ def _load() -> tuple[Any, Any, str]:
     """The compiled module's (lib, ffi), or (None, None, why it is missing)."""
     with _import_lock:
         try:
-            from . import _audit  # type: ignore[attr-defined]
+            from kensa import _audit  # type: ignore[attr-defined]
         except ImportError as exc:
             return None, None, str(exc)
         return _audit.lib, _audit.ffi, ""
@@ -595,7 +583,7 @@ def open_emitter(mode: str = "async", *, msg_type: int = AUDIT_USER, capacity: i
 @atexit.register
 def _flush_at_exit() -> None:
     """Give every queued record, also of collected emitters, one bounded chance at exit."""
-    module = sys.modules.get(f"{__package__}._audit")
+    module = sys.modules.get("kensa._audit")
     if module is None:
         return  # never loaded: no emitter ever ran here
     lib, ffi = module.lib, module.ffi

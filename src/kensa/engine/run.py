@@ -70,11 +70,11 @@ from typing import (
     runtime_checkable,
 )
 
-from .afterfork import reset_in_child
-from .events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscription
-from .model import (
+from kensa.errors import DuplicateMechanismError, KensaError, NotCapturableError, RollbackFailedError, RollbackRefusedError, StepFailedError, UnknownMechanismError, ValidationFailedError, WiringError
+from kensa.support.afterfork import reset_in_child
+from kensa.engine.events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscription
+from kensa.model import (
     Assessment,
-    KensaError,
     Phase,
     PreState,
     RollbackResult,
@@ -196,47 +196,6 @@ class TargetLock(Protocol):
     """
 
     def hold(self, key: str, identity: Any = None) -> ContextManager[None]: ...
-
-
-class UnknownMechanismError(KensaError, LookupError):
-    """A step names a mechanism no handler is registered for."""
-
-
-class DuplicateMechanismError(KensaError, ValueError):
-    """A mechanism name was registered twice."""
-
-
-class NotCapturableError(KensaError, ValueError):
-    """A transactional rule holds a step whose handler cannot capture its pre-state."""
-
-
-class StepFailedError(KensaError, RuntimeError):
-    """A handler reported that its step failed (names the error of such results)."""
-
-
-class ValidationFailedError(KensaError, RuntimeError):
-    """A step applied but its desired state does not hold (names the error of such results)."""
-
-
-class RollbackFailedError(KensaError, RuntimeError):
-    """A rollback did not restore its pre-state (names the error of such results)."""
-
-
-class RollbackRefusedError(KensaError, RuntimeError):
-    """Recovery or a rollback by id was refused before anything changed.
-
-    The engine has no journal to read, the transaction is not one that can be
-    rolled back (not committed, already rolled back), or the host drifted since
-    the commit. ``drifted`` names the drifted paths or keys, if that was the cause.
-    """
-
-    def __init__(self, message: str, drifted: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.drifted: Tuple[str, ...] = tuple(drifted)
-
-
-class WiringError(KensaError, ImportError):
-    """:func:`default_engine` could not import one of the real parts it wires."""
 
 
 class Registry:
@@ -460,13 +419,13 @@ class Engine:
 
     def recover(self) -> List[TransactionResult]:
         """Roll back every interrupted transaction in the journal; see :mod:`kensa.recovery`."""
-        from .recovery import recover_interrupted
+        from kensa.engine.recovery import recover_interrupted
 
         return recover_interrupted(self)
 
     def rollback(self, txn_id: str, *, force: bool = False) -> TransactionResult:
         """Reverse committed transaction ``txn_id`` from its journaled pre-state; see :mod:`kensa.recovery`."""
-        from .recovery import rollback_committed
+        from kensa.engine.recovery import rollback_committed
 
         return rollback_committed(self, txn_id, force=force)
 
@@ -891,27 +850,27 @@ def default_engine(
     imported raises :class:`WiringError` (an ImportError) naming it.
     """
     try:
-        from .handlers import default_registry
+        from kensa.handlers import default_registry
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.handlers.default_registry: {exc}; reinstall kensa") from exc
     try:
-        from .host import resolve_host
+        from kensa.hosts.local import resolve_host
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.host.resolve_host: {exc}; reinstall kensa") from exc
     try:
-        from .journal import SqliteJournal, default_journal_path
+        from kensa.journal.store import SqliteJournal, default_journal_path
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.journal.SqliteJournal: {exc}; reinstall kensa") from exc
     emitter: Optional[PhaseEmitter] = None
     if audit:
         try:
-            from .audit import open_emitter
+            from kensa.audit.emitter import open_emitter
         except ImportError as exc:
             raise WiringError(f"default_engine needs kensa.audit.open_emitter: {exc}; reinstall kensa") from exc
         emitter = open_emitter()
 
     try:
-        from .targetlock import DEFAULT_TIMEOUT, TargetLocks, target_lock_directory
+        from kensa.hosts.targetlock import DEFAULT_TIMEOUT, TargetLocks, target_lock_directory
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.targetlock.TargetLocks: {exc}; reinstall kensa") from exc
 

@@ -32,16 +32,12 @@ import shlex
 import operator
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .model import KensaError
+from kensa.errors import AuditRuleError, KensaError
 
 #: Options allowed after the first one, per rule kind.
 WATCH_OPTIONS = frozenset({"-p", "-k", "-F"})
 SYSCALL_OPTIONS = frozenset({"-S", "-F", "-C", "-k"})
 _PERMS = frozenset("rwxa")
-
-
-class AuditRuleError(KensaError, ValueError):
-    """A rule line is not one watch or syscall rule made of allowed options."""
 
 
 def rule_options(line: str) -> List[Tuple[str, str]]:

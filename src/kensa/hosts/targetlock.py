@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
-from .afterfork import reset_in_child
-from .flocks import flock_holders
-from .model import KensaError
+from kensa.support.afterfork import reset_in_child
+from kensa.support.flocks import flock_holders
+from kensa.errors import KensaError, TargetLockError, TargetLockTimeout
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -56,14 +56,6 @@ DEFAULT_TIMEOUT = 300.0
 
 # Short, so a waiter gets its turn between another process's back-to-back transactions.
 _POLL_SECONDS = 0.005
-
-
-class TargetLockError(KensaError, OSError):
-    """The target lock could not be opened or taken; nothing was changed."""
-
-
-class TargetLockTimeout(TargetLockError, TimeoutError):
-    """Another process held the target's lock for longer than the timeout."""
 
 
 #: Where root's target locks live, whatever journal a process uses.

@@ -105,20 +105,17 @@ from typing import (
     cast,
 )
 
-from .engine import (
+from kensa.errors import KensaError, NotCapturableError, RollbackFailedError, RollbackRefusedError
+from kensa.engine.run import (
     _NOOP_RECORDER,
     Engine,
     Handler,
-    NotCapturableError,
     PhaseRecorder,
     Restorable,
-    RollbackFailedError,
-    RollbackRefusedError,
     _describe,
     _step_name,
 )
-from .model import (
-    KensaError,
+from kensa.model import (
     Assessment,
     Drift,
     Phase,
@@ -132,7 +129,7 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from .journal import JournalEntry
+    from kensa.journal.store import JournalEntry
 
 __all__ = ["RecoveryJournal", "recover_interrupted", "rollback_committed"]
 

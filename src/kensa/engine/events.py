@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Deque, Optional, Tuple, Union
 
-from .afterfork import reset_in_child
-from .model import Phase, Status, TransactionResult
+from kensa.support.afterfork import reset_in_child
+from kensa.model import Phase, Status, TransactionResult
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "Event", "EventBus", "PhaseEvent", "Subscription", "TerminalEvent"]
 

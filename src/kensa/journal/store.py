@@ -119,10 +119,10 @@ from typing import (
     overload,
 )
 
-from ._version import __version__
-from .flocks import flock_holders
-from .model import (
-    KensaError,
+from kensa.errors import AuditSequenceError, InvalidJournalQuery, JournalCorruptError, JournalEntryNotFound, JournalError, JournalLockTimeout, JournalNotFound, KensaError
+from kensa._version import __version__
+from kensa.support.flocks import flock_holders
+from kensa.model import (
     Phase,
     PreState,
     RollbackResult,
@@ -155,37 +155,6 @@ _WHAT_TO_DO = (
     "Check that the filesystem holding the journal is writable and has free space, "
     "or set KENSA_JOURNAL to a journal file elsewhere."
 )
-
-
-class JournalError(KensaError):
-    """The journal could not be opened, read or written, or refused an inconsistent record."""
-
-
-class JournalEntryNotFound(JournalError, LookupError):
-    """The journal holds no transaction with the requested id."""
-
-
-class JournalLockTimeout(JournalError, TimeoutError):
-    """The run/recovery lock stayed held by someone else for longer than the timeout."""
-
-
-class JournalNotFound(JournalError, FileNotFoundError):
-    """``SqliteJournal(path, create=False)`` was given a path where no journal exists."""
-
-
-class JournalCorruptError(JournalError):
-    """A journal entry's stored data fails its SHA-256 check or cannot be decoded.
-
-    ``txn_id`` names the entry; the rest of the journal stays readable.
-    """
-
-    def __init__(self, message: str, txn_id: str) -> None:
-        super().__init__(message)
-        self.txn_id = txn_id
-
-
-class InvalidJournalQuery(JournalError, ValueError):
-    """A journal query or pruning was given an impossible argument (a negative limit)."""
 
 
 def default_journal_path() -> Path:
@@ -1736,10 +1705,6 @@ _AUDIT_SEQUENCES_DDL = """CREATE TABLE IF NOT EXISTS audit_sequences (
     PRIMARY KEY (txn_id, ordinal)
 )"""
 _AUDIT_SEQUENCES_INDEX = "CREATE INDEX IF NOT EXISTS audit_sequences_by_recorded ON audit_sequences (recorded)"
-
-
-class AuditSequenceError(JournalError, ValueError):
-    """Audit sequence numbers given to the journal are malformed; nothing was written."""
 
 
 @dataclass(frozen=True)

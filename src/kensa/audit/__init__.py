@@ -1,0 +1,42 @@
+"""Kernel audit records: the friendly emitter API over the C extension ``kensa._audit``.
+
+:mod:`kensa.audit.emitter` formats and queues one USER_* record per phase boundary
+and reports the kernel's audit state; :mod:`kensa.audit.reconcile` reads auditd's
+log back and names the records it lost. The C source lives in ``csrc/``.
+"""
+
+from kensa.audit.emitter import (
+    AUDIT_USER,
+    MAX_BODY,
+    AuditEmitter,
+    AuditStatus,
+    EmitterStats,
+    KernelAuditStatus,
+    NoopEmitter,
+    PhaseRecorder,
+    encode_value,
+    format_phase_record,
+    kernel_status,
+    open_emitter,
+    status,
+)
+from kensa.errors import AuditArgumentError, AuditError, KernelStatusError
+
+__all__ = [
+    "AUDIT_USER",
+    "MAX_BODY",
+    "AuditArgumentError",
+    "AuditEmitter",
+    "AuditError",
+    "AuditStatus",
+    "EmitterStats",
+    "KernelAuditStatus",
+    "KernelStatusError",
+    "NoopEmitter",
+    "PhaseRecorder",
+    "encode_value",
+    "format_phase_record",
+    "kernel_status",
+    "open_emitter",
+    "status",
+]

@@ -1,0 +1,5 @@
+"""The kensa command line: `kensa check|remediate|history|rollback|recover|audit|demo`."""
+
+from kensa.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,191 @@
+"""Every error kensa raises: one root, :class:`KensaError`, and its subclasses.
+
+Catch ``KensaError`` for anything kensa refuses or fails at; each subclass also
+derives from the built-in exception a caller would expect (``ValueError`` for
+bad input, ``OSError`` for a host or journal fault, ``TimeoutError`` for a lock).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+
+# Raised by kensa.model
+
+class KensaError(Exception):
+    """Base class of every error kensa raises on purpose."""
+
+
+# Raised by kensa.engine.run
+
+class UnknownMechanismError(KensaError, LookupError):
+    """A step names a mechanism no handler is registered for."""
+
+
+class DuplicateMechanismError(KensaError, ValueError):
+    """A mechanism name was registered twice."""
+
+
+class NotCapturableError(KensaError, ValueError):
+    """A transactional rule holds a step whose handler cannot capture its pre-state."""
+
+
+class StepFailedError(KensaError, RuntimeError):
+    """A handler reported that its step failed (names the error of such results)."""
+
+
+class ValidationFailedError(KensaError, RuntimeError):
+    """A step applied but its desired state does not hold (names the error of such results)."""
+
+
+class RollbackFailedError(KensaError, RuntimeError):
+    """A rollback did not restore its pre-state (names the error of such results)."""
+
+
+class RollbackRefusedError(KensaError, RuntimeError):
+    """Recovery or a rollback by id was refused before anything changed.
+
+    The engine has no journal to read, the transaction is not one that can be
+    rolled back (not committed, already rolled back), or the host drifted since
+    the commit. ``drifted`` names the drifted paths or keys, if that was the cause.
+    """
+
+    def __init__(self, message: str, drifted: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.drifted: Tuple[str, ...] = tuple(drifted)
+
+
+class WiringError(KensaError, ImportError):
+    """:func:`default_engine` could not import one of the real parts it wires."""
+
+
+# Raised by kensa.hosts.local
+
+class PathEscapeError(KensaError, PermissionError):
+    """A path was refused because resolving it could leave (or bypass) the root."""
+
+    def __init__(self, message: str, path: str = "", component: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.component = component
+
+
+class HostAccessError(KensaError, OSError):
+    """A confined file operation failed (missing parent, wrong file type, I/O error)."""
+
+
+class HostSelectionError(KensaError, ValueError):
+    """A host key does not name a usable local target."""
+
+
+# Raised by kensa.hosts.targetlock
+
+class TargetLockError(KensaError, OSError):
+    """The target lock could not be opened or taken; nothing was changed."""
+
+
+class TargetLockTimeout(TargetLockError, TimeoutError):
+    """Another process held the target's lock for longer than the timeout."""
+
+
+# Raised by kensa.journal.store
+
+class JournalError(KensaError):
+    """The journal could not be opened, read or written, or refused an inconsistent record."""
+
+
+class JournalEntryNotFound(JournalError, LookupError):
+    """The journal holds no transaction with the requested id."""
+
+
+class JournalLockTimeout(JournalError, TimeoutError):
+    """The run/recovery lock stayed held by someone else for longer than the timeout."""
+
+
+class JournalNotFound(JournalError, FileNotFoundError):
+    """``SqliteJournal(path, create=False)`` was given a path where no journal exists."""
+
+
+class JournalCorruptError(JournalError):
+    """A journal entry's stored data fails its SHA-256 check or cannot be decoded.
+
+    ``txn_id`` names the entry; the rest of the journal stays readable.
+    """
+
+    def __init__(self, message: str, txn_id: str) -> None:
+        super().__init__(message)
+        self.txn_id = txn_id
+
+
+class InvalidJournalQuery(JournalError, ValueError):
+    """A journal query or pruning was given an impossible argument (a negative limit)."""
+
+
+class AuditSequenceError(JournalError, ValueError):
+    """Audit sequence numbers given to the journal are malformed; nothing was written."""
+
+
+# Raised by kensa.rules.load
+
+class RuleError(KensaError, ValueError):
+    """A rule file is malformed, unreadable, or clashes with another rule."""
+
+
+# Raised by kensa.checks
+
+class CheckError(KensaError, ValueError):
+    """A check could not be evaluated (unsupported method, unreadable target)."""
+
+
+# Raised by kensa.facts.auditrules
+
+class AuditRuleError(KensaError, ValueError):
+    """A rule line is not one watch or syscall rule made of allowed options."""
+
+
+# Raised by kensa.facts.sysctl
+
+class SysctlKeyError(KensaError, ValueError):
+    """A string is not a sysctl parameter name kensa accepts."""
+
+
+# Raised by kensa.handlers.params
+
+class ParamError(KensaError, ValueError):
+    """A step's parameters are missing or ill-typed; nothing was changed."""
+
+
+# Raised by kensa.handlers.audit_rule_set
+
+class AuditControlError(KensaError, RuntimeError):
+    """auditctl failed or printed something kensa cannot read."""
+
+
+# Raised by kensa.audit.emitter
+
+class AuditError(KensaError):
+    """Base of the errors kensa.audit raises (only ever for the caller's input or a query)."""
+
+
+class AuditArgumentError(AuditError, ValueError):
+    """An argument to the audit API is invalid; nothing was changed."""
+
+
+class KernelStatusError(AuditError, OSError):
+    """The kernel's audit status could not be read (``errno`` says why: EPERM without CAP_AUDIT_CONTROL)."""
+
+
+# Raised by kensa.audit.reconcile
+
+class AuditLogError(KensaError, OSError):
+    """auditd's log could not be read (the path and the cause are in the message)."""
+
+
+class SinceError(KensaError, ValueError):
+    """A ``--since`` value is neither an ISO 8601 time nor an age."""
+
+
+# Raised by kensa.cli.main
+
+class UsageError(KensaError, ValueError):
+    """Bad command-line input: a missing root, an unknown transaction id."""

@@ -1,0 +1,1 @@
+"""Process-level helpers every layer may use: fork hooks and /proc/locks."""
