@@ -185,7 +185,7 @@ class Transactions:
 
 def _engine_class() -> Tuple[Any, str]:
     try:
-        from kensa.engine.run import Engine
+        from kensa.engine import Engine
     except ImportError as exc:
         return None, f"kensa.engine.Engine is not available ({exc})"
     return Engine, ""

@@ -89,7 +89,7 @@ def rollback_after_operator_edit(base: Path) -> Case:
 
 KILL_AFTER_BEGIN = textwrap.dedent(r"""
     import os, signal, sys
-    from kensa.engine.run import Engine
+    from kensa.engine import Engine
     from kensa.handlers import default_registry
     from kensa.hosts.local import resolve_host
     from kensa.journal.store import SqliteJournal
@@ -289,7 +289,7 @@ def huge_number_in_rule(base: Path) -> Case:
 
 
 def command_exec_commits(base: Path) -> Case:
-    from kensa.engine.run import Engine
+    from kensa.engine import Engine
     from kensa.handlers import default_registry
     from kensa.hosts.local import resolve_host
     from kensa.model import Step, Transaction

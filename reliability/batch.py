@@ -22,7 +22,7 @@ from dataclasses import asdict
 from typing import List
 
 import kensa.audit.emitter
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.hosts.local import resolve_host
 from kensa.journal.store import SqliteJournal
 

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import kensa.audit.emitter
 from kensa.errors import JournalEntryNotFound
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.local import resolve_host
 from kensa.journal.store import SqliteJournal

@@ -27,7 +27,7 @@ from collections import Counter
 from typing import Dict, List, Optional, Tuple
 
 import kensa.audit.emitter
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.hosts.local import resolve_host
 from kensa.journal.store import SqliteJournal
 from kensa.model import Status

@@ -16,7 +16,7 @@ import sys
 from typing import Any, Mapping, Optional
 
 import kensa.audit.emitter
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.local import LocalHost, resolve_host
 from kensa.journal.store import SqliteJournal

@@ -19,7 +19,7 @@ import kensa
 import kensa.audit.emitter as audit
 from kensa.errors import SinceError
 from kensa.audit.reconcile import LOGGED, MISSING, NOT_SENT, parse_since, read_log, reconcile
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.journal.store import SqliteJournal
 from kensa.model import Status, Step, Transaction
 from test_engine_audit_kernel import SetValue, Store

@@ -202,7 +202,7 @@ class DiesBeforeFinish(SqliteJournal):
 
 def interrupted_run(journal_path: Path, root: Path, text: str) -> str:
     """Change root's /etc/motd to ``text`` but never record the result, as a kill before the terminal write leaves it."""
-    from kensa.engine.run import Engine
+    from kensa.engine import Engine
     from kensa.handlers import default_registry
     from kensa.hosts.local import resolve_host
 

@@ -252,7 +252,7 @@ def test_a_bind_mounted_file_inside_an_image_root_is_not_crossed(image: Path, mo
 
 ENGINE_RUN = r"""
 import json, subprocess, sys
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.local import resolve_host
 from kensa.model import Step, Transaction

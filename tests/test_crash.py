@@ -23,7 +23,7 @@ import pytest
 
 from conftest import require_root
 from conftest import snapshot_tree as snapshot
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.local import resolve_host
 from kensa.journal.store import SqliteJournal
@@ -46,7 +46,7 @@ KILL_POINTS = [
 
 SCRIPT = r"""
 import json, os, signal, sys
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.local import LocalHost
 from kensa.journal.store import SqliteJournal

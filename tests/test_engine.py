@@ -13,12 +13,8 @@ import pytest
 
 import kensa
 from kensa.errors import DuplicateMechanismError, UnknownMechanismError
-from kensa.engine.run import (
-    Engine,
-    Handler,
-    Registry,
-    default_engine,
-)
+from kensa import default_engine
+from kensa.engine import Engine, Handler, Registry
 from kensa.engine.events import EventBus
 from kensa.model import (
     Phase,

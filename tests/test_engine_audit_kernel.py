@@ -9,7 +9,7 @@ import pytest
 
 from conftest import AuditListener, decode_value, kensa_records, parse_fields, require_audit
 import kensa.audit.emitter as audit
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.model import PreState, RollbackResult, Status, Step, StepResult, Transaction
 
 

@@ -12,7 +12,7 @@ from typing import Any, List, Mapping, Optional
 import pytest
 
 from kensa import Step, Transaction
-from kensa.engine.run import default_engine
+from kensa import default_engine
 from kensa.engine.events import Event, TerminalEvent
 from kensa.model import PreState, RollbackResult, Status, StepResult
 

@@ -10,7 +10,7 @@ import pytest
 from kensa import Step, Transaction
 from kensa.facts.auditrules import silencing_reason
 from kensa.checks import step_holds
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.handlers.audit_rule_set import AuditRuleSet
 from kensa.errors import ParamError, RuleError

@@ -16,7 +16,7 @@ import pytest
 from conftest import require_root, snapshot_tree as snapshot
 from kensa.errors import HostAccessError, KensaError, ParamError, PathEscapeError
 from kensa.checks import evaluate_check
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import FileContent, default_registry
 from kensa.handlers.audit_rule_set import rule_identity
 from kensa.handlers.config_set import get_value, set_value

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from kensa.errors import RollbackRefusedError
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.local import resolve_host
 from kensa.journal.store import SqliteJournal

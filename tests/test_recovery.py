@@ -20,7 +20,8 @@ import pytest
 from conftest import tmpfs
 from conftest import snapshot_tree as snapshot
 from kensa.errors import JournalEntryNotFound, JournalError, JournalLockTimeout, RollbackRefusedError
-from kensa.engine.run import Engine, Handler, default_engine
+from kensa import default_engine
+from kensa.engine import Engine, Handler
 from kensa.handlers import default_registry
 from kensa.handlers.file_content import FileContent
 from kensa.hosts.local import LocalHost, resolve_host

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import snapshot_tree as snapshot
 from kensa.errors import RollbackRefusedError
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.local import resolve_host
 from kensa.journal.store import SqliteJournal
@@ -375,7 +375,7 @@ def test_rollback_restores_the_mtime_and_names_the_new_inode_and_broken_hard_lin
 
 KILLED_INSIDE_THE_WRITE = r"""
 import os, signal, sys
-from kensa.engine.run import Engine
+from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.local import resolve_host
 from kensa.journal.store import SqliteJournal

@@ -19,7 +19,7 @@ import pytest
 from conftest import require_root
 from kensa.errors import KensaError, TargetLockError, TargetLockTimeout
 from kensa import Step, Transaction
-from kensa.engine.run import Engine, default_engine
+from kensa import Engine, default_engine
 from kensa.hosts.local import LocalHost
 from kensa.model import Phase, PreState, RollbackResult, Status, StepResult
 from kensa.hosts.targetlock import SYSTEM_LOCK_DIRECTORY, TargetLocks, target_lock_directory

@@ -2,7 +2,9 @@
 
 from kensa.errors import KensaError
 from kensa._version import __version__
-from kensa.engine.run import Engine, Registry, default_engine
+from kensa.engine.registry import Registry
+from kensa.engine.run import Engine
+from kensa.factory import default_engine
 from kensa.model import (
     Phase,
     PreState,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from kensa.errors import CheckError, KensaError
-from kensa.engine.run import Handler
+from kensa.engine.protocols import Handler
 from kensa.model import Step
 from kensa.rules.load import Check, Implementation
 from kensa.facts.sysctl import sysctl_path

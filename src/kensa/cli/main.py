@@ -191,7 +191,7 @@ def _existing_journal(args: argparse.Namespace) -> str:
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from kensa.engine.run import default_engine
+    from kensa.factory import default_engine
 
     return default_engine(journal_path=_journal_path(args), audit=not args.no_audit)
 

@@ -3,9 +3,10 @@
 :meth:`Engine.recover <kensa.engine.Engine.recover>` and
 :meth:`Engine.rollback <kensa.engine.Engine.rollback>` delegate here. This
 module talks to the engine's journal object only (no sqlite), to the engine's
-registry for the handlers and to its ``hosts`` callable for the target. It is
-the engine's own code, kept apart from the run path: it uses the engine's host
-locks, run lock and audit emission, so those behave exactly as in a run.
+registry for the handlers, and to the engine's :class:`~kensa.engine.locks.Locks`
+(host resolution, host and run locks) and :class:`~kensa.engine.trail.Trail`
+(audit and events), so those behave exactly as in a run; restores and their
+outcome are :mod:`kensa.engine.restore`'s, shared with a run's own rollback.
 
 Recovery (:func:`recover_interrupted`)
     Under the journal's exclusive lock (runs hold it shared), every
@@ -106,27 +107,13 @@ from typing import (
 )
 
 from kensa.errors import KensaError, NotCapturableError, RollbackFailedError, RollbackRefusedError
-from kensa.engine.run import (
-    _NOOP_RECORDER,
-    Engine,
-    Handler,
-    PhaseRecorder,
-    Restorable,
-    _describe,
-    _step_name,
-)
-from kensa.model import (
-    Assessment,
-    Drift,
-    Phase,
-    PreState,
-    RollbackResult,
-    Status,
-    Step,
-    Transaction,
-    TransactionError,
-    TransactionResult,
-)
+from kensa.engine.locks import Locks
+from kensa.engine.protocols import Handler, RecoveryJournal, Restorable
+from kensa.engine.registry import Registry
+from kensa.engine.restore import NOT_REACHED, describe, journaled, restore_steps, rollback_outcome, step_name
+from kensa.engine.trail import Trail
+from kensa.errors import KensaError, RollbackRefusedError
+from kensa.model import Assessment, Drift, Phase, PreState, Status, Step, Transaction, TransactionError, TransactionResult
 
 if TYPE_CHECKING:
     from kensa.journal.store import JournalEntry
@@ -136,29 +123,10 @@ __all__ = ["RecoveryJournal", "recover_interrupted", "rollback_committed"]
 _perf = time.perf_counter
 
 
-class RecoveryJournal(Protocol):
-    """What recovery and rollback by id need of a journal (:class:`kensa.journal.SqliteJournal` has it).
-
-    A ``lock(exclusive=..., timeout=...)`` method returning a context manager
-    is used when present.
-    """
-
-    def interrupted(self) -> Sequence[JournalEntry]: ...
-
-    def get(self, txn_id: str) -> JournalEntry: ...
-
-    def history(self, host: Optional[str] = None, *, after_seq: Optional[int] = None) -> Sequence[JournalEntry]: ...
-
-    def record_recovery(self, txn_id: str, result: TransactionResult) -> None: ...
-
-    def record_rollback(self, txn_id: str, result: TransactionResult) -> None: ...
-
-
 _NEEDED = ("interrupted", "get", "history", "record_recovery", "record_rollback")
 
 
-def _journal_of(engine: Engine, action: str) -> RecoveryJournal:
-    journal: Any = engine.journal
+def _journal_of(journal: Any, action: str) -> RecoveryJournal:
     if journal is None:
         raise RollbackRefusedError(
             f"cannot {action}: this engine has no journal, so no pre-state was recorded; "
@@ -171,11 +139,6 @@ def _journal_of(engine: Engine, action: str) -> RecoveryJournal:
             "use a kensa.journal.SqliteJournal"
         )
     return cast(RecoveryJournal, journal)
-
-
-def _exclusive_lock(journal: RecoveryJournal) -> ContextManager[Any]:
-    make_lock: Optional[Callable[..., ContextManager[Any]]] = getattr(journal, "lock", None)
-    return contextlib.nullcontext() if make_lock is None else make_lock(exclusive=True)
 
 
 # --- what a step touches -------------------------------------------------------------
@@ -215,9 +178,6 @@ def _name(step: Step) -> str:
     return step.mechanism
 
 
-_NOT_REACHED = "not reached"
-
-
 def _not_reached(view: Any, entry: JournalEntry, handlers: Sequence[Optional[Handler]], index: int) -> bool:
     """True when an earlier step of this transaction over the same files is still in its
     pre-state: the interruption came before that step, so before step ``index`` too."""
@@ -254,13 +214,13 @@ def _assess(
             if not isinstance(assessment, Assessment):
                 raise TypeError(f"{type(handler).__name__}.assess returned {type(assessment).__name__}")
             if recovering and assessment.drift is not Drift.AT_PRE and _not_reached(view, entry, handlers, index):
-                found[index] = Assessment(Drift.AT_PRE, ("the interruption came before this step",), _NOT_REACHED)
+                found[index] = Assessment(Drift.AT_PRE, ("the interruption came before this step",), NOT_REACHED)
                 continue
             overlay = getattr(view, "overlay", None)
             if overlay is not None and index > 0:
                 view = overlay(handler.settled(view, pre, assessment, force))
         except Exception as exc:
-            assessment = Assessment(Drift.CONFLICT, (f"{_name(step)} cannot be checked: {_describe(exc)}",))
+            assessment = Assessment(Drift.CONFLICT, (f"{_name(step)} cannot be checked: {describe(exc)}",))
         found[index] = assessment
     return found
 
@@ -297,52 +257,10 @@ def _later_changes(journal: RecoveryJournal, entry: JournalEntry) -> Dict[int, T
 # --- shared steps --------------------------------------------------------------------
 
 
-def _resolve(engine: Engine, entry: JournalEntry) -> Tuple[Any, List[Optional[Handler]]]:
+def _resolve(registry: Registry, locks: Locks, entry: JournalEntry) -> Tuple[Any, List[Optional[Handler]]]:
     """The host object and the handler of every step that has a pre-state to restore."""
-    handlers = [None if pre is None else engine.registry[step.mechanism] for step, pre in zip(entry.txn.steps, entry.pre_states)]
-    return engine.hosts(entry.txn.host), handlers
-
-
-def _restore(
-    txn: Transaction,
-    host: Any,
-    handlers: Sequence[Optional[Handler]],
-    pre_states: Sequence[Optional[PreState]],
-    withheld: Mapping[int, str],
-    assessments: Optional[Mapping[int, Assessment]] = None,
-    force: bool = False,
-) -> Tuple[List[RollbackResult], List[str]]:
-    """Roll back every captured step, last first; every one is tried. Returns (rollbacks, failures).
-
-    A step with an assessment is restored as assessed (:class:`~kensa.engine.Restorable`);
-    the others with their handler's ``rollback``.
-    """
-    assessments = assessments or {}
-    rollbacks: List[RollbackResult] = []
-    failures: List[str] = []
-    for index in range(len(txn.steps) - 1, -1, -1):
-        pre, handler, step = pre_states[index], handlers[index], txn.steps[index]
-        if pre is None or handler is None:
-            continue
-        if index in withheld:
-            rb = RollbackResult(step.mechanism, ok=False, detail=withheld[index])
-        else:
-            try:
-                assessment = assessments.get(index)
-                if assessment is not None and assessment.plan == _NOT_REACHED:
-                    rb = RollbackResult(step.mechanism, ok=True, detail="not reached before the interruption: nothing to restore")
-                elif assessment is not None:
-                    rb = cast(Restorable, handler).restore(host, pre, assessment, force)
-                else:
-                    rb = handler.rollback(host, pre)
-                if not isinstance(rb, RollbackResult):
-                    raise TypeError(f"{type(handler).__name__}.rollback returned {type(rb).__name__}")
-            except Exception as exc:
-                rb = RollbackResult(step.mechanism, ok=False, detail=_describe(exc))
-        if not rb.ok:
-            failures.append(f"{_step_name(index, step)}: {rb.detail or 'the handler gave no detail'}")
-        rollbacks.append(rb)
-    return rollbacks, failures
+    handlers = [None if pre is None else registry[step.mechanism] for step, pre in zip(entry.txn.steps, entry.pre_states)]
+    return locks.hosts(entry.txn.host), handlers
 
 
 def _remove_leftovers(host: Any, entry: JournalEntry) -> List[str]:
@@ -362,98 +280,49 @@ def _remove_leftovers(host: Any, entry: JournalEntry) -> List[str]:
 
 
 def _irreversible(entry: JournalEntry) -> List[str]:
-    return [_step_name(i, step) for i, (step, pre) in enumerate(zip(entry.txn.steps, entry.pre_states)) if pre is None]
+    return [step_name(i, step) for i, (step, pre) in enumerate(zip(entry.txn.steps, entry.pre_states)) if pre is None]
 
 
-def _outcome(
-    txn: Transaction,
-    done: Status,
-    rollbacks: List[RollbackResult],
-    failures: List[str],
-    irreversible: List[str],
-    timings: Dict[Phase, float],
-    what: str,
-) -> TransactionResult:
-    if failures:
-        message = (
-            f"{what}: {len(failures)} of {len(rollbacks)} restores failed, the host is not in its pre-state "
-            f"(first: {failures[0]}); the pre-states stay in the journal for a manual restore"
-        )
-        error: Optional[TransactionError] = TransactionError(RollbackFailedError.__name__, message, Phase.ROLLBACK)
-        status, unchanged = Status.ROLLBACK_FAILED, False
-    elif irreversible:
-        message = (
-            f"{what}: every captured step was restored, but {', '.join(irreversible)} cannot be reversed "
-            "and may have changed the host; check it by hand"
-        )
-        error = TransactionError(NotCapturableError.__name__, message, Phase.ROLLBACK)
-        status, unchanged = Status.PARTIALLY_APPLIED, False
-    else:
-        # Later edits kept around a reverted change leave the host unlike its pre-state.
-        error, status, unchanged = None, done, not any(rb.kept for rb in rollbacks)
-    return TransactionResult(txn.id, txn.rule, txn.host, status, unchanged, timings, (), tuple(rollbacks), error)
-
-
-def _recorded(
-    write: Callable[[str, TransactionResult], None], result: TransactionResult, timings: Dict[Phase, float], what: str
-) -> TransactionResult:
-    """Journal ``result``; a result the journal does not hold is returned as errored, never as done."""
-    start = _perf()
-    try:
-        write(result.txn_id, result)
-    except Exception as exc:
-        message = f"the journal could not record the {what} ({result.status.value}): {_describe(exc)}"
-        result = replace(result, status=Status.ERRORED, error=TransactionError(type(exc).__name__, message, Phase.COMMIT))
-    timings[Phase.COMMIT] = _perf() - start
-    return replace(result, timings=timings)
-
-
-def _recorder(engine: Engine, txn: Transaction) -> PhaseRecorder:
-    try:
-        return engine.audit.transaction(txn.id, txn.rule, txn.host)
-    except Exception as exc:
-        engine._audit_failed(exc)
-        return _NOOP_RECORDER
-
-
-def _conclude(engine: Engine, rec: PhaseRecorder, result: TransactionResult) -> TransactionResult:
+def _conclude(trail: Trail, rec: Any, result: TransactionResult) -> TransactionResult:
     # Success here means the host is back in its pre-state.
-    return engine._terminal(rec, result, result.host_unchanged and result.status is not Status.ERRORED)
+    return trail.terminal(rec, result, result.host_unchanged and result.status is not Status.ERRORED)
 
 
 # --- recovery ------------------------------------------------------------------------
 
 
-def recover_interrupted(engine: Engine) -> List[TransactionResult]:
+def recover_interrupted(registry: Registry, journal: Any, trail: Trail, locks: Locks) -> List[TransactionResult]:
     """Reverse every interrupted transaction, newest first; see the module docstring."""
-    journal = _journal_of(engine, "recover interrupted transactions")
+    store = _journal_of(journal, "recover interrupted transactions")
     results: List[TransactionResult] = []
-    with _exclusive_lock(journal):
-        for entry in reversed(list(journal.interrupted())):
-            with engine._hold_host(entry.txn.host):
-                results.append(_recover_one(engine, journal, entry))
+    with locks.exclusive_run():
+        for entry in reversed(list(store.interrupted())):
+            with locks.writer(entry.txn.host):
+                results.append(_recover_one(registry, store, trail, locks, entry))
     return results
 
 
-def _recover_one(engine: Engine, journal: RecoveryJournal, entry: JournalEntry) -> TransactionResult:
+def _recover_one(
+    registry: Registry, journal: RecoveryJournal, trail: Trail, locks: Locks, entry: JournalEntry
+) -> TransactionResult:
     txn = entry.txn
-    rec = _recorder(engine, txn)
-    engine._boundary(rec, txn, Phase.STARTED, True)
+    rec = trail.recorder(txn)
+    trail.boundary(rec, txn, Phase.STARTED, True)
     timings: Dict[Phase, float] = {}
     start = _perf()
     try:
-        host, handlers = _resolve(engine, entry)
+        host, handlers = _resolve(registry, locks, entry)
         later = _later_changes(journal, entry)
     except Exception as exc:
         timings[Phase.PREFLIGHT] = _perf() - start
         message = (
             f"could not start recovering interrupted transaction {txn.id} (rule {txn.rule}, host {txn.host}): "
-            f"{_describe(exc)}; nothing was restored and it stays interrupted in the journal: "
+            f"{describe(exc)}; nothing was restored and it stays interrupted in the journal: "
             "fix the cause and recover again"
         )
         error = TransactionError(type(exc).__name__, message, Phase.PREFLIGHT)
         result = TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, False, timings, error=error)
-        return _conclude(engine, rec, result)
+        return _conclude(trail, rec, result)
     withheld = {
         index: f"not restored: {path} was changed after the interruption by {who}; restoring this pre-state "
         f"would undo that: check {path} by hand"
@@ -469,13 +338,13 @@ def _recover_one(engine: Engine, journal: RecoveryJournal, entry: JournalEntry) 
             )
     timings[Phase.PREFLIGHT] = _perf() - start
     start = _perf()
-    rollbacks, failures = _restore(txn, host, handlers, entry.pre_states, withheld, assessments)
+    rollbacks, failures = restore_steps(txn, host, handlers, entry.pre_states, withheld=withheld, assessments=assessments)
     failures += _remove_leftovers(host, entry)
     timings[Phase.ROLLBACK] = _perf() - start
-    engine._boundary(rec, txn, Phase.ROLLBACK, not failures)
+    trail.boundary(rec, txn, Phase.ROLLBACK, not failures)
     what = f"recovery of interrupted transaction {txn.id}"
-    result = _outcome(txn, Status.RECOVERED, rollbacks, failures, _irreversible(entry), timings, what)
-    return _conclude(engine, rec, _recorded(journal.record_recovery, result, timings, "recovery"))
+    result = rollback_outcome(txn, Status.RECOVERED, rollbacks, failures, _irreversible(entry), timings, what=what)
+    return _conclude(trail, rec, journaled(lambda done: journal.record_recovery(txn.id, done), result, "recovery"))
 
 
 # --- rollback by id ------------------------------------------------------------------
@@ -520,7 +389,7 @@ def _refuse_unless_committed(entry: JournalEntry, force: bool) -> None:
 
 
 def _drift(
-    engine: Engine, journal: RecoveryJournal, entry: JournalEntry, host: Any, assessments: Mapping[int, Assessment]
+    registry: Registry, journal: RecoveryJournal, entry: JournalEntry, host: Any, assessments: Mapping[int, Assessment]
 ) -> Tuple[List[str], List[str]]:
     """(names, reasons) of what changed since ``entry`` committed in a way a rollback would destroy.
 
@@ -535,45 +404,47 @@ def _drift(
         step = entry.txn.steps[index]
         if assessment.drift is Drift.CONFLICT:
             names.append(_name(step))
-            reasons.append(f"{_name(step)} ({_step_name(index, step)}): {'; '.join(assessment.details)}")
+            reasons.append(f"{_name(step)} ({step_name(index, step)}): {'; '.join(assessment.details)}")
     for index, step in enumerate(entry.txn.steps):
         if index in assessments:
             continue
         try:
-            holds = engine.registry[step.mechanism].validate(host, step.params)
+            holds = registry[step.mechanism].validate(host, step.params)
             why = "no longer holds what the transaction set"
         except Exception as exc:
-            holds, why = False, f"cannot be checked: {_describe(exc)}"
+            holds, why = False, f"cannot be checked: {describe(exc)}"
         if not holds:
             names.append(_name(step))
-            reasons.append(f"{_name(step)} ({_step_name(index, step)}) {why}")
+            reasons.append(f"{_name(step)} ({step_name(index, step)}) {why}")
     for index, (path, who) in sorted(_later_changes(journal, entry).items()):
         if index in assessments:
             continue
         if path not in names:
             names.append(path)
-            reasons.append(f"{path} ({_step_name(index, entry.txn.steps[index])}) was changed later by {who}")
+            reasons.append(f"{path} ({step_name(index, entry.txn.steps[index])}) was changed later by {who}")
     return names, reasons
 
 
-def rollback_committed(engine: Engine, txn_id: str, *, force: bool = False) -> TransactionResult:
+def rollback_committed(
+    registry: Registry, journal: Any, trail: Trail, locks: Locks, txn_id: str, *, force: bool = False
+) -> TransactionResult:
     """Reverse committed ``txn_id`` from its journaled pre-states; see the module docstring."""
-    journal = _journal_of(engine, f"roll back transaction {txn_id}")
-    with engine._shared_run_lock():
-        entry = journal.get(txn_id)
+    store = _journal_of(journal, f"roll back transaction {txn_id}")
+    with locks.shared_run():
+        entry = store.get(txn_id)
         _refuse_unless_committed(entry, force)
         txn = entry.txn
-        with engine._hold_host(txn.host):
+        with locks.writer(txn.host):
             try:
-                host, handlers = _resolve(engine, entry)
+                host, handlers = _resolve(registry, locks, entry)
             except Exception as exc:
                 raise RollbackRefusedError(
-                    f"cannot roll back transaction {txn.id} (rule {txn.rule}, host {txn.host}): {_describe(exc)}; "
+                    f"cannot roll back transaction {txn.id} (rule {txn.rule}, host {txn.host}): {describe(exc)}; "
                     "nothing was changed"
                 ) from exc
             assessments = _assess(host, entry, handlers, force)
             if not force:
-                names, reasons = _drift(engine, journal, entry, host, assessments)
+                names, reasons = _drift(registry, store, entry, host, assessments)
                 if names:
                     raise RollbackRefusedError(
                         f"cannot roll back transaction {txn.id} (rule {txn.rule}, host {txn.host}): the host drifted "
@@ -582,13 +453,13 @@ def rollback_committed(engine: Engine, txn_id: str, *, force: bool = False) -> T
                         "force=True (kensa rollback --force) to roll back anyway",
                         names,
                     )
-            rec = _recorder(engine, txn)
-            engine._boundary(rec, txn, Phase.STARTED, True)
+            rec = trail.recorder(txn)
+            trail.boundary(rec, txn, Phase.STARTED, True)
             timings: Dict[Phase, float] = {}
             start = _perf()
-            rollbacks, failures = _restore(txn, host, handlers, entry.pre_states, {}, assessments, force)
+            rollbacks, failures = restore_steps(txn, host, handlers, entry.pre_states, assessments=assessments, force=force)
             timings[Phase.ROLLBACK] = _perf() - start
-            engine._boundary(rec, txn, Phase.ROLLBACK, not failures)
+            trail.boundary(rec, txn, Phase.ROLLBACK, not failures)
             what = f"rollback of transaction {txn.id}"
-            result = _outcome(txn, Status.ROLLED_BACK, rollbacks, failures, _irreversible(entry), timings, what)
-            return _conclude(engine, rec, _recorded(journal.record_rollback, result, timings, "rollback"))
+            result = rollback_outcome(txn, Status.ROLLED_BACK, rollbacks, failures, _irreversible(entry), timings, what=what)
+            return _conclude(trail, rec, journaled(lambda done: store.record_rollback(txn.id, done), result, "rollback"))

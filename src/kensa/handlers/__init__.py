@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from kensa.engine.run import Handler
+from kensa.engine.protocols import Handler
 from kensa.handlers.audit_rule_set import AuditRuleSet
 from kensa.handlers.command_exec import CommandExec
 from kensa.handlers.config_append import ConfigAppend

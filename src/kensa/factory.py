@@ -1,0 +1,74 @@
+"""The production wiring: the only place the real parts meet the engine.
+
+:func:`default_engine` builds an :class:`~kensa.engine.Engine` from the built-in
+handlers, local hosts, the SQLite journal, the cross-process target locks and the
+kernel audit emitter. Each part is imported when it is called, so ``import
+kensa`` stays free of cffi and sqlite.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from kensa.engine.events import EventBus
+from kensa.engine.protocols import PhaseEmitter
+from kensa.engine.run import Engine
+from kensa.errors import WiringError
+
+__all__ = ["default_engine"]
+
+
+def default_engine(
+    journal_path: Optional[str] = None,
+    *,
+    audit: bool = True,
+    events: Optional[EventBus] = None,
+    target_lock_timeout: Optional[float] = None,
+) -> Engine:
+    """The production engine: built-in handlers, local hosts, SQLite journal, kernel audit.
+
+    Host keys are ``"localhost"`` (this machine, ``/``) or the absolute path of
+    a target root (:func:`kensa.hosts.resolve_host`); spellings of one target are
+    made one key (:func:`kensa.hosts.canonical_host_key`).
+    ``journal_path``: default :func:`kensa.journal.default_journal_path`.
+    ``audit=False`` turns kernel audit records off. Runs, rollbacks and
+    recovery hold a cross-process lock of their target
+    (:class:`kensa.hosts.TargetLocks`: root's in /run/kensa/targets, shared by every journal; else ``<journal>.targets/``), waiting
+    at most ``target_lock_timeout`` seconds (None: the default,
+    :data:`kensa.hosts.targetlock.DEFAULT_TIMEOUT`; ``float("inf")`` waits forever)
+    for another process's transaction on it. The parts are imported here,
+    so ``import kensa`` stays free of cffi and sqlite; a part that cannot be
+    imported raises :class:`WiringError` (an ImportError) naming it.
+    """
+    try:
+        from kensa.handlers import default_registry
+    except ImportError as exc:
+        raise WiringError(f"default_engine needs kensa.handlers.default_registry: {exc}; reinstall kensa") from exc
+    try:
+        from kensa.hosts.local import resolve_host
+    except ImportError as exc:
+        raise WiringError(f"default_engine needs kensa.hosts.resolve_host: {exc}; reinstall kensa") from exc
+    try:
+        from kensa.journal.store import SqliteJournal, default_journal_path
+    except ImportError as exc:
+        raise WiringError(f"default_engine needs kensa.journal.SqliteJournal: {exc}; reinstall kensa") from exc
+    emitter: Optional[PhaseEmitter] = None
+    if audit:
+        try:
+            from kensa.audit.emitter import open_emitter
+        except ImportError as exc:
+            raise WiringError(f"default_engine needs kensa.audit.open_emitter: {exc}; reinstall kensa") from exc
+        emitter = open_emitter()
+
+    try:
+        from kensa.hosts.targetlock import DEFAULT_TIMEOUT, TargetLocks, target_lock_directory
+    except ImportError as exc:
+        raise WiringError(f"default_engine needs kensa.hosts.TargetLocks: {exc}; reinstall kensa") from exc
+
+    path = journal_path if journal_path is not None else default_journal_path()
+    journal = SqliteJournal(path)
+    timeout = DEFAULT_TIMEOUT if target_lock_timeout is None else target_lock_timeout
+    locks = TargetLocks(target_lock_directory(path), timeout=timeout)
+    return Engine(
+        default_registry(), audit=emitter, journal=journal, hosts=resolve_host, events=events, target_lock=locks
+    )
