@@ -48,7 +48,7 @@ def _target(name: str, work: Path) -> Callable[[bytes], None]:
 
     with atheris.instrument_imports():
         import kensa.audit.emitter as audit, kensa.hosts.local as host, kensa.rules.load as rules
-        from kensa.model import KensaError
+        from kensa.errors import KensaError
 
     if name == "rules":
         def rules_one(data: bytes) -> None:

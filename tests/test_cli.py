@@ -261,3 +261,15 @@ def test_progress_bar_only_on_a_terminal() -> None:
     quiet.advance("x")
     quiet.finish()
     assert piped.getvalue() == ""
+
+
+def test_workers_on_one_target_says_it_has_no_effect(tmp_path: Path, journal: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--workers above 1 with one target is not silently ignored: stderr says its transactions run one after another."""
+    root = make_root(tmp_path)
+    code, _ = kensa_cli("--journal", journal, "--no-audit", "remediate", str(EXAMPLES), "--root", str(root),
+                        "--workers", "4", "--json")
+    assert code in (EXIT_OK, EXIT_NOT_APPLIED)
+    err = capsys.readouterr().err
+    assert "--workers 4 has no effect here" in err and str(root) in err
+    kensa_cli("--journal", journal, "--no-audit", "remediate", str(EXAMPLES), "--root", str(root), "--json")
+    assert "--workers" not in capsys.readouterr().err

@@ -165,7 +165,7 @@ SPECIAL_FILE_OPS = {
 SPECIAL_FILE_SCRIPT = """
 import sys
 from kensa.hosts.local import LocalHost
-from kensa.model import KensaError
+from kensa.errors import KensaError
 host, path = LocalHost(sys.argv[1]), sys.argv[2]
 try:
     {op}

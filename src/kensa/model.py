@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Tuple
-from kensa.errors import KensaError
 
 
 class Phase(str, enum.Enum):

@@ -52,7 +52,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple, Union
 
-from kensa.errors import AuditArgumentError, AuditError, KensaError, KernelStatusError
+from kensa.errors import AuditArgumentError, AuditError, KernelStatusError
 
 __all__ = [
     "AUDIT_USER",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from kensa.journal.store import AuditSequence, SqliteJournal
-from kensa.errors import AuditLogError, KensaError, SinceError
+from kensa.errors import AuditLogError, SinceError
 
 __all__ = [
     "AuditLogError",

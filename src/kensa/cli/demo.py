@@ -188,7 +188,8 @@ def _open_tap() -> Tuple[Optional[RecordTap], str]:
 
 def run_demo(out: TextIO, keep: bool = False, json_output: bool = False) -> int:
     import kensa.audit.emitter as audit
-    from kensa.cli.main import Target, printable, print_results, result_dict, transactions_for
+    from kensa.cli.plan import Target, transactions_for
+    from kensa.cli.render import print_results, printable, result_dict
     from kensa.factory import default_engine
     from kensa.hosts.local import LocalHost
     from kensa.rules.load import load_rules

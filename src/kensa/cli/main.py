@@ -30,13 +30,13 @@ import json
 import math
 import os
 import sys
-import threading
 from datetime import datetime, timedelta, timezone
-from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
 
 from kensa.errors import KensaError, UsageError
 from kensa._version import __version__
+from kensa.cli.plan import detect_capabilities, implementation_for, load, target_for, transactions_for
+from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
 from kensa.model import Status, Transaction, TransactionResult
 
 EXIT_OK = 0
@@ -46,129 +46,6 @@ EXIT_NEEDS_OPERATOR = 3
 
 _NEEDS_OPERATOR = {Status.PARTIALLY_APPLIED, Status.ROLLBACK_FAILED}
 _HELD = {Status.COMMITTED, Status.SKIPPED, Status.STAGED, Status.RECOVERED}
-
-
-# --- output --------------------------------------------------------------------
-
-
-def result_dict(result: TransactionResult) -> Dict[str, Any]:
-    """A JSON-ready view of a result."""
-    return {
-        "txn": result.txn_id,
-        "rule": result.rule,
-        "host": result.host,
-        "status": result.status.value,
-        "host_unchanged": result.host_unchanged,
-        "timings": {phase.value: seconds for phase, seconds in result.timings.items()},
-        "steps": [
-            {"mechanism": s.mechanism, "ok": s.ok, "changed": s.changed, "staged": s.staged, "detail": s.detail}
-            for s in result.steps
-        ],
-        "rollbacks": [{"mechanism": r.mechanism, "ok": r.ok, "detail": r.detail} for r in result.rollbacks],
-        "error": None
-        if result.error is None
-        else {"type": result.error.type, "message": result.error.message, "phase": result.error.phase.value},
-    }
-
-
-def printable(text: object) -> str:
-    """``text`` with control and other non-printable characters escaped.
-
-    Rule ids, paths, link targets and command output come from rule files and
-    target roots: printed raw, an escape sequence in them could rewrite what
-    an operator's terminal shows.
-    """
-    value = str(text)
-    if value.isprintable():
-        return value
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
-
-
-def print_table(rows: Sequence[Sequence[str]], header: Sequence[str], out: TextIO) -> None:
-    rows = [[printable(cell) for cell in row] for row in rows]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    # The last column is free text: never pad it.
-    widths[-1] = 0
-    for row in [header, *rows]:
-        out.write("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
-
-
-def result_detail(result: TransactionResult) -> str:
-    if result.error is not None:
-        return f"{result.error.phase.value}: {result.error.message}"
-    changed = [s.detail for s in result.steps if s.changed and s.detail]
-    return "; ".join(changed)
-
-
-class Progress:
-    """A one-line progress bar on a terminal; nothing when output is piped."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.done = 0
-        self.stream = stream
-        self.enabled = total > 1 and stream.isatty()
-        self._lock = threading.Lock()
-
-    def advance(self, label: str) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            self.done += 1
-            filled = int(30 * self.done / self.total)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {printable(label)[:40]:<40}")
-            self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * 80 + "\r")
-            self.stream.flush()
-
-
-# --- rules and targets ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where rules run: the host key the engine and audit records use, and its root."""
-
-    key: str
-    root: str
-
-
-def target_for(root: Optional[str]) -> Target:
-    if root is None:
-        return Target("localhost", "/")
-    path = os.path.abspath(root)
-    if not os.path.isdir(path):
-        raise UsageError(f"--root {root}: no such directory")
-    return Target("localhost" if path == "/" else path, path)
-
-
-def load(paths: Sequence[str]) -> List[Any]:
-    from kensa.rules.load import load_rules
-
-    for path in paths:
-        if not os.path.exists(path):
-            raise UsageError(f"{path}: no such rule file or directory")
-    return load_rules(paths)
-
-
-def detect_capabilities(host: Any) -> FrozenSet[str]:
-    """Capabilities that ``when`` gates of rules can name, detected in the target root."""
-    found = set()
-    probes = {
-        "sshd_config_d": "/etc/ssh/sshd_config.d",
-        "sysctl_d": "/etc/sysctl.d",
-        "audit_rules_d": "/etc/audit/rules.d",
-    }
-    for name, path in probes.items():
-        try:
-            if host.info(path) is not None:
-                found.add(name)
-        except KensaError:
-            pass  # an unreadable or refused probe path means the capability is absent
-    return frozenset(found)
 
 
 # --- commands -------------------------------------------------------------------
@@ -194,14 +71,6 @@ def _engine(args: argparse.Namespace) -> Any:
     from kensa.factory import default_engine
 
     return default_engine(journal_path=_journal_path(args), audit=not args.no_audit)
-
-
-def implementation_for(rule: Any, caps: FrozenSet[str]) -> Tuple[Any, str]:
-    """The implementation of ``rule`` to run here, or None and why not."""
-    impl = rule.select_implementation(caps)
-    if impl is None or not impl.supported:
-        return None, rule.unsupported_reason or "no implementation applies to this host"
-    return impl, ""
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
@@ -237,20 +106,6 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     return code
 
 
-def transactions_for(rules: Iterable[Any], target: Target, host: Any) -> Tuple[List[Transaction], List[Dict[str, Any]]]:
-    """Transactions for the supported rules, and rows for the unsupported ones."""
-    caps = detect_capabilities(host)
-    txns: List[Transaction] = []
-    unsupported: List[Dict[str, Any]] = []
-    for rule in rules:
-        impl, why_not = implementation_for(rule, caps)
-        if impl is None:
-            unsupported.append({"rule": rule.id, "status": "unsupported", "detail": why_not})
-            continue
-        txns.append(rule.to_transaction(target.key, impl))
-    return txns, unsupported
-
-
 def exit_code_for(results: Iterable[TransactionResult], unsupported: bool) -> int:
     """The exit code for these outcomes (see the module docstring)."""
     results = list(results)
@@ -279,12 +134,6 @@ def run_batch(engine: Any, txns: List[Transaction], workers: int, show_progress:
         progress.finish()
 
 
-def print_results(results: Sequence[TransactionResult], unsupported: Sequence[Mapping[str, Any]], out: TextIO) -> None:
-    rows = [(r.rule, r.status.value, "yes" if r.host_unchanged else "no", result_detail(r)) for r in results]
-    rows += [(u["rule"], u["status"], "yes", u["detail"]) for u in unsupported]
-    print_table(rows, ("RULE", "STATUS", "UNCHANGED", "DETAIL"), out)
-
-
 def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
     from kensa.hosts.local import LocalHost
 
@@ -295,6 +144,10 @@ def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
     if args.dry_run:
         return _dry_run(args, txns, unsupported, host, out)
     engine = _engine(args)
+    if args.workers > 1:
+        # Transactions on one target never overlap: say so rather than imply parallelism.
+        sys.stderr.write(f"kensa: note: --workers {args.workers} has no effect here: this run has one target, "
+                         f"{target.root}, and one target's transactions run one after another\n")
     results = run_batch(engine, txns, args.workers, show_progress=not args.json)
     if args.json:
         json.dump({"target": target.root, "results": [result_dict(r) for r in results], "unsupported": unsupported}, out, indent=2)
@@ -575,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rules", nargs="+", metavar="RULES", help="rule files or directories")
     p.add_argument("--root", metavar="DIR", help="target root (default: /)")
     p.add_argument("--dry-run", action="store_true", help="say what would run; change nothing")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="parallel transactions (different hosts only)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="hosts remediated at a time; one target's transactions always run one after another")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_remediate)
 

@@ -85,35 +85,17 @@ journal cannot record the outcome, the result returned is ``errored`` (phase
 
 from __future__ import annotations
 
-import contextlib
 import posixpath
 import time
-from dataclasses import replace
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    ContextManager,
-    Dict,
-    FrozenSet,
-    List,
-    Mapping,
-    Optional,
-    Protocol,
-    Sequence,
-    Set,
-    Tuple,
-    cast,
-)
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
-from kensa.errors import KensaError, NotCapturableError, RollbackFailedError, RollbackRefusedError
 from kensa.engine.locks import Locks
 from kensa.engine.protocols import Handler, RecoveryJournal, Restorable
 from kensa.engine.registry import Registry
 from kensa.engine.restore import NOT_REACHED, describe, journaled, restore_steps, rollback_outcome, step_name
 from kensa.engine.trail import Trail
 from kensa.errors import KensaError, RollbackRefusedError
-from kensa.model import Assessment, Drift, Phase, PreState, Status, Step, Transaction, TransactionError, TransactionResult
+from kensa.model import Assessment, Drift, Phase, PreState, Status, Step, TransactionError, TransactionResult
 
 if TYPE_CHECKING:
     from kensa.journal.store import JournalEntry

@@ -32,7 +32,7 @@ import shlex
 import operator
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from kensa.errors import AuditRuleError, KensaError
+from kensa.errors import AuditRuleError
 
 #: Options allowed after the first one, per rule kind.
 WATCH_OPTIONS = frozenset({"-p", "-k", "-F"})

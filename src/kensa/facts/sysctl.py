@@ -17,7 +17,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from kensa.errors import KensaError, SysctlKeyError
+from kensa.errors import SysctlKeyError
 
 PROC_SYS = "/proc/sys/"
 MAX_COMPONENTS = 32

@@ -40,7 +40,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from kensa.support.afterfork import reset_in_child
 from kensa.support.flocks import flock_holders
-from kensa.errors import KensaError, TargetLockError, TargetLockTimeout
+from kensa.errors import TargetLockError, TargetLockTimeout
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -119,7 +119,7 @@ from typing import (
     overload,
 )
 
-from kensa.errors import AuditSequenceError, InvalidJournalQuery, JournalCorruptError, JournalEntryNotFound, JournalError, JournalLockTimeout, JournalNotFound, KensaError
+from kensa.errors import AuditSequenceError, InvalidJournalQuery, JournalCorruptError, JournalEntryNotFound, JournalError, JournalLockTimeout, JournalNotFound
 from kensa._version import __version__
 from kensa.support.flocks import flock_holders
 from kensa.model import (

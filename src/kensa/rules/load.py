@@ -83,7 +83,7 @@ from typing import (
 
 import yaml
 
-from kensa.errors import AuditRuleError, KensaError, RuleError, SysctlKeyError
+from kensa.errors import AuditRuleError, RuleError, SysctlKeyError
 from kensa.facts.auditrules import rule_options
 from kensa.model import Step, Transaction
 from kensa.facts.sysctl import sysctl_path

@@ -1,0 +1,91 @@
+"""What the command prints: tables, JSON views of results, a progress bar, and
+text made safe for a terminal."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, Mapping, Sequence, TextIO
+
+from kensa.model import TransactionResult
+
+__all__ = ["Progress", "print_results", "print_table", "printable", "result_detail", "result_dict"]
+
+
+def result_dict(result: TransactionResult) -> Dict[str, Any]:
+    """A JSON-ready view of a result."""
+    return {
+        "txn": result.txn_id,
+        "rule": result.rule,
+        "host": result.host,
+        "status": result.status.value,
+        "host_unchanged": result.host_unchanged,
+        "timings": {phase.value: seconds for phase, seconds in result.timings.items()},
+        "steps": [
+            {"mechanism": s.mechanism, "ok": s.ok, "changed": s.changed, "staged": s.staged, "detail": s.detail}
+            for s in result.steps
+        ],
+        "rollbacks": [{"mechanism": r.mechanism, "ok": r.ok, "detail": r.detail} for r in result.rollbacks],
+        "error": None
+        if result.error is None
+        else {"type": result.error.type, "message": result.error.message, "phase": result.error.phase.value},
+    }
+
+
+def printable(text: object) -> str:
+    """``text`` with control and other non-printable characters escaped.
+
+    Rule ids, paths, link targets and command output come from rule files and
+    target roots: printed raw, an escape sequence in them could rewrite what
+    an operator's terminal shows.
+    """
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
+def print_table(rows: Sequence[Sequence[str]], header: Sequence[str], out: TextIO) -> None:
+    rows = [[printable(cell) for cell in row] for row in rows]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    # The last column is free text: never pad it.
+    widths[-1] = 0
+    for row in [header, *rows]:
+        out.write("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
+
+
+def result_detail(result: TransactionResult) -> str:
+    if result.error is not None:
+        return f"{result.error.phase.value}: {result.error.message}"
+    changed = [s.detail for s in result.steps if s.changed and s.detail]
+    return "; ".join(changed)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; nothing when output is piped."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.enabled = total > 1 and stream.isatty()
+        self._lock = threading.Lock()
+
+    def advance(self, label: str) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self.done += 1
+            filled = int(30 * self.done / self.total)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {printable(label)[:40]:<40}")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * 80 + "\r")
+            self.stream.flush()
+
+
+def print_results(results: Sequence[TransactionResult], unsupported: Sequence[Mapping[str, Any]], out: TextIO) -> None:
+    rows = [(r.rule, r.status.value, "yes" if r.host_unchanged else "no", result_detail(r)) for r in results]
+    rows += [(u["rule"], u["status"], "yes", u["detail"]) for u in unsupported]
+    print_table(rows, ("RULE", "STATUS", "UNCHANGED", "DETAIL"), out)
