@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from conftest import decode_value, parse_fields, require_audit
 import kensa.audit.emitter as audit
-import kensa.audit.emitter as audit
 from kensa.audit.emitter import MAX_BODY, encode_value, format_phase_record
 
 DATA = Path(__file__).parent / "data"
@@ -140,6 +139,32 @@ def test_import_kensa_without_the_extension() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["NoopEmitter", "False", "no_extension", "no_extension"]
+
+
+def test_a_remediation_without_the_extension_warns_loudly(tmp_path: Path) -> None:
+    """An install without kensa._audit is not silent: the CLI and default_engine() say no records are written."""
+    rules = Path(__file__).resolve().parent.parent / "examples" / "rules"
+    root = tmp_path / "root"
+    root.mkdir()
+    cli = (
+        "import sys; sys.modules['kensa._audit'] = None\n"
+        "from kensa.cli import main\n"
+        f"sys.exit(main(['--journal', {str(tmp_path / 'j.db')!r}, 'remediate', {str(rules)!r}, '--root', {str(root)!r}]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True)
+    assert "kensa: warning: kensa writes no audit records" in out.stderr, out.stderr
+    assert "installed without its C extension" in out.stderr
+    api = (
+        "import sys, warnings; sys.modules['kensa._audit'] = None\n"
+        "import kensa\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    kensa.default_engine({str(tmp_path / 'k.db')!r})\n"
+        f"    kensa.default_engine({str(tmp_path / 'k.db')!r}, audit=False)\n"
+        "print(len(w), w[0].category.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", api], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "NoAuditExtensionWarning"]
 
 
 def test_kensa_audit_off_in_the_environment() -> None:

@@ -8,6 +8,7 @@ kensa`` stays free of cffi and sqlite.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 from kensa.engine.events import EventBus
@@ -15,7 +16,11 @@ from kensa.engine.protocols import PhaseEmitter
 from kensa.engine.run import Engine
 from kensa.errors import WiringError
 
-__all__ = ["default_engine"]
+__all__ = ["NoAuditExtensionWarning", "default_engine"]
+
+
+class NoAuditExtensionWarning(RuntimeWarning):
+    """default_engine was asked to audit, but this kensa was installed without kensa._audit."""
 
 
 def default_engine(
@@ -59,6 +64,16 @@ def default_engine(
         except ImportError as exc:
             raise WiringError(f"default_engine needs kensa.audit.open_emitter: {exc}; reinstall kensa") from exc
         emitter = open_emitter()
+        if getattr(emitter, "reason", "") == "no_extension":
+            # An install built without a compiler falls back to pure Python; pip shows
+            # that only with -v, so every engine that was asked to audit says it.
+            warnings.warn(
+                f"kensa writes no audit records: {getattr(emitter, 'detail', 'no C extension')}; this kensa was "
+                "installed without its C extension: install a C compiler and the Python headers, then "
+                "pip install --no-cache-dir --force-reinstall kensa (or install a kensa wheel)",
+                NoAuditExtensionWarning,
+                stacklevel=2,
+            )
 
     try:
         from kensa.hosts.targetlock import DEFAULT_TIMEOUT, TargetLocks, target_lock_directory

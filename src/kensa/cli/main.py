@@ -30,6 +30,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
 
@@ -68,9 +69,14 @@ def _existing_journal(args: argparse.Namespace) -> str:
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from kensa.factory import default_engine
+    from kensa.factory import NoAuditExtensionWarning, default_engine
 
-    return default_engine(journal_path=_journal_path(args), audit=not args.no_audit)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NoAuditExtensionWarning)
+        engine = default_engine(journal_path=_journal_path(args), audit=not args.no_audit)
+    for warning in caught:
+        sys.stderr.write(f"kensa: warning: {warning.message}\n")
+    return engine
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
