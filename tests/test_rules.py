@@ -686,3 +686,76 @@ def test_a_fifo_among_rule_files_is_refused_without_blocking(tmp_path: Path) -> 
     os.mkfifo(tmp_path / "pipe.yml")
     with pytest.raises(RuleError, match=r"pipe.yml: cannot read rule file: not a regular file \(a FIFO\)"):
         load_rules([tmp_path])
+
+
+# --- the loader and the handlers read a step's fields with one schema --------------
+
+SAME_VERDICT = [
+    # mechanism fields, whether both the loader and the handler take them
+    ({"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": "Match", "value": "all"}, False),
+    ({"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": "match", "value": "User bob"}, False),
+    ({"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}, True),
+    ({"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": "Port#x", "value": "22"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "0644"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "644"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "4755"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "7"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "00644"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "0o644"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "0O644"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": " 644"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "6_44"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "+644"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "10000"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "u=rw"}, False),
+    ({"mechanism": "file_content", "path": "/etc/motd", "content": "x\n", "mode": "0o600"}, False),
+]
+
+
+@pytest.mark.parametrize("fields, accepted", SAME_VERDICT, ids=[f"{f['mechanism']}-{f.get('key', f.get('mode'))!r}" for f, _ in SAME_VERDICT])
+def test_loader_and_handler_agree_on_a_steps_fields(tmp_path: Path, fields: dict[str, str], accepted: bool) -> None:
+    """A step's fields load exactly when its handler takes them at run time: chmod's numeric
+    modes (octal digits up to 07777, leading zeros allowed) and no other spelling ('0o644' is
+    Python's, '+644' is chmod's "add these bits"); sshd_config's 'Match' starts a conditional
+    block and cannot be set as a key. So a rule that loads cannot end errored for its fields."""
+    import kensa.handlers as handlers
+    from kensa.hosts.local import LocalHost
+
+    inline = ", ".join(f"{name}: {value!r}" for name, value in fields.items())
+    text = f"id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n    remediation: {{{inline}}}\n"
+    try:
+        rule = parse_rule(text, "r.yml")
+        assert rule.supported, rule.unsupported_reason
+        loaded = True
+    except RuleError as exc:
+        field = next(name for name in fields if f"remediation.{name}'" in str(exc))
+        assert str(exc).startswith("r.yml:6: field 'implementations[0].remediation."), exc
+        assert field in ("key", "mode")
+        loaded = False
+    root = tmp_path / "root"
+    (root / "etc" / "ssh").mkdir(parents=True)
+    for name in ("issue", "motd", "ssh/sshd_config"):
+        (root / "etc" / name).write_text("")
+    params = {name: value for name, value in fields.items() if name != "mechanism"}
+    try:
+        handlers.default_registry()[fields["mechanism"]].validate(LocalHost(str(root)), params)
+        taken = True
+    except handlers.ParamError:
+        taken = False
+    assert (loaded, taken) == (accepted, accepted)
+
+
+def test_match_key_error_says_why() -> None:
+    """Setting 'Match' as a config_set key is refused with the reason: it opens a conditional block."""
+    text = MINIMAL.replace(
+        "{mechanism: file_absent, path: /x}", "{mechanism: config_set, path: /etc/ssh/sshd_config, key: Match, value: all}"
+    )
+    with pytest.raises(RuleError, match=r"<string>:6: field 'implementations\[0\]\.remediation\.key': .*conditional block"):
+        parse_rule(text)
+
+
+def test_python_prefixed_mode_error_says_how_to_write_it() -> None:
+    """A '0o644' mode is refused naming chmod's spelling to use instead."""
+    text = MINIMAL.replace("{mechanism: file_absent, path: /x}", "{mechanism: file_permissions, path: /x, mode: '0o644'}")
+    with pytest.raises(RuleError, match=r"remediation\.mode': '0o644' .*'0644'"):
+        parse_rule(text)
