@@ -728,11 +728,12 @@ SAME_VERDICT = [
     ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "10000"}, False),
     ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "u=rw"}, False),
     ({"mechanism": "file_content", "path": "/etc/motd", "content": "x\n", "mode": "0o600"}, False),
+    ({"mechanism": "audit_rule_set", "rule": ["-w /etc/passwd -p wa -k id", "-w /etc/shadow -p wa -k id"]}, True),
 ]
 
 
 @pytest.mark.parametrize("fields, accepted", SAME_VERDICT, ids=[f"{f['mechanism']}-{f.get('key', f.get('mode'))!r}" for f, _ in SAME_VERDICT])
-def test_loader_and_handler_agree_on_a_steps_fields(tmp_path: Path, fields: dict[str, str], accepted: bool) -> None:
+def test_loader_and_handler_agree_on_a_steps_fields(tmp_path: Path, fields: dict[str, Any], accepted: bool) -> None:
     """A step's fields load exactly when its handler takes them at run time: chmod's numeric
     modes (octal digits up to 07777, leading zeros allowed) and no other spelling ('0o644' is
     Python's, '+644' is chmod's "add these bits"); sshd_config's 'Match' starts a conditional
@@ -752,6 +753,7 @@ def test_loader_and_handler_agree_on_a_steps_fields(tmp_path: Path, fields: dict
         loaded = False
     root = tmp_path / "root"
     (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "etc" / "audit" / "rules.d").mkdir(parents=True)
     for name in ("issue", "motd", "ssh/sshd_config"):
         (root / "etc" / name).write_text("")
     params = {name: value for name, value in fields.items() if name != "mechanism"}
@@ -777,3 +779,17 @@ def test_python_prefixed_mode_error_says_how_to_write_it() -> None:
     text = MINIMAL.replace("{mechanism: file_absent, path: /x}", "{mechanism: file_permissions, path: /x, mode: '0o644'}")
     with pytest.raises(RuleError, match=r"remediation\.mode': '0o644' .*'0644'"):
         parse_rule(text)
+
+
+def test_a_checks_fields_are_read_by_its_methods_schema() -> None:
+    """A check's fields are validated by the check method's own schema: a '0o644' mode in a
+    file_permission check is refused at its field, as the check would refuse it at run time."""
+    import kensa.checks as checks
+
+    text = MINIMAL.replace(
+        "  - default: true\n", "  - default: true\n    check: {method: file_permission, path: /x, mode: '0o644'}\n"
+    )
+    with pytest.raises(RuleError, match=r"<string>:6: field 'implementations\[0\]\.check\.mode': '0o644' is Python's"):
+        parse_rule(text)
+    with pytest.raises(handlers.ParamError, match="file_permission: mode '0o644' is Python's"):
+        checks.CHECKS["file_permission"].evaluate(None, {"path": "/x", "mode": "0o644"})

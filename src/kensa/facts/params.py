@@ -42,7 +42,7 @@ def as_text(value: Any) -> None:
         if isinstance(value, (bool, int, float)) or value is None:
             shown = "null" if value is None else type(value).__name__
             hint = f"; quote it (YAML read the unquoted text as {shown} {value!r})"
-        raise ParamError(f"expected a string, got {_type_name(value)}{hint}")
+        raise ParamError(f"expected a string, got {type_name(value)}{hint}")
 
 
 def as_given(value: Any) -> None:
@@ -118,7 +118,8 @@ class Schema:
 # --- field readers -------------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The YAML-ish name of a value's type, for messages: null, bool, int, str, list, mapping."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -134,7 +135,7 @@ def _quoted(value: Any) -> str:
 
 def _string(value: Any) -> str:
     if not isinstance(value, str):
-        raise ParamError(f"must be a string, got {_type_name(value)} {value!r}")
+        raise ParamError(f"must be a string, got {type_name(value)} {value!r}")
     if "\x00" in value:
         raise ParamError("contains a NUL character")
     return value
@@ -199,7 +200,7 @@ def mode(value: Any) -> int:
             raise ParamError(f"{value!r} is outside 0..0o7777")
         return value
     if not isinstance(value, str):
-        raise ParamError(f'must be an octal string such as "0644", got {_type_name(value)} {value!r}')
+        raise ParamError(f'must be an octal string such as "0644", got {type_name(value)} {value!r}')
     if value[:2].lower() == "0o" and _MODE.fullmatch(value[2:]):
         raise ParamError(f"{_quoted(value)} is Python's spelling; write chmod's: '0{value[2:].lstrip('0') or '0'}'")
     if not _MODE.fullmatch(value):

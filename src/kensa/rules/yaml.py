@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 
 from kensa.errors import RuleError
+from kensa.facts.params import type_name
 
 __all__ = ["MAX_NESTING_DEPTH", "MAX_RULE_FILE_BYTES", "Document", "FieldPath", "format_field", "read_document", "type_name"]
 
@@ -36,20 +37,11 @@ _NO_KEY = object()
 
 
 def format_field(path: FieldPath) -> str:
+    """A field path as rule errors show it: ``implementations[0].remediation.mode``."""
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text
-
-
-def type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, dict):
-        return "mapping"
-    return type(value).__name__
 
 
 class _Frame:
