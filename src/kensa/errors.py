@@ -125,7 +125,7 @@ class AuditSequenceError(JournalError, ValueError):
     """Audit sequence numbers given to the journal are malformed; nothing was written."""
 
 
-# Raised by kensa.rules.load
+# Raised by kensa.rules
 
 class RuleError(KensaError, ValueError):
     """A rule file is malformed, unreadable, or clashes with another rule."""

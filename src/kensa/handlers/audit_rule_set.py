@@ -1,24 +1,21 @@
 """audit_rule_set: audit rules are persisted in a rules file and loaded in the kernel.
 
 Rules are ``-w`` watch or ``-a``/``-A`` syscall rule lines made only of the options
-:mod:`kensa.auditrules` allows for that kind; anything else (``-D``, ``-e``, ``-f``,
+:mod:`kensa.facts.auditrules` allows for that kind; anything else (``-D``, ``-e``, ``-f``,
 ``-b``, deletions), first on the line or after a rule, is refused, since every
 option on a line reaches auditctl and a control option could wipe, lock or arm
 the whole audit configuration.
 
 Rules that silence audit itself (an exclude rule that can match kensa's own
 AUDIT_USER records, ``never`` on the task list, ...; see
-:func:`kensa.auditrules.silencing_reason`) are refused before anything is
+:func:`kensa.facts.auditrules.silencing_reason`) are refused before anything is
 captured or written, unless the step says it means it with
 ``allow_silencing: true``. Checking whether such a rule is present is allowed:
 only writing it is refused.
 
-Comparing rules: ``auditctl -l`` prints a rule in its own canonical spelling
-(``-k x`` on a syscall rule becomes ``-F key=x``, several ``-S`` merge into one
-comma list, a watch's trailing slash and permission order change). Whether a rule
-is already present, in the file or in the kernel, is decided on a normalised
-identity (option kinds, paths, permission sets, syscall sets, fields, keys).
-Rollback never trusts that normalisation to delete anything: it deletes only the
+Whether a rule is already present, in the file or in the kernel, is decided on
+the normalised identity of :func:`kensa.facts.auditrules.rule_identity`, under
+which auditctl's own spellings compare equal. Rollback never trusts that normalisation to delete anything: it deletes only the
 lines of ``auditctl -l`` that were not listed at capture time and whose identity
 is one of the rules this step loaded, using the kernel's own spelling, then
 verifies that the listing equals the captured one exactly.

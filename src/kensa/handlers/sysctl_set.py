@@ -1,7 +1,7 @@
 """sysctl_set: a kernel parameter has a value now (under /proc/sys) and after reboot.
 
 The runtime value lives in the target root's /proc/sys file the key names, read
-as sysctl(8) reads it (:mod:`kensa.sysctlkeys`: dots or, for components that
+as sysctl(8) reads it (:mod:`kensa.facts.sysctl`: dots or, for components that
 contain dots such as VLAN interface names, slashes). The persisted
 value is a ``key = value`` line in ``persist_file``, by default
 ``/etc/sysctl.d/99-kensa-<key>.conf`` inside the root. Values compare with their
