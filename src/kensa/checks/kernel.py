@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from kensa.checks.method import CheckMethod
+from kensa.errors import ParamError
 from kensa.facts.auditrules import DEFAULT_PERSIST_FILE, audit_rules, rules_hold
 from kensa.facts.params import Field, Schema, as_given, scalar_line
 from kensa.facts.sysctl import sysctl_key, sysctl_path
+
+
+def _expected(value: Any) -> str:
+    found = scalar_line(value)
+    if not found.strip():
+        raise ParamError("must not be empty")
+    return found
 
 
 def _sysctl_value(host: Any, fields: Mapping[str, Any]) -> bool:
@@ -18,7 +26,7 @@ def _sysctl_value(host: Any, fields: Mapping[str, Any]) -> bool:
 
 METHODS = (
     CheckMethod(
-        Schema("sysctl_value", {"key": Field(sysctl_key, required=True), "expected": Field(scalar_line, required=True)}),
+        Schema("sysctl_value", {"key": Field(sysctl_key, required=True), "expected": Field(_expected, required=True)}),
         _sysctl_value,
     ),
     CheckMethod(
