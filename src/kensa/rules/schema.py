@@ -219,42 +219,34 @@ def _one_or_many(
     return [(path + (list_field, i), entry) for i, entry in enumerate(entries)]
 
 
-def parse_checks(
-    doc: Document, path: FieldPath, value: Any, methods: AbstractSet[str]
-) -> Tuple[Check, ...]:
-    checks = []
-    for entry_path, entry in _one_or_many(doc, path, value, "checks", "method", "a check"):
-        method, params, reasons = _parse_entry(
-            doc,
-            entry_path,
-            entry,
-            "method",
-            "check method",
-            methods,
-            KENSA_CHECK_METHODS | SUPPORTED_CHECK_METHODS,
-            CHECK_SCHEMAS,
-        )
-        checks.append(Check(method, params, supported=not reasons, unsupported_reason="; ".join(reasons)))
-    return tuple(checks)
+_KINDS = {
+    # list field, name field, what, the kind in messages, names known but not built, schemas
+    "check": ("checks", "method", "a check", "check method", KENSA_CHECK_METHODS | SUPPORTED_CHECK_METHODS, CHECK_SCHEMAS),
+    "remediation": ("steps", "mechanism", "a remediation", "mechanism", KENSA_MECHANISMS | SUPPORTED_MECHANISMS, MECHANISM_SCHEMAS),
+}
+
+
+def _entries(
+    doc: Document, path: FieldPath, value: Any, kind: str, supported: AbstractSet[str]
+) -> List[Tuple[str, Dict[str, Any], List[str]]]:
+    list_field, name_field, what, named, known, schemas = _KINDS[kind]
+    return [
+        _parse_entry(doc, entry_path, entry, name_field, named, supported, known, schemas)
+        for entry_path, entry in _one_or_many(doc, path, value, list_field, name_field, what)
+    ]
+
+
+def parse_checks(doc: Document, path: FieldPath, value: Any, methods: AbstractSet[str]) -> Tuple[Check, ...]:
+    """A ``check``: one method with its fields, or ``checks: [...]``."""
+    return tuple(
+        Check(method, params, supported=not reasons, unsupported_reason="; ".join(reasons))
+        for method, params, reasons in _entries(doc, path, value, "check", methods)
+    )
 
 
 def parse_remediation(
     doc: Document, path: FieldPath, value: Any, mechanisms: AbstractSet[str]
 ) -> Tuple[Tuple[Step, ...], List[str]]:
-    steps = []
-    all_reasons: List[str] = []
-    for entry_path, entry in _one_or_many(doc, path, value, "steps", "mechanism", "a remediation"):
-        mechanism, params, reasons = _parse_entry(
-            doc,
-            entry_path,
-            entry,
-            "mechanism",
-            "mechanism",
-            mechanisms,
-            KENSA_MECHANISMS | SUPPORTED_MECHANISMS,
-            MECHANISM_SCHEMAS,
-        )
-        steps.append(Step(mechanism, params))
-        all_reasons += reasons
-    return tuple(steps), all_reasons
-
+    """A ``remediation``: its steps, and why it is unsupported (empty when it is not)."""
+    entries = _entries(doc, path, value, "remediation", mechanisms)
+    return tuple(Step(name, params) for name, params, _ in entries), [r for _, _, reasons in entries for r in reasons]
