@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
 
-import kensa.rules.load as rules
+import kensa.rules.yaml as rules_yaml
 from kensa.errors import RuleError
 from kensa.rules.load import Rule, parse_rule
 
@@ -90,7 +90,7 @@ def _replace_value(seed: bytes, value: Any) -> str:
 
 
 def _parse(data: Any, loader: Any) -> str:
-    rules._LOADER = loader
+    rules_yaml._LOADER = loader
     signal.alarm(HANG_SECONDS)
     try:
         result = parse_rule(data, "fuzz.yml")
@@ -110,7 +110,7 @@ def run(ctx: Context) -> Section:
     outcomes: Dict[Tuple[str, str], int] = {}
     slowest: Dict[str, float] = {}
     problems: List[str] = []
-    original_loader = rules._LOADER
+    original_loader = rules_yaml._LOADER
     previous = signal.signal(signal.SIGALRM, _alarm)
 
     @settings(max_examples=ctx.size.rule_examples, deadline=None, database=None,
@@ -131,7 +131,7 @@ def run(ctx: Context) -> Section:
     except Exception as exc:  # the falsifying example is in reports
         problems.append(f"{type(exc).__name__}: {str(exc)[:500]}; {' '.join(map(str, reports))[-1500:]}")
     finally:
-        rules._LOADER = original_loader
+        rules_yaml._LOADER = original_loader
         signal.signal(signal.SIGALRM, previous)
     kinds = sorted({k for k, _ in outcomes})
     results = ["RuleError", "unsupported rule", "supported rule"]

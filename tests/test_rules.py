@@ -13,7 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import kensa.handlers as handlers
 import kensa.rules.load as rules
+import kensa.rules.yaml as rules_yaml
 from kensa.errors import KensaError, RuleError
 from kensa.model import Step, Transaction
 from kensa.rules.load import (
@@ -39,9 +41,9 @@ def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     if request.param == "libyaml":
         if not hasattr(yaml, "CSafeLoader"):
             pytest.skip("PyYAML was built without libyaml")
-        monkeypatch.setattr(rules, "_LOADER", yaml.CSafeLoader)
+        monkeypatch.setattr(rules_yaml, "_LOADER", yaml.CSafeLoader)
     else:
-        monkeypatch.setattr(rules, "_LOADER", yaml.SafeLoader)
+        monkeypatch.setattr(rules_yaml, "_LOADER", yaml.SafeLoader)
     yield request.param
 
 
@@ -202,16 +204,34 @@ def test_load_rules_accepts_string_paths_and_explicit_files() -> None:
 
 def test_supported_mechanisms_match_the_handler_registry() -> None:
     """The loader's default mechanism names are exactly the built-in handlers' names."""
-    handlers = pytest.importorskip("kensa.handlers")
     assert {cls.name for cls in handlers.HANDLERS} == set(rules.SUPPORTED_MECHANISMS)
 
 
-def test_loader_does_not_import_handlers() -> None:
-    """Importing kensa.rules does not import the handler registry; the loader takes mechanism names."""
-    code = "import sys, kensa.rules; print(any(m.startswith('kensa.handlers') for m in sys.modules))"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "False"
+def test_handlers_and_checks_import_neither_rules_nor_engine() -> None:
+    """The registries sit below the rule loader: no module of kensa.handlers or kensa.checks
+    imports kensa.rules or kensa.engine, at its top or inside a function (the loader reads
+    the registries, never the reverse)."""
+    import ast
+
+    import kensa.checks as checks
+
+    upward = []
+    for package in (handlers, checks):
+        for source in sorted(Path(package.__file__).parent.glob("*.py")):
+            for node in ast.walk(ast.parse(source.read_text(), str(source))):
+                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                upward += [f"{source.name}: {name}" for name in names if name.startswith(("kensa.rules", "kensa.engine"))]
+    assert upward == []
+
+
+def test_supported_check_methods_match_the_checks_registry() -> None:
+    """The loader's default check methods are exactly the checks registry's names."""
+    import kensa.checks as checks
+
+    assert set(checks.CHECKS) == set(rules.SUPPORTED_CHECK_METHODS)
+    assert len(checks.CHECKS) == 8
 
 
 # --- unsupported rules: loaded and reported, not raised -------------------------
@@ -419,7 +439,6 @@ SYSCTL_KEYS = [
 @pytest.mark.parametrize("key, accepted", SYSCTL_KEYS, ids=[k for k, _ in SYSCTL_KEYS])
 def test_loader_and_handler_accept_the_same_sysctl_keys(key: str, accepted: bool) -> None:
     """The loader's sysctl key validation is the handler's: a key loads exactly when the handler takes it."""
-    handlers = pytest.importorskip("kensa.handlers")
     text = (
         "id: r\ntitle: t\nseverity: low\nimplementations:\n"
         f"  - default: true\n    remediation: {{mechanism: sysctl_set, key: '{key}', value: '1'}}\n"
@@ -686,3 +705,91 @@ def test_a_fifo_among_rule_files_is_refused_without_blocking(tmp_path: Path) -> 
     os.mkfifo(tmp_path / "pipe.yml")
     with pytest.raises(RuleError, match=r"pipe.yml: cannot read rule file: not a regular file \(a FIFO\)"):
         load_rules([tmp_path])
+
+
+# --- the loader and the handlers read a step's fields with one schema --------------
+
+SAME_VERDICT = [
+    # mechanism fields, whether both the loader and the handler take them
+    ({"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": "Match", "value": "all"}, False),
+    ({"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": "match", "value": "User bob"}, False),
+    ({"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}, True),
+    ({"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": "Port#x", "value": "22"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "0644"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "644"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "4755"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "7"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "00644"}, True),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "0o644"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "0O644"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": " 644"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "6_44"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "+644"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "10000"}, False),
+    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "u=rw"}, False),
+    ({"mechanism": "file_content", "path": "/etc/motd", "content": "x\n", "mode": "0o600"}, False),
+    ({"mechanism": "audit_rule_set", "rule": ["-w /etc/passwd -p wa -k id", "-w /etc/shadow -p wa -k id"]}, True),
+]
+
+
+@pytest.mark.parametrize("fields, accepted", SAME_VERDICT, ids=[f"{f['mechanism']}-{f.get('key', f.get('mode'))!r}" for f, _ in SAME_VERDICT])
+def test_loader_and_handler_agree_on_a_steps_fields(tmp_path: Path, fields: dict[str, Any], accepted: bool) -> None:
+    """A step's fields load exactly when its handler takes them at run time: chmod's numeric
+    modes (octal digits up to 07777, leading zeros allowed) and no other spelling ('0o644' is
+    Python's, '+644' is chmod's "add these bits"); sshd_config's 'Match' starts a conditional
+    block and cannot be set as a key. So a rule that loads cannot end errored for its fields."""
+    from kensa.hosts.local import LocalHost
+
+    inline = ", ".join(f"{name}: {value!r}" for name, value in fields.items())
+    text = f"id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n    remediation: {{{inline}}}\n"
+    try:
+        rule = parse_rule(text, "r.yml")
+        assert rule.supported, rule.unsupported_reason
+        loaded = True
+    except RuleError as exc:
+        field = next(name for name in fields if f"remediation.{name}'" in str(exc))
+        assert str(exc).startswith("r.yml:6: field 'implementations[0].remediation."), exc
+        assert field in ("key", "mode")
+        loaded = False
+    root = tmp_path / "root"
+    (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "etc" / "audit" / "rules.d").mkdir(parents=True)
+    for name in ("issue", "motd", "ssh/sshd_config"):
+        (root / "etc" / name).write_text("")
+    params = {name: value for name, value in fields.items() if name != "mechanism"}
+    try:
+        handlers.default_registry()[fields["mechanism"]].validate(LocalHost(str(root)), params)
+        taken = True
+    except handlers.ParamError:
+        taken = False
+    assert (loaded, taken) == (accepted, accepted)
+
+
+def test_match_key_error_says_why() -> None:
+    """Setting 'Match' as a config_set key is refused with the reason: it opens a conditional block."""
+    text = MINIMAL.replace(
+        "{mechanism: file_absent, path: /x}", "{mechanism: config_set, path: /etc/ssh/sshd_config, key: Match, value: all}"
+    )
+    with pytest.raises(RuleError, match=r"<string>:6: field 'implementations\[0\]\.remediation\.key': .*conditional block"):
+        parse_rule(text)
+
+
+def test_python_prefixed_mode_error_says_how_to_write_it() -> None:
+    """A '0o644' mode is refused naming chmod's spelling to use instead."""
+    text = MINIMAL.replace("{mechanism: file_absent, path: /x}", "{mechanism: file_permissions, path: /x, mode: '0o644'}")
+    with pytest.raises(RuleError, match=r"remediation\.mode': '0o644' .*'0644'"):
+        parse_rule(text)
+
+
+def test_a_checks_fields_are_read_by_its_methods_schema() -> None:
+    """A check's fields are validated by the check method's own schema: a '0o644' mode in a
+    file_permission check is refused at its field, as the check would refuse it at run time."""
+    import kensa.checks as checks
+
+    text = MINIMAL.replace(
+        "  - default: true\n", "  - default: true\n    check: {method: file_permission, path: /x, mode: '0o644'}\n"
+    )
+    with pytest.raises(RuleError, match=r"<string>:6: field 'implementations\[0\]\.check\.mode': '0o644' is Python's"):
+        parse_rule(text)
+    with pytest.raises(handlers.ParamError, match="file_permission: mode '0o644' is Python's"):
+        checks.CHECKS["file_permission"].evaluate(None, {"path": "/x", "mode": "0o644"})

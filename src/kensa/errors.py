@@ -125,7 +125,7 @@ class AuditSequenceError(JournalError, ValueError):
     """Audit sequence numbers given to the journal are malformed; nothing was written."""
 
 
-# Raised by kensa.rules.load
+# Raised by kensa.rules
 
 class RuleError(KensaError, ValueError):
     """A rule file is malformed, unreadable, or clashes with another rule."""
@@ -149,10 +149,19 @@ class SysctlKeyError(KensaError, ValueError):
     """A string is not a sysctl parameter name kensa accepts."""
 
 
-# Raised by kensa.handlers.params
+# Raised by kensa.facts.params, the handlers and the checks
 
 class ParamError(KensaError, ValueError):
-    """A step's parameters are missing or ill-typed; nothing was changed."""
+    """A step's or a check's parameters are missing or ill-typed; nothing was changed.
+
+    ``field`` names the parameter at fault ("" when no single one is), ``problem``
+    says what is wrong with it without the owner and field (the rule loader puts
+    its own file:line:field in front)."""
+
+    def __init__(self, message: str, field: str = "", problem: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.problem = problem or message
 
 
 # Raised by kensa.handlers.audit_rule_set

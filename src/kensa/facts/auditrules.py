@@ -22,17 +22,22 @@ list. A field does not make a ``never`` rule narrow: ``-F auid>=0`` or
 narrows. The handler refuses these unless the step sets
 ``allow_silencing: true``. ``-e 0`` (audit off) is a control line and is
 refused always.
-This module imports nothing from kensa but the model, so the rule loader can
-validate rule text without importing the handlers.
+Comparing rules (:func:`rule_identity`): ``auditctl -l`` prints a rule in its own
+canonical spelling (``-k x`` on a syscall rule becomes ``-F key=x``, several ``-S``
+merge into one comma list, a watch's trailing slash and permission order change),
+so whether a rule is present, in a rules file or in the kernel, is decided on a
+normalised identity. :func:`rules_hold` is what the ``audit_rule_set`` handler
+validates and the ``audit_rule_exists`` check evaluates.
 """
 
 from __future__ import annotations
 
+import errno
 import shlex
 import operator
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from kensa.errors import AuditRuleError
+from kensa.errors import AuditControlError, AuditRuleError, HostAccessError, ParamError
 
 #: Options allowed after the first one, per rule kind.
 WATCH_OPTIONS = frozenset({"-p", "-k", "-F"})
@@ -160,3 +165,113 @@ def silencing_reason(line: str) -> Optional[str]:
             )
         return f"'never' on the {filter_list} list turns off auditing of whatever it matches"
     return None
+
+
+DEFAULT_PERSIST_FILE = "/etc/audit/rules.d/99-kensa.rules"
+AUDITCTL_TIMEOUT = 30.0
+
+
+def rule_identity(line: str) -> Tuple[Any, ...]:
+    """A normalised form of a rule line under which auditctl's spellings compare equal."""
+    try:
+        pairs = rule_options(line)
+    except AuditRuleError as exc:
+        raise ParamError(f"audit_rule_set: {exc}", field="rule", problem=str(exc)) from None
+    kind = "w" if pairs[0][0] == "-w" else "a"
+    perms = "rwxa" if kind == "w" else ""
+    target: Tuple[str, ...] = ()
+    syscalls: List[str] = []
+    fields: List[str] = []
+    keys: List[str] = []
+    for option, arg in pairs:
+        if option == "-w":
+            target = (arg.rstrip("/") or "/",)
+        elif option in ("-a", "-A"):
+            target = tuple(sorted(arg.split(",")))
+        elif option == "-p":
+            perms = arg
+        elif option == "-S":
+            syscalls.extend(arg.split(","))
+        elif option == "-k":
+            keys.append(arg)
+        elif option == "-F" and arg.startswith("key="):
+            keys.append(arg[len("key="):])
+        else:
+            fields.append(f"{option} {arg}")
+    return (kind, target, "".join(sorted(set(perms))), tuple(sorted(set(syscalls))), tuple(sorted(fields)), tuple(keys))
+
+
+def identities(lines: Sequence[str]) -> List[Tuple[Any, ...]]:
+    """The identities of the rule lines among ``lines`` (comments, control lines and lines
+    kensa does not parse have none: they are never kensa's)."""
+    found = []
+    for line in lines:
+        try:
+            found.append(rule_identity(line))
+        except (ParamError, ValueError):
+            continue
+    return found
+
+
+def missing(rules: Sequence[str], present: Sequence[str]) -> List[str]:
+    """The lines of ``rules`` whose identity is not among ``present``."""
+    have = set(identities(present))
+    return [line for line in rules if rule_identity(line) not in have]
+
+
+def audit_rules(value: Any) -> List[str]:
+    """A ``rule`` field: one rule line, several lines, or a list of them, each made of
+    allowed options (blank and ``#`` lines skipped, repeats of one identity dropped)."""
+    if isinstance(value, str):
+        candidates = value.splitlines()
+    elif isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        candidates = list(value)
+    else:
+        raise ParamError(f"must be a rule line or a list of them, got {value!r}")
+    rules = [line.strip() for line in candidates if line.strip() and not line.strip().startswith("#")]
+    if not rules:
+        raise ParamError("holds no rule")
+    unique: Dict[Tuple[Any, ...], str] = {}
+    for line in rules:
+        try:
+            unique.setdefault(rule_identity(line), line)
+        except ParamError as exc:
+            raise ParamError(f"{exc.problem}; write one rule such as '-w /etc/shadow -p wa -k identity'") from None
+    return list(unique.values())
+
+
+def auditctl(host: Any, args: Sequence[str]) -> Tuple[int, str]:
+    """Run auditctl on ``host``: its exit status and output."""
+    done = host.run(["auditctl", *args], AUDITCTL_TIMEOUT)
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def kernel_rules(host: Any) -> Optional[Dict[str, Any]]:
+    """The kernel's audit state (``immutable``, the ``rules`` auditctl lists), or None when
+    the target is not the live host or audit cannot be controlled there."""
+    if not host.is_live:
+        return None
+    try:
+        code, status = auditctl(host, ["-s"])
+    except HostAccessError as exc:
+        if exc.errno == errno.ENOENT:  # auditctl is not installed
+            return None
+        raise
+    if code != 0:
+        return None
+    immutable = any(line.split() == ["enabled", "2"] for line in status.splitlines())
+    code, listing = auditctl(host, ["-l"])
+    if code != 0:
+        raise AuditControlError(f"auditctl -l failed: {listing}")
+    rules = [] if listing == "No rules" else [line for line in listing.splitlines() if line.strip()]
+    return {"immutable": immutable, "rules": rules}
+
+
+def rules_hold(host: Any, rules: Sequence[str], persist: str) -> bool:
+    """Whether every rule is in the rules file ``persist`` and, where kensa can see it, loaded."""
+    data = host.read_bytes(persist)
+    text = "" if data is None else data.decode("utf-8", "surrogateescape")
+    if missing(rules, text.splitlines()):
+        return False
+    kernel = kernel_rules(host)
+    return kernel is None or not missing(rules, kernel["rules"])

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import posixpath
 import re
+from typing import Any
 
-from kensa.errors import SysctlKeyError
+from kensa.errors import ParamError, SysctlKeyError
 
 PROC_SYS = "/proc/sys/"
 MAX_COMPONENTS = 32
@@ -49,3 +50,14 @@ def sysctl_path(key: str) -> str:
     if posixpath.normpath(path) != path or not path.startswith(PROC_SYS):
         raise SysctlKeyError(f"sysctl key {key!r} does not name a file below {PROC_SYS}")
     return path
+
+
+def sysctl_key(value: Any) -> str:
+    """A step's or check's ``key``: a string :func:`sysctl_path` accepts (a field reader)."""
+    if not isinstance(value, str):
+        raise ParamError(f"must be a string, got {type(value).__name__} {value!r}")
+    try:
+        sysctl_path(value)
+    except SysctlKeyError as exc:
+        raise ParamError(str(exc)[:300]) from None
+    return value

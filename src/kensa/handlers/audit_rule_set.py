@@ -1,24 +1,21 @@
 """audit_rule_set: audit rules are persisted in a rules file and loaded in the kernel.
 
 Rules are ``-w`` watch or ``-a``/``-A`` syscall rule lines made only of the options
-:mod:`kensa.auditrules` allows for that kind; anything else (``-D``, ``-e``, ``-f``,
+:mod:`kensa.facts.auditrules` allows for that kind; anything else (``-D``, ``-e``, ``-f``,
 ``-b``, deletions), first on the line or after a rule, is refused, since every
 option on a line reaches auditctl and a control option could wipe, lock or arm
 the whole audit configuration.
 
 Rules that silence audit itself (an exclude rule that can match kensa's own
 AUDIT_USER records, ``never`` on the task list, ...; see
-:func:`kensa.auditrules.silencing_reason`) are refused before anything is
+:func:`kensa.facts.auditrules.silencing_reason`) are refused before anything is
 captured or written, unless the step says it means it with
 ``allow_silencing: true``. Checking whether such a rule is present is allowed:
 only writing it is refused.
 
-Comparing rules: ``auditctl -l`` prints a rule in its own canonical spelling
-(``-k x`` on a syscall rule becomes ``-F key=x``, several ``-S`` merge into one
-comma list, a watch's trailing slash and permission order change). Whether a rule
-is already present, in the file or in the kernel, is decided on a normalised
-identity (option kinds, paths, permission sets, syscall sets, fields, keys).
-Rollback never trusts that normalisation to delete anything: it deletes only the
+Whether a rule is already present, in the file or in the kernel, is decided on
+the normalised identity of :func:`kensa.facts.auditrules.rule_identity`, under
+which auditctl's own spellings compare equal. Rollback never trusts that normalisation to delete anything: it deletes only the
 lines of ``auditctl -l`` that were not listed at capture time and whose identity
 is one of the rules this step loaded, using the kernel's own spelling, then
 verifies that the listing equals the captured one exactly.
@@ -30,16 +27,26 @@ persisted and a staged result (in effect after reboot).
 
 from __future__ import annotations
 
-import errno
 import shlex
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from kensa.errors import AuditControlError, AuditRuleError, HostAccessError, KensaError, ParamError
-from kensa.facts.auditrules import rule_options, silencing_reason
+from kensa.errors import KensaError, ParamError
+from kensa.facts.auditrules import (
+    DEFAULT_PERSIST_FILE,
+    audit_rules,
+    auditctl,
+    identities,
+    kernel_rules,
+    missing,
+    rule_identity,
+    rules_hold,
+    silencing_reason,
+)
+from kensa.facts.config import decode, encode
+from kensa.facts.params import Field, Schema, absolute_path, as_given, boolean, path_as_text
 from kensa.hosts.local import LocalHost
 from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
-from kensa.handlers.config_set import decode, encode
 from kensa.handlers.filestate import (
     Planned,
     Revert,
@@ -55,52 +62,19 @@ from kensa.handlers.filestate import (
     rollback_result,
     settled_files,
 )
-from kensa.handlers.params import require_path
 
-DEFAULT_PERSIST_FILE = "/etc/audit/rules.d/99-kensa.rules"
-AUDITCTL_TIMEOUT = 30.0
+__all__ = ["DEFAULT_PERSIST_FILE", "SCHEMA", "AuditRuleSet", "rule_identity"]
 
 _DELETE = {"-w": "-W", "-a": "-d", "-A": "-d"}
 
-
-def rule_identity(line: str) -> Tuple[Any, ...]:
-    """A normalised form of a rule line under which auditctl's spellings compare equal."""
-    try:
-        pairs = rule_options(line)
-    except AuditRuleError as exc:
-        raise ParamError(f"audit_rule_set: {exc}") from None
-    kind = "w" if pairs[0][0] == "-w" else "a"
-    perms = "rwxa" if kind == "w" else ""
-    target: Tuple[str, ...] = ()
-    syscalls: List[str] = []
-    fields: List[str] = []
-    keys: List[str] = []
-    for option, arg in pairs:
-        if option == "-w":
-            target = (arg.rstrip("/") or "/",)
-        elif option in ("-a", "-A"):
-            target = tuple(sorted(arg.split(",")))
-        elif option == "-p":
-            perms = arg
-        elif option == "-S":
-            syscalls.extend(arg.split(","))
-        elif option == "-k":
-            keys.append(arg)
-        elif option == "-F" and arg.startswith("key="):
-            keys.append(arg[len("key="):])
-        else:
-            fields.append(f"{option} {arg}")
-    return (kind, target, "".join(sorted(set(perms))), tuple(sorted(set(syscalls))), tuple(sorted(fields)), tuple(keys))
-
-
-def _identities(lines: Sequence[str]) -> List[Tuple[Any, ...]]:
-    found = []
-    for line in lines:
-        try:
-            found.append(rule_identity(line))
-        except (ParamError, ValueError):
-            continue  # comments, control lines and lines kensa does not parse are never ours
-    return found
+SCHEMA = Schema(
+    "audit_rule_set",
+    {
+        "rule": Field(audit_rules, required=True, written=as_given),
+        "persist_file": Field(absolute_path, written=path_as_text),
+        "allow_silencing": Field(boolean, written=as_given),
+    },
+)
 
 
 def merge_lines(text: str, lines: Sequence[str]) -> str:
@@ -118,7 +92,7 @@ def revert_rules(added: Sequence[str]) -> Revert:
         for line in added:
             wanted = rule_identity(line)
             for index in range(len(lines) - 1, -1, -1):
-                if _identities([lines[index]]) == [wanted]:
+                if identities([lines[index]]) == [wanted]:
                     del lines[index]
                     break
             else:
@@ -134,29 +108,14 @@ class AuditRuleSet:
     name = "audit_rule_set"
     capturable = True
 
+    schema = SCHEMA
+
     def _desired(self, params: Mapping[str, Any]) -> Tuple[List[str], str]:
-        raw = params.get("rule")
-        if isinstance(raw, str):
-            candidates = raw.splitlines()
-        elif isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
-            candidates = list(raw)
-        else:
-            raise ParamError(f"{self.name}: parameter 'rule' must be a rule line or a list of them, got {raw!r}")
-        rules = [line.strip() for line in candidates if line.strip() and not line.strip().startswith("#")]
-        if not rules:
-            raise ParamError(f"{self.name}: parameter 'rule' holds no rule")
-        unique: Dict[Tuple[Any, ...], str] = {}
-        for line in rules:
-            unique.setdefault(rule_identity(line), line)
-        rules = list(unique.values())
-        persist = require_path(self.name, params, "persist_file") if "persist_file" in params else DEFAULT_PERSIST_FILE
-        return rules, persist
+        read = SCHEMA.read(params)
+        return read["rule"], read["persist_file"] or DEFAULT_PERSIST_FILE
 
     def _refuse_silencing(self, params: Mapping[str, Any], rules: Sequence[str]) -> None:
-        allow = params.get("allow_silencing", False)
-        if not isinstance(allow, bool):
-            raise ParamError(f"{self.name}: allow_silencing must be true or false, got {allow!r}")
-        if allow:
+        if SCHEMA.read(params)["allow_silencing"]:
             return
         for line in rules:
             reason = silencing_reason(line)
@@ -166,57 +125,24 @@ class AuditRuleSet:
                     "if that is intended, set allow_silencing: true on the step"
                 )
 
-    # -- the kernel side -------------------------------------------------------
-
-    def _auditctl(self, host: LocalHost, args: Sequence[str]) -> Tuple[int, str]:
-        done = host.run(["auditctl", *args], AUDITCTL_TIMEOUT)
-        return done.returncode, (done.stdout + done.stderr).strip()
-
-    def _kernel(self, host: LocalHost) -> Optional[Dict[str, Any]]:
-        """The kernel's audit state, or None when it is not this step's to touch."""
-        if not host.is_live:
-            return None
-        try:
-            code, status = self._auditctl(host, ["-s"])
-        except HostAccessError as exc:
-            if exc.errno == errno.ENOENT:  # auditctl is not installed
-                return None
-            raise
-        if code != 0:
-            return None
-        immutable = any(line.split() == ["enabled", "2"] for line in status.splitlines())
-        code, listing = self._auditctl(host, ["-l"])
-        if code != 0:
-            raise AuditControlError(f"auditctl -l failed: {listing}")
-        rules = [] if listing == "No rules" else [line for line in listing.splitlines() if line.strip()]
-        return {"immutable": immutable, "rules": rules}
-
-    def _missing(self, rules: Sequence[str], present: Sequence[str]) -> List[str]:
-        have = set(_identities(present))
-        return [line for line in rules if rule_identity(line) not in have]
-
     # -- the protocol ----------------------------------------------------------------
 
     def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
-        rules, persist = self._desired(params)
-        if self._missing(rules, decode(host.read_bytes(persist)).splitlines()):
-            return False
-        kernel = self._kernel(host)
-        return kernel is None or not self._missing(rules, kernel["rules"])
+        return rules_hold(host, *self._desired(params))
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
         rules, persist = self._desired(params)
         self._refuse_silencing(params, rules)
         state = capture_file(host, persist)
-        lines_added = self._missing(rules, decode(state.get("content")).splitlines())
-        kernel = self._kernel(host)
+        lines_added = missing(rules, decode(state.get("content")).splitlines())
+        kernel = kernel_rules(host)
         state["post"] = post_state(state, encode(merge_lines(decode(state.get("content")), lines_added)))
         data: Dict[str, Any] = {"persist": state, "lines_added": lines_added, "kernel": None}
         if kernel is not None:
             data["kernel"] = {
                 "immutable": kernel["immutable"],
                 "before": kernel["rules"],
-                "rules_added": self._missing(rules, kernel["rules"]),
+                "rules_added": missing(rules, kernel["rules"]),
             }
         return PreState(self.name, params, data)
 
@@ -224,11 +150,11 @@ class AuditRuleSet:
         rules, persist = self._desired(params)
         self._refuse_silencing(params, rules)
         text = decode(host.read_bytes(persist))
-        lines = self._missing(rules, text.splitlines())
+        lines = missing(rules, text.splitlines())
         if lines:
             host.write_file(persist, encode(merge_lines(text, lines)))
         where = host.where(persist)
-        kernel = self._kernel(host)
+        kernel = kernel_rules(host)
         if kernel is None:
             if host.is_live:
                 return StepResult(self.name, ok=True, changed=bool(lines), staged=True,
@@ -238,8 +164,8 @@ class AuditRuleSet:
             return StepResult(self.name, ok=True, changed=bool(lines), staged=True,
                               detail=f"audit configuration is immutable (enabled 2): rules persisted in {where}, loaded at next boot")
         loaded = 0
-        for line in self._missing(rules, kernel["rules"]):
-            code, output = self._auditctl(host, shlex.split(line))
+        for line in missing(rules, kernel["rules"]):
+            code, output = auditctl(host, shlex.split(line))
             if code != 0 and "exists" not in output:
                 return StepResult(self.name, ok=False, changed=bool(lines or loaded), detail=f"auditctl {line}: {output}")
             loaded += code == 0
@@ -265,14 +191,14 @@ class AuditRuleSet:
         plans: List[Any] = [assess_file(host, state, state.get("post"), revert_rules(added))]
         kernel = pre.data["kernel"]
         if kernel is not None and not kernel["immutable"]:
-            now = self._kernel(host)
+            now = kernel_rules(host)
             if now is None:
                 plans.append(StatePlan(Drift.CONFLICT, ("audit is no longer available: cannot check the kernel's rules",)))
             else:
-                missing = self._missing(list(kernel["rules_added"]), now["rules"])
+                missing = missing(list(kernel["rules_added"]), now["rules"])
                 others = Counter(now["rules"]) - Counter(kernel["before"])
-                ours = set(_identities(list(kernel["rules_added"])))
-                foreign = [line for line in others.elements() if not ours.intersection(_identities([line]))]
+                ours = set(identities(list(kernel["rules_added"])))
+                foreign = [line for line in others.elements() if not ours.intersection(identities([line]))]
                 kept = (f"kept later kernel audit rules: {foreign}",) if foreign else ()
                 if len(missing) == len(kernel["rules_added"]):
                     plans.append(StatePlan(Drift.OUTSIDE, kept) if foreign else StatePlan(Drift.AT_PRE))
@@ -308,25 +234,25 @@ class AuditRuleSet:
     def _rollback_kernel(self, host: LocalHost, before: List[str], added: List[str], exact: bool = True) -> List[str]:
         problems = []
         try:
-            kernel = self._kernel(host)
+            kernel = kernel_rules(host)
             if kernel is None:
                 return ["audit is no longer available: cannot verify the kernel's rules"]
-            ours = set(_identities(added))
+            ours = set(identities(added))
             for line in (Counter(kernel["rules"]) - Counter(before)).elements():
-                if not ours.intersection(_identities([line])):
+                if not ours.intersection(identities([line])):
                     continue
                 tokens = shlex.split(line)
-                code, output = self._auditctl(host, [_DELETE[tokens[0]], *tokens[1:]])
+                code, output = auditctl(host, [_DELETE[tokens[0]], *tokens[1:]])
                 if code != 0:
                     problems.append(f"auditctl could not delete {line!r}: {output}")
-            kernel = self._kernel(host)
+            kernel = kernel_rules(host)
         except (KensaError, OSError, ValueError) as exc:
             return [f"restoring the kernel's audit rules failed: {exc}"]
         now = [] if kernel is None else kernel["rules"]
         if not exact:
             # Rules loaded since by someone else stay: only kensa's must be gone, and
             # nothing that was there before may be missing.
-            left = [line for line in added if line not in self._missing([line], now)]
+            left = [line for line in added if line not in missing([line], now)]
             gone = list((Counter(before) - Counter(now)).elements())
             if left or gone:
                 problems.append(f"after deleting kensa's rules: still loaded {left}, missing {gone}")

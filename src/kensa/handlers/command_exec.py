@@ -22,15 +22,45 @@ from __future__ import annotations
 import shlex
 import threading
 from collections import OrderedDict
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from kensa.errors import ParamError
 from kensa.hosts.local import LocalHost
 from kensa.model import PreState, RollbackResult, StepResult
-from kensa.handlers.params import require_str
+from kensa.facts.params import Field, Schema, as_given, seconds
 
 DEFAULT_TIMEOUT = 300.0
 _MAX_PENDING = 1024
+
+
+def command(value: Any) -> List[str]:
+    """A command line, split as a shell would into an argument list (no shell runs it)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ParamError(f"must be a non-empty string, got {value!r}")
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise ParamError(f"{value!r} cannot be split into arguments: {exc}") from None
+    if not argv:
+        raise ParamError(f"{value!r} holds no command")
+    return argv
+
+
+def _one_command(values: Dict[str, Any]) -> None:
+    if values["run"] is None and values["command"] is None:
+        raise ParamError("", field="run", problem="is required (the command to run; 'command' is its other name)")
+
+
+SCHEMA = Schema(
+    "command_exec",
+    {
+        "run": Field(command),
+        "command": Field(command),
+        "unless": Field(command),
+        "timeout": Field(seconds, written=as_given),
+    },
+    check=_one_command,
+)
 
 
 class CommandExec:
@@ -45,24 +75,16 @@ class CommandExec:
         # and params objects; holding them keeps their ids from being reused.
         self._runs = threading.local()
 
-    def _argv(self, params: Mapping[str, Any], key: str) -> List[str]:
-        text = require_str(self.name, params, key)
-        try:
-            argv = shlex.split(text)
-        except ValueError as exc:
-            raise ParamError(f"{self.name}: cannot split {key} {text!r}: {exc}") from exc
-        if not argv:
-            raise ParamError(f"{self.name}: {key} {text!r} is empty")
-        return argv
+    schema = SCHEMA
 
     def _command(self, params: Mapping[str, Any]) -> List[str]:
-        return self._argv(params, "run" if "run" in params else "command")
+        read = SCHEMA.read(params)
+        argv: List[str] = read["run"] if read["run"] is not None else read["command"]
+        return argv
 
     def _timeout(self, params: Mapping[str, Any]) -> float:
-        value = params.get("timeout", DEFAULT_TIMEOUT)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ParamError(f"{self.name}: timeout must be a positive number of seconds, got {value!r}")
-        return float(value)
+        timeout = SCHEMA.read(params)["timeout"]
+        return DEFAULT_TIMEOUT if timeout is None else float(timeout)
 
     def _live(self, host: LocalHost) -> None:
         if not host.is_live:
@@ -72,9 +94,10 @@ class CommandExec:
         self._live(host)
         self._command(params)  # bad params are refused here, before anything runs
         timeout = self._timeout(params)
-        if params.get("unless") is None:
+        unless = SCHEMA.read(params)["unless"]
+        if unless is None:
             return self._ran_ok(host, params)
-        return host.run(self._argv(params, "unless"), timeout).returncode == 0
+        return host.run(unless, timeout).returncode == 0
 
     def _pending(self) -> "OrderedDict[int, Tuple[LocalHost, Mapping[str, Any], int]]":
         runs: Optional[OrderedDict[int, Tuple[LocalHost, Mapping[str, Any], int]]] = getattr(self._runs, "pending", None)

@@ -7,9 +7,19 @@ from typing import Any, Mapping, Optional, Tuple
 from kensa.errors import ParamError
 from kensa.hosts.local import LocalHost
 from kensa.model import PreState, StepResult
-from kensa.handlers.config_set import decode, encode
+from kensa.facts.config import decode, encode
+from kensa.facts.params import PATH, Field, Schema, line
 from kensa.handlers.filestate import OneFileStep, Revert, capture_file, post_state
-from kensa.handlers.params import require_path, require_str
+
+
+def _non_blank_line(value: Any) -> str:
+    found = line(value)
+    if not found.strip():
+        raise ParamError(f"must be one non-blank line, got {found!r}")
+    return found
+
+
+SCHEMA = Schema("config_append", {"path": PATH, "line": Field(_non_blank_line, required=True)})
 
 
 def has_line(text: str, line: str) -> bool:
@@ -45,12 +55,11 @@ class ConfigAppend(OneFileStep):
     name = "config_append"
     capturable = True
 
+    schema = SCHEMA
+
     def _desired(self, params: Mapping[str, Any]) -> Tuple[str, str]:
-        path = require_path(self.name, params)
-        line = require_str(self.name, params, "line")
-        if "\n" in line or "\r" in line or not line.strip():
-            raise ParamError(f"{self.name}: line must be one non-blank line, got {line!r}")
-        return path, line
+        read = SCHEMA.read(params)
+        return read["path"], read["line"]
 
     def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
         path, line = self._desired(params)

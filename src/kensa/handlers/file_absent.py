@@ -7,7 +7,14 @@ from typing import Any, Mapping, Optional
 from kensa.hosts.local import LocalHost
 from kensa.model import PreState, StepResult
 from kensa.handlers.filestate import OneFileStep, capture_file, post_state
-from kensa.handlers.params import require_path
+from kensa.facts.params import PATH, Schema
+
+SCHEMA = Schema("file_absent", {"path": PATH})
+
+
+def _path(params: Mapping[str, Any]) -> str:
+    path: str = SCHEMA.read(params)["path"]
+    return path
 
 
 class FileAbsent(OneFileStep):
@@ -18,17 +25,18 @@ class FileAbsent(OneFileStep):
 
     name = "file_absent"
     capturable = True
+    schema = SCHEMA
 
     def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
-        path = require_path(self.name, params)
+        path = _path(params)
         return host.read_file(path) is None
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
-        state = capture_file(host, require_path(self.name, params))
+        state = capture_file(host, _path(params))
         return PreState(self.name, params, {**state, "post": post_state(state, None)})
 
     def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
-        path = require_path(self.name, params)
+        path = _path(params)
         existed = host.read_file(path) is not None
         host.remove_file(path)
         return StepResult(self.name, ok=True, changed=existed, detail=f"removed {host.where(path)}" if existed else "")

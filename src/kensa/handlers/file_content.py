@@ -5,10 +5,23 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from kensa.errors import ParamError
+from kensa.facts.files import resolve_account
+from kensa.facts.params import OWNERSHIP, PATH, Field, Schema
 from kensa.hosts.local import LocalHost
 from kensa.model import PreState, StepResult
 from kensa.handlers.filestate import OneFileStep, capture_file, post_state
-from kensa.handlers.params import optional_id, optional_mode, require_path
+
+
+def content(value: Any) -> bytes:
+    """The whole file: text (written as UTF-8) or bytes."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise ParamError(f"must be a string, got {value!r}")
+
+
+SCHEMA = Schema("file_content", {"path": PATH, "content": Field(content, required=True), **OWNERSHIP})
 
 
 class FileContent(OneFileStep):
@@ -17,21 +30,16 @@ class FileContent(OneFileStep):
     name = "file_content"
     capturable = True
 
-    def _content(self, params: Mapping[str, Any]) -> bytes:
-        value = params.get("content")
-        if isinstance(value, bytes):
-            return value
-        if isinstance(value, str):
-            return value.encode("utf-8")
-        raise ParamError(f"{self.name}: parameter 'content' is required and must be a string, got {value!r}")
+    schema = SCHEMA
 
     def _desired(self, host: LocalHost, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        read = SCHEMA.read(params)
         return {
-            "path": require_path(self.name, params),
-            "content": self._content(params),
-            "mode": optional_mode(self.name, params),
-            "uid": optional_id(self.name, params, "owner", host),
-            "gid": optional_id(self.name, params, "group", host),
+            "path": read["path"],
+            "content": read["content"],
+            "mode": read["mode"],
+            "uid": resolve_account(host, "owner", read["owner"]),
+            "gid": resolve_account(host, "group", read["group"]),
         }
 
     def _holds(self, host: LocalHost, want: Mapping[str, Any]) -> bool:
@@ -57,4 +65,5 @@ class FileContent(OneFileStep):
         return StepResult(self.name, ok=True, changed=True, detail=f"wrote {host.where(want['path'])}")
 
     def written(self, pre: PreState) -> Optional[bytes]:
-        return self._content(pre.params)
+        written: bytes = SCHEMA.read(pre.params)["content"]
+        return written

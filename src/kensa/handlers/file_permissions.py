@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 from typing import Any, Mapping, Optional, Tuple
 
-from kensa.errors import HostAccessError, ParamError
+from kensa.facts.files import attributes_hold, existing, resolve_account
+from kensa.facts.params import OWNERSHIP, PATH, Schema
 from kensa.hosts.local import FileInfo, LocalHost
 from kensa.model import Assessment, PreState, RollbackResult, StepResult
 from kensa.handlers.filestate import Planned, planned_meta, settled_files, assess_file, capture_meta, combine, meta_post_state, restore_meta, restore_planned, restored, rollback_result
-from kensa.handlers.params import optional_id, optional_mode, require_path
+
+SCHEMA = Schema("file_permissions", {"path": PATH, **OWNERSHIP}, at_least_one_of=("mode", "owner", "group"))
 
 
 class FilePermissions:
@@ -19,25 +20,19 @@ class FilePermissions:
     name = "file_permissions"
     capturable = True
 
+    schema = SCHEMA
+
     def _desired(self, host: LocalHost, params: Mapping[str, Any]) -> Tuple[str, Optional[int], Optional[int], Optional[int]]:
-        path = require_path(self.name, params)
-        mode = optional_mode(self.name, params)
-        uid = optional_id(self.name, params, "owner", host)
-        gid = optional_id(self.name, params, "group", host)
-        if mode is None and uid is None and gid is None:
-            raise ParamError(f"{self.name}: give at least one of 'mode', 'owner', 'group' for {path}")
-        return path, mode, uid, gid
+        read = SCHEMA.read(params)
+        uid = resolve_account(host, "owner", read["owner"])
+        return read["path"], read["mode"], uid, resolve_account(host, "group", read["group"])
 
     def _existing(self, host: LocalHost, path: str) -> FileInfo:
-        found = host.info(path)
-        if found is None:
-            raise HostAccessError(errno.ENOENT, f"{self.name}: {host.where(path)} does not exist")
+        found: FileInfo = existing(host, path, self.name)
         return found
 
     def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
-        path, mode, uid, gid = self._desired(host, params)
-        found = self._existing(host, path)
-        return (mode is None or found.mode == mode) and (uid is None or found.uid == uid) and (gid is None or found.gid == gid)
+        return attributes_hold(host, *self._desired(host, params), self.name)
 
     def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
         path, mode, uid, gid = self._desired(host, params)

@@ -1,7 +1,7 @@
 """sysctl_set: a kernel parameter has a value now (under /proc/sys) and after reboot.
 
 The runtime value lives in the target root's /proc/sys file the key names, read
-as sysctl(8) reads it (:mod:`kensa.sysctlkeys`: dots or, for components that
+as sysctl(8) reads it (:mod:`kensa.facts.sysctl`: dots or, for components that
 contain dots such as VLAN interface names, slashes). The persisted
 value is a ``key = value`` line in ``persist_file``, by default
 ``/etc/sysctl.d/99-kensa-<key>.conf`` inside the root. Values compare with their
@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import Any, List, Mapping, Optional, Tuple
 
 from kensa.errors import KensaError, ParamError, SysctlKeyError
+from kensa.facts.config import decode, encode
+from kensa.facts.params import Field, Schema, absolute_path, path_as_text, scalar_line
 from kensa.hosts.local import LocalHost
 from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
-from kensa.facts.sysctl import sysctl_path
-from kensa.handlers.config_set import decode, encode
+from kensa.facts.sysctl import sysctl_key, sysctl_path
 from kensa.handlers.filestate import (
     StatePlan,
     Planned,
@@ -39,13 +40,30 @@ from kensa.handlers.filestate import (
     rollback_result,
     settled_files,
 )
-from kensa.handlers.params import require_path, require_str, scalar_text
 
 _COMMENTS = ("#", ";")
 
 
 def _normal(value: str) -> str:
     return " ".join(value.split())
+
+
+def _value(value: Any) -> str:
+    """The value with its whitespace collapsed, as the kernel's tab-separated output compares."""
+    found = _normal(scalar_line(value))
+    if not found:
+        raise ParamError("must not be empty")
+    return found
+
+
+SCHEMA = Schema(
+    "sysctl_set",
+    {
+        "key": Field(sysctl_key, required=True),
+        "value": Field(_value, required=True),
+        "persist_file": Field(absolute_path, written=path_as_text),
+    },
+)
 
 
 def _last_assignment(lines: List[str], key: str) -> Optional[Tuple[int, str, str]]:
@@ -117,20 +135,13 @@ class SysctlSet:
     name = "sysctl_set"
     capturable = True
 
+    schema = SCHEMA
+
     def _desired(self, params: Mapping[str, Any]) -> Tuple[str, str, str, str]:
-        key = require_str(self.name, params, "key")
-        try:
-            runtime = sysctl_path(key)
-        except SysctlKeyError as exc:
-            raise ParamError(f"{self.name}: {exc}") from None
-        value = _normal(scalar_text(self.name, params, "value"))
-        if not value:
-            raise ParamError(f"{self.name}: value for {key} must not be empty")
-        if "persist_file" in params:
-            persist = require_path(self.name, params, "persist_file")
-        else:
-            persist = f"/etc/sysctl.d/99-kensa-{key.replace('/', '.')}.conf"
-        return key, value, runtime, persist
+        read = SCHEMA.read(params)
+        key = read["key"]
+        persist = read["persist_file"] or f"/etc/sysctl.d/99-kensa-{key.replace('/', '.')}.conf"
+        return key, read["value"], sysctl_path(key), persist
 
     def _runtime(self, host: LocalHost, key: str, path: str) -> str:
         data = host.read_bytes(path)

@@ -1,5 +1,7 @@
-"""Rules in Kensa's YAML schema: the data model, a bounded YAML reader that keeps
-line numbers, the field schemas, and the loaders that turn files into rules."""
+"""Rules in Kensa's YAML schema: the data model (:mod:`~kensa.rules.model`), a bounded
+YAML reader that keeps line numbers (:mod:`~kensa.rules.yaml`), field validation
+(:mod:`~kensa.rules.schema`, steps' and checks' fields with their handlers' and check
+methods' own schemas), and the loaders that turn files into rules (:mod:`~kensa.rules.load`)."""
 
 from kensa.errors import RuleError
 from kensa.rules.load import (

@@ -1,0 +1,97 @@
+"""Reading ``key value`` settings of sshd_config-style files.
+
+Rules of the file format, as sshd reads it: blank lines and ``#`` lines are
+ignored; a key is the first word of a line (up to whitespace or ``=``) and compares
+case-insensitively; the first occurrence wins; everything from the first ``Match``
+line on is conditional, so a key there is not the global setting. ``Include``
+directives are not followed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+from kensa.errors import ParamError
+from kensa.facts.params import scalar_line
+
+_KEY = re.compile(r"[^\s=#]+")
+_MAX_KEY = 256
+
+
+def config_key(value: Any) -> str:
+    """A key that can be set globally: one word without whitespace, '=' or '#' (a line's
+    key ends there), not starting with ';', and not ``Match``, which opens a conditional block."""
+    if not isinstance(value, str):
+        raise ParamError(f"must be a string, got {type(value).__name__} {value!r}")
+    if not _KEY.fullmatch(value) or value.startswith(";") or len(value) > _MAX_KEY:
+        raise ParamError(f"{value[:80]!r} is not a configuration key (one word, no '=', '#' or spaces)")
+    if value.lower() == "match":
+        raise ParamError(
+            "'Match' starts a conditional block in sshd_config, it is not a setting and cannot be set as a key; "
+            "set keys inside a block with a file_content or config_append step"
+        )
+    return value
+
+
+def separator(value: Any) -> str:
+    """What goes between a key and its value when kensa writes one (a space by default)."""
+    found = scalar_line(value)
+    if not found:
+        raise ParamError("must not be empty")
+    return found
+
+
+def decode(data: Optional[bytes]) -> str:
+    """File bytes as text that encodes back to the very same bytes."""
+    return "" if data is None else data.decode("utf-8", "surrogateescape")
+
+
+def encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def line_key(line: str, comments: Sequence[str]) -> Optional[str]:
+    """The key a line sets, or None for a blank or comment line."""
+    text = line.strip()
+    if not text or text.startswith(tuple(comments)):
+        return None
+    match = _KEY.match(text)
+    return match.group(0) if match else None
+
+
+def line_value(line: str, key: str, separator: str) -> str:
+    """The value a line setting ``key`` gives it."""
+    rest = line.strip()[len(key):].strip()
+    sep = separator.strip() or "="
+    if rest.startswith(sep):
+        rest = rest[len(sep):].strip()
+    return rest
+
+
+def find_key(lines: Sequence[str], key: str, comments: Sequence[str]) -> Tuple[Optional[int], int]:
+    """Index of the global line setting ``key`` (or None), and where global lines end."""
+    for index, line in enumerate(lines):
+        found = line_key(line, comments)
+        if found is None:
+            continue
+        if found.lower() == "match":
+            return None, index
+        if found.lower() == key.lower():
+            return index, index
+    return None, len(lines)
+
+
+Finder = Callable[[Sequence[str], str, Sequence[str]], Tuple[Optional[int], int]]
+
+
+def get_value(text: str, key: str, separator: str = " ", comments: Sequence[str] = ("#",)) -> Optional[str]:
+    """The global value of ``key`` in ``text``, or None when it is not set."""
+    lines = text.splitlines()
+    index, _ = find_key(lines, key, comments)
+    return None if index is None else line_value(lines[index], key, separator)
+
+
+def holds(host: Any, path: str, key: str, value: str, separator: str = " ") -> bool:
+    """Whether the file at ``path`` on ``host`` sets ``key`` globally to ``value``."""
+    return get_value(decode(host.read_bytes(path)), key, separator) == value.strip()

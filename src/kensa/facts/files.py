@@ -1,0 +1,33 @@
+"""Reading a file's attributes on a target: its mode, owner and group, and account names."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, Optional, Union
+
+from kensa.errors import HostAccessError, KensaError, ParamError
+
+
+def resolve_account(host: Any, field: str, value: Union[int, str, None]) -> Optional[int]:
+    """The numeric id of an ``owner`` (in the target's /etc/passwd) or ``group`` (/etc/group)
+    read by :func:`kensa.facts.params.account`; None when not given."""
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return int(host.lookup_id("passwd" if field == "owner" else "group", value))
+    except KensaError as exc:
+        raise ParamError(f"{field} {value!r}: {exc}", field=field, problem=str(exc)) from exc
+
+
+def existing(host: Any, path: str, owner: str) -> Any:
+    """The FileInfo of ``path``, which must exist."""
+    found = host.info(path)
+    if found is None:
+        raise HostAccessError(errno.ENOENT, f"{owner}: {host.where(path)} does not exist")
+    return found
+
+
+def attributes_hold(host: Any, path: str, mode: Optional[int], uid: Optional[int], gid: Optional[int], owner: str) -> bool:
+    """Whether ``path`` exists with the attributes asked for (None: any)."""
+    found = existing(host, path, owner)
+    return (mode is None or found.mode == mode) and (uid is None or found.uid == uid) and (gid is None or found.gid == gid)
