@@ -14,6 +14,7 @@ import pytest
 from conftest import require_audit, require_root
 from kensa.handlers import default_registry
 from kensa.hosts.local import LocalHost
+from kensa.model import Drift
 
 REGISTRY = default_registry()
 
@@ -128,6 +129,36 @@ def test_audit_rollback_keeps_a_rule_that_was_already_loaded(audit: LocalHost, t
         assert back.ok, back.detail
         assert audit_rules() == before
         assert f"-w {tmp_path}/a -p wa -k {key}" in audit_rules()
+    finally:
+        if os.path.lexists(persist):
+            os.unlink(persist)
+
+
+def test_audit_rule_set_assesses_and_restores_the_kernels_rules(audit: LocalHost, tmp_path: Path) -> None:
+    """Rollback by id's path on a live kernel: assess says as-kensa-left-it, restore deletes only the
+    rules the step loaded; after one of two rules kensa loaded is deleted by hand, assess says conflict."""
+    key = f"kensa_test_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "w").write_text("")
+    (tmp_path / "v").write_text("")
+    persist = f"/etc/audit/rules.d/99-{key}.rules"
+    params = {"rule": [f"-w {tmp_path}/w -p wa -k {key}", f"-w {tmp_path}/v -p wa -k {key}"], "persist_file": persist}
+    handler = REGISTRY["audit_rule_set"]
+    before = audit_rules()
+    try:
+        pre = handler.capture(audit, params)
+        assert handler.apply(audit, params, pre).ok
+        assessment = handler.assess(audit, pre)
+        assert assessment.drift is Drift.AT_POST, assessment.details
+        back = handler.restore(audit, pre, assessment)
+        assert back.ok, back.detail
+        assert audit_rules() == before and not os.path.lexists(persist)
+
+        pre = handler.capture(audit, params)
+        assert handler.apply(audit, params, pre).ok
+        subprocess.run(["auditctl", "-W", f"{tmp_path}/w", "-p", "wa", "-k", key], check=True)
+        assessment = handler.assess(audit, pre)
+        assert assessment.drift is Drift.CONFLICT
+        assert any("deleted since" in detail for detail in assessment.details), assessment.details
     finally:
         if os.path.lexists(persist):
             os.unlink(persist)

@@ -195,15 +195,15 @@ class AuditRuleSet:
             if now is None:
                 plans.append(StatePlan(Drift.CONFLICT, ("audit is no longer available: cannot check the kernel's rules",)))
             else:
-                missing = missing(list(kernel["rules_added"]), now["rules"])
+                gone = missing(list(kernel["rules_added"]), now["rules"])
                 others = Counter(now["rules"]) - Counter(kernel["before"])
                 ours = set(identities(list(kernel["rules_added"])))
                 foreign = [line for line in others.elements() if not ours.intersection(identities([line]))]
                 kept = (f"kept later kernel audit rules: {foreign}",) if foreign else ()
-                if len(missing) == len(kernel["rules_added"]):
+                if len(gone) == len(kernel["rules_added"]):
                     plans.append(StatePlan(Drift.OUTSIDE, kept) if foreign else StatePlan(Drift.AT_PRE))
-                elif missing:
-                    plans.append(StatePlan(Drift.CONFLICT, (f"kernel audit rules kensa loaded were deleted since: {missing}",)))
+                elif gone:
+                    plans.append(StatePlan(Drift.CONFLICT, (f"kernel audit rules kensa loaded were deleted since: {gone}",)))
                 elif foreign:
                     plans.append(StatePlan(Drift.OUTSIDE, kept))
                 else:
