@@ -89,7 +89,6 @@ import posixpath
 import time
 from dataclasses import replace
 from typing import (
-    TYPE_CHECKING,
     Any,
     Callable,
     ContextManager,
@@ -118,6 +117,7 @@ from kensa.engine.run import (
 from kensa.model import (
     Assessment,
     Drift,
+    JournalEntry,
     Phase,
     PreState,
     RollbackResult,
@@ -127,9 +127,6 @@ from kensa.model import (
     TransactionError,
     TransactionResult,
 )
-
-if TYPE_CHECKING:
-    from kensa.journal.store import JournalEntry
 
 __all__ = ["RecoveryJournal", "recover_interrupted", "rollback_committed"]
 
