@@ -12,6 +12,7 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from kensa._version import __version__
 from kensa.errors import JournalError
@@ -19,7 +20,7 @@ from kensa.journal import schema
 from kensa.journal.codec import lenient_text
 from kensa.journal.lock import JOURNAL_WHAT_TO_DO
 
-__all__ = ["connect", "create_private_file", "failure", "migrate"]
+__all__ = ["connect", "create_private_file", "failure", "migrate", "sql_transaction"]
 
 
 def create_private_file(path: Path) -> None:
@@ -91,8 +92,7 @@ def migrate(path: Path, conn: sqlite3.Connection) -> None:
     """Apply the migrations ``conn``'s journal lacks and prove it writable, in one SQL transaction."""
     known = len(schema.MIGRATIONS)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with sql_transaction(conn, "BEGIN IMMEDIATE"):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > known:
                 raise JournalError(
@@ -118,11 +118,20 @@ def migrate(path: Path, conn: sqlite3.Connection) -> None:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_opened', ?)",
                 (f"kensa {__version__}, pid {os.getpid()}, {datetime.now(timezone.utc).isoformat()}",),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
     except sqlite3.Error as exc:
         raise failure(path, "open it", exc) from exc
+
+
+@contextlib.contextmanager
+def sql_transaction(conn: sqlite3.Connection, begin: str) -> Iterator[sqlite3.Connection]:
+    """``begin`` ... COMMIT on ``conn``; ROLLBACK when anything inside raises, and that error propagates."""
+    conn.execute(begin)
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            # The original error says more than a failed ROLLBACK would.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise

@@ -107,7 +107,7 @@ from kensa.journal.codec import (
     to_us,
     unstored_text,
 )
-from kensa.journal.connection import connect, failure, migrate
+from kensa.journal.connection import connect, failure, migrate, sql_transaction
 from kensa.journal.entries import entry_or_corrupt
 from kensa.journal.fields import result_values
 from kensa.journal.lock import JournalLock, PathArg
@@ -508,15 +508,8 @@ class SqliteJournal:
             if not durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                conn.execute(begin)
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    # The original error says more than a failed ROLLBACK would.
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
+                with sql_transaction(conn, begin):
+                    yield conn
             finally:
                 if not durable:
                     self._restore_full_sync(conn)
