@@ -30,6 +30,7 @@ from kensa.journal.codec import (
 from kensa.model import PreState
 
 __all__ = [
+    "LAST_SEQ",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "STATE_REFS",
@@ -209,16 +210,20 @@ def insert_later_rollback_sql() -> str:
 STATE_REFS = "step, CAST(sha256 AS BLOB) AS sha256, typeof(state) AS kind, length(state) AS size, rowid AS ref"
 
 
+# The largest seq ever given: in use, or recorded in meta when pruning deleted it.
+LAST_SEQ = (
+    "max(coalesce((SELECT max(seq) FROM transactions), 0), "
+    "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))"
+)
+
+
 def next_seq(conn: sqlite3.Connection) -> int:
     """The next entry's ``seq``: one above the largest in use or ever pruned (pruning records it in meta).
 
     Read from the seq index and meta, not counted in meta on every write: a
     write would dirty one more page in every begin's commit.
     """
-    row = conn.execute(
-        "SELECT max(coalesce((SELECT max(seq) FROM transactions), 0), "
-        "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))"
-    ).fetchone()
+    row = conn.execute(f"SELECT {LAST_SEQ}").fetchone()
     return int(row[0]) + 1
 
 

@@ -11,8 +11,8 @@ The package's other modules hold the parts: :mod:`kensa.journal.codec` (how
 values, pre-states and digests are stored), :mod:`kensa.journal.fields` (the
 one declaration of a result's columns), :mod:`kensa.journal.schema` (DDL,
 migrations, SQL), :mod:`kensa.journal.prestates`, :mod:`kensa.journal.entries`
-(rows read back), :mod:`kensa.journal.auditseq` (audit sequence numbers) and
-:mod:`kensa.journal.lock` (the run/recovery lock).
+(rows read back), :mod:`kensa.journal.connection`, :mod:`kensa.journal.retention`,
+:mod:`kensa.journal.auditseq` (audit sequence numbers), :mod:`kensa.journal.lock`.
 
 Where the journal lives
     :func:`default_journal_path`: ``$KENSA_JOURNAL`` when set; otherwise
@@ -55,23 +55,13 @@ Order
     retention only: a clock stepped back (common after a crash, before NTP)
     must not make a later transaction look older.
 
-Schema
-    Opening a journal applies the missing migrations in order, in one SQL
-    transaction with a write probe, and refuses a journal written by a newer
-    kensa. Opening therefore fails, with the path and the cause, on a read-only
-    or full filesystem before any transaction has changed the host.
-
-Integrity
-    Each pre-state BLOB, and each entry's steps, carry a SHA-256 computed
-    when they are written, bound to the transaction id and step index, and
-    checked whenever they are read. An entry that fails its check or cannot be
-    decoded is returned marked ``corrupt``. Listings check what they read (the
-    entry's row); :meth:`SqliteJournal.verify` also checks the pre-states.
-
-Retention
-    :meth:`SqliteJournal.prune` deletes finished entries by age or count. It
-    never deletes an interrupted entry, nor an entry created after one
-    (recovery compares an interrupted transaction with what ran after it).
+Opening, integrity, retention
+    Opening migrates the schema and proves the file writable before any
+    transaction has changed the host (:mod:`kensa.journal.connection`).
+    Stored steps and pre-states are checked against their SHA-256 whenever
+    read; a damaged entry comes back marked ``corrupt``
+    (:mod:`kensa.journal.entries`). :meth:`SqliteJournal.prune` never deletes
+    what recovery still needs (:mod:`kensa.journal.retention`).
 """
 
 from __future__ import annotations
@@ -112,6 +102,7 @@ from kensa.journal.entries import entry_or_corrupt
 from kensa.journal.fields import result_values
 from kensa.journal.lock import JournalLock, PathArg
 from kensa.journal.prestates import StoredPreStates, insert_pre_state, pre_states_from
+from kensa.journal.retention import delete_finished
 from kensa.journal.schema import SCHEMA_VERSION
 from kensa.model import AuditSequence, JournalEntry, PreState, PruneResult, Status, Transaction, TransactionResult
 from kensa.support.afterfork import reset_in_child
@@ -439,39 +430,8 @@ class SqliteJournal:
             raise InvalidJournalQuery("prune() needs before= or keep_last=; it deletes nothing by default")
         if keep_last is not None and keep_last < 0:
             raise InvalidJournalQuery(f"prune(keep_last={keep_last}): keep_last must be >= 0")
-        clauses: List[str] = []
-        params: List[Any] = []
-        if before is not None:
-            clauses.append("created < ?")
-            params.append(to_us(before))
-        if keep_last is not None:
-            clauses.append("seq NOT IN (SELECT seq FROM transactions ORDER BY seq DESC LIMIT ?)")
-            params.append(keep_last)
-        selected = " AND ".join(clauses)
-        oldest_interrupted = "(SELECT min(seq) FROM transactions WHERE status IS NULL)"
-        doomed = (
-            f"SELECT id FROM transactions WHERE {selected} AND status IS NOT NULL "
-            f"AND (seq < {oldest_interrupted} OR {oldest_interrupted} IS NULL)"
-        )
         with self._writing("prune old entries") as conn:
-            interrupted = conn.execute(
-                f"SELECT count(*) FROM transactions WHERE {selected} AND status IS NULL", params
-            ).fetchone()[0]
-            held = conn.execute(
-                f"SELECT count(*) FROM transactions WHERE {selected} AND status IS NOT NULL "
-                f"AND seq > {oldest_interrupted}",
-                params,
-            ).fetchone()[0]
-            # The largest seq ever given must outlive the entries holding it.
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', "
-                "(SELECT max(coalesce((SELECT max(seq) FROM transactions), 0), "
-                "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))))"
-            )
-            conn.execute(f"DELETE FROM pre_states WHERE txn_id IN ({doomed})", params)
-            conn.execute(f"DELETE FROM later_rollbacks WHERE txn_id IN ({doomed})", params)
-            deleted = conn.execute(f"DELETE FROM transactions WHERE id IN ({doomed})", params).rowcount
-        return PruneResult(deleted=deleted, kept_interrupted=interrupted, kept_for_recovery=held)
+            return delete_finished(conn, None if before is None else to_us(before), keep_last)
 
     # --- internals --------------------------------------------------------------
 
