@@ -117,7 +117,7 @@ def _sequence_digests_and_binary_pre_states(conn: sqlite3.Connection) -> None:
         """CREATE TABLE pre_states (
     txn_id TEXT NOT NULL REFERENCES transactions (id),
     step INTEGER NOT NULL,
-    sha256 BLOB NOT NULL,  -- boundbound_digest(b"pre", txn_id, step, state)
+    sha256 BLOB NOT NULL,  -- codec.bound_digest(b"pre", txn_id, step, state)
     -- Last, so that SQLite can write a zeroblob here without expanding it
     -- in memory (see kensa.journal.prestates).
     state BLOB NOT NULL,   -- [mechanism, params, data], see kensa.journal.codec.pack
