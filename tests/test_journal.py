@@ -907,7 +907,7 @@ def test_pre_states_are_stored_as_binary_blobs_not_base64_text(journal: SqliteJo
 
 
 def test_the_binary_codec_round_trips_and_rejects_damage() -> None:
-    """_pack/_unpack round-trip every kind of value; truncation, junk and unknown types are errors, not garbage."""
+    """codec.pack/unpack round-trip every kind of value; truncation, junk and unknown types are errors, not garbage."""
     value = {"a": [None, True, False, 0, -1, 2**200, -(2**70), 1.5, float("inf"), "x\udcff", b"\x00\xff"], "": {}}
     packed = codec.pack(value)
     assert codec.unpack(packed) == value
