@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from kensa.journal.store import SqliteJournal
 from kensa.errors import AuditSequenceError, JournalError, KensaError
+from kensa.model import Step, Transaction
 
 
 def test_sequences_round_trip_in_order(tmp_path: Path) -> None:
@@ -68,3 +71,51 @@ def test_recording_sequences_leaves_later_commits_fully_durable(tmp_path: Path) 
             assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         finally:
             journal._lock.release()
+
+
+def _watch_synchronous(path: Path, *tables: str) -> None:
+    """Record, for every row inserted into ``tables``, the synchronous setting of the connection that wrote it."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE seen (tbl TEXT, synchronous INTEGER)")
+        for table in tables:
+            conn.execute(
+                f"CREATE TRIGGER seen_{table} AFTER INSERT ON {table} BEGIN "
+                f"INSERT INTO seen SELECT '{table}', synchronous FROM pragma_synchronous; END"
+            )
+        conn.commit()
+
+
+def _seen(path: Path) -> list:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT tbl, synchronous FROM seen ORDER BY rowid").fetchall()
+
+
+def test_sequences_commit_without_an_fsync_of_their_own_and_other_commits_keep_full(tmp_path: Path) -> None:
+    """Sequence rows are written with synchronous=NORMAL (1), the entry written next with FULL (2): the trade-off stays confined to them."""
+    path = tmp_path / "j.db"
+    with SqliteJournal(path) as journal:
+        journal.record_audit_sequences("t0", [("started", 1)])  # creates the table
+        _watch_synchronous(path, "audit_sequences", "transactions")
+        journal.record_audit_sequences("t1", [("started", 2)])
+        journal.begin(Transaction(rule="r", steps=(Step("file", {"path": "/a"}),)), [None])
+    assert _seen(path) == [("audit_sequences", 1), ("transactions", 2)]
+
+
+def test_a_failed_sequence_commit_writes_nothing_and_restores_full(tmp_path: Path) -> None:
+    """When SQLite refuses the sequence rows, JournalError names the transaction, none of its rows is kept, and the next commit is FULL again."""
+    path = tmp_path / "j.db"
+    with SqliteJournal(path) as journal:
+        journal.record_audit_sequences("t0", [("started", 1)])
+        _watch_synchronous(path, "transactions")
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_sequences WHEN NEW.txn_id = 'bad' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            )
+            conn.commit()
+        with pytest.raises(JournalError, match="audit sequence numbers of transaction bad") as exc:
+            journal.record_audit_sequences("bad", [("started", 2), ("committed", 3)])
+        assert "refused by a trigger" in str(exc.value)
+        assert journal.audit_sequences("bad") == []
+        journal.begin(Transaction(rule="r", steps=(Step("file", {"path": "/a"}),)), [None])
+    assert _seen(path) == [("transactions", 2)]

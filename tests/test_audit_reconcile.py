@@ -21,7 +21,7 @@ from kensa.errors import SinceError
 from kensa.audit.reconcile import LOGGED, MISSING, NOT_SENT, parse_since, read_log, reconcile
 from kensa.engine import Engine
 from kensa.journal.store import SqliteJournal
-from kensa.model import Status, Step, Transaction
+from kensa.model import AuditSequence, Status, Step, Transaction
 from test_engine_audit_kernel import SetValue, Store
 
 SRC = str(Path(kensa.__file__).resolve().parent.parent)
@@ -220,3 +220,48 @@ def test_engine_journals_the_sequence_numbers_the_kernel_logged(tmp_path: Path, 
     journaled = [(t, s.phase, s.seq) for t, items in entries.items() for s in items]
     assert sorted(journaled) == sorted(logged)  # type: ignore[type-var]
     assert [s.phase for s in next(iter(entries.values()))] == ["started", "capture", "apply", "validate", "committed"]
+
+
+class _Journaled:
+    """Journaled audit records held in memory: what reconcile needs of a journal, and nothing else."""
+
+    def __init__(self, sequences: dict) -> None:
+        self.sequences = sequences
+        self.asked: List[object] = []
+
+    def audit_sequences_between(self, since: object = None) -> dict:
+        self.asked.append(since)
+        return self.sequences
+
+
+def test_reconcile_reads_the_records_from_what_its_caller_passes(tmp_path: Path) -> None:
+    """reconcile takes the journaled records from any object with audit_sequences_between (no journal package), asked with the caller's since, and checks each against the log."""
+    log = tmp_path / "audit.log"
+    body = 'op=kensa_transaction phase={} txn="t1" rule="r" host="h" res=success seq={}'
+    log.write_text(
+        "".join(
+            f"type=USER msg=audit(1700000000.{n:03d}:{n}): pid=4242 uid=0 auid=0 ses=1 msg='{body.format(phase, seq)}'\n"
+            for n, (phase, seq) in enumerate([("started", 1), ("committed", 3)])
+        )
+    )
+    at = datetime(2026, 12, 1, 9, 30)
+    source = _Journaled(
+        {"t1": [AuditSequence("t1", "started", 1, 4242, at), AuditSequence("t1", "apply", 2, 4242, at),
+                AuditSequence("t1", "validate", None, 4242, at), AuditSequence("t1", "committed", 3, 4242, at)]}
+    )
+    since = datetime(2023, 1, 1)
+    rec = reconcile(source, since, [log])
+    assert source.asked == [since]
+    (check,) = rec.transactions
+    assert [(r.phase, r.state) for r in check.records] == [
+        ("started", LOGGED), ("apply", MISSING), ("validate", NOT_SENT), ("committed", LOGGED)
+    ]
+
+
+def test_the_reconcile_module_does_not_load_the_journal() -> None:
+    """Importing kensa.audit.reconcile loads no module of kensa.journal: the journal is its caller's business."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, kensa.audit.reconcile; print(sorted(m for m in sys.modules if m.startswith('kensa.journal')))"],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": SRC},
+    )
+    assert out.stdout.strip() == "[]"

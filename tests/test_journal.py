@@ -19,6 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kensa.journal.codec as codec
+import kensa.journal.schema as schema
 import kensa.journal.store as journal_module
 from kensa.errors import JournalCorruptError, JournalEntryNotFound, JournalError, JournalLockTimeout, KensaError
 from kensa.journal.store import (
@@ -477,7 +479,7 @@ def test_missing_migrations_are_applied_once_in_order(tmp_path: Path, monkeypatc
         calls.append("fill")
         conn.execute("UPDATE transactions SET note = 'migrated'")
 
-    monkeypatch.setattr(journal_module, "_MIGRATIONS", [*journal_module._MIGRATIONS, add_note_column, fill_note])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, add_note_column, fill_note])
     with SqliteJournal(path) as journal:
         assert journal.interrupted()[0].txn == txn
     with SqliteJournal(path):
@@ -498,7 +500,7 @@ def test_a_failing_migration_leaves_the_journal_unchanged(tmp_path: Path, monkey
         conn.execute("CREATE TABLE extra (x)")
         conn.execute("SELECT * FROM no_such_table")
 
-    monkeypatch.setattr(journal_module, "_MIGRATIONS", [*journal_module._MIGRATIONS, half_done])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, half_done])
     with pytest.raises(JournalError, match=rf"from version {SCHEMA_VERSION} to {SCHEMA_VERSION + 1}"):
         SqliteJournal(path)
     assert user_version(path) == SCHEMA_VERSION
@@ -834,7 +836,7 @@ def test_a_journal_opened_through_a_symlink_locks_the_file_it_opened(tmp_path: P
 
 def test_history_and_interrupted_order_by_sequence_when_the_clock_steps_back(tmp_path: Path) -> None:
     """Entries created while the clock steps back an hour are still ordered as created; after_seq finds the later ones."""
-    clock_now = [journal_module._to_datetime(journal_module._now_us())]
+    clock_now = [codec.to_datetime(codec.now_us())]
     with SqliteJournal(tmp_path / "journal.db", clock=lambda: clock_now[0]) as journal:
         txns = [make_txn(rule=f"r{i}") for i in range(3)]
         for txn in txns:
@@ -905,13 +907,13 @@ def test_pre_states_are_stored_as_binary_blobs_not_base64_text(journal: SqliteJo
 
 
 def test_the_binary_codec_round_trips_and_rejects_damage() -> None:
-    """_pack/_unpack round-trip every kind of value; truncation, junk and unknown types are errors, not garbage."""
+    """codec.pack/unpack round-trip every kind of value; truncation, junk and unknown types are errors, not garbage."""
     value = {"a": [None, True, False, 0, -1, 2**200, -(2**70), 1.5, float("inf"), "x\udcff", b"\x00\xff"], "": {}}
-    packed = journal_module._pack(value)
-    assert journal_module._unpack(packed) == value
+    packed = codec.pack(value)
+    assert codec.unpack(packed) == value
     for damaged in (packed[:-1], packed + b"\x00", b"\x02" + packed[1:], packed[:1] + b"Z", b""):
-        with pytest.raises(journal_module._Undecodable):
-            journal_module._unpack(damaged)
+        with pytest.raises(codec.Undecodable):
+            codec.unpack(damaged)
 
 
 # --- corruption ----------------------------------------------------------------
@@ -1044,7 +1046,7 @@ def test_a_version_1_pre_state_the_old_code_could_not_read_migrates_as_corrupt(t
 
 def test_prune_deletes_old_finished_entries_and_never_an_interrupted_one(tmp_path: Path) -> None:
     """prune(before=) deletes finished entries older than the cut with their pre-states and later rollbacks; interrupted ones stay and are counted."""
-    clock_now = [journal_module._to_datetime(journal_module._now_us()) - timedelta(days=10)]
+    clock_now = [codec.to_datetime(codec.now_us()) - timedelta(days=10)]
     path = tmp_path / "journal.db"
     with SqliteJournal(path, clock=lambda: clock_now[0]) as journal:
         old_done, old_interrupted, old_rolled = make_txn(rule="done"), make_txn(rule="cut"), make_txn(rule="rolled")
@@ -1221,7 +1223,7 @@ def test_without_blobopen_large_pre_states_are_bound_and_read_whole(tmp_path: Pa
     """On a sqlite3 without blobopen a pre-state above the streaming size is stored and read back equal, and damage is still found."""
     connect = sqlite3.connect
     monkeypatch.setattr(journal_module.sqlite3, "connect", lambda *a, **k: connect(*a, factory=_WithoutBlobopen, **k))
-    content = os.urandom(journal_module._STREAM_BLOB_BYTES + 1)
+    content = os.urandom(codec.STREAM_BLOB_BYTES + 1)
     txn = make_txn()
     path = tmp_path / "journal.db"
     with SqliteJournal(path) as journal:
@@ -1246,9 +1248,9 @@ def test_a_damaged_value_that_still_decodes_or_no_longer_decodes_fails_its_diges
         conn.execute("UPDATE pre_states SET state = ? WHERE txn_id = ?", (bytes(flipped), inside.id))
         conn.execute("UPDATE pre_states SET state = ? WHERE txn_id = ?", (b"\x01\xff" + state[2:], prefix.id))
         conn.commit()
-    assert journal_module._unpack(bytes(flipped))[2]["content"] != b"x" * 100
-    with pytest.raises(journal_module._Undecodable):
-        journal_module._unpack(b"\x01\xff" + state[2:])
+    assert codec.unpack(bytes(flipped))[2]["content"] != b"x" * 100
+    with pytest.raises(codec.Undecodable):
+        codec.unpack(b"\x01\xff" + state[2:])
     with SqliteJournal(path) as journal:
         for txn in (inside, prefix):
             assert "fails its SHA-256 check" in (journal.get(txn.id).corrupt or ""), txn.rule

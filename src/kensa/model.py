@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 
 class Phase(str, enum.Enum):
@@ -196,3 +197,85 @@ class TransactionResult:
         object.__setattr__(self, "timings", MappingProxyType(dict(self.timings)))
         object.__setattr__(self, "steps", tuple(self.steps))
         object.__setattr__(self, "rollbacks", tuple(self.rollbacks))
+
+
+# --- what the journal gives back ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One transaction as the journal knows it.
+
+    ``seq`` is the entry's place in the journal: assigned when the entry is
+    created (at ``begin``, or at ``finish`` for a result-only entry), strictly
+    increasing, never reused. Order and "later than" are decided by ``seq``,
+    never by ``created``, which is wall-clock time and can step back.
+
+    ``pre_states`` is aligned with ``txn.steps`` (None for a step that has no
+    captured pre-state). Entries from ``SqliteJournal.get`` and
+    ``SqliteJournal.interrupted`` carry them loaded, as a tuple; entries from
+    ``SqliteJournal.history`` carry a sequence that reads them from the (still
+    open) journal at each access and keeps nothing, so listings never load
+    pre-states and a walk over a long history holds one entry's at a time.
+    Reading them raises :class:`kensa.errors.JournalCorruptError` when they
+    fail their SHA-256 check or cannot be decoded. They are left out of the
+    entry's ``repr`` and equality (a pre-state can be a whole file).
+    ``corrupt`` is None for a readable entry, else why it is not (then
+    ``pre_states`` raises, and ``txn.steps`` is empty when the steps
+    themselves are unreadable). ``result`` is None while the transaction is
+    interrupted. ``intent_recorded`` is False for a transaction that ended
+    before ``begin`` (skipped, errored in preflight): only its result is known,
+    so ``txn.steps`` is empty and ``txn.transactional`` is not meaningful.
+    ``recovered`` is True when ``result`` was written by recovery after an
+    interruption. ``later_rollback`` is the result of rolling a committed
+    transaction back by id afterwards; ``result`` keeps the original outcome.
+    Timestamps are timezone-aware UTC, to the microsecond.
+    """
+
+    txn: Transaction
+    pre_states: Sequence[Optional[PreState]] = field(repr=False, compare=False)
+    result: Optional[TransactionResult]
+    created: datetime
+    finished: Optional[datetime]
+    intent_recorded: bool = True
+    recovered: bool = False
+    later_rollback: Optional[TransactionResult] = None
+    later_rollback_at: Optional[datetime] = None
+    seq: int = 0
+    corrupt: Optional[str] = None
+    _result_recorded: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def interrupted(self) -> bool:
+        """True when intent was recorded but no terminal result ever was."""
+        return self.intent_recorded and self.result is None and not self._result_recorded
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What ``SqliteJournal.prune`` did.
+
+    ``deleted``: entries removed. ``kept_interrupted``: selected entries kept
+    because they are interrupted (recover them first). ``kept_for_recovery``:
+    selected finished entries kept because they were created after an
+    interrupted one, which recovery compares them with.
+    """
+
+    deleted: int
+    kept_interrupted: int
+    kept_for_recovery: int
+
+
+@dataclass(frozen=True)
+class AuditSequence:
+    """One audit record a transaction emitted: its phase and sequence number (None: never sent).
+
+    ``pid`` is the emitting process, as the kernel writes it into the record;
+    ``recorded`` is when the journal stored the row (UTC).
+    """
+
+    txn_id: str
+    phase: str
+    seq: Optional[int]
+    pid: int
+    recorded: datetime

@@ -20,13 +20,14 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
 
-from kensa.journal.store import AuditSequence, SqliteJournal
 from kensa.errors import AuditLogError, SinceError
+from kensa.model import AuditSequence
 
 __all__ = [
     "AuditLogError",
+    "JournaledSequences",
     "LoggedRecord",
     "Reconciliation",
     "RecordCheck",
@@ -49,6 +50,16 @@ NOT_SENT = "not_sent"
 _LINE = re.compile(r"type=(\S+) msg=audit\((\d+)\.(\d+):(\d+)\): (.*)")
 _AGE = re.compile(r"(\d+)([smhd])\Z")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class JournaledSequences(Protocol):
+    """Where :func:`reconcile` reads which audit records transactions emitted (a journal has it).
+
+    It answers, by transaction id, the records journaled from ``since``
+    (inclusive; None: from the start), in emission order.
+    """
+
+    def audit_sequences_between(self, since: Optional[datetime] = None) -> Mapping[str, Sequence[AuditSequence]]: ...
 
 
 @dataclass(frozen=True)
@@ -203,11 +214,14 @@ def read_log(paths: Iterable[Path]) -> Iterator[LoggedRecord]:
 
 
 def reconcile(
-    journal: SqliteJournal,
+    journal: JournaledSequences,
     since: Optional[datetime] = None,
     log_files: Optional[Sequence[Path]] = None,
 ) -> Reconciliation:
     """Check every transaction journaled since ``since`` against auditd's log.
+
+    ``journal`` is what the caller read the journaled records from (the CLI
+    passes the :class:`kensa.journal.SqliteJournal` it opened).
 
     A journaled record is ``logged`` when the log holds a record of the same
     process, transaction, phase and sequence number; ``missing`` when kensa

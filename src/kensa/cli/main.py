@@ -257,6 +257,7 @@ def cmd_history_prune(args: argparse.Namespace, path: str, out: TextIO) -> int:
 
 
 def _entry_dict(entry: Any) -> Dict[str, Any]:
+    """A JSON-ready view of a journal entry; its results as :func:`result_dict` shows them."""
     return {
         "txn": entry.txn.id,
         "seq": entry.seq,

@@ -12,23 +12,10 @@ __all__ = ["Progress", "print_results", "print_table", "printable", "result_deta
 
 
 def result_dict(result: TransactionResult) -> Dict[str, Any]:
-    """A JSON-ready view of a result."""
-    return {
-        "txn": result.txn_id,
-        "rule": result.rule,
-        "host": result.host,
-        "status": result.status.value,
-        "host_unchanged": result.host_unchanged,
-        "timings": {phase.value: seconds for phase, seconds in result.timings.items()},
-        "steps": [
-            {"mechanism": s.mechanism, "ok": s.ok, "changed": s.changed, "staged": s.staged, "detail": s.detail}
-            for s in result.steps
-        ],
-        "rollbacks": [{"mechanism": r.mechanism, "ok": r.ok, "detail": r.detail} for r in result.rollbacks],
-        "error": None
-        if result.error is None
-        else {"type": result.error.type, "message": result.error.message, "phase": result.error.phase.value},
-    }
+    """A JSON-ready view of a result: its ids and each part the journal declares (kensa.journal.fields)."""
+    from kensa.journal.fields import result_view
+
+    return result_view(result)
 
 
 def printable(text: object) -> str:

@@ -5,12 +5,9 @@ so the engine imports no netlink, cffi or sqlite code; the real parts are wired 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ContextManager, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, ContextManager, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
-from kensa.model import Assessment, PreState, RollbackResult, StepResult, Transaction, TransactionResult
-
-if TYPE_CHECKING:
-    from kensa.journal.store import JournalEntry
+from kensa.model import Assessment, JournalEntry, PreState, RollbackResult, StepResult, Transaction, TransactionResult
 
 __all__ = ["Handler", "Journal", "PhaseEmitter", "PhaseRecorder", "RecoveryJournal", "Restorable", "TargetLock"]
 

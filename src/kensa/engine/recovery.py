@@ -87,7 +87,7 @@ from __future__ import annotations
 
 import posixpath
 import time
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, cast
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
 from kensa.engine.locks import Locks
 from kensa.engine.protocols import Handler, RecoveryJournal, Restorable
@@ -95,10 +95,7 @@ from kensa.engine.registry import Registry
 from kensa.engine.restore import NOT_REACHED, describe, journaled, restore_steps, rollback_outcome, step_name
 from kensa.engine.trail import Trail
 from kensa.errors import KensaError, RollbackRefusedError
-from kensa.model import Assessment, Drift, Phase, PreState, Status, Step, TransactionError, TransactionResult
-
-if TYPE_CHECKING:
-    from kensa.journal.store import JournalEntry
+from kensa.model import Assessment, Drift, JournalEntry, Phase, PreState, Status, Step, TransactionError, TransactionResult
 
 __all__ = ["RecoveryJournal", "recover_interrupted", "rollback_committed"]
 
