@@ -59,7 +59,7 @@ class WiringError(KensaError, ImportError):
     """:func:`default_engine` could not import one of the real parts it wires."""
 
 
-# Raised by kensa.hosts.local
+# Raised by kensa.hosts.local and kensa.hosts.confine
 
 class PathEscapeError(KensaError, PermissionError):
     """A path was refused because resolving it could leave (or bypass) the root."""
@@ -76,6 +76,12 @@ class HostAccessError(KensaError, OSError):
 
 class HostSelectionError(KensaError, ValueError):
     """A host key does not name a usable local target."""
+
+
+# Raised by kensa.hosts.local (its step runner)
+
+class StepPhaseError(KensaError, ValueError):
+    """A step runner was asked for a phase it does not run, or without what that phase needs."""
 
 
 # Raised by kensa.hosts.targetlock
