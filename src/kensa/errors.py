@@ -177,6 +177,10 @@ class AuditArgumentError(AuditError, ValueError):
     """An argument to the audit API is invalid; nothing was changed."""
 
 
+class AuditListenerError(AuditError, OSError):
+    """The kernel audit log cannot be listened to, or the listener lost records (ENOBUFS)."""
+
+
 class KernelStatusError(AuditError, OSError):
     """The kernel's audit status could not be read (``errno`` says why: EPERM without CAP_AUDIT_CONTROL)."""
 
