@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Collection, List, Optional
+from typing import Any, Callable, Collection, List, Optional
 
 from kensa.audit.compiled import load
 from kensa.errors import AuditListenerError
@@ -118,17 +118,11 @@ class AuditListener:
         self._thread.start()
 
     @classmethod
-    def open(
-        cls,
-        *,
-        types: Optional[Collection[int]] = None,
-        containing: Optional[bytes] = None,
-        receive_buffer: int = 32 << 20,
-        lossless: bool = False,
-    ) -> "Optional[AuditListener]":
-        """A listener, or None where this process may not listen to the audit log."""
+    def open(cls, **options: Any) -> "Optional[AuditListener]":
+        """A listener made with ``options`` (as the constructor takes them), or None
+        where this process may not listen to the audit log."""
         try:
-            return cls(types=types, containing=containing, receive_buffer=receive_buffer, lossless=lossless)
+            return cls(**options)
         except AuditListenerError:
             return None
 
