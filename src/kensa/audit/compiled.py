@@ -34,6 +34,11 @@ WITHOUT_EXTENSION: Mapping[str, int] = {
     "KENSA_SEQ_ROOM": 25,
 }
 
+# Every name read from the module: one built from older C sources lacks some, and is
+# then treated as missing (with the reason) rather than failing at first use.
+_NEEDED = (*WITHOUT_EXTENSION, "AUDIT_MESSAGE_TEXT_MAX", "NETLINK_AUDIT", "AUDIT_NLGRP_READLOG", "NLMSG_HDRLEN",
+           "NLMSG_ALIGNTO", "SO_RCVBUFFORCE")
+
 _import_lock = threading.Lock()
 _REASON_PREFIXES = ("KENSA_OFF_", "KENSA_")
 
@@ -45,6 +50,11 @@ def load() -> Tuple[Any, Any, str]:
             from kensa import _audit  # type: ignore[attr-defined]
         except ImportError as exc:
             return None, None, str(exc)
+        lacking = [name for name in _NEEDED if not hasattr(_audit.lib, name)]
+        if lacking:
+            return None, None, (
+                f"{_audit.__file__} was built from older C sources (it lacks {', '.join(lacking)}); rebuild it"
+            )
         return _audit.lib, _audit.ffi, ""
 
 
