@@ -24,7 +24,7 @@ with open(os.path.join(HERE, "kernel_cdef.h"), encoding="utf-8") as f:
     ffibuilder.cdef(f.read())
 ffibuilder.set_source(
     "kensa._audit",
-    '#include <linux/audit.h>\n#include "kensa_audit.h"',
+    '#include <sys/socket.h>\n#include <linux/netlink.h>\n#include <linux/audit.h>\n#include "kensa_audit.h"',
     sources=[os.path.relpath(os.path.join(HERE, "kensa_audit.c"))],
     include_dirs=[os.path.relpath(HERE)],
     # Never libaudit: kensa_audit.c dlopens libaudit.so.1 at run time, so a

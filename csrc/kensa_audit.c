@@ -65,6 +65,8 @@ struct entry_hdr {
 _Static_assert(KENSA_MIN_CAPACITY >= 2 * (NEED(KENSA_MAX_BODY) + NEED(GAP_BODY_MAX)),
                "KENSA_MIN_CAPACITY cannot hold the largest record");
 _Static_assert(KENSA_MIN_CAPACITY % 8 == 0, "KENSA_MIN_CAPACITY must be a multiple of 8");
+/* The kernel keeps AUDIT_MESSAGE_TEXT_MAX bytes of a body, the last one NUL. */
+_Static_assert(KENSA_MAX_BODY == AUDIT_MESSAGE_TEXT_MAX - 1, "KENSA_MAX_BODY must follow the kernel's limit");
 
 /* Everything a process generation owns. Shared by the handle, the sender
  * thread and kensa_flush_all; freed when all have let go (refs). Linked into

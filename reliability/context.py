@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .kernel_log import KernelLog
+from kensa.audit.listener import AuditListener
+
 from .machine import AuditControl
 from .sizes import Size
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 class Context:
     size: Size
     audit: AuditControl
-    kernel_log: Optional[KernelLog]
+    kernel_log: Optional[AuditListener]
     scratch: Path
 
     @property

@@ -1,4 +1,4 @@
-"""Shared fixtures: the kernel's audit multicast listener and audit gating.
+"""Shared fixtures: the kernel's audit multicast listener (kensa.audit.listener) and audit gating.
 
 Tests that need root or the kernel audit subsystem skip on a laptop but fail
 when KENSA_REQUIRE_AUDIT=1 (CI sets it), so a broken CI machine cannot pass by
@@ -10,22 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import stat
-import struct
 import subprocess
-import threading
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-NETLINK_AUDIT = 9
-AUDIT_NLGRP_READLOG = 1
-SO_RCVBUFFORCE = 33
+from kensa.audit.listener import AuditListener, KernelRecord
 
 
 def require_audit(why: str) -> None:
@@ -52,88 +45,12 @@ def require_auditd() -> int:
     return int(out.stdout.split()[0])
 
 
-@dataclass(frozen=True)
-class KernelRecord:
-    """One record as the kernel logged it."""
-
-    type: int
-    text: str  # the whole line: audit(...): pid=... msg='...'
-
-    @property
-    def body(self) -> str:
-        """What kensa sent: the text inside msg='...'."""
-        start = self.text.index("msg='") + 5
-        end = self.text.rindex("'")
-        return self.text[start:end]
-
-    @property
-    def pid(self) -> int:
-        return int(self.text.split(" pid=", 1)[1].split()[0])
-
-
-class AuditListener:
-    """Collects every record the kernel logs (netlink multicast group 1)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
-        self.sock.bind((0, AUDIT_NLGRP_READLOG))
-        self.sock.settimeout(0.2)
-        self.records: List[KernelRecord] = []
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                data = self.sock.recv(1 << 16)
-            except socket.timeout:
-                continue
-            except OSError as exc:
-                # ENOBUFS means the listener itself lost records: tests must see it.
-                with self._cond:
-                    self.records.append(KernelRecord(-1, f"listener error: {exc}"))
-                    self._cond.notify_all()
-                continue
-            while len(data) >= 16:
-                length, rtype = struct.unpack_from("=IH", data)
-                text = data[16:length].rstrip(b"\0").decode("utf-8", "replace")
-                with self._cond:
-                    self.records.append(KernelRecord(rtype, text))
-                    self._cond.notify_all()
-                data = data[(length + 3) & ~3:]
-
-    def matching(self, predicate: Callable[[KernelRecord], bool]) -> List[KernelRecord]:
-        with self._cond:
-            errors = [r for r in self.records if r.type == -1]
-            assert not errors, errors[0].text
-            return [r for r in self.records if predicate(r)]
-
-    def wait_for(self, predicate: Callable[[KernelRecord], bool], count: int, timeout: float = 10.0) -> List[KernelRecord]:
-        """Records matching predicate, once there are at least count (or timeout)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.matching(predicate)
-            left = deadline - time.monotonic()
-            if len(found) >= count or left <= 0:
-                return found
-            with self._cond:
-                self._cond.wait(min(left, 0.1))
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join()
-        self.sock.close()
-
-
 @pytest.fixture
 def listener() -> Iterator[AuditListener]:
-    """A live multicast listener on the kernel's audit log (needs root)."""
+    """A live multicast listener on the kernel's audit log (needs root); a loss of its own fails the test."""
     require_root()
     try:
-        lst = AuditListener()
+        lst = AuditListener(lossless=True)
     except OSError as exc:
         require_audit(f"cannot listen to the kernel audit log: {exc}")
     try:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import decode_value, parse_fields, require_audit
 import kensa.audit.emitter as audit
+from kensa.audit.compiled import WITHOUT_EXTENSION, reason_names
 from kensa.audit.emitter import MAX_BODY, encode_value, format_phase_record
 
 DATA = Path(__file__).parent / "data"
@@ -105,14 +106,37 @@ def test_bad_arguments_are_rejected() -> None:
         audit.open_emitter(capacity=0)
 
 
-def test_max_body_matches_the_c_header() -> None:
-    """The Python cap and the C cap are the same number."""
+def _compiled():  # type: ignore[no-untyped-def]
     try:
         from kensa import _audit
     except ImportError:
         require_audit("the extension kensa._audit is not built")
-    assert _audit.lib.KENSA_MAX_BODY == MAX_BODY
-    assert _audit.lib.KENSA_SEQ_ROOM == audit.SEQ_ROOM
+    return _audit
+
+
+def test_limits_come_from_the_c_header_and_follow_the_kernel() -> None:
+    """MAX_BODY and SEQ_ROOM are the C emitter's values, and the body cap is the kernel's limit less its NUL."""
+    lib = _compiled().lib
+    assert MAX_BODY == lib.KENSA_MAX_BODY == lib.AUDIT_MESSAGE_TEXT_MAX - 1
+    assert audit.SEQ_ROOM == lib.KENSA_SEQ_ROOM
+    assert audit.AUDIT_USER == lib.AUDIT_USER
+
+
+def test_values_a_pure_python_install_uses_are_the_compiled_ones() -> None:
+    """Every value the formatter falls back on without the extension equals the compiled module's."""
+    lib = _compiled().lib
+    assert {name: getattr(lib, name) for name in WITHOUT_EXTENSION} == dict(WITHOUT_EXTENSION)
+
+
+def test_reason_names_are_read_from_the_c_enum() -> None:
+    """The reasons status() and stats() report are enum kensa_reason's members, named as users rely on."""
+    _compiled()
+    assert dict(reason_names()) == {
+        0: "on", 1: "no_capability", 2: "user_namespace", 3: "no_kernel_audit", 4: "refused_eperm",
+        5: "refused_econnrefused", 6: "socket_error", 7: "closed", 8: "no_memory", 9: "thread_error",
+    }
+    # Each one has the sentence status() shows for it.
+    assert set(reason_names().values()) <= set(audit._REASON_TEXT)
 
 
 def test_longest_body_with_the_largest_seq_still_fits() -> None:

@@ -154,7 +154,7 @@ def test_full_ring_drops_and_announces_the_gap(listener: AuditListener) -> None:
         assert s.dropped > 0 and s.gaps > 0 and s.sent + s.dropped == s.emitted
         mine = f"pid={os.getpid()} "
         gaps = listener.wait_for(lambda r: "op=kensa_audit_gap" in r.text and mine in r.text, s.gaps)
-        listener.records.clear()
+        listener.forget()
         if kernel_lost() != lost_before:
             continue  # the kernel dropped records itself (its backlog was full): try again
         assert len(gaps) == s.gaps
@@ -275,7 +275,7 @@ def test_emission_is_best_effort_at_exit() -> None:
     """Records queued when the interpreter exits normally are flushed (bounded)."""
     require_root()
     marker = uuid.uuid4().hex
-    lst = AuditListener()
+    lst = AuditListener(lossless=True)
     try:
         code = f"import kensa.audit as a\ne = a.open_emitter()\nfor i in range(50): e.emit_phase('{marker}', 'apply', True)\n"
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

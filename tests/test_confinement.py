@@ -155,10 +155,11 @@ def test_cli_remediates_the_namespaces_file(tmp_path: Path) -> None:
 PROBE = r"""
 import json, subprocess, sys
 import kensa.hosts.local as kh
+import kensa.hosts.syscalls as ks
 from kensa.errors import KensaError
 root, mode, mounts, ops = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 if mode == "mount-id":
-    kh._openat2_works = False
+    ks.openat2_works = False
 for argv in mounts:
     subprocess.run(argv, check=True)
 out = []

@@ -59,7 +59,7 @@ class WiringError(KensaError, ImportError):
     """:func:`default_engine` could not import one of the real parts it wires."""
 
 
-# Raised by kensa.hosts.local
+# Raised by kensa.hosts.local and kensa.hosts.confine
 
 class PathEscapeError(KensaError, PermissionError):
     """A path was refused because resolving it could leave (or bypass) the root."""
@@ -76,6 +76,12 @@ class HostAccessError(KensaError, OSError):
 
 class HostSelectionError(KensaError, ValueError):
     """A host key does not name a usable local target."""
+
+
+# Raised by kensa.hosts.local (its step runner)
+
+class StepPhaseError(KensaError, ValueError):
+    """A step runner was asked for a phase it does not run, or without what that phase needs."""
 
 
 # Raised by kensa.hosts.targetlock
@@ -178,6 +184,10 @@ class AuditError(KensaError):
 
 class AuditArgumentError(AuditError, ValueError):
     """An argument to the audit API is invalid; nothing was changed."""
+
+
+class AuditListenerError(AuditError, OSError):
+    """The kernel audit log cannot be listened to, or the listener lost records (ENOBUFS)."""
 
 
 class KernelStatusError(AuditError, OSError):

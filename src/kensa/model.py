@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Literal, Mapping, Optional, Sequence, Tuple
 
 
 class Phase(str, enum.Enum):
@@ -279,3 +279,31 @@ class AuditSequence:
     seq: Optional[int]
     pid: int
     recorded: datetime
+
+
+# --- what a host reports of a path -----------------------------------------------
+
+
+#: What a host path may hold that kensa manages: a regular file or a directory.
+FileKind = Literal["file", "dir"]
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What exists at a path: kind, permissions, ownership, xattrs, a file's bytes,
+    its modification time, and what a restore cannot bring back.
+
+    A restore by a host's ``write_file`` renames a new file into place: the path
+    gets a new inode (``ino`` changes) and, when ``nlink`` was above 1, is
+    detached from its other hard links. A caller compares these to say so honestly.
+    """
+
+    kind: FileKind
+    mode: int  # permission bits only (stat.S_IMODE)
+    uid: int
+    gid: int
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    content: Optional[bytes] = None  # read only for regular files, when asked
+    mtime_ns: int = 0  # modification time, ns since the epoch
+    ino: int = 0
+    nlink: int = 0

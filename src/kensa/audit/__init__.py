@@ -2,7 +2,9 @@
 
 :mod:`kensa.audit.emitter` formats and queues one USER_* record per phase boundary
 and reports the kernel's audit state; :mod:`kensa.audit.reconcile` reads auditd's
-log back and names the records it lost. The C source lives in ``csrc/``.
+log back and names the records it lost; :mod:`kensa.audit.listener` receives
+every record the kernel logs; :mod:`kensa.audit.compiled` loads the extension
+and reads the C and kernel values from it. The C source lives in ``csrc/``.
 """
 
 from kensa.audit.emitter import (
@@ -20,7 +22,8 @@ from kensa.audit.emitter import (
     open_emitter,
     status,
 )
-from kensa.errors import AuditArgumentError, AuditError, KernelStatusError
+from kensa.audit.listener import AuditListener, KernelRecord
+from kensa.errors import AuditArgumentError, AuditError, AuditListenerError, KernelStatusError
 
 __all__ = [
     "AUDIT_USER",
@@ -28,9 +31,12 @@ __all__ = [
     "AuditArgumentError",
     "AuditEmitter",
     "AuditError",
+    "AuditListener",
+    "AuditListenerError",
     "AuditStatus",
     "EmitterStats",
     "KernelAuditStatus",
+    "KernelRecord",
     "KernelStatusError",
     "NoopEmitter",
     "PhaseRecorder",

@@ -48,10 +48,10 @@ import math
 import os
 import re
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple, Union
 
+from kensa.audit.compiled import constant, load, reason_names
 from kensa.errors import AuditArgumentError, AuditError, KernelStatusError
 
 __all__ = [
@@ -73,12 +73,13 @@ __all__ = [
     "status",
 ]
 
-AUDIT_USER = 1005
-#: Longest body the kernel keeps whole (AUDIT_MESSAGE_TEXT_MAX less its NUL);
-#: equal to KENSA_MAX_BODY in csrc/kensa_audit.h (a test checks).
-MAX_BODY = 8559
-#: Room for ``seq=<n> `` inside MAX_BODY; equal to KENSA_SEQ_ROOM (a test checks).
-SEQ_ROOM = 25
+#: The record type kensa writes by default (the kernel's AUDIT_USER).
+AUDIT_USER = constant("AUDIT_USER")
+#: Longest body the kernel keeps whole (AUDIT_MESSAGE_TEXT_MAX less its NUL):
+#: the C emitter's KENSA_MAX_BODY.
+MAX_BODY = constant("KENSA_MAX_BODY")
+#: Room for ``seq=<n> `` inside MAX_BODY: the C emitter's KENSA_SEQ_ROOM.
+SEQ_ROOM = constant("KENSA_SEQ_ROOM")
 DEFAULT_CAPACITY = 1 << 20
 #: One deadline for all emitters' queues at interpreter exit.
 EXIT_FLUSH_SECONDS = 2.0
@@ -100,18 +101,6 @@ _FIXED = len(_OP) + _PHASE_ROOM + SEQ_ROOM + len(b" txn= rule= host=") + len(_RE
 
 Value = Union[str, bytes]
 
-_REASONS = {
-    0: "on",
-    1: "no_capability",
-    2: "user_namespace",
-    3: "no_kernel_audit",
-    4: "refused_eperm",
-    5: "refused_econnrefused",
-    6: "socket_error",
-    7: "closed",
-    8: "no_memory",
-    9: "thread_error",
-}
 _REASON_TEXT = {
     "on": "the kernel logs audit records and an audit daemon receives them",
     "kernel_disabled": "the kernel discards every audit record (audit enabled 0): start auditd or run auditctl -e 1",
@@ -264,7 +253,7 @@ def kernel_status() -> KernelAuditStatus:
     asked: EPERM without the capability, ECONNREFUSED outside the initial user
     namespace, EPROTONOSUPPORT without kernel audit, or no extension at all.
     """
-    lib, ffi, missing = _load()
+    lib, ffi, missing = load()
     if lib is None:
         raise KernelStatusError(errno.ENOSYS, f"cannot ask the kernel: {_REASON_TEXT['no_extension']} ({missing})")
     out = ffi.new("struct audit_status *")
@@ -440,10 +429,10 @@ class AuditEmitter:
     def stats(self) -> EmitterStats:
         s = self._ffi.new("kensa_stats *")
         self._lib.kensa_get_stats(self._handle, s)
-        reason = _REASONS.get(s.reason, str(s.reason))
+        reason = reason_names().get(s.reason, str(s.reason))
         return EmitterStats(
             mode=self.mode,
-            enabled=s.reason == 0,
+            enabled=s.reason == self._lib.KENSA_ON,
             reason=reason,
             emitted=s.emitted,
             sent=s.sent,
@@ -483,26 +472,15 @@ class AuditEmitter:
 
 Emitter = Union[AuditEmitter, NoopEmitter]
 
-_import_lock = threading.Lock()
-
-
-def _load() -> tuple[Any, Any, str]:
-    """The compiled module's (lib, ffi), or (None, None, why it is missing)."""
-    with _import_lock:
-        try:
-            from kensa import _audit  # type: ignore[attr-defined]
-        except ImportError as exc:
-            return None, None, str(exc)
-        return _audit.lib, _audit.ffi, ""
-
-
 def _check_msg_type(msg_type: int) -> None:
     if isinstance(msg_type, bool) or not isinstance(msg_type, int):
         raise TypeError(f"msg_type must be an int, got {type(msg_type).__name__}")
-    if not (msg_type == AUDIT_USER or 1100 <= msg_type <= 1199 or 2100 <= msg_type <= 2999):
+    first, last = constant("AUDIT_FIRST_USER_MSG"), constant("AUDIT_LAST_USER_MSG")
+    first2, last2 = constant("AUDIT_FIRST_USER_MSG2"), constant("AUDIT_LAST_USER_MSG2")
+    if not (msg_type == AUDIT_USER or first <= msg_type <= last or first2 <= msg_type <= last2):
         raise AuditArgumentError(
             f"msg_type {msg_type} is not a user audit message type: "
-            "use 1005 (AUDIT_USER) or a value in 1100-1199 or 2100-2999"
+            f"use {AUDIT_USER} (AUDIT_USER) or a value in {first}-{last} or {first2}-{last2}"
         )
 
 
@@ -520,14 +498,14 @@ def status() -> AuditStatus:
     configuration locked (``enabled 2``), or logs them. Without
     CAP_AUDIT_CONTROL the kernel cannot be asked: the state is ``unknown``.
     """
-    lib, ffi, missing = _load()
+    lib, ffi, missing = load()
     if lib is None:
         return AuditStatus(False, "no_extension", f"{_REASON_TEXT['no_extension']} ({missing})", False, False)
     libaudit = bool(lib.kensa_uses_libaudit())
     if _disabled_by_env():
         return AuditStatus(False, "disabled", _REASON_TEXT["disabled"], True, libaudit)
     err = ffi.new("int *")
-    reason = _REASONS.get(lib.kensa_probe(err), "socket_error")
+    reason = reason_names().get(lib.kensa_probe(err), "socket_error")
     if reason != "on":
         detail = _REASON_TEXT[reason] + (f" ({_errno_text(err[0])})" if err[0] else "")
         return AuditStatus(False, reason, detail, True, libaudit)
@@ -568,13 +546,13 @@ def open_emitter(mode: str = "async", *, msg_type: int = AUDIT_USER, capacity: i
     # the emitter still runs and counts what the kernel discarded.
     if not st.writable:
         return NoopEmitter(mode, st.reason, st.detail)
-    lib, ffi, _ = _load()
+    lib, ffi, _ = load()
     reason = ffi.new("int *")
     err = ffi.new("int *")
     c_mode = lib.KENSA_MODE_ASYNC if mode == "async" else lib.KENSA_MODE_SYNC
     handle = lib.kensa_emitter_new(c_mode, msg_type, capacity, reason, err)
     if handle == ffi.NULL:
-        why = _REASONS.get(reason[0], "socket_error")
+        why = reason_names().get(reason[0], "socket_error")
         detail = _REASON_TEXT[why] + (f" ({_errno_text(err[0])})" if err[0] else "")
         return NoopEmitter(mode, why, detail)
     return AuditEmitter(ffi.gc(handle, lib.kensa_emitter_free), lib, ffi, mode, msg_type)

@@ -15,17 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import struct
 import tempfile
-import threading
-import time
 from typing import TYPE_CHECKING, Dict, List, Optional, TextIO, Tuple
 
 from kensa.model import Status, TransactionResult
 
 if TYPE_CHECKING:
     from kensa.audit.emitter import AuditStatus, EmitterStats
+    from kensa.audit.listener import AuditListener
 
 RULES: Dict[str, str] = {
     "ssh-disable-root-login.yml": """\
@@ -146,42 +143,12 @@ def write_rules(directory: str) -> None:
             f.write(text)
 
 
-class RecordTap:
-    """Collects kensa's records from the kernel's audit multicast group."""
+def _open_tap() -> Tuple[Optional["AuditListener"], str]:
+    """A listener keeping kensa's records, or None and why it could not listen."""
+    from kensa.audit.listener import AuditListener
 
-    def __init__(self) -> None:
-        self.records: List[str] = []
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)  # NETLINK_AUDIT
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self._sock.bind((0, 1))  # AUDIT_NLGRP_READLOG
-        self._sock.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(1 << 16)
-            except socket.timeout:
-                continue
-            except OSError as exc:
-                self.records.append(f"(listener lost records: {exc})")
-                continue
-            length = struct.unpack_from("=I", data)[0]
-            text = data[16:length].rstrip(b"\0").decode("utf-8", "replace")
-            if "op=kensa" in text:
-                self.records.append(text)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sock.close()
-
-
-def _open_tap() -> Tuple[Optional[RecordTap], str]:
     try:
-        return RecordTap(), ""
+        return AuditListener(containing=b"op=kensa"), ""
     except OSError as exc:
         return None, f"cannot read the kernel audit log ({exc.strerror}); run as root to see the records"
 
@@ -277,16 +244,13 @@ def why_no_records(status: "AuditStatus", tap_problem: str, stats: Optional["Emi
     return f"none arrived within the wait ({status.detail}); see kensa audit status."
 
 
-def _collect(tap: RecordTap, results: List[TransactionResult], timeout: float = 3.0) -> List[str]:
+def _collect(tap: "AuditListener", results: List[TransactionResult], timeout: float = 3.0) -> List[str]:
     """The run's records, once each transaction's terminal record arrived (bounded wait)."""
     ids = {r.txn_id for r in results}
     terminal = {f"phase={s.value} " for s in Status}
-    deadline = time.monotonic() + timeout
-    mine: List[str] = []
-    while time.monotonic() < deadline:
-        mine = [t for t in list(tap.records) if any(i in t for i in ids)]
-        if sum(1 for t in mine if any(p in t for p in terminal)) >= len(ids):
-            break
-        time.sleep(0.05)
-    tap.close()
-    return mine
+    try:
+        tap.wait_for(lambda r: any(i in r.text for i in ids) and any(p in r.text for p in terminal), len(ids), timeout)
+        mine = tap.matching(lambda r: any(i in r.text for i in ids))
+    finally:
+        tap.close()
+    return [r.text for r in mine]

@@ -1,22 +1,31 @@
 """Targets: where a transaction's steps read and write.
 
-:mod:`kensa.hosts.local` is the confined filesystem of this machine (``/`` or an
-image root); :mod:`kensa.hosts.targetlock` serializes processes that write one
-target. A remote host kind lives beside them and meets the same
-:class:`kensa.hosts.protocol.Host` protocol.
+:mod:`kensa.hosts.protocol` says what a target offers (:class:`Host`,
+:class:`ReadableHost`) and how a step's phase runs where the target is
+(:class:`StepRunner`). :mod:`kensa.hosts.local` is the confined filesystem of
+this machine (``/`` or an image root), resolving paths with
+:mod:`kensa.hosts.confine` over the system calls of :mod:`kensa.hosts.syscalls`;
+:mod:`kensa.hosts.overlay` is a host as planned writes will leave it;
+:mod:`kensa.hosts.targetlock` serializes processes that write one target. A
+remote host kind lives beside them and meets the same protocols.
 """
 
 from kensa.errors import HostAccessError, HostSelectionError, PathEscapeError, TargetLockError, TargetLockTimeout
-from kensa.hosts.local import FileInfo, LocalHost, PlannedView, canonical_host_key, resolve_host
+from kensa.hosts.local import FileInfo, LocalHost, LocalStepRunner, PlannedView, canonical_host_key, resolve_host
+from kensa.hosts.protocol import Host, ReadableHost, StepRunner
 from kensa.hosts.targetlock import TargetLocks
 
 __all__ = [
     "FileInfo",
+    "Host",
     "HostAccessError",
     "HostSelectionError",
     "LocalHost",
+    "LocalStepRunner",
     "PathEscapeError",
     "PlannedView",
+    "ReadableHost",
+    "StepRunner",
     "TargetLockError",
     "TargetLockTimeout",
     "TargetLocks",
