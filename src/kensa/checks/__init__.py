@@ -23,6 +23,7 @@ from kensa.checks.method import CheckMethod
 from kensa.errors import CheckError, KensaError
 from kensa.facts.params import Schema
 from kensa.model import Step
+from kensa.hosts.protocol import ReadableHost
 
 CHECKS: Mapping[str, CheckMethod] = MappingProxyType(
     {method.name: method for method in (*config.METHODS, *files.METHODS, *kernel.METHODS)}
@@ -62,7 +63,7 @@ class ImplementationLike(Protocol):
 class Validating(Protocol):
     """A handler, as far as compliance needs one."""
 
-    def validate(self, host: Any, params: Mapping[str, Any]) -> bool: ...
+    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ from typing import Any, Mapping
 from kensa.checks.method import CheckMethod
 from kensa.facts.config import config_key, holds
 from kensa.facts.params import PATH, Field, Schema, scalar_line
+from kensa.hosts.protocol import ReadableHost
 
 
-def _config_value(host: Any, fields: Mapping[str, Any]) -> bool:
+def _config_value(host: ReadableHost, fields: Mapping[str, Any]) -> bool:
     return holds(host, fields["path"], fields["key"], fields["expected"])
 
 

@@ -9,18 +9,19 @@ from kensa.checks.method import CheckMethod
 from kensa.facts.config import decode
 from kensa.facts.files import attributes_hold, resolve_account
 from kensa.facts.params import OWNERSHIP, PATH, Field, Schema, regex
+from kensa.hosts.protocol import ReadableHost
 
 _PATH_ONLY = {"path": PATH}
 _CONTENT = {"path": PATH, "pattern": Field(regex, required=True)}
 
 
-def _permission(host: Any, fields: Mapping[str, Any]) -> bool:
+def _permission(host: ReadableHost, fields: Mapping[str, Any]) -> bool:
     uid = resolve_account(host, "owner", fields["owner"])
     gid = resolve_account(host, "group", fields["group"])
     return attributes_hold(host, fields["path"], fields["mode"], uid, gid, "file_permission")
 
 
-def _matches(host: Any, fields: Mapping[str, Any]) -> bool:
+def _matches(host: ReadableHost, fields: Mapping[str, Any]) -> bool:
     data = host.read_bytes(fields["path"])
     return data is not None and re.search(fields["pattern"], decode(data), re.MULTILINE) is not None
 

@@ -9,6 +9,7 @@ from kensa.errors import ParamError
 from kensa.facts.auditrules import DEFAULT_PERSIST_FILE, audit_rules, rules_hold
 from kensa.facts.params import Field, Schema, as_given, scalar_line
 from kensa.facts.sysctl import sysctl_key, sysctl_path
+from kensa.hosts.protocol import ReadableHost
 
 
 def _expected(value: Any) -> str:
@@ -18,7 +19,7 @@ def _expected(value: Any) -> str:
     return found
 
 
-def _sysctl_value(host: Any, fields: Mapping[str, Any]) -> bool:
+def _sysctl_value(host: ReadableHost, fields: Mapping[str, Any]) -> bool:
     data = host.read_bytes(sysctl_path(fields["key"]))
     # The kernel separates multi-value settings with tabs; rules write spaces.
     return data is not None and data.decode("utf-8", "surrogateescape").split() == fields["expected"].split()

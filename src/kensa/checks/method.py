@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from kensa.facts.params import Schema
+from kensa.hosts.protocol import ReadableHost
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,6 @@ class CheckMethod:
     def name(self) -> str:
         return self.schema.owner
 
-    def evaluate(self, host: Any, params: Mapping[str, Any]) -> bool:
+    def evaluate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         """Whether the check holds on ``host``; ParamError for fields the schema refuses."""
         return bool(self.test(host, self.schema.read(params)))

@@ -1,38 +1,33 @@
 """The engine's contracts with its parts: handlers, the phase emitter, the journal, the
 target lock. Every part the engine uses is reached through one of these protocols,
 so the engine imports no netlink, cffi or sqlite code; the real parts are wired in
-:mod:`kensa.factory`. Imports nothing of kensa but the model."""
+:mod:`kensa.factory`. Imports nothing of kensa but the model and the host protocols."""
 
 from __future__ import annotations
 
 from typing import Any, ContextManager, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
-from kensa.model import Assessment, JournalEntry, PreState, RollbackResult, StepResult, Transaction, TransactionResult
+from kensa.hosts.protocol import Host, PhaseHandler, ReadableHost
+from kensa.model import Assessment, JournalEntry, PreState, RollbackResult, Transaction, TransactionResult
 
 __all__ = ["Handler", "Journal", "PhaseEmitter", "PhaseRecorder", "RecoveryJournal", "Restorable", "TargetLock"]
 
 
 @runtime_checkable
-class Handler(Protocol):
+class Handler(PhaseHandler, Protocol):
     """A remediation mechanism.
 
     ``capture`` records the exact pre-state; ``apply`` changes the host;
     ``validate`` says whether the desired state holds (it is also the
     "already compliant" check); ``rollback`` restores the captured pre-state and
     verifies it by reading back. Handlers whose change cannot be reversed set
-    ``capturable = False`` and are never asked to capture or roll back.
+    ``capturable = False`` and are never asked to capture or roll back. The
+    phases are :class:`kensa.hosts.protocol.PhaseHandler`'s, so a step runner
+    can run them where the host is.
     """
 
     name: str
     capturable: bool
-
-    def capture(self, host: Any, params: Mapping[str, Any]) -> PreState: ...
-
-    def apply(self, host: Any, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult: ...
-
-    def validate(self, host: Any, params: Mapping[str, Any]) -> bool: ...
-
-    def rollback(self, host: Any, pre: PreState) -> RollbackResult: ...
 
 
 @runtime_checkable
@@ -57,13 +52,13 @@ class Restorable(Protocol):
     recovery assess each earlier step through an overlay of it.
     """
 
-    def assess(self, host: Any, pre: PreState) -> Assessment: ...
+    def assess(self, host: ReadableHost, pre: PreState) -> Assessment: ...
 
-    def restore(self, host: Any, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult: ...
+    def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult: ...
 
-    def planned(self, host: Any, pre: PreState) -> Mapping[str, Any]: ...
+    def planned(self, host: ReadableHost, pre: PreState) -> Mapping[str, Any]: ...
 
-    def settled(self, host: Any, pre: PreState, assessment: Assessment, force: bool = False) -> Mapping[str, Any]: ...
+    def settled(self, host: ReadableHost, pre: PreState, assessment: Assessment, force: bool = False) -> Mapping[str, Any]: ...
 
 
 class PhaseRecorder(Protocol):

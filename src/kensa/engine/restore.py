@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 from kensa.engine.protocols import Handler, Restorable
+from kensa.hosts.protocol import Host
 from kensa.errors import NotCapturableError, RollbackFailedError
 from kensa.model import Assessment, Phase, PreState, RollbackResult, Status, Step, StepResult, Transaction, TransactionError, TransactionResult
 
@@ -35,7 +36,7 @@ def step_name(index: int, step: Step) -> str:
 
 def restore_steps(
     txn: Transaction,
-    host: object,
+    host: Host,
     handlers: Sequence[Optional[Handler]],
     pre_states: Sequence[Optional[PreState]],
     upto: Optional[int] = None,

@@ -38,6 +38,7 @@ import operator
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from kensa.errors import AuditControlError, AuditRuleError, HostAccessError, ParamError
+from kensa.hosts.protocol import ReadableHost
 
 #: Options allowed after the first one, per rule kind.
 WATCH_OPTIONS = frozenset({"-p", "-k", "-F"})
@@ -240,13 +241,13 @@ def audit_rules(value: Any) -> List[str]:
     return list(unique.values())
 
 
-def auditctl(host: Any, args: Sequence[str]) -> Tuple[int, str]:
+def auditctl(host: ReadableHost, args: Sequence[str]) -> Tuple[int, str]:
     """Run auditctl on ``host``: its exit status and output."""
     done = host.run(["auditctl", *args], AUDITCTL_TIMEOUT)
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
-def kernel_rules(host: Any) -> Optional[Dict[str, Any]]:
+def kernel_rules(host: ReadableHost) -> Optional[Dict[str, Any]]:
     """The kernel's audit state (``immutable``, the ``rules`` auditctl lists), or None when
     the target is not the live host or audit cannot be controlled there."""
     if not host.is_live:
@@ -267,7 +268,7 @@ def kernel_rules(host: Any) -> Optional[Dict[str, Any]]:
     return {"immutable": immutable, "rules": rules}
 
 
-def rules_hold(host: Any, rules: Sequence[str], persist: str) -> bool:
+def rules_hold(host: ReadableHost, rules: Sequence[str], persist: str) -> bool:
     """Whether every rule is in the rules file ``persist`` and, where kensa can see it, loaded."""
     data = host.read_bytes(persist)
     text = "" if data is None else data.decode("utf-8", "surrogateescape")

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 from kensa.errors import ParamError
 from kensa.facts.params import scalar_line
+from kensa.hosts.protocol import ReadableHost
 
 _KEY = re.compile(r"[^\s=#]+")
 _MAX_KEY = 256
@@ -92,6 +93,6 @@ def get_value(text: str, key: str, separator: str = " ", comments: Sequence[str]
     return None if index is None else line_value(lines[index], key, separator)
 
 
-def holds(host: Any, path: str, key: str, value: str, separator: str = " ") -> bool:
+def holds(host: ReadableHost, path: str, key: str, value: str, separator: str = " ") -> bool:
     """Whether the file at ``path`` on ``host`` sets ``key`` globally to ``value``."""
     return get_value(decode(host.read_bytes(path)), key, separator) == value.strip()

@@ -6,9 +6,10 @@ import errno
 from typing import Any, Optional, Union
 
 from kensa.errors import HostAccessError, KensaError, ParamError
+from kensa.hosts.protocol import ReadableHost
 
 
-def resolve_account(host: Any, field: str, value: Union[int, str, None]) -> Optional[int]:
+def resolve_account(host: ReadableHost, field: str, value: Union[int, str, None]) -> Optional[int]:
     """The numeric id of an ``owner`` (in the target's /etc/passwd) or ``group`` (/etc/group)
     read by :func:`kensa.facts.params.account`; None when not given."""
     if value is None or isinstance(value, int):
@@ -19,7 +20,7 @@ def resolve_account(host: Any, field: str, value: Union[int, str, None]) -> Opti
         raise ParamError(f"{field} {value!r}: {exc}", field=field, problem=str(exc)) from exc
 
 
-def existing(host: Any, path: str, owner: str) -> Any:
+def existing(host: ReadableHost, path: str, owner: str) -> Any:
     """The FileInfo of ``path``, which must exist."""
     found = host.info(path)
     if found is None:
@@ -27,7 +28,7 @@ def existing(host: Any, path: str, owner: str) -> Any:
     return found
 
 
-def attributes_hold(host: Any, path: str, mode: Optional[int], uid: Optional[int], gid: Optional[int], owner: str) -> bool:
+def attributes_hold(host: ReadableHost, path: str, mode: Optional[int], uid: Optional[int], gid: Optional[int], owner: str) -> bool:
     """Whether ``path`` exists with the attributes asked for (None: any)."""
     found = existing(host, path, owner)
     return (mode is None or found.mode == mode) and (uid is None or found.uid == uid) and (gid is None or found.gid == gid)

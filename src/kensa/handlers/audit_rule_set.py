@@ -45,7 +45,7 @@ from kensa.facts.auditrules import (
 )
 from kensa.facts.config import decode, encode
 from kensa.facts.params import Field, Schema, absolute_path, as_given, boolean, path_as_text
-from kensa.hosts.local import LocalHost
+
 from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
 from kensa.handlers.filestate import (
     Planned,
@@ -62,6 +62,7 @@ from kensa.handlers.filestate import (
     rollback_result,
     settled_files,
 )
+from kensa.hosts.protocol import Host, ReadableHost
 
 __all__ = ["DEFAULT_PERSIST_FILE", "SCHEMA", "AuditRuleSet", "rule_identity"]
 
@@ -127,10 +128,10 @@ class AuditRuleSet:
 
     # -- the protocol ----------------------------------------------------------------
 
-    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         return rules_hold(host, *self._desired(params))
 
-    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+    def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         rules, persist = self._desired(params)
         self._refuse_silencing(params, rules)
         state = capture_file(host, persist)
@@ -146,7 +147,7 @@ class AuditRuleSet:
             }
         return PreState(self.name, params, data)
 
-    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+    def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         rules, persist = self._desired(params)
         self._refuse_silencing(params, rules)
         text = decode(host.read_bytes(persist))
@@ -172,21 +173,21 @@ class AuditRuleSet:
         return StepResult(self.name, ok=True, changed=bool(lines or loaded),
                           detail=f"{len(lines)} line(s) persisted in {where}, {loaded} rule(s) loaded")
 
-    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
+    def rollback(self, host: Host, pre: PreState) -> RollbackResult:
         problems = self._rollback_file(host, pre.data["persist"], list(pre.data["lines_added"]))
         kernel = pre.data["kernel"]
         if kernel is not None and not kernel["immutable"]:
             problems += self._rollback_kernel(host, list(kernel["before"]), list(kernel["rules_added"]))
         return rollback_result(self.name, problems, fidelity_notes(host, [pre.data["persist"]]))
 
-    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+    def planned(self, host: ReadableHost, pre: PreState) -> Planned:
         state = pre.data["persist"]
         return planned_file(state, encode(merge_lines(decode(state.get("content")), list(pre.data["lines_added"]))))
 
-    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+    def settled(self, host: ReadableHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
         return settled_files(host, [pre.data["persist"]], assessment, force)
 
-    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+    def assess(self, host: ReadableHost, pre: PreState) -> Assessment:
         state, added = pre.data["persist"], list(pre.data["lines_added"])
         plans: List[Any] = [assess_file(host, state, state.get("post"), revert_rules(added))]
         kernel = pre.data["kernel"]
@@ -210,7 +211,7 @@ class AuditRuleSet:
                     plans.append(StatePlan(Drift.AT_POST))
         return combine(plans)
 
-    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+    def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
         file_plan = assessment.plan[0]
         problems = restore_planned(host, pre.data["persist"], file_plan, force)
         kernel = pre.data["kernel"]
@@ -223,7 +224,7 @@ class AuditRuleSet:
                 problems += self._rollback_kernel(host, list(kernel["before"]), list(kernel["rules_added"]), exact)
         return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data["persist"]]))
 
-    def _rollback_file(self, host: LocalHost, state: Mapping[str, Any], added: List[str]) -> List[str]:
+    def _rollback_file(self, host: Host, state: Mapping[str, Any], added: List[str]) -> List[str]:
         # Someone may have edited the file since apply: only this step's lines go then.
         try:
             plan = assess_file(host, state, state.get("post"), revert_rules(added))
@@ -231,7 +232,7 @@ class AuditRuleSet:
             return [f"reading {state['path']} failed: {exc}"]
         return restore_planned(host, state, plan, force=True)
 
-    def _rollback_kernel(self, host: LocalHost, before: List[str], added: List[str], exact: bool = True) -> List[str]:
+    def _rollback_kernel(self, host: Host, before: List[str], added: List[str], exact: bool = True) -> List[str]:
         problems = []
         try:
             kernel = kernel_rules(host)

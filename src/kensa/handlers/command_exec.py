@@ -25,9 +25,10 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from kensa.errors import ParamError
-from kensa.hosts.local import LocalHost
+
 from kensa.model import PreState, RollbackResult, StepResult
 from kensa.facts.params import Field, Schema, as_given, seconds
+from kensa.hosts.protocol import Host, ReadableHost
 
 DEFAULT_TIMEOUT = 300.0
 _MAX_PENDING = 1024
@@ -86,11 +87,11 @@ class CommandExec:
         timeout = SCHEMA.read(params)["timeout"]
         return DEFAULT_TIMEOUT if timeout is None else float(timeout)
 
-    def _live(self, host: LocalHost) -> None:
+    def _live(self, host: ReadableHost) -> None:
         if not host.is_live:
             raise ParamError(f"{self.name}: commands run on the live host only, and the target is the root {host.root}")
 
-    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         self._live(host)
         self._command(params)  # bad params are refused here, before anything runs
         timeout = self._timeout(params)
@@ -99,18 +100,18 @@ class CommandExec:
             return self._ran_ok(host, params)
         return host.run(unless, timeout).returncode == 0
 
-    def _pending(self) -> "OrderedDict[int, Tuple[LocalHost, Mapping[str, Any], int]]":
-        runs: Optional[OrderedDict[int, Tuple[LocalHost, Mapping[str, Any], int]]] = getattr(self._runs, "pending", None)
+    def _pending(self) -> "OrderedDict[int, Tuple[Host, Mapping[str, Any], int]]":
+        runs: Optional[OrderedDict[int, Tuple[Host, Mapping[str, Any], int]]] = getattr(self._runs, "pending", None)
         if runs is None:
             runs = self._runs.pending = OrderedDict()
         return runs
 
-    def _ran_ok(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+    def _ran_ok(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         # Read once: a later validate of the same step must not inherit this run.
         run = self._pending().pop(id(params), None)
         return run is not None and run[0] is host and run[1] is params and run[2] == 0
 
-    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+    def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         self._live(host)
         argv = self._command(params)
         pending = self._pending()
@@ -125,8 +126,8 @@ class CommandExec:
         detail = f"exit status {done.returncode}" + (f": {output[-500:]}" if output else "")
         return StepResult(self.name, ok=done.returncode == 0, changed=True, detail=detail)
 
-    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+    def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         raise NotImplementedError(f"{self.name} is not capturable")
 
-    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
+    def rollback(self, host: Host, pre: PreState) -> RollbackResult:
         raise NotImplementedError(f"{self.name} is not capturable")

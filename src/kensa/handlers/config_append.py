@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Tuple
 
 from kensa.errors import ParamError
-from kensa.hosts.local import LocalHost
+
 from kensa.model import PreState, StepResult
 from kensa.facts.config import decode, encode
 from kensa.facts.params import PATH, Field, Schema, line
 from kensa.handlers.filestate import OneFileStep, Revert, capture_file, post_state
+from kensa.hosts.protocol import Host, ReadableHost
 
 
 def _non_blank_line(value: Any) -> str:
@@ -61,16 +62,16 @@ class ConfigAppend(OneFileStep):
         read = SCHEMA.read(params)
         return read["path"], read["line"]
 
-    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         path, line = self._desired(params)
         return has_line(decode(host.read_bytes(path)), line)
 
-    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+    def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         state = capture_file(host, self._desired(params)[0])
         post = post_state(state, self.written(PreState(self.name, params, state)))
         return PreState(self.name, params, {**state, "post": post})
 
-    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+    def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         path, line = self._desired(params)
         text = decode(host.read_bytes(path))
         if has_line(text, line):

@@ -11,9 +11,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from kensa.errors import ParamError
 from kensa.facts.config import Finder, config_key, decode, encode, find_key, get_value, holds, line_value, separator
 from kensa.facts.params import PATH, Field, Schema, scalar_line
-from kensa.hosts.local import LocalHost
+
 from kensa.model import PreState, StepResult
 from kensa.handlers.filestate import OneFileStep, Revert, capture_file, post_state
+from kensa.hosts.protocol import Host, ReadableHost
 
 __all__ = ["SCHEMA", "ConfigSet", "decode", "encode", "get_value", "revert_key", "set_value"]
 
@@ -90,16 +91,16 @@ class ConfigSet(OneFileStep):
         read = SCHEMA.read(params)
         return read["path"], read["key"], read["value"], read["separator"] or " "
 
-    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         path, key, value, sep = self._desired(params)
         return holds(host, path, key, value, sep)
 
-    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+    def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         state = capture_file(host, self._desired(params)[0])
         post = post_state(state, self.written(PreState(self.name, params, state)))
         return PreState(self.name, params, {**state, "post": post})
 
-    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+    def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         path, key, value, separator = self._desired(params)
         old = host.read_bytes(path)
         new = encode(set_value(decode(old), key, value, separator))

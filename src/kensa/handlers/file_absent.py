@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from kensa.hosts.local import LocalHost
+
 from kensa.model import PreState, StepResult
 from kensa.handlers.filestate import OneFileStep, capture_file, post_state
 from kensa.facts.params import PATH, Schema
+from kensa.hosts.protocol import Host, ReadableHost
 
 SCHEMA = Schema("file_absent", {"path": PATH})
 
@@ -27,15 +28,15 @@ class FileAbsent(OneFileStep):
     capturable = True
     schema = SCHEMA
 
-    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         path = _path(params)
         return host.read_file(path) is None
 
-    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+    def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         state = capture_file(host, _path(params))
         return PreState(self.name, params, {**state, "post": post_state(state, None)})
 
-    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+    def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         path = _path(params)
         existed = host.read_file(path) is not None
         host.remove_file(path)

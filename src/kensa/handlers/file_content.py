@@ -7,9 +7,10 @@ from typing import Any, Mapping, Optional
 from kensa.errors import ParamError
 from kensa.facts.files import resolve_account
 from kensa.facts.params import OWNERSHIP, PATH, Field, Schema
-from kensa.hosts.local import LocalHost
+
 from kensa.model import PreState, StepResult
 from kensa.handlers.filestate import OneFileStep, capture_file, post_state
+from kensa.hosts.protocol import Host, ReadableHost
 
 
 def content(value: Any) -> bytes:
@@ -32,7 +33,7 @@ class FileContent(OneFileStep):
 
     schema = SCHEMA
 
-    def _desired(self, host: LocalHost, params: Mapping[str, Any]) -> Mapping[str, Any]:
+    def _desired(self, host: ReadableHost, params: Mapping[str, Any]) -> Mapping[str, Any]:
         read = SCHEMA.read(params)
         return {
             "path": read["path"],
@@ -42,22 +43,22 @@ class FileContent(OneFileStep):
             "gid": resolve_account(host, "group", read["group"]),
         }
 
-    def _holds(self, host: LocalHost, want: Mapping[str, Any]) -> bool:
+    def _holds(self, host: ReadableHost, want: Mapping[str, Any]) -> bool:
         found = host.read_file(want["path"])
         if found is None or found.content != want["content"]:
             return False
         return all(want[key] is None or want[key] == getattr(found, key) for key in ("mode", "uid", "gid"))
 
-    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         return self._holds(host, self._desired(host, params))
 
-    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+    def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         want = self._desired(host, params)
         state = capture_file(host, want["path"])
         post = post_state(state, want["content"], mode=want["mode"], uid=want["uid"], gid=want["gid"])
         return PreState(self.name, params, {**state, "post": post})
 
-    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+    def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         want = self._desired(host, params)
         if self._holds(host, want):
             return StepResult(self.name, ok=True, changed=False)

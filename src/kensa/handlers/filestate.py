@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import KensaError
-from kensa.hosts.local import DEFAULT_FILE_MODE, FileInfo, FileKind, LocalHost
+from kensa.hosts.local import DEFAULT_FILE_MODE, FileInfo, FileKind
 from kensa.model import Assessment, Drift, PreState, RollbackResult
+from kensa.hosts.protocol import Host, ReadableHost
 
 
 def _describe(path: str, info: Optional[FileInfo], with_content: bool) -> Dict[str, Any]:
@@ -37,12 +38,12 @@ def _describe(path: str, info: Optional[FileInfo], with_content: bool) -> Dict[s
     return data
 
 
-def capture_file(host: LocalHost, path: str) -> Dict[str, Any]:
+def capture_file(host: ReadableHost, path: str) -> Dict[str, Any]:
     """Existence, bytes, mode, owner, group and xattrs of the regular file at ``path``."""
     return _describe(path, host.read_file(path), True)
 
 
-def capture_meta(host: LocalHost, path: str) -> Dict[str, Any]:
+def capture_meta(host: ReadableHost, path: str) -> Dict[str, Any]:
     """Mode, owner, group and xattrs of the file or directory at ``path`` (not its bytes)."""
     return _describe(path, host.info(path), False)
 
@@ -59,7 +60,7 @@ def differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> List[
     return found
 
 
-def restore_file(host: LocalHost, pre: Mapping[str, Any]) -> List[str]:
+def restore_file(host: Host, pre: Mapping[str, Any]) -> List[str]:
     """Put back a state from :func:`capture_file`; return what still differs (empty: exact)."""
     path = str(pre["path"])
     if not _read_back(host, pre, with_content=True):
@@ -79,7 +80,7 @@ def restore_file(host: LocalHost, pre: Mapping[str, Any]) -> List[str]:
     return problems + _read_back(host, pre, with_content=True)
 
 
-def restore_meta(host: LocalHost, pre: Mapping[str, Any]) -> List[str]:
+def restore_meta(host: Host, pre: Mapping[str, Any]) -> List[str]:
     """Put back a state from :func:`capture_meta`; return what still differs."""
     path = str(pre["path"])
     if not _read_back(host, pre, with_content=False):
@@ -92,7 +93,7 @@ def restore_meta(host: LocalHost, pre: Mapping[str, Any]) -> List[str]:
     return problems + _read_back(host, pre, with_content=False)
 
 
-def _read_back(host: LocalHost, pre: Mapping[str, Any], with_content: bool) -> List[str]:
+def _read_back(host: ReadableHost, pre: Mapping[str, Any], with_content: bool) -> List[str]:
     path = str(pre["path"])
     try:
         now = _describe(path, host.info(path, content=with_content), with_content)
@@ -108,7 +109,7 @@ def rollback_result(mechanism: str, problems: List[str], notes: Sequence[str] = 
     return RollbackResult(mechanism, ok=True, detail="; ".join(["restored and verified by read-back", *notes]))
 
 
-def fidelity_notes(host: LocalHost, files: Sequence[Mapping[str, Any]]) -> List[str]:
+def fidelity_notes(host: ReadableHost, files: Sequence[Mapping[str, Any]]) -> List[str]:
     """What a restore by rename cannot give back: the file's inode, and its other hard links."""
     notes = []
     for pre in files:
@@ -219,7 +220,7 @@ def _wrote_nothing(pre: Mapping[str, Any], post: Mapping[str, Any]) -> bool:
 
 
 def assess_file(
-    host: LocalHost, pre: Mapping[str, Any], post: Optional[Mapping[str, Any]], revert: Optional[Revert],
+    host: ReadableHost, pre: Mapping[str, Any], post: Optional[Mapping[str, Any]], revert: Optional[Revert],
     *, with_content: bool = True,
 ) -> FilePlan:
     """Compare the file now with its pre-state and with the state the step wrote.
@@ -275,7 +276,7 @@ def assess_file(
     return FilePlan(path, Drift.OUTSIDE, kept, content, remove, meta, xattrs=xattrs)
 
 
-def restore_planned(host: LocalHost, pre: Mapping[str, Any], plan: FilePlan, force: bool = False) -> List[str]:
+def restore_planned(host: Host, pre: Mapping[str, Any], plan: FilePlan, force: bool = False) -> List[str]:
     """Carry out ``plan`` (from :func:`assess_file`); return what still differs (empty: done)."""
     with_content = "content" in pre or not pre.get("exists")
     if plan.wrote_nothing:
@@ -351,12 +352,12 @@ def restored(
     return RollbackResult(mechanism, ok=True, detail="; ".join(["restored and verified by read-back", *notes]))
 
 
-def assess_files(host: LocalHost, files: Sequence[Tuple[Mapping[str, Any], Optional[Revert]]], post_key: str = "post") -> Assessment:
+def assess_files(host: ReadableHost, files: Sequence[Tuple[Mapping[str, Any], Optional[Revert]]], post_key: str = "post") -> Assessment:
     """:func:`combine` of :func:`assess_file` over (captured file with its ``post``, revert) pairs."""
     return combine([assess_file(host, pre, pre.get(post_key), revert) for pre, revert in files])
 
 
-def restore_files(host: LocalHost, files: Sequence[Mapping[str, Any]], assessment: Assessment, force: bool) -> List[str]:
+def restore_files(host: Host, files: Sequence[Mapping[str, Any]], assessment: Assessment, force: bool) -> List[str]:
     """Carry out the plans of :func:`assess_files` for the same captured files, in order."""
     problems: List[str] = []
     for pre, plan in zip(files, assessment.plan):
@@ -382,7 +383,7 @@ def planned_file(pre: Mapping[str, Any], content: Optional[bytes]) -> Planned:
     return {str(pre["path"]): FileInfo("file", int(post["mode"]), int(post["uid"]), int(post["gid"]), xattrs, content)}
 
 
-def planned_meta(host: LocalHost, pre: Mapping[str, Any]) -> Planned:
+def planned_meta(host: ReadableHost, pre: Mapping[str, Any]) -> Planned:
     """What the file or directory captured in ``pre`` will be once a metadata-only step sets its attributes."""
     path, post = str(pre["path"]), pre["post"]
     now = host.info(path, content=True)
@@ -391,7 +392,7 @@ def planned_meta(host: LocalHost, pre: Mapping[str, Any]) -> Planned:
     return {path: FileInfo(now.kind, int(post["mode"]), int(post["uid"]), int(post["gid"]), dict(now.xattrs), now.content)}
 
 
-def settled_files(host: LocalHost, files: Sequence[Mapping[str, Any]], assessment: Assessment, force: bool) -> Planned:
+def settled_files(host: ReadableHost, files: Sequence[Mapping[str, Any]], assessment: Assessment, force: bool) -> Planned:
     """What the captured ``files`` will be once :func:`restore_planned` carried out ``assessment``."""
     plans = [plan for plan in assessment.plan if isinstance(plan, FilePlan)]
     found: Planned = {}
@@ -433,18 +434,18 @@ class OneFileStep:
     def revert(self, pre: PreState) -> Optional[Revert]:
         return None
 
-    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
+    def rollback(self, host: Host, pre: PreState) -> RollbackResult:
         return rollback_result(self.name, restore_file(host, pre.data), fidelity_notes(host, [pre.data]))
 
-    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+    def planned(self, host: ReadableHost, pre: PreState) -> Planned:
         return planned_file(pre.data, self.written(pre))
 
-    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+    def settled(self, host: ReadableHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
         return settled_files(host, [pre.data], assessment, force)
 
-    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+    def assess(self, host: ReadableHost, pre: PreState) -> Assessment:
         return assess_files(host, [(pre.data, self.revert(pre))])
 
-    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+    def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
         problems = restore_files(host, [pre.data], assessment, force)
         return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data]))

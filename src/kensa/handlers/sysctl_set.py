@@ -21,7 +21,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 from kensa.errors import KensaError, ParamError, SysctlKeyError
 from kensa.facts.config import decode, encode
 from kensa.facts.params import Field, Schema, absolute_path, path_as_text, scalar_line
-from kensa.hosts.local import LocalHost
+
 from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
 from kensa.facts.sysctl import sysctl_key, sysctl_path
 from kensa.handlers.filestate import (
@@ -40,6 +40,7 @@ from kensa.handlers.filestate import (
     rollback_result,
     settled_files,
 )
+from kensa.hosts.protocol import Host, ReadableHost
 
 _COMMENTS = ("#", ";")
 
@@ -143,18 +144,18 @@ class SysctlSet:
         persist = read["persist_file"] or f"/etc/sysctl.d/99-kensa-{key.replace('/', '.')}.conf"
         return key, read["value"], sysctl_path(key), persist
 
-    def _runtime(self, host: LocalHost, key: str, path: str) -> str:
+    def _runtime(self, host: ReadableHost, key: str, path: str) -> str:
         data = host.read_bytes(path)
         if data is None:
             raise ParamError(f"{self.name}: the kernel has no parameter {key} ({host.where(path)} does not exist)")
         return _normal(data.decode("utf-8", "replace"))
 
-    def validate(self, host: LocalHost, params: Mapping[str, Any]) -> bool:
+    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         key, value, runtime, persist = self._desired(params)
         persisted = _persisted_value(decode(host.read_bytes(persist)), key)
         return self._runtime(host, key, runtime) == value and persisted is not None and _normal(persisted) == value
 
-    def capture(self, host: LocalHost, params: Mapping[str, Any]) -> PreState:
+    def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         key, value, runtime, persist = self._desired(params)
         state = capture_file(host, persist)
         state["post"] = post_state(state, encode(_persist_value(decode(state.get("content")), key, value)))
@@ -162,7 +163,7 @@ class SysctlSet:
                 "post_runtime": value}
         return PreState(self.name, params, data)
 
-    def apply(self, host: LocalHost, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+    def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         key, value, runtime, persist = self._desired(params)
         self._runtime(host, key, runtime)  # an unknown key is refused before anything is written
         old = host.read_bytes(persist)
@@ -172,15 +173,15 @@ class SysctlSet:
         host.write_in_place(runtime, (value + "\n").encode())
         return StepResult(self.name, ok=True, changed=True, detail=f"{key} = {value}, persisted in {host.where(persist)}")
 
-    def planned(self, host: LocalHost, pre: PreState) -> Planned:
+    def planned(self, host: ReadableHost, pre: PreState) -> Planned:
         key, value, _, _ = self._desired(pre.params)
         persist = pre.data["persist"]
         return planned_file(persist, encode(_persist_value(decode(persist.get("content")), key, value)))
 
-    def settled(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+    def settled(self, host: ReadableHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
         return settled_files(host, [pre.data["persist"]], assessment, force)
 
-    def assess(self, host: LocalHost, pre: PreState) -> Assessment:
+    def assess(self, host: ReadableHost, pre: PreState) -> Assessment:
         key, value, _, _ = self._desired(pre.params)
         persist = pre.data["persist"]
         revert = _revert_persist(decode(persist.get("content")), key, value)
@@ -195,7 +196,7 @@ class SysctlSet:
             plans.append(StatePlan(Drift.CONFLICT, (f"{key} is {now!r} now, kensa set {written!r}",)))
         return combine(plans)
 
-    def restore(self, host: LocalHost, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+    def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
         file_plan, runtime_plan = assessment.plan
         problems = restore_planned(host, pre.data["persist"], file_plan, force)
         if runtime_plan.drift is Drift.CONFLICT and not force:
@@ -204,12 +205,12 @@ class SysctlSet:
             problems += self._restore_runtime(host, pre)
         return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data["persist"]]))
 
-    def rollback(self, host: LocalHost, pre: PreState) -> RollbackResult:
+    def rollback(self, host: Host, pre: PreState) -> RollbackResult:
         problems = restore_file(host, pre.data["persist"])
         problems += self._restore_runtime(host, pre)
         return rollback_result(self.name, problems, fidelity_notes(host, [pre.data["persist"]]))
 
-    def _restore_runtime(self, host: LocalHost, pre: PreState) -> List[str]:
+    def _restore_runtime(self, host: Host, pre: PreState) -> List[str]:
         key, path, before = str(pre.data["key"]), str(pre.data["runtime_path"]), str(pre.data["runtime"])
         problems: List[str] = []
         try:

@@ -151,17 +151,21 @@ PhaseOutcome = Union[PreState, StepResult, bool, RollbackResult]
 
 
 class PhaseHandler(Protocol):
-    """The part of a handler a step runner calls (the engine's Handler has it)."""
+    """The part of a handler a step runner calls: its four step phases.
+
+    Capture and validate only read the host (the engine passes a planned view
+    to a capture); apply and rollback write it.
+    """
 
     name: str
 
-    def capture(self, host: Any, params: Mapping[str, Any]) -> PreState: ...
+    def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState: ...
 
-    def apply(self, host: Any, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult: ...
+    def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult: ...
 
-    def validate(self, host: Any, params: Mapping[str, Any]) -> bool: ...
+    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool: ...
 
-    def rollback(self, host: Any, pre: PreState) -> RollbackResult: ...
+    def rollback(self, host: Host, pre: PreState) -> RollbackResult: ...
 
 
 @runtime_checkable
