@@ -1,6 +1,6 @@
 """The remediation mechanisms, one module each, and the registry the engine and the rule loader use.
 
-Every handler receives a :class:`kensa.hosts.local.LocalHost` and never touches a
+Every handler reaches its target through :class:`kensa.hosts.protocol.Host` and never touches a
 path outside its root. Capturable handlers record a pre-state made of JSON-like
 values and bytes only, so a journal can restore it in a fresh process. Each
 handler module owns its parameter :class:`~kensa.facts.params.Schema` (its
