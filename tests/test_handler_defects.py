@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kensa import Step, Transaction
+from kensa.audit import AUDIT_USER
 from kensa.facts.auditrules import silencing_reason
 from kensa.checks import step_holds
 from kensa.engine import Engine
@@ -221,7 +222,7 @@ def test_a_silencing_rule_with_allow_silencing_is_applied(image_root: Path, line
 @pytest.mark.parametrize("line", KEEPS_AUDIT)
 def test_exclusions_that_keep_kensas_records_are_accepted(image_root: Path, line: str) -> None:
     """Rules that add auditing (always on the exit list, watches) are not silencing."""
-    assert silencing_reason(line) is None
+    assert silencing_reason(line, AUDIT_USER) is None
     assert _audit_run(image_root, {"rule": line}).status is Status.COMMITTED
 
 

@@ -90,9 +90,6 @@ def rule_options(line: str) -> List[Tuple[str, str]]:
     return pairs
 
 
-#: The record type kensa's emitter writes by default (AUDIT_USER).
-KENSA_RECORD_TYPE = 1005
-
 # auditctl's -F comparison operators, longest first so "<=" is not read as "<".
 _OPERATORS: Sequence[Tuple[str, Callable[[int, int], bool]]] = (
     ("!=", operator.ne),
@@ -104,8 +101,6 @@ _OPERATORS: Sequence[Tuple[str, Callable[[int, int], bool]]] = (
     (">", operator.gt),
     ("&", lambda value, mask: bool(value & mask)),
 )
-# Only a name auditctl maps to 1005 needs its number: any other name is another type.
-_TYPE_NAMES: Dict[str, int] = {"USER": KENSA_RECORD_TYPE}
 
 
 def _field(arg: str) -> Tuple[str, str, str]:
@@ -117,7 +112,7 @@ def _field(arg: str) -> Tuple[str, str, str]:
 
 
 def _msgtype_admits(symbol: str, value: str, msg_type: int) -> bool:
-    """Whether ``msgtype<symbol><value>`` holds for ``msg_type``; True when kensa cannot tell."""
+    """Whether ``msgtype<symbol><value>`` holds for ``msg_type`` (AUDIT_USER); True when kensa cannot tell."""
     compare = dict(_OPERATORS)[symbol]
     text = value.strip()
     if text.isdigit():
@@ -128,16 +123,19 @@ def _msgtype_admits(symbol: str, value: str, msg_type: int) -> bool:
         except ValueError:
             return True
     elif symbol in ("=", "!="):
-        number = _TYPE_NAMES.get(text.upper(), -1)  # another name is another type
+        # auditctl's name of AUDIT_USER is USER; any other name is another type.
+        number = msg_type if text.upper() == "USER" else -1
     else:
         return True  # an ordering or mask against a name kensa does not map: assume it covers
     return compare(msg_type, number)
 
 
-def silencing_reason(line: str) -> Optional[str]:
+def silencing_reason(line: str, audit_user: int) -> Optional[str]:
     """Why the rule ``line`` would silence audit itself, or None; see the module docstring.
 
-    ``line`` must be a rule :func:`rule_options` accepts (it raises AuditRuleError otherwise).
+    ``audit_user`` is the type of kensa's records, AUDIT_USER (the caller reads it
+    from the C extension's cdef: this layer does not load it). ``line`` must be a
+    rule :func:`rule_options` accepts (it raises AuditRuleError otherwise).
     """
     pairs = rule_options(line)
     if pairs[0][0] == "-w":
@@ -150,9 +148,9 @@ def silencing_reason(line: str) -> Optional[str]:
         # Whether it spares kensa's own records or not, an exclude rule drops records
         # an auditor expects (logins, AVCs, syscalls): always an explicit decision.
         msgtypes = [(symbol, value) for name, symbol, value in fields if name == "msgtype" and symbol]
-        if all(_msgtype_admits(symbol, value, KENSA_RECORD_TYPE) for symbol, value in msgtypes):
+        if all(_msgtype_admits(symbol, value, audit_user) for symbol, value in msgtypes):
             return (
-                f"a rule on the exclude list that can match msgtype {KENSA_RECORD_TYPE} (AUDIT_USER) drops those "
+                f"a rule on the exclude list that can match msgtype {audit_user} (AUDIT_USER) drops those "
                 "records, kensa's own audit trail included"
             )
         return "a rule on the exclude list drops every record type it matches from the audit trail"
@@ -161,7 +159,7 @@ def silencing_reason(line: str) -> Optional[str]:
         # and kensa cannot tell a narrowing field from one that matches everything.
         if filter_list == "user":
             return (
-                f"'never' on the user list drops user records (msgtype {KENSA_RECORD_TYPE}, AUDIT_USER, among them), "
+                f"'never' on the user list drops user records (msgtype {audit_user}, AUDIT_USER, among them), "
                 "kensa's own audit trail included"
             )
         return f"'never' on the {filter_list} list turns off auditing of whatever it matches"

@@ -31,6 +31,7 @@ import shlex
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from kensa.audit.compiled import constant
 from kensa.errors import KensaError, ParamError
 from kensa.facts.auditrules import (
     DEFAULT_PERSIST_FILE,
@@ -119,7 +120,7 @@ class AuditRuleSet:
         if SCHEMA.read(params)["allow_silencing"]:
             return
         for line in rules:
-            reason = silencing_reason(line)
+            reason = silencing_reason(line, constant("AUDIT_USER"))
             if reason is not None:
                 raise ParamError(
                     f"{self.name}: rule {line!r} would silence audit: {reason}. Nothing was changed; "
