@@ -15,6 +15,9 @@ from conftest import require_audit, require_root
 from kensa.handlers import default_registry
 from kensa.hosts.local import LocalHost
 
+# Changes, floods or reads the kernel's audit state: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.serial
+
 REGISTRY = default_registry()
 
 
