@@ -1,8 +1,13 @@
-"""Shared fixtures: the kernel's audit multicast listener (kensa.audit.listener) and audit gating.
+"""Shared fixtures: the kernel's audit multicast listener, real-component gating, test isolation.
 
-Tests that need root or the kernel audit subsystem skip on a laptop but fail
-when KENSA_REQUIRE_AUDIT=1 (CI sets it), so a broken CI machine cannot pass by
+Tests that need a real component (root, auditd, the kernel audit subsystem,
+unshare, a compiler, the packaging tools ...) skip on a laptop but fail when
+KENSA_REQUIRE_REAL=1 (CI sets it), so a broken CI machine cannot pass by
 skipping.
+
+Tests marked ``serial`` stop auditd, change the kernel's audit state, read it, or
+count the records the kernel logged: under pytest-xdist they all go to one
+worker (``--dist loadgroup``), so they never run concurrently with each other.
 """
 
 from __future__ import annotations
@@ -14,34 +19,72 @@ import stat
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NoReturn, Optional, Tuple
 
 import pytest
 
 from kensa.audit.listener import AuditListener, KernelRecord
 
+#: The one switch: "1" makes every missing real component a failure instead of a skip.
+REQUIRE_REAL = "KENSA_REQUIRE_REAL"
+# The name this switch had when it covered kernel audit only; setting it now is refused
+# so that nobody believes they get failures while tests quietly skip.
+RETIRED_SWITCHES = ("KENSA_REQUIRE_AUDIT",)
+SERIAL_GROUP = "serial"
 
-def require_audit(why: str) -> None:
-    """Skip, or fail under KENSA_REQUIRE_AUDIT=1, when a kernel facility is missing."""
-    if os.environ.get("KENSA_REQUIRE_AUDIT") == "1":
-        pytest.fail(f"KENSA_REQUIRE_AUDIT=1 but {why}")
+
+def require_real_components() -> bool:
+    """True when KENSA_REQUIRE_REAL=1; a value other than 1, 0 or empty is a usage error."""
+    value = os.environ.get(REQUIRE_REAL, "")
+    if value not in ("", "0", "1"):
+        raise pytest.UsageError(f"{REQUIRE_REAL}={value!r}: set it to 1 (missing components fail) or 0/unset (they skip)")
+    return value == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in RETIRED_SWITCHES:
+        if name in os.environ:
+            raise pytest.UsageError(f"{name} is no longer read: set {REQUIRE_REAL}=1 instead")
+    require_real_components()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    # pytest-xdist's loadgroup scheduler runs every test of one group on one worker, in order.
+    # First, so the group is set before xdist's own hook reads it.
+    serial = [item for item in items if item.get_closest_marker("serial") is not None]
+    for item in serial:
+        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+    # The serial tests are the longest chain of the run: collected first, they start first.
+    items[:] = serial + [item for item in items if item.get_closest_marker("serial") is None]
+
+
+def require_real(why: str) -> NoReturn:
+    """Skip, or fail under KENSA_REQUIRE_REAL=1, because a real component is missing (``why`` says which)."""
+    if require_real_components():
+        pytest.fail(f"{REQUIRE_REAL}=1 but {why}")
     pytest.skip(why)
 
 
+# Kernel-audit tests call it by this name; it is the same gate.
+require_audit = require_real
+
+
 def require_root(why: str = "") -> None:
-    """Skip, or fail under KENSA_REQUIRE_AUDIT=1, when not root."""
+    """Skip, or fail under KENSA_REQUIRE_REAL=1, when not root."""
     if os.geteuid() != 0:
-        require_audit(f"this test needs root{f' ({why})' if why else ''}")
+        require_real(f"this test needs root{f' ({why})' if why else ''}")
+
 
 
 def require_auditd() -> int:
     """The pid of the running auditd (needs root)."""
     require_root()
     if shutil.which("ausearch") is None:
-        require_audit("ausearch is not installed")
+        require_real("ausearch is not installed")
     out = subprocess.run(["pgrep", "-x", "auditd"], capture_output=True, text=True)
     if out.returncode != 0:
-        require_audit("auditd is not running")
+        require_real("auditd is not running")
     return int(out.stdout.split()[0])
 
 
@@ -52,7 +95,7 @@ def listener() -> Iterator[AuditListener]:
     try:
         lst = AuditListener(lossless=True)
     except OSError as exc:
-        require_audit(f"cannot listen to the kernel audit log: {exc}")
+        require_real(f"cannot listen to the kernel audit log: {exc}")
     try:
         yield lst
     finally:

@@ -153,6 +153,7 @@ def test_seq_must_be_a_positive_64_bit_number() -> None:
             format_phase_record("t", "apply", True, seq=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.smoke
 def test_import_kensa_without_the_extension() -> None:
     """With kensa._audit unimportable, import works, emission is a no-op and says why."""
     code = (

@@ -25,6 +25,9 @@ from conftest import (
 import kensa.audit.emitter as audit
 from kensa.audit.emitter import AuditEmitter, format_phase_record
 
+# Changes, floods or reads the kernel's audit state: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.serial
+
 HOSTILE = [
     "x res=success",
     "a'b res=success",
@@ -46,6 +49,7 @@ def real_emitter(mode: str, **kw: int) -> AuditEmitter:
     return em
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_record_reaches_the_kernel_byte_for_byte(listener: AuditListener, mode: str) -> None:
     """Each mode delivers exactly the formatted body, last character included, as type 1005."""

@@ -24,6 +24,9 @@ from kensa.journal.store import SqliteJournal
 from kensa.model import AuditSequence, Status, Step, Transaction
 from test_engine_audit_kernel import SetValue, Store
 
+# Changes, floods or reads the kernel's audit state: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.serial
+
 SRC = str(Path(kensa.__file__).resolve().parent.parent)
 Key = Tuple[str, str, int]  # txn, phase, seq
 

@@ -37,6 +37,9 @@ from kensa.errors import AuditArgumentError, KensaError
 from kensa.audit.emitter import AuditEmitter
 from test_audit_kernel import real_emitter
 
+# Changes, floods or reads the kernel's audit state: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.serial
+
 SRC = str(Path(kensa.__file__).resolve().parent.parent)
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Changes, floods or reads the kernel's audit state: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.serial
+
 REPO = Path(__file__).resolve().parent.parent
 
 

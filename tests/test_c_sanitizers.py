@@ -6,7 +6,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import require_audit, require_root
+
+# Changes, floods or reads the kernel's audit state: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.serial
 
 SCRIPT = Path(__file__).parent / "c" / "run_sanitizers.sh"
 

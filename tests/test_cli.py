@@ -59,12 +59,14 @@ def journal(tmp_path: Path) -> str:
     return str(tmp_path / "journal.db")
 
 
+@pytest.mark.smoke
 def test_version_matches_the_package() -> None:
     """`kensa --version` prints kensa.__version__."""
     out = subprocess.run([sys.executable, "-m", "kensa", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"kensa {kensa.__version__}"
 
 
+@pytest.mark.serial
 def test_demo_shows_every_status() -> None:
     """The demo ends in committed, skipped, rolled back and errored, and says what happened to audit."""
     proc = subprocess.run([sys.executable, "-m", "kensa", "demo"], capture_output=True, text=True, timeout=120)
@@ -75,6 +77,7 @@ def test_demo_shows_every_status() -> None:
     assert proc.stderr == ""  # no progress bar when piped
 
 
+@pytest.mark.serial
 def test_demo_json_parses() -> None:
     """`kensa demo --json` is one JSON document with results and the audit state."""
     proc = subprocess.run([sys.executable, "-m", "kensa", "demo", "--json"], capture_output=True, text=True, timeout=120)
@@ -108,6 +111,7 @@ def test_examples_check_then_remediate_in_a_temporary_root(tmp_path: Path, journ
     assert (root / "proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
 
 
+@pytest.mark.smoke
 def test_history_and_rollback_by_id(tmp_path: Path, journal: str) -> None:
     """history lists what ran (text and JSON); rollback by id restores the file; a second rollback is refused."""
     root = make_root(tmp_path)

@@ -12,6 +12,9 @@ import kensa.audit.emitter as audit
 from kensa.engine import Engine
 from kensa.model import PreState, RollbackResult, Status, Step, StepResult, Transaction
 
+# Changes, floods or reads the kernel's audit state: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.serial
+
 
 class Store:
     """A dict standing in for a host."""

@@ -16,6 +16,9 @@ from kensa.handlers import default_registry
 from kensa.hosts.local import LocalHost
 from kensa.model import Drift
 
+# Changes, floods or reads the kernel's audit state: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.serial
+
 REGISTRY = default_registry()
 
 

@@ -20,6 +20,9 @@ import pytest
 
 from conftest import require_audit, require_root
 
+# Changes, floods or reads the kernel's audit state: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.serial
+
 REPO = Path(__file__).resolve().parent.parent
 
 
