@@ -381,15 +381,33 @@ def test_close_stops_a_sender_the_kernel_holds(listener: AuditListener) -> None:
     assert len(got) <= after.sent
 
 
+@contextmanager
+def kernel_backlog_wait(jiffies: int) -> Iterator[None]:
+    """The kernel's backlog_wait_time set to ``jiffies`` for the duration; always put back.
+
+    A sender the kernel holds sleeps out that whole time (60 s by default) even
+    after auditd resumes, so a test that waits for the held records to drain
+    shortens it rather than wait a minute.
+    """
+    before = audit.kernel_status().backlog_wait_time
+    subprocess.run(["auditctl", "--backlog_wait_time", str(jiffies)], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["auditctl", "--backlog_wait_time", str(before)], check=True, capture_output=True)
+
+
 def test_flush_returns_by_its_timeout_while_auditd_is_stopped() -> None:
-    """flush() gives up at its timeout, with records still queued, when auditd hangs."""
+    """flush() gives up at its timeout, with records still queued, when auditd hangs; once
+    auditd resumes (and the kernel's wait for its backlog ends) they all drain."""
     pid = require_auditd()
     em = real_emitter("async", capacity=16 << 20)
-    with auditd_stopped(pid):
-        fill_until_the_kernel_holds_the_sender(em, uuid.uuid4().hex)
-        drained = em.flush(0.3)
-        queued = em.stats().queued
-    assert em.flush(120)
+    with kernel_backlog_wait(100):
+        with auditd_stopped(pid):
+            fill_until_the_kernel_holds_the_sender(em, uuid.uuid4().hex)
+            drained = em.flush(0.3)
+            queued = em.stats().queued
+        assert em.flush(120)
     em.close()
     assert not drained and queued > 0
 
