@@ -793,3 +793,28 @@ def test_a_checks_fields_are_read_by_its_methods_schema() -> None:
         parse_rule(text)
     with pytest.raises(handlers.ParamError, match="file_permission: mode '0o644' is Python's"):
         checks.CHECKS["file_permission"].evaluate(None, {"path": "/x", "mode": "0o644"})
+
+
+def test_command_exec_loads_with_the_fields_the_readme_documents() -> None:
+    """command_exec's fields are run, unless and timeout (the README's table): a step that also
+    names 'command' is not carried out with one of its two commands silently ignored, and a step
+    with 'command' instead of 'run' does not load as a supported step."""
+    both = (
+        "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n"
+        "    remediation: {mechanism: command_exec, run: 'touch /a', command: 'touch /b', unless: 'true'}\n"
+    )
+    try:
+        impl = parse_rule(both).implementations[0]
+    except RuleError:
+        pass
+    else:
+        assert not impl.supported, "a step naming both run and command loaded; the handler runs only 'run'"
+    alias = (
+        "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n"
+        "    remediation: {mechanism: command_exec, command: 'touch /b', unless: 'true'}\n"
+    )
+    try:
+        impl = parse_rule(alias).implementations[0]
+    except RuleError:
+        return
+    assert not impl.supported, "a step with an undocumented 'command' field loaded as supported"
