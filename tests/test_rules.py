@@ -818,3 +818,18 @@ def test_command_exec_loads_with_the_fields_the_readme_documents() -> None:
     except RuleError:
         return
     assert not impl.supported, "a step with an undocumented 'command' field loaded as supported"
+
+
+def test_kensa_rules_keeps_the_names_it_exported_before_the_split() -> None:
+    """kensa.rules still exports every public name it had as one module (the split into
+    model, yaml, schema and load keeps its exports), so callers' imports keep working."""
+    import kensa.rules as package
+
+    exported_before = [
+        "MAX_NESTING_DEPTH", "MAX_RULE_FILE_BYTES", "RULE_ID_PATTERN", "SUPPORTED_CHECK_METHODS",
+        "SUPPORTED_MECHANISMS", "CapabilityGate", "Check", "Implementation", "Platform", "Rule",
+        "RuleError", "Severity", "SourceLocation", "load_rule_file", "load_rules", "parse_rule",
+    ]
+    missing = [name for name in exported_before if not hasattr(package, name)]
+    assert missing == []
+    assert set(exported_before) <= set(package.__all__)
