@@ -17,3 +17,30 @@ def test_ci_runs_the_readme_test_command() -> None:
         pytest.skip("not a source checkout")
     last = [line for line in ci.read_text().splitlines() if line.strip() and not line.startswith("#")][-1]
     assert last in readme.read_text().splitlines()
+
+
+def test_readme_names_only_kensa_modules_and_attributes_that_exist() -> None:
+    """Every dotted kensa name the README shows in code (`kensa.x.Y`) can be imported, so
+    the advice it gives (which class to pass, where a lock lives) survives module moves."""
+    import importlib
+    import re
+
+    import pytest
+
+    readme = ROOT / "README.md"
+    if not readme.exists():
+        pytest.skip("not a source checkout")
+    missing = []
+    for name in sorted(set(re.findall(r"`[^`]*?\b(kensa(?:\.[A-Za-z_]\w*)+)", readme.read_text()))):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                found: object = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for part in parts[cut:]:
+                found = getattr(found, part, None)
+            if found is None:
+                missing.append(name)
+            break
+    assert missing == []
