@@ -798,3 +798,18 @@ def test_transaction_fields_must_be_strings() -> None:
         kwargs: Dict[str, Any] = {"rule": "r", "steps": (), field: ["x"]}
         with pytest.raises(TypeError, match=f"Transaction.{field} must be a str"):
             Transaction(**kwargs)
+
+
+def test_kensa_engine_keeps_the_names_it_exported_before_the_split() -> None:
+    """kensa.engine still exports what it did as one module: the engine's errors (now defined
+    in kensa.errors) and default_engine (now wired in kensa.factory), so callers' imports and
+    the docstrings and messages that name kensa.engine.<name> keep working."""
+    import kensa.engine as package
+
+    exported_before = [
+        "DuplicateMechanismError", "Engine", "Handler", "Journal", "NotCapturableError", "PhaseEmitter",
+        "PhaseRecorder", "Registry", "Restorable", "RollbackFailedError", "RollbackRefusedError",
+        "StepFailedError", "TargetLock", "UnknownMechanismError", "ValidationFailedError", "WiringError",
+        "default_engine",
+    ]
+    assert [name for name in exported_before if not hasattr(package, name)] == []

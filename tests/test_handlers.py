@@ -688,3 +688,28 @@ def test_engine_commits_every_handler_with_exactly_the_intended_changes(tree: Pa
     check_issue_rewritten(tree / "root")
     check_sysctl(tree / "root")
     check_audit_new_file(tree / "root")
+
+
+@pytest.mark.parametrize("mechanism, extra", [("file_permissions", {}), ("file_content", {"content": "x\n"})])
+@pytest.mark.parametrize("name", ["svc@example.com", "1backup"])
+def test_owner_names_the_target_knows_are_looked_up_not_refused(tree: Path, mechanism: str, extra: Dict[str, Any], name: str) -> None:
+    """An owner or group named in the target's /etc/passwd and /etc/group is resolved there,
+    whatever its spelling (an SSSD-style 'user@domain', a name starting with a digit):
+    validate answers whether the file holds it instead of refusing the parameter."""
+    root = tree / "root"
+    with open(root / "etc/passwd", "a") as passwd:
+        passwd.write(f"{name}:x:1500:1500::/:/bin/sh\n")
+    with open(root / "etc/group", "a") as group:
+        group.write(f"{name}:x:1500:\n")
+    (root / "srv/data/f").write_text("x\n")
+    host = LocalHost(str(root))
+    params = {"path": "/srv/data/f", "owner": name, "group": name, **extra}
+    assert REGISTRY[mechanism].validate(host, params) is (os.stat(root / "srv/data/f").st_uid == 1500)
+
+
+def test_evaluate_check_still_takes_the_handlers_its_callers_pass(tree: Path) -> None:
+    """kensa.checks.evaluate_check(check, host, handlers), the public call of kensa before the
+    checks became a package, still evaluates the check (the handlers may go unused)."""
+    host = LocalHost(str(tree / "root"))
+    check = Check("file_exists", {"path": "/etc/passwd"})
+    assert evaluate_check(check, host, REGISTRY) is True  # type: ignore[call-arg]

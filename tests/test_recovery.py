@@ -304,6 +304,21 @@ def test_recover_and_rollback_need_a_journal() -> None:
         engine.rollback("some-id")
 
 
+def test_no_journal_refusal_names_a_factory_that_exists() -> None:
+    """The refusal of an engine without a journal tells the caller what to use, and every
+    kensa function it names can be imported (the advice survives the module layout)."""
+    import importlib
+    import re
+
+    with pytest.raises(RollbackRefusedError) as refused:
+        Engine(default_registry()).recover()
+    named = re.findall(r"(kensa(?:\.\w+)+)\(\)", str(refused.value))
+    assert named, str(refused.value)
+    for dotted in named:
+        module, _, attribute = dotted.rpartition(".")
+        assert hasattr(importlib.import_module(module), attribute), f"{dotted} named in {refused.value}"
+
+
 # --- the run/recovery lock ---------------------------------------------------------------
 
 

@@ -128,3 +128,30 @@ def test_serial_tests_run_first_on_one_worker(tmp_path: Path) -> None:
     assert len({ran[str(n)] for n in (1, 3, 5, 7)}) == 1, ran
     collected = pytest_in(tmp_path, tests, "--collect-only", "-q").stdout.split()
     assert [name.rsplit("::", 1)[-1] for name in collected[:4]] == ["test_1", "test_3", "test_5", "test_7"], collected
+
+
+def test_readme_names_only_kensa_modules_and_attributes_that_exist() -> None:
+    """Every dotted kensa name the README shows in code (`kensa.x.Y`) can be imported, so
+    the advice it gives (which class to pass, where a lock lives) survives module moves."""
+    import importlib
+    import re
+
+    import pytest
+
+    readme = ROOT / "README.md"
+    if not readme.exists():
+        pytest.skip("not a source checkout")
+    missing = []
+    for name in sorted(set(re.findall(r"`[^`]*?\b(kensa(?:\.[A-Za-z_]\w*)+)", readme.read_text()))):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                found: object = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for part in parts[cut:]:
+                found = getattr(found, part, None)
+            if found is None:
+                missing.append(name)
+            break
+    assert missing == []

@@ -793,3 +793,43 @@ def test_a_checks_fields_are_read_by_its_methods_schema() -> None:
         parse_rule(text)
     with pytest.raises(handlers.ParamError, match="file_permission: mode '0o644' is Python's"):
         checks.CHECKS["file_permission"].evaluate(None, {"path": "/x", "mode": "0o644"})
+
+
+def test_command_exec_loads_with_the_fields_the_readme_documents() -> None:
+    """command_exec's fields are run, unless and timeout (the README's table): a step that also
+    names 'command' is not carried out with one of its two commands silently ignored, and a step
+    with 'command' instead of 'run' does not load as a supported step."""
+    both = (
+        "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n"
+        "    remediation: {mechanism: command_exec, run: 'touch /a', command: 'touch /b', unless: 'true'}\n"
+    )
+    try:
+        impl = parse_rule(both).implementations[0]
+    except RuleError:
+        pass
+    else:
+        assert not impl.supported, "a step naming both run and command loaded; the handler runs only 'run'"
+    alias = (
+        "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n"
+        "    remediation: {mechanism: command_exec, command: 'touch /b', unless: 'true'}\n"
+    )
+    try:
+        impl = parse_rule(alias).implementations[0]
+    except RuleError:
+        return
+    assert not impl.supported, "a step with an undocumented 'command' field loaded as supported"
+
+
+def test_kensa_rules_keeps_the_names_it_exported_before_the_split() -> None:
+    """kensa.rules still exports every public name it had as one module (the split into
+    model, yaml, schema and load keeps its exports), so callers' imports keep working."""
+    import kensa.rules as package
+
+    exported_before = [
+        "MAX_NESTING_DEPTH", "MAX_RULE_FILE_BYTES", "RULE_ID_PATTERN", "SUPPORTED_CHECK_METHODS",
+        "SUPPORTED_MECHANISMS", "CapabilityGate", "Check", "Implementation", "Platform", "Rule",
+        "RuleError", "Severity", "SourceLocation", "load_rule_file", "load_rules", "parse_rule",
+    ]
+    missing = [name for name in exported_before if not hasattr(package, name)]
+    assert missing == []
+    assert set(exported_before) <= set(package.__all__)
