@@ -705,11 +705,3 @@ def test_owner_names_the_target_knows_are_looked_up_not_refused(tree: Path, mech
     host = LocalHost(str(root))
     params = {"path": "/srv/data/f", "owner": name, "group": name, **extra}
     assert REGISTRY[mechanism].validate(host, params) is (os.stat(root / "srv/data/f").st_uid == 1500)
-
-
-def test_evaluate_check_still_takes_the_handlers_its_callers_pass(tree: Path) -> None:
-    """kensa.checks.evaluate_check(check, host, handlers), the public call of kensa before the
-    checks became a package, still evaluates the check (the handlers may go unused)."""
-    host = LocalHost(str(tree / "root"))
-    check = Check("file_exists", {"path": "/etc/passwd"})
-    assert evaluate_check(check, host, REGISTRY) is True  # type: ignore[call-arg]

@@ -87,7 +87,7 @@ class Journal(Protocol):
 
 
 class TargetLock(Protocol):
-    """One writer per target across processes (:class:`kensa.targetlock.TargetLocks`).
+    """One writer per target across processes (:class:`kensa.hosts.targetlock.TargetLocks`).
 
     ``hold(key, identity)`` is a context manager held around a whole
     transaction, rollback by id or recovery of one entry on the target

@@ -109,7 +109,7 @@ def _journal_of(journal: Any, action: str) -> RecoveryJournal:
     if journal is None:
         raise RollbackRefusedError(
             f"cannot {action}: this engine has no journal, so no pre-state was recorded; "
-            "use kensa.engine.default_engine() or Engine(journal=SqliteJournal(path))"
+            "use kensa.default_engine() or Engine(journal=SqliteJournal(path))"
         )
     missing = [name for name in _NEEDED if not callable(getattr(journal, name, None))]
     if missing:

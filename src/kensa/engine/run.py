@@ -89,13 +89,13 @@ class Engine:
     receive (default: the key itself); ``host_key`` turns the spellings of one
     target into one canonical key, under which the transaction runs, is
     locked, journaled and audited (default: ``hosts.canonical_key`` when the
-    resolver has one, as :func:`kensa.host.resolve_host` does, else keys are
+    resolver has one, as :func:`kensa.hosts.resolve_host` does, else keys are
     taken as they are). ``audit`` defaults to a no-op emitter,
-    ``journal`` to none, ``events`` to a fresh :class:`~kensa.events.EventBus`,
+    ``journal`` to none, ``events`` to a fresh :class:`~kensa.engine.events.EventBus`,
     ``target_lock`` to none (only this process's threads are serialized; see
     :class:`TargetLock`). Safe to share between threads: runs on the same host
     key serialize, runs on different hosts proceed in parallel. Safe across
-    ``fork``: the child gets fresh locks (see :mod:`kensa.events` too).
+    ``fork``: the child gets fresh locks (see :mod:`kensa.engine.events` too).
     """
 
     def __init__(

@@ -31,7 +31,9 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # chmod's numeric form: octal digits with a value up to 07777 (leading zeros allowed).
 # Its operator forms ("+644" adds bits, "-0") and symbolic ones do not set a mode.
 _MODE = re.compile(r"0{0,8}[0-7]{1,4}")
-_ACCOUNT = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})")
+# A name as /etc/passwd and /etc/group can hold one (SSSD's "user@domain", "1backup"
+# included): no field or list separator, no whitespace or control character.
+_NOT_IN_ACCOUNT = re.compile(r"[:,/\s\x00-\x1f\x7f]")
 
 
 def as_text(value: Any) -> None:
@@ -222,9 +224,16 @@ def account(value: Any) -> Union[int, str]:
             raise ParamError(f"{value!r} is not a numeric id (0 to 4294967295)")
         return value
     found = _string(value)
-    if not _ACCOUNT.fullmatch(found):
-        raise ParamError(f"{_quoted(found)} is not a user or group name or numeric id")
-    return int(found) if found.isdigit() else found
+    if found.isascii() and found.isdigit():
+        if int(found) >= 2**32:
+            raise ParamError(f"{_quoted(found)} is not a numeric id (0 to 4294967295)")
+        return int(found)
+    if not found or _NOT_IN_ACCOUNT.search(found):
+        raise ParamError(
+            f"{_quoted(found)} is not a user or group name (no ':', ',', '/', whitespace or control "
+            "characters) or numeric id"
+        )
+    return found
 
 
 def boolean(value: Any) -> bool:

@@ -50,6 +50,9 @@ def command(value: Any) -> List[str]:
 def _one_command(values: Dict[str, Any]) -> None:
     if values["run"] is None and values["command"] is None:
         raise ParamError("", field="run", problem="is required (the command to run; 'command' is its other name)")
+    if values["run"] is not None and values["command"] is not None:
+        # Running one and ignoring the other would carry out half of what the rule says.
+        raise ParamError("", field="command", problem="is the other name of 'run': give one of them, not both")
 
 
 SCHEMA = Schema(

@@ -63,7 +63,7 @@ SYSTEM_LOCK_DIRECTORY = Path("/run/kensa/targets")
 
 
 def target_lock_directory(journal_path: Union[str, "os.PathLike[str]"], *, system: Optional[bool] = None) -> Path:
-    """Where :func:`kensa.engine.default_engine` keeps target locks for ``journal_path``.
+    """Where :func:`kensa.default_engine` keeps target locks for ``journal_path``.
 
     As root (``system`` defaults to that): :data:`SYSTEM_LOCK_DIRECTORY`, one
     set of locks for the machine, so processes that keep different journals (a

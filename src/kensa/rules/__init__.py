@@ -4,13 +4,26 @@ YAML reader that keeps line numbers (:mod:`~kensa.rules.yaml`), field validation
 methods' own schemas), and the loaders that turn files into rules (:mod:`~kensa.rules.load`)."""
 
 from kensa.errors import RuleError
-from kensa.rules.load import (
-    Check,
-    Implementation,
-    Rule,
-    load_rule_file,
-    load_rules,
-    parse_rule,
-)
+from kensa.rules.load import load_rule_file, load_rules, parse_rule
+from kensa.rules.model import CapabilityGate, Check, Implementation, Platform, Rule, Severity, SourceLocation
+from kensa.rules.schema import RULE_ID_PATTERN, SUPPORTED_CHECK_METHODS, SUPPORTED_MECHANISMS
+from kensa.rules.yaml import MAX_NESTING_DEPTH, MAX_RULE_FILE_BYTES
 
-__all__ = ["Check", "Implementation", "Rule", "RuleError", "load_rule_file", "load_rules", "parse_rule"]
+__all__ = [
+    "MAX_NESTING_DEPTH",
+    "MAX_RULE_FILE_BYTES",
+    "RULE_ID_PATTERN",
+    "SUPPORTED_CHECK_METHODS",
+    "SUPPORTED_MECHANISMS",
+    "CapabilityGate",
+    "Check",
+    "Implementation",
+    "Platform",
+    "Rule",
+    "RuleError",
+    "Severity",
+    "SourceLocation",
+    "load_rule_file",
+    "load_rules",
+    "parse_rule",
+]
