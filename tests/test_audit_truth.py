@@ -282,7 +282,8 @@ for _ in range(2000):
 def test_records_abandoned_at_exit_are_reported_on_stderr() -> None:
     """With auditd SIGSTOPped, exit gives up at its deadline and says on stderr how many records it abandoned."""
     pid = require_auditd()
-    with auditd_stopped(pid):
+    # The process's exit waits for its sender, which the kernel holds for backlog_wait_time.
+    with kernel_backlog_wait(100), auditd_stopped(pid):
         proc = subprocess.run(
             [sys.executable, "-c", HELD_AT_EXIT, uuid.uuid4().hex], capture_output=True, text=True, timeout=120,
             env={**os.environ, "PYTHONPATH": SRC},

@@ -102,7 +102,7 @@ def test_every_kill_leaves_the_tree_identical_after_recovery(report: Dict[str, A
 def test_load_journals_every_result_and_counts_every_record(report: Dict[str, Any]) -> None:
     """Threads over four roots: no overlap per root, one journal row per run, the emitter's counters balance."""
     load = section(report, "load")["figures"]
-    assert load["transactions"] == 8 * 40 and load["journal_rows"] == load["transactions"]
+    assert load["transactions"] == 8 * 12 and load["journal_rows"] == load["transactions"]
     assert load["missing_from_journal"] == load["journal_status_differs"] == load["wrong_statuses"] == 0
     assert load["overlaps"] == 0 and load["handler_calls"] > 0
     assert load["alias_overlaps"] == 0
