@@ -148,7 +148,7 @@ def magic_link_root(base: Path) -> Case:
     tree = _tree(base)
     live = tree / "etc/ssh/sshd_config"
     script = (f"mount -t tmpfs t {tree} && mkdir -p {tree}/etc/ssh && "
-              f"printf 'Port 22\\nPermitRootLogin yes\\n' > {live} && echo ready && sleep 120")
+              f"printf 'Port 22\\nPermitRootLogin yes\\n' > {live} && echo ready && exec sleep 120")
     holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-ec", script], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None

@@ -118,6 +118,24 @@ def auditd_stopped(pid: Optional[int] = None) -> Iterator[int]:
         os.kill(pid, signal.SIGCONT)
 
 
+@contextmanager
+def kernel_backlog_wait(jiffies: int) -> Iterator[None]:
+    """The kernel's backlog_wait_time set to ``jiffies`` for the duration; always put back.
+
+    A sender the kernel holds sleeps out that whole time (60 s by default) even
+    after auditd resumes, so a test that waits for the held records to drain
+    shortens it rather than wait a minute.
+    """
+    from kensa.audit.emitter import kernel_status
+
+    before = kernel_status().backlog_wait_time
+    subprocess.run(["auditctl", "--backlog_wait_time", str(jiffies)], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["auditctl", "--backlog_wait_time", str(before)], check=True, capture_output=True)
+
+
 def parse_fields(body: str) -> List[tuple]:
     """Split a record body into (key, value) pairs the way ausearch does: on spaces."""
     pairs = []

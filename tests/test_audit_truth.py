@@ -25,6 +25,7 @@ import pytest
 from conftest import (
     AuditListener,
     auditd_stopped,
+    kernel_backlog_wait,
     kensa_records,
     parse_fields,
     require_audit,
@@ -380,22 +381,6 @@ def test_close_stops_a_sender_the_kernel_holds(listener: AuditListener) -> None:
     assert after.dropped > before.dropped, "records queued at close() were not abandoned"
     assert after.sent + after.dropped + after.failed == after.emitted == at_close.emitted
     assert len(got) <= after.sent
-
-
-@contextmanager
-def kernel_backlog_wait(jiffies: int) -> Iterator[None]:
-    """The kernel's backlog_wait_time set to ``jiffies`` for the duration; always put back.
-
-    A sender the kernel holds sleeps out that whole time (60 s by default) even
-    after auditd resumes, so a test that waits for the held records to drain
-    shortens it rather than wait a minute.
-    """
-    before = audit.kernel_status().backlog_wait_time
-    subprocess.run(["auditctl", "--backlog_wait_time", str(jiffies)], check=True, capture_output=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["auditctl", "--backlog_wait_time", str(before)], check=True, capture_output=True)
 
 
 def test_flush_returns_by_its_timeout_while_auditd_is_stopped() -> None:
