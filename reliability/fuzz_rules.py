@@ -22,7 +22,7 @@ from hypothesis.reporting import with_reporter
 
 import kensa.rules.yaml as rules_yaml
 from kensa.errors import RuleError
-from kensa.rules.load import Rule, parse_rule
+from kensa.rules import Rule, parse_rule
 
 from .context import REPO, Context
 from .report import Section, table

@@ -22,7 +22,7 @@ from kensa.handlers.audit_rule_set import rule_identity
 from kensa.handlers.config_set import get_value, set_value
 from kensa.hosts.local import LocalHost, resolve_host
 from kensa.model import PreState, Status, Step, Transaction
-from kensa.rules.load import Check
+from kensa.rules import Check
 
 REGISTRY = default_registry()
 IS_ROOT = os.geteuid() == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -18,7 +17,7 @@ import kensa.rules.load as rules
 import kensa.rules.yaml as rules_yaml
 from kensa.errors import KensaError, RuleError
 from kensa.model import Step, Transaction
-from kensa.rules.load import (
+from kensa.rules import (
     CapabilityGate,
     Rule,
     Severity,

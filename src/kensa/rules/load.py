@@ -64,29 +64,12 @@ from pathlib import Path
 from typing import AbstractSet, Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from kensa.errors import RuleError
-from kensa.rules.model import CapabilityGate, Check, Implementation, Platform, Rule, Severity, SourceLocation
+from kensa.rules.model import CapabilityGate, Implementation, Platform, Rule, Severity, SourceLocation
 from kensa.rules import schema
 from kensa.rules.schema import RULE_ID_PATTERN, SUPPORTED_CHECK_METHODS, SUPPORTED_MECHANISMS
-from kensa.rules.yaml import MAX_NESTING_DEPTH, MAX_RULE_FILE_BYTES, Document, FieldPath, read_document, type_name
+from kensa.rules.yaml import MAX_RULE_FILE_BYTES, Document, FieldPath, read_document, type_name
 
-__all__ = [
-    "MAX_NESTING_DEPTH",
-    "MAX_RULE_FILE_BYTES",
-    "RULE_ID_PATTERN",
-    "SUPPORTED_CHECK_METHODS",
-    "SUPPORTED_MECHANISMS",
-    "CapabilityGate",
-    "Check",
-    "Implementation",
-    "Platform",
-    "Rule",
-    "RuleError",
-    "Severity",
-    "SourceLocation",
-    "load_rule_file",
-    "load_rules",
-    "parse_rule",
-]
+__all__ = ["load_rule_file", "load_rules", "parse_rule"]
 
 
 def _capability_list(doc: Document, path: FieldPath, value: Any) -> Tuple[str, ...]:
