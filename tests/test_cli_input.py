@@ -139,9 +139,11 @@ def test_an_output_that_cannot_be_written_is_reported_and_is_not_success(tmp_pat
 # --- a journal that does not exist -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["recover"], ["rollback", "0123"], ["history"], ["history", "--prune", "--older-than", "1"]])
+@pytest.mark.parametrize("command", [["recover"], ["rollback", "0123"], ["history"], ["history", "--prune", "--older-than", "1"],
+                                     ["audit", "reconcile", "--log", "/dev/null"]])
 def test_a_missing_journal_is_an_error_naming_it_and_nothing_is_created(tmp_path: Path, command: List[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """recover, rollback and history with a journal path that does not exist exit 2 naming it, and create no file or directory."""
+    """recover, rollback, history and audit reconcile with a journal path that does not exist exit 2 naming it,
+    and create no file or directory."""
     typo = tmp_path / "typo" / "typo.db"
     code, out = kensa_cli("--journal", str(typo), "--no-audit", *command)
     err = capsys.readouterr().err

@@ -354,7 +354,8 @@ def cmd_audit_reconcile(args: argparse.Namespace, out: TextIO) -> int:
 
     since = parse_since(args.since) if args.since is not None else None
     logs = [Path(p) for p in args.log] if args.log else None
-    with SqliteJournal(_journal_path(args)) as journal:
+    # An existing journal only: reconciling a mistyped path must not create an empty one.
+    with SqliteJournal(_existing_journal(args), create=False) as journal:
         rec = reconcile(journal, since, logs)
     if args.json:
         json.dump(reconciliation_dict(rec), out, indent=2)
