@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import decode_value, parse_fields, require_audit
 import kensa.audit.emitter as audit
+from kensa.errors import AuditArgumentError
 from kensa.audit.compiled import WITHOUT_EXTENSION, reason_names
 from kensa.audit.emitter import MAX_BODY, encode_value, format_phase_record
 
@@ -149,7 +150,7 @@ def test_longest_body_with_the_largest_seq_still_fits() -> None:
 def test_seq_must_be_a_positive_64_bit_number() -> None:
     """format_phase_record refuses a seq the emitter can never produce, with an AuditArgumentError."""
     for bad in (0, -1, 2**64, True, "1"):
-        with pytest.raises(audit.AuditArgumentError, match="seq"):
+        with pytest.raises(AuditArgumentError, match="seq"):
             format_phase_record("t", "apply", True, seq=bad)  # type: ignore[arg-type]
 
 

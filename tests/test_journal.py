@@ -23,12 +23,7 @@ import kensa.journal.codec as codec
 import kensa.journal.schema as schema
 import kensa.journal.store as journal_module
 from kensa.errors import JournalCorruptError, JournalEntryNotFound, JournalError, JournalLockTimeout, KensaError
-from kensa.journal.store import (
-    SCHEMA_VERSION,
-    JournalLock,
-    SqliteJournal,
-    default_journal_path,
-)
+from kensa.journal import SCHEMA_VERSION, JournalLock, SqliteJournal, default_journal_path
 from conftest import tmpfs
 from kensa.model import (
     Phase,
@@ -775,7 +770,8 @@ def test_opening_a_journal_on_a_full_filesystem_fails(tmp_path: Path) -> None:
 
 TAKE_JOURNAL_LOCK = """
 import sys
-from kensa.journal.store import JournalLock, JournalLockTimeout
+from kensa.errors import JournalLockTimeout
+from kensa.journal import JournalLock
 lock = JournalLock(sys.argv[1], exclusive=sys.argv[2] == "exclusive", timeout=float(sys.argv[3]))
 try:
     lock.acquire()

@@ -25,7 +25,7 @@ from kensa.engine import Engine, Handler
 from kensa.handlers import default_registry
 from kensa.handlers.file_content import FileContent
 from kensa.hosts.local import LocalHost, resolve_host
-from kensa.journal.store import JournalLock, SqliteJournal
+from kensa.journal import JournalLock, SqliteJournal
 from kensa.model import (
     PreState,
     RollbackResult,

@@ -52,18 +52,15 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple, Union
 
 from kensa.audit.compiled import constant, load, reason_names
-from kensa.errors import AuditArgumentError, AuditError, KernelStatusError
+from kensa.errors import AuditArgumentError, KernelStatusError
 
 __all__ = [
     "AUDIT_USER",
     "MAX_BODY",
-    "AuditArgumentError",
     "AuditEmitter",
-    "AuditError",
     "AuditStatus",
     "EmitterStats",
     "KernelAuditStatus",
-    "KernelStatusError",
     "NoopEmitter",
     "PhaseRecorder",
     "encode_value",

@@ -282,7 +282,7 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_recover(args: argparse.Namespace, out: TextIO) -> int:
-    from kensa.journal.store import JournalNotFound
+    from kensa.errors import JournalNotFound
 
     try:
         _existing_journal(args)

@@ -80,7 +80,6 @@ from kensa.errors import (
     JournalCorruptError,
     JournalEntryNotFound,
     JournalError,
-    JournalLockTimeout,
     JournalNotFound,
 )
 from kensa.journal import schema
@@ -103,25 +102,10 @@ from kensa.journal.fields import result_values
 from kensa.journal.lock import JournalLock, PathArg
 from kensa.journal.prestates import StoredPreStates, insert_pre_state, pre_states_from
 from kensa.journal.retention import delete_finished
-from kensa.journal.schema import SCHEMA_VERSION
 from kensa.model import AuditSequence, JournalEntry, PreState, PruneResult, Status, Transaction, TransactionResult
 from kensa.support.afterfork import reset_in_child
 
-# The error names are re-exported: callers import them from here and from kensa.journal.
-__all__ = [
-    "SCHEMA_VERSION",
-    "InvalidJournalQuery",
-    "JournalCorruptError",
-    "JournalEntry",
-    "JournalEntryNotFound",
-    "JournalError",
-    "JournalLock",
-    "JournalLockTimeout",
-    "JournalNotFound",
-    "PruneResult",
-    "SqliteJournal",
-    "default_journal_path",
-]
+__all__ = ["SqliteJournal", "default_journal_path"]
 
 
 def default_journal_path() -> Path:
