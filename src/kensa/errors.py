@@ -84,6 +84,40 @@ class StepPhaseError(KensaError, ValueError):
     """A step runner was asked for a phase it does not run, or without what that phase needs."""
 
 
+# Raised by the remote host kinds (kensa.hosts.ssh, the agent's client)
+
+class RemoteHostError(KensaError, OSError):
+    """A remote target could not be reached or driven; ``host`` names it."""
+
+    def __init__(self, message: str, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+
+
+class HostUnreachableError(RemoteHostError, ConnectionError):
+    """No connection to the host: name resolution, refused connection, connect timeout."""
+
+
+class HostAuthError(RemoteHostError, PermissionError):
+    """The host refused the login, or sudo refused to run kensa's agent."""
+
+
+class HostKeyError(RemoteHostError):
+    """The host's key is unknown (with strict host keys) or differs from the known one."""
+
+
+class HostConnectionLost(RemoteHostError, ConnectionError):
+    """The connection or the agent on the host ended in the middle of an operation."""
+
+
+class RemoteTimeoutError(RemoteHostError, TimeoutError):
+    """An operation on the host took longer than its timeout."""
+
+
+class AgentError(RemoteHostError):
+    """The host cannot run kensa's agent (no Python 3, a payload hash mismatch, a protocol error)."""
+
+
 # Raised by kensa.hosts.targetlock
 
 class TargetLockError(KensaError, OSError):

@@ -307,3 +307,27 @@ class FileInfo:
     mtime_ns: int = 0  # modification time, ns since the epoch
     ino: int = 0
     nlink: int = 0
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    """A host reached over SSH, and the root on it that kensa is confined to.
+
+    :attr:`key` (``ssh://[user@]host[:port]/root``) is the host key under which
+    its transactions run, are locked, journaled and audited (``host=``).
+    ``identity_file`` is how to log in and is not part of the key.
+    """
+
+    host: str
+    user: Optional[str] = None
+    port: Optional[int] = None
+    root: str = "/"
+    identity_file: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        """The canonical host key of this target."""
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port is not None else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ssh://{user}{host}{port}{self.root if self.root.startswith('/') else '/' + self.root}"

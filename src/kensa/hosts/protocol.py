@@ -37,7 +37,7 @@ from typing import Any, List, Mapping, Optional, Protocol, Sequence, Union, runt
 
 from kensa.model import FileInfo, Phase, PreState, RollbackResult, StepResult
 
-__all__ = ["STEP_PHASES", "Host", "PhaseHandler", "PhaseOutcome", "ReadableHost", "StepRunner"]
+__all__ = ["STEP_PHASES", "Host", "PhaseHandler", "PhaseOutcome", "ReadableHost", "StepRunner", "Transport"]
 
 
 @runtime_checkable
@@ -187,4 +187,33 @@ class StepRunner(Protocol):
         of the transaction will leave: the phase sees the host through an
         overlay of it.
         """
+        ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """How a command reaches a target: the system SSH client, or a plain subprocess.
+
+    The agent's client uses a transport to start kensa's agent on the target;
+    :mod:`kensa.hosts.ssh` is the OpenSSH one.
+    """
+
+    @property
+    def name(self) -> str:
+        """The target as messages name it (``user@host:port``)."""
+        ...
+
+    def spawn(self, argv: Sequence[str], ready: bytes, timeout: float) -> "subprocess.Popen[bytes]":
+        """Start ``argv`` on the target with piped stdin and stdout.
+
+        Runs it as root when the transport is set to use sudo, answering a sudo
+        password prompt itself, and returns once the process wrote the line
+        ``ready`` on stdout. Raises a :class:`kensa.errors.RemoteHostError`
+        subclass naming the host otherwise (unreachable, login refused, changed
+        host key, timeout, or the command's own error output).
+        """
+        ...
+
+    def close(self) -> None:
+        """End the connection (and its control master); calling it again does nothing."""
         ...

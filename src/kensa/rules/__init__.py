@@ -5,7 +5,7 @@ methods' own schemas), and the loaders that turn files into rules (:mod:`~kensa.
 
 from kensa.errors import RuleError
 from kensa.rules.load import load_rule_file, load_rules, parse_rule
-from kensa.rules.model import CapabilityGate, Check, Implementation, Platform, Rule, Severity, SourceLocation
+from kensa.rules.model import CapabilityGate, Check, Implementation, Platform, Reference, Rule, Severity, SourceLocation
 from kensa.rules.schema import RULE_ID_PATTERN, SUPPORTED_CHECK_METHODS, SUPPORTED_MECHANISMS
 from kensa.rules.yaml import MAX_NESTING_DEPTH, MAX_RULE_FILE_BYTES
 
@@ -19,6 +19,7 @@ __all__ = [
     "Check",
     "Implementation",
     "Platform",
+    "Reference",
     "Rule",
     "RuleError",
     "Severity",

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import AbstractSet, Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from kensa.errors import RuleError
-from kensa.rules.model import CapabilityGate, Implementation, Platform, Rule, Severity, SourceLocation
+from kensa.rules.model import CapabilityGate, Implementation, Platform, Reference, Rule, Severity, SourceLocation
 from kensa.rules import schema
 from kensa.rules.schema import RULE_ID_PATTERN, SUPPORTED_CHECK_METHODS, SUPPORTED_MECHANISMS
 from kensa.rules.yaml import MAX_RULE_FILE_BYTES, Document, FieldPath, read_document, type_name
@@ -186,6 +186,50 @@ _RULE_FIELDS = frozenset(
 )
 
 
+# The key of a per-profile reference entry that names its control, by preference.
+_CONTROL_KEYS = ("section", "stig_id", "id", "control", "vuln_id")
+
+
+def _reference_text(doc: Document, path: FieldPath, value: Any) -> str:
+    # Control ids are text; YAML reads an unquoted "6.1" as a number, kept as written.
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise doc.error(path, f"expected a control id or attribute as text, got {type_name(value)}")
+    return str(value)
+
+
+def _profile_reference(doc: Document, path: FieldPath, framework: str, profile: str, value: Any) -> Reference:
+    if not isinstance(value, dict):
+        return Reference(framework, _reference_text(doc, path, value), profile)
+    attributes: Dict[str, Union[str, Tuple[str, ...]]] = {}
+    for key, item in value.items():
+        at = path + (key,)
+        if isinstance(item, list):  # such as a STIG entry's CCI list
+            attributes[str(key)] = tuple(_reference_text(doc, at + (i,), one) for i, one in enumerate(item))
+        else:
+            attributes[str(key)] = _reference_text(doc, at, item)
+    control = next((attributes.pop(key) for key in _CONTROL_KEYS if isinstance(attributes.get(key), str)), None)
+    if not isinstance(control, str):
+        raise doc.error(path, f"names no control: give one of {', '.join(_CONTROL_KEYS)}")
+    return Reference(framework, control, profile, attributes)
+
+
+def _parse_references(doc: Document, path: FieldPath, value: Any) -> Tuple[Reference, ...]:
+    """``references``: framework -> list of control ids, or profile -> entry (or list of entries)."""
+    found: List[Reference] = []
+    for framework, entries in schema.mapping(doc, path, value).items():
+        where = path + (framework,)
+        schema.expect_str(doc, where, framework)
+        if isinstance(entries, list):
+            found.extend(Reference(framework, _reference_text(doc, where + (i,), item)) for i, item in enumerate(entries))
+            continue
+        for profile, entry in schema.mapping(doc, where, entries).items():
+            at = where + (profile,)
+            items = entry if isinstance(entry, list) else [entry]
+            for i, item in enumerate(items):
+                found.append(_profile_reference(doc, at + (i,) if isinstance(entry, list) else at, framework, str(profile), item))
+    return tuple(found)
+
+
 def _parse_document(
     doc: Document, value: Any, mechanisms: AbstractSet[str], methods: AbstractSet[str]
 ) -> Rule:
@@ -219,8 +263,7 @@ def _parse_document(
         if id_list in value:
             for i, other in enumerate(schema.sequence(doc, (id_list,), value[id_list])):
                 schema.rule_id(doc, (id_list, i), other)
-    if "references" in value:
-        schema.mapping(doc, ("references",), value["references"])
+    references = _parse_references(doc, ("references",), value["references"]) if "references" in value else ()
     tags: Tuple[str, ...] = ()
     if "tags" in value:
         tags = tuple(
@@ -259,6 +302,7 @@ def _parse_document(
         implementations=implementations,
         source=SourceLocation(doc.source, doc.line_of(())),
         description=description,
+        references=references,
     )
 
 

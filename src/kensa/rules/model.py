@@ -5,12 +5,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import AbstractSet, Any, Mapping, Optional, Tuple
+from typing import AbstractSet, Any, Mapping, Optional, Tuple, Union
 
 from kensa.errors import RuleError
 from kensa.model import Step, Transaction
 
-__all__ = ["CapabilityGate", "Check", "Implementation", "Platform", "Rule", "Severity", "SourceLocation"]
+__all__ = ["CapabilityGate", "Check", "Implementation", "Platform", "Reference", "Rule", "Severity", "SourceLocation"]
 
 
 class Severity(str, enum.Enum):
@@ -44,6 +44,27 @@ class Platform:
     min_version: int
     max_version: Optional[int] = None
     derivatives: bool = True
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A control a rule implements, from its ``references`` mapping.
+
+    ``framework`` is the mapping's key (``cis``, ``stig``, ``nist_800_53``,
+    ``nist_800_171``, ...); ``control`` the control's id in that framework (a
+    CIS section, a STIG id, a NIST control); ``profile`` the benchmark the id
+    belongs to when the framework has one per platform (``rhel9``), else "";
+    ``attributes`` the rest of the entry as text (CIS ``level``, STIG
+    ``vuln_id`` and ``severity``, ...; a list, such as STIG ``cci``, as a tuple).
+    """
+
+    framework: str
+    control: str
+    profile: str = ""
+    attributes: Mapping[str, Union[str, Tuple[str, ...]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,7 @@ class Rule:
     implementations: Tuple[Implementation, ...]
     source: SourceLocation
     description: str = ""
+    references: Tuple[Reference, ...] = ()
 
     @property
     def supported(self) -> bool:
