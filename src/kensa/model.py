@@ -47,6 +47,37 @@ class Status(str, enum.Enum):
         return self.value
 
 
+class Verdict(str, enum.Enum):
+    """What checking one rule on one host found (a closed set).
+
+    ``compliant`` and ``not_compliant`` are definite verdicts. ``not_applicable``:
+    the rule's platforms, ``when`` gates or dependencies say it does not apply
+    there. ``not_assessable``: this kind of target cannot answer the check (a
+    ``command`` check on an image root), with the reason. ``unsupported``: kensa
+    cannot carry out the rule's check. ``error``: a real fault while checking.
+    """
+
+    COMPLIANT = "compliant"
+    NOT_COMPLIANT = "not_compliant"
+    NOT_APPLICABLE = "not_applicable"
+    NOT_ASSESSABLE = "not_assessable"
+    UNSUPPORTED = "unsupported"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict of one rule's check on one host, and what it rests on."""
+
+    rule: str
+    host: str
+    verdict: Verdict
+    detail: str = ""
+
+
 def _freeze(params: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(params))
 
