@@ -574,8 +574,8 @@ def parse_remote_key(key: str) -> RemoteTarget:
         raise HostSelectionError(f"host key {key!r}: {exc}") from exc
     if parts.scheme != "ssh" or not parts.hostname or parts.query or parts.fragment or parts.password:
         raise HostSelectionError(f"host key {key!r} is not ssh://[user@]host[:port]/root")
-    root = posixpath.normpath(parts.path or "/")
-    root = "/" if root in ("/", "//") else root
+    # normpath keeps a leading "//" (POSIX leaves its meaning open); on Linux it is "/".
+    root = "/" + posixpath.normpath(parts.path or "/").lstrip("/")
     return RemoteTarget(host=parts.hostname, user=parts.username, port=port, root=root)
 
 
