@@ -287,3 +287,27 @@ def test_checks_read_a_remote_host_one_round_trip_per_read(root: Path) -> None:
         assert sum(reads.values()) == 2, reads
     finally:
         host.close()
+
+
+def test_a_forked_child_opens_its_own_connection(root: Path) -> None:
+    """A child forked from a process holding a connection gets a new agent for the same key, and the
+    parent's connection still answers afterwards (the child neither used nor closed it)."""
+    hosts = RemoteHosts(transport_for)
+    key = key_of(root, "forked")
+    try:
+        parent = hosts(key)
+        pid = os.fork()
+        if pid == 0:  # the child: exit status says what it saw
+            try:
+                mine = hosts(key)
+                ok = mine is not parent and mine.hello["pid"] != parent.hello["pid"] and mine.read_bytes("/etc/motd") == b"welcome\n"
+                mine.close()
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert hosts(key) is parent and parent.alive
+        assert parent.read_bytes("/etc/motd") == b"welcome\n"
+    finally:
+        hosts.close()
