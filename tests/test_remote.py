@@ -26,24 +26,15 @@ from kensa.handlers import default_registry
 from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect, parse_remote_key
 from kensa.journal import SqliteJournal
 from kensa.model import RemoteTarget, Status, Step, Transaction
+from test_recovery import make_tree as recovery_tree
 
 AUDIT_RULE = "-w /etc/shadow -p wa -k kensa-remote-test"
 
 
 def make_tree(base: Path) -> Path:
-    root = base / "root"
-    files = {
-        "etc/motd": b"welcome\n",
-        "etc/ssh/sshd_config": b"Port 22\nPermitRootLogin yes\n",
-        "proc/sys/net/ipv4/ip_forward": b"1\n",
-    }
-    (root / "etc/sysctl.d").mkdir(parents=True)
+    """The recovery tests' tree (files with xattrs, a /proc/sys value) and a directory for audit rules."""
+    root = recovery_tree(base)
     (root / "etc/audit/rules.d").mkdir(parents=True)
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        path.chmod(0o644)
     return root
 
 
