@@ -302,3 +302,31 @@ def test_a_forked_child_opens_its_own_connection(root: Path) -> None:
         assert parent.read_bytes("/etc/motd") == b"welcome\n"
     finally:
         hosts.close()
+
+
+def test_an_interrupt_whose_rollback_loses_the_connection_still_propagates(engine: Tuple[Engine, Records],
+                                                                          root: Path) -> None:
+    """KeyboardInterrupt during the second apply starts the run's rollback; the agent dies as the
+    rollback is sent. The interrupt still reaches the caller, the entry stays interrupted (no result
+    journaled), and recovery over a new connection restores the tree."""
+    eng, records = engine
+    before = snapshot(root)
+    txn = Transaction("remote-interrupt", real_rules()[:2], host=key_of(root))
+    host = eng.hosts(txn.host)
+    assert isinstance(host, RemoteHost)
+    seen: List[str] = []
+
+    def interrupt_then_die(op: str, mechanism: Optional[str]) -> None:
+        seen.append(op)
+        if op == "apply" and seen.count("apply") == 2:
+            raise KeyboardInterrupt
+        if op in ("rollback", "restore"):
+            os.kill(host.hello["pid"], 9)
+
+    host.connection.observer = interrupt_then_die
+    with pytest.raises(KeyboardInterrupt):
+        eng.run(txn)
+    assert records.phases(txn.id)[-1] == ("errored", False)
+    assert [entry.txn.id for entry in eng.journal.interrupted()] == [txn.id]  # type: ignore[union-attr]
+    assert [r.status for r in eng.recover()] == [Status.RECOVERED]
+    assert snapshot(root) == before

@@ -35,17 +35,19 @@ import subprocess
 import threading
 import time
 import weakref
-from typing import IO, Any, Callable, Counter, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, Counter, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple, cast
 from urllib.parse import urlsplit
 
 from kensa import errors
-from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, KensaError, RemoteHostError, RemoteTimeoutError
+from kensa.errors import (
+    AgentError, HostConnectionLost, HostSelectionError, KensaError, RemoteHostError, RemoteTimeoutError, StepPhaseError,
+)
 from kensa.hosts.agent.wire import HEADER, PROTOCOL, READY, FrameError, decode_value, encode_value, frame, frame_length, parse, split_error
 from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, resolve_host
 from kensa.hosts.overlay import FileReaders, PlannedView
 from kensa.hosts.payload import NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload
-from kensa.hosts.protocol import Host, ReadableHost, Transport
-from kensa.model import Assessment, FileInfo, PreState, RemoteTarget, RollbackResult, StepResult
+from kensa.hosts.protocol import STEP_PHASES, Host, PhaseOutcome, ReadableHost, StepRunner, Transport
+from kensa.model import Assessment, FileInfo, Phase, PreState, RemoteTarget, RollbackResult, StepResult
 from kensa.support.afterfork import reset_in_child
 
 __all__ = [
@@ -347,7 +349,8 @@ def _where(root: str, path: str) -> str:
 
 
 class RemoteHost(FileReaders):
-    """A target root on a remote machine, driven through its agent; meets :class:`~kensa.hosts.protocol.Host`.
+    """A target root on a remote machine, driven through its agent; meets :class:`~kensa.hosts.protocol.Host`
+    and :class:`~kensa.hosts.protocol.StepRunner`.
 
     ``root`` is the host key (``ssh://user@host/root``): what messages, locks
     and audit ``host=`` name. ``target_root`` is the root's path on the target;
@@ -390,6 +393,27 @@ class RemoteHost(FileReaders):
 
     def overlay(self, planned: Mapping[str, Optional[FileInfo]]) -> PlannedView:
         return PlannedView(self, planned)
+
+    def run_phase(
+        self,
+        handler: str,
+        phase: Phase,
+        params: Mapping[str, Any],
+        pre: Optional[PreState] = None,
+        planned: Optional[Mapping[str, Optional[FileInfo]]] = None,
+    ) -> PhaseOutcome:
+        """One phase of one step on the target, one round trip (:class:`~kensa.hosts.protocol.StepRunner`)."""
+        if phase not in STEP_PHASES:
+            raise StepPhaseError(
+                f"{handler}: {phase!r} is not a step phase; run one of {', '.join(sorted(p.value for p in STEP_PHASES))}"
+            )
+        if phase is Phase.ROLLBACK and pre is None:
+            raise StepPhaseError(f"{handler}: rollback needs the pre-state its capture recorded; none was given")
+        found = self.connection.request(
+            phase.value, mechanism=handler, params=encode_value(params), pre=encode_value(pre),
+            planned=None if planned is None else encode_value(planned),
+        )
+        return cast(PhaseOutcome, found["pre"] if phase is Phase.CAPTURE else found)
 
     def handlers(self, registry: Any) -> "RemoteHandlers":
         """The engine's handlers (``registry``: mechanism -> handler) as proxies running on the target."""
@@ -652,3 +676,10 @@ def _close_at_exit(ref: "weakref.ref[RemoteHosts]") -> None:
     if found is not None:
         found.close()
 
+
+
+if TYPE_CHECKING:
+    # mypy proves here what the protocols promise: a RemoteHost is a Host and a StepRunner,
+    # SubprocessTransport a Transport.
+    def _conforms(host: RemoteHost) -> Tuple[Host, StepRunner, Transport]:
+        return host, host, SubprocessTransport()
