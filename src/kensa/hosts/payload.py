@@ -34,7 +34,7 @@ import os
 import shlex
 import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from kensa.errors import AgentError
 
