@@ -290,7 +290,7 @@ def test_the_agent_runs_as_whom_the_transport_says_with_the_targets_python(tmp_p
     if shutil.which("setpriv") is None or not os.path.exists("/usr/bin/python3"):
         require_real("setpriv or /usr/bin/python3 is missing")
     import tempfile
-    top = Path(tempfile.mkdtemp(prefix="kensa-agent-nobody-", dir="/var/tmp"))
+    top = Path(tempfile.mkdtemp(prefix="kensa-agent-nobody-"))  # not under tmp_path: its parents are 0700
     try:
         top.chmod(0o755)
         (top / "etc").mkdir(mode=0o755)

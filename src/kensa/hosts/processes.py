@@ -4,7 +4,9 @@
 running the agent's command behind an argv prefix (nothing, ``sudo -n``,
 ``runuser -u USER --``, ``docker exec -i CONTAINER`` ...). :func:`stop_process`
 and :class:`StderrTail` serve any transport that hands back a local process
-(the OpenSSH client is one too).
+(the OpenSSH client is one too). A transport that attaches a :class:`StderrTail`
+to the process it returns, as ``kensa_stderr``, gets the agent's last error
+output quoted in the messages of a lost connection.
 """
 
 from __future__ import annotations
