@@ -342,3 +342,15 @@ def test_a_remote_host_is_a_step_runner_like_the_local_one(root: Path, tmp_path:
     finally:
         host.close()
     assert snapshot(root) == snapshot(twin)
+
+
+def test_deeply_nested_values_are_refused_as_protocol_errors() -> None:
+    """A value nested past the interpreter's recursion limit is a FrameError, never a RecursionError."""
+    deep: Any = "x"
+    for _ in range(sys.getrecursionlimit() + 100):
+        deep = {"t": [deep]}
+    with pytest.raises(FrameError, match="nested too deeply"):
+        decode_value(deep)
+    from kensa.hosts.agent.wire import parse
+    with pytest.raises(FrameError):
+        parse(b"[" * 100000 + b"]" * 100000)

@@ -183,6 +183,8 @@ class AgentConnection:
         found = cast(BaseException, cls.__new__(cls, *args))
         found.args = args
         for key, value in attrs.items():
+            if key.startswith("_") or key == "args":
+                continue  # a peer sets an error's public attributes (path, errno ...), nothing else
             try:
                 setattr(found, key, value)
             except AttributeError:
