@@ -20,7 +20,8 @@ zlib-compressed; the SHA-256 of those bytes names the payload.
 
 :func:`agent_command` is the POSIX ``sh -c`` command that finds a Python 3
 (``python3``, ``/usr/libexec/platform-python``, then ``python3.X`` newest
-first), runs the bootstrap with it, or exits with status :data:`NO_PYTHON`
+first), runs the bootstrap with it (``-I``: no ``PYTHON*`` variables or user
+site; ``-B``: no bytecode files written for the standard library it imports), or exits with status :data:`NO_PYTHON`
 and a message listing what it tried.
 """
 
@@ -251,7 +252,7 @@ def agent_command(sha256: str) -> List[str]:
         f"for p in {' '.join(shlex.quote(p) for p in PYTHONS)}; do "
         "if command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c 'import sys; sys.exit(sys.version_info < (3, 6))' "
         ">/dev/null 2>&1; then "
-        f"exec \"$p\" -I -c {shlex.quote(program)}; fi; done; "
+        f"exec \"$p\" -I -B -c {shlex.quote(program)}; fi; done; "
         f"echo {shlex.quote(f'{NO_PYTHON_MESSAGE} (tried {tried})')} >&2; exit {NO_PYTHON}"
     )
     return ["/bin/sh", "-c", script]
