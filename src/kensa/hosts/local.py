@@ -56,6 +56,7 @@ __all__ = [
     "LocalStepRunner",
     "PlannedView",
     "canonical_host_key",
+    "check_step_phase",
     "resolve_host",
 ]
 
@@ -481,10 +482,8 @@ class LocalHost(FileReaders):
         """Run a command on this machine (argument list, no shell), capturing its output."""
         try:
             # Spelled for Python 3.6, which the agent runs this module with on a target.
-            return subprocess.run(
-                list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                timeout=timeout, check=False,
-            )
+            return subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                                  timeout=timeout, check=False)
         except FileNotFoundError as exc:
             raise HostAccessError(errno.ENOENT, f"command {argv[0]!r} not found") from exc
         except subprocess.TimeoutExpired as exc:
@@ -532,6 +531,21 @@ def canonical_host_key(key: str) -> str:
 resolve_host.canonical_key = canonical_host_key  # type: ignore[attr-defined]
 
 
+def check_step_phase(
+    handler: str, phase: Phase, pre: Optional[PreState], planned: Optional[Mapping[str, Optional[FileInfo]]]
+) -> None:
+    """Refuse, with :class:`StepPhaseError`, what no step runner runs: a phase that is not a
+    step phase, planned files given to a phase that writes, a rollback without its pre-state."""
+    if phase not in STEP_PHASES:
+        raise StepPhaseError(
+            f"{handler}: {phase!r} is not a step phase; run one of {', '.join(sorted(p.value for p in STEP_PHASES))}"
+        )
+    if planned is not None and phase in (Phase.APPLY, Phase.ROLLBACK):
+        raise StepPhaseError(f"{handler}: {phase.value} writes the host, so it cannot run through planned files")
+    if phase is Phase.ROLLBACK and pre is None:
+        raise StepPhaseError(f"{handler}: rollback needs the pre-state its capture recorded; none was given")
+
+
 class LocalStepRunner:
     """Runs a step's phases in this process, with the handler and ``host`` given.
 
@@ -565,12 +579,7 @@ class LocalStepRunner:
             raise UnknownMechanismError(
                 f"no handler for mechanism {handler!r} on {self.host!r}; known: {', '.join(sorted(self._handlers)) or 'none'}"
             )
-        if phase not in STEP_PHASES:
-            raise StepPhaseError(
-                f"{handler}: {phase!r} is not a step phase; run one of {', '.join(sorted(p.value for p in STEP_PHASES))}"
-            )
-        if planned is not None and phase in (Phase.APPLY, Phase.ROLLBACK):
-            raise StepPhaseError(f"{handler}: {phase.value} writes the host, so it cannot run through planned files")
+        check_step_phase(handler, phase, pre, planned)
         view = self.host if planned is None else self.host.overlay(planned)
         if phase is Phase.CAPTURE:
             return found.capture(view, params)
@@ -578,8 +587,7 @@ class LocalStepRunner:
             return bool(found.validate(view, params))
         if phase is Phase.APPLY:
             return found.apply(self.host, params, pre)
-        if pre is None:
-            raise StepPhaseError(f"{handler}: rollback needs the pre-state its capture recorded; none was given")
+        assert pre is not None  # check_step_phase refused a rollback without it
         return found.rollback(self.host, pre)
 
 

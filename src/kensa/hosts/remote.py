@@ -37,14 +37,14 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 from urllib.parse import urlsplit
 
-from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, RemoteHostError, StepPhaseError
+from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, RemoteHostError
 from kensa.hosts.agent.wire import PROTOCOL, READY, encode_value
 from kensa.hosts.connection import AgentConnection
-from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, resolve_host
+from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, check_step_phase, resolve_host
 from kensa.hosts.overlay import FileReaders, PlannedView
 from kensa.hosts.payload import NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload
 from kensa.hosts.processes import SubprocessTransport
-from kensa.hosts.protocol import STEP_PHASES, Host, PhaseOutcome, ReadableHost, StepRunner, Transport
+from kensa.hosts.protocol import Host, PhaseOutcome, ReadableHost, StepRunner, Transport
 from kensa.model import Assessment, FileInfo, Phase, PreState, RemoteTarget, RollbackResult, StepResult
 from kensa.support.afterfork import reset_in_child
 
@@ -130,12 +130,7 @@ class RemoteHost(FileReaders):
         planned: Optional[Mapping[str, Optional[FileInfo]]] = None,
     ) -> PhaseOutcome:
         """One phase of one step on the target, one round trip (:class:`~kensa.hosts.protocol.StepRunner`)."""
-        if phase not in STEP_PHASES:
-            raise StepPhaseError(
-                f"{handler}: {phase!r} is not a step phase; run one of {', '.join(sorted(p.value for p in STEP_PHASES))}"
-            )
-        if phase is Phase.ROLLBACK and pre is None:
-            raise StepPhaseError(f"{handler}: rollback needs the pre-state its capture recorded; none was given")
+        check_step_phase(handler, phase, pre, planned)
         found = self.connection.request(
             phase.value, mechanism=handler, params=encode_value(params), pre=encode_value(pre),
             planned=None if planned is None else encode_value(planned),
