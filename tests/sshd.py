@@ -74,8 +74,7 @@ class Sshd:
     def __init__(self, rig: "SshdRig", name: str) -> None:
         self.rig = rig
         self.name = name
-        self.dir = rig.dir / name
-        self.dir.mkdir()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=rig.dir))
         self.host_key = self.dir / "host_ed25519"
         _keygen(self.host_key)
         self.port = _free_port()
@@ -156,6 +155,15 @@ class Sshd:
         Path(f"{self.host_key}.pub").unlink()
         _keygen(self.host_key)
         self.start()
+
+    def logins(self) -> int:
+        """How many logins this server accepted since it started first."""
+        return (self.dir / "sshd.log").read_text(errors="replace").count("Accepted publickey")
+
+    def remove(self) -> None:
+        """Stop the server and drop it from the rig."""
+        self.stop()
+        self.rig.hosts.remove(self)
 
     def known_hosts_line(self) -> str:
         """This server's entry for a known_hosts file."""

@@ -228,7 +228,10 @@ class SshTransport:
 
         Lines the remote shell prints before ``ready`` are skipped. From then on
         the transport drains the command's stderr in the background (its last
-        64 KiB: :meth:`stderr_tail`), so the command never blocks on it.
+        64 KiB: :meth:`stderr_tail`), so the command never blocks on it. A
+        command that is not ready in time is ended here; on the target it ends
+        when it sees its stdin close (as the agent does): without a terminal,
+        sshd sends it no hangup.
         """
         if self._closed:
             raise RemoteHostError(f"{self.name}: the connection was closed", host=self.name)
