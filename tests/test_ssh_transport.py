@@ -85,6 +85,22 @@ def test_one_login_per_host_then_channels(sshd_rig: Any, sshd_host: Any, tmp_pat
         assert sshd_host.logins() == 1
 
 
+def test_commands_started_together_share_one_login(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """Four threads starting commands at once on a new transport: one logs in, the others use its master."""
+    with transport(sshd_rig, sshd_host, tmp_path) as t:
+        procs: List[Any] = []
+        threads = [threading.Thread(target=lambda: procs.append(t.spawn(agent(), READY, 30))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(procs) == 4
+        for proc in procs:
+            proc.stdin.close()
+            assert proc.wait(30) == 0
+        assert sshd_host.logins() == 1
+
+
 def test_control_directory_is_private_and_removed_at_close(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
     """The control socket lives in a 0700 directory of its own; close ends the master and removes the directory."""
     t = transport(sshd_rig, sshd_host, tmp_path)

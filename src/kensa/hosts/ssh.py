@@ -159,6 +159,7 @@ class SshTransport:
         if shutil.which(self.options.ssh) is None:
             raise UsageError(f"ssh client {self.options.ssh!r} not found: install openssh-client")
         self._lock = threading.Lock()
+        self._first_login = threading.Lock()
         self._owner = os.getpid()
         self._closed = False
         self._children: "weakref.WeakSet[subprocess.Popen[bytes]]" = weakref.WeakSet()
@@ -235,6 +236,14 @@ class SshTransport:
         """
         if self._closed:
             raise RemoteHostError(f"{self.name}: the connection was closed", host=self.name)
+        if os.listdir(self._control_dir):
+            return self._spawn(argv, ready, timeout)
+        # The first command logs in and leaves the master; commands started
+        # meanwhile wait for it rather than each log in on their own.
+        with self._first_login:
+            return self._spawn(argv, ready, timeout)
+
+    def _spawn(self, argv: Sequence[str], ready: bytes, timeout: float) -> "subprocess.Popen[bytes]":
         marker = f"[kensa-sudo-{secrets.token_hex(8)}]"
         proc = subprocess.Popen(
             self.ssh_argv(self.remote_argv(argv, marker)),
@@ -370,6 +379,7 @@ class SshTransport:
     def _after_fork_in_child(self) -> None:
         # The master and the directory are the parent's: a child's exit must not end them.
         self._lock = threading.Lock()
+        self._first_login = threading.Lock()
         self._closed = True
         _OPEN.discard(self)
 
