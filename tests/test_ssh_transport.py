@@ -101,6 +101,30 @@ def test_commands_started_together_share_one_login(sshd_rig: Any, sshd_host: Any
         assert sshd_host.logins() == 1
 
 
+def test_transports_that_log_in_alike_share_one_master(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """Two transports of one login (say the planning and the engine's connection) share one master:
+    one login; closing the first leaves the second working; closing the last ends the master."""
+    first = transport(sshd_rig, sshd_host, tmp_path)
+    second = transport(sshd_rig, sshd_host, tmp_path)
+    first.spawn(agent(), READY, 30).kill()
+    master = master_pid(first)
+    first.close()
+    assert pid_alive(master)
+    proc = second.spawn(agent(), READY, 30)
+    assert master_pid(second) == master and sshd_host.logins() == 1
+    second.close()
+    assert proc.wait(30) is not None and not pid_alive(master)
+
+
+def test_a_transport_with_another_host_key_policy_logs_in_on_its_own(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """A strict transport never rides on a master opened under accept-new: it is refused for the unknown key."""
+    with transport(sshd_rig, sshd_host, tmp_path) as lenient:
+        lenient.spawn(agent(), READY, 30).kill()
+        with transport(sshd_rig, sshd_host, tmp_path, known_hosts_file=str(tmp_path / "other"), strict_host_keys=True) as strict:
+            with pytest.raises(HostKeyError):
+                strict.spawn(agent(), READY, 30)
+
+
 def test_control_directory_is_private_and_removed_at_close(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
     """The control socket lives in a 0700 directory of its own; close ends the master and removes the directory."""
     t = transport(sshd_rig, sshd_host, tmp_path)

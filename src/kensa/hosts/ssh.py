@@ -8,10 +8,13 @@ ssh-agent, FIDO/PKCS#11 keys and Kerberos work unchanged.
 :class:`SshTransport` meets :class:`kensa.hosts.protocol.Transport`. The first
 command it starts logs in once and leaves a control master
 (``ControlMaster=auto``, ``ControlPersist``) whose socket lives in a private
-0700 directory made for this transport; every later command is a channel of
-that one connection. :meth:`SshTransport.close` ends the master (``ssh -O
-exit``) and removes the directory, and so does interpreter exit for every
-transport still open (in the process that opened it, never in a forked child).
+0700 directory of this process; every later command is a channel of that one
+connection, and so are the commands of other transports of this process that
+log in alike (same host, user, port, key, config and host key policy: the
+agent's client makes a transport per connection). The last of them to close
+ends the master (``ssh -O exit``); the directory is removed when none is open,
+and at interpreter exit (in the process that opened them, never in a forked
+child).
 
 Host keys: unknown keys are accepted and remembered (``accept-new``) by
 default; with :attr:`SshOptions.strict_host_keys` they are refused. A key that
@@ -33,6 +36,8 @@ classic injection), and ``--`` always precedes the destination.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -46,7 +51,7 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from kensa.errors import (
     AgentError,
@@ -65,7 +70,7 @@ __all__ = ["SshOptions", "SshTransport", "check_target"]
 
 # Host names, IPv4/IPv6 literals (with a %zone) and ssh_config aliases; nothing a
 # shell or ssh's own option parser would read as more than a name.
-_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:%-]*\Z")
+_HOST = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_.:%-]*\Z")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?\Z")
 # What an -o value may hold: ssh splits option values on whitespace and reads quotes.
 _OPTION = re.compile(r"[A-Za-z][A-Za-z0-9]*=[^\s\"'\\]+\Z")
@@ -159,12 +164,12 @@ class SshTransport:
         if shutil.which(self.options.ssh) is None:
             raise UsageError(f"ssh client {self.options.ssh!r} not found: install openssh-client")
         self._lock = threading.Lock()
-        self._first_login = threading.Lock()
         self._owner = os.getpid()
         self._closed = False
         self._children: "weakref.WeakSet[subprocess.Popen[bytes]]" = weakref.WeakSet()
         self._stderr: Dict[int, Deque[bytes]] = {}
-        self._control_dir = _private_directory()
+        self._slot = _slot_of(target, self.options)
+        self._control_dir = _MASTERS.acquire(self._slot)
         _OPEN.add(self)
         reset_in_child(self)
 
@@ -177,8 +182,13 @@ class SshTransport:
 
     @property
     def control_dir(self) -> str:
-        """The private directory of the control socket (removed at :meth:`close`)."""
+        """The private directory of the control socket (removed when the last transport closes)."""
         return self._control_dir
+
+    @property
+    def control_path(self) -> str:
+        """The control master's socket: shared by this process's transports with the same login."""
+        return os.path.join(self._control_dir, self._slot)
 
     def ssh_argv(self, remote: Optional[Sequence[str]] = None, *control: str) -> List[str]:
         """ssh's argument list for running ``remote`` (quoted with :func:`shlex.join`) on the target.
@@ -195,7 +205,7 @@ class SshTransport:
         fixed = [
             "BatchMode=yes",
             "ControlMaster=auto",
-            f"ControlPath={self._control_dir}/%C",
+            f"ControlPath={self.control_path}",
             f"ControlPersist={max(1, int(opts.control_persist))}",
             f"StrictHostKeyChecking={'yes' if opts.strict_host_keys else 'accept-new'}",
         ]
@@ -236,11 +246,11 @@ class SshTransport:
         """
         if self._closed:
             raise RemoteHostError(f"{self.name}: the connection was closed", host=self.name)
-        if os.listdir(self._control_dir):
+        if os.path.exists(self.control_path):
             return self._spawn(argv, ready, timeout)
         # The first command logs in and leaves the master; commands started
         # meanwhile wait for it rather than each log in on their own.
-        with self._first_login:
+        with _MASTERS.first_login(self._slot):
             return self._spawn(argv, ready, timeout)
 
     def _spawn(self, argv: Sequence[str], ready: bytes, timeout: float) -> "subprocess.Popen[bytes]":
@@ -355,7 +365,8 @@ class SshTransport:
         return _scrub(text, self.options.sudo_password)[-_STDERR_KEPT:]
 
     def close(self) -> None:
-        """End the control master (``ssh -O exit``), the commands it carried, and remove the socket directory."""
+        """End the commands this transport started; the last transport of a login also ends
+        the control master (``ssh -O exit``) and, the last of all, removes the socket directory."""
         with self._lock:
             if self._closed:
                 return
@@ -363,12 +374,12 @@ class SshTransport:
         _OPEN.discard(self)
         if os.getpid() != self._owner:
             return
-        if os.path.isdir(self._control_dir) and os.listdir(self._control_dir):
-            subprocess.run(self.ssh_argv(None, "-O", "exit"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=30, check=False)
         for proc in list(self._children):
             _end(proc)
-        shutil.rmtree(self._control_dir, ignore_errors=True)
+        with _MASTERS.releasing(self._slot) as last:
+            if last and os.path.exists(self.control_path):
+                subprocess.run(self.ssh_argv(None, "-O", "exit"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=30, check=False)
 
     def __enter__(self) -> "SshTransport":
         return self
@@ -379,7 +390,6 @@ class SshTransport:
     def _after_fork_in_child(self) -> None:
         # The master and the directory are the parent's: a child's exit must not end them.
         self._lock = threading.Lock()
-        self._first_login = threading.Lock()
         self._closed = True
         _OPEN.discard(self)
 
@@ -395,11 +405,72 @@ def argv_name(proc: "subprocess.Popen[bytes]") -> str:
 def _private_directory() -> str:
     """A fresh 0700 directory for control sockets, short enough for a socket path."""
     base = tempfile.gettempdir()
-    if len(base) + 1 + 15 + 1 + 40 > _SOCKET_PATH_MAX:
+    if len(base) + 1 + 15 + 1 + 32 > _SOCKET_PATH_MAX:
         base = "/tmp"  # a long TMPDIR would make the socket path too long for bind()
     path = tempfile.mkdtemp(prefix="kensa-ssh-", dir=base)
     os.chmod(path, 0o700)
     return path
+
+
+def _slot_of(target: RemoteTarget, options: SshOptions) -> str:
+    """The socket name of a login: transports that log in alike share one master (never across roots'
+    different keys, host key policies or configs)."""
+    login = (target.host, target.user, target.port, target.identity_file, options.ssh, options.ssh_config_file,
+             options.known_hosts_file, options.strict_host_keys, options.extra_options, options.connect_timeout)
+    return hashlib.sha256(repr(login).encode()).hexdigest()[:32]
+
+
+class _Masters:
+    """This process's control masters: one private directory, a count of the open transports per login.
+
+    A master ends when the last transport using it closes; the directory is
+    removed when no transport is open. A forked child owns none of them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: Dict[str, int] = {}
+        self._logins: Dict[str, threading.Lock] = {}
+        self._dir: Optional[str] = None
+        reset_in_child(self)
+
+    def acquire(self, slot: str) -> str:
+        with self._lock:
+            if self._dir is None:
+                self._dir = _private_directory()
+            self._users[slot] = self._users.get(slot, 0) + 1
+            self._logins.setdefault(slot, threading.Lock())
+            return self._dir
+
+    def first_login(self, slot: str) -> threading.Lock:
+        with self._lock:
+            return self._logins.setdefault(slot, threading.Lock())
+
+    @contextlib.contextmanager
+    def releasing(self, slot: str) -> Iterator[bool]:
+        """Yields whether this was the slot's last user: the caller then ends its master, while no
+        new transport can take the slot up; the directory goes with the last slot."""
+        with self._lock:
+            left = self._users.get(slot, 1) - 1
+            if left > 0:
+                self._users[slot] = left
+            else:
+                self._users.pop(slot, None)
+            try:
+                yield left <= 0
+            finally:
+                if not self._users and self._dir is not None:
+                    shutil.rmtree(self._dir, ignore_errors=True)
+                    self._dir = None
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._users = {}
+        self._logins = {}
+        self._dir = None
+
+
+_MASTERS = _Masters()
 
 
 def _drain(proc: "subprocess.Popen[bytes]", kept: Deque[bytes]) -> None:
