@@ -187,7 +187,7 @@ def test_a_changed_host_key_fails_that_host_naming_it(sshd_rig: Any, sshd_host: 
     assert kensa_cli(*args)[0] == EXIT_NOT_APPLIED
     sshd_host.rekey()
     before = snapshot_tree(root)
-    code, out = kensa_cli(*args[:4], "remediate", *args[5:])
+    code, out = kensa_cli(*args[:3], "remediate", *args[4:])
     assert code == EXIT_NOT_APPLIED
     assert out.count(f"127.0.0.1:{sshd_host.port}: the host's key differs") == 2
     assert snapshot_tree(root) == before
@@ -269,8 +269,9 @@ class StallingTransport:
     ``agent_pid`` the agent on the target, ``strace`` the tracer.
     """
 
-    def __init__(self, inner: Any, sshd_pid: int, stall_dir: Path) -> None:
+    def __init__(self, inner: Any, sshd_pid: int, stall_dir: Path, log: Path) -> None:
         self.inner = inner
+        self.log = log
         self.sshd_pid = sshd_pid
         self.stall_dir = stall_dir
         self.ssh_proc: Optional["subprocess.Popen[bytes]"] = None
@@ -286,9 +287,8 @@ class StallingTransport:
         if self.ssh_proc is None:
             self.ssh_proc = proc
             self.agent_pid = max(pid for pid in descendants(self.sshd_pid) if b"python" in cmdline(pid))
-            log = self.stall_dir.parent / "strace.log"
             self.strace = subprocess.Popen(
-                ["strace", "-f", "-o", str(log), "-p", str(self.agent_pid), "-P", str(self.stall_dir),
+                ["strace", "-f", "-o", str(self.log), "-p", str(self.agent_pid), "-P", str(self.stall_dir),
                  "-e", "trace=rename,renameat,renameat2", "-e", "inject=rename,renameat,renameat2:delay_enter=120s"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             assert self.strace.stderr is not None
@@ -316,7 +316,7 @@ def test_a_connection_killed_mid_apply_is_recovered_over_ssh(sshd_rig: Any, sshd
 
     def transport_for(target: RemoteTarget) -> StallingTransport:
         inner = SshTransport(replace(target, identity_file=str(sshd_rig.user_key)), options)
-        made.append(StallingTransport(inner, sshd_host.proc.pid, root / "srv"))
+        made.append(StallingTransport(inner, sshd_host.proc.pid, root / "srv", tmp_path / "strace.log"))
         return made[-1]
 
     key = key_of(sshd_host, root)

@@ -163,6 +163,31 @@ def test_interpreter_exit_ends_the_master_and_removes_its_directory(sshd_rig: An
     assert not pid_alive(int(pid))
 
 
+def test_interpreter_exit_ends_masters_of_transports_dropped_unclosed(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """A transport dropped without close (a failed connect's, say) and collected: at exit its master
+    still ends and the socket directory is still removed."""
+    code = textwrap.dedent(
+        f"""
+        import gc, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_ssh_transport import agent, master_pid, READY
+        from kensa.hosts.ssh import SshOptions, SshTransport
+        from kensa.model import RemoteTarget
+        t = SshTransport(RemoteTarget("127.0.0.1", "root", {sshd_host.port}, "/", {str(sshd_rig.user_key)!r}),
+                         SshOptions(known_hosts_file={str(tmp_path / 'kh')!r}))
+        t.spawn(agent(), READY, 30).kill()
+        print(t.control_dir, master_pid(t), flush=True)
+        del t
+        gc.collect()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    directory, pid = done.stdout.split()
+    assert not os.path.exists(directory)
+    assert not pid_alive(int(pid))
+
+
 def test_a_forked_child_leaves_the_parents_master_alone(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
     """A child forked from a process with an open transport exits (atexit handlers run) and the parent's master survives."""
     with transport(sshd_rig, sshd_host, tmp_path) as t:

@@ -463,6 +463,20 @@ class _Masters:
                     shutil.rmtree(self._dir, ignore_errors=True)
                     self._dir = None
 
+    def sweep(self) -> None:
+        """At exit: end the masters of transports dropped without :meth:`SshTransport.close`, remove the directory."""
+        with self._lock:
+            directory, self._dir = self._dir, None
+            self._users = {}
+        if directory is None:
+            return
+        for name in os.listdir(directory):
+            # A mux command needs only the socket; the destination is a placeholder.
+            subprocess.run(["ssh", "-o", f"ControlPath={os.path.join(directory, name)}", "-O", "exit", "--", "kensa"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=30, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._users = {}
@@ -519,3 +533,4 @@ def _close_all() -> None:
             transport.close()
         except Exception:  # noqa: BLE001 - exit goes on; the master ends by its ControlPersist anyway
             pass
+    _MASTERS.sweep()
