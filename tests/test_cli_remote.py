@@ -54,6 +54,12 @@ def test_a_host_entry_fills_in_user_and_port_from_the_flags(spec: str, expected:
     assert parse_host(spec, "ops", 2222, "/srv/t", None) == expected
 
 
+@pytest.mark.parametrize("root, key", [("/srv/t/", "ssh://web01/srv/t"), ("//", "ssh://web01/"), ("/srv/./t", "ssh://web01/srv/t")])
+def test_a_root_is_keyed_in_one_spelling(root: str, key: str) -> None:
+    """--root /srv/t/ and /srv/t are one target: the key the engine journals results under, so none goes missing from the report."""
+    assert parse_host("web01", None, None, root, None).key == key
+
+
 @pytest.mark.parametrize("spec", ["-oProxyCommand=touch {marker}", "web01;touch {marker}", "$(touch {marker})",
                                   "a b", "ops@-oProxyCommand=x", "-l@web01", "web01:99999", "web01:"])
 def test_hostile_or_malformed_host_entries_are_refused_and_nothing_runs(tmp_path: Path, spec: str) -> None:

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import getpass
 import json
+import posixpath
 import re
 import sys
 import threading
@@ -86,6 +87,8 @@ def parse_host(spec: str, user: Optional[str], port: Optional[int], root: str, k
     if match is None:
         raise UsageError(f"-H {spec[:80]!r}: expected [user@]host[:port]")
     given_port = match.group("port")
+    # One spelling per root, as the engine keys it: /srv/t/ and /srv/t are one target.
+    root = "/" if posixpath.normpath(root) in ("/", "//") else posixpath.normpath(root)
     target = RemoteTarget(
         host=match.group("v6") or match.group("host"),
         user=match.group("user") or user,
@@ -135,6 +138,7 @@ def _inventory_targets(args: argparse.Namespace, root: str) -> List[Tuple[str, R
             identity_file=target.identity_file or args.key,
             root=target.root if target.root != "/" else root,
         )
+        target = replace(target, root="/" if posixpath.normpath(target.root) in ("/", "//") else posixpath.normpath(target.root))
         check_target(target)
         found.append((entry.name, target))
     return found
