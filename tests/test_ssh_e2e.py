@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -177,6 +178,26 @@ def test_a_stopped_host_and_a_refusing_host_fail_only_their_rules(sshd_rig: Any,
     finally:
         for host in (good, stopped, refusing):
             host.remove()
+
+
+def test_a_host_that_never_answers_times_out_and_only_its_rules_fail(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """A host that accepts TCP but never speaks SSH: its rules error at --connect-timeout, naming it and
+    saying it timed out; the rules of the working host are checked."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    root = make_root(sshd_rig, "silent")
+    try:
+        code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "check", rules_dir(tmp_path), "-H",
+                              f"root@127.0.0.1:{port},{host_arg(sshd_host)}", "--root", str(root), "--workers", "2",
+                              *login(sshd_rig, tmp_path), "--connect-timeout", "2")
+    finally:
+        silent.close()
+    assert code == EXIT_NOT_APPLIED
+    rows = out.splitlines()[1:]
+    assert [r.split()[2] for r in rows] == ["error", "error", "not_compliant", "not_compliant"], out
+    assert all(f"127.0.0.1:{port}: connection timed out (connect timeout 2 s)" in r for r in rows[:2])
 
 
 def test_a_changed_host_key_fails_that_host_naming_it(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
