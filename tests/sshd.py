@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 SSHD = "/usr/sbin/sshd"
 SUDOERS_DIR = Path("/etc/sudoers.d")
@@ -266,6 +266,38 @@ class SshdRig:
         if self.sudoers is not None:
             with_missing_ok(self.sudoers)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cmdlines() -> List[Tuple[int, str]]:
+    """(pid, command line with spaces) of every process now running."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            found.append((int(entry), raw.replace(b"\0", b" ").decode("utf-8", "replace")))
+    return found
+
+
+def descendants(pid: int) -> List[int]:
+    """Every process below ``pid`` (an sshd's: the sessions, shells and agents it started)."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _kill_processes_of(user: str) -> None:

@@ -5,39 +5,18 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
-from typing import Tuple
 
 import pytest
 
-from kensa.cli.main import EXIT_BAD_INPUT, build_parser, main
+from kensa.cli.main import EXIT_BAD_INPUT, build_parser
 from kensa.cli.remote import parse_host, ssh_options, targets_from
 from kensa.errors import UsageError
 from kensa.model import RemoteTarget
-
-RULE = """\
-id: test-remote-banner
-title: A banner line on the remote host
-description: Writes one known line into /etc/issue.net of the target root.
-severity: low
-category: system
-implementations:
-  - default: true
-    remediation:
-      mechanism: file_content
-      path: /etc/issue.net
-      content: "Authorized use only\\n"
-"""
+from test_ssh_e2e import kensa_cli, rules_dir
 
 
 def rule_file(tmp_path: Path) -> str:
-    path = tmp_path / "rule.yml"
-    path.write_text(RULE)
-    return str(path)
-
-
-def kensa_cli(*argv: str) -> Tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out=out), out.getvalue()
+    return rules_dir(tmp_path)
 
 
 @pytest.mark.parametrize(

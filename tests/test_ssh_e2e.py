@@ -28,6 +28,7 @@ from conftest import kensa_records, snapshot_tree
 from kensa.cli.main import EXIT_NOT_APPLIED, EXIT_OK, main
 from kensa.journal.store import SqliteJournal
 from kensa.model import RemoteTarget, Status, Step, Transaction
+from sshd import cmdlines, descendants
 
 RULES = {
     "banner.yml": """\
@@ -307,7 +308,8 @@ class StallingTransport:
         proc: "subprocess.Popen[bytes]" = self.inner.spawn(argv, ready, timeout)
         if self.ssh_proc is None:
             self.ssh_proc = proc
-            self.agent_pid = max(pid for pid in descendants(self.sshd_pid) if b"python" in cmdline(pid))
+            commands = dict(cmdlines())
+            self.agent_pid = max(pid for pid in descendants(self.sshd_pid) if "python" in commands.get(pid, ""))
             self.strace = subprocess.Popen(
                 ["strace", "-f", "-o", str(self.log), "-p", str(self.agent_pid), "-P", str(self.stall_dir),
                  "-e", "trace=rename,renameat,renameat2", "-e", "inject=rename,renameat,renameat2:delay_enter=120s"],
@@ -375,29 +377,3 @@ def test_a_connection_killed_mid_apply_is_recovered_over_ssh(sshd_rig: Any, sshd
     assert code == EXIT_OK, out
     assert key in out
     assert snapshot_tree(root) == before
-
-
-def descendants(pid: int) -> List[int]:
-    """Every process below ``pid``."""
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""

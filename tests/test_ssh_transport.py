@@ -22,6 +22,7 @@ from kensa.errors import HostAuthError, HostKeyError, HostUnreachableError, Remo
 from kensa.hosts.protocol import Transport
 from kensa.hosts.ssh import SshOptions, SshTransport, check_target
 from kensa.model import RemoteTarget
+from sshd import cmdlines
 
 READY = b"KENSA-TEST-READY"
 # Prints junk, then the ready line, then its uid, argv and each line it reads back.
@@ -141,31 +142,12 @@ def test_control_directory_is_private_and_removed_at_close(sshd_rig: Any, sshd_h
     t.close()  # a second close does nothing
 
 
-def test_interpreter_exit_ends_the_master_and_removes_its_directory(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
-    """A program that never calls close still leaves no control master or socket directory behind when it exits."""
-    code = textwrap.dedent(
-        f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_ssh_transport import agent, master_pid, READY
-        from kensa.hosts.ssh import SshOptions, SshTransport
-        from kensa.model import RemoteTarget
-        t = SshTransport(RemoteTarget("127.0.0.1", "root", {sshd_host.port}, "/", {str(sshd_rig.user_key)!r}),
-                         SshOptions(known_hosts_file={str(tmp_path / 'kh')!r}))
-        t.spawn(agent(), READY, 30)
-        print(t.control_dir, master_pid(t), flush=True)
-        """
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
-    assert done.returncode == 0, done.stderr
-    directory, pid = done.stdout.split()
-    assert not os.path.exists(directory)
-    assert not pid_alive(int(pid))
-
-
-def test_interpreter_exit_ends_masters_of_transports_dropped_unclosed(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
-    """A transport dropped without close (a failed connect's, say) and collected: at exit its master
-    still ends and the socket directory is still removed."""
+@pytest.mark.parametrize("ending", ["", "t.spawn(agent(), READY, 30).kill()\ndel t\ngc.collect()"],
+                         ids=["left-open", "dropped-and-collected"])
+def test_interpreter_exit_ends_the_master_and_removes_its_directory(sshd_rig: Any, sshd_host: Any, tmp_path: Path,
+                                                                     ending: str) -> None:
+    """A program that never calls close, whether it keeps the transport to the end or drops it (a
+    failed connect's, say) and it is collected: at exit no control master or socket directory is left."""
     code = textwrap.dedent(
         f"""
         import gc, sys
@@ -175,12 +157,10 @@ def test_interpreter_exit_ends_masters_of_transports_dropped_unclosed(sshd_rig: 
         from kensa.model import RemoteTarget
         t = SshTransport(RemoteTarget("127.0.0.1", "root", {sshd_host.port}, "/", {str(sshd_rig.user_key)!r}),
                          SshOptions(known_hosts_file={str(tmp_path / 'kh')!r}))
-        t.spawn(agent(), READY, 30).kill()
+        t.spawn(agent(), READY, 30)
         print(t.control_dir, master_pid(t), flush=True)
-        del t
-        gc.collect()
         """
-    )
+    ) + ending + "\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
     assert done.returncode == 0, done.stderr
     directory, pid = done.stdout.split()
@@ -382,19 +362,6 @@ def test_sudo_that_needs_a_password_none_was_given_is_an_auth_error(sshd_rig: An
     with transport(sshd_rig, sshd_host, tmp_path, user=sshd_rig.users["password"], sudo=True) as t:
         with pytest.raises(HostAuthError, match="sudo refused .*password is required"):
             t.spawn(agent(), READY, 30)
-
-
-def cmdlines() -> List[tuple]:
-    """(pid, command line with spaces) of every process now running."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            found.append((int(entry), raw.replace(b"\0", b" ").decode("utf-8", "replace")))
-    return found
 
 
 def master_pid(t: SshTransport) -> int:
