@@ -268,30 +268,28 @@ class SshdRig:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def cmdlines() -> List[Tuple[int, str]]:
-    """(pid, command line with spaces) of every process now running."""
+def _proc_files(name: str) -> List[Tuple[int, bytes]]:
+    """(pid, bytes of /proc/PID/<name>) of every process now running."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+                found.append((int(entry), Path(f"/proc/{entry}/{name}").read_bytes()))
             except OSError:
-                continue
-            found.append((int(entry), raw.replace(b"\0", b" ").decode("utf-8", "replace")))
+                continue  # it ended meanwhile
     return found
+
+
+def cmdlines() -> List[Tuple[int, str]]:
+    """(pid, command line with spaces) of every process now running."""
+    return [(pid, raw.replace(b"\0", b" ").decode("utf-8", "replace")) for pid, raw in _proc_files("cmdline")]
 
 
 def descendants(pid: int) -> List[int]:
     """Every process below ``pid`` (an sshd's: the sessions, shells and agents it started)."""
     children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
+    for child, stat in _proc_files("stat"):
+        children.setdefault(int(stat.rsplit(b")", 1)[1].split()[1]), []).append(child)
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
