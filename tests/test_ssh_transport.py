@@ -7,6 +7,7 @@ ready line, as kensa's agent does.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,11 +19,11 @@ from typing import Any, List
 
 import pytest
 
-from kensa.errors import HostAuthError, HostKeyError, HostUnreachableError, RemoteTimeoutError, UsageError
+from kensa.errors import HostAuthError, HostConnectionLost, HostKeyError, HostUnreachableError, RemoteTimeoutError, UsageError
 from kensa.hosts.protocol import Transport
 from kensa.hosts.ssh import SshOptions, SshTransport, check_target
 from kensa.model import RemoteTarget
-from sshd import cmdlines
+from sshd import cmdlines, descendants
 
 READY = b"KENSA-TEST-READY"
 # Prints junk, then the ready line, then its uid, argv and each line it reads back.
@@ -321,6 +322,19 @@ def test_stderr_is_drained_after_ready(sshd_rig: Any, sshd_host: Any, tmp_path: 
         assert proc.stdout.readline() == b"done\n"
         assert proc.wait(30) == 0
         assert t.stderr_tail(proc).endswith("END")
+
+
+def test_a_connection_cut_after_ready_is_reported_as_lost(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """The server's side of the connection killed while the command runs: ssh ends with 255 and
+    failure() names it HostConnectionLost, naming the host."""
+    with transport(sshd_rig, sshd_host, tmp_path) as t:
+        proc = t.spawn(agent(), READY, 30)
+        for pid in descendants(sshd_host.proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        code = proc.wait(30)
+        error = t.failure(code, t.stderr_tail(proc))
+        assert code == 255 and isinstance(error, HostConnectionLost), (code, error)
+        assert error.host == t.name and str(error).startswith(f"root@127.0.0.1:{sshd_host.port}: ")
 
 
 def test_sudo_without_a_password_runs_as_root(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
