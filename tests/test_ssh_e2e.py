@@ -268,6 +268,28 @@ def test_sudo_with_a_password_from_stdin_keeps_it_out_of_output_journal_and_reco
     assert sshd_rig.sudo_password not in wrong.stdout + wrong.stderr
 
 
+def test_the_agent_under_a_sudo_password_runs_as_root_with_the_password_in_no_command_line(
+        sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """kensa's agent started through sudo -S for a user whose sudo asks for a password: it reads a
+    root-only file of its root, and while it runs no process's command line holds the password."""
+    from kensa.hosts.remote import connect
+    from kensa.hosts.ssh import SshOptions, SshTransport
+
+    root = make_root(sshd_rig, "agentpw")
+    (root / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (root / "etc" / "shadow").chmod(0o600)
+    target = RemoteTarget("127.0.0.1", sshd_rig.users["password"], sshd_host.port, str(root), str(sshd_rig.user_key))
+    options = SshOptions(sudo=True, sudo_password=sshd_rig.sudo_password, known_hosts_file=str(tmp_path / "kh"))
+    host = connect(SshTransport(target, options), str(root), key=target.key, connect_timeout=60)
+    try:
+        assert host.read_bytes("/etc/shadow") == b"root:*:19000:0:99999:7:::\n"
+        running = [cmd for _, cmd in cmdlines()]
+        assert any("sudo -S" in cmd for cmd in running), "the sudo process was not seen"
+        assert not [cmd for cmd in running if sshd_rig.sudo_password in cmd]
+    finally:
+        host.close()
+
+
 @pytest.mark.serial
 def test_audit_records_of_a_remote_transaction_carry_its_host(sshd_rig: Any, sshd_host: Any, tmp_path: Path,
                                                               listener: Any) -> None:
