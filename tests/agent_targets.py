@@ -40,11 +40,12 @@ def transport_for(target: RemoteTarget) -> SubprocessTransport:
 
 _PY36 = '''#!/bin/sh
 # python3 as Python 3.6 would look to kensa's agent: no dataclasses, no typing.Protocol,
-# runtime_checkable or Literal. Run as: python3 [-I] -c SOURCE [ARGS...]
+# runtime_checkable or Literal. Run as: python3 [-I] [-B] -c SOURCE [ARGS...]
 [ "$1" = "-I" ] && shift
+[ "$1" = "-B" ] && shift
 [ "$1" = "-c" ] || exec {python} "$@"
 shift
-exec {python} -I -c '
+exec {python} -I -B -c '
 import sys, typing
 sys.modules["dataclasses"] = None
 for name in ("Protocol", "runtime_checkable", "Literal"):

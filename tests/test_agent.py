@@ -22,7 +22,7 @@ from typing import Any, List, Sequence
 
 import pytest
 
-from agent_targets import py36_path, transport
+from agent_targets import agent_env, py36_path, transport
 from conftest import require_real
 from conftest import snapshot_tree as snapshot
 from kensa.errors import AgentError, HostAccessError, HostConnectionLost, RemoteTimeoutError
@@ -278,3 +278,113 @@ def test_a_payload_that_would_import_controller_code_is_refused(tmp_path: Path) 
     done = _payload_in(copy)
     assert done.returncode != 0
     assert "AgentError: kensa.handlers.leaky imports kensa.journal.store, which is not target-side code" in done.stderr
+
+
+def test_the_agent_runs_as_whom_the_transport_says_with_the_targets_python(tmp_path: Path) -> None:
+    """Behind a setpriv prefix the agent runs as nobody with the system's python3 (not this run's):
+    it reads a world-readable file, and its refused write of a root-owned file arrives as
+    HostAccessError EACCES naming the host, the file unchanged."""
+    from conftest import require_root
+
+    require_root("to start the agent as another user")
+    if shutil.which("setpriv") is None or not os.path.exists("/usr/bin/python3"):
+        require_real("setpriv or /usr/bin/python3 is missing")
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix="kensa-agent-nobody-"))  # not under tmp_path: its parents are 0700
+    try:
+        top.chmod(0o755)
+        (top / "etc").mkdir(mode=0o755)
+        (top / "etc" / "motd").write_text("welcome\n")
+        (top / "etc" / "motd").chmod(0o644)
+        as_nobody = SubprocessTransport(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"],
+                                        name="unprivileged", env={"PATH": "/usr/bin:/bin"})
+        host = connect(as_nobody, str(top))
+        try:
+            assert host.hello["executable"].startswith("/usr/bin/python3")
+            assert host.read_bytes("/etc/motd") == b"welcome\n"
+            assert host.run(["id", "-un"], 10).stdout.strip() == "nobody"
+            with pytest.raises(HostAccessError) as caught:
+                host.write_file("/etc/motd", b"changed\n")
+            assert caught.value.errno == 13 and "unprivileged" in str(caught.value)
+        finally:
+            host.close()
+        assert (top / "etc" / "motd").read_text() == "welcome\n"
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_remote_host_is_a_step_runner_like_the_local_one(root: Path, tmp_path: Path) -> None:
+    """RemoteHost.run_phase gives what LocalStepRunner gives on an identical tree, phase by phase
+    (capture through planned files too), one request each; a rollback without its pre-state is refused."""
+    from kensa.errors import StepPhaseError
+    from kensa.hosts.local import LocalHost, LocalStepRunner
+
+    twin = tmp_path / "twin"
+    shutil.copytree(root, twin)
+    local = LocalStepRunner(LocalHost(str(twin)), default_registry())
+    host = connect(transport("runner"), str(root))
+    try:
+        params = {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}
+        planned = {"/etc/motd": FileInfo("file", 0o644, 0, 0, {}, b"planned\n")}
+        for runner in (local, host):
+            pre = runner.run_phase("config_set", Phase.CAPTURE, params, planned=planned)
+            assert runner.run_phase("config_set", Phase.VALIDATE, params) is False
+            applied = runner.run_phase("config_set", Phase.APPLY, params, pre)
+            assert runner.run_phase("config_set", Phase.VALIDATE, params) is True
+            back = runner.run_phase("config_set", Phase.ROLLBACK, params, pre)
+            with pytest.raises(StepPhaseError):
+                runner.run_phase("config_set", Phase.ROLLBACK, params)
+            if runner is local:
+                expected = (pre.data["content"], applied.ok, back.ok)  # type: ignore[union-attr]
+        assert (pre.data["content"], applied.ok, back.ok) == expected  # type: ignore[union-attr]
+        assert {op: n for op, n in host.connection.counts.items() if op != "hello"} == {
+            "capture": 1, "validate": 2, "apply": 1, "rollback": 1}
+    finally:
+        host.close()
+    assert snapshot(root) == snapshot(twin)
+
+
+def test_deeply_nested_values_are_refused_as_protocol_errors() -> None:
+    """A value nested past the interpreter's recursion limit is a FrameError, never a RecursionError."""
+    deep: Any = "x"
+    for _ in range(sys.getrecursionlimit() + 100):
+        deep = {"t": [deep]}
+    with pytest.raises(FrameError, match="nested too deeply"):
+        decode_value(deep)
+    from kensa.hosts.agent.wire import parse
+    with pytest.raises(FrameError):
+        parse(b"[" * 100000 + b"]" * 100000)
+
+
+_CREATING = ("open", "openat", "creat", "mkdir", "mkdirat", "rename", "renameat", "renameat2", "unlink", "unlinkat",
+             "symlink", "symlinkat", "link", "linkat")
+
+
+def test_nothing_is_written_on_the_target_outside_what_the_steps_change(root: Path, tmp_path: Path) -> None:
+    """Traced with strace, the agent (the shell that finds Python, the bootstrap, the payload, a
+    capture, apply and rollback) creates, renames or removes nothing but the step's own files under
+    the target root (and opens /dev/null): no module, bytecode or cache file is left behind."""
+    if shutil.which("strace") is None:
+        require_real("strace is not installed")
+    log = tmp_path / "strace.log"
+    traced = SubprocessTransport(
+        ["strace", "-f", "-y", "-qq", "-e", f"trace={','.join(_CREATING)}", "-o", str(log), "--"],
+        name="traced", env=agent_env())
+    host = connect(traced, str(root))
+    try:
+        params = {"path": "/etc/motd", "content": "traced\n"}
+        pre = host.run_phase("file_content", Phase.CAPTURE, params)
+        assert host.run_phase("file_content", Phase.APPLY, params, pre).ok  # type: ignore[union-attr]
+        assert host.run_phase("file_content", Phase.ROLLBACK, params, pre).ok  # type: ignore[union-attr]
+    finally:
+        host.close()
+    changes = []
+    for line in log.read_text().splitlines():
+        call = line.split(None, 1)[1] if " " in line else line
+        name = call.split("(", 1)[0]
+        creates = name != "open" and name != "openat" or "O_CREAT" in call or "O_WRONLY" in call or "O_RDWR" in call
+        if name in _CREATING and creates and "= -1" not in call:
+            changes.append(call)
+    assert changes, "strace saw none of the step's own writes: the trace is not working"
+    outside = [call for call in changes if str(root) not in call and '"/dev/null"' not in call]
+    assert outside == []

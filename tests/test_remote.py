@@ -26,24 +26,15 @@ from kensa.handlers import default_registry
 from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect, parse_remote_key
 from kensa.journal import SqliteJournal
 from kensa.model import RemoteTarget, Status, Step, Transaction
+from test_recovery import make_tree as recovery_tree
 
 AUDIT_RULE = "-w /etc/shadow -p wa -k kensa-remote-test"
 
 
 def make_tree(base: Path) -> Path:
-    root = base / "root"
-    files = {
-        "etc/motd": b"welcome\n",
-        "etc/ssh/sshd_config": b"Port 22\nPermitRootLogin yes\n",
-        "proc/sys/net/ipv4/ip_forward": b"1\n",
-    }
-    (root / "etc/sysctl.d").mkdir(parents=True)
+    """The recovery tests' tree (files with xattrs, a /proc/sys value) and a directory for audit rules."""
+    root = recovery_tree(base)
     (root / "etc/audit/rules.d").mkdir(parents=True)
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        path.chmod(0o644)
     return root
 
 
@@ -311,3 +302,31 @@ def test_a_forked_child_opens_its_own_connection(root: Path) -> None:
         assert parent.read_bytes("/etc/motd") == b"welcome\n"
     finally:
         hosts.close()
+
+
+def test_an_interrupt_whose_rollback_loses_the_connection_still_propagates(engine: Tuple[Engine, Records],
+                                                                          root: Path) -> None:
+    """KeyboardInterrupt during the second apply starts the run's rollback; the agent dies as the
+    rollback is sent. The interrupt still reaches the caller, the entry stays interrupted (no result
+    journaled), and recovery over a new connection restores the tree."""
+    eng, records = engine
+    before = snapshot(root)
+    txn = Transaction("remote-interrupt", real_rules()[:2], host=key_of(root))
+    host = eng.hosts(txn.host)
+    assert isinstance(host, RemoteHost)
+    seen: List[str] = []
+
+    def interrupt_then_die(op: str, mechanism: Optional[str]) -> None:
+        seen.append(op)
+        if op == "apply" and seen.count("apply") == 2:
+            raise KeyboardInterrupt
+        if op in ("rollback", "restore"):
+            os.kill(host.hello["pid"], 9)
+
+    host.connection.observer = interrupt_then_die
+    with pytest.raises(KeyboardInterrupt):
+        eng.run(txn)
+    assert records.phases(txn.id)[-1] == ("errored", False)
+    assert [entry.txn.id for entry in eng.journal.interrupted()] == [txn.id]  # type: ignore[union-attr]
+    assert [r.status for r in eng.recover()] == [Status.RECOVERED]
+    assert snapshot(root) == before

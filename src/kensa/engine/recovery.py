@@ -98,7 +98,9 @@ from kensa.engine.registry import Registry, host_handlers
 from kensa.engine.restore import CONNECTION_LOST, NOT_REACHED, describe, journaled, restore_steps, rollback_outcome, step_name
 from kensa.engine.trail import Trail
 from kensa.errors import KensaError, RollbackRefusedError
-from kensa.model import Assessment, Drift, JournalEntry, Phase, PreState, Status, Step, TransactionError, TransactionResult
+from kensa.model import (
+    Assessment, Drift, JournalEntry, Phase, PreState, Status, Step, Transaction, TransactionError, TransactionResult,
+)
 
 __all__ = ["RecoveryJournal", "recover_interrupted", "rollback_committed"]
 
@@ -309,9 +311,7 @@ def _recover_one(
             f"{describe(exc)}; nothing was restored and it stays interrupted in the journal: "
             "fix the cause and recover again"
         )
-        error = TransactionError(type(exc).__name__, message, Phase.PREFLIGHT)
-        result = TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, False, timings, error=error)
-        return _conclude(trail, rec, result)
+        return _left_interrupted(trail, rec, txn, timings, Phase.PREFLIGHT, exc, message)
     try:
         return _restore_interrupted(journal, trail, rec, entry, host, handlers, later, timings, start)
     except CONNECTION_LOST as exc:
@@ -321,9 +321,16 @@ def _recover_one(
             f"(rule {txn.rule}): {describe(exc)}; it stays interrupted in the journal: recover again once the "
             "host is reachable"
         )
-        error = TransactionError(type(exc).__name__, message, Phase.ROLLBACK)
-        result = TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, False, timings, error=error)
-        return _conclude(trail, rec, result)
+        return _left_interrupted(trail, rec, txn, timings, Phase.ROLLBACK, exc, message)
+
+
+def _left_interrupted(
+    trail: Trail, rec: Any, txn: Transaction, timings: Dict[Phase, float], phase: Phase, exc: BaseException, message: str
+) -> TransactionResult:
+    """The ``errored`` result of a recovery that records nothing: the entry stays interrupted."""
+    error = TransactionError(type(exc).__name__, message, phase)
+    result = TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, False, timings, error=error)
+    return _conclude(trail, rec, result)
 
 
 def _restore_interrupted(

@@ -437,7 +437,12 @@ class Engine:
             self.trail.boundary(rec, txn, phase, False)
             message = f"{step_name(index, step)} was interrupted by {type(exc).__name__} during {phase.value}"
             failure = TransactionError(type(exc).__name__, message, phase)
-            self._conclude(rec, self._undo(txn, timings, host, handlers, pres, attempted, irreversible, results, failure))
+            try:
+                undone = self._undo(txn, timings, host, handlers, pres, attempted, irreversible, results, failure)
+            except _Lost as lost:
+                self.trail.terminal(rec, lost.result, False)
+            else:
+                self._conclude(rec, undone)
             raise
         if failure is not None:
             if phase is Phase.VALIDATE:

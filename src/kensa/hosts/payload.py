@@ -20,7 +20,8 @@ zlib-compressed; the SHA-256 of those bytes names the payload.
 
 :func:`agent_command` is the POSIX ``sh -c`` command that finds a Python 3
 (``python3``, ``/usr/libexec/platform-python``, then ``python3.X`` newest
-first), runs the bootstrap with it, or exits with status :data:`NO_PYTHON`
+first), runs the bootstrap with it (``-I``: no ``PYTHON*`` variables or user
+site; ``-B``: no bytecode files written for the standard library it imports), or exits with status :data:`NO_PYTHON`
 and a message listing what it tried.
 """
 
@@ -35,7 +36,7 @@ import shlex
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple, cast
 
 from kensa.errors import AgentError
 
@@ -158,67 +159,54 @@ def _target_side(name: str) -> bool:
     return any(name == allowed or name.startswith(allowed + ".") for allowed in TARGET_SIDE)
 
 
-class _Annotations(ast.NodeTransformer):
-    """Every annotation as the string of its source (PEP 563)."""
-
-    @staticmethod
-    def _text(node: Optional[ast.expr]) -> Optional[ast.expr]:
-        if node is None or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
-            return node
-        return ast.Constant(ast.unparse(node))
-
-    def _function(self, node: ast.AST) -> ast.AST:
-        assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        arguments = node.args
-        for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]:
-            if arg is not None:
-                arg.annotation = self._text(arg.annotation)
-        node.returns = self._text(node.returns)
-        self.generic_visit(node)
+def _as_text(node: Optional[ast.expr]) -> Optional[ast.expr]:
+    """An annotation as the string of its source (PEP 563); a string stays as it is."""
+    if node is None or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
         return node
+    return ast.Constant(ast.unparse(node))
 
-    visit_FunctionDef = _function
-    visit_AsyncFunctionDef = _function
 
-    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
-        text = self._text(node.annotation)
-        assert text is not None
-        node.annotation = text
-        self.generic_visit(node)
-        return node
+def _for_old_python(tree: ast.Module) -> str:
+    tree.body = [
+        node for node in tree.body
+        if not (isinstance(node, ast.ImportFrom) and node.module == "__future__"
+                and not [alias for alias in node.names if alias.name != "annotations"])
+    ]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            node.names = [alias for alias in node.names if alias.name != "annotations"]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = node.args
+            for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]:
+                if arg is not None:
+                    arg.annotation = _as_text(arg.annotation)
+            node.returns = _as_text(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            node.annotation = cast(ast.expr, _as_text(node.annotation))
+    return ast.unparse(tree)
 
 
 # CPython before 3.11.9 and 3.12.3 keeps one AST recursion counter per interpreter: two
-# threads building ASTs at once (connects to several hosts, a finalizer releasing the GIL
-# in between) make ast.parse raise SystemError. One thread at a time, then.
+# threads in ast.parse at once (connects to several hosts, a finalizer releasing the GIL
+# in between) make it raise SystemError. One thread at a time, then.
 _AST_LOCK = threading.Lock()
+
+
+def _parse(source: str, filename: str) -> ast.Module:
+    with _AST_LOCK:
+        return ast.parse(source, filename)
 
 
 def for_old_python(source: str, filename: str = "<kensa>") -> str:
     """``source`` with ``from __future__ import annotations`` dropped and every annotation
     a string constant, as ``ast.unparse`` writes it: runs on Python 3.6 as it ran here."""
-    with _AST_LOCK:
-        return _for_old_python(source, filename)
+    return _for_old_python(_parse(source, filename))
 
 
-def _for_old_python(source: str, filename: str) -> str:
-    tree = ast.parse(source, filename)
-    body = []
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
-            node.names = [alias for alias in node.names if alias.name != "annotations"]
-            if not node.names:
-                continue
-        body.append(node)
-    tree.body = body
-    tree = _Annotations().visit(tree)
-    return ast.unparse(ast.fix_missing_locations(tree))
-
-
-def _collect() -> Dict[str, Tuple[bool, str]]:
+def _collect() -> Dict[str, Tuple[bool, ast.Module]]:
     todo = [name for package in ROOT_PACKAGES for name in _package_modules(package)]
     importer: Dict[str, str] = {}
-    sources: Dict[str, Tuple[bool, str]] = {}
+    sources: Dict[str, Tuple[bool, ast.Module]] = {}
     while todo:
         name = todo.pop()
         if name in sources:
@@ -234,10 +222,8 @@ def _collect() -> Dict[str, Tuple[bool, str]]:
             )
         is_package, path = found
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        sources[name] = (is_package, text)
-        with _AST_LOCK:
-            tree = ast.parse(text, path)
+            tree = _parse(handle.read(), path)
+        sources[name] = (is_package, tree)
         for imported, guarded in _imports(tree, name, is_package):
             if guarded and _source_file(imported) is None:
                 continue
@@ -252,8 +238,8 @@ def build_payload() -> Payload:
     """The payload of this kensa (built once per process); see the module docstring."""
     sources = _collect()
     modules: Dict[str, Tuple[bool, str]] = {}
-    for name, (is_package, text) in sorted(sources.items()):
-        modules[name] = (is_package, for_old_python(text, name))
+    for name, (is_package, tree) in sorted(sources.items()):
+        modules[name] = (is_package, _for_old_python(tree))
         parts = name.split(".")
         for depth in range(1, len(parts)):
             parent = ".".join(parts[:depth])
@@ -279,7 +265,7 @@ def agent_command(sha256: str) -> List[str]:
         f"for p in {' '.join(shlex.quote(p) for p in PYTHONS)}; do "
         "if command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c 'import sys; sys.exit(sys.version_info < (3, 6))' "
         ">/dev/null 2>&1; then "
-        f"exec \"$p\" -I -c {shlex.quote(program)}; fi; done; "
+        f"exec \"$p\" -I -B -c {shlex.quote(program)}; fi; done; "
         f"echo {shlex.quote(f'{NO_PYTHON_MESSAGE} (tried {tried})')} >&2; exit {NO_PYTHON}"
     )
     return ["/bin/sh", "-c", script]

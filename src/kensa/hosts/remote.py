@@ -21,31 +21,31 @@ transaction on that host.
 
 :class:`SubprocessTransport` starts the agent as a local process behind an
 argv prefix: nothing (this machine), ``sudo -n``, ``runuser -u USER --``,
-``docker exec -i CONTAINER``, ``chroot DIR`` ...
+``docker exec -i CONTAINER``, ``chroot DIR`` ... (:mod:`kensa.hosts.processes`);
+:class:`AgentConnection` is the framed pipe (:mod:`kensa.hosts.connection`).
+Both are exported here too.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
-import os
 import posixpath
-import select
 import subprocess
 import threading
-import time
 import weakref
-from typing import IO, Any, Callable, Counter, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 from urllib.parse import urlsplit
 
-from kensa import errors
-from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, KensaError, RemoteHostError, RemoteTimeoutError
-from kensa.hosts.agent.wire import HEADER, PROTOCOL, READY, FrameError, decode_value, encode_value, frame, frame_length, parse, split_error
+from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, RemoteHostError, StepPhaseError
+from kensa.hosts.agent.wire import PROTOCOL, READY, encode_value
+from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, resolve_host
 from kensa.hosts.overlay import FileReaders, PlannedView
 from kensa.hosts.payload import NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload
-from kensa.hosts.protocol import Host, ReadableHost, Transport
-from kensa.model import Assessment, FileInfo, PreState, RemoteTarget, RollbackResult, StepResult
+from kensa.hosts.processes import SubprocessTransport
+from kensa.hosts.protocol import STEP_PHASES, Host, PhaseOutcome, ReadableHost, StepRunner, Transport
+from kensa.model import Assessment, FileInfo, Phase, PreState, RemoteTarget, RollbackResult, StepResult
 from kensa.support.afterfork import reset_in_child
 
 __all__ = [
@@ -70,284 +70,14 @@ DEFAULT_OPERATION_TIMEOUT = 300.0
 #: Largest answer the controller reads: room for a phase's files at the default file cap, base64-encoded.
 DEFAULT_MAX_FRAME_BYTES = 4 * DEFAULT_MAX_FILE_BYTES + (1 << 20)
 
-_STDERR_KEPT = 4096
-
-
-class SubprocessTransport:
-    """Runs the agent as a process of this machine, behind an argv ``prefix``.
-
-    ``SubprocessTransport()`` runs it directly; ``SubprocessTransport(["sudo",
-    "-n"])`` through sudo; ``["docker", "exec", "-i", "box"]`` in a container.
-    ``env`` replaces the environment (None: this process's). ``name`` is how
-    messages and the host's identity name the target. It meets
-    :class:`~kensa.hosts.protocol.Transport`.
-    """
-
-    def __init__(self, prefix: Sequence[str] = (), *, name: str = "local", env: Optional[Mapping[str, str]] = None) -> None:
-        self.prefix = list(prefix)
-        self.env = None if env is None else dict(env)
-        self._name = name
-        self._procs: "weakref.WeakSet[subprocess.Popen[bytes]]" = weakref.WeakSet()
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def spawn(self, argv: Sequence[str], ready: bytes, timeout: float) -> "subprocess.Popen[bytes]":
-        """Start ``prefix + argv`` with piped stdin, stdout and stderr; return once it wrote ``ready``."""
-        try:
-            proc = subprocess.Popen(
-                self.prefix + list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=self.env, start_new_session=True,
-            )
-        except OSError as exc:
-            raise AgentError(f"cannot start the agent on {self.name}: {exc}", self.name) from exc
-        self._procs.add(proc)
-        tail = _StderrTail(proc)
-        try:
-            line = _read_line(cast(IO[bytes], proc.stdout), len(ready), time.monotonic() + timeout)
-        except TimeoutError:
-            _kill(proc)
-            raise RemoteTimeoutError(
-                f"the agent on {self.name} did not start within {timeout:g} s{tail.said()}", self.name) from None
-        if line != ready:
-            status = _kill(proc)
-            tail.join()
-            raise AgentError(
-                f"the agent on {self.name} did not start (exit status {status}, it wrote {line!r:.80}){tail.said()}",
-                self.name,
-            )
-        setattr(proc, "kensa_stderr", tail)
-        return proc
-
-    def close(self) -> None:
-        for proc in list(self._procs):
-            _kill(proc)
-
-
-class _StderrTail:
-    """Drains a process's stderr on a thread, keeping its last few KiB for messages."""
-
-    def __init__(self, proc: "subprocess.Popen[bytes]") -> None:
-        self._data = b""
-        self._thread = threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True, name="kensa-agent-stderr")
-        self._thread.start()
-
-    def _drain(self, stream: Optional[IO[bytes]]) -> None:
-        if stream is None:
-            return
-        for chunk in iter(lambda: stream.read1(_STDERR_KEPT) if hasattr(stream, "read1") else b"", b""):
-            self._data = (self._data + chunk)[-_STDERR_KEPT:]
-
-    def join(self, timeout: float = 2.0) -> None:
-        self._thread.join(timeout)
-
-    def said(self) -> str:
-        text = self._data.decode("utf-8", "replace").strip()
-        return f": {text}" if text else ""
-
-
-def _kill(proc: "subprocess.Popen[bytes]") -> Optional[int]:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, 9)
-        except OSError:
-            proc.kill()
-    try:
-        return proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        return None
-
-
-def _read_line(stream: IO[bytes], limit: int, deadline: float) -> bytes:
-    """Bytes of ``stream`` up to a newline (at most ``limit`` of them), read one at a time so
-    that nothing after the line is consumed; TimeoutError at ``deadline``."""
-    fd = stream.fileno()
-    line = b""
-    while len(line) < limit and not line.endswith(b"\n"):
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise TimeoutError
-        byte = os.read(fd, 1)
-        if not byte:
-            break
-        line += byte
-    return line
-
-
-class AgentConnection:
-    """One running agent: framed requests and answers over its stdin and stdout.
-
-    ``counts`` counts the requests sent, by op (``"apply"``, ``"info"`` ...);
-    ``observer``, when set, is called with each request's op and mechanism
-    before it is sent. One request at a time (a lock serializes threads).
-    """
-
-    def __init__(self, proc: "subprocess.Popen[bytes]", transport: Transport, operation_timeout: float,
-                 max_frame: int) -> None:
-        self.proc = proc
-        self.transport = transport
-        self.operation_timeout = operation_timeout
-        self.max_frame = max_frame
-        self.counts: Counter[str] = collections.Counter()
-        self.observer: Optional[Callable[[str, Optional[str]], None]] = None
-        self.closed = False
-        self._lock = threading.Lock()
-        assert proc.stdin is not None and proc.stdout is not None
-        self._out = proc.stdin.fileno()
-        self._in = proc.stdout.fileno()
-        os.set_blocking(self._out, False)
-
-    @property
-    def name(self) -> str:
-        return self.transport.name
-
-    @property
-    def alive(self) -> bool:
-        return not self.closed and self.proc.poll() is None
-
-    def close(self) -> None:
-        """End the agent (closing its stdin ends its loop) and the transport's connection."""
-        if self.closed:
-            return
-        self.closed = True
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            _kill(self.proc)
-        self.transport.close()
-
-    def send_raw(self, data: bytes, timeout: float) -> None:
-        """Write ``data`` whole before ``timeout`` seconds pass (the payload, then frames)."""
-        self._write(data, time.monotonic() + timeout, "sending the payload")
-
-    def request(self, op: str, **fields: Any) -> Any:
-        """Send one request and return its decoded ``ok`` value, or raise its error (see the module docstring)."""
-        if self.observer is not None:
-            self.observer(op, fields.get("mechanism"))
-        with self._lock:
-            if self.closed:
-                raise HostConnectionLost(f"the connection to {self.name} is closed; reconnect", self.name)
-            self.counts[op] += 1
-            deadline = time.monotonic() + self.operation_timeout
-            self._write(frame(dict(fields, op=op)), deadline, op)
-            answer = self._read(deadline, op)
-        if "error" in answer:
-            raise self._error(answer["error"])
-        if "ok" not in answer:
-            self._broken(f"answered {op} with neither ok nor error")
-        try:
-            return decode_value(answer["ok"])
-        except FrameError as exc:
-            self._broken(f"answered {op} with a value that is not the protocol: {exc}")
-
-    def _write(self, data: bytes, deadline: float, what: str) -> None:
-        view = memoryview(data)
-        while view:
-            _, ready, _ = select.select([], [self._out], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                self._timed_out(what)
-            try:
-                view = view[os.write(self._out, view):]
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                self._lost(what, exc)
-
-    def _read_exactly(self, size: int, deadline: float, what: str) -> bytes:
-        chunks: List[bytes] = []
-        while size:
-            ready, _, _ = select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                self._timed_out(what)
-            try:
-                chunk = os.read(self._in, min(size, 1 << 20))
-            except OSError as exc:
-                self._lost(what, exc)
-            if not chunk:
-                self._lost(what, None)
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
-
-    def _read(self, deadline: float, what: str) -> Dict[str, Any]:
-        header = self._read_exactly(HEADER.size, deadline, what)
-        try:
-            length = frame_length(header, self.max_frame)
-        except FrameError as exc:
-            self._broken(f"answered {what} with a bad frame: {exc}")
-        try:
-            return parse(self._read_exactly(length, deadline, what))
-        except FrameError as exc:
-            self._broken(f"answered {what} with a frame that is not the protocol: {exc}")
-
-    def _stderr(self) -> str:
-        tail = getattr(self.proc, "kensa_stderr", None)
-        if tail is None:
-            return ""
-        tail.join(1.0)
-        return cast(_StderrTail, tail).said()
-
-    def _timed_out(self, what: str) -> NoReturn:
-        _kill(self.proc)
-        self.close()
-        raise RemoteTimeoutError(
-            f"{what} on {self.name} took longer than the operation timeout of {self.operation_timeout:g} s; "
-            "the agent was stopped, so the state of the host is unknown", self.name)
-
-    def _lost(self, what: str, exc: Optional[OSError]) -> NoReturn:
-        status = self.proc.poll()
-        if status is None:
-            _kill(self.proc)
-            status = self.proc.poll()
-        said = self._stderr()
-        self.close()
-        cause = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
-        raise HostConnectionLost(
-            f"the connection to {self.name} was lost during {what}{cause}; the agent ended with status {status}{said}",
-            self.name)
-
-    def _broken(self, message: str) -> NoReturn:
-        _kill(self.proc)
-        self.close()
-        raise AgentError(f"the agent on {self.name} {message}; the connection was closed", self.name)
-
-    def _error(self, error: Any) -> BaseException:
-        try:
-            kind, message, args, attrs = split_error(error)
-        except FrameError as exc:
-            return AgentError(f"the agent on {self.name} sent an error that is not the protocol: {exc}", self.name)
-        cls = getattr(errors, kind, None)
-        if not (isinstance(cls, type) and issubclass(cls, KensaError)):
-            return AgentError(f"{self.name}: the agent raised {kind}: {message}", self.name)
-        if isinstance(cls, type) and issubclass(cls, OSError) and len(args) >= 2 and isinstance(args[0], int):
-            args = (args[0], f"{self.name}: {args[1]}") + tuple(args[2:])
-        elif args and isinstance(args[0], str):
-            args = (f"{self.name}: {args[0]}",) + tuple(args[1:])
-        else:
-            args = (f"{self.name}: {message}",)
-        found = cast(BaseException, cls.__new__(cls, *args))
-        found.args = args
-        for key, value in attrs.items():
-            try:
-                setattr(found, key, value)
-            except AttributeError:
-                continue
-        return found
-
 
 def _where(root: str, path: str) -> str:
     return path if root == "/" else posixpath.join(root, path.lstrip("/"))
 
 
 class RemoteHost(FileReaders):
-    """A target root on a remote machine, driven through its agent; meets :class:`~kensa.hosts.protocol.Host`.
+    """A target root on a remote machine, driven through its agent; meets :class:`~kensa.hosts.protocol.Host`
+    and :class:`~kensa.hosts.protocol.StepRunner`.
 
     ``root`` is the host key (``ssh://user@host/root``): what messages, locks
     and audit ``host=`` name. ``target_root`` is the root's path on the target;
@@ -390,6 +120,27 @@ class RemoteHost(FileReaders):
 
     def overlay(self, planned: Mapping[str, Optional[FileInfo]]) -> PlannedView:
         return PlannedView(self, planned)
+
+    def run_phase(
+        self,
+        handler: str,
+        phase: Phase,
+        params: Mapping[str, Any],
+        pre: Optional[PreState] = None,
+        planned: Optional[Mapping[str, Optional[FileInfo]]] = None,
+    ) -> PhaseOutcome:
+        """One phase of one step on the target, one round trip (:class:`~kensa.hosts.protocol.StepRunner`)."""
+        if phase not in STEP_PHASES:
+            raise StepPhaseError(
+                f"{handler}: {phase!r} is not a step phase; run one of {', '.join(sorted(p.value for p in STEP_PHASES))}"
+            )
+        if phase is Phase.ROLLBACK and pre is None:
+            raise StepPhaseError(f"{handler}: rollback needs the pre-state its capture recorded; none was given")
+        found = self.connection.request(
+            phase.value, mechanism=handler, params=encode_value(params), pre=encode_value(pre),
+            planned=None if planned is None else encode_value(planned),
+        )
+        return cast(PhaseOutcome, found["pre"] if phase is Phase.CAPTURE else found)
 
     def handlers(self, registry: Any) -> "RemoteHandlers":
         """The engine's handlers (``registry``: mechanism -> handler) as proxies running on the target."""
@@ -528,7 +279,8 @@ def connect(
     """Start kensa's agent on ``transport``'s target, confined to ``root`` there.
 
     ``key`` is the host key the RemoteHost is named by (default
-    ``"<transport name>:<root>"``). Raises :class:`~kensa.errors.AgentError`
+    ``"<transport name>:<root>"``). The connection owns ``transport``:
+    closing the host closes it, so give each connection a transport of its own. Raises :class:`~kensa.errors.AgentError`
     naming the host when it has no Python 3, refuses the payload, or answers
     with another hash; a transport's own errors (unreachable, login refused)
     pass through; :class:`~kensa.errors.RemoteTimeoutError` when the agent does
@@ -652,3 +404,10 @@ def _close_at_exit(ref: "weakref.ref[RemoteHosts]") -> None:
     if found is not None:
         found.close()
 
+
+
+if TYPE_CHECKING:
+    # mypy proves here what the protocols promise: a RemoteHost is a Host and a StepRunner,
+    # SubprocessTransport a Transport.
+    def _conforms(host: RemoteHost) -> Tuple[Host, StepRunner, Transport]:
+        return host, host, SubprocessTransport()

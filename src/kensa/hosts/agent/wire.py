@@ -129,6 +129,8 @@ def decode_value(data: Any) -> Any:
             return cast(Any, cls)(**{str(key): decode_value(item) for key, item in data["f"].items()})
     except FrameError:
         raise
+    except RecursionError:
+        raise FrameError("a value is nested too deeply") from None
     except (AttributeError, TypeError, ValueError) as exc:
         raise FrameError(f"bad value {data!r:.80}: {exc}") from exc
     raise FrameError(f"bad value {data!r:.80}")
@@ -169,7 +171,7 @@ def parse(body: bytes) -> Dict[str, Any]:
     """A frame's body as a message (a JSON object); FrameError for anything else."""
     try:
         message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FrameError(f"a frame is not JSON: {exc}; it began {body[:60]!r}") from exc
     if not isinstance(message, dict):
         raise FrameError(f"a frame holds {type(message).__name__}, not a message object")

@@ -1,0 +1,192 @@
+"""The controller's end of one running agent: framed requests and answers over its pipes.
+
+See :mod:`kensa.hosts.agent.wire` for the frames and :mod:`kensa.hosts.remote`
+for what the answers and faults mean to a caller.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import subprocess
+import threading
+import time
+from typing import Any, Callable, Counter, Dict, List, NoReturn, Optional, cast
+
+from kensa import errors
+from kensa.errors import AgentError, HostConnectionLost, KensaError, RemoteTimeoutError
+from kensa.hosts.agent.wire import HEADER, FrameError, decode_value, frame, frame_length, parse, split_error
+from kensa.hosts.processes import StderrTail, stop_process
+from kensa.hosts.protocol import Transport
+
+__all__ = ["AgentConnection"]
+
+
+class AgentConnection:
+    """One running agent: framed requests and answers over its stdin and stdout.
+
+    ``counts`` counts the requests sent, by op (``"apply"``, ``"info"`` ...);
+    ``observer``, when set, is called with each request's op and mechanism
+    before it is sent. One request at a time (a lock serializes threads).
+    """
+
+    def __init__(self, proc: "subprocess.Popen[bytes]", transport: Transport, operation_timeout: float,
+                 max_frame: int) -> None:
+        self.proc = proc
+        self.transport = transport
+        self.operation_timeout = operation_timeout
+        self.max_frame = max_frame
+        self.counts: Counter[str] = collections.Counter()
+        self.observer: Optional[Callable[[str, Optional[str]], None]] = None
+        self.closed = False
+        self._lock = threading.Lock()
+        assert proc.stdin is not None and proc.stdout is not None
+        self._out = proc.stdin.fileno()
+        self._in = proc.stdout.fileno()
+        os.set_blocking(self._out, False)
+
+    @property
+    def name(self) -> str:
+        return self.transport.name
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed and self.proc.poll() is None
+
+    def close(self) -> None:
+        """End the agent (closing its stdin ends its loop) and the transport's connection."""
+        if self.closed:
+            return
+        self.closed = True
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            stop_process(self.proc)
+        self.transport.close()
+
+    def send_raw(self, data: bytes, timeout: float) -> None:
+        """Write ``data`` whole before ``timeout`` seconds pass (the payload, then frames)."""
+        self._write(data, time.monotonic() + timeout, "sending the payload")
+
+    def request(self, op: str, **fields: Any) -> Any:
+        """Send one request and return its decoded ``ok`` value, or raise its error (see the module docstring)."""
+        if self.observer is not None:
+            self.observer(op, fields.get("mechanism"))
+        with self._lock:
+            if self.closed:
+                raise HostConnectionLost(f"the connection to {self.name} is closed; reconnect", self.name)
+            self.counts[op] += 1
+            deadline = time.monotonic() + self.operation_timeout
+            self._write(frame(dict(fields, op=op)), deadline, op)
+            answer = self._read(deadline, op)
+        if "error" in answer:
+            raise self._error(answer["error"])
+        if "ok" not in answer:
+            self._broken(f"answered {op} with neither ok nor error")
+        try:
+            return decode_value(answer["ok"])
+        except FrameError as exc:
+            self._broken(f"answered {op} with a value that is not the protocol: {exc}")
+
+    def _write(self, data: bytes, deadline: float, what: str) -> None:
+        view = memoryview(data)
+        while view:
+            _, ready, _ = select.select([], [self._out], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self._timed_out(what)
+            try:
+                view = view[os.write(self._out, view):]
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self._lost(what, exc)
+
+    def _read_exactly(self, size: int, deadline: float, what: str) -> bytes:
+        chunks: List[bytes] = []
+        while size:
+            ready, _, _ = select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self._timed_out(what)
+            try:
+                chunk = os.read(self._in, min(size, 1 << 20))
+            except OSError as exc:
+                self._lost(what, exc)
+            if not chunk:
+                self._lost(what, None)
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def _read(self, deadline: float, what: str) -> Dict[str, Any]:
+        header = self._read_exactly(HEADER.size, deadline, what)
+        try:
+            length = frame_length(header, self.max_frame)
+        except FrameError as exc:
+            self._broken(f"answered {what} with a bad frame: {exc}")
+        try:
+            return parse(self._read_exactly(length, deadline, what))
+        except FrameError as exc:
+            self._broken(f"answered {what} with a frame that is not the protocol: {exc}")
+
+    def _stderr(self) -> str:
+        tail = getattr(self.proc, "kensa_stderr", None)
+        if tail is None:
+            return ""
+        tail.join(1.0)
+        return cast(StderrTail, tail).said()
+
+    def _timed_out(self, what: str) -> NoReturn:
+        stop_process(self.proc)
+        self.close()
+        raise RemoteTimeoutError(
+            f"{what} on {self.name} took longer than the operation timeout of {self.operation_timeout:g} s; "
+            "the agent was stopped, so the state of the host is unknown", self.name)
+
+    def _lost(self, what: str, exc: Optional[OSError]) -> NoReturn:
+        status = self.proc.poll()
+        if status is None:
+            stop_process(self.proc)
+            status = self.proc.poll()
+        said = self._stderr()
+        self.close()
+        cause = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
+        raise HostConnectionLost(
+            f"the connection to {self.name} was lost during {what}{cause}; the agent ended with status {status}{said}",
+            self.name)
+
+    def _broken(self, message: str) -> NoReturn:
+        stop_process(self.proc)
+        self.close()
+        raise AgentError(f"the agent on {self.name} {message}; the connection was closed", self.name)
+
+    def _error(self, error: Any) -> BaseException:
+        try:
+            kind, message, args, attrs = split_error(error)
+        except FrameError as exc:
+            return AgentError(f"the agent on {self.name} sent an error that is not the protocol: {exc}", self.name)
+        cls = getattr(errors, kind, None)
+        if not (isinstance(cls, type) and issubclass(cls, KensaError)):
+            return AgentError(f"{self.name}: the agent raised {kind}: {message}", self.name)
+        if isinstance(cls, type) and issubclass(cls, OSError) and len(args) >= 2 and isinstance(args[0], int):
+            args = (args[0], f"{self.name}: {args[1]}") + tuple(args[2:])
+        elif args and isinstance(args[0], str):
+            args = (f"{self.name}: {args[0]}",) + tuple(args[1:])
+        else:
+            args = (f"{self.name}: {message}",)
+        found = cast(BaseException, cls.__new__(cls, *args))
+        found.args = args
+        for key, value in attrs.items():
+            if key.startswith("_") or key == "args":
+                continue  # a peer sets an error's public attributes (path, errno ...), nothing else
+            try:
+                setattr(found, key, value)
+            except AttributeError:
+                continue
+        return found
