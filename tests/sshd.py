@@ -90,7 +90,7 @@ class Sshd:
             f"HostKey {self.host_key}\n"
             f"PidFile {self.dir / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {keys}\n"
-            # The rig lives under the world-writable /tmp: skip sshd's path-ownership walk.
+            # The rig lives in the world-writable temp directory: skip sshd's path-ownership walk.
             "StrictModes no\n"
             "UsePAM no\n"
             "PasswordAuthentication no\n"

@@ -220,7 +220,7 @@ def test_hostile_target_fields_are_refused_before_anything_runs(tmp_path: Path, 
 
 @pytest.mark.parametrize("options", [
     SshOptions(extra_options=("ProxyCommand=sh -c x",)),
-    SshOptions(known_hosts_file="/tmp/a b"),
+    SshOptions(known_hosts_file="/etc/kensa/known hosts"),
     SshOptions(sudo=True, sudo_password="line\nbreak"),
     SshOptions(connect_timeout=0),
 ])
