@@ -118,6 +118,12 @@ class AgentError(RemoteHostError):
     """The host cannot run kensa's agent (no Python 3, a payload hash mismatch, a protocol error)."""
 
 
+# Raised by kensa.inventory
+
+class InventoryError(KensaError, ValueError):
+    """An inventory file, or a selection from it, is malformed; the message names file:line."""
+
+
 # Raised by kensa.hosts.targetlock
 
 class TargetLockError(KensaError, OSError):

@@ -362,3 +362,17 @@ class RemoteTarget:
         port = f":{self.port}" if self.port is not None else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"ssh://{user}{host}{port}{self.root if self.root.startswith('/') else '/' + self.root}"
+
+
+@dataclass(frozen=True)
+class InventoryHost:
+    """One host of an inventory file: its name there, the target it stands for, its groups.
+
+    ``groups`` holds every group the host is in, directly or through a parent
+    group's children, in the order the inventory defines them (``all`` is
+    implied and not listed).
+    """
+
+    name: str
+    target: RemoteTarget
+    groups: Tuple[str, ...] = ()

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shlex
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple, cast
@@ -185,10 +186,21 @@ def _for_old_python(tree: ast.Module) -> str:
     return ast.unparse(tree)
 
 
+# CPython before 3.11.9 and 3.12.3 keeps one AST recursion counter per interpreter: two
+# threads in ast.parse at once (connects to several hosts, a finalizer releasing the GIL
+# in between) make it raise SystemError. One thread at a time, then.
+_AST_LOCK = threading.Lock()
+
+
+def _parse(source: str, filename: str) -> ast.Module:
+    with _AST_LOCK:
+        return ast.parse(source, filename)
+
+
 def for_old_python(source: str, filename: str = "<kensa>") -> str:
     """``source`` with ``from __future__ import annotations`` dropped and every annotation
     a string constant, as ``ast.unparse`` writes it: runs on Python 3.6 as it ran here."""
-    return _for_old_python(ast.parse(source, filename))
+    return _for_old_python(_parse(source, filename))
 
 
 def _collect() -> Dict[str, Tuple[bool, ast.Module]]:
@@ -210,7 +222,7 @@ def _collect() -> Dict[str, Tuple[bool, ast.Module]]:
             )
         is_package, path = found
         with open(path, encoding="utf-8") as handle:
-            tree = ast.parse(handle.read(), path)
+            tree = _parse(handle.read(), path)
         sources[name] = (is_package, tree)
         for imported, guarded in _imports(tree, name, is_package):
             if guarded and _source_file(imported) is None:
@@ -237,6 +249,7 @@ def build_payload() -> Payload:
     return Payload(modules, blob, hashlib.sha256(blob).hexdigest())
 
 
+@functools.lru_cache(maxsize=None)
 def bootstrap_source() -> str:
     """The bootstrap module's source, transformed like the payload."""
     path = os.path.join(_PACKAGE_DIR, "hosts", "agent", "bootstrap.py")
