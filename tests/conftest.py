@@ -185,3 +185,28 @@ def tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture(scope="session")
+def sshd_rig() -> Iterator[Any]:
+    """The session's :class:`tests.sshd.SshdRig` (test users, a user key; no server yet).
+
+    Needs root, sshd, ssh and sudo; skips without them, fails under KENSA_REQUIRE_REAL=1.
+    """
+    from sshd import SshdRig, missing_components
+
+    why = missing_components()
+    if why is not None:
+        require_real(why)
+    with SshdRig(0) as rig:
+        yield rig
+
+
+@pytest.fixture
+def sshd_host(sshd_rig: Any) -> Iterator[Any]:
+    """A fresh running sshd of the rig for one test (stopped and removed afterwards)."""
+    host = sshd_rig.add_host("host")
+    try:
+        yield host
+    finally:
+        host.remove()

@@ -9,12 +9,16 @@ kensa`` stays free of cffi and sqlite.
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from kensa.engine.events import EventBus
 from kensa.engine.protocols import PhaseEmitter
 from kensa.engine.run import Engine
 from kensa.errors import WiringError
+
+if TYPE_CHECKING:
+    from kensa.hosts.protocol import Transport
+    from kensa.model import RemoteTarget
 
 __all__ = ["NoAuditExtensionWarning", "default_engine"]
 
@@ -29,6 +33,9 @@ def default_engine(
     audit: bool = True,
     events: Optional[EventBus] = None,
     target_lock_timeout: Optional[float] = None,
+    remote: "Optional[Callable[[RemoteTarget], Transport]]" = None,
+    connect_timeout: Optional[float] = None,
+    operation_timeout: Optional[float] = None,
 ) -> Engine:
     """The production engine: built-in handlers, local hosts, SQLite journal, kernel audit.
 
@@ -41,7 +48,17 @@ def default_engine(
     (:class:`kensa.hosts.TargetLocks`: root's in /run/kensa/targets, shared by every journal; else ``<journal>.targets/``), waiting
     at most ``target_lock_timeout`` seconds (None: the default,
     :data:`kensa.hosts.targetlock.DEFAULT_TIMEOUT`; ``float("inf")`` waits forever)
-    for another process's transaction on it. The parts are imported here,
+    for another process's transaction on it.
+
+    ``remote`` makes remote targets reachable: a function from a
+    :class:`kensa.model.RemoteTarget` to the :class:`kensa.hosts.protocol.Transport`
+    that reaches it (``kensa.hosts.ssh.SshTransport``'s, or a
+    :class:`kensa.hosts.remote.SubprocessTransport`). Host keys
+    ``ssh://[user@]host[:port]/root`` then run on that host through kensa's
+    agent (:class:`kensa.hosts.remote.RemoteHosts`: one connection per host,
+    replaced when it died), waiting ``connect_timeout`` seconds for it to
+    start and ``operation_timeout`` for each step phase (None: the defaults of
+    :mod:`kensa.hosts.remote`). The parts are imported here,
     so ``import kensa`` stays free of cffi and sqlite; a part that cannot be
     imported raises :class:`WiringError` (an ImportError) naming it.
     """
@@ -80,10 +97,22 @@ def default_engine(
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.hosts.TargetLocks: {exc}; reinstall kensa") from exc
 
+    hosts: Any = resolve_host
+    if remote is not None:
+        try:
+            from kensa.hosts.remote import DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, RemoteHosts
+        except ImportError as exc:
+            raise WiringError(f"default_engine needs kensa.hosts.remote.RemoteHosts: {exc}; reinstall kensa") from exc
+        hosts = RemoteHosts(
+            remote,
+            connect_timeout=DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
+            operation_timeout=DEFAULT_OPERATION_TIMEOUT if operation_timeout is None else operation_timeout,
+        )
+
     path = journal_path if journal_path is not None else default_journal_path()
     journal = SqliteJournal(path)
     timeout = DEFAULT_TIMEOUT if target_lock_timeout is None else target_lock_timeout
     locks = TargetLocks(target_lock_directory(path), timeout=timeout)
     return Engine(
-        default_registry(), audit=emitter, journal=journal, hosts=resolve_host, events=events, target_lock=locks
+        default_registry(), audit=emitter, journal=journal, hosts=hosts, events=events, target_lock=locks
     )

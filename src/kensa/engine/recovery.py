@@ -40,7 +40,10 @@ Recovery (:func:`recover_interrupted`)
     When recovery cannot start on a transaction (its host does not resolve, a
     mechanism has no handler) nothing is restored and nothing recorded: the
     result is ``errored`` (``host_unchanged`` False, it may be half changed)
-    and the entry stays interrupted, so the next recovery tries again.
+    and the entry stays interrupted, so the next recovery tries again. The
+    same holds when a remote host's connection is lost during the recovery
+    (:data:`~kensa.engine.restore.CONNECTION_LOST`): what was restored stays
+    restored, and the next recovery assesses the rest again.
     Otherwise recovery is idempotent: a second call finds nothing and returns [].
 
 Rollback by id (:func:`rollback_committed`)
@@ -91,8 +94,8 @@ from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set,
 
 from kensa.engine.locks import Locks
 from kensa.engine.protocols import Handler, RecoveryJournal, Restorable
-from kensa.engine.registry import Registry
-from kensa.engine.restore import NOT_REACHED, describe, journaled, restore_steps, rollback_outcome, step_name
+from kensa.engine.registry import Registry, host_handlers
+from kensa.engine.restore import CONNECTION_LOST, NOT_REACHED, describe, journaled, restore_steps, rollback_outcome, step_name
 from kensa.engine.trail import Trail
 from kensa.errors import KensaError, RollbackRefusedError
 from kensa.model import Assessment, Drift, JournalEntry, Phase, PreState, Status, Step, TransactionError, TransactionResult
@@ -167,6 +170,8 @@ def _not_reached(view: Any, entry: JournalEntry, handlers: Sequence[Optional[Han
             continue
         try:
             return handler.assess(view, pre).drift is Drift.AT_PRE
+        except CONNECTION_LOST:
+            raise
         except Exception:
             return False  # cannot tell: the step stays as assessed
     return False
@@ -198,6 +203,8 @@ def _assess(
             overlay = getattr(view, "overlay", None)
             if overlay is not None and index > 0:
                 view = overlay(handler.settled(view, pre, assessment, force))
+        except CONNECTION_LOST:
+            raise
         except Exception as exc:
             assessment = Assessment(Drift.CONFLICT, (f"{_name(step)} cannot be checked: {describe(exc)}",))
         found[index] = assessment
@@ -238,8 +245,9 @@ def _later_changes(journal: RecoveryJournal, entry: JournalEntry) -> Dict[int, T
 
 def _resolve(registry: Registry, locks: Locks, entry: JournalEntry) -> Tuple[Any, List[Optional[Handler]]]:
     """The host object and the handler of every step that has a pre-state to restore."""
-    handlers = [None if pre is None else registry[step.mechanism] for step, pre in zip(entry.txn.steps, entry.pre_states)]
-    return locks.hosts(entry.txn.host), handlers
+    host = locks.hosts(entry.txn.host)
+    source = host_handlers(registry, host)
+    return host, [None if pre is None else source[step.mechanism] for step, pre in zip(entry.txn.steps, entry.pre_states)]
 
 
 def _remove_leftovers(host: Any, entry: JournalEntry) -> List[str]:
@@ -253,6 +261,8 @@ def _remove_leftovers(host: Any, entry: JournalEntry) -> List[str]:
         for path in sorted(_files(step, pre)):
             try:
                 remove(path)
+            except CONNECTION_LOST:
+                raise
             except (KensaError, OSError) as exc:
                 failures.append(f"kensa's leftover temporary file next to {path} could not be removed: {exc}")
     return failures
@@ -302,6 +312,32 @@ def _recover_one(
         error = TransactionError(type(exc).__name__, message, Phase.PREFLIGHT)
         result = TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, False, timings, error=error)
         return _conclude(trail, rec, result)
+    try:
+        return _restore_interrupted(journal, trail, rec, entry, host, handlers, later, timings, start)
+    except CONNECTION_LOST as exc:
+        timings[Phase.ROLLBACK] = _perf() - start
+        message = (
+            f"the connection to host {txn.host} was lost while recovering interrupted transaction {txn.id} "
+            f"(rule {txn.rule}): {describe(exc)}; it stays interrupted in the journal: recover again once the "
+            "host is reachable"
+        )
+        error = TransactionError(type(exc).__name__, message, Phase.ROLLBACK)
+        result = TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, False, timings, error=error)
+        return _conclude(trail, rec, result)
+
+
+def _restore_interrupted(
+    journal: RecoveryJournal,
+    trail: Trail,
+    rec: Any,
+    entry: JournalEntry,
+    host: Any,
+    handlers: List[Optional[Handler]],
+    later: Mapping[int, Tuple[str, str]],
+    timings: Dict[Phase, float],
+    start: float,
+) -> TransactionResult:
+    txn = entry.txn
     withheld = {
         index: f"not restored: {path} was changed after the interruption by {who}; restoring this pre-state "
         f"would undo that: check {path} by hand"
@@ -317,7 +353,9 @@ def _recover_one(
             )
     timings[Phase.PREFLIGHT] = _perf() - start
     start = _perf()
-    rollbacks, failures = restore_steps(txn, host, handlers, entry.pre_states, withheld=withheld, assessments=assessments)
+    rollbacks, failures = restore_steps(
+        txn, host, handlers, entry.pre_states, withheld=withheld, assessments=assessments, reraise=CONNECTION_LOST
+    )
     failures += _remove_leftovers(host, entry)
     timings[Phase.ROLLBACK] = _perf() - start
     trail.boundary(rec, txn, Phase.ROLLBACK, not failures)
@@ -388,7 +426,7 @@ def _drift(
         if index in assessments:
             continue
         try:
-            holds = registry[step.mechanism].validate(host, step.params)
+            holds = host_handlers(registry, host)[step.mechanism].validate(host, step.params)
             why = "no longer holds what the transaction set"
         except Exception as exc:
             holds, why = False, f"cannot be checked: {describe(exc)}"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Union
 
 from kensa.engine.protocols import Handler
 from kensa.errors import DuplicateMechanismError, UnknownMechanismError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "host_handlers"]
 
 
 class Registry:
@@ -68,3 +68,14 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({sorted(self._handlers)!r})"
+
+
+def host_handlers(registry: Union[Registry, Mapping[str, Handler]], host: Any) -> Any:
+    """What a transaction on ``host`` looks its steps' handlers up in (``[mechanism]``).
+
+    A host that runs handlers where it is (a remote host: each phase is one
+    round trip to its agent) gives its own, built from ``registry`` by its
+    ``handlers(registry)``; for any other host it is ``registry`` itself.
+    """
+    own = getattr(host, "handlers", None)
+    return registry if own is None else own(registry)

@@ -6,19 +6,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, cast
 
 from kensa.engine.protocols import Handler, Restorable
 from kensa.hosts.protocol import Host
-from kensa.errors import NotCapturableError, RollbackFailedError
+from kensa.errors import HostConnectionLost, NotCapturableError, RemoteTimeoutError, RollbackFailedError
 from kensa.model import Assessment, Phase, PreState, RollbackResult, Status, Step, StepResult, Transaction, TransactionError, TransactionResult
 
-__all__ = ["NOT_REACHED", "describe", "journaled", "restore_steps", "rollback_outcome", "step_name"]
+__all__ = ["CONNECTION_LOST", "NOT_REACHED", "describe", "journaled", "restore_steps", "rollback_outcome", "step_name"]
 
 _perf = time.perf_counter
 
 #: The plan of an assessment saying the interruption came before the step ran.
 NOT_REACHED = "not reached"
+
+#: Errors after which a remote host is in an unknown state: its connection is gone
+#: (or its agent was stopped at a timeout). A run or recovery that meets one leaves
+#: the journal entry interrupted, for a recovery over a new connection, instead of
+#: recording an outcome it cannot know.
+CONNECTION_LOST = (HostConnectionLost, RemoteTimeoutError)
 
 
 def describe(exc: BaseException) -> str:
@@ -43,13 +49,15 @@ def restore_steps(
     withheld: Optional[Mapping[int, str]] = None,
     assessments: Optional[Mapping[int, Assessment]] = None,
     force: bool = False,
+    reraise: Tuple[Type[BaseException], ...] = (),
 ) -> Tuple[List[RollbackResult], List[str]]:
     """Restore the captured steps before ``upto`` (default: all), last first; every one is tried.
 
     A step in ``withheld`` is not touched: its result is a failure saying why.
     A step with an assessment is restored as assessed (:class:`Restorable`),
     the others with their handler's ``rollback``. Returns (rollbacks, failures):
-    one line per failed restore, naming the step.
+    one line per failed restore, naming the step. An exception of a type in
+    ``reraise`` stops the restores and propagates (:data:`CONNECTION_LOST`).
     """
     withheld = withheld or {}
     assessments = assessments or {}
@@ -73,6 +81,8 @@ def restore_steps(
                     rb = handler.rollback(host, pre)
                 if not isinstance(rb, RollbackResult):
                     raise TypeError(f"{type(handler).__name__}.rollback returned {type(rb).__name__}")
+            except reraise:
+                raise
             except Exception as exc:
                 rb = RollbackResult(step.mechanism, ok=False, detail=describe(exc))
         if not rb.ok:

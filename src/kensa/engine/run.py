@@ -40,6 +40,15 @@ what was attempted, records the terminal result (journal, audit, events) and
 re-raises. One inside a rollback propagates at once, leaving the journal entry
 without a result, which is what recovery looks for.
 
+A remote host whose connection is lost (or whose agent is stopped at its
+operation timeout) after apply began is in a state nobody on the controller
+knows: the run's result is ``errored`` with ``host_unchanged`` False, an error
+naming the host and saying to run recovery, and the audit trail shows the
+failed phase; no rollback is tried over the dead connection and no result is
+journaled, so the entry stays interrupted and :meth:`Engine.recover` reverses
+it over a new connection, exactly as after a crash. Before apply such a loss
+is an ordinary ``errored`` (nothing was applied).
+
 Emission never changes an outcome: an emitter that raises is counted in
 :attr:`Engine.audit_errors`; event subscribers run on threads of their own
 (see :mod:`kensa.engine.events`).
@@ -59,8 +68,8 @@ from kensa.engine.events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscrip
 from kensa.engine.locks import Locks
 from kensa.engine.protocols import Handler, Journal, PhaseEmitter, PhaseRecorder, TargetLock
 from kensa.engine.recovery import recover_interrupted, rollback_committed
-from kensa.engine.registry import Registry
-from kensa.engine.restore import describe, journaled, restore_steps, rollback_outcome, step_name
+from kensa.engine.registry import Registry, host_handlers
+from kensa.engine.restore import CONNECTION_LOST, describe, journaled, restore_steps, rollback_outcome, step_name
 from kensa.engine.trail import Trail
 from kensa.errors import KensaError, NotCapturableError, StepFailedError, ValidationFailedError
 from kensa.model import Phase, PreState, Status, StepResult, Transaction, TransactionError, TransactionResult
@@ -79,6 +88,14 @@ def errored(txn: Transaction, timings: Dict[Phase, float], kind: str, message: s
     """An ``errored`` result: nothing was applied."""
     error = TransactionError(kind, message, phase)
     return TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, True, timings, error=error)
+
+
+class _Lost(Exception):
+    """A run that must end without a journaled result (see :data:`~kensa.engine.restore.CONNECTION_LOST`)."""
+
+    def __init__(self, result: TransactionResult) -> None:
+        super().__init__(result.error.message if result.error is not None else "")
+        self.result = result
 
 
 class Engine:
@@ -260,7 +277,12 @@ class Engine:
         if isinstance(prepared, TransactionResult):
             return self._conclude(rec, prepared)
         host, handlers, pres = prepared
-        return self._conclude(rec, self._change(txn, rec, timings, host, handlers, pres))
+        try:
+            result = self._change(txn, rec, timings, host, handlers, pres)
+        except _Lost as lost:
+            # Not journaled: the entry stays interrupted, for recovery over a new connection.
+            return self.trail.terminal(rec, lost.result, False)
+        return self._conclude(rec, result)
 
     def _prepare(
         self, txn: Transaction, rec: PhaseRecorder, timings: Dict[Phase, float], resolved: Union[Any, BaseException]
@@ -269,8 +291,9 @@ class Engine:
         start = _perf()
         handlers: List[Handler] = []
         try:
+            source = self.registry if isinstance(resolved, BaseException) else host_handlers(self.registry, resolved)
             for index, step in enumerate(txn.steps):
-                handler = self.registry[step.mechanism]
+                handler = source[step.mechanism]
                 if txn.transactional and not handler.capturable:
                     raise NotCapturableError(
                         f"rule {txn.rule!r}: {step_name(index, step)} cannot capture its pre-state, so the "
@@ -360,6 +383,10 @@ class Engine:
                     res = handler.apply(host, step.params, pres[index])
                     if not isinstance(res, StepResult):
                         raise TypeError(f"{type(handler).__name__}.apply returned {type(res).__name__}, not a StepResult")
+                except CONNECTION_LOST as exc:
+                    timings[Phase.APPLY] = _perf() - start
+                    results.append(StepResult(step.mechanism, ok=False, detail=describe(exc)))
+                    raise self._lost(txn, rec, timings, Phase.APPLY, step_name(index, step), exc, results) from exc
                 except Exception as exc:
                     if not handler.capturable:
                         irreversible.append(step_name(index, step))
@@ -386,6 +413,9 @@ class Engine:
                         continue
                     try:
                         holds = bool(handlers[index].validate(host, step.params))
+                    except CONNECTION_LOST as exc:
+                        timings[Phase.VALIDATE] = _perf() - start
+                        raise self._lost(txn, rec, timings, Phase.VALIDATE, step_name(index, step), exc, results) from exc
                     except Exception as exc:
                         message = f"{step_name(index, step)} raised during validate: {describe(exc)}"
                         failure = TransactionError(type(exc).__name__, message, Phase.VALIDATE)
@@ -395,6 +425,8 @@ class Engine:
                         failure = TransactionError(ValidationFailedError.__name__, message, Phase.VALIDATE)
                         break
                 timings[Phase.VALIDATE] = _perf() - start
+        except _Lost:
+            raise
         except BaseException as exc:  # KeyboardInterrupt or SystemExit inside a handler
             timings[phase] = _perf() - start
             step = txn.steps[index]
@@ -430,9 +462,34 @@ class Engine:
     ) -> TransactionResult:
         """Roll back the attempted capturable steps, last first; every one is tried."""
         start = _perf()
-        rollbacks, failures = restore_steps(txn, host, handlers, pres, upto=attempted)
+        try:
+            rollbacks, failures = restore_steps(txn, host, handlers, pres, upto=attempted, reraise=CONNECTION_LOST)
+        except CONNECTION_LOST as exc:
+            timings[Phase.ROLLBACK] = _perf() - start
+            raise self._lost(txn, None, timings, Phase.ROLLBACK, "the rollback", exc, results) from exc
         timings[Phase.ROLLBACK] = _perf() - start
         return rollback_outcome(txn, Status.ROLLED_BACK, rollbacks, failures, irreversible, timings, results, cause)
+
+    def _lost(
+        self,
+        txn: Transaction,
+        rec: Optional[PhaseRecorder],
+        timings: Dict[Phase, float],
+        phase: Phase,
+        where: str,
+        exc: BaseException,
+        results: List[StepResult],
+    ) -> "_Lost":
+        """The host's connection died after apply began: what the run reports, left unjournaled."""
+        if rec is not None:
+            self.trail.boundary(rec, txn, phase, False)
+        message = (
+            f"the connection to host {txn.host} was lost during {phase.value} of {where}: {describe(exc)}; "
+            "the host may be partly changed and the transaction is left interrupted in the journal: run "
+            "kensa recover (Engine.recover) once the host is reachable again, to reverse what was applied"
+        )
+        error = TransactionError(type(exc).__name__, message, phase)
+        return _Lost(TransactionResult(txn.id, txn.rule, txn.host, Status.ERRORED, False, timings, tuple(results), error=error))
 
     def _conclude(self, rec: PhaseRecorder, result: TransactionResult) -> TransactionResult:
         """Journal the terminal result, then emit its record and event."""

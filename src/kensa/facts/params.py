@@ -224,7 +224,8 @@ def account(value: Any) -> Union[int, str]:
             raise ParamError(f"{value!r} is not a numeric id (0 to 4294967295)")
         return value
     found = _string(value)
-    if found.isascii() and found.isdigit():
+    # ASCII digits only ("٣" is a digit too); str.isascii needs Python 3.7, and the agent runs this on 3.6.
+    if found and all("0" <= char <= "9" for char in found):
         if int(found) >= 2**32:
             raise ParamError(f"{_quoted(found)} is not a numeric id (0 to 4294967295)")
         return int(found)

@@ -411,10 +411,16 @@ class LocalHost(FileReaders):
 
     def _temps_in(self, dir_fd: int, name: str) -> List[str]:
         found = []
-        with os.scandir(dir_fd) as entries:
-            for entry in entries:
-                if _is_temp_of(entry.name, name) and entry.is_file(follow_symlinks=False):
-                    found.append(entry.name)
+        # os.listdir, not os.scandir: scandir takes a directory fd only from Python 3.7.
+        for entry in os.listdir(dir_fd):
+            if not _is_temp_of(entry, name):
+                continue
+            try:
+                st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append(entry)
         return sorted(found)
 
     def set_meta(
@@ -474,7 +480,11 @@ class LocalHost(FileReaders):
     def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
         """Run a command on this machine (argument list, no shell), capturing its output."""
         try:
-            return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+            # Spelled for Python 3.6, which the agent runs this module with on a target.
+            return subprocess.run(
+                list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                timeout=timeout, check=False,
+            )
         except FileNotFoundError as exc:
             raise HostAccessError(errno.ENOENT, f"command {argv[0]!r} not found") from exc
         except subprocess.TimeoutExpired as exc:

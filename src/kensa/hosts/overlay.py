@@ -58,6 +58,16 @@ class PlannedView(FileReaders):
         self._planned = {os.path.normpath(path): info for path, info in planned.items()}
 
     @property
+    def base(self) -> Host:
+        """The host this view lies over (a remote host's handlers send the plan to its agent)."""
+        return self._host
+
+    @property
+    def planned_files(self) -> Mapping[str, Optional[FileInfo]]:
+        """What this view says will be there: normalized path -> file (None: absent)."""
+        return dict(self._planned)
+
+    @property
     def root(self) -> str:
         return self._host.root
 

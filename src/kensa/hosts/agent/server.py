@@ -1,0 +1,189 @@
+"""The agent's request loop on the target: kensa's handlers, run where the host is.
+
+The bootstrap (:mod:`kensa.hosts.agent.bootstrap`) loads the payload and calls
+:func:`serve` with the protocol's two file descriptors and the built-in
+handlers (it is the target's wiring, as :mod:`kensa.factory` is the controller's). The first request must
+be ``hello``, naming the target root: the agent then holds one
+:class:`kensa.hosts.local.LocalHost` of that root, so every path is confined by
+exactly the rules of a local run (symlinks, ``..``, mounts, ``/proc/PID/root``),
+and one instance of each built-in handler. Every later request is one call:
+
+- a read or write of the host (``info``, ``read_file``, ``read_bytes``,
+  ``lookup_id``, ``run``, ``leftover_temps``, ``write_file``, ...), with
+  ``args`` and ``kwargs``;
+- one call of a handler (``capture``, ``apply``, ``validate``, ``rollback``)
+  or of a restorable handler (``assess``, ``restore``, ``planned``,
+  ``settled``), with the mechanism, its params, the pre-state and assessment
+  where the call takes them, and ``planned``: files earlier steps will leave,
+  which a read-only call sees through an overlay of the host. ``capture``
+  with ``with_planned`` also answers what the step will leave, so the engine's
+  chained capture costs one round trip per step.
+
+The answer is ``{"ok": value}`` or ``{"error": ...}`` (:func:`kensa.hosts.agent.wire.encode_error`).
+The loop ends when the controller closes the connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from kensa.errors import StepPhaseError, UnknownMechanismError
+from kensa.hosts.agent.wire import HEADER, PROTOCOL, FrameError, decode_value, encode_error, encode_value, frame, frame_length, parse
+from kensa.hosts.local import LocalHost
+
+__all__ = ["HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "serve"]
+
+#: The host methods a request may call by name.
+HOST_CALLS = frozenset({
+    "info", "read_file", "read_bytes", "lookup_id", "run", "leftover_temps",
+    "write_file", "write_in_place", "remove_file", "set_meta", "remove_leftover_temps",
+})
+
+_READ_ONLY_PHASES = frozenset({"capture", "validate", "assess", "planned", "settled"})
+_HANDLER_CALLS = _READ_ONLY_PHASES | {"apply", "rollback", "restore"}
+
+_INTERNED = 256
+
+#: Largest request the agent reads: a step's params, pre-state and planned files.
+MAX_REQUEST_BYTES = 1 << 30
+
+
+def _completed(done: "subprocess.CompletedProcess[str]") -> Dict[str, Any]:
+    return {"args": list(done.args), "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
+class Agent:
+    """The state of one connection: the confined host and the handlers."""
+
+    def __init__(self, payload_hash: str, handlers: Mapping[str, Any]) -> None:
+        self.payload_hash = payload_hash
+        self.host: Optional[LocalHost] = None
+        self.handlers: Dict[str, Any] = dict(handlers)
+        self._interned: Dict[str, Any] = {}
+
+    def answer(self, request: Mapping[str, Any]) -> Dict[str, Any]:
+        """The answer to one request (an error is an answer too)."""
+        try:
+            return {"ok": encode_value(self._dispatch(request))}
+        except Exception as exc:
+            return {"error": encode_error(exc)}
+
+    def _dispatch(self, request: Mapping[str, Any]) -> Any:
+        op = request.get("op")
+        if op == "hello":
+            return self._hello(request)
+        host = self.host
+        if host is None:
+            raise StepPhaseError(f"the agent was asked {op!r} before hello named its root")
+        if op in HOST_CALLS:
+            args = decode_value(request.get("args", []))
+            kwargs = decode_value(request.get("kwargs", {"d": {}}))
+            found = getattr(host, str(op))(*args, **kwargs)
+            return _completed(found) if op == "run" else found
+        if op in _HANDLER_CALLS:
+            return self._handler_call(host, str(op), request)
+        raise FrameError(f"unknown request {op!r}")
+
+    def _hello(self, request: Mapping[str, Any]) -> Dict[str, Any]:
+        root = request.get("root", "/")
+        limit = request.get("max_file_bytes")
+        self.host = LocalHost(root) if limit is None else LocalHost(root, max_file_bytes=limit)
+        return {
+            "protocol": PROTOCOL,
+            "hash": self.payload_hash,
+            "python": list(sys.version_info[:3]),
+            "executable": sys.executable,
+            "pid": os.getpid(),
+            "root": self.host.root,
+            "is_live": self.host.is_live,
+            "identity": self.host.identity,
+            "max_file_bytes": self.host.max_file_bytes,
+            "mechanisms": sorted(self.handlers),
+        }
+
+    def _params(self, encoded: Any) -> Any:
+        # One object per distinct params, as in a local run, where the engine passes a
+        # step's own params to each phase: command_exec tells its apply's run by them.
+        key = json.dumps(encoded, sort_keys=True)
+        found = self._interned.pop(key, None)
+        if found is None:
+            found = decode_value(encoded)
+        self._interned[key] = found
+        while len(self._interned) > _INTERNED:
+            self._interned.pop(next(iter(self._interned)))
+        return found
+
+    def _handler_call(self, host: LocalHost, op: str, request: Mapping[str, Any]) -> Any:
+        mechanism = request.get("mechanism")
+        handler = self.handlers.get(mechanism) if isinstance(mechanism, str) else None
+        if handler is None:
+            raise UnknownMechanismError(
+                f"the agent on {host.root} has no handler for mechanism {mechanism!r}; "
+                f"it has: {', '.join(sorted(self.handlers))}"
+            )
+        method: Optional[Callable[..., Any]] = getattr(handler, op, None)
+        if method is None:
+            raise StepPhaseError(f"{mechanism}: the handler has no {op}")
+        planned = request.get("planned")
+        if planned is not None and op not in _READ_ONLY_PHASES:
+            raise StepPhaseError(f"{mechanism}: {op} writes the host, so it cannot run through planned files")
+        view: Any = host if planned is None else host.overlay(decode_value(planned))
+        params = self._params(request.get("params"))
+        pre = decode_value(request.get("pre"))
+        if op == "capture":
+            captured = method(view, params)
+            plans: Optional[Callable[..., Any]] = getattr(handler, "planned", None)
+            wanted = plans(view, captured) if plans is not None and request.get("with_planned") else None
+            return {"pre": captured, "planned": wanted}
+        if op == "validate":
+            return bool(method(view, params))
+        if op == "apply":
+            return method(host, params, pre)
+        if op == "rollback":
+            return method(host, pre)
+        if op in ("assess", "planned"):
+            return method(view, pre)
+        assessment, force = decode_value(request.get("assessment")), bool(request.get("force"))
+        return method(host if op == "restore" else view, pre, assessment, force)
+
+
+def _read_exactly(fd: int, size: int) -> Optional[bytes]:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str, Any]) -> int:
+    """Answer requests from ``read_fd`` on ``write_fd`` until the controller closes it; the exit status.
+
+    ``handlers`` (mechanism -> handler) is what the bootstrap wires in:
+    :func:`kensa.handlers.default_registry`, since this package lies below the handlers."""
+    agent = Agent(payload_hash, handlers)
+    while True:
+        header = _read_exactly(read_fd, HEADER.size)
+        if header is None:
+            return 0
+        try:
+            body = _read_exactly(read_fd, frame_length(header, MAX_REQUEST_BYTES))
+            if body is None:
+                return 0
+            request = parse(body)
+        except FrameError as exc:
+            _write_all(write_fd, frame({"error": encode_error(exc)}))
+            return 3
+        _write_all(write_fd, frame(agent.answer(request)))

@@ -1,0 +1,270 @@
+"""The agent's payload: kensa's own target-side source, made ready for the target's Python.
+
+:func:`build_payload` starts from every module of the packages the target
+runs (:data:`ROOT_PACKAGES`: the handlers, the facts and the agent itself) and
+follows their ``kensa`` imports, so a new handler or fact module, and whatever
+it imports, is sent without a list to keep. Every module reached must be
+target-side code (:data:`TARGET_SIDE`); one that is not (the engine, the
+journal, the audit emitter ...) is refused with :class:`~kensa.errors.AgentError`
+naming it and the module that imports it. Imports under ``if TYPE_CHECKING:``
+never run and are not followed; an import guarded by ``except ImportError``
+is followed only when its module is Python source (``kensa._audit``, the
+compiled extension, is not sent: the target uses the pure-Python fallbacks).
+
+Each module is transformed for Python 3.6 with :mod:`ast`: ``from __future__
+import annotations`` is dropped and every annotation becomes a string constant
+(exactly PEP 563's semantics, which dataclass fields rely on), then
+``ast.unparse`` writes the source again. Packages on the way that are not sent
+whole (``kensa``, ``kensa.hosts``) are sent empty. The modules are JSON,
+zlib-compressed; the SHA-256 of those bytes names the payload.
+
+:func:`agent_command` is the POSIX ``sh -c`` command that finds a Python 3
+(``python3``, ``/usr/libexec/platform-python``, then ``python3.X`` newest
+first), runs the bootstrap with it, or exits with status :data:`NO_PYTHON`
+and a message listing what it tried.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import os
+import shlex
+import zlib
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Set, Tuple
+
+from kensa.errors import AgentError
+
+__all__ = ["NO_PYTHON", "NO_PYTHON_MESSAGE", "PYTHONS", "ROOT_PACKAGES", "TARGET_SIDE", "Payload", "agent_command",
+           "build_payload", "for_old_python"]
+
+#: Packages whose every module runs on the target.
+ROOT_PACKAGES = ("kensa.handlers", "kensa.facts", "kensa.hosts.agent")
+
+#: What the payload may hold: modules of these names or below them.
+TARGET_SIDE = ("kensa.model", "kensa.errors", "kensa.hosts", "kensa.handlers", "kensa.facts", "kensa.audit.compiled")
+
+# Sent on the command line, not in the payload; and the controller's own side.
+_NOT_SENT = frozenset({"kensa.hosts.agent.bootstrap"})
+
+#: The interpreters the bootstrap command tries, in order.
+PYTHONS = ("python3", "/usr/libexec/platform-python") + tuple(f"python3.{minor}" for minor in range(14, 5, -1))
+
+#: Exit status of the bootstrap command when the target has no Python 3.6+.
+NO_PYTHON = 97
+
+#: What that command writes on stderr then (the client looks for it in a transport's error).
+NO_PYTHON_MESSAGE = "kensa-agent: no Python 3.6 or newer"
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The modules sent to the target (name -> (is a package, source)), as sent, and their hash."""
+
+    modules: Mapping[str, Tuple[bool, str]]
+    blob: bytes
+    sha256: str
+
+
+def _source_file(name: str) -> Optional[Tuple[bool, str]]:
+    """(is a package, path) of the Python source of kensa module ``name``, if there is one."""
+    parts = name.split(".")[1:]
+    base = os.path.join(_PACKAGE_DIR, *parts)
+    if os.path.isfile(os.path.join(base, "__init__.py")):
+        return True, os.path.join(base, "__init__.py")
+    if os.path.isfile(base + ".py"):
+        return False, base + ".py"
+    return None
+
+
+def _package_modules(package: str) -> List[str]:
+    found = _source_file(package)
+    if found is None or not found[0]:
+        raise AgentError(f"the agent payload needs the package {package}, which this kensa does not have; reinstall kensa")
+    directory = os.path.dirname(found[1])
+    names = [package]
+    for entry in sorted(os.listdir(directory)):
+        if entry.endswith(".py") and entry != "__init__.py":
+            names.append(f"{package}.{entry[:-3]}")
+        elif os.path.isfile(os.path.join(directory, entry, "__init__.py")):
+            names.extend(_package_modules(f"{package}.{entry}"))
+    return [name for name in names if name not in _NOT_SENT]
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _guarded(handlers: List[ast.ExceptHandler]) -> bool:
+    names = []
+    for handler in handlers:
+        kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        names += [kind.id for kind in kinds if isinstance(kind, ast.Name)]
+    return bool({"ImportError", "ModuleNotFoundError"} & set(names))
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool) -> List[Tuple[str, bool]]:
+    """(kensa module imported, whether the import is guarded by ``except ImportError``)."""
+    found: List[Tuple[str, bool]] = []
+
+    def visit(node: ast.AST, guarded: bool) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child, guarded)
+            return
+        if isinstance(node, ast.Try):
+            inner = guarded or _guarded(node.handlers)
+            for child in node.body:
+                visit(child, inner)
+            after: List[ast.AST] = [*node.handlers, *node.orelse, *node.finalbody]
+            for later in after:
+                visit(later, guarded)
+            return
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, guarded) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module if is_package else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}" if base else package
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                submodule = _source_file(candidate) is not None or _is_extension(candidate)
+                found.append((candidate if submodule else base, guarded))
+        for inner_node in ast.iter_child_nodes(node):
+            visit(inner_node, guarded)
+
+    visit(tree, False)
+    return [(name, guarded) for name, guarded in found if name == "kensa" or name.startswith("kensa.")]
+
+
+def _is_extension(name: str) -> bool:
+    parts = name.split(".")[1:]
+    directory = os.path.join(_PACKAGE_DIR, *parts[:-1])
+    return bool(parts) and os.path.isdir(directory) and any(
+        entry.startswith(parts[-1] + ".") and entry.endswith(".so") for entry in os.listdir(directory))
+
+
+def _target_side(name: str) -> bool:
+    return any(name == allowed or name.startswith(allowed + ".") for allowed in TARGET_SIDE)
+
+
+class _Annotations(ast.NodeTransformer):
+    """Every annotation as the string of its source (PEP 563)."""
+
+    @staticmethod
+    def _text(node: Optional[ast.expr]) -> Optional[ast.expr]:
+        if node is None or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            return node
+        return ast.Constant(ast.unparse(node))
+
+    def _function(self, node: ast.AST) -> ast.AST:
+        assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        arguments = node.args
+        for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]:
+            if arg is not None:
+                arg.annotation = self._text(arg.annotation)
+        node.returns = self._text(node.returns)
+        self.generic_visit(node)
+        return node
+
+    visit_FunctionDef = _function
+    visit_AsyncFunctionDef = _function
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        text = self._text(node.annotation)
+        assert text is not None
+        node.annotation = text
+        self.generic_visit(node)
+        return node
+
+
+def for_old_python(source: str, filename: str = "<kensa>") -> str:
+    """``source`` with ``from __future__ import annotations`` dropped and every annotation
+    a string constant, as ``ast.unparse`` writes it: runs on Python 3.6 as it ran here."""
+    tree = ast.parse(source, filename)
+    body = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            node.names = [alias for alias in node.names if alias.name != "annotations"]
+            if not node.names:
+                continue
+        body.append(node)
+    tree.body = body
+    tree = _Annotations().visit(tree)
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
+def _collect() -> Dict[str, Tuple[bool, str]]:
+    todo = [name for package in ROOT_PACKAGES for name in _package_modules(package)]
+    importer: Dict[str, str] = {}
+    sources: Dict[str, Tuple[bool, str]] = {}
+    while todo:
+        name = todo.pop()
+        if name in sources:
+            continue
+        found = _source_file(name)
+        if found is None:
+            raise AgentError(f"the agent payload needs {name} (imported by {importer.get(name, 'kensa')}), "
+                             "which has no Python source in this kensa; reinstall kensa")
+        if not _target_side(name):
+            raise AgentError(
+                f"{importer.get(name, name)} imports {name}, which is not target-side code; the agent payload "
+                f"may hold only {', '.join(TARGET_SIDE)}: move what the target needs into one of them"
+            )
+        is_package, path = found
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        sources[name] = (is_package, text)
+        for imported, guarded in _imports(ast.parse(text, path), name, is_package):
+            if guarded and _source_file(imported) is None:
+                continue
+            if imported != "kensa" and imported not in sources:
+                importer.setdefault(imported, name)
+                todo.append(imported)
+    return sources
+
+
+@functools.lru_cache(maxsize=None)
+def build_payload() -> Payload:
+    """The payload of this kensa (built once per process); see the module docstring."""
+    sources = _collect()
+    modules: Dict[str, Tuple[bool, str]] = {}
+    for name, (is_package, text) in sorted(sources.items()):
+        modules[name] = (is_package, for_old_python(text, name))
+        parts = name.split(".")
+        for depth in range(1, len(parts)):
+            parent = ".".join(parts[:depth])
+            if parent not in sources:
+                modules.setdefault(parent, (True, ""))
+    blob = zlib.compress(json.dumps(modules, sort_keys=True).encode("utf-8"), 9)
+    return Payload(modules, blob, hashlib.sha256(blob).hexdigest())
+
+
+def bootstrap_source() -> str:
+    """The bootstrap module's source, transformed like the payload."""
+    path = os.path.join(_PACKAGE_DIR, "hosts", "agent", "bootstrap.py")
+    with open(path, encoding="utf-8") as handle:
+        return for_old_python(handle.read(), path)
+
+
+def agent_command(sha256: str) -> List[str]:
+    """The argv that starts the agent on a target: ``sh -c`` finding a Python 3, then the bootstrap."""
+    program = f"{bootstrap_source()}\nboot({sha256!r})\n"
+    tried = " ".join(PYTHONS)
+    script = (
+        f"for p in {' '.join(shlex.quote(p) for p in PYTHONS)}; do "
+        "if command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c 'import sys; sys.exit(sys.version_info < (3, 6))' "
+        ">/dev/null 2>&1; then "
+        f"exec \"$p\" -I -c {shlex.quote(program)}; fi; done; "
+        f"echo {shlex.quote(f'{NO_PYTHON_MESSAGE} (tried {tried})')} >&2; exit {NO_PYTHON}"
+    )
+    return ["/bin/sh", "-c", script]
