@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
 
 from kensa.errors import KensaError, UsageError
 from kensa._version import __version__
+from kensa.cli import remote
 from kensa.cli.plan import detect_capabilities, implementation_for, load, target_for, transactions_for
 from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
 from kensa.model import Status, Transaction, TransactionResult
@@ -68,12 +69,13 @@ def _existing_journal(args: argparse.Namespace) -> str:
     return path
 
 
-def _engine(args: argparse.Namespace) -> Any:
+def _engine(args: argparse.Namespace, **remote: Any) -> Any:
+    """The production engine; ``remote`` (:meth:`kensa.cli.remote.RemoteRun.engine_options`) lets it reach ``ssh://`` hosts."""
     from kensa.factory import NoAuditExtensionWarning, default_engine
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NoAuditExtensionWarning)
-        engine = default_engine(journal_path=_journal_path(args), audit=not args.no_audit)
+        engine = default_engine(journal_path=_journal_path(args), audit=not args.no_audit, **remote)
     for warning in caught:
         sys.stderr.write(f"kensa: warning: {warning.message}\n")
     return engine
@@ -84,6 +86,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     from kensa.handlers import default_registry
     from kensa.hosts.local import LocalHost
 
+    if remote.remote_wanted(args):
+        return remote.cmd_check_remote(args, out)
     target = target_for(args.root)
     rules = load(args.rules)
     host = LocalHost(target.root)
@@ -142,6 +146,11 @@ def run_batch(engine: Any, txns: List[Transaction], workers: int, show_progress:
 
 def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
     from kensa.hosts.local import LocalHost
+
+    if remote.remote_wanted(args):
+        if args.dry_run:
+            raise UsageError("remediate --dry-run runs on local targets only; use kensa check -H for remote hosts")
+        return remote.cmd_remediate_remote(args, out, lambda **kw: _engine(args, **kw), run_batch, exit_code_for)
 
     target = target_for(args.root)
     rules = load(args.rules)
@@ -274,8 +283,8 @@ def _entry_dict(entry: Any) -> Dict[str, Any]:
 
 def cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
     _existing_journal(args)
-    engine = _engine(args)
-    result = engine.rollback(args.txn_id, force=args.force)
+    with remote.login(args) as run:
+        result = _engine(args, **run.engine_options()).rollback(args.txn_id, force=args.force)
     _report_one(args, result, out)
     # Here rolled_back is what was asked for.
     return EXIT_OK if result.status is Status.ROLLED_BACK else exit_code_for([result], False)
@@ -292,8 +301,8 @@ def cmd_recover(args: argparse.Namespace, out: TextIO) -> int:
         # The default journal is made by the first run: none means nothing ever ran here.
         out.write(f"nothing to recover: there is no journal at {_journal_path(args)} (kensa has not run here)\n")
         return EXIT_OK
-    engine = _engine(args)
-    results = engine.recover()
+    with remote.login(args) as run:
+        results = _engine(args, **run.engine_options()).recover()
     if args.json:
         json.dump([result_dict(r) for r in results], out, indent=2)
         out.write("\n")
@@ -428,16 +437,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="report compliance per rule; changes nothing")
     p.add_argument("rules", nargs="+", metavar="RULES", help="rule files or directories")
-    p.add_argument("--root", metavar="DIR", help="target root (default: /)")
+    p.add_argument("--root", metavar="DIR", help="target root, on each remote host with -H (default: /)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="remote hosts checked at a time")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    remote.add_target_arguments(p)
+    remote.add_login_arguments(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("remediate", help="apply rules as transactions")
     p.add_argument("rules", nargs="+", metavar="RULES", help="rule files or directories")
-    p.add_argument("--root", metavar="DIR", help="target root (default: /)")
+    p.add_argument("--root", metavar="DIR", help="target root, on each remote host with -H (default: /)")
     p.add_argument("--dry-run", action="store_true", help="say what would run; change nothing")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="hosts remediated at a time; one target's transactions always run one after another")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    remote.add_target_arguments(p)
+    remote.add_login_arguments(p)
     p.set_defaults(func=cmd_remediate)
 
     p = sub.add_parser("history", help="journaled transactions, newest first")
@@ -456,10 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("txn_id", metavar="TXN_ID")
     p.add_argument("--force", action="store_true", help="roll back even if the host drifted since the commit")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    remote.add_login_arguments(p)
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("recover", help="reverse every interrupted transaction")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    remote.add_login_arguments(p)
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("audit", help="kernel audit emission")

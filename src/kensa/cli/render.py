@@ -4,7 +4,7 @@ text made safe for a terminal."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Mapping, Sequence, TextIO
+from typing import Any, Dict, List, Mapping, Sequence, TextIO, Tuple
 
 from kensa.model import TransactionResult
 
@@ -73,6 +73,12 @@ class Progress:
 
 
 def print_results(results: Sequence[TransactionResult], unsupported: Sequence[Mapping[str, Any]], out: TextIO) -> None:
-    rows = [(r.rule, r.status.value, "yes" if r.host_unchanged else "no", result_detail(r)) for r in results]
+    """A table of results; a HOST column first when one of them ran on a remote (``ssh://``) host."""
+    rows: List[Tuple[str, ...]] = [(r.rule, r.status.value, "yes" if r.host_unchanged else "no", result_detail(r)) for r in results]
     rows += [(u["rule"], u["status"], "yes", u["detail"]) for u in unsupported]
-    print_table(rows, ("RULE", "STATUS", "UNCHANGED", "DETAIL"), out)
+    header: Sequence[str] = ("RULE", "STATUS", "UNCHANGED", "DETAIL")
+    if any(r.host.startswith("ssh://") for r in results):
+        hosts = [r.host for r in results] + [str(u.get("host", "")) for u in unsupported]
+        rows = [(host, *row) for host, row in zip(hosts, rows)]
+        header = ("HOST", *header)
+    print_table(rows, header, out)

@@ -6,13 +6,16 @@
 this machine (``/`` or an image root), resolving paths with
 :mod:`kensa.hosts.confine` over the system calls of :mod:`kensa.hosts.syscalls`;
 :mod:`kensa.hosts.overlay` is a host as planned writes will leave it;
-:mod:`kensa.hosts.targetlock` serializes processes that write one target. A
-remote host kind lives beside them and meets the same protocols.
+:mod:`kensa.hosts.targetlock` serializes processes that write one target.
+:mod:`kensa.hosts.remote` reaches a remote target through kensa's agent
+(:mod:`kensa.hosts.agent`, sent as :mod:`kensa.hosts.payload` builds it) and
+meets the same protocols.
 """
 
 from kensa.errors import HostAccessError, HostSelectionError, PathEscapeError, TargetLockError, TargetLockTimeout
 from kensa.hosts.local import FileInfo, LocalHost, LocalStepRunner, PlannedView, canonical_host_key, resolve_host
-from kensa.hosts.protocol import Host, ReadableHost, StepRunner
+from kensa.hosts.protocol import Host, ReadableHost, StepRunner, Transport
+from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect
 from kensa.hosts.targetlock import TargetLocks
 
 __all__ = [
@@ -25,10 +28,15 @@ __all__ = [
     "PathEscapeError",
     "PlannedView",
     "ReadableHost",
+    "RemoteHost",
+    "RemoteHosts",
     "StepRunner",
+    "SubprocessTransport",
     "TargetLockError",
     "TargetLockTimeout",
     "TargetLocks",
+    "Transport",
     "canonical_host_key",
+    "connect",
     "resolve_host",
 ]

@@ -46,6 +46,7 @@ from kensa.hosts.overlay import FileReaders, PlannedView
 from kensa.hosts.payload import NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload
 from kensa.hosts.protocol import Host, ReadableHost, Transport
 from kensa.model import Assessment, FileInfo, PreState, RemoteTarget, RollbackResult, StepResult
+from kensa.support.afterfork import reset_in_child
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -574,8 +575,8 @@ def parse_remote_key(key: str) -> RemoteTarget:
         raise HostSelectionError(f"host key {key!r}: {exc}") from exc
     if parts.scheme != "ssh" or not parts.hostname or parts.query or parts.fragment or parts.password:
         raise HostSelectionError(f"host key {key!r} is not ssh://[user@]host[:port]/root")
-    root = posixpath.normpath(parts.path or "/")
-    root = "/" if root in ("/", "//") else root
+    # normpath keeps a leading "//" (POSIX leaves its meaning open); on Linux it is "/".
+    root = "/" + posixpath.normpath(parts.path or "/").lstrip("/")
     return RemoteTarget(host=parts.hostname, user=parts.username, port=port, root=root)
 
 
@@ -586,7 +587,8 @@ class RemoteHosts:
     (the ssh engineer's ``SshTransport``; a :class:`SubprocessTransport` in
     tests). One connection per key is kept and reused; one that died is
     replaced at the next resolution (which is how recovery reconnects). All are
-    closed by :meth:`close` and at interpreter exit.
+    closed by :meth:`close` and at interpreter exit. A forked child never uses
+    (or closes) its parent's connections: it opens its own.
     """
 
     def __init__(self, transport_for: Callable[[RemoteTarget], Transport], *,
@@ -601,6 +603,14 @@ class RemoteHosts:
         self._guard = threading.Lock()
         self._key_locks: Dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         atexit.register(_close_at_exit, weakref.ref(self))
+        reset_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's agents answer the parent: a child writing to their pipes would
+        # interleave frames with it, and closing them would end the parent's agents.
+        self._hosts = {}
+        self._guard = threading.Lock()
+        self._key_locks = collections.defaultdict(threading.Lock)
 
     def canonical_key(self, key: str) -> str:
         """One spelling per target: the RemoteTarget's key for ``ssh://`` keys, else the local one."""

@@ -298,7 +298,7 @@ class SshTransport:
                         if not byte:
                             sel.unregister(proc.stdout)
                         elif byte == b"\n":
-                            if line.rstrip(b"\r") == ready:
+                            if line.rstrip(b"\r") == ready.rstrip(b"\r\n"):
                                 return err
                             line = b""
                         else:

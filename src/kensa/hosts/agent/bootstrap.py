@@ -56,7 +56,7 @@ class PayloadImporter:
         is_package, source = self.modules[module.__name__]
         if is_package:
             module.__path__ = []
-        code = compile(source, f"<kensa-agent>/{module.__name__.replace('.', '/')}.py", "exec")
+        code = compile(source, f"<kensa-agent>/{module.__name__.replace('.', '/')}.py", "exec", dont_inherit=True)
         exec(code, module.__dict__)
 
 
@@ -97,7 +97,7 @@ def boot(expected: str) -> None:
     for name in [name for name in sys.modules if name == "kensa" or name.startswith("kensa.")]:
         del sys.modules[name]
     compat = __import__("kensa.hosts.agent.compat", fromlist=["install"])
-    compat.install()
+    supplied = compat.install()
     handlers = __import__("kensa.handlers", fromlist=["default_registry"])
     server = __import__("kensa.hosts.agent.server", fromlist=["serve"])
-    os._exit(server.serve(read_fd, write_fd, found, handlers.default_registry()))
+    os._exit(server.serve(read_fd, write_fd, found, handlers.default_registry(), supplied))

@@ -29,7 +29,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from kensa.errors import StepPhaseError, UnknownMechanismError
 from kensa.hosts.agent.wire import HEADER, PROTOCOL, FrameError, decode_value, encode_error, encode_value, frame, frame_length, parse
@@ -59,8 +59,9 @@ def _completed(done: "subprocess.CompletedProcess[str]") -> Dict[str, Any]:
 class Agent:
     """The state of one connection: the confined host and the handlers."""
 
-    def __init__(self, payload_hash: str, handlers: Mapping[str, Any]) -> None:
+    def __init__(self, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = ()) -> None:
         self.payload_hash = payload_hash
+        self.supplied = list(supplied)
         self.host: Optional[LocalHost] = None
         self.handlers: Dict[str, Any] = dict(handlers)
         self._interned: Dict[str, Any] = {}
@@ -96,6 +97,7 @@ class Agent:
             "protocol": PROTOCOL,
             "hash": self.payload_hash,
             "python": list(sys.version_info[:3]),
+            "supplied": self.supplied,
             "executable": sys.executable,
             "pid": os.getpid(),
             "root": self.host.root,
@@ -168,12 +170,13 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str, Any]) -> int:
+def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = ()) -> int:
     """Answer requests from ``read_fd`` on ``write_fd`` until the controller closes it; the exit status.
 
     ``handlers`` (mechanism -> handler) is what the bootstrap wires in:
-    :func:`kensa.handlers.default_registry`, since this package lies below the handlers."""
-    agent = Agent(payload_hash, handlers)
+    :func:`kensa.handlers.default_registry`, since this package lies below the handlers.
+    ``supplied`` is what :func:`kensa.hosts.agent.compat.install` supplied; ``hello`` reports it."""
+    agent = Agent(payload_hash, handlers, supplied)
     while True:
         header = _read_exactly(read_fd, HEADER.size)
         if header is None:

@@ -1,0 +1,359 @@
+"""``kensa check|remediate -H HOST[,HOST...]``: rules on remote hosts over OpenSSH.
+
+Each host is reached with :class:`kensa.hosts.ssh.SshTransport` (one login,
+channels after that) and driven by kensa's agent there
+(:func:`kensa.hosts.remote.connect`), confined to ``--root`` on the target.
+Hosts run ``--workers`` at a time; one host's faults (unreachable, login or
+sudo refused, a changed host key, a timeout, a lost connection) fail only that
+host's rules, as ``error`` or ``errored`` rows naming the host and the cause,
+and the other hosts go on. Every result line names its host; the exit code is
+the worst host's.
+
+``rollback`` and ``recover`` reach the host a transaction ran on from its
+journaled ``ssh://`` key; the login options (``-k``, ``--sudo``, ...) come from
+their own command line.
+
+The sudo password is read from stdin (``--sudo-password-stdin``, one line) or
+from the terminal (``--ask-sudo-password``), never from an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import re
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+
+from kensa.errors import KensaError, UsageError
+from kensa.model import CheckResult, RemoteTarget, Transaction, TransactionResult, Verdict
+
+__all__ = ["RemoteRun", "add_login_arguments", "add_target_arguments", "cmd_check_remote", "cmd_remediate_remote",
+           "login", "parse_host", "remote_wanted", "ssh_options", "targets_from"]
+
+# [user@]host[:port], or [user@][v6-address][:port]
+_HOST_SPEC = re.compile(r"(?:(?P<user>[^@]+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:@]+))(?::(?P<port>\d+))?\Z")
+
+
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """-H/--inventory/--limit: which remote hosts check and remediate run on."""
+    p.add_argument("-H", "--hosts", metavar="HOST[,HOST...]", action="append",
+                   help="remote hosts over SSH ([user@]host[:port], comma-separated, repeatable)")
+    p.add_argument("--inventory", metavar="FILE", help="remote hosts from an inventory file (INI or YAML)")
+    p.add_argument("--limit", metavar="NAMES", help="with --inventory: only these hosts or groups")
+
+
+def add_login_arguments(p: argparse.ArgumentParser) -> None:
+    """How to log in to remote hosts (also for rollback and recover of their transactions)."""
+    p.add_argument("-u", "--user", metavar="USER", help="remote login user (default: ssh's)")
+    p.add_argument("-p", "--port", type=int, metavar="PORT", help="remote SSH port (default: ssh's)")
+    p.add_argument("-k", "--key", metavar="KEYFILE", help="private key file to log in with")
+    p.add_argument("--sudo", action="store_true", help="run kensa's agent as root with sudo on the hosts")
+    p.add_argument("--sudo-password-stdin", action="store_true", help="read the sudo password from the first line of stdin (implies --sudo)")
+    p.add_argument("--ask-sudo-password", action="store_true", help="prompt for the sudo password on the terminal (implies --sudo)")
+    p.add_argument("--strict-host-keys", action="store_true", help="refuse hosts whose key is not already known")
+    p.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default: ssh's)")
+    p.add_argument("--ssh-config", metavar="FILE", help="ssh client config file (default: ssh's)")
+    p.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S", help="seconds to connect and log in (default 10)")
+    p.add_argument("--timeout", type=_seconds, default=300.0, metavar="S", help="seconds one operation on a host may take (default 300)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0 and at most 86400, got {text[:40]!r}")
+    return value
+
+
+def remote_wanted(args: argparse.Namespace) -> bool:
+    """True when the command names remote hosts (-H or --inventory)."""
+    return bool(getattr(args, "hosts", None) or getattr(args, "inventory", None))
+
+
+def parse_host(spec: str, user: Optional[str], port: Optional[int], root: str, key: Optional[str]) -> RemoteTarget:
+    """One ``-H`` entry as a target; ``user``/``port`` fill in what the entry leaves out. Checked, never run."""
+    from kensa.hosts.ssh import check_target
+
+    match = _HOST_SPEC.match(spec.strip())
+    if match is None:
+        raise UsageError(f"-H {spec[:80]!r}: expected [user@]host[:port]")
+    given_port = match.group("port")
+    target = RemoteTarget(
+        host=match.group("v6") or match.group("host"),
+        user=match.group("user") or user,
+        port=int(given_port) if given_port else port,
+        root=root,
+        identity_file=key,
+    )
+    check_target(target)
+    return target
+
+
+def targets_from(args: argparse.Namespace) -> List[Tuple[str, RemoteTarget]]:
+    """(name, target) of every host -H and --inventory name, in order, each key once."""
+    root = args.root or "/"
+    found: List[Tuple[str, RemoteTarget]] = []
+    for group in args.hosts or ():
+        for spec in group.split(","):
+            if spec.strip():
+                found.append((spec.strip(), parse_host(spec, args.user, args.port, root, args.key)))
+    if args.inventory:
+        found += _inventory_targets(args, root)
+    elif args.limit:
+        raise UsageError("--limit selects hosts of an --inventory; add --inventory FILE")
+    if not found:
+        raise UsageError("-H names no host")
+    unique: Dict[str, Tuple[str, RemoteTarget]] = {}
+    for name, target in found:
+        unique.setdefault(target.key, (name, target))
+    return list(unique.values())
+
+
+def _inventory_targets(args: argparse.Namespace, root: str) -> List[Tuple[str, RemoteTarget]]:
+    from kensa.hosts.ssh import check_target
+    from kensa.inventory import load_inventory, select_hosts
+
+    hosts = load_inventory(args.inventory)
+    if args.limit:
+        hosts = select_hosts(hosts, args.limit, args.inventory)
+    found = []
+    for entry in hosts:
+        target = entry.target
+        # The command line fills in what the inventory leaves out; a root the inventory sets wins.
+        target = replace(
+            target,
+            user=target.user or args.user,
+            port=target.port if target.port is not None else args.port,
+            identity_file=target.identity_file or args.key,
+            root=target.root if target.root != "/" else root,
+        )
+        check_target(target)
+        found.append((entry.name, target))
+    return found
+
+
+def ssh_options(args: argparse.Namespace, stdin: Optional[TextIO] = None) -> Any:
+    """The :class:`~kensa.hosts.ssh.SshOptions` these arguments ask for (reads the sudo password)."""
+    from kensa.hosts.ssh import SshOptions
+
+    password: Optional[str] = None
+    if args.sudo_password_stdin and args.ask_sudo_password:
+        raise UsageError("--sudo-password-stdin and --ask-sudo-password: give one")
+    if args.sudo_password_stdin:
+        line = (stdin or sys.stdin).readline()
+        if not line:
+            raise UsageError("--sudo-password-stdin: stdin is empty; write the password as its first line")
+        password = line[:-1] if line.endswith("\n") else line
+    elif args.ask_sudo_password:
+        if not sys.stdin.isatty():
+            raise UsageError("--ask-sudo-password needs a terminal; use --sudo-password-stdin to pipe the password")
+        password = getpass.getpass("sudo password for the remote hosts: ")
+    options = SshOptions(
+        sudo=bool(args.sudo or password is not None),
+        sudo_password=password,
+        strict_host_keys=args.strict_host_keys,
+        known_hosts_file=args.known_hosts,
+        ssh_config_file=args.ssh_config,
+        connect_timeout=getattr(args, "connect_timeout", 10.0),
+        operation_timeout=getattr(args, "timeout", 300.0),
+    )
+    return options
+
+
+@dataclass
+class RemoteRun:
+    """The SSH transports and planning connections of one command; :meth:`close` ends them all.
+
+    ``options`` (:class:`~kensa.hosts.ssh.SshOptions`) None: made from ``args``
+    when the first transport is, so a command that reaches no remote host never
+    reads a sudo password. Transports of one login share one control master, so
+    the planning connection and the engine's cost one login per host.
+    """
+
+    options: Any
+    key_file: Optional[str] = None
+    args: Optional[argparse.Namespace] = None
+    opened: List[Any] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def transport(self, target: RemoteTarget) -> Any:
+        """A new transport to ``target`` (one per connection); a journaled key gets ``-k`` as its identity file."""
+        from kensa.hosts.ssh import SshTransport
+
+        if target.identity_file is None and self.key_file is not None:
+            target = replace(target, identity_file=self.key_file)
+        with self.lock:
+            if self.options is None:
+                assert self.args is not None
+                self.options = ssh_options(self.args)
+            made = SshTransport(target, self.options)
+            self.opened.append(made)
+            return made
+
+    def connect(self, target: RemoteTarget) -> Any:
+        """A connected :class:`~kensa.hosts.remote.RemoteHost` of ``target``, named by its key."""
+        from kensa.hosts.remote import connect
+
+        timeouts = self.engine_options()
+        host = connect(self.transport(target), target.root, key=target.key,
+                       connect_timeout=timeouts["connect_timeout"], operation_timeout=timeouts["operation_timeout"])
+        with self.lock:
+            self.opened.append(host)
+        return host
+
+    def engine_options(self) -> Dict[str, Any]:
+        """What :func:`kensa.factory.default_engine` needs to reach ``ssh://`` hosts this way."""
+        args = self.args
+        return {
+            "remote": self.transport,
+            "connect_timeout": getattr(args, "connect_timeout", None) if args is not None else self.options.connect_timeout,
+            "operation_timeout": getattr(args, "timeout", None) if args is not None else self.options.operation_timeout,
+        }
+
+    def close(self) -> None:
+        with self.lock:
+            opened, self.opened = self.opened, []
+        for thing in reversed(opened):
+            thing.close()
+
+
+def _per_host(targets: Sequence[Tuple[str, RemoteTarget]], workers: int,
+              work: Callable[[RemoteTarget], Any]) -> List[Any]:
+    """``work`` for every target, ``workers`` hosts at a time, in target order."""
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
+        return list(pool.map(lambda pair: work(pair[1]), targets))
+
+
+def cmd_check_remote(args: argparse.Namespace, out: TextIO) -> int:
+    """``kensa check RULES -H ...``: each rule's verdict on each host, grouped per host."""
+    from kensa.checks import compliance
+    from kensa.cli.plan import detect_capabilities, implementation_for, load
+    from kensa.handlers import default_registry
+
+    targets = targets_from(args)
+    rules = load(args.rules)
+    handlers = default_registry()
+    run = RemoteRun(None, args.key, args=args)
+
+    def check_host(target: RemoteTarget) -> List[CheckResult]:
+        try:
+            host = run.connect(target)
+            caps = detect_capabilities(host)
+        except KensaError as exc:
+            return [CheckResult(rule.id, target.key, Verdict.ERROR, str(exc)) for rule in rules]
+        found = []
+        for rule in rules:
+            impl, why_not = implementation_for(rule, caps)
+            if impl is None:
+                found.append(CheckResult(rule.id, target.key, Verdict.UNSUPPORTED, why_not))
+                continue
+            try:
+                verdict = compliance(impl, host, handlers)
+                state = Verdict.COMPLIANT if verdict.compliant else Verdict.NOT_COMPLIANT
+                found.append(CheckResult(rule.id, target.key, state, verdict.detail))
+            except KensaError as exc:
+                found.append(CheckResult(rule.id, target.key, Verdict.ERROR, str(exc)))
+        return found
+
+    try:
+        per_host = _per_host(targets, args.workers, check_host)
+    finally:
+        run.close()
+    rows = [row for host_rows in per_host for row in host_rows]
+    code = 0 if all(r.verdict is Verdict.COMPLIANT for r in rows) else 1
+    if args.json:
+        json.dump({"hosts": [{"host": t.key, "name": name, "rules": [
+            {"rule": r.rule, "state": r.verdict.value, "detail": r.detail} for r in host_rows]}
+            for (name, t), host_rows in zip(targets, per_host)]}, out, indent=2)
+        out.write("\n")
+    else:
+        from kensa.cli.render import print_table
+
+        print_table([(r.host, r.rule, r.verdict.value, r.detail) for r in rows], ("HOST", "RULE", "STATE", "DETAIL"), out)
+    return code
+
+
+def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Callable[..., Any],
+                         run_batch: Callable[..., List[TransactionResult]],
+                         exit_code_for: Callable[[Sequence[TransactionResult], bool], int]) -> int:
+    """``kensa remediate RULES -H ...``: plan on each host, then one batch over all of them.
+
+    ``make_engine(remote=...)`` builds the engine, ``run_batch`` runs the
+    transactions, ``exit_code_for`` rates the results (all from kensa.cli.main).
+    """
+    from kensa.cli.plan import Target, load, transactions_for
+
+    targets = targets_from(args)
+    rules = load(args.rules)
+    run = RemoteRun(None, args.key, args=args)
+    failed: Dict[str, str] = {}
+    unsupported: List[Dict[str, Any]] = []
+
+    def plan_host(target: RemoteTarget) -> List[Transaction]:
+        try:
+            host = run.connect(target)
+            txns, skipped = transactions_for(rules, Target(target.key, target.root), host)
+        except KensaError as exc:
+            failed[target.key] = str(exc)
+            return []
+        unsupported.extend(dict(u, host=target.key) for u in skipped)
+        return txns
+
+    try:
+        txns = [txn for host_txns in _per_host(targets, args.workers, plan_host) for txn in host_txns]
+        engine = make_engine(**run.engine_options())
+        results = run_batch(engine, txns, args.workers, show_progress=not args.json) if txns else []
+    finally:
+        run.close()
+    by_host: Dict[str, List[TransactionResult]] = {}
+    for result in results:
+        by_host.setdefault(result.host, []).append(result)
+    if args.json:
+        from kensa.cli.render import result_dict
+
+        json.dump({"hosts": [{"host": t.key, "name": name, "error": failed.get(t.key),
+                              "results": [result_dict(r) for r in by_host.get(t.key, [])],
+                              "unsupported": [u for u in unsupported if u["host"] == t.key]}
+                             for name, t in targets]}, out, indent=2)
+        out.write("\n")
+    else:
+        _print_remediation(targets, rules, by_host, failed, unsupported, out)
+    code = exit_code_for(results, bool(unsupported))
+    return max(code, 1) if failed else code
+
+
+def _print_remediation(targets: Sequence[Tuple[str, RemoteTarget]], rules: Sequence[Any],
+                       by_host: Dict[str, List[TransactionResult]], failed: Dict[str, str],
+                       unsupported: List[Dict[str, Any]], out: TextIO) -> None:
+    from kensa.cli.render import print_table, result_detail
+
+    rows = []
+    for _, target in targets:
+        if target.key in failed:
+            rows += [(target.key, rule.id, "errored", "yes", failed[target.key]) for rule in rules]
+            continue
+        rows += [(target.key, r.rule, r.status.value, "yes" if r.host_unchanged else "no", result_detail(r))
+                 for r in by_host.get(target.key, [])]
+        rows += [(target.key, u["rule"], u["status"], "yes", u["detail"]) for u in unsupported if u["host"] == target.key]
+    print_table(rows, ("HOST", "RULE", "STATUS", "UNCHANGED", "DETAIL"), out)
+
+
+@contextlib.contextmanager
+def login(args: argparse.Namespace) -> Iterator[RemoteRun]:
+    """The transports rollback and recover reach journaled ``ssh://`` hosts with; closed at the end.
+
+    The sudo password is read (from stdin or the terminal) only when a transport is first made.
+    """
+    run = RemoteRun(None, args.key, args=args)
+    try:
+        yield run
+    finally:
+        run.close()

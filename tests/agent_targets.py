@@ -1,0 +1,65 @@
+"""Remote targets for tests: kensa's agent started as a local process by SubprocessTransport.
+
+The agent runs with this test run's own Python (its directory first on PATH,
+so the bootstrap's ``python3`` is that interpreter) and is confined, like any
+remote agent, to the root it is told. ``py36_path`` makes a ``python3`` that
+runs the agent with what Python 3.7+ added taken away before the payload
+loads: ``import dataclasses`` fails and ``typing`` has no ``Protocol``,
+``runtime_checkable`` or ``Literal``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Dict, Optional
+
+from kensa.hosts.remote import SubprocessTransport
+from kensa.model import RemoteTarget
+
+PYTHON_DIR = os.path.dirname(sys.executable)
+
+
+def agent_env(path: Optional[str] = None) -> Dict[str, str]:
+    """An environment whose PATH finds this run's Python first (or is exactly ``path``)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    env["PATH"] = path if path is not None else f"{PYTHON_DIR}:/usr/bin:/bin"
+    return env
+
+
+def transport(name: str = "target", path: Optional[str] = None) -> SubprocessTransport:
+    """A transport that starts the agent on this machine under the name ``name``."""
+    return SubprocessTransport(name=name, env=agent_env(path))
+
+
+def transport_for(target: RemoteTarget) -> SubprocessTransport:
+    """The ``remote=`` function of default_engine in tests: every target is this machine."""
+    return transport(target.host)
+
+
+_PY36 = '''#!/bin/sh
+# python3 as Python 3.6 would look to kensa's agent: no dataclasses, no typing.Protocol,
+# runtime_checkable or Literal. Run as: python3 [-I] -c SOURCE [ARGS...]
+[ "$1" = "-I" ] && shift
+[ "$1" = "-c" ] || exec {python} "$@"
+shift
+exec {python} -I -c '
+import sys, typing
+sys.modules["dataclasses"] = None
+for name in ("Protocol", "runtime_checkable", "Literal"):
+    delattr(typing, name)
+source = sys.argv[1]
+sys.argv = ["-c"] + sys.argv[2:]
+exec(compile(source, "<string>", "exec"))
+' "$@"
+'''
+
+
+def py36_path(directory: Path) -> str:
+    """A PATH whose ``python3`` is this run's Python with the 3.7+ features removed (see the module docstring)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / "python3"
+    wrapper.write_text(_PY36.replace("{python}", sys.executable))
+    wrapper.chmod(0o755)
+    return f"{directory}:/usr/bin:/bin"

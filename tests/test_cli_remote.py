@@ -1,0 +1,135 @@
+"""The command line for remote hosts: -H and its login flags, what they refuse, how the sudo password is read."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+from typing import Tuple
+
+import pytest
+
+from kensa.cli.main import EXIT_BAD_INPUT, build_parser, main
+from kensa.cli.remote import parse_host, ssh_options, targets_from
+from kensa.errors import UsageError
+from kensa.model import RemoteTarget
+
+RULE = """\
+id: test-remote-banner
+title: A banner line on the remote host
+description: Writes one known line into /etc/issue.net of the target root.
+severity: low
+category: system
+implementations:
+  - default: true
+    remediation:
+      mechanism: file_content
+      path: /etc/issue.net
+      content: "Authorized use only\\n"
+"""
+
+
+def rule_file(tmp_path: Path) -> str:
+    path = tmp_path / "rule.yml"
+    path.write_text(RULE)
+    return str(path)
+
+
+def kensa_cli(*argv: str) -> Tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("web01", RemoteTarget("web01", "ops", 2222, "/srv/t")),
+        ("admin@web01", RemoteTarget("web01", "admin", 2222, "/srv/t")),
+        ("admin@10.0.0.5:22", RemoteTarget("10.0.0.5", "admin", 22, "/srv/t")),
+        ("[::1]:2200", RemoteTarget("::1", "ops", 2200, "/srv/t")),
+    ],
+)
+def test_a_host_entry_fills_in_user_and_port_from_the_flags(spec: str, expected: RemoteTarget) -> None:
+    """-H [user@]host[:port]: what the entry names wins, -u and -p fill in the rest; --root is the root on the host."""
+    assert parse_host(spec, "ops", 2222, "/srv/t", None) == expected
+
+
+@pytest.mark.parametrize("spec", ["-oProxyCommand=touch {marker}", "web01;touch {marker}", "$(touch {marker})",
+                                  "a b", "ops@-oProxyCommand=x", "-l@web01", "web01:99999", "web01:"])
+def test_hostile_or_malformed_host_entries_are_refused_and_nothing_runs(tmp_path: Path, spec: str) -> None:
+    """A -H entry that ssh could read as an option, a shell could run, or that is malformed: exit 2 naming it, nothing ran."""
+    marker = tmp_path / "ran"
+    code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "check", rule_file(tmp_path),
+                          f"--hosts=web00,{spec.format(marker=marker)}")
+    assert code == EXIT_BAD_INPUT
+    assert not marker.exists() and not (tmp_path / "j.db").exists()
+
+
+def test_the_sudo_password_cannot_be_given_as_an_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No option takes the sudo password as an argument (it would be in argv, ps and shell history)."""
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["remediate", rule_file(tmp_path), "-H", "web01", "--sudo-password", "secret"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["remediate", "rules.yml", "-H", "web01", *argv])
+
+
+def test_the_sudo_password_is_read_from_the_first_line_of_stdin() -> None:
+    """--sudo-password-stdin reads one line (without its newline) and turns sudo on; the rest of stdin is left."""
+    stdin = io.StringIO("s3cret pass\nnext line\n")
+    options = ssh_options(parsed("--sudo-password-stdin"), stdin)
+    assert options.sudo and options.sudo_password == "s3cret pass"
+    assert "s3cret" not in repr(options)
+    assert stdin.read() == "next line\n"
+
+
+def test_an_empty_stdin_for_the_sudo_password_is_an_error() -> None:
+    """--sudo-password-stdin with nothing on stdin: a usage error, not an empty password."""
+    with pytest.raises(UsageError, match="stdin is empty"):
+        ssh_options(parsed("--sudo-password-stdin"), io.StringIO(""))
+
+
+def test_asking_for_the_sudo_password_needs_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--ask-sudo-password without a terminal on stdin is a usage error pointing to --sudo-password-stdin."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("not a tty\n"))
+    with pytest.raises(UsageError, match="--sudo-password-stdin"):
+        ssh_options(parsed("--ask-sudo-password"))
+
+
+def test_login_flags_become_ssh_options(tmp_path: Path) -> None:
+    """--strict-host-keys, --known-hosts, --ssh-config and the timeouts reach the SshOptions."""
+    config = tmp_path / "ssh_config"
+    config.write_text("")
+    options = ssh_options(parsed("--strict-host-keys", "--known-hosts", str(tmp_path / "kh"), "--ssh-config", str(config),
+                                 "--connect-timeout", "3", "--timeout", "40", "--sudo"))
+    assert (options.strict_host_keys, options.known_hosts_file, options.ssh_config_file) == (True, str(tmp_path / "kh"), str(config))
+    assert (options.connect_timeout, options.operation_timeout, options.sudo, options.sudo_password) == (3, 40, True, None)
+
+
+def test_hosts_are_taken_once_in_order_from_every_h(tmp_path: Path) -> None:
+    """-H a,b -H c,a: hosts a, b, c, each once, in the order first named."""
+    args = build_parser().parse_args(["check", "r.yml", "-H", "a,b", "-H", "c,a", "-u", "ops"])
+    assert [t.host for _, t in targets_from(args)] == ["a", "b", "c"]
+
+
+def test_inventory_hosts_take_the_command_line_where_the_inventory_is_silent(tmp_path: Path) -> None:
+    """--inventory: the file's user/port/root win; -u, -p, -k and --root fill in what it leaves out; --limit selects."""
+    key = tmp_path / "id"
+    key.write_text("")
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("[web]\nweb01 ansible_user=admin\nweb02 ansible_port=2200 kensa_root=/srv/w2\n[db]\ndb01\n")
+    args = build_parser().parse_args(["check", "r.yml", "--inventory", str(inventory), "--limit", "web", "-u", "ops",
+                                      "-p", "22", "-k", str(key), "--root", "/srv/all"])
+    assert [t for _, t in targets_from(args)] == [
+        RemoteTarget("web01", "admin", 22, "/srv/all", str(key)),
+        RemoteTarget("web02", "ops", 2200, "/srv/w2", str(key)),
+    ]
+
+
+def test_limit_without_an_inventory_is_refused(tmp_path: Path) -> None:
+    """--limit selects from an inventory: without --inventory it is a usage error (exit 2)."""
+    code, _ = kensa_cli("--journal", str(tmp_path / "j.db"), "check", rule_file(tmp_path), "-H", "web01", "--limit", "web")
+    assert code == EXIT_BAD_INPUT

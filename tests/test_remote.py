@@ -1,0 +1,313 @@
+"""Transactions on a remote host: the engine runs each step phase on kensa's agent.
+
+The agent is a real process started by SubprocessTransport (tests/agent_targets.py)
+behind ``ssh://`` host keys, so the engine, the journal, the audit emitter and
+recovery meet exactly what they meet over SSH; the trees are real directories
+compared by snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from agent_targets import transport, transport_for
+from conftest import AuditListener, decode_value, kensa_records, parse_fields, require_audit
+from conftest import snapshot_tree as snapshot
+from kensa import default_engine
+import kensa.audit.emitter as audit
+from kensa.engine import Engine
+from kensa.errors import PathEscapeError
+from kensa.handlers import default_registry
+from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect, parse_remote_key
+from kensa.journal import SqliteJournal
+from kensa.model import RemoteTarget, Status, Step, Transaction
+
+AUDIT_RULE = "-w /etc/shadow -p wa -k kensa-remote-test"
+
+
+def make_tree(base: Path) -> Path:
+    root = base / "root"
+    files = {
+        "etc/motd": b"welcome\n",
+        "etc/ssh/sshd_config": b"Port 22\nPermitRootLogin yes\n",
+        "proc/sys/net/ipv4/ip_forward": b"1\n",
+    }
+    (root / "etc/sysctl.d").mkdir(parents=True)
+    (root / "etc/audit/rules.d").mkdir(parents=True)
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(0o644)
+    return root
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return make_tree(tmp_path)
+
+
+class Records:
+    """An audit emitter that keeps (txn, host, phase, ok) in order."""
+
+    def __init__(self) -> None:
+        self.seen: List[Tuple[str, str, str, bool]] = []
+
+    def transaction(self, txn: str, rule: str, host: str) -> "Records.Recorder":
+        return Records.Recorder(self.seen, txn, host)
+
+    class Recorder:
+        def __init__(self, seen: List[Tuple[str, str, str, bool]], txn: str, host: str) -> None:
+            self.seen, self.txn, self.host = seen, txn, host
+
+        def emit(self, phase: str, ok: bool) -> None:
+            self.seen.append((self.txn, self.host, phase, ok))
+
+    def phases(self, txn_id: str) -> List[Tuple[str, bool]]:
+        return [(phase, ok) for txn, _, phase, ok in self.seen if txn == txn_id]
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Tuple[Engine, Records]]:
+    records = Records()
+    hosts = RemoteHosts(transport_for)
+    with SqliteJournal(tmp_path / "journal.db") as journal:
+        yield Engine(default_registry(), audit=records, journal=journal, hosts=hosts), records
+    hosts.close()
+
+
+def key_of(root: Path, name: str = "target") -> str:
+    return f"ssh://admin@{name}{root}"
+
+
+def real_rules() -> Tuple[Step, ...]:
+    return (
+        Step("file_content", {"path": "/etc/motd", "content": "authorized use only\n", "mode": "0600"}),
+        Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}),
+        Step("sysctl_set", {"key": "net.ipv4.ip_forward", "value": "0"}),
+        Step("audit_rule_set", {"rule": AUDIT_RULE}),
+    )
+
+
+def test_real_rules_commit_on_a_remote_root_and_roll_back_by_id(engine: Tuple[Engine, Records], root: Path) -> None:
+    """file_content, config_set, sysctl_set and audit_rule_set (a non-live root) commit on the remote
+    root, each phase on the agent; a rollback by id brings the tree back to its snapshot exactly."""
+    eng, records = engine
+    before = snapshot(root)
+    txn = Transaction("remote-rules", real_rules(), host=key_of(root))
+    result = eng.run(txn)
+    assert result.status is Status.COMMITTED, result.error
+    assert (root / "etc/motd").read_text() == "authorized use only\n"
+    assert "PermitRootLogin no" in (root / "etc/ssh/sshd_config").read_text()
+    assert (root / "proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
+    assert AUDIT_RULE in (root / "etc/audit/rules.d/99-kensa.rules").read_text()
+    assert all(host == key_of(root) for _, host, _, _ in records.seen)
+    back = eng.rollback(txn.id)
+    assert back.status is Status.ROLLED_BACK and back.host_unchanged, back.error
+    assert snapshot(root) == before
+
+
+def test_a_failed_validate_rolls_back_on_the_remote_root(engine: Tuple[Engine, Records], root: Path) -> None:
+    """Two steps on one file, the second undoing the first: validate fails, the run's own rollback
+    restores both through the agent (the second captured through the first's plan), tree as before."""
+    eng, records = engine
+    before = snapshot(root)
+    steps = (Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "Port", "value": "2222"}),
+             Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "Port", "value": "2200"}))
+    txn = Transaction("remote-undo", steps, host=key_of(root))
+    result = eng.run(txn)
+    assert result.status is Status.ROLLED_BACK and result.host_unchanged, result.error
+    assert records.phases(txn.id) == [("started", True), ("capture", True), ("apply", True), ("validate", False),
+                                      ("rolled_back", False)]
+    assert snapshot(root) == before
+
+
+def test_one_request_per_handler_phase(engine: Tuple[Engine, Records], root: Path) -> None:
+    """A committed transaction of N steps costs exactly N captures, N applies and the validates
+    (one to find the first non-compliant step, then N): no per-file round trips, no extra planned()."""
+    eng, _ = engine
+    txn = Transaction("remote-count", real_rules(), host=key_of(root))
+    host = eng.hosts(txn.host)
+    assert isinstance(host, RemoteHost)
+    host.connection.counts.clear()
+    assert eng.run(txn).status is Status.COMMITTED
+    steps = len(txn.steps)
+    assert dict(host.connection.counts) == {"validate": 1 + steps, "capture": steps, "apply": steps}
+
+
+@pytest.mark.parametrize("killed_before_apply", [1, 2])
+def test_killed_agent_during_apply_leaves_it_for_recovery_over_a_new_connection(
+    engine: Tuple[Engine, Records], root: Path, killed_before_apply: int
+) -> None:
+    """The agent is killed as the engine sends the Nth apply of a three-step transaction: the result
+    is errored, host_unchanged False, naming the host and recovery; the audit trail shows the failed
+    apply; the journal entry stays interrupted. Engine.recover reconnects and reverses it: the tree
+    equals its snapshot."""
+    eng, records = engine
+    before = snapshot(root)
+    txn = Transaction("remote-kill", real_rules()[:3], host=key_of(root))
+    host = eng.hosts(txn.host)
+    assert isinstance(host, RemoteHost)
+    applies = []
+
+    def kill_at_apply(op: str, mechanism: Optional[str]) -> None:
+        if op == "apply":
+            applies.append(mechanism)
+            if len(applies) == killed_before_apply:
+                os.kill(host.hello["pid"], 9)
+
+    host.connection.observer = kill_at_apply
+    result = eng.run(txn)
+    assert result.status is Status.ERRORED and not result.host_unchanged
+    assert result.error is not None and result.error.type == "HostConnectionLost"
+    assert txn.host in result.error.message and "kensa recover" in result.error.message
+    assert records.phases(txn.id) == [("started", True), ("capture", True), ("apply", False), ("errored", False)]
+    journal = eng.journal
+    assert [entry.txn.id for entry in journal.interrupted()] == [txn.id]  # type: ignore[union-attr]
+    if killed_before_apply == 2:
+        assert (root / "etc/motd").read_text() == "authorized use only\n"  # the first step did apply
+    recovered = eng.recover()
+    assert [r.status for r in recovered] == [Status.RECOVERED], recovered
+    assert recovered[0].host_unchanged
+    again = eng.hosts(txn.host)
+    assert again is not host and again.alive
+    assert snapshot(root) == before
+    assert journal.interrupted() == []  # type: ignore[union-attr]
+
+
+def test_a_symlink_out_of_the_remote_root_is_refused_naming_the_path(engine: Tuple[Engine, Records], root: Path,
+                                                                   tmp_path: Path) -> None:
+    """A symlink planted in the remote root pointing outside it is refused by the agent's confinement
+    (PathEscapeError with the path, here and through the engine); the outside file is untouched."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "motd").write_text("not kensa's\n")
+    (root / "etc" / "evil").symlink_to(outside)
+    eng, _ = engine
+    txn = Transaction("remote-escape", (Step("file_content", {"path": "/etc/evil/motd", "content": "x\n"}),),
+                      host=key_of(root))
+    result = eng.run(txn)
+    assert result.status is Status.ERRORED and result.host_unchanged
+    assert result.error is not None and result.error.type == "PathEscapeError"
+    assert "/etc/evil" in result.error.message
+    host = eng.hosts(txn.host)
+    with pytest.raises(PathEscapeError) as caught:
+        host.read_file("/etc/evil/motd")
+    assert caught.value.path == "/etc/evil/motd"
+    assert (outside / "motd").read_text() == "not kensa's\n"
+
+
+def test_an_unreachable_host_fails_only_its_own_transactions(tmp_path: Path, root: Path) -> None:
+    """In a batch, the transactions of a host whose agent cannot start end errored in preflight,
+    host untouched; the other host's commit."""
+    def transports(target: RemoteTarget) -> SubprocessTransport:
+        if target.host == "down":
+            return SubprocessTransport(["/nonexistent/ssh"], name="down")
+        return transport(target.host)
+
+    other = make_tree(tmp_path / "other")
+    hosts = RemoteHosts(transports, connect_timeout=10)
+    try:
+        with SqliteJournal(tmp_path / "journal.db") as journal:
+            eng = Engine(default_registry(), journal=journal, hosts=hosts)
+            step = Step("file_content", {"path": "/etc/motd", "content": "hi\n"})
+            down = Transaction("r", (step,), host=key_of(other, "down"))
+            up = Transaction("r", (step,), host=key_of(root, "up"))
+            results = eng.run_many([down, up])
+    finally:
+        hosts.close()
+    assert results[0].status is Status.ERRORED and results[0].host_unchanged
+    assert results[0].error is not None and "down" in results[0].error.message
+    assert results[1].status is Status.COMMITTED
+    assert (other / "etc/motd").read_text() == "welcome\n"
+
+
+def test_remote_keys_are_canonical(tmp_path: Path) -> None:
+    """ssh:// keys parse into RemoteTarget and spell one target one way; a bad key is refused."""
+    assert parse_remote_key("ssh://u@h:2222//srv/./r/") == RemoteTarget(host="h", user="u", port=2222, root="/srv/r")
+    hosts = RemoteHosts(transport_for)
+    assert hosts.canonical_key("ssh://h/srv/r/") == "ssh://h/srv/r"
+    assert hosts.canonical_key("ssh://h") == "ssh://h/"
+    with pytest.raises(ValueError):
+        parse_remote_key("ssh://u:pw@h/")
+
+
+def test_a_remote_host_as_easy_as_a_local_one(root: Path, tmp_path: Path) -> None:
+    """default_engine(remote=...) runs an ssh:// transaction through the given transports."""
+    eng = default_engine(str(tmp_path / "j.db"), audit=False, remote=transport_for)
+    result = eng.run(Transaction("easy", (Step("file_content", {"path": "/etc/motd", "content": "x\n"}),), host=key_of(root)))
+    assert result.status is Status.COMMITTED
+    assert (root / "etc/motd").read_text() == "x\n"
+    eng.hosts.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.serial
+def test_kernel_records_of_a_remote_transaction_name_the_remote_host(listener: AuditListener, root: Path,
+                                                                     tmp_path: Path) -> None:
+    """The controller's kernel audit records of a remote transaction carry host= the ssh:// key."""
+    emitter = audit.open_emitter()
+    if not isinstance(emitter, audit.AuditEmitter):
+        require_audit(f"emission is off: {audit.status()}")
+    hosts = RemoteHosts(transport_for)
+    try:
+        with SqliteJournal(tmp_path / "journal.db") as journal:
+            eng = Engine(default_registry(), audit=emitter, journal=journal, hosts=hosts)
+            key = key_of(root, f"web-{uuid.uuid4().hex[:8]}")
+            txn = Transaction("remote-audit", real_rules()[:1], host=key)
+            assert eng.run(txn).status is Status.COMMITTED
+            assert emitter.flush(10)
+    finally:
+        hosts.close()
+    records = kensa_records(listener, txn.id, 5)
+    got = []
+    for record in records:
+        fields: Dict[str, Any] = dict(parse_fields(record.body))
+        assert decode_value(fields["host"]).decode() == key
+        got.append(fields["phase"])
+    assert got == ["started", "capture", "apply", "validate", "committed"]
+    emitter.close()
+
+
+def test_checks_read_a_remote_host_one_round_trip_per_read(root: Path) -> None:
+    """A check method evaluates against a RemoteHost as against a local one; each host read it
+    makes is one request to the agent."""
+    from kensa.checks import CHECKS
+
+    host = connect(transport("checked"), str(root))
+    try:
+        method = CHECKS["config_value"]
+        assert method.evaluate(host, {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "expected": "yes"})
+        assert not method.evaluate(host, {"path": "/etc/ssh/sshd_config", "key": "Port", "expected": "2222"})
+        reads = {op: n for op, n in host.connection.counts.items() if op != "hello"}
+        assert sum(reads.values()) == 2, reads
+    finally:
+        host.close()
+
+
+def test_a_forked_child_opens_its_own_connection(root: Path) -> None:
+    """A child forked from a process holding a connection gets a new agent for the same key, and the
+    parent's connection still answers afterwards (the child neither used nor closed it)."""
+    hosts = RemoteHosts(transport_for)
+    key = key_of(root, "forked")
+    try:
+        parent = hosts(key)
+        pid = os.fork()
+        if pid == 0:  # the child: exit status says what it saw
+            try:
+                mine = hosts(key)
+                ok = mine is not parent and mine.hello["pid"] != parent.hello["pid"] and mine.read_bytes("/etc/motd") == b"welcome\n"
+                mine.close()
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert hosts(key) is parent and parent.alive
+        assert parent.read_bytes("/etc/motd") == b"welcome\n"
+    finally:
+        hosts.close()
