@@ -67,6 +67,7 @@ class Server:
                 f"PidFile {self.dir / 'sshd.pid'}\nAuthorizedKeysFile {self.authorized}\n"
                 "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
                 "PermitRootLogin prohibit-password\nMaxStartups 500\nMaxSessions 500\nLogLevel ERROR\n"
+                "Subsystem sftp internal-sftp\n"
             )
             log = open(self.dir / "sshd.log", "ab")
             self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
