@@ -212,8 +212,7 @@ def render(result: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_readme(text: str) -> None:
-    readme = HERE / "README.md"
+def _write_readme(text: str, readme: Path) -> None:
     block = f"{README_BEGIN}\n```\n{text}```\n{README_END}"
     current = readme.read_text() if readme.exists() else ""
     if README_BEGIN in current and README_END in current:
@@ -239,6 +238,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (roots, outputs) and print where it is")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--readme", default=str(HERE / "README.md"), help="the file whose fleet results block is rewritten")
     args = p.parse_args(argv)
     tools = [tool for tool in args.tools.split(",") if tool]
     executables = {"ansible-playbook": args.ansible_playbook, "pyinfra": args.pyinfra}
@@ -294,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.makedirs(args.out, exist_ok=True)
         Path(args.out, "fleet.txt").write_text(text)
         Path(args.out, "fleet.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        _write_readme(text)
+        _write_readme(text, Path(args.readme))
     return 0
 
 
