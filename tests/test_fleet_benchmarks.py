@@ -26,7 +26,7 @@ def test_group_commit_benchmark_prints_both_variants_and_their_ratio() -> None:
     """`python -m benchmarks.groupcommit` (small) exits 0 with a row per variant, their commit counts and the ratio."""
     proc = _run("benchmarks.groupcommit", "--threads", "4", "--per-thread", "3", "--rounds", "1", "--no-write")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    rows = {words[0]: words for words in map(str.split, proc.stdout.splitlines()) if len(words) == 6 and words[0] in ("per-call", "group")}
+    rows = {words[0]: words for words in map(str.split, proc.stdout.splitlines()) if len(words) == 6 and words[0] in ("per-call", "group") and words[3].isdigit()}
     assert set(rows) == {"per-call", "group"}
     # 12 transactions, begin and finish each: 24 durable writes in both variants, one commit each in per-call.
     assert rows["per-call"][3:5] == ["24", "24"] and rows["group"][4] == "24"
