@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 SSHD = "/usr/sbin/sshd"
 SUDOERS_DIR = Path("/etc/sudoers.d")
@@ -266,6 +266,36 @@ class SshdRig:
         if self.sudoers is not None:
             with_missing_ok(self.sudoers)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _proc_files(name: str) -> List[Tuple[int, bytes]]:
+    """(pid, bytes of /proc/PID/<name>) of every process now running."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                found.append((int(entry), Path(f"/proc/{entry}/{name}").read_bytes()))
+            except OSError:
+                continue  # it ended meanwhile
+    return found
+
+
+def cmdlines() -> List[Tuple[int, str]]:
+    """(pid, command line with spaces) of every process now running."""
+    return [(pid, raw.replace(b"\0", b" ").decode("utf-8", "replace")) for pid, raw in _proc_files("cmdline")]
+
+
+def descendants(pid: int) -> List[int]:
+    """Every process below ``pid`` (an sshd's: the sessions, shells and agents it started)."""
+    children: Dict[int, List[int]] = {}
+    for child, stat in _proc_files("stat"):
+        children.setdefault(int(stat.rsplit(b")", 1)[1].split()[1]), []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _kill_processes_of(user: str) -> None:

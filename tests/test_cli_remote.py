@@ -5,39 +5,18 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
-from typing import Tuple
 
 import pytest
 
-from kensa.cli.main import EXIT_BAD_INPUT, build_parser, main
+from kensa.cli.main import EXIT_BAD_INPUT, build_parser
 from kensa.cli.remote import parse_host, ssh_options, targets_from
 from kensa.errors import UsageError
 from kensa.model import RemoteTarget
-
-RULE = """\
-id: test-remote-banner
-title: A banner line on the remote host
-description: Writes one known line into /etc/issue.net of the target root.
-severity: low
-category: system
-implementations:
-  - default: true
-    remediation:
-      mechanism: file_content
-      path: /etc/issue.net
-      content: "Authorized use only\\n"
-"""
+from test_ssh_e2e import kensa_cli, rules_dir
 
 
 def rule_file(tmp_path: Path) -> str:
-    path = tmp_path / "rule.yml"
-    path.write_text(RULE)
-    return str(path)
-
-
-def kensa_cli(*argv: str) -> Tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out=out), out.getvalue()
+    return rules_dir(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -52,6 +31,12 @@ def kensa_cli(*argv: str) -> Tuple[int, str]:
 def test_a_host_entry_fills_in_user_and_port_from_the_flags(spec: str, expected: RemoteTarget) -> None:
     """-H [user@]host[:port]: what the entry names wins, -u and -p fill in the rest; --root is the root on the host."""
     assert parse_host(spec, "ops", 2222, "/srv/t", None) == expected
+
+
+@pytest.mark.parametrize("root, key", [("/srv/t/", "ssh://web01/srv/t"), ("//", "ssh://web01/"), ("/srv/./t", "ssh://web01/srv/t")])
+def test_a_root_is_keyed_in_one_spelling(root: str, key: str) -> None:
+    """--root /srv/t/ and /srv/t are one target: the key the engine journals results under, so none goes missing from the report."""
+    assert parse_host("web01", None, None, root, None).key == key
 
 
 @pytest.mark.parametrize("spec", ["-oProxyCommand=touch {marker}", "web01;touch {marker}", "$(touch {marker})",

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from conftest import kensa_records, snapshot_tree
 from kensa.cli.main import EXIT_NOT_APPLIED, EXIT_OK, main
 from kensa.journal.store import SqliteJournal
 from kensa.model import RemoteTarget, Status, Step, Transaction
+from sshd import cmdlines, descendants
 
 RULES = {
     "banner.yml": """\
@@ -179,6 +181,26 @@ def test_a_stopped_host_and_a_refusing_host_fail_only_their_rules(sshd_rig: Any,
             host.remove()
 
 
+def test_a_host_that_never_answers_times_out_and_only_its_rules_fail(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """A host that accepts TCP but never speaks SSH: its rules error at --connect-timeout, naming it and
+    saying it timed out; the rules of the working host are checked."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    root = make_root(sshd_rig, "silent")
+    try:
+        code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "check", rules_dir(tmp_path), "-H",
+                              f"root@127.0.0.1:{port},{host_arg(sshd_host)}", "--root", str(root), "--workers", "2",
+                              *login(sshd_rig, tmp_path), "--connect-timeout", "2")
+    finally:
+        silent.close()
+    assert code == EXIT_NOT_APPLIED
+    rows = out.splitlines()[1:]
+    assert [r.split()[2] for r in rows] == ["error", "error", "not_compliant", "not_compliant"], out
+    assert all(f"127.0.0.1:{port}: connection timed out (connect timeout 2 s)" in r for r in rows[:2])
+
+
 def test_a_changed_host_key_fails_that_host_naming_it(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
     """A host whose key changed since it was remembered: its rules error, naming it and the changed key; nothing changes there."""
     root = make_root(sshd_rig, "rekey")
@@ -187,7 +209,7 @@ def test_a_changed_host_key_fails_that_host_naming_it(sshd_rig: Any, sshd_host: 
     assert kensa_cli(*args)[0] == EXIT_NOT_APPLIED
     sshd_host.rekey()
     before = snapshot_tree(root)
-    code, out = kensa_cli(*args[:4], "remediate", *args[5:])
+    code, out = kensa_cli(*args[:3], "remediate", *args[4:])
     assert code == EXIT_NOT_APPLIED
     assert out.count(f"127.0.0.1:{sshd_host.port}: the host's key differs") == 2
     assert snapshot_tree(root) == before
@@ -246,6 +268,28 @@ def test_sudo_with_a_password_from_stdin_keeps_it_out_of_output_journal_and_reco
     assert sshd_rig.sudo_password not in wrong.stdout + wrong.stderr
 
 
+def test_the_agent_under_a_sudo_password_runs_as_root_with_the_password_in_no_command_line(
+        sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """kensa's agent started through sudo -S for a user whose sudo asks for a password: it reads a
+    root-only file of its root, and while it runs no process's command line holds the password."""
+    from kensa.hosts.remote import connect
+    from kensa.hosts.ssh import SshOptions, SshTransport
+
+    root = make_root(sshd_rig, "agentpw")
+    (root / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (root / "etc" / "shadow").chmod(0o600)
+    target = RemoteTarget("127.0.0.1", sshd_rig.users["password"], sshd_host.port, str(root), str(sshd_rig.user_key))
+    options = SshOptions(sudo=True, sudo_password=sshd_rig.sudo_password, known_hosts_file=str(tmp_path / "kh"))
+    host = connect(SshTransport(target, options), str(root), key=target.key, connect_timeout=60)
+    try:
+        assert host.read_bytes("/etc/shadow") == b"root:*:19000:0:99999:7:::\n"
+        running = [cmd for _, cmd in cmdlines()]
+        assert any("sudo -S" in cmd for cmd in running), "the sudo process was not seen"
+        assert not [cmd for cmd in running if sshd_rig.sudo_password in cmd]
+    finally:
+        host.close()
+
+
 @pytest.mark.serial
 def test_audit_records_of_a_remote_transaction_carry_its_host(sshd_rig: Any, sshd_host: Any, tmp_path: Path,
                                                               listener: Any) -> None:
@@ -269,8 +313,9 @@ class StallingTransport:
     ``agent_pid`` the agent on the target, ``strace`` the tracer.
     """
 
-    def __init__(self, inner: Any, sshd_pid: int, stall_dir: Path) -> None:
+    def __init__(self, inner: Any, sshd_pid: int, stall_dir: Path, log: Path) -> None:
         self.inner = inner
+        self.log = log
         self.sshd_pid = sshd_pid
         self.stall_dir = stall_dir
         self.ssh_proc: Optional["subprocess.Popen[bytes]"] = None
@@ -285,10 +330,10 @@ class StallingTransport:
         proc: "subprocess.Popen[bytes]" = self.inner.spawn(argv, ready, timeout)
         if self.ssh_proc is None:
             self.ssh_proc = proc
-            self.agent_pid = max(pid for pid in descendants(self.sshd_pid) if b"python" in cmdline(pid))
-            log = self.stall_dir.parent / "strace.log"
+            commands = dict(cmdlines())
+            self.agent_pid = max(pid for pid in descendants(self.sshd_pid) if "python" in commands.get(pid, ""))
             self.strace = subprocess.Popen(
-                ["strace", "-f", "-o", str(log), "-p", str(self.agent_pid), "-P", str(self.stall_dir),
+                ["strace", "-f", "-o", str(self.log), "-p", str(self.agent_pid), "-P", str(self.stall_dir),
                  "-e", "trace=rename,renameat,renameat2", "-e", "inject=rename,renameat,renameat2:delay_enter=120s"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             assert self.strace.stderr is not None
@@ -316,7 +361,7 @@ def test_a_connection_killed_mid_apply_is_recovered_over_ssh(sshd_rig: Any, sshd
 
     def transport_for(target: RemoteTarget) -> StallingTransport:
         inner = SshTransport(replace(target, identity_file=str(sshd_rig.user_key)), options)
-        made.append(StallingTransport(inner, sshd_host.proc.pid, root / "srv"))
+        made.append(StallingTransport(inner, sshd_host.proc.pid, root / "srv", tmp_path / "strace.log"))
         return made[-1]
 
     key = key_of(sshd_host, root)
@@ -354,29 +399,3 @@ def test_a_connection_killed_mid_apply_is_recovered_over_ssh(sshd_rig: Any, sshd
     assert code == EXIT_OK, out
     assert key in out
     assert snapshot_tree(root) == before
-
-
-def descendants(pid: int) -> List[int]:
-    """Every process below ``pid``."""
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""

@@ -7,6 +7,7 @@ ready line, as kensa's agent does.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +19,11 @@ from typing import Any, List
 
 import pytest
 
-from kensa.errors import HostAuthError, HostKeyError, HostUnreachableError, RemoteTimeoutError, UsageError
+from kensa.errors import HostAuthError, HostConnectionLost, HostKeyError, HostUnreachableError, RemoteTimeoutError, UsageError
 from kensa.hosts.protocol import Transport
 from kensa.hosts.ssh import SshOptions, SshTransport, check_target
 from kensa.model import RemoteTarget
+from sshd import cmdlines, descendants
 
 READY = b"KENSA-TEST-READY"
 # Prints junk, then the ready line, then its uid, argv and each line it reads back.
@@ -141,11 +143,15 @@ def test_control_directory_is_private_and_removed_at_close(sshd_rig: Any, sshd_h
     t.close()  # a second close does nothing
 
 
-def test_interpreter_exit_ends_the_master_and_removes_its_directory(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
-    """A program that never calls close still leaves no control master or socket directory behind when it exits."""
+@pytest.mark.parametrize("ending", ["", "t.spawn(agent(), READY, 30).kill()\ndel t\ngc.collect()"],
+                         ids=["left-open", "dropped-and-collected"])
+def test_interpreter_exit_ends_the_master_and_removes_its_directory(sshd_rig: Any, sshd_host: Any, tmp_path: Path,
+                                                                     ending: str) -> None:
+    """A program that never calls close, whether it keeps the transport to the end or drops it (a
+    failed connect's, say) and it is collected: at exit no control master or socket directory is left."""
     code = textwrap.dedent(
         f"""
-        import sys
+        import gc, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_ssh_transport import agent, master_pid, READY
         from kensa.hosts.ssh import SshOptions, SshTransport
@@ -155,7 +161,7 @@ def test_interpreter_exit_ends_the_master_and_removes_its_directory(sshd_rig: An
         t.spawn(agent(), READY, 30)
         print(t.control_dir, master_pid(t), flush=True)
         """
-    )
+    ) + ending + "\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
     assert done.returncode == 0, done.stderr
     directory, pid = done.stdout.split()
@@ -318,6 +324,19 @@ def test_stderr_is_drained_after_ready(sshd_rig: Any, sshd_host: Any, tmp_path: 
         assert t.stderr_tail(proc).endswith("END")
 
 
+def test_a_connection_cut_after_ready_is_reported_as_lost(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """The server's side of the connection killed while the command runs: ssh ends with 255 and
+    failure() names it HostConnectionLost, naming the host."""
+    with transport(sshd_rig, sshd_host, tmp_path) as t:
+        proc = t.spawn(agent(), READY, 30)
+        for pid in descendants(sshd_host.proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        code = proc.wait(30)
+        error = t.failure(code, t.stderr_tail(proc))
+        assert code == 255 and isinstance(error, HostConnectionLost), (code, error)
+        assert error.host == t.name and str(error).startswith(f"root@127.0.0.1:{sshd_host.port}: ")
+
+
 def test_sudo_without_a_password_runs_as_root(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
     """Logged in as an unprivileged user with NOPASSWD sudo, the command runs as root (sudo -n)."""
     with transport(sshd_rig, sshd_host, tmp_path, user=sshd_rig.users["nopasswd"], sudo=True) as t:
@@ -357,19 +376,6 @@ def test_sudo_that_needs_a_password_none_was_given_is_an_auth_error(sshd_rig: An
     with transport(sshd_rig, sshd_host, tmp_path, user=sshd_rig.users["password"], sudo=True) as t:
         with pytest.raises(HostAuthError, match="sudo refused .*password is required"):
             t.spawn(agent(), READY, 30)
-
-
-def cmdlines() -> List[tuple]:
-    """(pid, command line with spaces) of every process now running."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            found.append((int(entry), raw.replace(b"\0", b" ").decode("utf-8", "replace")))
-    return found
 
 
 def master_pid(t: SshTransport) -> int:

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import getpass
 import json
+import posixpath
 import re
 import sys
 import threading
@@ -33,8 +34,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Text
 from kensa.errors import KensaError, UsageError
 from kensa.model import CheckResult, RemoteTarget, Transaction, TransactionResult, Verdict
 
-__all__ = ["RemoteRun", "add_login_arguments", "add_target_arguments", "cmd_check_remote", "cmd_remediate_remote",
+__all__ = ["AGENT_START_SECONDS", "RemoteRun", "add_login_arguments", "add_target_arguments", "cmd_check_remote", "cmd_remediate_remote",
            "login", "parse_host", "remote_wanted", "ssh_options", "targets_from"]
+
+#: Seconds the login, sudo and the agent's start may take beyond ``--connect-timeout``.
+AGENT_START_SECONDS = 30.0
 
 # [user@]host[:port], or [user@][v6-address][:port]
 _HOST_SPEC = re.compile(r"(?:(?P<user>[^@]+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:@]+))(?::(?P<port>\d+))?\Z")
@@ -59,7 +63,8 @@ def add_login_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict-host-keys", action="store_true", help="refuse hosts whose key is not already known")
     p.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default: ssh's)")
     p.add_argument("--ssh-config", metavar="FILE", help="ssh client config file (default: ssh's)")
-    p.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S", help="seconds to connect and log in (default 10)")
+    p.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S",
+                   help=f"seconds to reach a host (TCP and SSH banner; default 10); logging in and starting kensa's agent get {AGENT_START_SECONDS:g} s more")
     p.add_argument("--timeout", type=_seconds, default=300.0, metavar="S", help="seconds one operation on a host may take (default 300)")
 
 
@@ -86,6 +91,8 @@ def parse_host(spec: str, user: Optional[str], port: Optional[int], root: str, k
     if match is None:
         raise UsageError(f"-H {spec[:80]!r}: expected [user@]host[:port]")
     given_port = match.group("port")
+    # One spelling per root, as the engine keys it: /srv/t/ and /srv/t are one target.
+    root = "/" if posixpath.normpath(root) in ("/", "//") else posixpath.normpath(root)
     target = RemoteTarget(
         host=match.group("v6") or match.group("host"),
         user=match.group("user") or user,
@@ -135,6 +142,7 @@ def _inventory_targets(args: argparse.Namespace, root: str) -> List[Tuple[str, R
             identity_file=target.identity_file or args.key,
             root=target.root if target.root != "/" else root,
         )
+        target = replace(target, root="/" if posixpath.normpath(target.root) in ("/", "//") else posixpath.normpath(target.root))
         check_target(target)
         found.append((entry.name, target))
     return found
@@ -210,13 +218,16 @@ class RemoteRun:
         return host
 
     def engine_options(self) -> Dict[str, Any]:
-        """What :func:`kensa.factory.default_engine` needs to reach ``ssh://`` hosts this way."""
+        """What :func:`kensa.factory.default_engine` needs to reach ``ssh://`` hosts this way.
+
+        ``--connect-timeout`` bounds reaching the host (ssh's ConnectTimeout: TCP
+        and the banner exchange); the login, sudo and the agent's start get
+        :data:`AGENT_START_SECONDS` more.
+        """
         args = self.args
-        return {
-            "remote": self.transport,
-            "connect_timeout": getattr(args, "connect_timeout", None) if args is not None else self.options.connect_timeout,
-            "operation_timeout": getattr(args, "timeout", None) if args is not None else self.options.operation_timeout,
-        }
+        connect = getattr(args, "connect_timeout", 10.0) if args is not None else self.options.connect_timeout
+        operation = getattr(args, "timeout", 300.0) if args is not None else self.options.operation_timeout
+        return {"remote": self.transport, "connect_timeout": connect + AGENT_START_SECONDS, "operation_timeout": operation}
 
     def close(self) -> None:
         with self.lock:

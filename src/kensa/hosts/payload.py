@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shlex
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Set, Tuple
@@ -187,9 +188,20 @@ class _Annotations(ast.NodeTransformer):
         return node
 
 
+# CPython before 3.11.9 and 3.12.3 keeps one AST recursion counter per interpreter: two
+# threads building ASTs at once (connects to several hosts, a finalizer releasing the GIL
+# in between) make ast.parse raise SystemError. One thread at a time, then.
+_AST_LOCK = threading.Lock()
+
+
 def for_old_python(source: str, filename: str = "<kensa>") -> str:
     """``source`` with ``from __future__ import annotations`` dropped and every annotation
     a string constant, as ``ast.unparse`` writes it: runs on Python 3.6 as it ran here."""
+    with _AST_LOCK:
+        return _for_old_python(source, filename)
+
+
+def _for_old_python(source: str, filename: str) -> str:
     tree = ast.parse(source, filename)
     body = []
     for node in tree.body:
@@ -224,7 +236,9 @@ def _collect() -> Dict[str, Tuple[bool, str]]:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
         sources[name] = (is_package, text)
-        for imported, guarded in _imports(ast.parse(text, path), name, is_package):
+        with _AST_LOCK:
+            tree = ast.parse(text, path)
+        for imported, guarded in _imports(tree, name, is_package):
             if guarded and _source_file(imported) is None:
                 continue
             if imported != "kensa" and imported not in sources:
@@ -249,6 +263,7 @@ def build_payload() -> Payload:
     return Payload(modules, blob, hashlib.sha256(blob).hexdigest())
 
 
+@functools.lru_cache(maxsize=None)
 def bootstrap_source() -> str:
     """The bootstrap module's source, transformed like the payload."""
     path = os.path.join(_PACKAGE_DIR, "hosts", "agent", "bootstrap.py")

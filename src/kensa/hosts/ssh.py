@@ -167,7 +167,7 @@ class SshTransport:
         self._owner = os.getpid()
         self._closed = False
         self._children: "weakref.WeakSet[subprocess.Popen[bytes]]" = weakref.WeakSet()
-        self._stderr: Dict[int, Deque[bytes]] = {}
+        self._stderr: "weakref.WeakKeyDictionary[subprocess.Popen[bytes], Deque[bytes]]" = weakref.WeakKeyDictionary()
         self._slot = _slot_of(target, self.options)
         self._control_dir = _MASTERS.acquire(self._slot)
         _OPEN.add(self)
@@ -269,7 +269,7 @@ class SshTransport:
             _end(proc)
             raise
         kept: Deque[bytes] = deque([err], maxlen=64)
-        self._stderr[proc.pid] = kept
+        self._stderr[proc] = kept
         threading.Thread(target=_drain, args=(proc, kept), name=f"kensa-ssh-stderr-{proc.pid}", daemon=True).start()
         return proc
 
@@ -315,15 +315,18 @@ class SshTransport:
                         err = err.replace(marker.encode(), b"")
                         if prompts > 1:
                             raise HostAuthError(f"{self.name}: sudo refused the sudo password", host=self.name)
-                        proc.stdin.write(password.encode() + b"\n")
-                        proc.stdin.flush()
+                        try:
+                            proc.stdin.write(password.encode() + b"\n")
+                            proc.stdin.flush()
+                        except BrokenPipeError:
+                            pass  # the command ended: its exit status and stderr say why, below
         code = proc.wait()
         raise self.failure(code, err.decode("utf-8", "replace"), before_ready=True)
 
     def failure(self, returncode: Optional[int], stderr: str, before_ready: bool = False) -> RemoteHostError:
         """The error for a command (or ssh) that ended with ``returncode`` and wrote ``stderr``.
 
-        The agent's client calls it when the connection ends under it.
+        For a caller whose command ended after it was ready (255: the connection was lost).
         """
         password = self.options.sudo_password
         text = _scrub(stderr, password)
@@ -360,7 +363,7 @@ class SshTransport:
 
     def stderr_tail(self, proc: "subprocess.Popen[bytes]") -> str:
         """The last output (up to 64 KiB) a spawned command wrote on stderr, the password scrubbed."""
-        kept = self._stderr.get(proc.pid)
+        kept = self._stderr.get(proc)
         text = b"".join(kept).decode("utf-8", "replace") if kept else ""
         return _scrub(text, self.options.sudo_password)[-_STDERR_KEPT:]
 
@@ -463,6 +466,20 @@ class _Masters:
                     shutil.rmtree(self._dir, ignore_errors=True)
                     self._dir = None
 
+    def sweep(self) -> None:
+        """At exit: end the masters of transports dropped without :meth:`SshTransport.close`, remove the directory."""
+        with self._lock:
+            directory, self._dir = self._dir, None
+            self._users = {}
+        if directory is None:
+            return
+        for name in os.listdir(directory):
+            # A mux command needs only the socket; the destination is a placeholder.
+            subprocess.run(["ssh", "-o", f"ControlPath={os.path.join(directory, name)}", "-O", "exit", "--", "kensa"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=30, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._users = {}
@@ -519,3 +536,4 @@ def _close_all() -> None:
             transport.close()
         except Exception:  # noqa: BLE001 - exit goes on; the master ends by its ControlPersist anyway
             pass
+    _MASTERS.sweep()

@@ -1,0 +1,49 @@
+"""Building the agent's payload and command from several threads at once (kensa check -H a,b,c --workers 3)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from pathlib import Path
+from typing import List
+
+from kensa.hosts import payload
+
+BOOTSTRAP = (Path(payload.__file__).parent / "agent" / "bootstrap.py").read_text()
+
+
+class _SlowFinalizer:
+    """Garbage whose finalizer lets other threads run, as subprocess.Popen's and many others' do."""
+
+    def __del__(self) -> None:
+        time.sleep(0.0001)
+
+
+def test_payload_source_transforms_from_several_threads_never_fail() -> None:
+    """Four threads transforming agent source while the collector runs finalizers that release the GIL:
+    none fails. (CPython before 3.11.9 and 3.12.3 keeps one AST recursion counter per interpreter, and
+    ast.parse in two threads at once then raises SystemError: one host's connect would crash the batch.)"""
+    failures: List[str] = []
+
+    def transform() -> None:
+        for _ in range(150):
+            garbage = _SlowFinalizer()
+            garbage.cycle = garbage  # type: ignore[attr-defined]  # freed by the collector, not at once
+            del garbage
+            try:
+                payload.for_old_python(BOOTSTRAP)
+            except SystemError as exc:
+                failures.append(str(exc))
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(50)
+    try:
+        threads = [threading.Thread(target=transform) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        gc.set_threshold(*threshold)
+    assert failures == []
