@@ -63,23 +63,20 @@ def _ssh_clients(marker: str) -> Set[int]:
     return found
 
 
-def memory_kib(pid: int) -> int:
-    """PSS of ``pid`` in KiB (RSS when smaps_rollup is unreadable; 0 when it has ended)."""
+def _kib(path: str, field: str) -> int:
     try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+        with open(path, encoding="ascii") as handle:
             for line in handle:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def memory_kib(pid: int) -> int:
+    """PSS of ``pid`` in KiB (RSS when smaps_rollup is unreadable; 0 when it has ended)."""
+    return _kib(f"/proc/{pid}/smaps_rollup", "Pss:") or _kib(f"/proc/{pid}/status", "VmRSS:")
 
 
 class PeakMemory:
