@@ -48,7 +48,7 @@ def check_name(source: str, line: int, what: str, name: str) -> str:
 @dataclass
 class _Group:
     line: int
-    hosts: List[str] = field(default_factory=list)
+    hosts: Dict[str, None] = field(default_factory=dict)  # an ordered set
     vars: Dict[str, Tuple[Value, int]] = field(default_factory=dict)
     children: List[Tuple[str, int]] = field(default_factory=list)
 
@@ -74,9 +74,7 @@ class Tree:
         check_name(self.source, line, "host", name)
         self.host_lines.setdefault(name, line)
         self.host_vars.setdefault(name, {}).update(variables)
-        members = self.groups[group].hosts
-        if name not in members:
-            members.append(name)
+        self.groups[group].hosts[name] = None
 
     def add_child(self, parent: str, child: str, line: int) -> None:
         """Make ``child`` a child group of ``parent``; ``all`` is nobody's child."""
@@ -97,11 +95,15 @@ class Tree:
             for child, _ in group.children:
                 parents.setdefault(child, []).append(name)
         order = {name: index for index, name in enumerate(self.groups)}
+        direct: Dict[str, List[str]] = {}
+        for name, group in self.groups.items():
+            for host in group.hosts:
+                direct.setdefault(host, []).append(name)
         found: List[InventoryHost] = []
         by_key: Dict[str, InventoryHost] = {}
         for host in self.host_lines:
             member: Set[str] = set()
-            todo = [name for name, group in self.groups.items() if host in group.hosts]
+            todo = list(direct[host])
             while todo:
                 name = todo.pop()
                 if name not in member:

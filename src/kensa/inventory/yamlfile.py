@@ -62,23 +62,25 @@ def _group(tree: Tree, doc: Document, path: FieldPath, name: str, body: Any) -> 
                 f"{', '.join(_GROUP_KEYS)} (host variables go under the host, group variables under vars)"
             )
     tree.groups[name].vars.update(_variables(tree, doc, path + ("vars",), body.get("vars")))
-    hosts = body.get("hosts")
-    if hosts is not None:
-        if not isinstance(hosts, dict):
-            raise InventoryError(f"{tree.source}:{doc.line_of(path + ('hosts',))}: hosts of group {name!r} must be a mapping of host names")
-        for pattern, host_vars in hosts.items():
-            where = path + ("hosts", pattern)
-            variables = _variables(tree, doc, where, host_vars)
-            for host in expand_range(tree.source, doc.line_of(where), pattern):
-                tree.add_host(name, host, doc.line_of(where), variables)
-    children = body.get("children")
-    if children is not None:
-        if not isinstance(children, dict):
-            raise InventoryError(f"{tree.source}:{doc.line_of(path + ('children',))}: children of group {name!r} must be a mapping of groups")
-        for child, child_body in children.items():
-            where = path + ("children", child)
-            tree.add_child(name, child, doc.line_of(where))
-            _group(tree, doc, where, child, child_body)
+    for pattern, host_vars in _members(tree, doc, path, body, "hosts", "host names").items():
+        where = path + ("hosts", pattern)
+        variables = _variables(tree, doc, where, host_vars)
+        for host in expand_range(tree.source, doc.line_of(where), pattern):
+            tree.add_host(name, host, doc.line_of(where), variables)
+    for child, child_body in _members(tree, doc, path, body, "children", "groups").items():
+        where = path + ("children", child)
+        tree.add_child(name, child, doc.line_of(where))
+        _group(tree, doc, where, child, child_body)
+
+
+def _members(tree: Tree, doc: Document, path: FieldPath, body: Dict[str, Any], key: str, what: str) -> Dict[str, Any]:
+    """The group's ``hosts`` or ``children`` mapping (empty when absent)."""
+    found = body.get(key)
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise InventoryError(f"{tree.source}:{doc.line_of(path + (key,))}: {key} of group {path[-1]!r} must be a mapping of {what}")
+    return found
 
 
 def _variables(tree: Tree, doc: Document, path: FieldPath, body: Any) -> Dict[str, Tuple[Value, int]]:

@@ -20,7 +20,20 @@ from kensa.journal import schema
 from kensa.journal.codec import lenient_text
 from kensa.journal.lock import JOURNAL_WHAT_TO_DO
 
-__all__ = ["connect", "create_private_file", "failure", "migrate", "sql_transaction"]
+__all__ = ["connect", "create_private_file", "default_journal_path", "failure", "migrate", "sql_transaction"]
+
+
+def default_journal_path() -> Path:
+    """Return where the journal lives unless told otherwise (see the module docstring)."""
+    configured = os.environ.get("KENSA_JOURNAL")
+    if configured:
+        return Path(configured)
+    if os.geteuid() == 0:
+        return Path("/var/lib/kensa/journal.db")
+    state_home = os.environ.get("XDG_STATE_HOME", "")
+    # The XDG spec says relative values are invalid and must be ignored.
+    base = Path(state_home) if os.path.isabs(state_home) else Path.home() / ".local" / "state"
+    return base / "kensa" / "journal.db"
 
 
 def create_private_file(path: Path) -> None:

@@ -15,7 +15,7 @@ migrations, SQL), :mod:`kensa.journal.prestates`, :mod:`kensa.journal.entries`
 :mod:`kensa.journal.auditseq` (audit sequence numbers), :mod:`kensa.journal.lock`.
 
 Where the journal lives
-    :func:`default_journal_path`: ``$KENSA_JOURNAL`` when set; otherwise
+    :func:`default_journal_path` (kept in :mod:`kensa.journal.connection`): ``$KENSA_JOURNAL`` when set; otherwise
     ``/var/lib/kensa/journal.db`` when running as root; otherwise
     ``$XDG_STATE_HOME/kensa/journal.db``, which is
     ``~/.local/state/kensa/journal.db`` when ``XDG_STATE_HOME`` is unset or not
@@ -25,16 +25,20 @@ Where the journal lives
 
 Durability
     WAL mode with ``synchronous=FULL``: a commit returns only after the WAL is
-    fsync'ed. ``begin`` and ``finish`` are one SQL transaction each, so a
-    transaction pays two fsync'ed commits (plus, now and then, the automatic
-    WAL checkpoint, which is shared by all writers). The one exception is
+    fsync'ed, and every write method returns only once its write is committed.
+    Writes of concurrent threads share commits (:mod:`kensa.journal.groupcommit`):
+    those that arrive while one commit is being fsync'ed go together into the
+    next, each in a savepoint of its own, so a rejected write fails only its
+    caller. A transaction alone pays two fsync'ed commits (``begin`` and
+    ``finish``); sixteen hosts in flight pay about as many commits as one
+    (plus, now and then, the automatic WAL checkpoint). The one exception is
     :meth:`SqliteJournal.record_audit_sequences`, which does not pay an fsync
     of its own (see there).
 
 Threads and processes
     One connection per :class:`SqliteJournal`, opened with
     ``check_same_thread=False`` and guarded by a lock: SQLite serializes writers
-    anyway, and one connection per journal keeps every call to one commit. A
+    anyway, and one connection per journal lets its writes share commits. A
     forked child never touches its parent's connection (SQLite forbids carrying
     one across ``fork``): it opens its own on first use
     (:func:`kensa.support.afterfork.reset_in_child`). Several processes may
@@ -96,9 +100,10 @@ from kensa.journal.codec import (
     to_us,
     unstored_text,
 )
-from kensa.journal.connection import connect, failure, migrate, sql_transaction
+from kensa.journal.connection import connect, default_journal_path, failure, migrate, sql_transaction
 from kensa.journal.entries import entry_or_corrupt
 from kensa.journal.fields import result_values
+from kensa.journal.groupcommit import GroupCommit
 from kensa.journal.lock import JournalLock, PathArg
 from kensa.journal.prestates import StoredPreStates, insert_pre_state, pre_states_from
 from kensa.journal.retention import delete_finished
@@ -108,25 +113,14 @@ from kensa.support.afterfork import reset_in_child
 __all__ = ["SqliteJournal", "default_journal_path"]
 
 
-def default_journal_path() -> Path:
-    """Return where the journal lives unless told otherwise (see the module docstring)."""
-    configured = os.environ.get("KENSA_JOURNAL")
-    if configured:
-        return Path(configured)
-    if os.geteuid() == 0:
-        return Path("/var/lib/kensa/journal.db")
-    state_home = os.environ.get("XDG_STATE_HOME", "")
-    # The XDG spec says relative values are invalid and must be ignored.
-    base = Path(state_home) if os.path.isabs(state_home) else Path.home() / ".local" / "state"
-    return base / "kensa" / "journal.db"
-
-
 class SqliteJournal:
     """The journal in one SQLite file; implements the engine's ``Journal`` protocol.
 
     Opening creates or migrates the schema and proves the file is writable,
     raising :class:`JournalError` (with the path and the cause) otherwise.
     Safe to share between threads; see the module docstring for processes.
+    ``group_commit=False`` commits every write alone (one fsync per write, as
+    the journal did before its writes shared commits), for comparison.
     """
 
     def __init__(
@@ -136,6 +130,7 @@ class SqliteJournal:
         busy_timeout: float = 30.0,
         create: bool = True,
         clock: Optional[Callable[[], datetime]] = None,
+        group_commit: bool = True,
     ) -> None:
         self._path = Path(os.fspath(path))
         # SQLite follows symlinks to the database; resolving once here makes the
@@ -159,6 +154,7 @@ class SqliteJournal:
         # only these may be finished over an existing entry. Any other entry
         # without a result is an interrupted transaction that recovery owns.
         self._begun: Set[str] = set()
+        self._commits = GroupCommit(self._connection, self._failure, grouped=group_commit)
         self._conn: Optional[sqlite3.Connection] = self._connect()
         try:
             migrate(self._path, self._conn)
@@ -171,6 +167,11 @@ class SqliteJournal:
     def path(self) -> Path:
         """The journal file."""
         return self._path
+
+    @property
+    def commit_counts(self) -> Tuple[int, int]:
+        """``(commits, writes)`` made durable since opening: fewer commits (fsyncs) than writes when writes shared them."""
+        return self._commits.commits, self._commits.writes
 
     def lock(self, *, exclusive: bool = False, timeout: Optional[float] = 30.0) -> JournalLock:
         """A :class:`JournalLock` for this journal's resolved file (not yet acquired)."""
@@ -221,7 +222,8 @@ class SqliteJournal:
                 f"cannot be stored exactly, {exc}; params and pre-states may hold only None, bool, int, "
                 "float, str, bytes and lists/dicts (with str keys) of these"
             ) from None
-        with self._writing(f"record the intent of transaction {txn.id}") as conn:
+
+        def write(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM transactions WHERE id = ?", (txn_id,)).fetchone() is not None:
                 raise JournalError(
                     f"kensa journal {self._path}: transaction {txn.id} is already in the journal; "
@@ -243,13 +245,16 @@ class SqliteJournal:
             )
             for index, chunks, digest in pre_rows:
                 insert_pre_state(conn, txn_id, index, chunks, digest)
+
+        self._commits.write(f"record the intent of transaction {txn.id}", write)
         self._begun.add(txn.id)
 
     def finish(self, result: TransactionResult) -> None:
         """Record the terminal result; inserts the whole entry when ``begin`` was never called."""
         columns = result_values(result)
         txn_id = stored_text(result.txn_id)
-        with self._writing(f"record the result of transaction {result.txn_id}") as conn:
+
+        def write(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT host, rule, status FROM transactions WHERE id = ?", (txn_id,)).fetchone()
             now = self._now()
             if row is None:
@@ -271,6 +276,8 @@ class SqliteJournal:
                 )
             self._check_same_transaction(row, result)
             conn.execute(schema.set_result_sql(), (*columns, now, 0, txn_id))
+
+        self._commits.write(f"record the result of transaction {result.txn_id}", write)
         self._begun.discard(result.txn_id)
 
     # --- recovery and later rollback --------------------------------------------
@@ -287,7 +294,8 @@ class SqliteJournal:
     def record_recovery(self, txn_id: str, result: TransactionResult) -> None:
         """Give an interrupted entry the result of its recovery (``recovered`` or ``rollback_failed``)."""
         columns = result_values(result)
-        with self._writing(f"record the recovery of transaction {txn_id}") as conn:
+
+        def write(conn: sqlite3.Connection) -> None:
             row = self._existing(conn, txn_id)
             if row["status"] is not None:
                 raise JournalError(
@@ -297,10 +305,13 @@ class SqliteJournal:
             self._check_same_transaction(row, result)
             conn.execute(schema.set_result_sql(), (*columns, self._now(), 1, stored_text(txn_id)))
 
+        self._commits.write(f"record the recovery of transaction {txn_id}", write)
+
     def record_rollback(self, txn_id: str, result: TransactionResult) -> None:
         """Record that committed (or staged) ``txn_id`` was later rolled back; its result is kept."""
         columns = result_values(result)
-        with self._writing(f"record the rollback of transaction {txn_id}") as conn:
+
+        def write(conn: sqlite3.Connection) -> None:
             row = self._existing(conn, txn_id)
             if row["status"] not in (Status.COMMITTED.value, Status.STAGED.value):
                 raise JournalError(
@@ -323,6 +334,8 @@ class SqliteJournal:
                     self._now(),
                 ),
             )
+
+        self._commits.write(f"record the rollback of transaction {txn_id}", write)
 
     # --- reading ----------------------------------------------------------------
 
@@ -414,8 +427,8 @@ class SqliteJournal:
             raise InvalidJournalQuery("prune() needs before= or keep_last=; it deletes nothing by default")
         if keep_last is not None and keep_last < 0:
             raise InvalidJournalQuery(f"prune(keep_last={keep_last}): keep_last must be >= 0")
-        with self._writing("prune old entries") as conn:
-            return delete_finished(conn, None if before is None else to_us(before), keep_last)
+        pruning = None if before is None else to_us(before)
+        return self._commits.write("prune old entries", lambda conn: delete_finished(conn, pruning, keep_last))
 
     # --- internals --------------------------------------------------------------
 
@@ -429,6 +442,7 @@ class SqliteJournal:
         # Runs single-threaded in the child: the lock may have been held by a
         # parent thread at fork time, and the connection belongs to the parent.
         self._lock = threading.Lock()
+        self._commits.reset()
         if self._conn is not None:
             self._inherited.append(self._conn)
             self._conn = None
@@ -446,17 +460,31 @@ class SqliteJournal:
             raise
 
     @contextlib.contextmanager
-    def _transaction(self, what: str, begin: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def _connection(self, durable: bool) -> Iterator[sqlite3.Connection]:
+        """The connection, held alone for the ``with``; group commit runs its write transactions on it.
+
+        With ``durable=False`` commits run with ``synchronous=NORMAL`` (no
+        fsync of their own): their rows survive a process crash, and a power
+        loss only once the next durable commit has synced the WAL after them.
+        """
         conn = self._acquire()
         try:
             if not durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                with sql_transaction(conn, begin):
-                    yield conn
+                yield conn
             finally:
                 if not durable:
                     self._restore_full_sync(conn)
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str, begin: str) -> Iterator[sqlite3.Connection]:
+        conn = self._acquire()
+        try:
+            with sql_transaction(conn, begin):
+                yield conn
         except (sqlite3.Error, OSError) as exc:
             raise self._failure(what, exc) from exc
         finally:
@@ -470,17 +498,6 @@ class SqliteJournal:
         except sqlite3.Error:
             conn.close()
             self._conn = None
-
-    def _writing(self, what: str, *, durable: bool = True) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """A write transaction: ``durable`` (the default) commits with ``synchronous=FULL``, an fsync of the WAL.
-
-        With ``durable=False`` the commit runs with ``synchronous=NORMAL`` (no
-        fsync of its own): its rows survive a process crash, and a power loss
-        only once the next durable commit has synced the WAL after them.
-        """
-        # IMMEDIATE takes the write lock up front, so a busy journal waits at
-        # BEGIN (under the busy timeout) instead of failing at the first write.
-        return self._transaction(what, "BEGIN IMMEDIATE", durable=durable)
 
     def _existing(self, conn: sqlite3.Connection, txn_id: str) -> sqlite3.Row:
         row: Optional[sqlite3.Row] = conn.execute(
@@ -544,15 +561,19 @@ class SqliteJournal:
 
         Not durable on its own: an fsync here would double a transaction's
         journal cost, so the rows are committed with ``synchronous=NORMAL``
-        and become durable with the journal's next commit (see ``_writing``).
+        and become durable with the journal's next commit (see ``_connection``);
+        when they share a commit with a durable write, they are durable with it.
         A power loss before then can lose them: reconcile checks only the
         records the journal holds, so it would not know those.
         """
         rows = audit_sequence_rows(self._path, txn_id, sequences)
         who = os.getpid() if pid is None else pid
         now = now_us()
-        with self._writing(f"record the audit sequence numbers of transaction {txn_id}", durable=False) as conn:
-            insert_audit_sequences(conn, txn_id, rows, who, now)
+        self._commits.write(
+            f"record the audit sequence numbers of transaction {txn_id}",
+            lambda conn: insert_audit_sequences(conn, txn_id, rows, who, now),
+            durable=False,
+        )
 
     def audit_sequences(self, txn_id: str) -> List[AuditSequence]:
         """The audit records journaled for ``txn_id``, in emission order (empty when none)."""

@@ -1,0 +1,148 @@
+"""Loopback sshd servers for the fleet benchmark: the same servers for every tool.
+
+:class:`Rig` (a context manager; needs root, openssh-server and -client)
+generates a client key and ``servers`` sshd instances on free 127.0.0.1
+ports, each with its own host key, all accepting root with that key; a
+private known_hosts file lists them, so no tool is asked about a host key and
+nothing of the operator's ssh setup is touched. Hosts are (server, root
+directory) pairs: several hosts share one server, each confined to its own
+directory, which is what kensa's ``kensa_root`` and the peers' paths under
+the root point at. Everything is stopped and removed at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import List, Optional, Type
+
+SSHD = "/usr/sbin/sshd"
+
+
+def missing() -> Optional[str]:
+    """Why the rig cannot run here (None when it can)."""
+    if os.geteuid() != 0:
+        return "the sshd rig needs root"
+    for tool in (SSHD, shutil.which("ssh"), shutil.which("ssh-keygen")):
+        if tool is None or not os.path.exists(tool):
+            return "the sshd rig needs openssh-server and openssh-client"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, stdin=subprocess.DEVNULL)
+
+
+class Server:
+    """One sshd on 127.0.0.1."""
+
+    def __init__(self, base: Path, index: int, authorized: Path) -> None:
+        self.dir = base / f"sshd{index}"
+        self.dir.mkdir()
+        self.host_key = self.dir / "host_ed25519"
+        _keygen(self.host_key)
+        self.authorized = authorized
+        self.port = 0
+        self.proc: Optional["subprocess.Popen[bytes]"] = None
+
+    def start(self) -> None:
+        for _ in range(5):
+            self.port = _free_port()
+            config = self.dir / "sshd_config"
+            config.write_text(
+                f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
+                f"PidFile {self.dir / 'sshd.pid'}\nAuthorizedKeysFile {self.authorized}\n"
+                "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                "PermitRootLogin prohibit-password\nMaxStartups 500\nMaxSessions 500\nLogLevel ERROR\n"
+                "Subsystem sftp internal-sftp\n"
+            )
+            log = open(self.dir / "sshd.log", "ab")
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            log.close()
+            if self._banner():
+                return
+            self.stop()
+        raise RuntimeError(f"sshd did not start: {(self.dir / 'sshd.log').read_text()[-2000:]}")
+
+    def _banner(self) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    if sock.recv(64).startswith(b"SSH-"):
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def known_hosts_line(self) -> str:
+        kind, key = Path(f"{self.host_key}.pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {kind} {key}\n"
+
+
+class Rig:
+    """``servers`` loopback sshd instances, a client key and a private known_hosts file."""
+
+    def __init__(self, servers: int, base: Optional[str] = None) -> None:
+        self.count = servers
+        self.base_dir = base
+        self.servers: List[Server] = []
+
+    def __enter__(self) -> "Rig":
+        why = missing()
+        if why is not None:
+            raise RuntimeError(why)
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="kensa-fleet-sshd-", dir=self.base_dir))
+        try:
+            self.key = self.dir / "client_ed25519"
+            _keygen(self.key)
+            authorized = self.dir / "authorized_keys"
+            shutil.copyfile(f"{self.key}.pub", authorized)
+            for index in range(self.count):
+                server = Server(self.dir, index, authorized)
+                server.start()
+                self.servers.append(server)
+            self.known_hosts = self.dir / "known_hosts"
+            self.known_hosts.write_text("".join(server.known_hosts_line() for server in self.servers))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def ssh_options(self) -> List[str]:
+        """The ``-o`` options every tool's ssh gets: this rig's known hosts, nothing interactive."""
+        return [f"UserKnownHostsFile={self.known_hosts}", "StrictHostKeyChecking=yes", "BatchMode=yes"]
+
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        for server in self.servers:
+            server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
