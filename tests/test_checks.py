@@ -250,3 +250,20 @@ def test_checks_change_nothing(root: Path) -> None:
     ]:
         assert isinstance(run(root, method, **params), Finding)
     assert snapshot(root) == before
+
+
+def test_audit_rule_exists_with_only_a_key_needs_some_rule_with_that_key(root: Path) -> None:
+    """'-k logins' as the whole rule holds when some rule of the rules files carries the key
+    logins (-k or -F key=), and not otherwise."""
+    assert not run(root, "audit_rule_exists", rule="-k logins").holds
+    write(root, "/etc/audit/rules.d/50-logins.rules", "-w /var/log/lastlog -p wa -k logins\n")
+    assert run(root, "audit_rule_exists", rule="-k logins").holds
+    assert not run(root, "audit_rule_exists", rule="-k session").holds
+
+
+def test_an_owner_the_target_does_not_know_is_not_compliant(root: Path) -> None:
+    """A file that must be owned by an account the target has no entry for cannot comply: the
+    verdict is not compliant, naming the account, not an error."""
+    write(root, "/var/log/syslog", "")
+    found = run(root, "file_permission", path="/var/log/syslog", owner="syslog")
+    assert found.verdict is Verdict.NOT_COMPLIANT and "'syslog' is not listed" in found.detail

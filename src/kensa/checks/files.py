@@ -12,6 +12,7 @@ from typing import Any, List, Mapping
 from kensa.checks.method import CheckMethod, holds_if, not_compliant
 from kensa.checks.patterns import extended_regex, search
 from kensa.facts.config import glob_files
+from kensa.errors import ParamError
 from kensa.facts.files import resolve_account
 from kensa.facts.params import OWNERSHIP, PATH, Field, Schema, text
 from kensa.hosts.protocol import ReadableHost
@@ -33,8 +34,12 @@ def _differences(host: ReadableHost, path: str, found: FileInfo, fields: Mapping
 
 
 def _permission(host: ReadableHost, fields: Mapping[str, Any]) -> Finding:
-    uid = resolve_account(host, "owner", fields["owner"])
-    gid = resolve_account(host, "group", fields["group"])
+    try:
+        uid = resolve_account(host, "owner", fields["owner"])
+        gid = resolve_account(host, "group", fields["group"])
+    except ParamError as exc:
+        # No such account on the target: no file there can be owned by it.
+        return not_compliant(f"{host.where(fields['path'])}: {exc}")
     pattern = fields["path"]
     paths = glob_files(host, pattern) if any(c in pattern for c in "*?[") else [pattern]
     if not paths:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from kensa.checks.method import CheckMethod, compare, comparator, expectation, holds_if, live_only, not_compliant
 from kensa.errors import ParamError
@@ -48,16 +48,40 @@ def _sysctl_value(host: ReadableHost, fields: Mapping[str, Any]) -> Finding:
     return holds_if(ok, f"{detail} ({why})" if why else detail)
 
 
+_KEY_ONLY = re.compile(r"(?:-k\s+|-F\s+key=)(\S+)")
+
+
+def _check_rules(value: Any) -> List[str]:
+    """The ``rule`` of audit_rule_exists: what :func:`audit_rules` accepts, or lines that are
+    only a key (``-k logins``: some rule carries the key logins)."""
+    lines = value.splitlines() if isinstance(value, str) else value
+    if isinstance(lines, list) and lines and all(isinstance(item, str) and _KEY_ONLY.fullmatch(item.strip()) for item in lines):
+        return [item.strip() for item in lines]
+    return audit_rules(value)
+
+
+def _key_only(rule: str) -> Optional[str]:
+    match = _KEY_ONLY.fullmatch(rule)
+    return match.group(1) if match else None
+
+
+def _lacking(rules: List[str], present: List[str]) -> List[str]:
+    """The rules (or key-only lines) not among the ``present`` rule lines."""
+    keys = {key for identity in identities(present) for key in identity[-1]}
+    keyed = [rule for rule in rules if _key_only(rule) is not None]
+    return [rule for rule in keyed if _key_only(rule) not in keys] + missing([r for r in rules if r not in keyed], present)
+
+
 def _audit_rule_exists(host: ReadableHost, fields: Mapping[str, Any]) -> Finding:
     rules: List[str] = fields["rule"]
     lines, files = persisted_rules(host)
-    absent = missing(rules, lines)
+    absent = _lacking(rules, lines)
     if absent:
         where = ", ".join(host.where(path) for path in files) or "no rules file"
         return not_compliant(f"not in the audit rules files ({where}): {'; '.join(absent)}")
     kernel = kernel_rules(host)
     if kernel is not None:
-        unloaded = missing(rules, kernel["rules"])
+        unloaded = _lacking(rules, kernel["rules"])
         if unloaded:
             return not_compliant(f"in the rules files but not loaded in the kernel (auditctl -l): {'; '.join(unloaded)}")
         return holds_if(True, f"{len(rules)} rule(s) in the rules files and loaded in the kernel")
@@ -179,7 +203,7 @@ METHODS = (
         }),
         _sysctl_value,
     ),
-    CheckMethod(Schema("audit_rule_exists", {"rule": Field(audit_rules, required=True, written=as_given)}), _audit_rule_exists),
+    CheckMethod(Schema("audit_rule_exists", {"rule": Field(_check_rules, required=True, written=as_given)}), _audit_rule_exists),
     CheckMethod(
         Schema("mount_option", {
             "mount_point": Field(absolute_path, required=True, written=path_as_text),
