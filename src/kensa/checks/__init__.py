@@ -6,6 +6,11 @@ which the rule loader derives the check methods it supports and their field
 schemas. An implementation without checks is compliant when every remediation
 step already validates.
 
+A check answers with a :class:`kensa.model.Finding`: compliant, not compliant or
+not assessable (this kind of target cannot answer it), and a detail saying what
+was found; a fault is raised. The fields, semantics and verdicts of every method
+are in docs/checks.md.
+
 Nothing here imports the rule model or the engine: a check is anything with a
 ``method``, ``params``, ``supported`` and ``unsupported_reason``; a handler is
 anything with ``validate(host, params)``.
