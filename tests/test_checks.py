@@ -267,3 +267,22 @@ def test_an_owner_the_target_does_not_know_is_not_compliant(root: Path) -> None:
     write(root, "/var/log/syslog", "")
     found = run(root, "file_permission", path="/var/log/syslog", owner="syslog")
     assert found.verdict is Verdict.NOT_COMPLIANT and "'syslog' is not listed" in found.detail
+
+
+def test_list_dir_lists_confined_and_planned_entries(tmp_path: Path, root: Path) -> None:
+    """A host lists a directory's names sorted, None when absent, refuses a directory reached
+    through a symlink; a planned view adds the files it plans there and drops those it removes."""
+    from kensa.model import FileInfo
+
+    write(root, "/etc/audit/rules.d/b.rules", "")
+    write(root, "/etc/audit/rules.d/a.rules", "")
+    os.symlink(tmp_path, root / "etc/linked")
+    host = LocalHost(str(root))
+    assert host.list_dir("/etc/audit/rules.d") == ["a.rules", "b.rules"]
+    assert host.list_dir("/etc/none") is None and host.list_dir("/nowhere/at/all") is None
+    with pytest.raises(PathEscapeError):
+        host.list_dir("/etc/linked")
+    planned = host.overlay({"/etc/audit/rules.d/c.rules": FileInfo("file", 0o600, 0, 0, content=b""),
+                            "/etc/audit/rules.d/a.rules": None, "/etc/new.d/x.conf": FileInfo("file", 0o600, 0, 0)})
+    assert planned.list_dir("/etc/audit/rules.d") == ["b.rules", "c.rules"]
+    assert planned.list_dir("/etc/new.d") == ["x.conf"]
