@@ -93,6 +93,39 @@ def test_package_checks_on_the_live_host_and_on_a_crafted_image(tmp_path: Path) 
     assert run(host, "dpkg_absent", name="nmap").holds
 
 
+SPEC = """Name: kensa-probe
+Version: 1.0
+Release: 1
+Summary: a package with no files, for the rpm database of a test image
+License: MIT
+BuildArch: noarch
+%description
+probe
+%files
+"""
+
+
+def test_package_checks_read_an_images_rpm_database_with_rpm_root(tmp_path: Path) -> None:
+    """An image root with an rpm database (built here with rpm itself) answers through
+    rpm --root: the package recorded there is installed, another is absent."""
+    for tool in ("rpm", "rpmbuild"):
+        need(tool)
+    (tmp_path / "probe.spec").write_text(SPEC)
+    subprocess.run(["rpmbuild", "--define", f"_topdir {tmp_path / 'build'}", "-bb", str(tmp_path / "probe.spec")],
+                   check=True, capture_output=True)
+    package = next((tmp_path / "build").rglob("*.rpm"))
+    image = tmp_path / "image"
+    image.mkdir()
+    rpm = ["rpm", "--root", str(image), "--dbpath", "/var/lib/rpm"]
+    subprocess.run([*rpm, "--initdb"], check=True, capture_output=True)
+    subprocess.run([*rpm, "-i", "--justdb", "--nodeps", str(package)], check=True, capture_output=True)
+    host = LocalHost(str(image))
+    found = run(host, "package_state", name="kensa-probe", state="present")
+    assert found.holds and "rpm: kensa-probe-1.0-1" in found.detail, found
+    assert run(host, "package_absent", name="openssh-server").holds
+    assert not run(host, "package_installed", name="openssh-server").holds
+
+
 def test_package_checks_without_any_package_database_are_not_assessable(tmp_path: Path) -> None:
     """A root with neither a dpkg nor an rpm database cannot say what is installed."""
     found = run(LocalHost(str(tmp_path)), "package_state", name="hello", state="absent")

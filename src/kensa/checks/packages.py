@@ -13,7 +13,7 @@ from typing import Any, List, Mapping, Optional
 
 from kensa.checks.method import CheckMethod, holds_if
 from kensa.errors import CheckNotAssessable, HostAccessError, ParamError
-from kensa.facts.packages import DPKG_STATUS, dpkg_status, has_rpm_database, package_name, rpm_installed
+from kensa.facts.packages import DPKG_STATUS, dpkg_status, package_name, rpm_database, rpm_installed
 from kensa.facts.params import Field, Schema
 from kensa.hosts.protocol import ReadableHost
 from kensa.model import Finding
@@ -36,9 +36,10 @@ def _installed(host: ReadableHost, name: str) -> Finding:
         if dpkg == "installed":
             return holds_if(True, f"{name} is installed (dpkg)")
         seen.append(f"dpkg: {dpkg}")
-    if has_rpm_database(host):
+    database = rpm_database(host)
+    if database is not None:
         try:
-            version = rpm_installed(host, name)
+            version = rpm_installed(host, name, database)
         except HostAccessError as exc:
             if exc.errno != errno.ENOENT:
                 raise

@@ -54,15 +54,18 @@ def dpkg_status(host: ReadableHost) -> Optional[Dict[str, str]]:
     return packages
 
 
-def has_rpm_database(host: ReadableHost) -> bool:
-    return bool(real_dirs(host, RPM_DB_DIRS))
+def rpm_database(host: ReadableHost) -> Optional[str]:
+    """The directory of the target's rpm database (``/var/lib/rpm``, or
+    ``/usr/lib/sysimage/rpm`` where the former is a link to it), or None."""
+    found = real_dirs(host, RPM_DB_DIRS)
+    return found[0] if found else None
 
 
-def rpm_installed(host: ReadableHost, name: str) -> Optional[str]:
-    """The installed version(s) of ``name`` by ``rpm -q``, or None when not installed.
-
-    Raises HostAccessError (ENOENT) when there is no rpm to run."""
-    argv = ["rpm", "-q", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}\\n", name]
+def rpm_installed(host: ReadableHost, name: str, database: str) -> Optional[str]:
+    """The installed version(s) of ``name`` by ``rpm -q`` in the rpm database at ``database``
+    (named explicitly: the rpm doing the reading may default to another path), or None
+    when not installed. Raises HostAccessError (ENOENT) when there is no rpm to run."""
+    argv = ["rpm", "--dbpath", database, "-q", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}\\n", name]
     if not host.is_live:
         argv[1:1] = ["--root", host.root]
     done = host.run(argv, RPM_TIMEOUT)
