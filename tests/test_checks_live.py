@@ -328,6 +328,19 @@ def test_grub_parameter_live_and_on_an_image(tmp_path: Path) -> None:
     assert not run(host, "grub_parameter", key="pti", expected="on").holds
 
 
+def test_grub_parameter_reads_every_boot_loader_entry_of_an_image(tmp_path: Path) -> None:
+    """Where boot loader entries exist they decide, each one, with $kernelopts from grubenv;
+    /etc/default/grub no longer does."""
+    write(tmp_path, "/etc/default/grub", 'GRUB_CMDLINE_LINUX="audit=0"\n')
+    write(tmp_path, "/boot/grub2/grubenv", "# GRUB Environment Block\nkernelopts=root=/dev/vda1 ro audit=1\n")
+    write(tmp_path, "/boot/loader/entries/a-5.14.conf", "title A\nlinux /vmlinuz-5.14\noptions $kernelopts pti=on\n")
+    write(tmp_path, "/boot/loader/entries/b-rescue.conf", "title B\nlinux /vmlinuz-0\noptions root=/dev/vda1 ro audit=1\n")
+    host = LocalHost(str(tmp_path))
+    assert run(host, "grub_parameter", key="audit", expected="1").holds
+    partial = run(host, "grub_parameter", key="pti", expected="on")
+    assert partial.verdict is Verdict.NOT_COMPLIANT and "b-rescue.conf" in partial.detail and "a-5.14" not in partial.detail
+
+
 def test_selinux_state_live_and_on_an_image(tmp_path: Path) -> None:
     """Live, the kernel's selinuxfs decides (none: disabled); on an image, /etc/selinux/config."""
     live = "disabled" if not Path("/sys/fs/selinux/enforce").exists() else (

@@ -12,14 +12,12 @@ otherwise.
 from __future__ import annotations
 
 import re
-import shlex
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 from kensa.checks.method import CheckMethod, compare, comparator, expectation, holds_if, live_only, not_compliant
 from kensa.errors import ParamError
-from kensa.facts import modules
+from kensa.facts import boot, modules
 from kensa.facts.auditrules import audit_rules, identities, kernel_rules, missing, persisted_rules
-from kensa.facts.config import decode
 from kensa.facts.mounts import FSTAB, fstab, mounted
 from kensa.facts.params import Field, Schema, absolute_path, as_given, line, path_as_text, scalar_line
 from kensa.facts.sysctl import sysctl_key, sysctl_path
@@ -147,46 +145,28 @@ def _kernel_module_state(host: ReadableHost, fields: Mapping[str, Any]) -> Findi
     return not_compliant(f"module {name} can be loaded ({source}) and modprobe.d has no 'install {name} /bin/false'")
 
 
-def _cmdline_value(words: List[str], key: str) -> Any:
-    """The value the last ``key=`` word gives, True for a bare ``key``, None when absent."""
-    found: Any = None
-    for word in words:
-        name, sep, value = word.partition("=")
-        if name == key:
-            found = value if sep else True
-    return found
-
-
-def _grub_defaults(host: ReadableHost) -> Any:
-    """The words of GRUB_CMDLINE_LINUX and GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub."""
-    data = host.read_bytes("/etc/default/grub")
-    if data is None:
-        return None
-    words: List[str] = []
-    for text in decode(data).splitlines():
-        name, sep, value = text.strip().partition("=")
-        if sep and name in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
-            try:
-                words += " ".join(shlex.split(value)).split()
-            except ValueError:
-                raise ParamError(f"{host.where('/etc/default/grub')}: cannot read {name}: unbalanced quotes") from None
-    return words
-
-
 def _grub_parameter(host: ReadableHost, fields: Mapping[str, Any]) -> Finding:
     key, expected = fields["key"], fields["expected"]
-    shown: Dict[Any, str] = {None: "not set", True: "set without a value"}
+
+    def said(words: List[str]) -> str:
+        found = boot.parameter(words, key)
+        return {None: "not set", True: "set without a value"}.get(found, repr(found))
+
     if host.is_live:
-        cmdline = (host.read_bytes("/proc/cmdline") or b"").decode("utf-8", "replace").split()
-        running = _cmdline_value(cmdline, key)
-        if running != expected:
-            return not_compliant(f"/proc/cmdline: {key} is {shown.get(running, repr(running))}, expected {expected!r}")
-    words = _grub_defaults(host)
-    if words is None:
-        return not_compliant(f"{host.where('/etc/default/grub')}: no such file")
-    persistent = _cmdline_value(words, key)
-    detail = f"{host.where('/etc/default/grub')}: {key} is {shown.get(persistent, repr(persistent))}, expected {expected!r}"
-    return holds_if(persistent == expected, detail)
+        words = boot.running(host)
+        if boot.parameter(words, key) != expected:
+            return not_compliant(f"/proc/cmdline: {key} is {said(words)}, expected {expected!r}")
+    entries = boot.boot_entries(host)
+    if entries:
+        wrong = [f"{host.where(path)}: {key} is {said(words)}" for path, words in entries if boot.parameter(words, key) != expected]
+        if wrong:
+            return not_compliant(f"{'; '.join(wrong)}; expected {expected!r}")
+        return holds_if(True, f"{key}={expected} in all {len(entries)} boot entries")
+    words_or_none = boot.grub_defaults(host)
+    if words_or_none is None:
+        return not_compliant(f"{host.where(boot.DEFAULT_GRUB)}: no such file, and no boot loader entries")
+    detail = f"{host.where(boot.DEFAULT_GRUB)}: {key} is {said(words_or_none)}, expected {expected!r}"
+    return holds_if(boot.parameter(words_or_none, key) == expected, detail)
 
 
 def _parameter(value: Any) -> str:
