@@ -37,7 +37,6 @@ import yaml
 from kensa.checks import CHECKS, evaluate_check
 from kensa.errors import KensaError
 from kensa.hosts.local import LocalHost
-from kensa.model import Verdict
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 COLUMNS = ("compliant", "not_compliant", "not_assessable", "error", "unsupported", "needs_variable")

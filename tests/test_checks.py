@@ -286,3 +286,20 @@ def test_list_dir_lists_confined_and_planned_entries(tmp_path: Path, root: Path)
                             "/etc/audit/rules.d/a.rules": None, "/etc/new.d/x.conf": FileInfo("file", 0o600, 0, 0)})
     assert planned.list_dir("/etc/audit/rules.d") == ["b.rules", "c.rules"]
     assert planned.list_dir("/etc/new.d") == ["x.conf"]
+
+
+def test_sysctl_value_on_an_image_judges_what_its_sysctl_files_set_at_boot(root: Path) -> None:
+    """Without a running kernel an image is judged by its sysctl files, read as systemd-sysctl
+    does: lexical order across directories, /etc hiding a same-named file, /etc/sysctl.conf last;
+    a key no file sets is not assessable."""
+    write(root, "/usr/lib/sysctl.d/50-default.conf", "net.ipv4.ip_forward = 1\nkernel.kptr_restrict = 1\n")
+    write(root, "/usr/lib/sysctl.d/60-hidden.conf", "kernel.dmesg_restrict = 0\n")
+    write(root, "/etc/sysctl.d/60-hidden.conf", "kernel.dmesg_restrict = 1\n")
+    write(root, "/etc/sysctl.d/90-cis.conf", "net/ipv4/ip_forward=0\n")
+    write(root, "/etc/sysctl.conf", "kernel.kptr_restrict = 2\n")
+    os.symlink("../sysctl.conf", root / "etc/sysctl.d/99-sysctl.conf")
+    assert run(root, "sysctl_value", key="net.ipv4.ip_forward", expected="0").holds
+    assert run(root, "sysctl_value", key="kernel.dmesg_restrict", expected="1").holds
+    restricted = run(root, "sysctl_value", key="kernel.kptr_restrict", expected="1")
+    assert restricted.verdict is Verdict.NOT_COMPLIANT and "'2' at boot" in restricted.detail and "sysctl.conf" in restricted.detail
+    assert run(root, "sysctl_value", key="vm.swappiness", expected="10").verdict is Verdict.NOT_ASSESSABLE

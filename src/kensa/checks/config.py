@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import posixpath
 from typing import Any, List, Mapping, Optional, Tuple
 
 from kensa.checks.method import CheckMethod, compare, comparator, expectation, holds_if, not_compliant

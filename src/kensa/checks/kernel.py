@@ -5,8 +5,8 @@ State of the running kernel (a sysctl, what is mounted, what is loaded) is read 
 on a live host. On an image root, ``audit_rule_exists``, ``mount_option``,
 ``kernel_module_state`` and ``grub_parameter`` judge the configuration the image
 would boot with; ``sysctl_value`` reads the image's /proc/sys when it has one
-(a tree standing in for the kernel's, never a real procfs) and is not assessable
-otherwise.
+(a tree standing in for the kernel's, never a real procfs) and otherwise what the
+image's sysctl files set at boot.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 from typing import Any, List, Mapping, Optional
 
-from kensa.checks.method import CheckMethod, compare, comparator, expectation, holds_if, live_only, not_compliant
-from kensa.errors import ParamError
+from kensa.checks.method import CheckMethod, compare, comparator, expectation, holds_if, not_compliant
+from kensa.errors import CheckNotAssessable, ParamError
 from kensa.facts import boot, modules
 from kensa.facts.auditrules import audit_rules, identities, kernel_rules, missing, persisted_rules
 from kensa.facts.mounts import FSTAB, fstab, mounted
 from kensa.facts.params import Field, Schema, absolute_path, as_given, line, path_as_text, scalar_line
-from kensa.facts.sysctl import sysctl_key, sysctl_path
+from kensa.facts.sysctl import boot_value, sysctl_key, sysctl_path
 from kensa.hosts.protocol import ReadableHost
 from kensa.model import Finding
 
@@ -33,16 +33,24 @@ def _expected(value: Any) -> str:
 
 
 def _sysctl_value(host: ReadableHost, fields: Mapping[str, Any]) -> Finding:
-    path = sysctl_path(fields["key"])
-    data = host.read_bytes(path)
-    if data is None:
-        live_only(host, f"sysctl {fields['key']} ({path})")
-        return not_compliant(f"{fields['key']}: no such parameter ({path} does not exist)")
-    # The kernel separates multi-value settings with tabs; rules write spaces.
-    got = " ".join(data.decode("utf-8", "surrogateescape").split())
+    key, path = fields["key"], sysctl_path(fields["key"])
     want = " ".join(fields["expected"].split())
+    data = host.read_bytes(path)
+    if data is not None:
+        # The kernel separates multi-value settings with tabs; rules write spaces.
+        got, where = " ".join(data.decode("utf-8", "surrogateescape").split()), ""
+    elif host.is_live:
+        return not_compliant(f"{key}: no such parameter ({path} does not exist)")
+    else:
+        # An image has no running kernel: judge what its sysctl files set at boot.
+        persisted = boot_value(host, key)
+        if persisted is None:
+            raise CheckNotAssessable(
+                f"{key} is not set in the image's sysctl files, and the kernel's default is not in the image"
+            )
+        got, where = persisted[0], f" at boot ({host.where(persisted[1])})"
     ok, why = compare(got, want, fields["comparator"], fold_case=False)
-    detail = f"{fields['key']} is {got!r}, expected {expectation(fields['comparator'], want)}"
+    detail = f"{key} is {got!r}{where}, expected {expectation(fields['comparator'], want)}"
     return holds_if(ok, f"{detail} ({why})" if why else detail)
 
 
