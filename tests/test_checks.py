@@ -303,3 +303,10 @@ def test_sysctl_value_on_an_image_judges_what_its_sysctl_files_set_at_boot(root:
     restricted = run(root, "sysctl_value", key="kernel.kptr_restrict", expected="1")
     assert restricted.verdict is Verdict.NOT_COMPLIANT and "'2' at boot" in restricted.detail and "sysctl.conf" in restricted.detail
     assert run(root, "sysctl_value", key="vm.swappiness", expected="10").verdict is Verdict.NOT_ASSESSABLE
+
+
+def test_a_path_through_a_file_holds_nothing(root: Path) -> None:
+    """A path whose parent is a regular file names nothing: not compliant, not an error."""
+    write(root, "/etc/ssh/sshd_config", "PermitRootLogin no\n")
+    found = run(root, "file_permission", path="/etc/ssh/sshd_config/extra", mode="0600")
+    assert found.verdict is Verdict.NOT_COMPLIANT and "no such file" in found.detail

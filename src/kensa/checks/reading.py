@@ -3,7 +3,7 @@
 A host refuses a read whose parent directory is missing (``directory 'etc' does not
 exist``), which is right for a handler about to write there. A check asks what is
 there, and the honest answer is nothing: :class:`Observing` answers None (absent)
-for such a read, so a check of a missing file says not compliant, "no such file",
+for such a read (and for one through a file, as if it were a directory), so a check of a missing file says not compliant, "no such file",
 instead of failing. Every other refusal (a symlink, an escape from the root, a file
 above the size cap) is passed on unchanged.
 """
@@ -15,6 +15,7 @@ import subprocess
 from typing import Any, Callable, List, Mapping, Optional, Sequence, TypeVar
 
 from kensa.errors import HostAccessError
+from kensa.hosts.overlay import FileReaders
 from kensa.hosts.protocol import ReadableHost
 from kensa.model import FileInfo
 
@@ -25,13 +26,14 @@ def _absent_if_missing(read: Callable[[], Optional[T]]) -> Optional[T]:
     try:
         return read()
     except HostAccessError as exc:
-        if exc.errno == errno.ENOENT:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             return None
         raise
 
 
-class Observing:
-    """``host`` for a check: the same reads, with a missing directory on the way read as absence."""
+class Observing(FileReaders):
+    """``host`` for a check: the same reads, with a missing directory on the way read as absence
+    (``read_file`` and ``read_bytes`` go through :meth:`info`)."""
 
     def __init__(self, host: ReadableHost) -> None:
         self.host = host
@@ -57,12 +59,6 @@ class Observing:
 
     def info(self, path: str, *, content: bool = False) -> Optional[FileInfo]:
         return _absent_if_missing(lambda: self.host.info(path, content=content))
-
-    def read_file(self, path: str) -> Optional[FileInfo]:
-        return _absent_if_missing(lambda: self.host.read_file(path))
-
-    def read_bytes(self, path: str) -> Optional[bytes]:
-        return _absent_if_missing(lambda: self.host.read_bytes(path))
 
     def list_dir(self, path: str) -> Optional[List[str]]:
         return _absent_if_missing(lambda: self.host.list_dir(path))
