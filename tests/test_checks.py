@@ -310,3 +310,10 @@ def test_a_path_through_a_file_holds_nothing(root: Path) -> None:
     write(root, "/etc/ssh/sshd_config", "PermitRootLogin no\n")
     found = run(root, "file_permission", path="/etc/ssh/sshd_config/extra", mode="0600")
     assert found.verdict is Verdict.NOT_COMPLIANT and "no such file" in found.detail
+
+
+def test_an_sshd_include_loop_is_an_error_not_a_hang(root: Path) -> None:
+    """An sshd_config that includes itself is stopped at sshd's nesting limit and reported."""
+    write(root, "/etc/ssh/sshd_config", "Include /etc/ssh/sshd_config\n")
+    with pytest.raises(CheckError, match="Include nested more than 16 deep"):
+        run(root, "sshd_effective_config", key="PermitRootLogin", expected="no")

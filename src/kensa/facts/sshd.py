@@ -23,7 +23,7 @@ import re
 import shlex
 from typing import Dict, List, Optional, Tuple
 
-from kensa.errors import HostAccessError, ParamError
+from kensa.errors import CheckError, HostAccessError
 from kensa.facts.config import decode, glob_files
 from kensa.hosts.protocol import ReadableHost
 
@@ -114,9 +114,9 @@ class _Reading:
 
     def read(self, path: str, depth: int, active: bool) -> None:
         if depth > MAX_INCLUDE_DEPTH:
-            raise ParamError(f"{self.host.where(path)}: Include nested more than {MAX_INCLUDE_DEPTH} deep")
+            raise CheckError(f"{self.host.where(path)}: Include nested more than {MAX_INCLUDE_DEPTH} deep")
         if len(self.files) >= MAX_FILES:
-            raise ParamError(f"sshd configuration includes more than {MAX_FILES} files (at {self.host.where(path)})")
+            raise CheckError(f"sshd configuration includes more than {MAX_FILES} files (at {self.host.where(path)})")
         data = self.host.read_bytes(path)
         if data is None:
             if depth == 0:
