@@ -317,3 +317,18 @@ def test_an_sshd_include_loop_is_an_error_not_a_hang(root: Path) -> None:
     write(root, "/etc/ssh/sshd_config", "Include /etc/ssh/sshd_config\n")
     with pytest.raises(CheckError, match="Include nested more than 16 deep"):
         run(root, "sshd_effective_config", key="PermitRootLogin", expected="no")
+
+
+@pytest.mark.parametrize("method, params", [
+    ("config_value", {"path": "/etc/../../outside", "key": "A", "expected": "1"}),
+    ("config_value", {"path": "/etc/x.conf", "key": "A", "expected": "1", "dropin_dir": "/../outside.d"}),
+    ("file_permission", {"path": "/../../outside", "mode": "0600"}),
+    ("file_content_match", {"path": "/../outside", "pattern": "A"}),
+])
+def test_a_field_climbing_out_of_the_root_is_refused_naming_it(root: Path, method: str, params: Dict[str, Any]) -> None:
+    """A path field whose '..' climbs above the target root is an error naming the path; the
+    file beside the root with the same name is never read."""
+    (root.parent / "outside").write_text("A=1\n")
+    (root.parent / "outside.d").mkdir()
+    with pytest.raises(PathEscapeError, match="outside"):
+        run(root, method, **params)
