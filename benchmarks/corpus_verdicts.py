@@ -15,9 +15,9 @@ A rule's verdict combines its checks as ``kensa.checks.compliance`` does. The
 table gives, per check method, how many checks came out compliant, not
 compliant, not assessable, error or unsupported (a method or field kensa does not
 know), and the share of rules whose verdict is definite (compliant or not
-compliant). The tree /etc of the target is hashed before and after (content,
-mode, owner of every regular file): a change makes the run fail, since checks
-must never change anything.
+compliant). Every entry of the target's /etc is hashed before and after (content,
+mode, owner): a change is listed and makes the run fail, since checks must never
+change anything (on a shared machine, rule out another writer before blaming one).
 """
 
 from __future__ import annotations
@@ -49,12 +49,11 @@ class Plain:
         self.method, self.params, self.supported, self.unsupported_reason = method, params, True, ""
 
 
-def tree_digest(top: Path) -> str:
-    """One digest of every regular file under ``top``: path, mode, owner, content."""
-    digest = hashlib.sha256()
+def tree_state(top: Path) -> Dict[str, str]:
+    """Path -> digest of mode, owner and content, for every entry under ``top``."""
+    state: Dict[str, str] = {}
     for folder, dirs, files in os.walk(top):
-        dirs.sort()
-        for name in sorted(files):
+        for name in files + dirs:
             path = Path(folder, name)
             try:
                 st = path.lstat()
@@ -62,9 +61,8 @@ def tree_digest(top: Path) -> str:
                 data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes() if path.is_file() else b""
             except OSError as exc:
                 meta, data = "unreadable", str(exc.errno).encode()
-            digest.update(f"{path}\0{meta}\0".encode())
-            digest.update(hashlib.sha256(data).digest())
-    return digest.hexdigest()
+            state[str(path)] = meta + " " + hashlib.sha256(data).hexdigest()
+    return state
 
 
 def substitute(value: Any, variables: Mapping[str, Any]) -> Tuple[Any, bool]:
@@ -138,7 +136,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         variables = dict((yaml.safe_load(args.variables.read_text()) or {}).get("variables") or {})
     host = LocalHost(args.root)
     etc = Path(args.root, "etc")
-    before = tree_digest(etc)
+    before = tree_state(etc)
     per_method: Dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     rules: Dict[str, str] = {}
     samples: Dict[str, List[str]] = collections.defaultdict(list)
@@ -154,7 +152,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if verdict in ("error", "unsupported", "not_assessable") and len(samples[verdict]) < 15:
                 samples[verdict].append(f"{rule['id']} ({check.get('method')}): {detail[:160]}")
         rules[str(rule["id"])] = combine(verdicts)
-    after = tree_digest(etc)
+    after = tree_state(etc)
+    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
     totals = collections.Counter(rules.values())
     definite = totals["compliant"] + totals["not_compliant"]
     print(f"{'method':24}" + "".join(f"{c:>16}" for c in COLUMNS))
@@ -164,12 +163,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"definite verdicts: {definite}/{len(rules)} = {definite / max(len(rules), 1):.1%}")
     for verdict, lines in samples.items():
         print(f"\nsome {verdict}:\n  " + "\n  ".join(lines))
-    print(f"\n/etc unchanged: {before == after}")
+    print(f"\n/etc unchanged: {not changed}" + "".join(f"\n  changed: {path}" for path in changed))
     args.json.write_text(json.dumps({
         "root": args.root, "rules": len(rules), "rule_verdicts": dict(totals), "definite_share": definite / max(len(rules), 1),
-        "per_method": {m: dict(c) for m, c in per_method.items()}, "etc_unchanged": before == after,
+        "per_method": {m: dict(c) for m, c in per_method.items()}, "etc_unchanged": not changed, "etc_changed": changed,
     }, indent=2))
-    return 0 if before == after else 1
+    return 0 if not changed else 1
 
 
 if __name__ == "__main__":
