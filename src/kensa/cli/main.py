@@ -102,7 +102,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         else:
             try:
                 verdict = compliance(impl, host, handlers)
-                state, detail = ("compliant" if verdict.compliant else "not_compliant"), verdict.detail
+                state, detail = verdict.verdict.value, verdict.detail
             except KensaError as exc:
                 state, detail = "error", str(exc)
         if state != "compliant":

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple
 
-from kensa.errors import ParamError, SysctlKeyError
+from kensa.errors import ParamError, PathEscapeError, SysctlKeyError
+from kensa.facts.config import decode
+from kensa.facts.files import real_dirs
+from kensa.hosts.protocol import ReadableHost
 
 PROC_SYS = "/proc/sys/"
 MAX_COMPONENTS = 32
@@ -61,3 +64,57 @@ def sysctl_key(value: Any) -> str:
     except SysctlKeyError as exc:
         raise ParamError(str(exc)[:300]) from None
     return value
+
+
+_COMMENTS = ("#", ";")
+
+
+def last_assignment(lines: List[str], key: str) -> Optional[Tuple[int, str, str]]:
+    """(index, key as spelt, value) of the last line of a sysctl file assigning ``key``, or None."""
+    wanted = sysctl_path(key)
+    found = None
+    for index, line in enumerate(lines):
+        text = line.strip()
+        if not text or text.startswith(_COMMENTS) or "=" not in text:
+            continue
+        spelt, _, value = text.partition("=")
+        name = spelt.strip()
+        try:
+            # systemd-sysctl: a leading "-" only says "ignore a failure to set it".
+            same = sysctl_path(name[1:] if name.startswith("-") else name) == wanted
+        except SysctlKeyError:
+            continue  # not a key kensa reads; sysctl would complain about it, not us
+        if same:
+            found = (index, name, value.strip())
+    return found
+
+
+SYSCTL_DIRS = ("/usr/lib/sysctl.d", "/lib/sysctl.d", "/usr/local/lib/sysctl.d", "/run/sysctl.d", "/etc/sysctl.d")
+SYSCTL_CONF = "/etc/sysctl.conf"
+
+
+def boot_value(host: ReadableHost, key: str) -> Optional[Tuple[str, str]]:
+    """The value ``key`` gets at boot from the target's sysctl files, and the file that sets it
+    last, or None when none does.
+
+    As systemd-sysctl reads them: the ``*.conf`` files of the sysctl.d directories in
+    lexical order of their names (a name in /etc hides the same name in /run and the
+    lib directories), the last assignment winning, then /etc/sysctl.conf as
+    ``sysctl --system`` reads it. An entry that is a symlink is not followed (the
+    /etc/sysctl.d/99-sysctl.conf link to ../sysctl.conf is read as that file).
+    """
+    chosen: Dict[str, str] = {}
+    for directory in real_dirs(host, SYSCTL_DIRS):
+        for name in host.list_dir(directory) or []:
+            if name.endswith(".conf"):
+                chosen[name] = f"{directory}/{name}"
+    found = None
+    for path in [chosen[name] for name in sorted(chosen)] + [SYSCTL_CONF]:
+        try:
+            data = host.read_bytes(path)
+        except PathEscapeError:
+            continue
+        last = last_assignment(decode(data).splitlines(), key)
+        if last is not None:
+            found = (" ".join(last[2].split()), path)
+    return found

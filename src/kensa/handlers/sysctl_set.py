@@ -23,7 +23,7 @@ from kensa.facts.config import decode, encode
 from kensa.facts.params import Field, Schema, absolute_path, path_as_text, scalar_line
 
 from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
-from kensa.facts.sysctl import sysctl_key, sysctl_path
+from kensa.facts.sysctl import last_assignment, sysctl_key, sysctl_path
 from kensa.handlers.filestate import (
     StatePlan,
     Planned,
@@ -41,8 +41,6 @@ from kensa.handlers.filestate import (
     settled_files,
 )
 from kensa.hosts.protocol import Host, ReadableHost
-
-_COMMENTS = ("#", ";")
 
 
 def _normal(value: str) -> str:
@@ -67,36 +65,16 @@ SCHEMA = Schema(
 )
 
 
-def _last_assignment(lines: List[str], key: str) -> Optional[Tuple[int, str, str]]:
-    """(index, key as spelt, value) of the last line assigning ``key``, or None."""
-    wanted = sysctl_path(key)
-    found = None
-    for index, line in enumerate(lines):
-        text = line.strip()
-        if not text or text.startswith(_COMMENTS) or "=" not in text:
-            continue
-        spelt, _, value = text.partition("=")
-        name = spelt.strip()
-        try:
-            # systemd-sysctl: a leading "-" only says "ignore a failure to set it".
-            same = sysctl_path(name[1:] if name.startswith("-") else name) == wanted
-        except SysctlKeyError:
-            continue  # not a key kensa reads; sysctl would complain about it, not us
-        if same:
-            found = (index, name, value.strip())
-    return found
-
-
 def _persisted_value(text: str, key: str) -> Optional[str]:
     """The value ``key`` gets at boot from the sysctl file ``text`` (its last assignment), or None."""
-    last = _last_assignment(text.splitlines(), key)
+    last = last_assignment(text.splitlines(), key)
     return None if last is None else last[2]
 
 
 def _persist_value(text: str, key: str, value: str) -> str:
     """``text`` with the last assignment of ``key`` set to ``value``, or one appended."""
     lines = text.splitlines(keepends=True)
-    last = _last_assignment(lines, key)
+    last = last_assignment(lines, key)
     if last is None:
         if lines and not lines[-1].endswith("\n"):
             lines[-1] += "\n"
@@ -112,12 +90,12 @@ def _revert_persist(before: str, key: str, value: str) -> Revert:
     """Undo only a :func:`_persist_value` made over ``before``: the key's last assignment goes
     back to its old line (or goes, when there was none); None when it no longer holds ``value``."""
     old_lines = before.splitlines(keepends=True)
-    old = _last_assignment(old_lines, key)
+    old = last_assignment(old_lines, key)
     old_line = None if old is None else old_lines[old[0]].rstrip("\r\n")
 
     def revert(now: bytes) -> Optional[bytes]:
         lines = decode(now).splitlines(keepends=True)
-        last = _last_assignment(lines, key)
+        last = last_assignment(lines, key)
         if last is None or _normal(last[2]) != value:
             return None
         index = last[0]
