@@ -166,7 +166,7 @@ def substitute(value: Any, variables: Variables, missing: Dict[str, FieldPath], 
         return [substitute(item, variables, missing, path + (i,)) for i, item in enumerate(value)]
     if not isinstance(value, str) or "{{" not in value:
         return value
-    whole = TEMPLATE.fullmatch(value.strip())
+    whole = TEMPLATE.fullmatch(value)
     if whole is not None and whole.group(1) in variables.values:
         found = variables.values[whole.group(1)]
         return list(found) if isinstance(found, tuple) else found
