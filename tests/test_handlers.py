@@ -377,10 +377,10 @@ def test_sysctl_handler_and_check_read_the_same_file_for_dotted_components(tree:
     host = LocalHost(str(tree / "root"))
     params = {"key": key, "value": "1", "persist_file": "/etc/sysctl.d/vlan.conf"}
     check = Check("sysctl_value", {"key": key, "expected": "1"})
-    assert evaluate_check(check, host) is False
+    assert evaluate_check(check, host).holds is False
     assert REGISTRY["sysctl_set"].apply(host, params, None).ok
     assert knob.read_text() == "1\n"
-    assert evaluate_check(check, host) is True
+    assert evaluate_check(check, host).holds is True
     assert REGISTRY["sysctl_set"].validate(host, params) is True
 
 

@@ -194,6 +194,14 @@ class CheckError(KensaError, ValueError):
     """A check could not be evaluated (unsupported method, unreadable target)."""
 
 
+class CheckNotAssessable(KensaError):
+    """This kind of target cannot answer a check (a ``command`` check on an image root,
+    a service's running state without a running service manager); the message says why.
+
+    Checks and facts raise it; evaluating a check turns it into a ``not_assessable``
+    :class:`kensa.model.Finding` carrying the message, never into an error verdict."""
+
+
 # Raised by kensa.facts.auditrules
 
 class AuditRuleError(KensaError, ValueError):

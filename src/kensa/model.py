@@ -69,6 +69,26 @@ class Verdict(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class Finding:
+    """What evaluating a check (or a rule's checks) on a host found: a verdict and
+    what it rests on, in words an operator can act on ("/etc/ssh/sshd_config:
+    PermitRootLogin is 'yes', expected 'no'", "/etc/x: no such file").
+
+    ``verdict`` is compliant, not_compliant or not_assessable (this kind of target
+    cannot answer the check; ``detail`` says why). A fault while checking is raised,
+    not returned.
+    """
+
+    verdict: Verdict
+    detail: str = ""
+
+    @property
+    def holds(self) -> bool:
+        """True only for a compliant verdict."""
+        return self.verdict is Verdict.COMPLIANT
+
+
+@dataclass(frozen=True)
 class CheckResult:
     """The verdict of one rule's check on one host, and what it rests on.
 

@@ -14,19 +14,23 @@ anything with ``validate(host, params)``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, List, Mapping, Optional, Protocol, Sequence
 
-from kensa.checks import config, files, kernel
-from kensa.checks.method import CheckMethod
-from kensa.errors import CheckError, KensaError
+from kensa.checks import commands, config, files, kernel, packages, security, services
+from kensa.checks.method import CheckMethod, not_compliant
+from kensa.checks.reading import observing
+from kensa.errors import CheckError, CheckNotAssessable, KensaError
 from kensa.facts.params import Schema
-from kensa.model import Step
+from kensa.model import Finding, Step, Verdict
 from kensa.hosts.protocol import ReadableHost
 
 CHECKS: Mapping[str, CheckMethod] = MappingProxyType(
-    {method.name: method for method in (*config.METHODS, *files.METHODS, *kernel.METHODS)}
+    {
+        method.name: method
+        for family in (config, files, kernel, packages, services, security, commands)
+        for method in family.METHODS
+    }
 )
 """Check method name -> method, for every check kensa evaluates."""
 
@@ -66,21 +70,22 @@ class Validating(Protocol):
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool: ...
 
 
-@dataclass(frozen=True)
-class Compliance:
-    """Whether a rule's implementation holds on a host, and why not."""
-
-    compliant: bool
-    detail: str = ""
+Compliance = Finding
+"""What :func:`compliance` returns (a :class:`kensa.model.Finding`)."""
 
 
-def evaluate_check(check: CheckLike, host: Any) -> bool:
-    """Whether one check holds on ``host``; raises CheckError when it cannot be evaluated."""
+def evaluate_check(check: CheckLike, host: Any, handlers: Any = None) -> Finding:
+    """What one check finds on ``host``: compliant, not compliant or not assessable, with
+    what was seen. Raises CheckError for a fault (an unsupported method, a file that
+    cannot be read, a command that cannot run). ``handlers`` is accepted for callers of
+    the older three-argument form and not used."""
     method = CHECKS.get(check.method)
     if method is None or not check.supported:
         raise CheckError(check.unsupported_reason or f"check method {check.method!r} is not supported")
     try:
-        return method.evaluate(host, check.params)
+        return method.evaluate(observing(host), check.params)
+    except CheckNotAssessable as exc:
+        return Finding(Verdict.NOT_ASSESSABLE, f"{check.method}: {exc}")
     except KensaError:
         raise
     except (OSError, ValueError, KeyError, re.error) as exc:
@@ -95,17 +100,35 @@ def step_holds(step: Step, host: Any, handlers: Mapping[str, Validating]) -> boo
     return bool(handler.validate(host, step.params))
 
 
-def compliance(impl: ImplementationLike, host: Any, handlers: Mapping[str, Validating]) -> Compliance:
-    """Whether ``impl`` already holds on ``host`` (its checks, else its steps)."""
-    if impl.checks:
-        for check in impl.checks:
-            if not evaluate_check(check, host):
-                return Compliance(False, f"check {check.method} does not hold")
-        return Compliance(True)
-    for index, step in enumerate(impl.steps):
-        if not step_holds(step, host, handlers):
-            return Compliance(False, f"step {index + 1} ({step.mechanism}) not in its desired state")
-    return Compliance(True)
+def compliance(impl: ImplementationLike, host: Any, handlers: Mapping[str, Validating]) -> Finding:
+    """What ``impl``'s checks find on ``host`` (all must hold); without checks, whether
+    every remediation step already validates.
+
+    Every check is evaluated: one that does not hold makes the finding not compliant
+    whatever the others do; otherwise a fault in one is raised (KensaError); otherwise
+    one that cannot be answered here makes it not assessable.
+    """
+    if not impl.checks:
+        for index, step in enumerate(impl.steps):
+            if not step_holds(step, host, handlers):
+                return not_compliant(f"step {index + 1} ({step.mechanism}) not in its desired state")
+        return Finding(Verdict.COMPLIANT, "every remediation step is already in its desired state")
+    findings: List[Finding] = []
+    fault: Optional[KensaError] = None
+    for check in impl.checks:
+        try:
+            findings.append(evaluate_check(check, host))
+        except KensaError as exc:
+            fault = fault or exc
+    failed = [f.detail for f in findings if f.verdict is Verdict.NOT_COMPLIANT]
+    if failed:
+        return not_compliant("; ".join(failed))
+    if fault is not None:
+        raise fault
+    unanswered = [f.detail for f in findings if f.verdict is Verdict.NOT_ASSESSABLE]
+    if unanswered:
+        return Finding(Verdict.NOT_ASSESSABLE, "; ".join(unanswered))
+    return Finding(Verdict.COMPLIANT, "; ".join(f.detail for f in findings))
 
 
 __all__ = [

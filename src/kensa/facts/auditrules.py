@@ -196,8 +196,22 @@ def rule_identity(line: str) -> Tuple[Any, ...]:
         elif option == "-F" and arg.startswith("key="):
             keys.append(arg[len("key="):])
         else:
-            fields.append(f"{option} {arg}")
+            fields.append(f"{option} {_unset_spelled_once(arg)}")
+    if kind == "a" and not syscalls:
+        syscalls = ["all"]  # auditctl -l shows a syscall rule without -S as '-S all'
     return (kind, target, "".join(sorted(set(perms))), tuple(sorted(set(syscalls))), tuple(sorted(fields)), tuple(keys))
+
+
+# Fields holding a user or group id; auditctl -l prints their "unset" id as -1.
+_ID_FIELDS = frozenset({"auid", "uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid", "ouid", "ogid"})
+
+
+def _unset_spelled_once(arg: str) -> str:
+    """``auid!=unset`` and ``auid!=4294967295`` as auditctl -l prints them: ``auid!=-1``."""
+    name, symbol, value = _field(arg)
+    if name in _ID_FIELDS and value in ("unset", "4294967295"):
+        return f"{name}{symbol}-1"
+    return arg
 
 
 def identities(lines: Sequence[str]) -> List[Tuple[Any, ...]]:
@@ -274,3 +288,24 @@ def rules_hold(host: ReadableHost, rules: Sequence[str], persist: str) -> bool:
         return False
     kernel = kernel_rules(host)
     return kernel is None or not missing(rules, kernel["rules"])
+
+
+RULES_DIR = "/etc/audit/rules.d"
+LOADED_RULES_FILE = "/etc/audit/audit.rules"
+
+
+def persisted_rules(host: ReadableHost) -> Tuple[List[str], List[str]]:
+    """The rule lines of every rules file auditd loads at boot (each ``*.rules`` of
+    /etc/audit/rules.d, which augenrules compiles, and /etc/audit/audit.rules, which
+    auditd reads), and the files read."""
+    names = host.list_dir(RULES_DIR) or []
+    files = [f"{RULES_DIR}/{name}" for name in names if name.endswith(".rules") and not name.startswith(".")]
+    lines: List[str] = []
+    read: List[str] = []
+    for path in files + [LOADED_RULES_FILE]:
+        found = host.info(path, content=True)
+        if found is None or found.kind != "file":
+            continue
+        read.append(path)
+        lines += (found.content or b"").decode("utf-8", "surrogateescape").splitlines()
+    return lines, read

@@ -9,8 +9,10 @@ directives are not followed.
 
 from __future__ import annotations
 
+import fnmatch
+import posixpath
 import re
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from kensa.errors import ParamError
 from kensa.facts.params import scalar_line
@@ -96,3 +98,44 @@ def get_value(text: str, key: str, separator: str = " ", comments: Sequence[str]
 def holds(host: ReadableHost, path: str, key: str, value: str, separator: str = " ") -> bool:
     """Whether the file at ``path`` on ``host`` sets ``key`` globally to ``value``."""
     return get_value(decode(host.read_bytes(path)), key, separator) == value.strip()
+
+
+def values_of(text: str, key: str, delimiter: str = "=") -> List[str]:
+    """Every global value ``text`` gives ``key``, in file order (Kensa's config_value
+    reading: ``key<delimiter>value`` or ``key:value``; a delimiter of one space means
+    ``key`` and its value are separated by whitespace). Comment lines and lines in a
+    ``Match`` block are not global."""
+    found: List[str] = []
+    for line in text.splitlines():
+        name = line_key(line, ("#",))
+        if name is None:
+            continue
+        if name.lower() == "match":
+            break
+        if name.lower() == key.lower():
+            found.append(line_value(line, name, delimiter if delimiter.strip() else " "))
+    return found
+
+
+def matching_files(host: ReadableHost, directory: str, pattern: str) -> List[str]:
+    """The regular files of ``directory`` whose names match the shell ``pattern``, sorted
+    (as a shell expands ``directory/pattern``); none when the directory is absent."""
+    names = host.list_dir(directory) or []
+    paths = [posixpath.join(directory, name) for name in names if fnmatch.fnmatchcase(name, pattern) and not name.startswith(".")]
+    return [path for path in paths if _is_file(host, path)]
+
+
+def _is_file(host: ReadableHost, path: str) -> bool:
+    found = host.info(path)
+    return found is not None and found.kind == "file"
+
+
+def glob_files(host: ReadableHost, pattern: str) -> List[str]:
+    """The regular files an absolute shell ``pattern`` names; wildcards only in its last
+    component (``/etc/ssh/ssh_host_*_key``), a pattern without any names one path."""
+    directory, name = posixpath.split(pattern)
+    if any(c in directory for c in "*?["):
+        raise ParamError(f"{pattern!r}: wildcards are supported in the last path component only")
+    if not any(c in name for c in "*?["):
+        return [pattern] if _is_file(host, pattern) else []
+    return matching_files(host, directory, name)

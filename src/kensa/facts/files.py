@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Sequence, Union
 
-from kensa.errors import HostAccessError, KensaError, ParamError
+from kensa.errors import HostAccessError, KensaError, ParamError, PathEscapeError
 from kensa.hosts.protocol import ReadableHost
 
 
@@ -32,3 +32,18 @@ def attributes_hold(host: ReadableHost, path: str, mode: Optional[int], uid: Opt
     """Whether ``path`` exists with the attributes asked for (None: any)."""
     found = existing(host, path, owner)
     return (mode is None or found.mode == mode) and (uid is None or found.uid == uid) and (gid is None or found.gid == gid)
+
+
+def real_dirs(host: ReadableHost, candidates: Sequence[str]) -> List[str]:
+    """Those of ``candidates`` that are directories on ``host``. One reached through a
+    symlink (``/lib`` -> ``usr/lib`` on a merged-/usr system) is left out: kensa never
+    follows links, and its target is among the candidates under its real name."""
+    found = []
+    for path in candidates:
+        try:
+            info = host.info(path)
+        except PathEscapeError:
+            continue
+        if info is not None and info.kind == "dir":
+            found.append(path)
+    return found

@@ -88,6 +88,17 @@ class PlannedView(FileReaders):
             return found
         return FileInfo(found.kind, found.mode, found.uid, found.gid, found.xattrs, None, found.mtime_ns, found.ino, found.nlink)
 
+    def list_dir(self, path: str) -> Optional[List[str]]:
+        """The host's entries of ``path`` with the planned files of that directory
+        added (or, planned absent, left out)."""
+        listed = self._host.list_dir(path)
+        directory = os.path.normpath(path)
+        planned = {os.path.basename(key): info for key, info in self._planned.items() if os.path.dirname(key) == directory}
+        added = {name for name, info in planned.items() if info is not None}
+        if listed is None and not added:
+            return None
+        return sorted((set(listed or ()) | added) - {name for name, info in planned.items() if info is None})
+
     def leftover_temps(self, path: str) -> List[str]:
         return self._host.leftover_temps(path)
 

@@ -80,6 +80,10 @@ class ReadableHost(Protocol):
         """The bytes of the regular file at ``path``, or None when absent."""
         ...
 
+    def list_dir(self, path: str) -> Optional[List[str]]:
+        """The names of the entries of the directory at ``path``, sorted; None when absent."""
+        ...
+
     def leftover_temps(self, path: str) -> List[str]:
         """Temporary files an interrupted write of ``path`` left beside it."""
         ...

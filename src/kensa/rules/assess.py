@@ -16,7 +16,8 @@ order the rules were given; it only reads the target, through the host object
 5. the implementation's checks (all must hold), or without checks its steps'
    validation: ``compliant`` or ``not_compliant`` with the deciding check, or
    ``unsupported`` when kensa cannot evaluate them, ``not_assessable`` when the
-   target cannot answer them, ``error`` for a fault.
+   target cannot answer them, ``error`` for a fault. Every check is evaluated: one
+   that does not hold decides, then a fault, then one the target cannot answer.
 
 :func:`plan_rules` makes the same decisions for remediation and gives the
 transaction to run for each rule that gets one.
@@ -25,7 +26,7 @@ transaction to run for each rule that gets one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 from kensa.checks import Validating, evaluate_check, step_holds
 from kensa.errors import KensaError
@@ -35,7 +36,7 @@ from kensa.rules.applicability import OsRelease, Resolution, platform_applies, r
 from kensa.rules.capabilities import PROBES, detect_capabilities
 from kensa.rules.model import Implementation, Rule
 
-__all__ = ["Planned", "TargetFacts", "check_rule", "check_rules", "choose", "not_assessable_reason", "observe", "plan_rules"]
+__all__ = ["Planned", "TargetFacts", "check_rule", "check_rules", "choose", "observe", "plan_rules"]
 
 
 @dataclass(frozen=True)
@@ -89,39 +90,45 @@ def choose(rule: Rule, facts: TargetFacts, host_key: str) -> Tuple[Optional[Impl
     return fallback, None
 
 
-def not_assessable_reason(exc: BaseException) -> Optional[str]:
-    """The reason when ``exc`` says the target cannot answer a check (an error class whose
-    ``verdict`` is ``not_assessable``), else None."""
-    if getattr(exc, "verdict", None) in (Verdict.NOT_ASSESSABLE, Verdict.NOT_ASSESSABLE.value):
-        return str(exc)
-    return None
-
-
 def _evaluate(rule: Rule, impl: Implementation, host: Any, host_key: str, handlers: Mapping[str, Validating]) -> CheckResult:
     label, source = _label(rule, impl), str(rule.source)
+
+    def result(verdict: Verdict, detail: str, decided: str) -> CheckResult:
+        return CheckResult(rule.id, host_key, verdict, detail, decided, label, source)
+
     if not impl.checkable:
-        return CheckResult(rule.id, host_key, Verdict.UNSUPPORTED, impl.check_unsupported_reason, implementation=label, source=source)
-    decided = ""
-    try:
-        if impl.checks:
-            for check in impl.checks:
-                decided = check.method
-                if not evaluate_check(check, host):
-                    detail = f"check {check.method} does not hold"
-                    return CheckResult(rule.id, host_key, Verdict.NOT_COMPLIANT, detail, decided, label, source)
-            decided = ",".join(check.method for check in impl.checks)
-        else:
+        return result(Verdict.UNSUPPORTED, impl.check_unsupported_reason, "")
+    if not impl.checks:
+        decided = ""
+        try:
             for index, step in enumerate(impl.steps):
                 decided = f"validate:{step.mechanism}"
                 if not step_holds(step, host, handlers):
-                    detail = f"step {index + 1} ({step.mechanism}) is not in its desired state"
-                    return CheckResult(rule.id, host_key, Verdict.NOT_COMPLIANT, detail, decided, label, source)
-            decided = ",".join(f"validate:{step.mechanism}" for step in impl.steps)
-    except KensaError as exc:
-        reason = not_assessable_reason(exc)
-        verdict = Verdict.NOT_ASSESSABLE if reason is not None else Verdict.ERROR
-        return CheckResult(rule.id, host_key, verdict, str(exc), decided, label, source)
-    return CheckResult(rule.id, host_key, Verdict.COMPLIANT, "", decided, label, source)
+                    return result(Verdict.NOT_COMPLIANT, f"step {index + 1} ({step.mechanism}) is not in its desired state", decided)
+        except KensaError as exc:
+            return result(Verdict.ERROR, str(exc), decided)
+        return result(Verdict.COMPLIANT, "every remediation step is already in its desired state",
+                      ",".join(f"validate:{step.mechanism}" for step in impl.steps))
+    # Every check is evaluated: one that does not hold decides, whatever the others do;
+    # else a fault; else one this target cannot answer.
+    fault: Optional[CheckResult] = None
+    unanswered: Optional[CheckResult] = None
+    held: List[str] = []
+    for check in impl.checks:
+        try:
+            finding = evaluate_check(check, host)
+        except KensaError as exc:
+            fault = fault or result(Verdict.ERROR, str(exc), check.method)
+            continue
+        if finding.verdict is Verdict.NOT_COMPLIANT:
+            return result(Verdict.NOT_COMPLIANT, finding.detail or f"check {check.method} does not hold", check.method)
+        if finding.verdict is Verdict.NOT_ASSESSABLE:
+            unanswered = unanswered or result(Verdict.NOT_ASSESSABLE, finding.detail, check.method)
+        elif finding.detail:
+            held.append(finding.detail)
+    if fault is not None or unanswered is not None:
+        return fault or cast(CheckResult, unanswered)
+    return result(Verdict.COMPLIANT, "; ".join(held), ",".join(check.method for check in impl.checks))
 
 
 def _dependency_verdict(rule: Rule, results: Mapping[str, CheckResult], host_key: str) -> Optional[CheckResult]:

@@ -53,7 +53,8 @@ class RuleCheck:
     decides_compliance = True
 
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
-        return all(evaluate_check(check, host) for check in _checks(params))
+        # A check this target cannot answer does not hold: the remediation cannot be verified.
+        return all(evaluate_check(check, host).holds for check in _checks(params))
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         _checks(params)

@@ -1,0 +1,88 @@
+"""How checks read a target: a path whose directories do not exist holds nothing.
+
+A host refuses a read whose parent directory is missing (``directory 'etc' does not
+exist``), which is right for a handler about to write there. A check asks what is
+there, and the honest answer is nothing: :class:`Observing` answers None (absent)
+for such a read, so a check of a missing file says not compliant, "no such file",
+instead of failing. Every other refusal (a symlink, an escape from the root, a file
+above the size cap) is passed on unchanged.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+from typing import Any, Callable, List, Mapping, Optional, Sequence, TypeVar
+
+from kensa.errors import HostAccessError
+from kensa.hosts.protocol import ReadableHost
+from kensa.model import FileInfo
+
+T = TypeVar("T")
+
+
+def _absent_if_missing(read: Callable[[], Optional[T]]) -> Optional[T]:
+    try:
+        return read()
+    except HostAccessError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+
+
+class Observing:
+    """``host`` for a check: the same reads, with a missing directory on the way read as absence."""
+
+    def __init__(self, host: ReadableHost) -> None:
+        self.host = host
+
+    @property
+    def root(self) -> str:
+        return self.host.root
+
+    @property
+    def is_live(self) -> bool:
+        return self.host.is_live
+
+    @property
+    def identity(self) -> str:
+        return self.host.identity
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.host.max_file_bytes
+
+    def where(self, path: str) -> str:
+        return self.host.where(path)
+
+    def info(self, path: str, *, content: bool = False) -> Optional[FileInfo]:
+        return _absent_if_missing(lambda: self.host.info(path, content=content))
+
+    def read_file(self, path: str) -> Optional[FileInfo]:
+        return _absent_if_missing(lambda: self.host.read_file(path))
+
+    def read_bytes(self, path: str) -> Optional[bytes]:
+        return _absent_if_missing(lambda: self.host.read_bytes(path))
+
+    def list_dir(self, path: str) -> Optional[List[str]]:
+        return _absent_if_missing(lambda: self.host.list_dir(path))
+
+    def leftover_temps(self, path: str) -> List[str]:
+        return self.host.leftover_temps(path)
+
+    def lookup_id(self, database: str, name: str) -> int:
+        return self.host.lookup_id(database, name)
+
+    def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
+        return self.host.run(argv, timeout)
+
+    def overlay(self, planned: Mapping[str, Optional[FileInfo]]) -> ReadableHost:
+        return Observing(self.host.overlay(planned))
+
+    def __repr__(self) -> str:
+        return f"Observing({self.host!r})"
+
+
+def observing(host: Any) -> ReadableHost:
+    """``host`` as checks read it (see :class:`Observing`)."""
+    return host if isinstance(host, Observing) else Observing(host)
