@@ -221,7 +221,7 @@ def test_variable_files_follow_kensas_priority(tmp_path: Path) -> None:
     (conf / "groups/eu.yml").write_text("variables: {d: eu}\n")
     (conf / "hosts/h1.yml").write_text("variables: {e: h1, list: [x, 2]}\n")
     found = load_variables(str(conf), host="h1", groups=["web", "eu", "absent"], overrides=[("f", "cli")])
-    assert dict(found.values) == {"a": "d", "b": "late", "c": "web", "d": "eu", "e": "h1", "f": "cli", "list": ("x", "2")}
+    assert dict(found.values) == {"a": "d", "b": "late", "c": "web", "d": "eu", "e": "h1", "f": "cli", "list": "x,2"}
     assert found.origins["e"] == str(conf / "hosts/h1.yml")
     assert dict(load_variables(str(conf), host="other").values)["e"] == "d"
 
@@ -264,14 +264,18 @@ def test_a_value_is_text_and_cannot_change_the_rules_structure() -> None:
         load_rule_set([LANGUAGE / "base-motd.yml"], variables=Variables({"motd_text": hostile}), strict=True)
 
 
-def test_a_whole_field_template_takes_a_list_value() -> None:
-    """A field that is only a template takes a list variable as a list; inside text a list
-    variable is refused as undefined there, naming it."""
-    text = "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n    remediation: {mechanism: audit_rule_set, rule: '{{ rules }}'}\n"
-    rule = parse_rule(text, variables=Variables({"rules": ("-w /etc/passwd -p wa -k id", "-w /etc/group -p wa -k id")}))
-    assert list(rule.implementations[0].steps[0].params["rule"]) == ["-w /etc/passwd -p wa -k id", "-w /etc/group -p wa -k id"]
-    with pytest.raises(UndefinedVariableError, match="rules \\(a list"):
-        parse_rule(text.replace("'{{ rules }}'", "'-w {{ rules }}'"), variables=Variables({"rules": ("a",)}))
+def test_a_list_variable_is_its_members_joined_by_commas(tmp_path: Path) -> None:
+    """A list variable renders as its members joined by ',' wherever its template is (as
+    Kensa renders one); a member that would split into others is refused at its variable."""
+    (tmp_path / "defaults.yml").write_text("variables: {units: [a.service, b.service], one: []}\n")
+    variables = load_variables(str(tmp_path))
+    assert dict(variables.values) == {"units": "a.service,b.service", "one": ""}
+    text = "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n    remediation: {mechanism: command_exec, run: 'for u in {{ units }}; do :; done'}\n"
+    rule = parse_rule(text.replace("id: r", "id: r\ntransactional: false"), variables=variables)
+    assert rule.implementations[0].steps[0].params["run"] == "for u in a.service,b.service; do :; done"
+    (tmp_path / "defaults.yml").write_text("variables: {units: [a b]}\n")
+    with pytest.raises(RuleError, match="field 'variables.units': list member 'a b'"):
+        load_variables(str(tmp_path))
 
 
 # --- platforms ----------------------------------------------------------------------------

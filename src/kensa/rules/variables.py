@@ -3,8 +3,9 @@ a value from the operator's variable sources before the rule is validated or run
 
 Plain substitution, no expression language: ``{{ name }}`` (spaces inside the braces
 optional; a name is a letter then letters, digits and ``_``) is replaced by the
-variable's value as text. A field whose whole value is one template takes the
-value as it is, so a list variable can fill a list field. A rule that uses a
+variable's value as text. A list value is its members joined by ``,`` (as Kensa
+renders one; a check that takes a set, such as ``set_compare``, splits it again),
+so a member may hold neither ``,`` nor whitespace. A rule that uses a
 variable no source defines is refused, naming every such variable: a template
 must never reach a host.
 
@@ -28,12 +29,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import VariableFileError
 from kensa.rules.yaml import MAX_RULE_FILE_BYTES, FieldPath, read_document, type_name
 
-__all__ = ["TEMPLATE", "VARIABLE_NAME", "Variables", "load_variables", "parse_assignment", "substitute"]
+__all__ = ["LIST_SEPARATOR", "TEMPLATE", "VARIABLE_NAME", "Variables", "load_variables", "parse_assignment", "substitute"]
 
 VARIABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 """What a variable's name may be."""
@@ -41,15 +42,16 @@ VARIABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*)\s*\}\}")
 """One ``{{ name }}`` template."""
 
-Value = Union[str, Tuple[str, ...]]
+LIST_SEPARATOR = ","
+"""What joins the members of a list variable."""
 
 
 @dataclass(frozen=True)
 class Variables:
-    """The variables one target's rules see: name -> text (or a tuple of texts), and
-    where each came from (a file path or ``--var``), for messages."""
+    """The variables one target's rules see: name -> text, and where each came from
+    (a file path or ``--var``), for messages."""
 
-    values: Mapping[str, Value] = field(default_factory=dict)
+    values: Mapping[str, str] = field(default_factory=dict)
     origins: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,7 +67,7 @@ def _text(value: Any) -> Optional[str]:
     return None
 
 
-def _read_file(path: str) -> Dict[str, Value]:
+def _read_file(path: str) -> Dict[str, str]:
     try:
         with open(path, "rb") as stream:
             data = stream.read(MAX_RULE_FILE_BYTES + 1)
@@ -83,7 +85,7 @@ def _read_file(path: str) -> Dict[str, Value]:
         return {}
     if not isinstance(block, dict):
         raise doc.error(("variables",), f"expected a mapping of variable names to values, got {type_name(block)}")
-    found: Dict[str, Value] = {}
+    found: Dict[str, str] = {}
     for name, item in block.items():
         where: FieldPath = ("variables", name)
         if not VARIABLE_NAME.fullmatch(name):
@@ -95,7 +97,11 @@ def _read_file(path: str) -> Dict[str, Value]:
         items = [_text(one) for one in item] if isinstance(item, list) else None
         if items is None or any(one is None for one in items):
             raise doc.error(where, f"a variable's value is a string, number, boolean or list of them, got {type_name(item)}")
-        found[name] = tuple(one for one in items if one is not None)
+        members = [one for one in items if one is not None]
+        split = next((one for one in members if not one or LIST_SEPARATOR in one or one.split() != [one]), None)
+        if split is not None:
+            raise doc.error(where, f"list member {split[:64]!r} is empty or holds ',' or whitespace: it would split into other members")
+        found[name] = LIST_SEPARATOR.join(members)
     return found
 
 
@@ -138,7 +144,7 @@ def load_variables(
 
     Raises VariableFileError naming the file, line and variable when a source is malformed.
     """
-    values: Dict[str, Value] = {}
+    values: Dict[str, str] = {}
     origins: Dict[str, str] = {}
     if config_dir:
         if not os.path.isdir(config_dir):
@@ -166,19 +172,12 @@ def substitute(value: Any, variables: Variables, missing: Dict[str, FieldPath], 
         return [substitute(item, variables, missing, path + (i,)) for i, item in enumerate(value)]
     if not isinstance(value, str) or "{{" not in value:
         return value
-    whole = TEMPLATE.fullmatch(value)
-    if whole is not None and whole.group(1) in variables.values:
-        found = variables.values[whole.group(1)]
-        return list(found) if isinstance(found, tuple) else found
 
     def one(match: "re.Match[str]") -> str:
         name = match.group(1)
         found = variables.values.get(name)
         if found is None:
             missing.setdefault(name, path)
-            return match.group(0)
-        if isinstance(found, tuple):
-            missing.setdefault(f"{name} (a list, usable only as a whole field)", path)
             return match.group(0)
         return found
 
