@@ -14,7 +14,7 @@ import argparse
 import json
 import socket
 import sys
-from typing import Any, Dict, List, TextIO, Tuple
+from typing import Any, Callable, Dict, List, TextIO, Tuple
 
 from kensa.cli.plan import Target, load_rule_set_for, target_for
 from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
@@ -143,9 +143,15 @@ def _run_in_order(engine: Any, planned: List[Any], show_progress: bool) -> Tuple
     return results, rows
 
 
-def run_remediate(args: argparse.Namespace, out: TextIO) -> int:
-    """``kensa remediate``: each applicable rule as a transaction; see the module docstring."""
-    from kensa.cli.main import _engine, exit_code_for
+def run_remediate(
+    args: argparse.Namespace,
+    out: TextIO,
+    engine_for: Callable[[argparse.Namespace], Any],
+    exit_code_for: Callable[[List[TransactionResult], bool], int],
+) -> int:
+    """``kensa remediate``: each applicable rule as a transaction; see the module docstring.
+    ``engine_for`` builds the engine from the options, ``exit_code_for`` turns the results
+    (and whether some rule was not run) into the exit code."""
     from kensa.rules.assess import plan_rules
 
     target, host, ruleset = _load(args)
@@ -157,7 +163,7 @@ def run_remediate(args: argparse.Namespace, out: TextIO) -> int:
         )
     if args.dry_run:
         return _dry_run(args, planned, host, out, bool(ruleset.problems))
-    engine = _engine(args)
+    engine = engine_for(args)
     if args.workers > 1:
         # Transactions on one target never overlap: say so rather than imply parallelism.
         sys.stderr.write(f"kensa: note: --workers {args.workers} has no effect here: this run has one target, "

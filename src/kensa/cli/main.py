@@ -116,7 +116,7 @@ def run_batch(engine: Any, txns: List[Transaction], workers: int, show_progress:
 def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
     from kensa.cli.checking import run_remediate
 
-    return run_remediate(args, out)
+    return run_remediate(args, out, _engine, exit_code_for)
 
 
 def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
