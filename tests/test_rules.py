@@ -401,6 +401,8 @@ def _audit_rule_file(rule: str) -> str:
         ("-a always,exit -S open -k x -D x", "-D"),
         ("-a always,exit -S open -b 8192", "-b"),
         ("-w /etc/passwd -p wa -W /etc/passwd", "-W"),
+        ("-e 0", "-e"),
+        ("-D", "-D"),
     ],
 )
 def test_audit_rule_with_a_control_option_is_a_rule_error(rule: str, option: str) -> None:
@@ -412,7 +414,7 @@ def test_audit_rule_with_a_control_option_is_a_rule_error(rule: str, option: str
     assert f"'{option}'" in message, message
 
 
-@pytest.mark.parametrize("rule", ["-e 2", "-k logins", "-D", "-w /etc/passwd -p wa -k identity\n-e 2"])
+@pytest.mark.parametrize("rule", ["-e 2", "-k logins", "-b 8192", "-w /etc/passwd -p wa -k identity\n-e 2"])
 def test_kensa_audit_control_lines_load_as_unsupported(rule: str) -> None:
     """Kensa's schema takes audit lines that set audit's state or name rules by key only
     ('-e 2', '-k logins'); kensa's handler does not carry them out. Such a rule loads,

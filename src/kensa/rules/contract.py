@@ -147,11 +147,12 @@ KENSA_CAPABILITIES = frozenset(
 
 # --- values Kensa accepts where kensa's own field reader is narrower ------------------
 
-# Audit lines that set audit's own state or name rules by key only: Kensa takes them,
-# kensa's audit handler and check refuse them (they are not rules kensa can add, remove
-# and verify one by one).
+# Audit lines that make the configuration immutable, size the backlog, or name rules by
+# key only: Kensa takes them, kensa's audit handler and check refuse them (they are not
+# rules kensa can add, remove and verify one by one). Lines that switch audit off or
+# delete rules ("-e 0", "-D") are refused outright, as the handler refuses them.
 _AUDIT_CONTROL_LINE = re.compile(
-    r"-[ebfr]\s+\d+|-D|--backlog_wait_time\s+\d+|--loginuid-immutable|-k\s+\S+|-F\s+key=\S+"
+    r"-e\s+[12]|-[bfr]\s+\d+|--backlog_wait_time\s+\d+|--loginuid-immutable|-k\s+\S+|-F\s+key=\S+"
 )
 # chmod's symbolic form ("go-w", "+t", "u=rw,o="), which Kensa hands to chmod for each file
 # a find selects; kensa's file_permissions sets numeric modes only.
