@@ -87,3 +87,29 @@ def test_rule_check_made_true_commits_and_rolls_back_by_id(tmp_path: Path) -> No
     undone = engine.rollback(result.txn_id)
     assert undone.status is Status.ROLLED_BACK, undone
     assert not (root / "etc/x").exists()
+
+
+def test_sysctl_rule_whose_check_holds_is_skipped_not_committed(tmp_path: Path) -> None:
+    """The kernel value already is what the rule's check asks, while the persist file the
+    step would write is missing: kensa remediate skips the rule (the check holds) instead of
+    committing a change, and writes no file."""
+    import io
+    import json
+
+    from kensa.cli.main import main
+
+    root = _root(tmp_path)
+    (root / "proc/sys/net/ipv4").mkdir(parents=True)
+    (root / "proc/sys/net/ipv4/ip_forward").write_text("0\n")
+    (root / "etc/sysctl.d").mkdir()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "ip-forward.yml").write_text(_rule(
+        '{method: sysctl_value, key: net.ipv4.ip_forward, expected: "0"}',
+        '{mechanism: sysctl_set, key: net.ipv4.ip_forward, value: "0"}',
+    ))
+    out = io.StringIO()
+    code = main(["--no-audit", "--journal", str(tmp_path / "j.db"), "remediate", str(rules), "--root", str(root), "--json"], out=out)
+    [result] = json.loads(out.getvalue())["results"]
+    assert (code, result["status"]) == (0, "skipped"), out.getvalue()
+    assert list((root / "etc/sysctl.d").iterdir()) == []
