@@ -443,3 +443,13 @@ def test_resolve_orders_dependencies_first_and_reports_cycles() -> None:
     assert [r.id for r in resolution.order] == ["a", "b", "c"]
     assert resolution.skipped["x"].startswith("dependency cycle: ")
     assert set(resolution.skipped) == {"x", "y"}
+
+
+def test_a_rule_depending_on_a_superseded_rule_names_its_verdict(tmp_path: Path) -> None:
+    """A dependency that another rule supersedes is not evaluated; its dependent is not
+    applicable, naming the dependency's own verdict rather than calling it missing."""
+    rules = rules_dir(tmp_path, "base-motd", "legacy-motd", "check-only")
+    text = (rules / "check-only.yml").read_text().replace("id: check-only", "id: check-only\ndepends_on: [legacy-motd]")
+    (rules / "check-only.yml").write_text(text)
+    _, rows, _ = check(tmp_path, make_root(tmp_path), rules, *VARS)
+    assert rows["check-only"]["detail"] == "depends on rule legacy-motd, which is not_applicable"

@@ -26,7 +26,7 @@ transaction to run for each rule that gets one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import AbstractSet, Any, List, Mapping, Optional, Sequence, Tuple, cast
 
 from kensa.checks import Validating, evaluate_check, step_holds
 from kensa.errors import KensaError
@@ -178,7 +178,8 @@ def check_rules(
     """
     facts = facts if facts is not None else observe(host)
     resolution = resolve(rules)
-    results: Dict[str, CheckResult] = {}
+    # Skipped rules first: a rule depending on one of them then names its verdict.
+    results = {rule.id: _skipped(rule, resolution.skipped[rule.id], host_key) for rule in rules if rule.id in resolution.skipped}
     for rule in resolution.order:
         impl, verdict = choose(rule, facts, host_key)
         if verdict is None:
@@ -187,7 +188,7 @@ def check_rules(
             verdict = _evaluate(rule, impl, host, host_key, handlers)
         if verdict is not None:
             results[rule.id] = verdict
-    return [results.get(rule.id) or _skipped(rule, resolution.skipped[rule.id], host_key) for rule in rules]
+    return [results[rule.id] for rule in rules]
 
 
 def plan_rules(
