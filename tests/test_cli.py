@@ -96,7 +96,7 @@ def test_examples_check_then_remediate_in_a_temporary_root(tmp_path: Path, journ
     code, out = kensa_cli("--journal", journal, "--no-audit", "check", str(EXAMPLES), "--root", str(root), "--json")
     before = json.loads(out)
     assert code == EXIT_NOT_APPLIED
-    assert {r["state"] for r in before["rules"]} == {"not_compliant"}
+    assert {r["verdict"] for r in before["rules"]} == {"not_compliant"}
 
     code, out = kensa_cli("--journal", journal, "--no-audit", "remediate", str(EXAMPLES), "--root", str(root), "--json")
     results = json.loads(out)["results"]
@@ -106,7 +106,7 @@ def test_examples_check_then_remediate_in_a_temporary_root(tmp_path: Path, journ
 
     code, out = kensa_cli("--journal", journal, "--no-audit", "check", str(EXAMPLES), "--root", str(root), "--json")
     assert code == EXIT_OK
-    assert {r["state"] for r in json.loads(out)["rules"]} == {"compliant"}
+    assert {r["verdict"] for r in json.loads(out)["rules"]} == {"compliant"}
     assert (root / "etc/ssh/sshd_config").read_text().count("PermitRootLogin no") == 1
     assert (root / "proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
 

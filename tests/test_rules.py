@@ -401,7 +401,8 @@ def _audit_rule_file(rule: str) -> str:
         ("-a always,exit -S open -k x -D x", "-D"),
         ("-a always,exit -S open -b 8192", "-b"),
         ("-w /etc/passwd -p wa -W /etc/passwd", "-W"),
-        ("-e 2", "-e"),
+        ("-e 0", "-e"),
+        ("-D", "-D"),
     ],
 )
 def test_audit_rule_with_a_control_option_is_a_rule_error(rule: str, option: str) -> None:
@@ -411,6 +412,16 @@ def test_audit_rule_with_a_control_option_is_a_rule_error(rule: str, option: str
     message = str(caught.value)
     assert "field 'implementations[0].remediation.rule': " in message, message
     assert f"'{option}'" in message, message
+
+
+@pytest.mark.parametrize("rule", ["-e 2", "-k logins", "-b 8192", "-w /etc/passwd -p wa -k identity\n-e 2"])
+def test_kensa_audit_control_lines_load_as_unsupported(rule: str) -> None:
+    """Kensa's schema takes audit lines that set audit's state or name rules by key only
+    ('-e 2', '-k logins'); kensa's handler does not carry them out. Such a rule loads,
+    unsupported, with the handler's reason at its field: it is not a malformed rule."""
+    impl = parse_rule(_audit_rule_file(rule.replace("\n", "\\n")).replace("'", '"')).implementations[0]
+    assert not impl.supported
+    assert "field 'implementations[0].remediation.rule' of mechanism 'audit_rule_set': kensa " in impl.unsupported_reason
 
 
 def test_audit_rule_of_allowed_options_loads() -> None:
@@ -725,7 +736,6 @@ SAME_VERDICT = [
     ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "6_44"}, False),
     ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "+644"}, False),
     ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "10000"}, False),
-    ({"mechanism": "file_permissions", "path": "/etc/issue", "mode": "u=rw"}, False),
     ({"mechanism": "file_content", "path": "/etc/motd", "content": "x\n", "mode": "0o600"}, False),
     ({"mechanism": "audit_rule_set", "rule": ["-w /etc/passwd -p wa -k id", "-w /etc/shadow -p wa -k id"]}, True),
 ]
@@ -762,6 +772,19 @@ def test_loader_and_handler_agree_on_a_steps_fields(tmp_path: Path, fields: dict
     except handlers.ParamError:
         taken = False
     assert (loaded, taken) == (accepted, accepted)
+
+
+@pytest.mark.parametrize("mode", ["u=rw", "go-w", "+t", "u=rwx,g=rx,o="])
+def test_symbolic_mode_loads_as_unsupported(mode: str) -> None:
+    """chmod's symbolic modes are valid in Kensa's schema (it hands them to chmod); kensa's
+    file_permissions sets numeric modes only, so the rule loads unsupported, naming the field,
+    and the handler refuses the same value at run time."""
+    text = MINIMAL.replace("{mechanism: file_absent, path: /x}", f"{{mechanism: file_permissions, path: /x, mode: '{mode}'}}")
+    rule = parse_rule(text)
+    assert not rule.supported
+    assert "field 'implementations[0].remediation.mode' of mechanism 'file_permissions': kensa " in rule.unsupported_reason
+    with pytest.raises(handlers.ParamError):
+        handlers.default_registry()["file_permissions"].validate(None, {"path": "/x", "mode": mode})
 
 
 def test_match_key_error_says_why() -> None:

@@ -177,6 +177,23 @@ class RuleError(KensaError, ValueError):
     """A rule file is malformed, unreadable, or clashes with another rule."""
 
 
+class UndefinedVariableError(RuleError):
+    """A rule uses ``{{ name }}`` variables that no variable source defines.
+
+    ``names`` lists them, sorted; ``rule_id`` is the rule's id. The rule does not
+    run: a template must never reach a host.
+    """
+
+    def __init__(self, message: str, names: Tuple[str, ...] = (), rule_id: str = "") -> None:
+        super().__init__(message)
+        self.names = tuple(names)
+        self.rule_id = rule_id
+
+
+class VariableFileError(RuleError):
+    """A variable file (defaults, conf.d, per group, per host) or a --var is malformed."""
+
+
 # Raised by kensa.checks
 
 class CheckError(KensaError, ValueError):

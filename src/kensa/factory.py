@@ -39,6 +39,9 @@ def default_engine(
 ) -> Engine:
     """The production engine: built-in handlers, local hosts, SQLite journal, kernel audit.
 
+    The registry holds the built-in mechanisms and the step that carries a rule's
+    own check (:class:`kensa.rules.checkstep.RuleCheck`).
+
     Host keys are ``"localhost"`` (this machine, ``/``) or the absolute path of
     a target root (:func:`kensa.hosts.resolve_host`); spellings of one target are
     made one key (:func:`kensa.hosts.canonical_host_key`).
@@ -113,6 +116,12 @@ def default_engine(
     journal = SqliteJournal(path)
     timeout = DEFAULT_TIMEOUT if target_lock_timeout is None else target_lock_timeout
     locks = TargetLocks(target_lock_directory(path), timeout=timeout)
+    try:
+        from kensa.rules.checkstep import RuleCheck
+    except ImportError as exc:
+        raise WiringError(f"default_engine needs kensa.rules.checkstep.RuleCheck: {exc}; reinstall kensa") from exc
+    # The step that carries a rule's own check (kensa.rules.Rule.to_transaction appends it).
+    registry = {**default_registry(), RuleCheck.name: RuleCheck()}
     return Engine(
-        default_registry(), audit=emitter, journal=journal, hosts=hosts, events=events, target_lock=locks
+        registry, audit=emitter, journal=journal, hosts=hosts, events=events, target_lock=locks
     )

@@ -90,12 +90,22 @@ class Finding:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """The verdict of one rule's check on one host, and what it rests on."""
+    """The verdict of one rule's check on one host, and what it rests on.
+
+    ``check`` names what decided it: the check method that did not hold (or,
+    compliant, every method that held, comma-separated), ``validate:<mechanism>``
+    when the rule has no check and its steps' own validation decided, "" when no
+    check ran. ``implementation`` is the one chosen (``implementations[1]``), ""
+    when none was; ``source`` is the rule's file:line.
+    """
 
     rule: str
     host: str
     verdict: Verdict
     detail: str = ""
+    check: str = ""
+    implementation: str = ""
+    source: str = ""
 
 
 def _freeze(params: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -37,7 +37,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
 from kensa.errors import KensaError, UsageError
 from kensa._version import __version__
 from kensa.cli import remote
-from kensa.cli.plan import detect_capabilities, implementation_for, load, target_for, transactions_for
+from kensa.cli.checking import add_rule_options
 from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
 from kensa.model import Status, Transaction, TransactionResult
 
@@ -82,38 +82,11 @@ def _engine(args: argparse.Namespace, **remote: Any) -> Any:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    from kensa.checks import compliance
-    from kensa.handlers import default_registry
-    from kensa.hosts.local import LocalHost
+    from kensa.cli.checking import run_check
 
     if remote.remote_wanted(args):
         return remote.cmd_check_remote(args, out)
-    target = target_for(args.root)
-    rules = load(args.rules)
-    host = LocalHost(target.root)
-    handlers = default_registry()
-    caps = detect_capabilities(host)
-    rows = []
-    code = EXIT_OK
-    for rule in rules:
-        impl, why_not = implementation_for(rule, caps)
-        if impl is None:
-            state, detail = "unsupported", why_not
-        else:
-            try:
-                verdict = compliance(impl, host, handlers)
-                state, detail = verdict.verdict.value, verdict.detail
-            except KensaError as exc:
-                state, detail = "error", str(exc)
-        if state != "compliant":
-            code = EXIT_NOT_APPLIED
-        rows.append({"rule": rule.id, "state": state, "detail": detail, "source": str(rule.source)})
-    if args.json:
-        json.dump({"target": target.root, "rules": rows}, out, indent=2)
-        out.write("\n")
-    else:
-        print_table([(r["rule"], r["state"], r["detail"]) for r in rows], ("RULE", "STATE", "DETAIL"), out)
-    return code
+    return run_check(args, out)
 
 
 def exit_code_for(results: Iterable[TransactionResult], unsupported: bool) -> int:
@@ -145,53 +118,13 @@ def run_batch(engine: Any, txns: List[Transaction], workers: int, show_progress:
 
 
 def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
-    from kensa.hosts.local import LocalHost
+    from kensa.cli.checking import run_remediate
 
     if remote.remote_wanted(args):
         if args.dry_run:
             raise UsageError("remediate --dry-run runs on local targets only; use kensa check -H for remote hosts")
-        return remote.cmd_remediate_remote(args, out, lambda **kw: _engine(args, **kw), run_batch, exit_code_for)
-
-    target = target_for(args.root)
-    rules = load(args.rules)
-    host = LocalHost(target.root)
-    txns, unsupported = transactions_for(rules, target, host)
-    if args.dry_run:
-        return _dry_run(args, txns, unsupported, host, out)
-    engine = _engine(args)
-    if args.workers > 1:
-        # Transactions on one target never overlap: say so rather than imply parallelism.
-        sys.stderr.write(f"kensa: note: --workers {args.workers} has no effect here: this run has one target, "
-                         f"{target.root}, and one target's transactions run one after another\n")
-    results = run_batch(engine, txns, args.workers, show_progress=not args.json)
-    if args.json:
-        json.dump({"target": target.root, "results": [result_dict(r) for r in results], "unsupported": unsupported}, out, indent=2)
-        out.write("\n")
-    else:
-        print_results(results, unsupported, out)
-    return exit_code_for(results, bool(unsupported))
-
-
-def _dry_run(args: argparse.Namespace, txns: List[Transaction], unsupported: List[Dict[str, Any]], host: Any, out: TextIO) -> int:
-    from kensa.checks import step_holds
-    from kensa.handlers import default_registry
-
-    handlers = default_registry()
-    rows = []
-    for txn in txns:
-        try:
-            holds = all(step_holds(s, host, handlers) for s in txn.steps)
-            plan = "compliant: would skip" if holds else "would apply: " + ", ".join(s.mechanism for s in txn.steps)
-        except KensaError as exc:
-            plan = f"would error: {exc}"
-        rows.append({"rule": txn.rule, "plan": plan})
-    rows += [{"rule": u["rule"], "plan": f"unsupported: {u['detail']}"} for u in unsupported]
-    if args.json:
-        json.dump({"dry_run": True, "rules": rows}, out, indent=2)
-        out.write("\n")
-    else:
-        print_table([(r["rule"], r["plan"]) for r in rows], ("RULE", "PLAN"), out)
-    return EXIT_OK
+        return remote.cmd_remediate_remote(args, out, lambda **kw: _engine(args, **kw), exit_code_for)
+    return run_remediate(args, out, _engine, exit_code_for)
 
 
 def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
@@ -442,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     remote.add_target_arguments(p)
     remote.add_login_arguments(p)
+    add_rule_options(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("remediate", help="apply rules as transactions")
@@ -452,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     remote.add_target_arguments(p)
     remote.add_login_arguments(p)
+    add_rule_options(p, remediate=True)
     p.set_defaults(func=cmd_remediate)
 
     p = sub.add_parser("history", help="journaled transactions, newest first")

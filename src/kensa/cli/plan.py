@@ -1,16 +1,19 @@
-"""Which rules run where: the target of a run, the capabilities detected on it, the
-implementation of each rule that applies there, and the transactions they make."""
+"""Which rules run where: the target of a run, and the rules loaded for it with its variables.
+
+What applies on a target (platforms, ``when`` capabilities, dependencies) is
+decided by :mod:`kensa.rules.assess`; the capability probes are
+:mod:`kensa.rules.capabilities`.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-from kensa.errors import KensaError, UsageError
-from kensa.model import Transaction
+from kensa.errors import UsageError
 
-__all__ = ["Target", "detect_capabilities", "implementation_for", "load", "target_for", "transactions_for"]
+__all__ = ["Target", "detect_capabilities", "load", "load_rule_set_for", "target_for", "transactions_for"]
 
 
 @dataclass(frozen=True)
@@ -30,49 +33,59 @@ def target_for(root: Optional[str]) -> Target:
     return Target("localhost" if path == "/" else path, path)
 
 
-def load(paths: Sequence[str]) -> List[Any]:
-    from kensa.rules.load import load_rules
-
+def _existing(paths: Sequence[str]) -> None:
     for path in paths:
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such rule file or directory")
+
+
+def load(paths: Sequence[str]) -> List[Any]:
+    """The rules of ``paths``, without variables; the first bad file raises RuleError."""
+    from kensa.rules.load import load_rules
+
+    _existing(paths)
     return load_rules(paths)
 
 
+def load_rule_set_for(
+    paths: Sequence[str],
+    assignments: Sequence[str] = (),
+    config_dir: Optional[str] = None,
+    *,
+    host_name: str = "",
+    groups: Sequence[str] = (),
+) -> Any:
+    """The :class:`kensa.rules.RuleSet` of ``paths`` for a target named ``host_name`` in
+    ``groups``: variables from ``config_dir``'s files and the ``NAME=VALUE``
+    ``assignments`` (``--var``). A bad variable source raises (nothing is loaded);
+    a bad rule file is one of the set's problems."""
+    from kensa.rules.load import load_rule_set
+    from kensa.rules.variables import load_variables, parse_assignment
+
+    _existing(paths)
+    overrides = [parse_assignment(text) for text in assignments]
+    variables = load_variables(config_dir, host=host_name or None, groups=groups, overrides=overrides)
+    return load_rule_set(paths, variables=variables)
+
+
 def detect_capabilities(host: Any) -> FrozenSet[str]:
-    """Capabilities that ``when`` gates of rules can name, detected in the target root."""
-    found = set()
-    probes = {
-        "sshd_config_d": "/etc/ssh/sshd_config.d",
-        "sysctl_d": "/etc/sysctl.d",
-        "audit_rules_d": "/etc/audit/rules.d",
-    }
-    for name, path in probes.items():
-        try:
-            if host.info(path) is not None:
-                found.add(name)
-        except KensaError:
-            pass  # an unreadable or refused probe path means the capability is absent
-    return frozenset(found)
+    """Capabilities that ``when`` gates of rules can name, detected on the target (see
+    :mod:`kensa.rules.capabilities`)."""
+    from kensa.rules.capabilities import detect_capabilities as detect
+
+    return detect(host)
 
 
-def implementation_for(rule: Any, caps: FrozenSet[str]) -> Tuple[Any, str]:
-    """The implementation of ``rule`` to run here, or None and why not."""
-    impl = rule.select_implementation(caps)
-    if impl is None or not impl.supported:
-        return None, rule.unsupported_reason or "no implementation applies to this host"
-    return impl, ""
+def transactions_for(rules: Sequence[Any], target: Target, host: Any) -> Tuple[List[Any], List[Dict[str, Any]]]:
+    """Transactions for the rules that apply and are supported on ``host``, in dependency
+    order, and a row (rule, status = its verdict, detail) for each of the others."""
+    from kensa.rules.assess import plan_rules
 
-
-def transactions_for(rules: Iterable[Any], target: Target, host: Any) -> Tuple[List[Transaction], List[Dict[str, Any]]]:
-    """Transactions for the supported rules, and rows for the unsupported ones."""
-    caps = detect_capabilities(host)
-    txns: List[Transaction] = []
-    unsupported: List[Dict[str, Any]] = []
-    for rule in rules:
-        impl, why_not = implementation_for(rule, caps)
-        if impl is None:
-            unsupported.append({"rule": rule.id, "status": "unsupported", "detail": why_not})
-            continue
-        txns.append(rule.to_transaction(target.key, impl))
-    return txns, unsupported
+    _, planned = plan_rules(rules, host, host_key=target.key)
+    txns = [p.transaction for p in planned if p.transaction is not None]
+    rows = [
+        {"rule": p.rule.id, "status": p.verdict.verdict.value, "detail": p.verdict.detail}
+        for p in planned
+        if p.verdict is not None
+    ]
+    return txns, rows

@@ -106,32 +106,37 @@ def parse_host(spec: str, user: Optional[str], port: Optional[int], root: str, k
 
 def targets_from(args: argparse.Namespace) -> List[Tuple[str, RemoteTarget]]:
     """(name, target) of every host -H and --inventory name, in order, each key once."""
+    return [(name, target) for name, target, _ in hosts_from(args)]
+
+
+def hosts_from(args: argparse.Namespace) -> List[Tuple[str, RemoteTarget, Tuple[str, ...]]]:
+    """(name, target, inventory groups) of every host -H and --inventory name, in order, each key once."""
     root = args.root or "/"
-    found: List[Tuple[str, RemoteTarget]] = []
+    found: List[Tuple[str, RemoteTarget, Tuple[str, ...]]] = []
     for group in args.hosts or ():
         for spec in group.split(","):
             if spec.strip():
-                found.append((spec.strip(), parse_host(spec, args.user, args.port, root, args.key)))
+                found.append((spec.strip(), parse_host(spec, args.user, args.port, root, args.key), ()))
     if args.inventory:
         found += _inventory_targets(args, root)
     elif args.limit:
         raise UsageError("--limit selects hosts of an --inventory; add --inventory FILE")
     if not found:
         raise UsageError("-H names no host")
-    unique: Dict[str, Tuple[str, RemoteTarget]] = {}
-    for name, target in found:
-        unique.setdefault(target.key, (name, target))
+    unique: Dict[str, Tuple[str, RemoteTarget, Tuple[str, ...]]] = {}
+    for name, target, groups in found:
+        unique.setdefault(target.key, (name, target, groups))
     return list(unique.values())
 
 
-def _inventory_targets(args: argparse.Namespace, root: str) -> List[Tuple[str, RemoteTarget]]:
+def _inventory_targets(args: argparse.Namespace, root: str) -> List[Tuple[str, RemoteTarget, Tuple[str, ...]]]:
     from kensa.hosts.ssh import check_target
     from kensa.inventory import load_inventory, select_hosts
 
     hosts = load_inventory(args.inventory)
     if args.limit:
         hosts = select_hosts(hosts, args.limit, args.inventory)
-    found = []
+    found: List[Tuple[str, RemoteTarget, Tuple[str, ...]]] = []
     for entry in hosts:
         target = entry.target
         # The command line fills in what the inventory leaves out; a root the inventory sets wins.
@@ -144,7 +149,7 @@ def _inventory_targets(args: argparse.Namespace, root: str) -> List[Tuple[str, R
         )
         target = replace(target, root="/" if posixpath.normpath(target.root) in ("/", "//") else posixpath.normpath(target.root))
         check_target(target)
-        found.append((entry.name, target))
+        found.append((entry.name, target, tuple(entry.groups)))
     return found
 
 
@@ -182,13 +187,16 @@ class RemoteRun:
 
     ``options`` (:class:`~kensa.hosts.ssh.SshOptions`) None: made from ``args``
     when the first transport is, so a command that reaches no remote host never
-    reads a sudo password. Transports of one login share one control master, so
-    the planning connection and the engine's cost one login per host.
+    reads a sudo password. Transports of one login share one control master.
+    ``targets`` (key -> target) are the hosts as the command line and the
+    inventory gave them: a connection made from a bare ``ssh://`` key (the
+    engine's resolver) logs in with the identity file given there.
     """
 
     options: Any
     key_file: Optional[str] = None
     args: Optional[argparse.Namespace] = None
+    targets: Dict[str, RemoteTarget] = field(default_factory=dict)
     opened: List[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -196,6 +204,9 @@ class RemoteRun:
         """A new transport to ``target`` (one per connection); a journaled key gets ``-k`` as its identity file."""
         from kensa.hosts.ssh import SshTransport
 
+        given = self.targets.get(target.key)
+        if given is not None and target.identity_file is None:
+            target = replace(target, identity_file=given.identity_file)
         if target.identity_file is None and self.key_file is not None:
             target = replace(target, identity_file=self.key_file)
         with self.lock:
@@ -236,97 +247,121 @@ class RemoteRun:
             thing.close()
 
 
-def _per_host(targets: Sequence[Tuple[str, RemoteTarget]], workers: int,
-              work: Callable[[RemoteTarget], Any]) -> List[Any]:
-    """``work`` for every target, ``workers`` hosts at a time, in target order."""
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
-        return list(pool.map(lambda pair: work(pair[1]), targets))
+def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any]) -> List[Any]:
+    """``work`` for every host entry, ``workers`` hosts at a time, in order."""
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(hosts)))) as pool:
+        return list(pool.map(work, hosts))
+
+
+def _rule_set(args: argparse.Namespace, name: str, groups: Tuple[str, ...]) -> Any:
+    """The rules as they read for one host: its inventory name and groups pick its variable files."""
+    from kensa.cli.plan import load_rule_set_for
+
+    return load_rule_set_for(args.rules, args.var, args.config_dir, host_name=name, groups=groups)
+
+
+def _report_problems(rule_sets: Sequence[Any]) -> bool:
+    """Print each bad rule file once; True when there was one."""
+    from kensa.cli.render import printable
+
+    seen = set()
+    for ruleset in rule_sets:
+        for problem in ruleset.problems:
+            if problem.message not in seen:
+                seen.add(problem.message)
+                sys.stderr.write(f"kensa: {printable(problem.message)}\n")
+    return bool(seen)
 
 
 def cmd_check_remote(args: argparse.Namespace, out: TextIO) -> int:
     """``kensa check RULES -H ...``: each rule's verdict on each host, grouped per host."""
-    from kensa.checks import compliance
-    from kensa.cli.plan import detect_capabilities, implementation_for, load
+    from kensa.cli.checking import check_code, problem_rows
     from kensa.handlers import default_registry
+    from kensa.rules.assess import check_rules
 
-    targets = targets_from(args)
-    rules = load(args.rules)
+    hosts = hosts_from(args)
     handlers = default_registry()
-    run = RemoteRun(None, args.key, args=args)
+    run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
 
-    def check_host(target: RemoteTarget) -> List[CheckResult]:
+    def check_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Tuple[Any, List[CheckResult]]:
+        name, target, groups = entry
+        ruleset = _rule_set(args, name, groups)
         try:
             host = run.connect(target)
-            caps = detect_capabilities(host)
         except KensaError as exc:
-            return [CheckResult(rule.id, target.key, Verdict.ERROR, str(exc)) for rule in rules]
-        found = []
-        for rule in rules:
-            impl, why_not = implementation_for(rule, caps)
-            if impl is None:
-                found.append(CheckResult(rule.id, target.key, Verdict.UNSUPPORTED, why_not))
-                continue
-            try:
-                verdict = compliance(impl, host, handlers)
-                state = Verdict.COMPLIANT if verdict.compliant else Verdict.NOT_COMPLIANT
-                found.append(CheckResult(rule.id, target.key, state, verdict.detail))
-            except KensaError as exc:
-                found.append(CheckResult(rule.id, target.key, Verdict.ERROR, str(exc)))
-        return found
+            return ruleset, [CheckResult(rule.id, target.key, Verdict.ERROR, str(exc)) for rule in ruleset.rules]
+        found = check_rules(ruleset.rules, host, handlers, host_key=target.key)
+        return ruleset, found + problem_rows(ruleset, target.key)
 
     try:
-        per_host = _per_host(targets, args.workers, check_host)
+        per_host = _per_host(hosts, args.workers, check_host)
     finally:
         run.close()
-    rows = [row for host_rows in per_host for row in host_rows]
-    code = 0 if all(r.verdict is Verdict.COMPLIANT for r in rows) else 1
+    bad_files = _report_problems([ruleset for ruleset, _ in per_host])
+    rows = [row for _, host_rows in per_host for row in host_rows]
     if args.json:
         json.dump({"hosts": [{"host": t.key, "name": name, "rules": [
-            {"rule": r.rule, "state": r.verdict.value, "detail": r.detail} for r in host_rows]}
-            for (name, t), host_rows in zip(targets, per_host)]}, out, indent=2)
+            {"rule": r.rule, "verdict": r.verdict.value, "check": r.check, "implementation": r.implementation,
+             "detail": r.detail, "source": r.source} for r in host_rows]}
+            for (name, t, _), (_, host_rows) in zip(hosts, per_host)]}, out, indent=2)
         out.write("\n")
     else:
         from kensa.cli.render import print_table
 
-        print_table([(r.host, r.rule, r.verdict.value, r.detail) for r in rows], ("HOST", "RULE", "STATE", "DETAIL"), out)
-    return code
+        print_table([(r.host, r.rule, r.verdict.value, r.check, r.detail) for r in rows],
+                    ("HOST", "RULE", "VERDICT", "CHECK", "DETAIL"), out)
+    return check_code(rows, bad_files)
 
 
 def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Callable[..., Any],
-                         run_batch: Callable[..., List[TransactionResult]],
                          exit_code_for: Callable[[Sequence[TransactionResult], bool], int]) -> int:
-    """``kensa remediate RULES -H ...``: plan on each host, then one batch over all of them.
+    """``kensa remediate RULES -H ...``: plan and remediate each host, ``--workers`` hosts at a time.
 
-    ``make_engine(remote=...)`` builds the engine, ``run_batch`` runs the
-    transactions, ``exit_code_for`` rates the results (all from kensa.cli.main).
+    Each host's rules run in dependency order, one transaction at a time; the
+    hosts run in parallel. The engine's resolver makes the one connection per
+    host that planning and the transactions share. ``make_engine(remote=...)``
+    builds the engine and ``exit_code_for`` rates the results (both from kensa.cli.main).
     """
-    from kensa.cli.plan import Target, load, transactions_for
+    from kensa.cli.checking import conflict_lines, problem_rows, run_in_order
+    from kensa.rules.assess import plan_rules
 
-    targets = targets_from(args)
-    rules = load(args.rules)
-    run = RemoteRun(None, args.key, args=args)
+    hosts = hosts_from(args)
+    run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
     failed: Dict[str, str] = {}
-    unsupported: List[Dict[str, Any]] = []
+    engine = make_engine(**run.engine_options())
 
-    def plan_host(target: RemoteTarget) -> List[Transaction]:
+    def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Tuple[Any, List[TransactionResult], List[Dict[str, Any]]]:
+        name, target, groups = entry
+        ruleset = _rule_set(args, name, groups)
         try:
-            host = run.connect(target)
-            txns, skipped = transactions_for(rules, Target(target.key, target.root), host)
+            host = engine.hosts(target.key)
+            resolution, planned = plan_rules(ruleset.rules, host, host_key=target.key)
         except KensaError as exc:
             failed[target.key] = str(exc)
-            return []
-        unsupported.extend(dict(u, host=target.key) for u in skipped)
-        return txns
+            return ruleset, [], []
+        if resolution.conflicts and not args.allow_conflicts:
+            failed[target.key] = (f"the selected rules conflict: {conflict_lines(resolution.conflicts)}; nothing was "
+                                  "changed on this host (pass --allow-conflicts to run them anyway)")
+            return ruleset, [], []
+        results, rows = run_in_order(engine, planned, show_progress=False)
+        rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
+        return ruleset, results, [dict(row, host=target.key) for row in rows]
 
     try:
-        txns = [txn for host_txns in _per_host(targets, args.workers, plan_host) for txn in host_txns]
-        engine = make_engine(**run.engine_options())
-        results = run_batch(engine, txns, args.workers, show_progress=not args.json) if txns else []
+        per_host = _per_host(hosts, args.workers, remediate_host)
     finally:
         run.close()
+        close = getattr(engine.hosts, "close", None)
+        if close is not None:
+            close()
+    bad_files = _report_problems([ruleset for ruleset, _, _ in per_host])
+    results = [r for _, host_results, _ in per_host for r in host_results]
+    unsupported = [row for _, _, host_rows in per_host for row in host_rows]
     by_host: Dict[str, List[TransactionResult]] = {}
     for result in results:
         by_host.setdefault(result.host, []).append(result)
+    targets = [(name, target) for name, target, _ in hosts]
+    rules_of = {t.key: ruleset.rules for (_, t, _), (ruleset, _, _) in zip(hosts, per_host)}
     if args.json:
         from kensa.cli.render import result_dict
 
@@ -336,12 +371,15 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
                              for name, t in targets]}, out, indent=2)
         out.write("\n")
     else:
-        _print_remediation(targets, rules, by_host, failed, unsupported, out)
-    code = exit_code_for(results, bool(unsupported))
-    return max(code, 1) if failed else code
+        _print_remediation(targets, rules_of, by_host, failed, unsupported, out)
+    not_run = any(row["status"] != Verdict.NOT_APPLICABLE.value for row in unsupported)
+    code = exit_code_for(results, not_run)
+    if failed:
+        code = max(code, 1)
+    return code if code == 3 or not bad_files else 2
 
 
-def _print_remediation(targets: Sequence[Tuple[str, RemoteTarget]], rules: Sequence[Any],
+def _print_remediation(targets: Sequence[Tuple[str, RemoteTarget]], rules_of: Dict[str, Sequence[Any]],
                        by_host: Dict[str, List[TransactionResult]], failed: Dict[str, str],
                        unsupported: List[Dict[str, Any]], out: TextIO) -> None:
     from kensa.cli.render import print_table, result_detail
@@ -349,7 +387,7 @@ def _print_remediation(targets: Sequence[Tuple[str, RemoteTarget]], rules: Seque
     rows = []
     for _, target in targets:
         if target.key in failed:
-            rows += [(target.key, rule.id, "errored", "yes", failed[target.key]) for rule in rules]
+            rows += [(target.key, rule.id, "errored", "yes", failed[target.key]) for rule in rules_of.get(target.key, ())]
             continue
         rows += [(target.key, r.rule, r.status.value, "yes" if r.host_unchanged else "no", result_detail(r))
                  for r in by_host.get(target.key, [])]

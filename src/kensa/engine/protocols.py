@@ -21,7 +21,9 @@ class Handler(PhaseHandler, Protocol):
     ``validate`` says whether the desired state holds (it is also the
     "already compliant" check); ``rollback`` restores the captured pre-state and
     verifies it by reading back. Handlers whose change cannot be reversed set
-    ``capturable = False`` and are never asked to capture or roll back. The
+    ``capturable = False`` and are never asked to capture or roll back. A
+    handler may set ``decides_compliance = True``: when a transaction has such
+    steps, their ``validate`` alone decides whether it is already compliant. The
     phases are :class:`kensa.hosts.protocol.PhaseHandler`'s, so a step runner
     can run them where the host is.
     """

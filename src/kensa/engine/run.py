@@ -10,7 +10,9 @@ How a transaction runs (:meth:`Engine.run`):
 1. preflight: every step's mechanism is registered, a transactional rule has
    only capturable steps, and the host key resolves. Failure: ``errored``.
 2. check: when every step's ``validate()`` already holds the result is
-   ``skipped``; nothing is captured or applied.
+   ``skipped``; nothing is captured or applied. When some handlers set
+   ``decides_compliance = True`` (the step carrying a rule's own check, see
+   :mod:`kensa.rules.checkstep`), their steps alone decide this.
 3. capture: every capturable step records its pre-state, then
    ``journal.begin`` makes intent and pre-states durable. Failure: ``errored``
    with nothing applied.
@@ -313,8 +315,11 @@ class Engine:
         start = _perf()
         compliant = True
         index = 0
+        # A step that decides compliance (a rule's own check) decides it alone.
+        deciding = [i for i, handler in enumerate(handlers) if getattr(handler, "decides_compliance", False) is True]
         try:
-            for index, (step, handler) in enumerate(zip(txn.steps, handlers)):
+            for index in deciding or range(len(handlers)):
+                step, handler = txn.steps[index], handlers[index]
                 if not bool(handler.validate(host, step.params)):
                     compliant = False
                     break

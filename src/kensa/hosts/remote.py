@@ -153,6 +153,10 @@ class RemoteHost(FileReaders):
     def read_bytes(self, path: str) -> Optional[bytes]:
         return cast(Optional[bytes], self._call("read_bytes", path))
 
+    def list_dir(self, path: str) -> Optional[List[str]]:
+        found = self._call("list_dir", path)
+        return None if found is None else list(found)
+
     def leftover_temps(self, path: str) -> List[str]:
         return list(self._call("leftover_temps", path))
 
@@ -189,8 +193,12 @@ class RemoteHandlers:
         self.host = host
         self.registry = registry
 
-    def __getitem__(self, mechanism: str) -> "RemoteHandler":
+    def __getitem__(self, mechanism: str) -> Any:
         local = self.registry[mechanism]
+        if getattr(local, "decides_compliance", False) is True:
+            # A rule's own check reads the target through the host it is given
+            # (one round trip per read); the agent has only the mechanisms.
+            return local
         cls = RestorableRemoteHandler if all(
             callable(getattr(local, name, None)) for name in ("assess", "restore", "planned", "settled")
         ) else RemoteHandler

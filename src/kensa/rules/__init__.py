@@ -4,14 +4,28 @@ YAML reader that keeps line numbers (:mod:`~kensa.rules.yaml`), field validation
 methods' own schemas), and the loaders that turn files into rules (:mod:`~kensa.rules.load`)."""
 
 from kensa.errors import RuleError
-from kensa.rules.load import load_rule_file, load_rules, parse_rule
-from kensa.rules.model import CapabilityGate, Check, Implementation, Platform, Reference, Rule, Severity, SourceLocation
+from kensa.rules.load import load_rule_file, load_rule_set, load_rules, parse_rule
+from kensa.rules.model import (
+    RULE_CHECK,
+    CapabilityGate,
+    Check,
+    Implementation,
+    Platform,
+    Reference,
+    Rule,
+    RuleProblem,
+    RuleSet,
+    Severity,
+    SourceLocation,
+)
+from kensa.rules.variables import Variables, load_variables
 from kensa.rules.schema import RULE_ID_PATTERN, SUPPORTED_CHECK_METHODS, SUPPORTED_MECHANISMS
 from kensa.rules.yaml import MAX_NESTING_DEPTH, MAX_RULE_FILE_BYTES
 
 __all__ = [
     "MAX_NESTING_DEPTH",
     "MAX_RULE_FILE_BYTES",
+    "RULE_CHECK",
     "RULE_ID_PATTERN",
     "SUPPORTED_CHECK_METHODS",
     "SUPPORTED_MECHANISMS",
@@ -22,9 +36,14 @@ __all__ = [
     "Reference",
     "Rule",
     "RuleError",
+    "RuleProblem",
+    "RuleSet",
     "Severity",
     "SourceLocation",
+    "Variables",
     "load_rule_file",
+    "load_rule_set",
     "load_rules",
+    "load_variables",
     "parse_rule",
 ]

@@ -63,13 +63,26 @@ import stat
 from pathlib import Path
 from typing import AbstractSet, Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
-from kensa.errors import RuleError
-from kensa.rules.model import CapabilityGate, Implementation, Platform, Reference, Rule, Severity, SourceLocation
+from kensa.errors import RuleError, UndefinedVariableError
 from kensa.rules import schema
+from kensa.rules.model import (
+    CapabilityGate,
+    Implementation,
+    Platform,
+    Reference,
+    Rule,
+    RuleProblem,
+    RuleSet,
+    Severity,
+    SourceLocation,
+)
 from kensa.rules.schema import RULE_ID_PATTERN, SUPPORTED_CHECK_METHODS, SUPPORTED_MECHANISMS
-from kensa.rules.yaml import MAX_RULE_FILE_BYTES, Document, FieldPath, read_document, type_name
+from kensa.rules.variables import Variables, substitute
+from kensa.rules.yaml import MAX_RULE_FILE_BYTES, Document, FieldPath, format_field, read_document, type_name
 
-__all__ = ["load_rule_file", "load_rules", "parse_rule"]
+__all__ = ["load_rule_file", "load_rule_set", "load_rules", "parse_rule"]
+
+_NO_VARIABLES = Variables()
 
 
 def _capability_list(doc: Document, path: FieldPath, value: Any) -> Tuple[str, ...]:
@@ -231,7 +244,7 @@ def _parse_references(doc: Document, path: FieldPath, value: Any) -> Tuple[Refer
 
 
 def _parse_document(
-    doc: Document, value: Any, mechanisms: AbstractSet[str], methods: AbstractSet[str]
+    doc: Document, value: Any, mechanisms: AbstractSet[str], methods: AbstractSet[str], variables: Variables
 ) -> Rule:
     if value is None:
         raise doc.at_line(doc.line_of(()), "the YAML document is empty; it must hold one rule mapping")
@@ -259,10 +272,13 @@ def _parse_document(
     description = schema.expect_str(doc, ("description",), value["description"]) if "description" in value else ""
     if "rationale" in value:
         schema.expect_str(doc, ("rationale",), value["rationale"])
+    relations: Dict[str, Tuple[str, ...]] = {}
     for id_list in ("depends_on", "conflicts_with", "supersedes"):
         if id_list in value:
-            for i, other in enumerate(schema.sequence(doc, (id_list,), value[id_list])):
+            relations[id_list] = tuple(
                 schema.rule_id(doc, (id_list, i), other)
+                for i, other in enumerate(schema.sequence(doc, (id_list,), value[id_list]))
+            )
     references = _parse_references(doc, ("references",), value["references"]) if "references" in value else ()
     tags: Tuple[str, ...] = ()
     if "tags" in value:
@@ -281,6 +297,18 @@ def _parse_document(
     entries = schema.sequence(
         doc, ("implementations",), schema.required(doc, (), value, "implementations"), non_empty=True
     )
+    missing: Dict[str, FieldPath] = {}
+    entries = substitute(entries, variables, missing, ("implementations",))
+    if missing:
+        names = sorted(missing)
+        first = min(missing.values(), key=doc.line_of)
+        raise UndefinedVariableError(
+            f"{doc.source}:{doc.line_of(first)}: field '{format_field(first)}': rule '{rule_id}' uses undefined "
+            f"variable{'s' if len(names) > 1 else ''} {', '.join(names)}; define "
+            f"{'them' if len(names) > 1 else 'it'} with --var NAME=VALUE or in a variable file",
+            tuple(names),
+            rule_id,
+        )
     implementations = tuple(
         _parse_implementation(doc, ("implementations", i), entry, mechanisms, methods)
         for i, entry in enumerate(entries)
@@ -303,6 +331,9 @@ def _parse_document(
         source=SourceLocation(doc.source, doc.line_of(())),
         description=description,
         references=references,
+        depends_on=relations.get("depends_on", ()),
+        conflicts_with=relations.get("conflicts_with", ()),
+        supersedes=relations.get("supersedes", ()),
     )
 
 
@@ -315,14 +346,18 @@ def parse_rule(
     *,
     mechanisms: AbstractSet[str] = SUPPORTED_MECHANISMS,
     check_methods: AbstractSet[str] = SUPPORTED_CHECK_METHODS,
+    variables: Variables = _NO_VARIABLES,
 ) -> Rule:
     """Parse one rule from YAML ``text``; ``source`` names it in errors.
 
     ``mechanisms`` and ``check_methods`` are the names this kensa can carry out;
-    anything else loads as unsupported. Raises RuleError for any malformed input.
+    anything else loads as unsupported. ``{{ name }}`` templates in the rule's
+    implementations take their values from ``variables`` (see
+    :mod:`kensa.rules.variables`). Raises RuleError for any malformed input, and
+    UndefinedVariableError (a RuleError) naming every variable used but undefined.
     """
     doc, value = read_document(text, source)
-    return _parse_document(doc, value, mechanisms, check_methods)
+    return _parse_document(doc, value, mechanisms, check_methods, variables)
 
 
 def load_rule_file(
@@ -330,8 +365,9 @@ def load_rule_file(
     *,
     mechanisms: AbstractSet[str] = SUPPORTED_MECHANISMS,
     check_methods: AbstractSet[str] = SUPPORTED_CHECK_METHODS,
+    variables: Variables = _NO_VARIABLES,
 ) -> Rule:
-    """Load the one rule in the YAML file at ``path``. Raises RuleError."""
+    """Load the one rule in the YAML file at ``path`` (see :func:`parse_rule`). Raises RuleError."""
     name = os.fspath(path)
     try:
         _require_regular(name, os.stat(name).st_mode)
@@ -342,7 +378,7 @@ def load_rule_file(
             data = stream.read(MAX_RULE_FILE_BYTES + 1)
     except OSError as exc:
         raise RuleError(f"{name}: cannot read rule file: {exc.strerror or exc}") from None
-    return parse_rule(data, name, mechanisms=mechanisms, check_methods=check_methods)
+    return parse_rule(data, name, mechanisms=mechanisms, check_methods=check_methods, variables=variables)
 
 
 _FILE_KINDS = (
@@ -384,6 +420,7 @@ def load_rules(
     *,
     mechanisms: AbstractSet[str] = SUPPORTED_MECHANISMS,
     check_methods: AbstractSet[str] = SUPPORTED_CHECK_METHODS,
+    variables: Variables = _NO_VARIABLES,
 ) -> List[Rule]:
     """Load rules from files and directories, in the order given.
 
@@ -391,9 +428,29 @@ def load_rules(
     skipping hidden files and directories, in sorted path order; a file named
     directly is loaded whatever its suffix. A file reached twice is loaded
     once. Raises RuleError for the first malformed file, and for two files that
-    define the same rule id (naming both).
+    define the same rule id (naming both). :func:`load_rule_set` loads the
+    other files instead and reports each bad one.
+    """
+    loaded = load_rule_set(paths, mechanisms=mechanisms, check_methods=check_methods, variables=variables, strict=True)
+    return list(loaded.rules)
+
+
+def load_rule_set(
+    paths: Iterable[Union[str, "os.PathLike[str]"]],
+    *,
+    mechanisms: AbstractSet[str] = SUPPORTED_MECHANISMS,
+    check_methods: AbstractSet[str] = SUPPORTED_CHECK_METHODS,
+    variables: Variables = _NO_VARIABLES,
+    strict: bool = False,
+) -> RuleSet:
+    """Load rules as :func:`load_rules` does, but a file that does not load (malformed,
+    unreadable, an undefined variable, a rule id already defined) is reported in
+    :attr:`RuleSet.problems` with its RuleError's message, and the other files still
+    load. ``strict`` raises the first such RuleError instead. A path that does not
+    exist raises RuleError: nothing was asked for that could be loaded.
     """
     rules: List[Rule] = []
+    problems: List[RuleProblem] = []
     seen_files: Set[str] = set()
     by_id: Dict[str, Rule] = {}
     for given in paths:
@@ -402,13 +459,19 @@ def load_rules(
             if key in seen_files:
                 continue
             seen_files.add(key)
-            rule = load_rule_file(file, mechanisms=mechanisms, check_methods=check_methods)
-            first = by_id.get(rule.id)
-            if first is not None:
-                raise RuleError(
-                    f"{rule.source}: rule id '{rule.id}' is already defined in {first.source}; "
-                    "rule ids must be unique, rename one"
-                )
+            try:
+                rule = load_rule_file(file, mechanisms=mechanisms, check_methods=check_methods, variables=variables)
+                first = by_id.get(rule.id)
+                if first is not None:
+                    raise RuleError(
+                        f"{rule.source}: rule id '{rule.id}' is already defined in {first.source}; "
+                        "rule ids must be unique, rename one"
+                    )
+            except RuleError as exc:
+                if strict:
+                    raise
+                problems.append(RuleProblem(os.fspath(file), str(exc), getattr(exc, "rule_id", "")))
+                continue
             by_id[rule.id] = rule
             rules.append(rule)
-    return rules
+    return RuleSet(tuple(rules), tuple(problems))

@@ -10,7 +10,20 @@ from typing import AbstractSet, Any, Mapping, Optional, Tuple, Union
 from kensa.errors import RuleError
 from kensa.model import Step, Transaction
 
-__all__ = ["CapabilityGate", "Check", "Implementation", "Platform", "Reference", "Rule", "Severity", "SourceLocation"]
+__all__ = [
+    "RULE_CHECK",
+    "CapabilityGate",
+    "Check",
+    "Implementation",
+    "Platform",
+    "Reference",
+    "Rule",
+    "RuleProblem",
+    "RuleSet",
+    "Severity",
+    "SourceLocation",
+    "verification_step",
+]
 
 
 class Severity(str, enum.Enum):
@@ -119,6 +132,21 @@ class Implementation:
     supported: bool = True
     unsupported_reason: str = ""
 
+    @property
+    def checkable(self) -> bool:
+        """Whether kensa can check this implementation: its checks are all supported
+        (without checks, its steps' own validation is the check, so they must be)."""
+        if self.checks:
+            return all(check.supported for check in self.checks)
+        return self.supported
+
+    @property
+    def check_unsupported_reason(self) -> str:
+        """Why this implementation cannot be checked ("" when it can)."""
+        if self.checks:
+            return "; ".join(check.unsupported_reason for check in self.checks if not check.supported)
+        return self.unsupported_reason
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -135,6 +163,9 @@ class Rule:
     source: SourceLocation
     description: str = ""
     references: Tuple[Reference, ...] = ()
+    depends_on: Tuple[str, ...] = ()
+    conflicts_with: Tuple[str, ...] = ()
+    supersedes: Tuple[str, ...] = ()
 
     @property
     def supported(self) -> bool:
@@ -182,5 +213,39 @@ class Rule:
             raise RuleError(f"{self.source}: the implementation given is not one of rule '{self.id}'")
         if not impl.supported:
             raise RuleError(f"{self.source}: rule '{self.id}' cannot run here: {impl.unsupported_reason}")
-        return Transaction(rule=self.id, steps=impl.steps, host=host, transactional=self.transactional)
+        steps = impl.steps
+        if impl.checks:
+            steps += (verification_step(impl.checks),)
+        return Transaction(rule=self.id, steps=steps, host=host, transactional=self.transactional)
+
+
+RULE_CHECK = "rule_check"
+"""The mechanism of the step that carries a rule's own check into its transaction."""
+
+
+def verification_step(checks: Tuple[Check, ...]) -> Step:
+    """The last step of a rule's transaction: it changes nothing, and holds when every
+    one of the rule's ``checks`` holds (:class:`kensa.rules.checkstep.RuleCheck`).
+    The engine then skips the rule when its check already holds, and rolls the
+    transaction back when the check does not hold after apply."""
+    return Step(RULE_CHECK, {"checks": [{"method": c.method, "params": dict(c.params)} for c in checks]})
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    """A rule file that did not load, or a rule that cannot run: where, what, and the
+    rule's id when it was read (a file with an undefined variable has one)."""
+
+    source: str
+    message: str
+    rule_id: str = ""
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """What loading a set of rule files gave: the rules that loaded, in path order, and
+    one problem per file that did not (the other files still load)."""
+
+    rules: Tuple[Rule, ...]
+    problems: Tuple[RuleProblem, ...] = ()
 

@@ -18,6 +18,7 @@ from kensa.errors import ParamError
 from kensa.facts.params import Reader, Schema, as_text, boolean as read_boolean, line, text
 from kensa.handlers import SCHEMAS as MECHANISM_SCHEMAS
 from kensa.model import Step
+from kensa.rules import contract
 from kensa.rules.model import Check
 from kensa.rules.yaml import Document, FieldPath, format_field, type_name
 
@@ -30,43 +31,11 @@ SUPPORTED_MECHANISMS: FrozenSet[str] = frozenset(MECHANISM_SCHEMAS)
 SUPPORTED_CHECK_METHODS: FrozenSet[str] = frozenset(CHECK_SCHEMAS)
 """Check methods kensa evaluates (the default of every loader)."""
 
-# Names Kensa's schema defines but kensa does not implement: they make a rule
-# unsupported rather than misspelt, and feed the "did you mean" hints.
-KENSA_MECHANISMS = frozenset(
-    {
-        "config_set_dropin",
-        "config_remove",
-        "config_block",
-        "service_enabled",
-        "service_disabled",
-        "service_masked",
-        "package_present",
-        "package_absent",
-        "kernel_module_disable",
-        "grub_parameter_set",
-        "grub_parameter_remove",
-        "mount_option_set",
-        "pam_module_configure",
-        "selinux_boolean_set",
-        "cron_job",
-        "manual",
-    }
-)
-KENSA_CHECK_METHODS = frozenset(
-    {
-        "config_absent",
-        "service_state",
-        "systemd_target",
-        "package_state",
-        "kernel_module_state",
-        "mount_option",
-        "grub_parameter",
-        "selinux_boolean",
-        "selinux_state",
-        "pam_module",
-        "command",
-    }
-)
+KENSA_MECHANISMS: FrozenSet[str] = frozenset(contract.KENSA_MECHANISMS)
+"""Mechanism names Kensa's schema defines (kensa lacks some: those load as unsupported)."""
+
+KENSA_CHECK_METHODS: FrozenSet[str] = frozenset(contract.KENSA_CHECK_METHODS)
+"""Check-method names Kensa's schema defines (kensa lacks some: those load as unsupported)."""
 
 Validator = Callable[[Document, FieldPath, Any], Any]
 
@@ -140,26 +109,52 @@ def suggestion(name: str, candidates: Iterable[str]) -> str:
 
 
 def _apply_schema(
-    doc: Document, path: FieldPath, fields: Mapping[str, Any], schema: Schema, what: str
+    doc: Document, path: FieldPath, fields: Mapping[str, Any], schema: Schema, what: str, name: str, kind: str
 ) -> Tuple[Dict[str, Any], List[str]]:
-    """Validate ``fields`` with the handler's or check method's own ``schema``; fields it
-    does not read are returned as unsupported, not raised."""
+    """Validate ``fields`` with the handler's or check method's own ``schema``.
+
+    What Kensa's schema allows but kensa's does not (a field kensa does not read, a
+    field Kensa does not require here, a value Kensa accepts) is returned as
+    unsupported; what Kensa's schema refuses too raises RuleError at the field.
+    """
+    terms = contract.KENSA_MECHANISMS if kind == "mechanism" else contract.KENSA_CHECK_METHODS
+    theirs = terms.get(name)
+    kensa_fields = (theirs.fields if theirs else frozenset()) | (
+        contract.KENSA_REMEDIATION_FIELDS if kind == "mechanism" else frozenset()
+    )
     known = sorted(schema.fields)
-    unsupported = [
-        f"field '{format_field(path + (name,))}' of {what} is not supported"
-        f"{suggestion(name, known)}; supported fields: {', '.join(known)}"
-        for name in schema.unknown(fields)
-    ]
-    for name, spec in schema.fields.items():
-        if name not in fields and spec.required:
-            raise doc.error(path + (name,), "required field is missing", line=doc.line_of(path))
-        if name in fields:
-            try:
-                spec.written(fields[name])
-            except ParamError as exc:
-                raise doc.error(path + (name,), exc.problem) from None
+    unsupported = []
+    for extra in schema.unknown(fields):
+        shown = format_field(path + (extra,))
+        if extra in kensa_fields:
+            unsupported.append(f"field '{shown}' of {what} is not supported by kensa; kensa reads: {', '.join(known)}")
+        else:
+            unsupported.append(
+                f"field '{shown}' of {what} is not supported{suggestion(extra, known)}; supported fields: {', '.join(known)}"
+            )
+    refused = False
+    for field, spec in schema.fields.items():
+        at = path + (field,)
+        if field not in fields:
+            if not spec.required:
+                continue
+            if theirs is not None and not theirs.requires(field, set(fields)):
+                unsupported.append(f"{what} ({format_field(path)}) without '{field}' is not supported by kensa")
+                refused = True
+                continue
+            raise doc.error(at, "required field is missing", line=doc.line_of(path))
+        try:
+            spec.written(fields[field])
+            spec.read(fields[field])
+        except ParamError as exc:
+            if not contract.kensa_accepts(name, field, fields[field], spec.read):
+                raise doc.error(at, exc.problem) from None
+            unsupported.append(f"field '{format_field(at)}' of {what}: kensa {exc.problem}")
+            refused = True
+    if refused:
+        return dict(fields), unsupported
     try:
-        schema.read({name: value for name, value in fields.items() if name in schema.fields})
+        schema.read({field: value for field, value in fields.items() if field in schema.fields})
     except ParamError as exc:
         where = path + (exc.field,) if exc.field else path
         line = None if exc.field in fields else doc.line_of(path)
@@ -174,7 +169,8 @@ def _unsupported_name(
     where = format_field(path)
     if name in known:
         return (
-            f"{kind} '{name}' ({where}) is not supported by kensa; supported: {', '.join(sorted(supported))}"
+            f"{kind} '{name}' ({where}) is Kensa's but not supported by kensa yet; "
+            f"kensa supports: {', '.join(sorted(supported))}"
         )
     return f"unknown {kind} '{name}' ({where}){suggestion(name, {*supported, *known})}"
 
@@ -199,7 +195,7 @@ def _parse_entry(
     if schema is None:
         # A name the caller supports but this loader has no field list for.
         return name, rest, []
-    params, reasons = _apply_schema(doc, path, rest, schema, f"{kind} '{name}'")
+    params, reasons = _apply_schema(doc, path, rest, schema, f"{kind} '{name}'", name, kind)
     return name, params, reasons
 
 
@@ -221,8 +217,8 @@ def _one_or_many(
 
 _KINDS = {
     # list field, name field, what, the kind in messages, names known but not built, schemas
-    "check": ("checks", "method", "a check", "check method", KENSA_CHECK_METHODS | SUPPORTED_CHECK_METHODS, CHECK_SCHEMAS),
-    "remediation": ("steps", "mechanism", "a remediation", "mechanism", KENSA_MECHANISMS | SUPPORTED_MECHANISMS, MECHANISM_SCHEMAS),
+    "check": ("checks", "method", "a check", "check method", KENSA_CHECK_METHODS, CHECK_SCHEMAS),
+    "remediation": ("steps", "mechanism", "a remediation", "mechanism", KENSA_MECHANISMS, MECHANISM_SCHEMAS),
 }
 
 

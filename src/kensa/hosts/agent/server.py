@@ -8,7 +8,7 @@ be ``hello``, naming the target root: the agent then holds one
 exactly the rules of a local run (symlinks, ``..``, mounts, ``/proc/PID/root``),
 and one instance of each built-in handler. Every later request is one call:
 
-- a read or write of the host (``info``, ``read_file``, ``read_bytes``,
+- a read or write of the host (``info``, ``read_file``, ``read_bytes``, ``list_dir``,
   ``lookup_id``, ``run``, ``leftover_temps``, ``write_file``, ...), with
   ``args`` and ``kwargs``;
 - one call of a handler (``capture``, ``apply``, ``validate``, ``rollback``)
@@ -39,7 +39,7 @@ __all__ = ["HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "serve"]
 
 #: The host methods a request may call by name.
 HOST_CALLS = frozenset({
-    "info", "read_file", "read_bytes", "lookup_id", "run", "leftover_temps",
+    "info", "read_file", "read_bytes", "list_dir", "lookup_id", "run", "leftover_temps",
     "write_file", "write_in_place", "remove_file", "set_meta", "remove_leftover_temps",
 })
 
