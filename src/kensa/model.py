@@ -362,3 +362,37 @@ class RemoteTarget:
         port = f":{self.port}" if self.port is not None else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"ssh://{user}{host}{port}{self.root if self.root.startswith('/') else '/' + self.root}"
+
+
+# --- signed evidence ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvidenceKeyPair:
+    """A key pair ``kensa keygen`` wrote: its id (SHA-256 of the raw public key, hex) and its two files."""
+
+    key_id: str
+    private_path: str
+    public_path: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What verifying one evidence file found.
+
+    ``valid``: the file is in canonical form and its signature verifies with
+    the public key it carries. ``trusted``: that key is one of the trusted keys
+    the verifier was given (never true without them). ``problems`` names each
+    thing found altered or wrong; empty when ``valid``. ``txn_id`` and
+    ``key_id`` are what the file claims (empty when unreadable).
+    """
+
+    path: str
+    valid: bool
+    trusted: bool
+    key_id: str = ""
+    txn_id: str = ""
+    problems: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "problems", tuple(self.problems))
