@@ -1,0 +1,390 @@
+"""Signed evidence of real transactions: what it holds, that it verifies, and that no alteration passes.
+
+A real remediation run (committed, skipped, rolled back, not applicable) in a
+temporary root, through the kensa command; evidence exported from its
+journal, signed with keys from ``kensa keygen``; verified with ``kensa verify``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from conftest import require_root
+from evidence_run import OUTCOMES, SSHD_BEFORE, kensa, remediation_run, transaction_ids
+from kensa.cli.main import EXIT_BAD_INPUT, EXIT_NOT_APPLIED, EXIT_OK
+from kensa.evidence.canonical import canonical_bytes
+from kensa.evidence.keys import load_signing_key
+from kensa.evidence.sign import sign_payload, verify_bytes
+from kensa.journal.store import SqliteJournal
+
+
+def keygen(folder: Path) -> Dict[str, str]:
+    folder.mkdir(exist_ok=True)
+    code, out = kensa("keygen", "--dir", str(folder), "--json")
+    assert code == EXIT_OK
+    pair: Dict[str, str] = json.loads(out)
+    return pair
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    """One real run, a key pair, and the evidence of its three transactions."""
+    base = tmp_path_factory.mktemp("evidence")
+    found = remediation_run(base)
+    assert found["code"] == EXIT_NOT_APPLIED
+    found["txns"] = transaction_ids(found["out"])
+    assert set(found["txns"]) == {rule for rule, outcome in OUTCOMES.items() if outcome != "not_applicable"}
+    found["key"] = keygen(base / "keys")
+    found["evidence"] = base / "evidence"
+    found["evidence"].mkdir()
+    code, out = kensa("--journal", str(found["journal"]), "evidence", "export", *found["txns"].values(),
+                      "--rules", str(found["rules"]), "--key", found["key"]["private_key"], "--out", str(found["evidence"]))
+    assert code == EXIT_OK, out
+    found["files"] = {rule: found["evidence"] / f"{txn}.evidence.json" for rule, txn in found["txns"].items()}
+    return found
+
+
+def payload_of(path: Path) -> Dict[str, Any]:
+    payload: Dict[str, Any] = json.loads(path.read_bytes())["payload"]
+    return payload
+
+
+def verify(path: Path, *keys: str) -> tuple:
+    argv = ["verify", str(path)]
+    for key in keys:
+        argv += ["--key", key]
+    return kensa(*argv)
+
+
+# --- what the evidence holds ------------------------------------------------------
+
+
+def test_committed_evidence_holds_rule_references_host_phases_digests_and_audit_records(run: Dict[str, Any]) -> None:
+    """The committed transaction's evidence: rule id and references, host, phases, file digests, status, audit seqs."""
+    payload = payload_of(run["files"]["ev-ssh-root"])
+    assert payload["format"] == "kensa-evidence/1"
+    assert payload["rule"]["id"] == "ev-ssh-root"
+    assert [(r["framework"], r["control"], r["profile"]) for r in payload["rule"]["references"]] == [
+        ("nist_800_53", "AC-6(2)", ""), ("nist_800_53", "IA-2", ""), ("cis", "5.1.20", "rhel9")]
+    assert payload["rule"]["references"][2]["attributes"] == {"level": "L1"}
+    rule_file = run["rules"] / "ssh-root.yml"
+    assert payload["rule"]["source_sha256"] == hashlib.sha256(rule_file.read_bytes()).hexdigest()
+    assert payload["host"] == str(run["root"])
+    assert payload["status"] == "committed" and payload["host_unchanged"] is False
+    assert [(p["phase"], p["result"]) for p in payload["phases"]] == [
+        ("preflight", "success"), ("check", "success"), ("capture", "success"), ("apply", "success"), ("validate", "success")]
+    assert all(isinstance(p["duration_us"], int) and p["duration_us"] >= 0 for p in payload["phases"])
+    (step,) = payload["steps"]
+    (touched,) = step["files"]
+    sshd = run["root"] / "etc/ssh/sshd_config"
+    assert touched["path"] == "/etc/ssh/sshd_config"
+    assert touched["before"]["sha256"] == hashlib.sha256(SSHD_BEFORE.encode()).hexdigest()
+    assert touched["after"]["sha256"] == hashlib.sha256(sshd.read_bytes()).hexdigest()
+    assert touched["before"]["mode"] == touched["after"]["mode"] == 0o600
+    with SqliteJournal(run["journal"], create=False) as journal:
+        journaled = journal.audit_sequences(run["txns"]["ev-ssh-root"])
+        entry = journal.get(run["txns"]["ev-ssh-root"])
+    assert [(a["phase"], a["seq"], a["pid"]) for a in payload["audit_records"]] == [(a.phase, a.seq, a.pid) for a in journaled]
+    assert [a["phase"] for a in payload["audit_records"]] == ["started", "capture", "apply", "validate", "committed"]
+    assert payload["transaction"]["journal_seq"] == entry.seq
+    assert payload["transaction"]["id"] == run["txns"]["ev-ssh-root"]
+
+
+def test_audit_records_in_evidence_carry_the_sequence_numbers_the_kernel_got(run: Dict[str, Any]) -> None:
+    """As root with kernel audit, every record of the transaction was handed over and its seq is in the evidence."""
+    require_root("the kernel accepts audit records from root only")
+    payload = payload_of(run["files"]["ev-ssh-root"])
+    seqs = [a["seq"] for a in payload["audit_records"]]
+    assert all(isinstance(seq, int) for seq in seqs), seqs
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_rolled_back_evidence_names_the_failed_phase_and_the_restore(run: Dict[str, Any]) -> None:
+    """The rolled-back transaction: validate failed, rollback succeeded, host unchanged, both steps' digests."""
+    payload = payload_of(run["files"]["ev-motd-conflict"])
+    assert payload["status"] == "rolled_back" and payload["host_unchanged"] is True
+    phases = {p["phase"]: p["result"] for p in payload["phases"]}
+    assert phases["apply"] == "success" and phases["validate"] == "failed" and phases["rollback"] == "success"
+    assert payload["error"]["phase"] == "validate"
+    assert [r["ok"] for r in payload["rollbacks"]] == [True, True]
+    assert [s["files"][0]["before"]["exists"] for s in payload["steps"]] == [False, True]
+    assert payload["steps"][1]["files"][0]["after"]["sha256"] == hashlib.sha256(b"two\n").hexdigest()
+    assert payload["audit_records"][-1]["phase"] == "rolled_back"
+
+
+def test_skipped_evidence_has_no_capture(run: Dict[str, Any]) -> None:
+    """Already compliant: started and skipped only, no step captured, host unchanged."""
+    payload = payload_of(run["files"]["ev-banner-present"])
+    assert payload["status"] == "skipped" and payload["host_unchanged"] is True
+    assert [p["phase"] for p in payload["phases"]] == ["preflight", "check"]
+    assert payload["steps"] == [] and payload["transaction"]["intent_recorded_at"] is None
+    assert [a["phase"] for a in payload["audit_records"]] == ["started", "skipped"]
+
+
+def test_the_evidence_file_is_its_own_canonical_form(run: Dict[str, Any]) -> None:
+    """The file is the canonical JSON of what it holds plus a newline; the signature is over the payload's."""
+    data = run["files"]["ev-ssh-root"].read_bytes()
+    envelope = json.loads(data)
+    assert canonical_bytes(envelope) + b"\n" == data
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    public = base64.b64decode(envelope["public_key"])
+    assert hashlib.sha256(public).hexdigest() == envelope["key_id"] == run["key"]["key_id"]
+    Ed25519PublicKey.from_public_bytes(public).verify(base64.b64decode(envelope["signature"]), canonical_bytes(envelope["payload"]))
+
+
+# --- verification -----------------------------------------------------------------
+
+
+def test_untouched_evidence_verifies_against_the_trusted_key(run: Dict[str, Any]) -> None:
+    """kensa verify exits 0 and says OK for every file, with the public key given."""
+    code, out = kensa("verify", *map(str, run["files"].values()), "--key", run["key"]["public_key"])
+    assert code == EXIT_OK, out
+    assert out.count("OK ") == 3 and "untouched" in out
+
+
+def test_evidence_checked_only_against_its_own_key_is_not_called_trusted(run: Dict[str, Any]) -> None:
+    """Without --key the signature may verify, but the output says it proves nothing and the exit is 1."""
+    code, out = verify(run["files"]["ev-ssh-root"])
+    assert code == 1
+    assert out.startswith("NOT TRUSTED") and "OK" not in out and "--key" in out
+
+
+def _flip_positions(data: bytes) -> Dict[str, List[int]]:
+    """Byte positions inside the value of each envelope field, and every other (structural) byte."""
+    text = data.decode("utf-8")
+    at = [len(text[:i].encode()) for i in range(len(text) + 1)]  # character index -> byte offset
+    classes: Dict[str, List[int]] = {}
+    for field in ("signature", "key_id", "public_key"):
+        marker = f'"{field}":"'
+        start = text.index(marker) + len(marker)
+        classes[field] = list(range(at[start], at[text.index('"', start)]))
+    start, end = text.index('"payload":') + len('"payload":'), text.index(',"public_key"')
+    # Letters inside the payload's strings: a flip there keeps the file JSON, so only the signature and digests catch it.
+    in_string, escaped, letters = False, False, []
+    for i in range(start, end):
+        char = text[i]
+        if in_string and not escaped and char.isascii() and char.isalpha():
+            letters.append(at[i])
+        if char == '"' and not escaped:
+            in_string = not in_string
+        escaped = in_string and char == "\\" and not escaped
+    classes["payload"] = letters
+    inside = {i for ranges in classes.values() for i in ranges} | set(range(at[start], at[end]))
+    classes["elsewhere"] = [i for i in range(len(data)) if i not in inside]
+    return classes
+
+
+def test_flipping_any_byte_of_the_file_fails_verification(run: Dict[str, Any]) -> None:
+    """Every single-bit change, at every position of the file, is caught: never valid, never trusted."""
+    data = run["files"]["ev-banner-present"].read_bytes()
+    trusted = {run["key"]["key_id"]: base64.b64decode(json.loads(data)["public_key"])}
+    assert verify_bytes(data, "f", trusted).trusted
+    for index in range(len(data)):
+        for bit in (0x01, 0x20):
+            altered = bytearray(data)
+            altered[index] ^= bit
+            result = verify_bytes(bytes(altered), "f", trusted)
+            assert not result.valid and not result.trusted and result.problems, (index, bit)
+
+
+@pytest.mark.parametrize(
+    "where, named",
+    [
+        ("signature", "signature"),
+        ("key_id", "key_id is not the SHA-256 of public_key"),
+        ("public_key", "public_key"),
+        ("payload", "payload field(s)"),
+        ("elsewhere", "altered"),
+    ],
+)
+def test_a_flipped_byte_is_reported_by_the_kensa_command_naming_what_was_altered(
+    run: Dict[str, Any], tmp_path: Path, where: str, named: str
+) -> None:
+    """A byte flipped in the signature, the key id, the public key, the payload or the structure: exit 1 naming it."""
+    data = run["files"]["ev-ssh-root"].read_bytes()
+    positions = _flip_positions(data)[where]
+    for index in (positions[0], positions[len(positions) // 2], positions[-1]):
+        altered = bytearray(data)
+        altered[index] ^= 0x01
+        target = tmp_path / f"{where}-{index}.json"
+        target.write_bytes(bytes(altered))
+        code, out = verify(target, run["key"]["public_key"])
+        assert code == 1 and out.startswith("ALTERED"), (index, out)
+        assert named in out, (index, out)
+
+
+def test_a_changed_value_is_named_by_its_field(run: Dict[str, Any], tmp_path: Path) -> None:
+    """Turning 'rolled_back' into 'committed' is reported as an alteration of the status field."""
+    data = run["files"]["ev-motd-conflict"].read_bytes()
+    target = tmp_path / "forged.json"
+    target.write_bytes(data.replace(b'"status":"rolled_back"', b'"status":"committed"'))
+    code, out = verify(target, run["key"]["public_key"])
+    assert code == 1
+    assert "payload field(s) status" in out and "signature does not verify" in out
+
+
+def test_evidence_signed_with_another_key_fails_against_the_trusted_one(run: Dict[str, Any], tmp_path: Path) -> None:
+    """A forger's re-signed payload verifies with its own embedded key but not against the trusted key."""
+    other = keygen(tmp_path / "other")
+    payload = payload_of(run["files"]["ev-motd-conflict"])
+    payload["status"] = "committed"
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(sign_payload(payload, load_signing_key(other["private_key"])))
+    code, out = verify(forged, run["key"]["public_key"])
+    assert code == 1
+    assert out.startswith("NOT TRUSTED") and other["key_id"] in out and "none of the trusted keys" in out
+    code, _ = verify(forged, other["public_key"])
+    assert code == EXIT_OK  # it is what that key signed
+
+
+def test_after_rotation_old_and_new_evidence_verify_with_both_keys_trusted(run: Dict[str, Any], tmp_path: Path) -> None:
+    """A new key pair gets a new id; evidence signed before keeps verifying with the old public key; verify takes both."""
+    new = keygen(tmp_path / "rotated")
+    assert new["key_id"] != run["key"]["key_id"]
+    out_dir = tmp_path / "new-evidence"
+    out_dir.mkdir()
+    txn = run["txns"]["ev-ssh-root"]
+    code, _ = kensa("--journal", str(run["journal"]), "evidence", "export", txn, "--rules", str(run["rules"]),
+                    "--key", new["private_key"], "--out", str(out_dir))
+    assert code == EXIT_OK
+    fresh = out_dir / f"{txn}.evidence.json"
+    old = run["files"]["ev-ssh-root"]
+    assert verify(old, run["key"]["public_key"])[0] == EXIT_OK
+    assert verify(fresh, run["key"]["public_key"])[0] == 1
+    code, out = kensa("verify", str(old), str(fresh), "--key", run["key"]["public_key"], "--key", new["public_key"])
+    assert code == EXIT_OK and out.count("OK ") == 2
+    # A directory of public keys is a keyring.
+    keyring = tmp_path / "keyring"
+    keyring.mkdir()
+    for pub in (run["key"]["public_key"], new["public_key"]):
+        (keyring / Path(pub).name).write_bytes(Path(pub).read_bytes())
+    assert kensa("verify", str(old), str(fresh), "--key", str(keyring))[0] == EXIT_OK
+
+
+def test_verify_of_a_missing_file_or_a_bad_key_is_bad_input(run: Dict[str, Any], tmp_path: Path) -> None:
+    """A file that does not exist, or a trusted key that is not a public key: exit 2."""
+    assert verify(tmp_path / "nope.json", run["key"]["public_key"])[0] == EXIT_BAD_INPUT
+    not_a_key = tmp_path / "x.pub"
+    not_a_key.write_text("hello\n")
+    assert verify(run["files"]["ev-ssh-root"], str(not_a_key))[0] == EXIT_BAD_INPUT
+    assert verify(run["files"]["ev-ssh-root"], run["key"]["private_key"])[0] == EXIT_BAD_INPUT
+
+
+def test_a_file_that_is_not_evidence_is_reported_not_raised(tmp_path: Path) -> None:
+    """Truncated, not JSON, not UTF-8, or JSON of another shape: each fails with a reason, none raises."""
+    for name, data in {"empty": b"", "text": b"hello", "latin1": b'{"a":"\xe9"}\n', "list": b"[]\n",
+                       "float": b'{"algorithm":1.5,"digests":{},"format":"","key_id":"","payload":{},"public_key":"","signature":""}\n'}.items():
+        result = verify_bytes(data, name)
+        assert not result.valid and result.problems, name
+
+
+# --- keys -------------------------------------------------------------------------
+
+
+def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path: Path) -> None:
+    """The private key file is 0600, the public one 0644; the id is the SHA-256 of the raw public key."""
+    pair = keygen(tmp_path / "k")
+    assert stat.S_IMODE(os.stat(pair["private_key"]).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(pair["public_key"]).st_mode) == 0o644
+    key = load_signing_key(pair["private_key"])
+    assert key.key_id == pair["key_id"] == hashlib.sha256(key.public_raw).hexdigest()
+    assert pair["key_id"] not in repr(key) and "PRIVATE" not in repr(key)
+
+
+def test_a_signing_key_readable_by_others_is_refused(run: Dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Group- or world-readable: export exits 2 naming the file and chmod 600, writes nothing, never prints the key."""
+    pair = keygen(tmp_path / "k")
+    os.chmod(pair["private_key"], 0o640)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out = kensa("--journal", str(run["journal"]), "evidence", "export", run["txns"]["ev-ssh-root"],
+                      "--rules", str(run["rules"]), "--key", pair["private_key"], "--out", str(out_dir))
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and list(out_dir.iterdir()) == []
+    assert pair["private_key"] in err and "chmod 600" in err and "0640" in err
+    secret = Path(pair["private_key"]).read_text()
+    body = "".join(secret.splitlines()[1:-1])
+    assert body not in err and body not in out
+
+
+def test_keygen_never_overwrites_a_key(tmp_path: Path) -> None:
+    """Two key pairs in one directory are two files each; an existing key file is never replaced."""
+    first, second = keygen(tmp_path / "k"), keygen(tmp_path / "k")
+    assert first["private_key"] != second["private_key"]
+    assert len(list((tmp_path / "k").iterdir())) == 4
+
+
+def test_signing_keys_never_enter_the_journal(run: Dict[str, Any]) -> None:
+    """After exporting, the journal (and its WAL) holds no byte sequence of the private key, PEM or raw."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = load_signing_key(run["key"]["private_key"])
+    raw = key._private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    pem_body = "".join(Path(run["key"]["private_key"]).read_text().splitlines()[1:-1]).encode()
+    for path in Path(run["journal"]).parent.glob(Path(run["journal"]).name + "*"):
+        stored = path.read_bytes()
+        assert raw not in stored and pem_body not in stored, path
+
+
+# --- export -----------------------------------------------------------------------
+
+
+def test_export_without_the_rule_the_transaction_ran_writes_nothing(run: Dict[str, Any], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Rules that lack the transaction's rule: exit 2 naming the rule and --rules; no file written."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "only.yml").write_text((run["rules"] / "banner-present.yml").read_text())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _ = kensa("--journal", str(run["journal"]), "evidence", "export", *run["txns"].values(), "--rules", str(rules),
+                    "--key", run["key"]["private_key"], "--out", str(out_dir))
+    assert code == EXIT_BAD_INPUT and list(out_dir.iterdir()) == []
+    err = capsys.readouterr().err
+    assert "ran rule 'ev-motd-conflict', which none of the rules given defines" in err and "--rules" in err
+
+
+def test_export_of_an_unknown_transaction_or_both_selectors_is_bad_input(run: Dict[str, Any], tmp_path: Path) -> None:
+    """An id the journal does not hold, TXN and --since together, or neither: exit 2."""
+    common = ["--rules", str(run["rules"]), "--key", run["key"]["private_key"], "--out", str(tmp_path)]
+    journal = ["--journal", str(run["journal"])]
+    assert kensa(*journal, "evidence", "export", "no-such-txn", *common)[0] == EXIT_BAD_INPUT
+    assert kensa(*journal, "evidence", "export", run["txns"]["ev-ssh-root"], "--since", "1d", *common)[0] == EXIT_BAD_INPUT
+    assert kensa(*journal, "evidence", "export", *common)[0] == EXIT_BAD_INPUT
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_since_writes_every_finished_transaction(run: Dict[str, Any], tmp_path: Path) -> None:
+    """--since 1d exports the run's three transactions, each verifying against the key."""
+    code, out = kensa("--journal", str(run["journal"]), "evidence", "export", "--since", "1d", "--rules", str(run["rules"]),
+                      "--key", run["key"]["private_key"], "--out", str(tmp_path), "--json")
+    assert code == EXIT_OK
+    written = json.loads(out)["written"]
+    assert sorted(w["txn"] for w in written) == sorted(run["txns"].values())
+    assert kensa("verify", *(w["file"] for w in written), "--key", run["key"]["public_key"])[0] == EXIT_OK
+
+
+def test_evidence_commands_without_cryptography_say_how_to_install_it(tmp_path: Path) -> None:
+    """With cryptography not importable, keygen exits 2 and names the kensa[evidence] extra."""
+    src = Path(__file__).resolve().parent.parent / "src"
+    code = (
+        "import sys; sys.modules['cryptography'] = None\n"
+        "from kensa.cli.main import main\n"
+        f"sys.exit(main(['keygen', '--dir', {str(tmp_path)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(src)}, timeout=60)
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "pip install 'kensa[evidence]'" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
