@@ -388,3 +388,27 @@ def test_evidence_commands_without_cryptography_say_how_to_install_it(tmp_path: 
     assert proc.returncode == EXIT_BAD_INPUT
     assert "pip install 'kensa[evidence]'" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_openssl_verifies_the_evidence_as_docs_evidence_md_says(run: Dict[str, Any], tmp_path: Path) -> None:
+    """Another tool verifies offline: OpenSSL checks the signature over the payload's RFC 8785 bytes and the key id."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        from conftest import require_real
+
+        require_real("openssl is not installed")
+    envelope = json.loads(run["files"]["ev-ssh-root"].read_bytes())
+    payload = json.dumps(envelope["payload"], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    (tmp_path / "payload.bin").write_bytes(payload.encode("utf-8"))
+    (tmp_path / "sig.bin").write_bytes(base64.b64decode(envelope["signature"]))
+    pub = run["key"]["public_key"]
+    proc = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-in",
+                           str(tmp_path / "payload.bin"), "-sigfile", str(tmp_path / "sig.bin")], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Verified Successfully" in proc.stdout, proc.stdout + proc.stderr
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", pub, "-outform", "DER"], capture_output=True, check=True).stdout
+    assert hashlib.sha256(der[-32:]).hexdigest() == envelope["key_id"]
+    (tmp_path / "payload.bin").write_bytes(payload.replace('"committed"', '"rolled_back"').encode("utf-8"))
+    proc = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-in",
+                           str(tmp_path / "payload.bin"), "-sigfile", str(tmp_path / "sig.bin")], capture_output=True, text=True)
+    assert proc.returncode != 0
