@@ -340,24 +340,72 @@ def test_signing_keys_never_enter_the_journal(run: Dict[str, Any]) -> None:
 # --- export -----------------------------------------------------------------------
 
 
-def test_export_without_the_rule_the_transaction_ran_writes_nothing(run: Dict[str, Any], tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """Rules that lack the transaction's rule: exit 2 naming the rule and --rules; no file written."""
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "only.yml").write_text((run["rules"] / "banner-present.yml").read_text())
+def test_export_of_a_transaction_whose_rule_neither_journal_nor_rules_hold_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run through the Python API (no rule journaled): without --rules, exit 2 naming the rule; with them, evidence."""
+    from evidence_run import make_root, write_rules
+    from kensa.factory import default_engine
+    from kensa.rules import load_rules
+
+    rules = write_rules(tmp_path / "rules")
+    root = make_root(tmp_path / "root")
+    journal = tmp_path / "j.db"
+    (rule,) = [r for r in load_rules([str(rules)]) if r.id == "ev-ssh-root"]
+    engine = default_engine(str(journal), audit=False)
+    result = engine.run(rule.to_transaction(str(root)))
+    assert result.status.value == "committed"
+    key = keygen(tmp_path / "k")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    code, _ = kensa("--journal", str(run["journal"]), "evidence", "export", *run["txns"].values(), "--rules", str(rules),
-                    "--key", run["key"]["private_key"], "--out", str(out_dir))
-    assert code == EXIT_BAD_INPUT and list(out_dir.iterdir()) == []
+    common = ["--journal", str(journal), "evidence", "export", result.txn_id, "--key", key["private_key"], "--out", str(out_dir)]
+    assert kensa(*common)[0] == EXIT_BAD_INPUT and list(out_dir.iterdir()) == []
     err = capsys.readouterr().err
-    assert "ran rule 'ev-motd-conflict', which none of the rules given defines" in err and "--rules" in err
+    assert "ran rule 'ev-ssh-root', which none of the rules given defines" in err and "--rules" in err
+    assert kensa(*common, "--rules", str(rules))[0] == EXIT_OK
+    payload = payload_of(out_dir / f"{result.txn_id}.evidence.json")
+    assert payload["rule"]["recorded"] == "at_export"
+    assert payload["rule"]["references"][1]["control"] == "IA-2"
+
+
+def test_evidence_names_the_references_the_rule_had_when_it_ran(run: Dict[str, Any], tmp_path: Path) -> None:
+    """The run journaled its rules: export needs no --rules, and a rule file edited since does not rewrite history."""
+    txn = run["txns"]["ev-ssh-root"]
+    assert payload_of(run["files"]["ev-ssh-root"])["rule"]["recorded"] == "at_run"
+    edited = tmp_path / "rules"
+    edited.mkdir()
+    text = (run["rules"] / "ssh-root.yml").read_text().replace("[AC-6(2), IA-2]", "[AC-17]")
+    (edited / "ssh-root.yml").write_text(text)
+    for extra in ([], ["--rules", str(edited)]):
+        out_dir = tmp_path / f"out{len(extra)}"
+        out_dir.mkdir()
+        code, _ = kensa("--journal", str(run["journal"]), "evidence", "export", txn, "--key", run["key"]["private_key"],
+                        "--out", str(out_dir), *extra)
+        assert code == EXIT_OK
+        rule = payload_of(out_dir / f"{txn}.evidence.json")["rule"]
+        assert [r["control"] for r in rule["references"]] == ["AC-6(2)", "IA-2", "5.1.20"]
+        assert rule["source_sha256"] == hashlib.sha256((run["rules"] / "ssh-root.yml").read_bytes()).hexdigest()
+        if extra:
+            assert rule["source_sha256_at_export"] == hashlib.sha256(text.encode()).hexdigest()
+        else:
+            assert "source_sha256_at_export" not in rule
+
+
+def test_a_journal_from_before_rule_sources_reads_as_holding_none(tmp_path: Path) -> None:
+    """A journal written by an older kensa (no rule_sources table) still opens; no rule source is found."""
+    import shutil
+
+    from kensa.journal.rulesources import read_rule_source
+
+    old = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "data" / "journal_v1.db", old)
+    SqliteJournal(old).close()  # migrates as any run would
+    assert read_rule_source(old, "any-id") is None
 
 
 def test_export_of_an_unknown_transaction_or_both_selectors_is_bad_input(run: Dict[str, Any], tmp_path: Path) -> None:
     """An id the journal does not hold, TXN and --since together, or neither: exit 2."""
-    common = ["--rules", str(run["rules"]), "--key", run["key"]["private_key"], "--out", str(tmp_path)]
+    common = ["--key", run["key"]["private_key"], "--out", str(tmp_path)]
     journal = ["--journal", str(run["journal"])]
     assert kensa(*journal, "evidence", "export", "no-such-txn", *common)[0] == EXIT_BAD_INPUT
     assert kensa(*journal, "evidence", "export", run["txns"]["ev-ssh-root"], "--since", "1d", *common)[0] == EXIT_BAD_INPUT

@@ -396,3 +396,25 @@ class Verification:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "problems", tuple(self.problems))
+
+
+@dataclass(frozen=True)
+class RuleSource:
+    """The rule a transaction ran, as it was loaded for the run: kept in the journal for its evidence.
+
+    ``references`` are JSON-ready views of the rule's framework references
+    (framework, control, profile, attributes); ``source_sha256`` is the
+    SHA-256 of the rule file read for the run (None when it could not be
+    read again). ``recorded`` is when the journal stored it (UTC).
+    """
+
+    txn_id: str
+    rule: str
+    title: str
+    source_file: str
+    source_sha256: Optional[str]
+    references: Tuple[Mapping[str, Any], ...]
+    recorded: Optional[datetime] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "references", tuple(MappingProxyType(dict(r)) for r in self.references))

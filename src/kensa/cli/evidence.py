@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, TextIO
+import sys
+from typing import Any, Optional, Sequence, TextIO
 
 from kensa.cli.render import printable
-from kensa.errors import UsageError
+from kensa.errors import KensaError, UsageError
+from kensa.model import Transaction
 
-__all__ = ["cmd_evidence_export", "cmd_keygen", "cmd_verify", "register"]
+__all__ = ["cmd_evidence_export", "cmd_keygen", "cmd_verify", "journal_rules", "register"]
 
 EXIT_OK = 0
 EXIT_NOT_VERIFIED = 1
@@ -87,7 +89,7 @@ def cmd_evidence_export(args: argparse.Namespace, out: TextIO) -> int:
 
     since = parse_since(args.since) if args.since is not None else None
     key = load_signing_key(args.key)
-    rules = rules_by_id(load(args.rules))
+    rules = rules_by_id(load(args.rules)) if args.rules else {}
     path = args.journal or os.fspath(default_journal_path())
     with SqliteJournal(path, create=False) as journal:
         entries, left_out = select_entries(journal, args.txn, since)
@@ -109,6 +111,22 @@ def cmd_evidence_export(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def journal_rules(journal: Optional[str], txns: Sequence[Transaction], rules: Sequence[Any]) -> None:
+    """After a run: keep in the journal (``--journal``, None: the default) the rule each transaction ran, for its evidence.
+
+    Never changes the run's outcome: a journal that refuses is a warning, and
+    ``kensa evidence export`` then reads those rules from ``--rules``.
+    """
+    from kensa.evidence.export import journal_rules_of
+    from kensa.journal.store import default_journal_path
+
+    try:
+        journal_rules_of(journal or os.fspath(default_journal_path()), txns, {rule.id: rule for rule in rules})
+    except KensaError as exc:
+        sys.stderr.write(f"kensa: warning: the journal did not keep the rules of this run ({printable(exc)}); "
+                         "kensa evidence export will need them with --rules\n")
+
+
 def register(sub: Any) -> None:
     """Add ``keygen``, ``verify`` and ``evidence`` to the command's subparsers."""
     p = sub.add_parser("keygen", help="make a new Ed25519 key pair for signing evidence")
@@ -128,8 +146,8 @@ def register(sub: Any) -> None:
     q = evidence_sub.add_parser("export", help="sign and write one evidence file per transaction")
     q.add_argument("txn", nargs="*", metavar="TXN", help="transaction ids (or --since)")
     q.add_argument("--since", metavar="TIME", help="every transaction journaled since TIME (ISO 8601, or an age: 30m, 2h, 1d)")
-    q.add_argument("--rules", action="append", required=True, metavar="DIR",
-                   help="rule files or directories the transactions ran (their references go into the evidence)")
+    q.add_argument("--rules", action="append", metavar="DIR",
+                   help="rule files or directories the transactions ran, for those whose rule the journal did not keep")
     q.add_argument("--key", required=True, metavar="KEY", help="signing key file (from kensa keygen; mode 0600)")
     q.add_argument("--out", default=".", metavar="DIR", help="where to write the files (default: the current directory)")
     q.add_argument("--json", action="store_true", help="machine-readable output")

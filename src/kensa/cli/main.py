@@ -155,6 +155,9 @@ def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write(f"kensa: note: --workers {args.workers} has no effect here: this run has one target, "
                          f"{target.root}, and one target's transactions run one after another\n")
     results = run_batch(engine, txns, args.workers, show_progress=not args.json)
+    from kensa.cli.evidence import journal_rules
+
+    journal_rules(args.journal, txns, rules)
     if args.json:
         json.dump({"target": target.root, "results": [result_dict(r) for r in results], "unsupported": unsupported}, out, indent=2)
         out.write("\n")

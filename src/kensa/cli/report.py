@@ -54,6 +54,7 @@ def _checked(runnable: Sequence[Tuple[Any, Any]], host: Any, host_key: str) -> L
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     """Run the selected rules (check, or ``--remediate``) and write the report in ``--format``."""
+    from kensa.cli.evidence import journal_rules
     from kensa.cli.plan import detect_capabilities, load, target_for
     from kensa.evidence.oscal import assessment_results
     from kensa.evidence.select import select_rules
@@ -77,6 +78,7 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
         txns: List[Transaction] = [rule.to_transaction(target.key, impl) for rule, impl in runnable]
         # The engine and exit codes of kensa remediate (given by the command that registered this one).
         results = args.run_remediation(args, txns)
+        journal_rules(args.journal, txns, [rule for rule, _ in runnable])
         code = args.remediation_exit_code(results, any(o.verdict is Verdict.UNSUPPORTED for o in outcomes))
     else:
         results = _checked(runnable, host, target.key)

@@ -18,13 +18,14 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import EvidenceError, JournalEntryNotFound
 from kensa.evidence.keys import SigningKey
-from kensa.evidence.record import evidence_payload
+from kensa.evidence.record import evidence_payload, rule_source
 from kensa.evidence.sign import sign_payload
+from kensa.journal.rulesources import read_rule_source, record_rule_sources
 from kensa.journal.store import SqliteJournal
-from kensa.model import JournalEntry
+from kensa.model import JournalEntry, Transaction
 from kensa.rules import Rule
 
-__all__ = ["evidence_file_name", "export_evidence", "rules_by_id", "select_entries"]
+__all__ = ["evidence_file_name", "export_evidence", "journal_rules_of", "rules_by_id", "select_entries"]
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
@@ -102,9 +103,10 @@ def export_evidence(
 ) -> List[Tuple[str, str]]:
     """Sign and write the evidence of each entry into ``out_dir``; ``(txn id, file)`` for each.
 
-    Every payload is made before any file is written, so a transaction whose
-    rule is missing from ``rules`` (or that cannot be evidence) stops the
-    export with nothing written.
+    The rule of each comes from the journal when a run kept it
+    (:func:`journal_rules_of`), else from ``rules``. Every payload is made
+    before any file is written, so a transaction whose rule is in neither (or
+    that cannot be evidence) stops the export with nothing written.
     """
     folder = Path(out_dir)
     if not folder.is_dir():
@@ -112,12 +114,13 @@ def export_evidence(
     signed: List[Tuple[str, bytes]] = []
     for entry in entries:
         rule = rules.get(entry.txn.rule)
-        if rule is None:
+        journaled = read_rule_source(journal.path, entry.txn.id)
+        if rule is None and journaled is None:
             raise EvidenceError(
                 f"evidence export: transaction {entry.txn.id} ran rule {entry.txn.rule!r}, which none of the rules "
-                "given defines; pass the rule files it ran with --rules"
+                "given defines and the journal kept no copy of it; pass the rule files it ran with --rules"
             )
-        payload = evidence_payload(entry, journal.audit_sequences(entry.txn.id), rule, exported=exported)
+        payload = evidence_payload(entry, journal.audit_sequences(entry.txn.id), rule, journaled, exported=exported)
         signed.append((entry.txn.id, sign_payload(payload, key)))
     written = []
     for txn_id, data in signed:
@@ -128,3 +131,8 @@ def export_evidence(
             raise EvidenceError(f"evidence export: cannot write {path}: {exc.strerror or exc}") from None
         written.append((txn_id, os.fspath(path)))
     return written
+
+
+def journal_rules_of(journal: str, txns: Sequence[Transaction], rules: Mapping[str, Rule]) -> None:
+    """Keep in the journal at ``journal`` the rule each of ``txns`` ran (those in ``rules``), for its evidence."""
+    record_rule_sources(journal, [rule_source(t.id, rules[t.rule]) for t in txns if t.rule in rules])

@@ -10,9 +10,11 @@ terminal status, and the sequence numbers of the transaction's audit records.
 What the journal holds and what it does not: phase durations are measured
 with a monotonic clock and journaled per phase; wall-clock times are
 journaled for the transaction (intent recorded, result recorded), not for
-each phase. A rule's references are not journaled: they are read from the
-rules given at export, and the payload carries the SHA-256 of the rule file
-read, so an assessor can tell which version of the rule was used.
+each phase. The rule (its references and the SHA-256 of its file) is
+journaled after a run by ``kensa remediate`` and ``kensa report --remediate``
+(:mod:`kensa.journal.rulesources`); for a transaction without it (run through
+the Python API, or interrupted before the run ended) the rule is read from the
+rules given at export, and ``rule.recorded`` says which.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from kensa._version import __version__
 from kensa.errors import EvidenceError
 from kensa.journal.codec import pre_state_blob
-from kensa.model import AuditSequence, JournalEntry, Phase, PreState, Status, TransactionResult
+from kensa.model import AuditSequence, JournalEntry, Phase, PreState, RuleSource, TransactionResult
 from kensa.rules import Reference, Rule
 
-__all__ = ["EVIDENCE_FORMAT", "evidence_payload", "file_digests", "reference_view", "timestamp"]
+__all__ = ["EVIDENCE_FORMAT", "evidence_payload", "file_digests", "reference_view", "rule_source", "text", "timestamp"]
 
 #: The ``format`` of every payload this module makes.
 EVIDENCE_FORMAT = "kensa-evidence/1"
@@ -161,28 +163,71 @@ def _result_core(result: TransactionResult) -> Dict[str, Any]:
     }
 
 
-def _rule_view(rule: Rule) -> Dict[str, Any]:
+def _file_sha256(path: str) -> Optional[str]:
     try:
-        with open(rule.source.path, "rb") as handle:
-            source_sha256: Optional[str] = _sha256(handle.read())
+        with open(path, "rb") as handle:
+            return _sha256(handle.read())
     except OSError:
-        source_sha256 = None
+        return None
+
+
+def rule_source(txn_id: str, rule: Rule) -> RuleSource:
+    """What the journal keeps of the rule ``txn_id`` runs: id, title, file and its SHA-256 now, references."""
+    return RuleSource(
+        txn_id=txn_id,
+        rule=rule.id,
+        title=rule.title,
+        source_file=rule.source.path,
+        source_sha256=_file_sha256(rule.source.path),
+        references=tuple(reference_view(r) for r in rule.references),
+    )
+
+
+def _rule_view(txn: str, rule: Optional[Rule], journaled: Optional[RuleSource]) -> Dict[str, Any]:
+    if journaled is not None:
+        view: Dict[str, Any] = {
+            "id": text(journaled.rule),
+            "title": text(journaled.title),
+            "source_file": text(journaled.source_file),
+            "source_sha256": journaled.source_sha256,
+            "references": [dict(r) for r in journaled.references],
+            "recorded": "at_run",
+        }
+        if rule is not None:
+            now = _file_sha256(rule.source.path)
+            if now != journaled.source_sha256:
+                # The assessor sees that the rule file given at export is not the one that ran.
+                view["source_sha256_at_export"] = now
+        return view
+    if rule is None:
+        raise EvidenceError(
+            f"transaction {txn}: the journal holds no rule source for it and no rule was given; "
+            "pass the rule files it ran with --rules"
+        )
     return {
         "id": text(rule.id),
         "title": text(rule.title),
         "source_file": text(rule.source.path),
-        "source_sha256": source_sha256,
+        "source_sha256": _file_sha256(rule.source.path),
         "references": [reference_view(r) for r in rule.references],
+        "recorded": "at_export",
     }
 
 
 def evidence_payload(
-    entry: JournalEntry, audit: Sequence[AuditSequence], rule: Rule, *, exported: Optional[datetime] = None
+    entry: JournalEntry,
+    audit: Sequence[AuditSequence],
+    rule: Optional[Rule],
+    journaled: Optional[RuleSource] = None,
+    *,
+    exported: Optional[datetime] = None,
 ) -> Dict[str, Any]:
     """The evidence payload of ``entry``; :class:`EvidenceError` when it cannot be evidence (yet).
 
-    ``rule`` must be the rule the transaction ran (same id). An interrupted
-    or corrupt entry is refused: it has no terminal result to vouch for.
+    The rule's part comes from ``journaled`` (the rule as it ran) when the
+    journal kept it, else from ``rule`` (read at export), which must be the
+    rule the transaction ran (same id). An interrupted or corrupt entry is
+    refused: it has no terminal result to vouch for.
     """
     txn = entry.txn
     if entry.corrupt is not None:
@@ -191,7 +236,7 @@ def evidence_payload(
         raise EvidenceError(
             f"transaction {txn.id} (rule {txn.rule}) has no terminal result (interrupted): run 'kensa recover' first"
         )
-    if rule.id != txn.rule:
+    if rule is not None and rule.id != txn.rule:
         raise EvidenceError(f"transaction {txn.id} ran rule {txn.rule!r}, not {rule.id!r}")
     pres: Sequence[Optional[PreState]] = entry.pre_states if entry.intent_recorded else ()
     later = entry.later_rollback
@@ -207,7 +252,7 @@ def evidence_payload(
             "finished_at": timestamp(entry.finished),
             "recovered": entry.recovered,
         },
-        "rule": _rule_view(rule),
+        "rule": _rule_view(txn.id, rule, journaled),
         "host": text(txn.host),
         **_result_core(entry.result),
         "steps": [
