@@ -460,3 +460,23 @@ def test_openssl_verifies_the_evidence_as_docs_evidence_md_says(run: Dict[str, A
     proc = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-in",
                            str(tmp_path / "payload.bin"), "-sigfile", str(tmp_path / "sig.bin")], capture_output=True, text=True)
     assert proc.returncode != 0
+
+
+def test_a_later_rollback_by_id_is_in_the_evidence(tmp_path: Path) -> None:
+    """kensa rollback of a committed transaction: its evidence keeps committed and adds the later rollback."""
+    found = remediation_run(tmp_path)
+    txn = transaction_ids(found["out"])["ev-ssh-root"]
+    code, _ = kensa("--journal", str(found["journal"]), "rollback", txn)
+    assert code == EXIT_OK
+    assert (found["root"] / "etc/ssh/sshd_config").read_text() == SSHD_BEFORE
+    key = keygen(tmp_path / "k")
+    code, _ = kensa("--journal", str(found["journal"]), "evidence", "export", txn, "--key", key["private_key"],
+                    "--out", str(tmp_path))
+    assert code == EXIT_OK
+    file = tmp_path / f"{txn}.evidence.json"
+    payload = payload_of(file)
+    assert payload["status"] == "committed"
+    later = payload["later_rollback"]
+    assert later["status"] == "rolled_back" and later["host_unchanged"] is True
+    assert later["recorded_at"] is not None and [p["phase"] for p in later["phases"]][-1] == "rollback"
+    assert verify(file, key["public_key"])[0] == EXIT_OK

@@ -189,3 +189,16 @@ def test_a_report_of_no_outcome_at_all_still_validates(validator: jsonschema.Dra
     now = datetime.now(timezone.utc)
     document = assessment_results([], {}, title="empty", description="nothing ran", start=now, end=now)
     assert errors_of(validator, document) == []
+
+
+def test_a_csv_cell_a_spreadsheet_would_run_is_defused(tmp_path: Path) -> None:
+    """A rule title starting with '=' (a formula) is written to CSV behind a quote; JSON keeps it as it is."""
+    rules = write_rules(tmp_path / "rules")
+    hostile = (rules / "ssh-root.yml").read_text().replace("title: No root login over SSH", "title: '=HYPERLINK(\"x\")'")
+    (rules / "ssh-root.yml").write_text(hostile)
+    root = make_root(tmp_path / "root")
+    _, out = kensa("report", str(rules), "--root", str(root), "--format", "csv", "--control", "IA-2")
+    (row,) = csv.DictReader(io.StringIO(out))
+    assert row["title"] == "'=HYPERLINK(\"x\")"
+    _, out = kensa("report", str(rules), "--root", str(root), "--format", "json", "--control", "IA-2")
+    assert json.loads(out)["results"][0]["title"] == '=HYPERLINK("x")'

@@ -36,6 +36,9 @@ _NOT_SATISFIED = {
 }
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def finding_state(outcome: str) -> Optional[str]:
     """``satisfied``, ``not-satisfied``, or None when the outcome says nothing of the control.
 
@@ -89,7 +92,10 @@ def render_rows(rows: Sequence[Mapping[str, Any]], fmt: str, run: Mapping[str, A
     """``rows`` as ``json`` (one object: ``run`` and ``results``), ``jsonl`` (one row a line) or ``csv``.
 
     In CSV, ``references`` is ``framework:control[@profile]`` separated by
-    spaces, booleans are ``true``/``false``, and an absent value is empty.
+    spaces, booleans are ``true``/``false``, an absent value is empty, and a
+    text cell that a spreadsheet would run as a formula (starting with ``=``,
+    ``+``, ``-``, ``@``, a tab or a carriage return: rule titles and details
+    come from rule files and targets) is prefixed with ``'``.
     """
     if fmt == "json":
         return json.dumps({"run": dict(run), "results": list(rows)}, indent=2, ensure_ascii=False) + "\n"
@@ -107,6 +113,8 @@ def render_rows(rows: Sequence[Mapping[str, Any]], fmt: str, run: Mapping[str, A
                     cells.append(_reference_cell(value))
                 elif isinstance(value, bool):
                     cells.append("true" if value else "false")
+                elif isinstance(value, str) and value[:1] in _FORMULA_START:
+                    cells.append("'" + value)
                 else:
                     cells.append("" if value is None else str(value))
             writer.writerow(cells)
