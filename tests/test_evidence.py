@@ -480,3 +480,11 @@ def test_a_later_rollback_by_id_is_in_the_evidence(tmp_path: Path) -> None:
     assert later["status"] == "rolled_back" and later["host_unchanged"] is True
     assert later["recorded_at"] is not None and [p["phase"] for p in later["phases"]][-1] == "rollback"
     assert verify(file, key["public_key"])[0] == EXIT_OK
+
+
+def test_an_envelope_of_the_right_fields_but_wrong_types_is_reported_not_raised() -> None:
+    """Fields present but of other types (a list for the transaction, numbers for keys): problems, no exception."""
+    envelope = {"algorithm": "Ed25519", "digests": [], "format": 1, "key_id": 7,
+                "payload": {"transaction": ["x"]}, "public_key": None, "signature": {}}
+    result = verify_bytes(canonical_bytes(envelope) + b"\n", "f")
+    assert not result.valid and not result.trusted and len(result.problems) >= 3

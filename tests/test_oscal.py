@@ -34,7 +34,11 @@ SCHEMA_SHA256 = "d9e34757f0c12aff61f52b821f0b8f83ba0ba75b3a149a202b08ba82f82bc4c
 @pytest.fixture(scope="module")
 def validator() -> jsonschema.Draft7Validator:
     schema = oscal_schema(SCHEMA_FILE)
-    return jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+    checker = jsonschema.Draft7Validator.FORMAT_CHECKER
+    # Without its optional validators jsonschema passes these formats unchecked.
+    missing = {"uri", "uri-reference", "date-time"} - set(checker.checkers)
+    assert not missing, f"jsonschema cannot check {missing}: install the test extra"
+    return jsonschema.Draft7Validator(schema, format_checker=checker)
 
 
 def errors_of(validator: jsonschema.Draft7Validator, document: Any) -> List[str]:
@@ -67,7 +71,9 @@ def test_the_validator_rejects_what_the_schema_forbids(validator: jsonschema.Dra
     bad_token["assessment-results"]["results"][0]["findings"][0]["target"]["target-id"] = "5.1.20"
     missing = json.loads(run["out"])
     del missing["assessment-results"]["import-ap"]
-    for document in (bad_uuid, bad_token, missing):
+    bad_uri = json.loads(run["out"])
+    bad_uri["assessment-results"]["results"][0]["observations"][0]["props"][0]["ns"] = "not a uri"
+    for document in (bad_uuid, bad_token, missing, bad_uri):
         assert errors_of(validator, document)
 
 

@@ -28,6 +28,7 @@ import hashlib
 import re
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from kensa._version import __version__
@@ -83,7 +84,7 @@ def _sha256_of(path: str) -> Optional[str]:
 def _back_matter(rules: Sequence[Rule], plan_uuid: str) -> Dict[str, Any]:
     rlinks = []
     for path in sorted({rule.source.path for rule in rules}):
-        link: Dict[str, Any] = {"href": "file:" + text(path) if path.startswith("/") else text(path)}
+        link: Dict[str, Any] = {"href": Path(path).absolute().as_uri()}
         digest = _sha256_of(path)
         if digest is not None:
             link["hashes"] = [{"algorithm": "SHA-256", "value": digest}]

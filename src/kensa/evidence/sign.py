@@ -112,7 +112,8 @@ def verify_bytes(data: bytes, path: str, trusted: Optional[Mapping[str, bytes]] 
     if not isinstance(envelope, dict) or sorted(envelope) != sorted(_FIELDS):
         fields = sorted(envelope) if isinstance(envelope, dict) else type(envelope).__name__
         return failed(f"not a kensa evidence file: expected the fields {', '.join(_FIELDS)}, found {fields}")
-    txn = envelope["payload"].get("transaction", {}).get("id", "") if isinstance(envelope["payload"], dict) else ""
+    transaction = envelope["payload"].get("transaction") if isinstance(envelope["payload"], dict) else None
+    txn = transaction.get("id") if isinstance(transaction, dict) else ""
     txn = txn if isinstance(txn, str) else ""
     claimed = envelope["key_id"] if isinstance(envelope["key_id"], str) else ""
     try:
