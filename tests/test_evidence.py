@@ -488,3 +488,62 @@ def test_an_envelope_of_the_right_fields_but_wrong_types_is_reported_not_raised(
                 "payload": {"transaction": ["x"]}, "public_key": None, "signature": {}}
     result = verify_bytes(canonical_bytes(envelope) + b"\n", "f")
     assert not result.valid and not result.trusted and len(result.problems) >= 3
+
+
+def test_a_signing_key_reached_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The private key is opened without following links: a link to it is an error saying so."""
+    from kensa.errors import KeyFileError
+
+    pair = keygen(tmp_path / "k")
+    link = tmp_path / "link.key"
+    link.symlink_to(pair["private_key"])
+    with pytest.raises(KeyFileError, match="symbolic link"):
+        load_signing_key(link)
+
+
+def test_verify_json_reports_each_file(run: Dict[str, Any], tmp_path: Path) -> None:
+    """--json: one object per file with valid, trusted, key id, transaction and problems."""
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(run["files"]["ev-ssh-root"].read_bytes().replace(b'"committed"', b'"rolled_back"'))
+    code, out = kensa("verify", str(run["files"]["ev-ssh-root"]), str(forged), "--key", run["key"]["public_key"], "--json")
+    assert code == 1
+    good, bad = json.loads(out)
+    assert good == {"file": str(run["files"]["ev-ssh-root"]), "valid": True, "trusted": True, "key_id": run["key"]["key_id"],
+                    "txn": run["txns"]["ev-ssh-root"], "problems": []}
+    assert bad["valid"] is False and bad["trusted"] is False and bad["problems"]
+
+
+@pytest.mark.parametrize(
+    "timed, error_phase, rollbacks_ok, status, expected",
+    [
+        ("preflight check capture", "capture", (), "errored", {"capture": "failed", "check": "success"}),
+        ("preflight check capture apply rollback", "rollback", (False,), "rollback_failed",
+         {"apply": "failed", "rollback": "failed"}),
+        ("preflight check capture apply validate rollback", "validate", (True,), "rolled_back",
+         {"apply": "success", "validate": "failed", "rollback": "success"}),
+    ],
+)
+def test_each_phase_result_follows_from_the_journaled_result(
+    tmp_path: Path, timed: str, error_phase: str, rollbacks_ok: tuple, status: str, expected: Dict[str, str]
+) -> None:
+    """A rollback means the last of apply/validate failed, whatever the error names; a failed restore fails rollback."""
+    from datetime import datetime, timezone
+
+    from kensa.evidence.record import evidence_payload
+    from kensa.model import JournalEntry, Phase, RollbackResult, Status, Transaction, TransactionError, TransactionResult
+    from kensa.rules import load_rules
+    from evidence_run import write_rules
+
+    (rule,) = [r for r in load_rules([str(write_rules(tmp_path / "rules"))]) if r.id == "ev-ssh-root"]
+    txn = Transaction(rule.id, (), host="h")
+    result = TransactionResult(
+        txn.id, rule.id, "h", Status(status), True, {Phase(p): 0.001 for p in timed.split()},
+        rollbacks=tuple(RollbackResult("config_set", ok) for ok in rollbacks_ok),
+        error=TransactionError("E", "m", Phase(error_phase)),
+    )
+    now = datetime.now(timezone.utc)
+    entry = JournalEntry(txn, (), result, now, now, intent_recorded=False)
+    phases = {p["phase"]: p["result"] for p in evidence_payload(entry, [], rule)["phases"]}
+    assert [p for p in phases] == timed.split()
+    assert {k: phases[k] for k in expected} == expected
+    assert all(v == "success" for k, v in phases.items() if k not in expected)

@@ -13,6 +13,7 @@ verify`` accepts several trusted public keys at once.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -127,6 +128,8 @@ def _read_key_file(path: Path, what: str, private: bool) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if private else 0))
     except OSError as exc:
+        if private and exc.errno == errno.ELOOP:
+            raise KeyFileError(f"{what} {path}: is a symbolic link; give the key file itself") from None
         raise KeyFileError(f"{what} {path}: cannot open it: {exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)
