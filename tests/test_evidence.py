@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conftest import require_root
+from conftest import require_real, require_root
 from evidence_run import OUTCOMES, SSHD_BEFORE, kensa, remediation_run, transaction_ids
 from kensa.cli.main import EXIT_BAD_INPUT, EXIT_NOT_APPLIED, EXIT_OK
 from kensa.evidence.canonical import canonical_bytes
@@ -28,7 +28,15 @@ from kensa.evidence.sign import sign_payload, verify_bytes
 from kensa.journal.store import SqliteJournal
 
 
+def needs_cryptography() -> None:
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        require_real("cryptography is not installed: pip install -e '.[test]' (or 'kensa[evidence]')")
+
+
 def keygen(folder: Path) -> Dict[str, str]:
+    needs_cryptography()
     folder.mkdir(exist_ok=True)
     code, out = kensa("keygen", "--dir", str(folder), "--json")
     assert code == EXIT_OK
@@ -39,6 +47,7 @@ def keygen(folder: Path) -> Dict[str, str]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     """One real run, a key pair, and the evidence of its three transactions."""
+    needs_cryptography()
     base = tmp_path_factory.mktemp("evidence")
     found = remediation_run(base)
     assert found["code"] == EXIT_NOT_APPLIED
@@ -283,6 +292,7 @@ def test_verify_of_a_missing_file_or_a_bad_key_is_bad_input(run: Dict[str, Any],
 
 def test_a_file_that_is_not_evidence_is_reported_not_raised(tmp_path: Path) -> None:
     """Truncated, not JSON, not UTF-8, or JSON of another shape: each fails with a reason, none raises."""
+    needs_cryptography()
     for name, data in {"empty": b"", "text": b"hello", "latin1": b'{"a":"\xe9"}\n', "list": b"[]\n",
                        "float": b'{"algorithm":1.5,"digests":{},"format":"","key_id":"","payload":{},"public_key":"","signature":""}\n'}.items():
         result = verify_bytes(data, name)
@@ -484,6 +494,7 @@ def test_a_later_rollback_by_id_is_in_the_evidence(tmp_path: Path) -> None:
 
 def test_an_envelope_of_the_right_fields_but_wrong_types_is_reported_not_raised() -> None:
     """Fields present but of other types (a list for the transaction, numbers for keys): problems, no exception."""
+    needs_cryptography()
     envelope = {"algorithm": "Ed25519", "digests": [], "format": 1, "key_id": 7,
                 "payload": {"transaction": ["x"]}, "public_key": None, "signature": {}}
     result = verify_bytes(canonical_bytes(envelope) + b"\n", "f")
