@@ -558,3 +558,51 @@ def test_each_phase_result_follows_from_the_journaled_result(
     assert [p for p in phases] == timed.split()
     assert {k: phases[k] for k in expected} == expected
     assert all(v == "success" for k, v in phases.items() if k not in expected)
+
+
+@pytest.mark.serial
+def test_evidence_gives_each_phase_record_the_kernels_time_and_serial_from_auditds_log(tmp_path: Path) -> None:
+    """--audit-log: every audit record of the transaction gets its logged time and serial; ausearch finds it by serial."""
+    import time
+
+    from conftest import require_auditd
+    from kensa.evidence.export import logged_records
+
+    require_auditd()
+    found = remediation_run(tmp_path)
+    txn = transaction_ids(found["out"])["ev-ssh-root"]
+    with SqliteJournal(found["journal"], create=False) as journal:
+        journaled = journal.audit_sequences(txn)
+    if not all(a.seq is not None for a in journaled):
+        require_real(f"kernel audit took no record of the run: {journaled}")
+    deadline = time.monotonic() + 120
+    while len(logged_records([txn])) < len(journaled):
+        if time.monotonic() > deadline:
+            pytest.fail("auditd never wrote the transaction's records to its log")
+        time.sleep(0.5)
+    key = keygen(tmp_path / "k")
+    code, _ = kensa("--journal", str(found["journal"]), "evidence", "export", txn, "--audit-log",
+                    "--key", key["private_key"], "--out", str(tmp_path))
+    assert code == EXIT_OK
+    payload = payload_of(tmp_path / f"{txn}.evidence.json")
+    assert payload["audit_log_read"] is True
+    records = payload["audit_records"]
+    assert all(isinstance(r["audit_serial"], int) and r["logged_at"].endswith("Z") for r in records), records
+    assert [r["logged_at"] for r in records] == sorted(r["logged_at"] for r in records)
+    out = subprocess.run(["ausearch", "-a", str(records[-1]["audit_serial"])], capture_output=True, text=True).stdout
+    assert f"seq={records[-1]['seq']} " in out and "phase=committed" in out and txn in out
+    assert records[0]["phase"] == "started"
+
+
+def test_without_audit_log_the_evidence_says_the_log_was_not_read(run: Dict[str, Any]) -> None:
+    """By default the log is not read: audit_log_read is false and records carry no logged time."""
+    payload = payload_of(run["files"]["ev-ssh-root"])
+    assert payload["audit_log_read"] is False
+    assert all("logged_at" not in r for r in payload["audit_records"])
+
+
+def test_an_audit_log_that_does_not_exist_is_bad_input(run: Dict[str, Any], tmp_path: Path) -> None:
+    """--log naming a missing file: exit 2, nothing written."""
+    code, _ = kensa("--journal", str(run["journal"]), "evidence", "export", run["txns"]["ev-ssh-root"], "--audit-log",
+                    "--log", str(tmp_path / "none.log"), "--key", run["key"]["private_key"], "--out", str(tmp_path))
+    assert code == EXIT_BAD_INPUT and list(tmp_path.iterdir()) == []

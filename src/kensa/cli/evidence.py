@@ -83,7 +83,7 @@ def cmd_evidence_export(args: argparse.Namespace, out: TextIO) -> int:
     """Sign and write the evidence of the named (or recent) transactions."""
     from kensa.audit.reconcile import parse_since
     from kensa.cli.plan import load
-    from kensa.evidence.export import export_evidence, rules_by_id, select_entries
+    from kensa.evidence.export import export_evidence, logged_records, rules_by_id, select_entries
     from kensa.evidence.keys import load_signing_key
     from kensa.journal.store import SqliteJournal, default_journal_path
 
@@ -93,7 +93,8 @@ def cmd_evidence_export(args: argparse.Namespace, out: TextIO) -> int:
     path = args.journal or os.fspath(default_journal_path())
     with SqliteJournal(path, create=False) as journal:
         entries, left_out = select_entries(journal, args.txn, since)
-        written = export_evidence(journal, entries, rules, key, args.out)
+        logged = logged_records([e.txn.id for e in entries], args.log) if args.audit_log or args.log else None
+        written = export_evidence(journal, entries, rules, key, args.out, logged=logged)
     if args.json:
         json.dump(
             {"key_id": key.key_id, "written": [{"txn": t, "file": f} for t, f in written],
@@ -149,6 +150,9 @@ def register(sub: Any) -> None:
     q.add_argument("--rules", action="append", metavar="DIR",
                    help="rule files or directories the transactions ran, for those whose rule the journal did not keep")
     q.add_argument("--key", required=True, metavar="KEY", help="signing key file (from kensa keygen; mode 0600)")
+    q.add_argument("--audit-log", action="store_true",
+                   help="add each audit record's kernel time and serial from auditd's log (auditd.conf's log_file and rotations)")
+    q.add_argument("--log", action="append", metavar="PATH", help="with --audit-log: auditd log file to read instead (repeatable)")
     q.add_argument("--out", default=".", metavar="DIR", help="where to write the files (default: the current directory)")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_evidence_export)

@@ -18,14 +18,16 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import EvidenceError, JournalEntryNotFound
 from kensa.evidence.keys import SigningKey
-from kensa.evidence.record import evidence_payload, rule_source
+from kensa.audit.reconcile import LoggedRecord, default_log_files, read_log
+from kensa.errors import AuditLogError
+from kensa.evidence.record import LogKey, evidence_payload, rule_source
 from kensa.evidence.sign import sign_payload
 from kensa.journal.rulesources import read_rule_source, record_rule_sources
 from kensa.journal.store import SqliteJournal
 from kensa.model import JournalEntry, Transaction
 from kensa.rules import Rule
 
-__all__ = ["evidence_file_name", "export_evidence", "journal_rules_of", "rules_by_id", "select_entries"]
+__all__ = ["evidence_file_name", "export_evidence", "journal_rules_of", "logged_records", "rules_by_id", "select_entries"]
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
@@ -77,6 +79,20 @@ def select_entries(
     return entries, left_out
 
 
+def logged_records(txn_ids: Iterable[str], files: Optional[Sequence[str]] = None) -> Dict[LogKey, LoggedRecord]:
+    """The records of ``txn_ids`` in auditd's log (``files``, default: auditd.conf's log and its rotations)."""
+    wanted = set(txn_ids)
+    paths = [Path(f) for f in files] if files else default_log_files()
+    for path in paths if files else ():
+        if not path.exists():
+            raise AuditLogError(2, f"auditd's log {path} does not exist")
+    found: Dict[LogKey, LoggedRecord] = {}
+    for record in read_log(paths):
+        if record.op == "kensa_transaction" and record.txn in wanted and record.seq is not None:
+            found[(record.txn, record.phase, record.seq, record.pid)] = record
+    return found
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".evidence.json", dir=path.parent)
     try:
@@ -100,6 +116,7 @@ def export_evidence(
     out_dir: str,
     *,
     exported: Optional[datetime] = None,
+    logged: Optional[Mapping[LogKey, LoggedRecord]] = None,
 ) -> List[Tuple[str, str]]:
     """Sign and write the evidence of each entry into ``out_dir``; ``(txn id, file)`` for each.
 
@@ -120,7 +137,9 @@ def export_evidence(
                 f"evidence export: transaction {entry.txn.id} ran rule {entry.txn.rule!r}, which none of the rules "
                 "given defines and the journal kept no copy of it; pass the rule files it ran with --rules"
             )
-        payload = evidence_payload(entry, journal.audit_sequences(entry.txn.id), rule, journaled, exported=exported)
+        payload = evidence_payload(
+            entry, journal.audit_sequences(entry.txn.id), rule, journaled, exported=exported, logged=logged
+        )
         signed.append((entry.txn.id, sign_payload(payload, key)))
     written = []
     for txn_id, data in signed:

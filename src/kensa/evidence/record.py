@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from kensa._version import __version__
+from kensa.audit.reconcile import LoggedRecord
 from kensa.errors import EvidenceError
 from kensa.journal.codec import pre_state_blob
 from kensa.model import AuditSequence, JournalEntry, Phase, PreState, RuleSource, TransactionResult
 from kensa.rules import Reference, Rule
 
-__all__ = ["EVIDENCE_FORMAT", "evidence_payload", "file_digests", "reference_view", "rule_source", "text", "timestamp"]
+__all__ = ["EVIDENCE_FORMAT", "LogKey", "evidence_payload", "file_digests", "reference_view", "rule_source", "text", "timestamp"]
+
+#: How auditd's log records are looked up: transaction id, phase, seq, pid.
+LogKey = Tuple[str, str, int, int]
 
 #: The ``format`` of every payload this module makes.
 EVIDENCE_FORMAT = "kensa-evidence/1"
@@ -221,13 +225,16 @@ def evidence_payload(
     journaled: Optional[RuleSource] = None,
     *,
     exported: Optional[datetime] = None,
+    logged: Optional[Mapping[LogKey, LoggedRecord]] = None,
 ) -> Dict[str, Any]:
     """The evidence payload of ``entry``; :class:`EvidenceError` when it cannot be evidence (yet).
 
     The rule's part comes from ``journaled`` (the rule as it ran) when the
     journal kept it, else from ``rule`` (read at export), which must be the
     rule the transaction ran (same id). An interrupted or corrupt entry is
-    refused: it has no terminal result to vouch for.
+    refused: it has no terminal result to vouch for. ``logged`` (auditd's log
+    read, by :data:`LogKey`) adds to each audit record the kernel's time and
+    serial of it, or None where the log lacks it.
     """
     txn = entry.txn
     if entry.corrupt is not None:
@@ -264,7 +271,17 @@ def evidence_payload(
             "transaction": text(later.txn_id),
             "recorded_at": timestamp(entry.later_rollback_at),
         },
-        "audit_records": [
-            {"phase": text(a.phase), "seq": a.seq, "pid": a.pid, "journaled_at": timestamp(a.recorded)} for a in audit
-        ],
+        "audit_log_read": logged is not None,
+        "audit_records": [_audit_view(txn.id, a, logged) for a in audit],
     }
+
+
+def _audit_view(txn_id: str, record: AuditSequence, logged: Optional[Mapping[LogKey, LoggedRecord]]) -> Dict[str, Any]:
+    view: Dict[str, Any] = {"phase": text(record.phase), "seq": record.seq, "pid": record.pid,
+                            "journaled_at": timestamp(record.recorded)}
+    if logged is not None:
+        found = None if record.seq is None else logged.get((txn_id, record.phase, record.seq, record.pid))
+        # The kernel's own time and serial of the record, as auditd logged them: ausearch -a SERIAL finds it.
+        view["logged_at"] = None if found is None else timestamp(datetime.fromtimestamp(found.time, timezone.utc))
+        view["audit_serial"] = None if found is None else found.serial
+    return view
