@@ -20,6 +20,7 @@ rules given at export, and ``rule.recorded`` says which.
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -181,7 +182,8 @@ def rule_source(txn_id: str, rule: Rule) -> RuleSource:
         txn_id=txn_id,
         rule=rule.id,
         title=rule.title,
-        source_file=rule.source.path,
+        # Absolute: the run's working directory is not known when the evidence is exported.
+        source_file=os.path.abspath(rule.source.path),
         source_sha256=_file_sha256(rule.source.path),
         references=tuple(reference_view(r) for r in rule.references),
     )
@@ -211,7 +213,7 @@ def _rule_view(txn: str, rule: Optional[Rule], journaled: Optional[RuleSource]) 
     return {
         "id": text(rule.id),
         "title": text(rule.title),
-        "source_file": text(rule.source.path),
+        "source_file": text(os.path.abspath(rule.source.path)),
         "source_sha256": _file_sha256(rule.source.path),
         "references": [reference_view(r) for r in rule.references],
         "recorded": "at_export",

@@ -37,6 +37,8 @@ PathArg = Union[str, "os.PathLike[str]"]
 
 def record_rule_sources(journal: PathArg, sources: Sequence[RuleSource], *, busy_timeout: float = 30.0) -> None:
     """Store ``sources`` in the existing journal at ``journal`` (a transaction recorded twice keeps its first)."""
+    if not sources:
+        return
     path = Path(os.fspath(journal))
     conn = connect(path, Path(os.path.realpath(path)), create=False, busy_timeout=busy_timeout)
     try:
