@@ -11,6 +11,7 @@ applicable) or, with ``--remediate``, of ``kensa remediate``.
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterable, List, Sequence, TextIO, Tuple
 
@@ -64,11 +65,10 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     target = target_for(args.root)
     rules = select_rules(load(args.rules), args.framework or (), args.control or ())
     if not rules:
+        filters = [f"--framework {f}" for f in args.framework or ()] + [f"--control {c}" for c in args.control or ()]
         raise UsageError(
-            "report: no rule references "
-            + " ".join(f"--framework {f}" for f in args.framework or ())
-            + " ".join(f" --control {c}" for c in args.control or ())
-            + "; nothing was run"
+            f"report: no rule references {' '.join(filters)}; nothing was run" if filters
+            else "report: the rule files given hold no rule; nothing was run"
         )
     host = LocalHost(target.root)
     runnable, outcomes = _applicable(rules, detect_capabilities(host), target.key)
@@ -88,8 +88,6 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     by_id: Dict[str, Any] = {rule.id: rule for rule in rules}
     kind = "remediation" if args.remediate else "check"
     if args.format == "oscal":
-        import json
-
         document = assessment_results(
             everything, by_id, title=f"kensa {kind} of {target.key}",
             description=f"kensa {kind} run of {len(rules)} rule(s) on {target.key}.", start=start, end=end,
