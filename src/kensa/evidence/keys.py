@@ -26,7 +26,10 @@ from kensa.model import EvidenceKeyPair
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["SigningKey", "ed25519", "generate_key_pair", "key_id", "load_signing_key", "load_trusted_keys", "raw_public_key"]
+__all__ = [
+    "SigningKey", "ed25519", "generate_key_pair", "key_id", "load_public_key", "load_signing_key", "load_trusted_keys",
+    "raw_public_key",
+]
 
 PathArg = Union[str, "os.PathLike[str]"]
 
