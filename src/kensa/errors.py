@@ -273,3 +273,17 @@ class SinceError(KensaError, ValueError):
 
 class UsageError(KensaError, ValueError):
     """Bad command-line input: a missing root, an unknown transaction id."""
+
+
+# Raised by kensa.evidence
+
+class EvidenceError(KensaError, ValueError):
+    """Evidence that cannot be made, read or trusted: says which file and what is wrong with it."""
+
+
+class EvidenceUnavailable(KensaError, ImportError):
+    """Signing or verifying evidence needs the ``cryptography`` package (``pip install 'kensa[evidence]'``)."""
+
+
+class KeyFileError(EvidenceError):
+    """A signing or public key file that is missing, malformed, or readable by others than its owner."""

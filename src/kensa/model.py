@@ -406,3 +406,59 @@ class InventoryHost:
     name: str
     target: RemoteTarget
     groups: Tuple[str, ...] = ()
+
+
+# --- signed evidence ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvidenceKeyPair:
+    """A key pair ``kensa keygen`` wrote: its id (SHA-256 of the raw public key, hex) and its two files."""
+
+    key_id: str
+    private_path: str
+    public_path: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What verifying one evidence file found.
+
+    ``valid``: the file is in canonical form and its signature verifies with
+    the public key it carries. ``trusted``: that key is one of the trusted keys
+    the verifier was given (never true without them). ``problems`` names each
+    thing found altered or wrong; empty when ``valid``. ``txn_id`` and
+    ``key_id`` are what the file claims (empty when unreadable).
+    """
+
+    path: str
+    valid: bool
+    trusted: bool
+    key_id: str = ""
+    txn_id: str = ""
+    problems: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "problems", tuple(self.problems))
+
+
+@dataclass(frozen=True)
+class RuleSource:
+    """The rule a transaction ran, as it was loaded for the run: kept in the journal for its evidence.
+
+    ``references`` are JSON-ready views of the rule's framework references
+    (framework, control, profile, attributes); ``source_sha256`` is the
+    SHA-256 of the rule file read for the run (None when it could not be
+    read again). ``recorded`` is when the journal stored it (UTC).
+    """
+
+    txn_id: str
+    rule: str
+    title: str
+    source_file: str
+    source_sha256: Optional[str]
+    references: Tuple[Mapping[str, Any], ...]
+    recorded: Optional[datetime] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "references", tuple(MappingProxyType(dict(r)) for r in self.references))

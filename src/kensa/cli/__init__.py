@@ -1,4 +1,4 @@
-"""The kensa command line: `kensa check|remediate|history|rollback|recover|audit|demo`."""
+"""The kensa command line: `kensa check|remediate|history|rollback|recover|audit|demo|report|keygen|verify|evidence`."""
 
 from kensa.cli.main import main
 

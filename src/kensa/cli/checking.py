@@ -21,7 +21,7 @@ from kensa.cli.render import Progress, print_results, print_table, printable, re
 from kensa.errors import KensaError, UsageError
 from kensa.model import CheckResult, Status, TransactionResult, Verdict
 
-__all__ = ["add_rule_options", "check_code", "conflict_lines", "problem_rows", "run_check", "run_in_order", "run_remediate"]
+__all__ = ["add_rule_options", "check_code", "load_for_target", "conflict_lines", "problem_rows", "run_check", "run_in_order", "run_remediate"]
 
 # Verdicts that are no finding: the rule holds, or it does not concern this target.
 _FINE = frozenset({Verdict.COMPLIANT, Verdict.NOT_APPLICABLE})
@@ -50,7 +50,8 @@ def _host_name(target: Target, host: Any) -> str:
     return data.decode("utf-8", "replace").strip() if data else ""
 
 
-def _load(args: argparse.Namespace) -> Tuple[Target, Any, Any]:
+def load_for_target(args: argparse.Namespace) -> Tuple[Target, Any, Any]:
+    """The local target of ``--root``, its host, and the rule set loaded for it (bad files reported on stderr)."""
     from kensa.hosts.local import LocalHost
 
     target = target_for(args.root)
@@ -91,7 +92,7 @@ def run_check(args: argparse.Namespace, out: TextIO) -> int:
     from kensa.rules.applicability import resolve
     from kensa.rules.assess import check_rules
 
-    target, host, ruleset = _load(args)
+    target, host, ruleset = load_for_target(args)
     results = check_rules(ruleset.rules, host, default_registry(), host_key=target.key)
     results += problem_rows(ruleset, target.key)
     conflicts = resolve(ruleset.rules).conflicts
@@ -152,9 +153,10 @@ def run_remediate(
     """``kensa remediate``: each applicable rule as a transaction; see the module docstring.
     ``engine_for`` builds the engine from the options, ``exit_code_for`` turns the results
     (and whether some rule was not run) into the exit code."""
+    from kensa.cli.evidence import journal_rules
     from kensa.rules.assess import plan_rules
 
-    target, host, ruleset = _load(args)
+    target, host, ruleset = load_for_target(args)
     resolution, planned = plan_rules(ruleset.rules, host, host_key=target.key)
     if resolution.conflicts and not args.allow_conflicts:
         raise UsageError(
@@ -169,6 +171,7 @@ def run_remediate(
         sys.stderr.write(f"kensa: note: --workers {args.workers} has no effect here: this run has one target, "
                          f"{target.root}, and one target's transactions run one after another\n")
     results, rows = run_in_order(engine, planned, show_progress=not args.json)
+    journal_rules(args.journal, [p.transaction for p in planned if p.transaction is not None], ruleset.rules)
     rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
     if args.json:
         json.dump({"target": target.root, "results": [result_dict(r) for r in results], "unsupported": rows,

@@ -428,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the throw-away root and print where it is")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_demo)
+
+    from kensa.cli import evidence, report
+
+    evidence.register(sub)
+    report.register(sub, _engine, exit_code_for)
     return parser
 
 

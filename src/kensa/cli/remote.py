@@ -323,6 +323,7 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     builds the engine and ``exit_code_for`` rates the results (both from kensa.cli.main).
     """
     from kensa.cli.checking import conflict_lines, problem_rows, run_in_order
+    from kensa.cli.evidence import journal_rules
     from kensa.rules.assess import plan_rules
 
     hosts = hosts_from(args)
@@ -344,6 +345,7 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
                                   "changed on this host (pass --allow-conflicts to run them anyway)")
             return ruleset, [], []
         results, rows = run_in_order(engine, planned, show_progress=False)
+        journal_rules(args.journal, [p.transaction for p in planned if p.transaction is not None], ruleset.rules)
         rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
         return ruleset, results, [dict(row, host=target.key) for row in rows]
 
