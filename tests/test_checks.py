@@ -332,3 +332,11 @@ def test_a_field_climbing_out_of_the_root_is_refused_naming_it(root: Path, metho
     (root.parent / "outside.d").mkdir()
     with pytest.raises(PathEscapeError, match="outside"):
         run(root, method, **params)
+
+
+def test_a_finding_cannot_be_used_as_a_truth_value() -> None:
+    """``if finding:`` would call every verdict compliant (a dataclass is always true): it is refused."""
+    from kensa.model import Finding, Verdict
+
+    with pytest.raises(TypeError, match="holds"):
+        bool(Finding(Verdict.NOT_COMPLIANT, "x"))

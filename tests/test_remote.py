@@ -272,8 +272,8 @@ def test_checks_read_a_remote_host_one_round_trip_per_read(root: Path) -> None:
     host = connect(transport("checked"), str(root))
     try:
         method = CHECKS["config_value"]
-        assert method.evaluate(host, {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "expected": "yes"})
-        assert not method.evaluate(host, {"path": "/etc/ssh/sshd_config", "key": "Port", "expected": "2222"})
+        assert method.holds(host, {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "expected": "yes"})
+        assert not method.holds(host, {"path": "/etc/ssh/sshd_config", "key": "Port", "expected": "2222"})
         reads = {op: n for op, n in host.connection.counts.items() if op != "hello"}
         assert sum(reads.values()) == 2, reads
     finally:

@@ -87,6 +87,10 @@ class Finding:
         """True only for a compliant verdict."""
         return self.verdict is Verdict.COMPLIANT
 
+    def __bool__(self) -> bool:
+        # A finding is always an object: ``if finding:`` would call every verdict compliant.
+        raise TypeError("a Finding has no truth value: test .holds or .verdict")
+
 
 @dataclass(frozen=True)
 class CheckResult:
