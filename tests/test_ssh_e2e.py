@@ -116,7 +116,7 @@ def test_check_over_ssh_names_every_host_on_every_line(sshd_rig: Any, two_hosts:
                           "--root", str(root_a), *login(sshd_rig, tmp_path), "--json")
     report = json.loads(out)
     assert [h["host"] for h in report["hosts"]] == [key_of(a, root_a)]
-    states = {r["rule"]: r["state"] for r in report["hosts"][0]["rules"]}
+    states = {r["rule"]: r["verdict"] for r in report["hosts"][0]["rules"]}
     assert states == {"ssh-e2e-banner": "compliant", "ssh-e2e-root-login": "not_compliant"}
     assert code == EXIT_NOT_APPLIED
     code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "check", rules_dir(tmp_path),
@@ -399,3 +399,73 @@ def test_a_connection_killed_mid_apply_is_recovered_over_ssh(sshd_rig: Any, sshd
     assert code == EXIT_OK, out
     assert key in out
     assert snapshot_tree(root) == before
+
+
+LANGUAGE_RULES = {
+    "limit.yml": """\
+id: ssh-lang-limit
+title: A variable, a platform and the rule's own check, over SSH
+description: Sets MaxAuthTries from a variable; its check decides before and after.
+severity: medium
+category: access-control
+platforms:
+  - family: debian
+    min_version: 12
+implementations:
+  - default: true
+    check:
+      method: config_value
+      path: /etc/ssh/sshd_config
+      key: MaxAuthTries
+      expected: "{{ tries }}"
+    remediation:
+      mechanism: config_set
+      path: /etc/ssh/sshd_config
+      key: MaxAuthTries
+      value: "{{ tries }}"
+""",
+    "rhel.yml": """\
+id: ssh-lang-rhel-only
+title: A rule for another platform
+description: Never runs on a Debian target.
+severity: low
+category: system
+platforms:
+  - family: rhel
+    min_version: 8
+implementations:
+  - default: true
+    remediation:
+      mechanism: file_content
+      path: /etc/rhel-only
+      content: "x\\n"
+""",
+}
+
+
+def test_remote_rules_get_variables_platforms_and_their_own_check(sshd_rig: Any, two_hosts: Any, tmp_path: Path) -> None:
+    """Over SSH as locally: a {{ variable }} is substituted, a rule for another platform is
+    not applicable (and writes nothing), the rule's own check runs on the controller against
+    the remote host and decides: a second remediation is skipped, and check says compliant."""
+    a, _ = two_hosts
+    root = make_root(sshd_rig, "lang")
+    (root / "etc" / "os-release").write_text('ID=debian\nVERSION_ID="12"\n')
+    rules = tmp_path / "lang-rules"
+    rules.mkdir()
+    for name, text in LANGUAGE_RULES.items():
+        (rules / name).write_text(text)
+    common = ["--journal", str(tmp_path / "j.db")]
+    where = ["-H", host_arg(a), "--root", str(root), *login(sshd_rig, tmp_path), "--var", "tries=3", "--json"]
+    code, out = kensa_cli(*common, "remediate", str(rules), *where)
+    host = json.loads(out)["hosts"][0]
+    assert [(r["rule"], r["status"]) for r in host["results"]] == [("ssh-lang-limit", "committed")], out
+    assert {(u["rule"], u["status"]) for u in host["unsupported"]} == {("ssh-lang-rhel-only", "not_applicable")}
+    assert "MaxAuthTries 3\n" in (root / "etc" / "ssh" / "sshd_config").read_text()
+    assert not (root / "etc" / "rhel-only").exists()
+    code, out = kensa_cli(*common, "remediate", str(rules), *where)
+    assert [r["status"] for r in json.loads(out)["hosts"][0]["results"]] == ["skipped"], out
+    code, out = kensa_cli(*common, "check", str(rules), *where)
+    verdicts = {r["rule"]: (r["verdict"], r["check"]) for r in json.loads(out)["hosts"][0]["rules"]}
+    assert verdicts["ssh-lang-limit"][0] == "compliant" and verdicts["ssh-lang-limit"][1].startswith("config_value")
+    assert verdicts["ssh-lang-rhel-only"][0] == "not_applicable"
+    assert code == EXIT_OK
