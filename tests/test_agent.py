@@ -388,3 +388,48 @@ def test_nothing_is_written_on_the_target_outside_what_the_steps_change(root: Pa
     assert changes, "strace saw none of the step's own writes: the trace is not working"
     outside = [call for call in changes if str(root) not in call and '"/dev/null"' not in call]
     assert outside == []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_an_agent_whose_controller_goes_away_mid_request_stops_at_once(root: Path) -> None:
+    """sshd gives a session without a terminal no hangup when its client dies, so an agent busy in
+    a request must notice on its own that the controller's end of its pipe closed, and stop then
+    instead of going on changing the target while recovery may run. Here the agent is a grandchild
+    (as behind sshd): killing its parent and closing the pipes must end it well before its 30 s
+    request would."""
+    import threading
+    import time
+
+    shell = SubprocessTransport(("sh", "-c", 'exec 3<&0; "$@" <&3 3<&- & wait', "sh"), name="orphaned", env=agent_env())
+    host = connect(shell, str(root))
+    agent = host.hello["pid"]
+    assert agent != host.connection.proc.pid
+    failures: List[BaseException] = []
+
+    def long_request() -> None:
+        try:
+            host.run(["sleep", "30"], timeout=60)
+        except BaseException as exc:  # the lost connection, expected
+            failures.append(exc)
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not any(open(f"/proc/{agent}/task/{t}/children").read().split() for t in os.listdir(f"/proc/{agent}/task")):
+        assert time.monotonic() < deadline, "the agent never started its request"
+        time.sleep(0.05)
+    os.kill(host.connection.proc.pid, 9)
+    host.connection.close()
+    deadline = time.monotonic() + 10
+    while not _gone(agent):
+        assert time.monotonic() < deadline, "the agent went on with its request after the controller left"
+        time.sleep(0.05)
+    worker.join(5)
+    assert failures and isinstance(failures[0], HostConnectionLost)

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from kensa.errors import StepPhaseError, UnknownMechanismError
@@ -170,6 +172,28 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+#: Exit status of an agent whose controller went away while it was answering a request.
+ORPHANED = 4
+
+
+def _watch_controller(read_fd: int, busy: threading.Event) -> None:
+    """End the agent at once when the controller's end of the request pipe closes.
+
+    The request loop reads only between requests, and sshd gives a session
+    without a terminal no hangup when its client dies: an agent in the middle of
+    a phase would go on changing the target after the controller has called the
+    transaction interrupted, while ``kensa recover`` may already be restoring
+    it. A pipe's read end reports POLLHUP once no writer is left, whether or not
+    data is queued, so waiting for it takes nothing from the loop.
+    """
+    poller = select.poll()
+    poller.register(read_fd, select.POLLHUP)  # POLLHUP, POLLERR and POLLNVAL are reported whatever is asked
+    while True:
+        for _, events in poller.poll():
+            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                os._exit(ORPHANED if busy.is_set() else 0)
+
+
 def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = ()) -> int:
     """Answer requests from ``read_fd`` on ``write_fd`` until the controller closes it; the exit status.
 
@@ -177,6 +201,10 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
     :func:`kensa.handlers.default_registry`, since this package lies below the handlers.
     ``supplied`` is what :func:`kensa.hosts.agent.compat.install` supplied; ``hello`` reports it."""
     agent = Agent(payload_hash, handlers, supplied)
+    busy = threading.Event()
+    watchdog = threading.Thread(target=_watch_controller, args=(read_fd, busy), name="kensa-agent-watchdog")
+    watchdog.daemon = True
+    watchdog.start()
     while True:
         header = _read_exactly(read_fd, HEADER.size)
         if header is None:
@@ -189,4 +217,7 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
         except FrameError as exc:
             _write_all(write_fd, frame({"error": encode_error(exc)}))
             return 3
-        _write_all(write_fd, frame(agent.answer(request)))
+        busy.set()
+        answer = agent.answer(request)
+        busy.clear()
+        _write_all(write_fd, frame(answer))
