@@ -253,11 +253,27 @@ def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any]) ->
         return list(pool.map(work, hosts))
 
 
-def _rule_set(args: argparse.Namespace, name: str, groups: Tuple[str, ...]) -> Any:
-    """The rules as they read for one host: its inventory name and groups pick its variable files."""
-    from kensa.cli.plan import load_rule_set_for
+class _RuleSets:
+    """The rules as they read for each host: its inventory name and groups pick its variable files.
 
-    return load_rule_set_for(args.rules, args.var, args.config_dir, host_name=name, groups=groups)
+    Without ``--config-dir`` every host reads the same variables (``--var``), so
+    the rule files are loaded once for the whole fleet instead of once per host.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.loaded: Dict[Tuple[str, Tuple[str, ...]], Any] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str, groups: Tuple[str, ...]) -> Any:
+        from kensa.cli.plan import load_rule_set_for
+
+        args = self.args
+        key = (name, groups) if args.config_dir else ("", ())
+        with self.lock:
+            if key not in self.loaded:
+                self.loaded[key] = load_rule_set_for(args.rules, args.var, args.config_dir, host_name=name, groups=groups)
+            return self.loaded[key]
 
 
 def _report_problems(rule_sets: Sequence[Any]) -> bool:
@@ -281,11 +297,12 @@ def cmd_check_remote(args: argparse.Namespace, out: TextIO) -> int:
 
     hosts = hosts_from(args)
     handlers = default_registry()
+    rule_set = _RuleSets(args)
     run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
 
     def check_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Tuple[Any, List[CheckResult]]:
         name, target, groups = entry
-        ruleset = _rule_set(args, name, groups)
+        ruleset = rule_set(name, groups)
         try:
             host = run.connect(target)
         except KensaError as exc:
@@ -327,13 +344,14 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     from kensa.rules.assess import plan_rules
 
     hosts = hosts_from(args)
+    rule_set = _RuleSets(args)
     run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
     failed: Dict[str, str] = {}
     engine = make_engine(**run.engine_options())
 
     def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Tuple[Any, List[TransactionResult], List[Dict[str, Any]]]:
         name, target, groups = entry
-        ruleset = _rule_set(args, name, groups)
+        ruleset = rule_set(name, groups)
         try:
             host = engine.hosts(target.key)
             resolution, planned = plan_rules(ruleset.rules, host, host_key=target.key)
