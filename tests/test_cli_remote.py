@@ -118,3 +118,23 @@ def test_limit_without_an_inventory_is_refused(tmp_path: Path) -> None:
     """--limit selects from an inventory: without --inventory it is a usage error (exit 2)."""
     code, _ = kensa_cli("--journal", str(tmp_path / "j.db"), "check", rule_file(tmp_path), "-H", "web01", "--limit", "web")
     assert code == EXIT_BAD_INPUT
+
+
+def test_a_host_named_with_user_and_port_reads_its_host_name_variable_file(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """-H root@127.0.0.1:1 is the host 127.0.0.1: its variables come from DIR/hosts/127.0.0.1.yml
+    (the target's host name, as docs/rules.md says), not from a file named after the whole entry;
+    so the rule's variable is defined and the host's only fault is that nothing listens on port 1."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "motd.yml").write_text(
+        "id: cli-remote-motd\ntitle: A banner from a variable\nseverity: low\nimplementations:\n  - default: true\n"
+        "    remediation: {mechanism: file_content, path: /etc/motd, content: \"{{ banner }}\\n\"}\n")
+    config = tmp_path / "config"
+    (config / "hosts").mkdir(parents=True)
+    (config / "hosts" / "127.0.0.1.yml").write_text("variables:\n  banner: Authorized use only\n")
+    code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "check", str(rules), "-H", "root@127.0.0.1:1",
+                          "--config-dir", str(config), "--connect-timeout", "5", "--known-hosts", str(tmp_path / "kh"))
+    err = capsys.readouterr().err
+    assert "undefined variable" not in err + out, err + out
+    assert "cannot connect" in out, out
