@@ -18,6 +18,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from agent_targets import transport
 from conftest import require_auditd, require_real, require_root
 from kensa.checks import evaluate_check
 from kensa.errors import KensaError
@@ -25,6 +26,7 @@ from kensa.facts.auditrules import kernel_rules, missing
 from kensa.facts.packages import dpkg_status
 from kensa.facts.sshd import DEFAULTS, configured, normalise
 from kensa.hosts.local import LocalHost
+from kensa.hosts.remote import connect
 from kensa.model import Finding, Verdict
 from kensa.rules import Check
 
@@ -105,9 +107,8 @@ probe
 """
 
 
-def test_package_checks_read_an_images_rpm_database_with_rpm_root(tmp_path: Path) -> None:
-    """An image root with an rpm database (built here with rpm itself) answers through
-    rpm --root: the package recorded there is installed, another is absent."""
+def rpm_image(tmp_path: Path) -> Path:
+    """An image root whose rpm database (built here with rpm itself) records kensa-probe."""
     for tool in ("rpm", "rpmbuild"):
         need(tool)
     (tmp_path / "probe.spec").write_text(SPEC)
@@ -119,11 +120,41 @@ def test_package_checks_read_an_images_rpm_database_with_rpm_root(tmp_path: Path
     rpm = ["rpm", "--root", str(image), "--dbpath", "/var/lib/rpm"]
     subprocess.run([*rpm, "--initdb"], check=True, capture_output=True)
     subprocess.run([*rpm, "-i", "--justdb", "--nodeps", str(package)], check=True, capture_output=True)
-    host = LocalHost(str(image))
+    return image
+
+
+def test_package_checks_read_an_images_rpm_database_with_rpm_root(tmp_path: Path) -> None:
+    """An image root with an rpm database (built here with rpm itself) answers through
+    rpm --root: the package recorded there is installed, another is absent."""
+    host = LocalHost(str(rpm_image(tmp_path)))
     found = run(host, "package_state", name="kensa-probe", state="present")
     assert found.holds and "rpm: kensa-probe-1.0-1" in found.detail, found
     assert run(host, "package_absent", name="openssh-server").holds
     assert not run(host, "package_installed", name="openssh-server").holds
+
+
+def outcome(host: Any, method: str, **params: Any) -> str:
+    """A check's verdict, or its fault's class: what a check run reports for a rule."""
+    try:
+        return run(host, method, **params).verdict.value
+    except KensaError as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+
+
+def test_package_checks_of_a_remote_image_root_read_that_images_rpm_database(tmp_path: Path) -> None:
+    """A remote host whose root is an image on the target answers package checks as a local
+    host of that image does: rpm runs there with --root the image's path on the target, not
+    the controller's name of the host (an ssh:// key is no path on the target)."""
+    image = rpm_image(tmp_path)
+    local = LocalHost(str(image))
+    remote = connect(transport("rpm-image"), str(image), key=f"ssh://root@rpm-image{image}")
+    try:
+        for method, params in (("package_state", {"name": "kensa-probe", "state": "present"}),
+                               ("package_absent", {"name": "kensa-probe"}),
+                               ("package_installed", {"name": "openssh-server"})):
+            assert outcome(remote, method, **params) == outcome(local, method, **params), (method, params)
+    finally:
+        remote.close()
 
 
 def test_package_checks_without_any_package_database_are_not_assessable(tmp_path: Path) -> None:
@@ -239,6 +270,27 @@ def test_service_state_reads_unit_files_of_an_image_with_systemctl_root(tmp_path
     assert not run(host, "systemd_target", not_expected="multi-user.target").holds
 
 
+def test_service_checks_of_a_remote_image_root_read_that_images_unit_files(tmp_path: Path) -> None:
+    """A remote host whose root is an image on the target answers service checks as a local
+    host of that image does: systemctl runs there with --root the image's path on the target,
+    not the controller's ssh:// name of the host. An enabled unit that must not be enabled is
+    not compliant, never 'compliant, no such unit'."""
+    systemctl = need("systemctl")
+    image = tmp_path / "image"
+    write(image, "/usr/lib/systemd/system/multi-user.target", "[Unit]\nDescription=Multi-User\n")
+    write(image, "/usr/lib/systemd/system/on.service", UNIT.format("on", "[Install]\nWantedBy=multi-user.target\n"))
+    subprocess.run([systemctl, f"--root={image}", "enable", "on.service"], check=True, capture_output=True)
+    local = LocalHost(str(image))
+    remote = connect(transport("svc-image"), str(image), key=f"ssh://root@svc-image{image}")
+    try:
+        for params in ({"name": "on", "enabled": False}, {"name": "on", "enabled": True},
+                       {"name": "on", "enabled": False, "active": False}):
+            assert outcome(remote, "service_state", **params) == outcome(local, "service_state", **params), params
+        assert outcome(local, "service_state", name="on", enabled=False) == "not_compliant"
+    finally:
+        remote.close()
+
+
 # --- mounts, modules, boot, SELinux ------------------------------------------------------
 
 
@@ -246,6 +298,7 @@ MOUNT_PROBE = """
 import json, sys
 from kensa.checks import evaluate_check
 from kensa.hosts.local import LocalHost
+from kensa.hosts.remote import connect
 from kensa.rules import Check
 point = sys.argv[1]
 print(json.dumps([evaluate_check(Check("mount_option", {"mount_point": point, "options": opts}), LocalHost("/")).verdict.value

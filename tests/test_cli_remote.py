@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -117,4 +118,40 @@ def test_inventory_hosts_take_the_command_line_where_the_inventory_is_silent(tmp
 def test_limit_without_an_inventory_is_refused(tmp_path: Path) -> None:
     """--limit selects from an inventory: without --inventory it is a usage error (exit 2)."""
     code, _ = kensa_cli("--journal", str(tmp_path / "j.db"), "check", rule_file(tmp_path), "-H", "web01", "--limit", "web")
+    assert code == EXIT_BAD_INPUT
+
+
+def test_a_host_named_with_user_and_port_reads_its_host_name_variable_file(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """-H root@127.0.0.1:1 is the host 127.0.0.1: its variables come from DIR/hosts/127.0.0.1.yml
+    (the target's host name, as docs/rules.md says), not from a file named after the whole entry;
+    so the rule's variable is defined and the host's only fault is that nothing listens on port 1."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "motd.yml").write_text(
+        "id: cli-remote-motd\ntitle: A banner from a variable\nseverity: low\nimplementations:\n  - default: true\n"
+        "    remediation: {mechanism: file_content, path: /etc/motd, content: \"{{ banner }}\\n\"}\n")
+    config = tmp_path / "config"
+    (config / "hosts").mkdir(parents=True)
+    (config / "hosts" / "127.0.0.1.yml").write_text("variables:\n  banner: Authorized use only\n")
+    code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "check", str(rules), "-H", "root@127.0.0.1:1",
+                          "--config-dir", str(config), "--connect-timeout", "5", "--known-hosts", str(tmp_path / "kh"))
+    err = capsys.readouterr().err
+    assert "undefined variable" not in err + out, err + out
+    assert "cannot connect" in out, out
+
+
+def test_an_unreachable_host_still_lists_its_rules_with_an_undefined_variable(tmp_path: Path) -> None:
+    """check -H on a host nothing answers on: every rule of the set has a row for that host, a
+    rule whose variable is undefined too (an error naming the variable), as on a reachable host."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "motd.yml").write_text(
+        "id: cli-remote-undefined\ntitle: A banner from a variable\nseverity: low\nimplementations:\n  - default: true\n"
+        "    remediation: {mechanism: file_content, path: /etc/motd, content: \"{{ banner }}\\n\"}\n")
+    code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "check", str(rules), "-H", "root@127.0.0.1:1",
+                          "--connect-timeout", "5", "--known-hosts", str(tmp_path / "kh"), "--json")
+    [host] = json.loads(out)["hosts"]
+    assert [(r["rule"], r["verdict"]) for r in host["rules"]] == [("cli-remote-undefined", "error")], out
+    assert "banner" in host["rules"][0]["detail"]
     assert code == EXIT_BAD_INPUT

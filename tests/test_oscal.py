@@ -212,3 +212,46 @@ def test_a_csv_cell_a_spreadsheet_would_run_is_defused(tmp_path: Path) -> None:
     assert row["title"] == "'=HYPERLINK(\"x\")"
     _, out = kensa("report", str(rules), "--root", str(root), "--format", "json", "--control", "IA-2")
     assert json.loads(out)["results"][0]["title"] == '=HYPERLINK("x")'
+
+
+DEPENDENT_RULES = {
+    "issue-present.yml": """\
+id: ev-dep-issue-present
+title: /etc/issue exists
+severity: low
+implementations:
+  - default: true
+    check: {method: file_exists, path: /etc/issue}
+    remediation: {mechanism: file_content, path: /etc/issue, content: "Authorized use only.\\n"}
+""",
+    "issue-text.yml": """\
+id: ev-dep-issue-text
+title: /etc/issue names the authorized users
+severity: medium
+depends_on: [ev-dep-issue-present]
+references:
+  nist_800_53: [AC-8]
+implementations:
+  - default: true
+    check: {method: file_content_match, path: /etc/issue, pattern: "^Authorized staff only\\\\.$"}
+    remediation: {mechanism: file_content, path: /etc/issue, content: "Authorized staff only.\\n"}
+""",
+}
+
+
+def test_a_framework_filter_selects_what_is_reported_not_how_a_rule_is_decided(tmp_path: Path) -> None:
+    """report --framework reports the rules referencing it, each decided as kensa check decides it
+    in the rule set given: a rule whose dependency (referencing no framework) holds is judged by
+    its own check, not called not applicable because the filter left its dependency out."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name, text in DEPENDENT_RULES.items():
+        (rules / name).write_text(text)
+    root = make_root(tmp_path / "root")
+    code, out = kensa("check", str(rules), "--root", str(root), "--json")
+    checked = {r["rule"]: r["verdict"] for r in json.loads(out)["rules"]}
+    assert checked == {"ev-dep-issue-present": "compliant", "ev-dep-issue-text": "not_compliant"}, out
+    code, out = kensa("report", str(rules), "--root", str(root), "--framework", "nist_800_53")
+    reported = {r["rule"]: r["outcome"] for r in json.loads(out)["results"]}
+    assert reported == {"ev-dep-issue-text": "not_compliant"}, out
+    assert code == EXIT_NOT_APPLIED

@@ -330,3 +330,58 @@ def test_an_interrupt_whose_rollback_loses_the_connection_still_propagates(engin
     assert [entry.txn.id for entry in eng.journal.interrupted()] == [txn.id]  # type: ignore[union-attr]
     assert [r.status for r in eng.recover()] == [Status.RECOVERED]
     assert snapshot(root) == before
+
+
+GATED_RULES = """\
+id: remote-gated
+title: A rule whose implementation depends on what the target has
+severity: low
+implementations:
+  - when: audit_rules_d
+    check: {method: file_exists, path: /etc/audit/rules.d/kensa.rules}
+    remediation: {mechanism: file_content, path: /etc/audit/rules.d/kensa.rules, content: "-e 1\\n"}
+  - default: true
+    check: {method: file_exists, path: /etc/audit.rules}
+    remediation: {mechanism: file_content, path: /etc/audit.rules, content: "-e 1\\n"}
+---
+id: remote-gated-only
+title: A rule only for targets with an audit rules directory
+severity: low
+implementations:
+  - when: audit_rules_d
+    check: {method: file_exists, path: /etc/audit/rules.d/kensa.rules}
+    remediation: {mechanism: file_content, path: /etc/audit/rules.d/kensa.rules, content: "-e 1\\n"}
+"""
+
+
+def test_a_connection_lost_while_probing_the_target_is_no_missing_capability(root: Path) -> None:
+    """The agent dies as the first read of the target (its os-release) is sent: every rule's
+    verdict is an error, none is not applicable for want of a capability that could not be
+    read, and remediation plans no transaction from a guess (the default implementation,
+    although the target has /etc/audit/rules.d and its gated implementation is the one)."""
+    from kensa.errors import RemoteHostError
+    from kensa.rules import parse_rule
+    from kensa.rules.assess import check_rules, observe, plan_rules
+
+    rules = [parse_rule(text) for text in GATED_RULES.split("---\n")]
+    host = connect(transport("probed"), str(root), key=key_of(root))
+    try:
+        assert "audit_rules_d" in observe(host).capabilities
+
+        killed: List[str] = []
+
+        def die(op: str, mechanism: Optional[str]) -> None:
+            if not killed:
+                killed.append(op)
+                os.kill(host.hello["pid"], 9)
+
+        host.connection.observer = die
+        verdicts = {r.rule: r.verdict.value for r in check_rules(rules, host, default_registry(), host_key=key_of(root))}
+        assert verdicts == {"remote-gated": "error", "remote-gated-only": "error"}, verdicts
+        try:
+            _, planned = plan_rules(rules, host, host_key=key_of(root))
+        except RemoteHostError:
+            planned = []
+        assert [p.rule.id for p in planned if p.transaction is not None] == []
+    finally:
+        host.close()

@@ -4,11 +4,11 @@ not hold after apply, and journaled so that rollback by id and recovery handle i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Any, List, Mapping, Optional
 
 from kensa.engine.events import PhaseEvent, TerminalEvent
 from kensa.factory import default_engine
-from kensa.model import Status
+from kensa.model import PreState, RollbackResult, Status, StepResult
 from kensa.rules import RULE_CHECK, parse_rule
 
 
@@ -113,3 +113,50 @@ def test_sysctl_rule_whose_check_holds_is_skipped_not_committed(tmp_path: Path) 
     [result] = json.loads(out.getvalue())["results"]
     assert (code, result["status"]) == (0, "skipped"), out.getvalue()
     assert list((root / "etc/sysctl.d").iterdir()) == []
+
+
+class StageFile:
+    """A capturable step whose change takes effect only at the next boot (as audit rules do on a
+    host whose audit configuration is immutable): it writes a file and reports ``staged``."""
+
+    name = "stage_file"
+    capturable = True
+
+    def capture(self, host: Any, params: Mapping[str, Any]) -> PreState:
+        return PreState(self.name, params, {"content": host.read_bytes(params["path"])})
+
+    def apply(self, host: Any, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
+        host.write_file(params["path"], params["content"].encode())
+        return StepResult(self.name, ok=True, changed=True, staged=True, detail="takes effect at the next boot")
+
+    def validate(self, host: Any, params: Mapping[str, Any]) -> bool:
+        return bool(host.read_bytes(params["path"]) == params["content"].encode())
+
+    def rollback(self, host: Any, pre: PreState) -> RollbackResult:
+        if pre.data["content"] is None:
+            host.remove_file(pre.params["path"])
+        else:
+            host.write_file(pre.params["path"], pre.data["content"])
+        return RollbackResult(self.name, ok=True)
+
+
+def test_a_staged_step_defers_the_rule_check_as_it_defers_its_own_validate(tmp_path: Path) -> None:
+    """A step that reports staged changes what holds only after the next boot, so the rule's
+    check, which reads what holds now, cannot judge it either: the transaction is staged, as
+    it is without the rule-check step, and what the step persisted stays (not rolled back)."""
+    from kensa.model import Step, Transaction
+    from kensa.rules import Check
+    from kensa.rules.model import verification_step
+
+    root = _root(tmp_path)
+    engine = default_engine(str(tmp_path / "journal.db"), audit=False)
+    engine.registry.register(StageFile())
+    staged = Step("stage_file", {"path": "/etc/pending.rules", "content": "-w /etc/shadow -p wa\n"})
+    alone = engine.run(Transaction("r", (staged,), host=str(root)))
+    assert alone.status is Status.STAGED, alone
+    (root / "etc/pending.rules").unlink()
+    # The rule's check reads what is in effect now: /etc/active.rules, written at boot.
+    check = verification_step((Check("file_exists", {"path": "/etc/active.rules"}),))
+    result = engine.run(Transaction("r", (staged, check), host=str(root)))
+    assert result.status is Status.STAGED, result
+    assert (root / "etc/pending.rules").read_text() == "-w /etc/shadow -p wa\n"

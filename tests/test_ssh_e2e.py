@@ -469,3 +469,23 @@ def test_remote_rules_get_variables_platforms_and_their_own_check(sshd_rig: Any,
     assert verdicts["ssh-lang-limit"][0] == "compliant" and verdicts["ssh-lang-limit"][1].startswith("config_value")
     assert verdicts["ssh-lang-rhel-only"][0] == "not_applicable"
     assert code == EXIT_OK
+
+
+def test_a_bad_variable_file_of_one_host_never_hides_what_changed_on_another(sshd_rig: Any, two_hosts: Any,
+                                                                            tmp_path: Path) -> None:
+    """remediate -H a,b with a malformed variable file for b only (--config-dir DIR/hosts/<b>.yml):
+    either the run stops before any host is changed, as a bad variable source does locally, or
+    a's committed transactions are in the report. Never is a changed and the report silent."""
+    a, b = two_hosts
+    root = make_root(sshd_rig, "vars")
+    config = tmp_path / "config"
+    (config / "hosts").mkdir(parents=True)
+    (config / "hosts" / f"{host_arg(b)}.yml").write_text("variables: [not, a, mapping]\n")
+    before = snapshot_tree(root)
+    code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "--no-audit", "remediate", rules_dir(tmp_path),
+                          "-H", f"{host_arg(a)},{host_arg(b)}", "--root", str(root), "--workers", "1",
+                          "--config-dir", str(config), *login(sshd_rig, tmp_path), "--json")
+    if snapshot_tree(root) != before:
+        assert out.strip(), f"host {host_arg(a)} was changed, and the run (exit {code}) reported nothing"
+        report = {h["host"]: h for h in json.loads(out)["hosts"]}
+        assert [r["status"] for r in report[key_of(a, root)]["results"]] == ["committed"] * 2, out
