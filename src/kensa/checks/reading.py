@@ -43,6 +43,10 @@ class Observing(FileReaders):
         return self.host.root
 
     @property
+    def run_root(self) -> str:
+        return self.host.run_root
+
+    @property
     def is_live(self) -> bool:
         return self.host.is_live
 

@@ -14,7 +14,7 @@ import argparse
 import json
 import socket
 import sys
-from typing import Any, Callable, Dict, List, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
 from kensa.cli.plan import Target, load_rule_set_for, target_for
 from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
@@ -114,10 +114,13 @@ def run_check(args: argparse.Namespace, out: TextIO) -> int:
     return check_code(results, bool(ruleset.problems))
 
 
-def run_in_order(engine: Any, planned: List[Any], show_progress: bool) -> Tuple[List[TransactionResult], List[Dict[str, Any]]]:
-    """Run the planned transactions in order; a rule whose dependency did not hold is not run."""
+def run_in_order(
+    engine: Any, planned: List[Any], show_progress: bool, held: Optional[Dict[str, bool]] = None
+) -> Tuple[List[TransactionResult], List[Dict[str, Any]]]:
+    """Run the planned transactions in order; a rule whose dependency did not hold is not run.
+    ``held`` says of rules that are not run here (not selected) whether they hold."""
     progress = Progress(sum(1 for p in planned if p.transaction is not None), sys.stderr)
-    held: Dict[str, bool] = {}
+    held = dict(held or {})
     results: List[TransactionResult] = []
     rows: List[Dict[str, Any]] = []
     try:

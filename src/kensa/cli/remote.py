@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from kensa.errors import KensaError, UsageError
-from kensa.model import CheckResult, RemoteTarget, Transaction, TransactionResult, Verdict
+from kensa.model import CheckResult, RemoteTarget, TransactionResult, Verdict
 
 __all__ = ["AGENT_START_SECONDS", "RemoteRun", "add_login_arguments", "add_target_arguments", "cmd_check_remote", "cmd_remediate_remote",
            "login", "parse_host", "remote_wanted", "ssh_options", "targets_from"]
@@ -116,7 +116,9 @@ def hosts_from(args: argparse.Namespace) -> List[Tuple[str, RemoteTarget, Tuple[
     for group in args.hosts or ():
         for spec in group.split(","):
             if spec.strip():
-                found.append((spec.strip(), parse_host(spec, args.user, args.port, root, args.key), ()))
+                target = parse_host(spec, args.user, args.port, root, args.key)
+                # Named by its host name (not user@host:port): that picks its variable file.
+                found.append((target.host, target, ()))
     if args.inventory:
         found += _inventory_targets(args, root)
     elif args.limit:
@@ -300,14 +302,19 @@ def cmd_check_remote(args: argparse.Namespace, out: TextIO) -> int:
     rule_set = _RuleSets(args)
     run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
 
+    # Every host's rules load before any host is reached: a bad variable file stops the
+    # command with nothing checked, never part-way through the fleet.
+    rule_sets = {target.key: rule_set(name, groups) for name, target, groups in hosts}
+
     def check_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Tuple[Any, List[CheckResult]]:
-        name, target, groups = entry
-        ruleset = rule_set(name, groups)
+        _, target, _ = entry
+        ruleset = rule_sets[target.key]
         try:
             host = run.connect(target)
+            found = check_rules(ruleset.rules, host, handlers, host_key=target.key)
         except KensaError as exc:
-            return ruleset, [CheckResult(rule.id, target.key, Verdict.ERROR, str(exc)) for rule in ruleset.rules]
-        found = check_rules(ruleset.rules, host, handlers, host_key=target.key)
+            # Unreachable, or lost while checking: every rule of this host is an error naming why.
+            found = [CheckResult(rule.id, target.key, Verdict.ERROR, str(exc)) for rule in ruleset.rules]
         return ruleset, found + problem_rows(ruleset, target.key)
 
     try:
@@ -345,13 +352,16 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
 
     hosts = hosts_from(args)
     rule_set = _RuleSets(args)
+    # Every host's rules load before any host is changed: a bad variable file stops the
+    # command with nothing changed, never after some hosts were remediated.
+    rule_sets = {target.key: rule_set(name, groups) for name, target, groups in hosts}
     run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
     failed: Dict[str, str] = {}
     engine = make_engine(**run.engine_options())
 
     def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Tuple[Any, List[TransactionResult], List[Dict[str, Any]]]:
-        name, target, groups = entry
-        ruleset = rule_set(name, groups)
+        _, target, _ = entry
+        ruleset = rule_sets[target.key]
         try:
             host = engine.hosts(target.key)
             resolution, planned = plan_rules(ruleset.rules, host, host_key=target.key)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterable, List, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterable, List, TextIO
 
 from kensa.errors import UsageError
 from kensa.model import CheckResult, TransactionResult, Verdict
@@ -42,21 +42,30 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
             f"report: no rule references {' '.join(filters)}; nothing was run" if filters
             else "report: the rule files given hold no rule; nothing was run"
         )
+    # Rules are decided over the whole rule set (a selected rule's dependency need not
+    # reference the framework); the selection says only which are run and reported.
+    selected = {rule.id for rule in rules}
     start = datetime.now(timezone.utc)
     results: List[Any] = []
-    outcomes: List[CheckResult] = problem_rows(ruleset, target.key)
+    outcomes: List[CheckResult] = [o for o in problem_rows(ruleset, target.key) if o.rule in selected]
     if args.remediate:
-        resolution, planned = plan_rules(rules, host, host_key=target.key)
+        resolution, planned = plan_rules(ruleset.rules, host, host_key=target.key)
         if resolution.conflicts and not args.allow_conflicts:
             raise UsageError(f"the selected rules conflict: {conflict_lines(resolution.conflicts)}; nothing was "
                              "changed: leave one of each pair out, or pass --allow-conflicts")
+        chosen = [p for p in planned if p.rule.id in selected]
+        needed = {d for p in chosen for d in p.rule.depends_on} - selected
+        held = {}
+        if needed:
+            checked = check_rules(ruleset.rules, host, default_registry(), host_key=target.key)
+            held = {r.rule: r.verdict is Verdict.COMPLIANT for r in checked if r.rule in needed}
         # The engine and exit codes of kensa remediate (given by the command that registered this one).
-        results, rows = run_in_order(args.make_engine(args), planned, show_progress=False)
+        results, rows = run_in_order(args.make_engine(args), chosen, show_progress=False, held=held)
         outcomes += [CheckResult(row["rule"], target.key, Verdict(row["status"]), row["detail"]) for row in rows]
-        journal_rules(args.journal, [p.transaction for p in planned if p.transaction is not None], rules)
+        journal_rules(args.journal, [p.transaction for p in chosen if p.transaction is not None], rules)
         code = args.remediation_exit_code(results, any(o.verdict is not Verdict.NOT_APPLICABLE for o in outcomes))
     else:
-        results = check_rules(rules, host, default_registry(), host_key=target.key)
+        results = [r for r in check_rules(ruleset.rules, host, default_registry(), host_key=target.key) if r.rule in selected]
         code = check_code([*results, *outcomes], False)
     if ruleset.problems:
         code = 2

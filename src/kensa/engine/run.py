@@ -416,6 +416,10 @@ class Engine:
                     if results[index].staged:
                         staged = True
                         continue
+                    if staged and getattr(handlers[index], "decides_compliance", False) is True:
+                        # A rule's own check reads what is in effect now, which a staged
+                        # change is not until the reboot: it is deferred with that change.
+                        continue
                     try:
                         holds = bool(handlers[index].validate(host, step.params))
                     except CONNECTION_LOST as exc:

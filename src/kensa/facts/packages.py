@@ -67,7 +67,7 @@ def rpm_installed(host: ReadableHost, name: str, database: str) -> Optional[str]
     when not installed. Raises HostAccessError (ENOENT) when there is no rpm to run."""
     argv = ["rpm", "--dbpath", database, "-q", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}\\n", name]
     if not host.is_live:
-        argv[1:1] = ["--root", host.root]
+        argv[1:1] = ["--root", host.run_root]
     done = host.run(argv, RPM_TIMEOUT)
     if done.returncode == 0:
         return " ".join(done.stdout.split())

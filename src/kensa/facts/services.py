@@ -45,7 +45,7 @@ def systemctl(host: ReadableHost, args: List[str]) -> Tuple[int, str, str]:
     """Run systemctl on the target (``--root`` on an image): exit status, stdout, stderr.
 
     Raises HostAccessError (ENOENT) when systemctl is not installed."""
-    argv = ["systemctl"] + ([] if host.is_live else [f"--root={host.root}"]) + args
+    argv = ["systemctl"] + ([] if host.is_live else [f"--root={host.run_root}"]) + args
     done = host.run(argv, SYSTEMCTL_TIMEOUT)
     return done.returncode, done.stdout.strip(), done.stderr.strip()
 

@@ -180,6 +180,11 @@ class LocalHost(FileReaders):
         return (_rebuild, (self.root, self.max_file_bytes))
 
     @property
+    def run_root(self) -> str:
+        """This root's path: commands run on this machine."""
+        return self.root
+
+    @property
     def is_live(self) -> bool:
         """True when the target is this machine itself (the root directory of this
         process's mount namespace, however spelled): kernel state applies."""

@@ -72,6 +72,10 @@ class PlannedView(FileReaders):
         return self._host.root
 
     @property
+    def run_root(self) -> str:
+        return self._host.run_root
+
+    @property
     def is_live(self) -> bool:
         return self._host.is_live
 

@@ -50,6 +50,12 @@ class ReadableHost(Protocol):
         ...
 
     @property
+    def run_root(self) -> str:
+        """The root's path as the commands of :meth:`run` see it (``systemctl --root``,
+        ``rpm --root``): where the target is, which for a remote host is not :attr:`root`."""
+        ...
+
+    @property
     def is_live(self) -> bool:
         """True when the target is the running machine itself: kernel state applies."""
         ...

@@ -100,6 +100,11 @@ class RemoteHost(FileReaders):
         return f"RemoteHost({self.root!r})"
 
     @property
+    def run_root(self) -> str:
+        """The root's path on the target, where :meth:`run` runs."""
+        return self.target_root
+
+    @property
     def is_live(self) -> bool:
         return self._is_live
 

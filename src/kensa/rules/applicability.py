@@ -19,7 +19,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from kensa.errors import KensaError
+from kensa.errors import KensaError, RemoteHostError
 from kensa.hosts.protocol import ReadableHost
 from kensa.rules.model import Platform, Rule
 
@@ -72,6 +72,8 @@ def read_os_release(host: ReadableHost) -> Optional[OsRelease]:
     for path in _OS_RELEASE:
         try:
             data = host.read_bytes(path)
+        except RemoteHostError:
+            raise  # a lost connection or timeout says nothing about the target
         except KensaError:
             # /etc/os-release is a symlink to ../usr/lib/os-release on most systems:
             # the confined host refuses to follow it, so the second path answers.

@@ -16,8 +16,9 @@ order the rules were given; it only reads the target, through the host object
 5. the implementation's checks (all must hold), or without checks its steps'
    validation: ``compliant`` or ``not_compliant`` with the deciding check, or
    ``unsupported`` when kensa cannot evaluate them, ``not_assessable`` when the
-   target cannot answer them, ``error`` for a fault. Every check is evaluated: one
-   that does not hold decides, then a fault, then one the target cannot answer.
+   target cannot answer them, ``error`` for a fault. The first check that does not
+   hold decides (the rest are not evaluated); else a fault; else one the target
+   cannot answer.
 
 :func:`plan_rules` makes the same decisions for remediation and gives the
 transaction to run for each rule that gets one.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import AbstractSet, Any, List, Mapping, Optional, Sequence, Tuple, cast
 
 from kensa.checks import Validating, evaluate_check, step_holds
-from kensa.errors import KensaError
+from kensa.errors import KensaError, RemoteHostError
 from kensa.hosts.protocol import ReadableHost
 from kensa.model import CheckResult, Transaction, Verdict
 from kensa.rules.applicability import OsRelease, Resolution, platform_applies, read_os_release, resolve
@@ -109,7 +110,7 @@ def _evaluate(rule: Rule, impl: Implementation, host: Any, host_key: str, handle
             return result(Verdict.ERROR, str(exc), decided)
         return result(Verdict.COMPLIANT, "every remediation step is already in its desired state",
                       ",".join(f"validate:{step.mechanism}" for step in impl.steps))
-    # Every check is evaluated: one that does not hold decides, whatever the others do;
+    # The first check that does not hold decides (the rest are not evaluated);
     # else a fault; else one this target cannot answer.
     fault: Optional[CheckResult] = None
     unanswered: Optional[CheckResult] = None
@@ -176,7 +177,13 @@ def check_rules(
     ``handlers`` validate the steps of rules without checks; ``facts`` default to
     :func:`observe` of the host. Changes nothing.
     """
-    facts = facts if facts is not None else observe(host)
+    if facts is None:
+        try:
+            facts = observe(host)
+        except RemoteHostError as exc:
+            # The target could not be read at all (a lost connection, a timeout): every
+            # rule is an error naming why, none is decided from facts never read.
+            return [CheckResult(rule.id, host_key, Verdict.ERROR, str(exc)) for rule in rules]
     resolution = resolve(rules)
     # Skipped rules first: a rule depending on one of them then names its verdict.
     results = {rule.id: _skipped(rule, resolution.skipped[rule.id], host_key) for rule in rules if rule.id in resolution.skipped}

@@ -18,7 +18,7 @@ import re
 from types import MappingProxyType
 from typing import Callable, FrozenSet, Mapping, Optional
 
-from kensa.errors import KensaError, PathEscapeError
+from kensa.errors import KensaError, PathEscapeError, RemoteHostError
 from kensa.hosts.protocol import ReadableHost
 
 __all__ = ["PROBES", "detect_capabilities"]
@@ -37,6 +37,8 @@ def _present(host: ReadableHost, path: str) -> bool:
         return host.info(path) is not None
     except PathEscapeError:
         return True
+    except RemoteHostError:
+        raise  # a lost connection or timeout says nothing about the target
     except KensaError:
         return False
 
@@ -45,6 +47,8 @@ def _real_dir(host: ReadableHost, path: str) -> bool:
     """A directory that is not itself a symlink (``/bin`` on a merged-/usr system is one)."""
     try:
         found = host.info(path)
+    except RemoteHostError:
+        raise  # a lost connection or timeout says nothing about the target
     except KensaError:
         return False
     return found is not None and found.kind == "dir"
@@ -53,6 +57,8 @@ def _real_dir(host: ReadableHost, path: str) -> bool:
 def _text(host: ReadableHost, path: str) -> Optional[str]:
     try:
         data = host.read_bytes(path)
+    except RemoteHostError:
+        raise  # a lost connection or timeout says nothing about the target
     except KensaError:
         return None
     return None if data is None else data.decode("utf-8", "replace")
@@ -192,6 +198,8 @@ def detect_capabilities(host: ReadableHost) -> FrozenSet[str]:
         try:
             if probe(host):
                 found.add(name)
+        except RemoteHostError:
+            raise  # a lost connection or timeout says nothing about the target
         except KensaError:
             continue  # an unreadable or refused probe path: the capability is absent
     return frozenset(found)
