@@ -425,11 +425,27 @@ def test_an_agent_whose_controller_goes_away_mid_request_stops_at_once(root: Pat
     while not any(open(f"/proc/{agent}/task/{t}/children").read().split() for t in os.listdir(f"/proc/{agent}/task")):
         assert time.monotonic() < deadline, "the agent never started its request"
         time.sleep(0.05)
+    # As when the ssh client dies: the controller's end of the agent's request pipe closes.
     os.kill(host.connection.proc.pid, 9)
-    host.connection.close()
+    host.connection.proc.stdin.close()
     deadline = time.monotonic() + 10
     while not _gone(agent):
         assert time.monotonic() < deadline, "the agent went on with its request after the controller left"
         time.sleep(0.05)
     worker.join(5)
     assert failures and isinstance(failures[0], HostConnectionLost)
+
+
+def test_a_request_on_a_descriptor_closed_under_it_is_a_lost_connection(root: Path) -> None:
+    """A connection whose pipe was closed under it (another thread closing it) answers the next
+    request with HostConnectionLost naming the host, never a bare OSError (EBADF) from select."""
+    host = connect(transport("closed-under"), str(root))
+    try:
+        os.close(host.connection.proc.stdout.fileno())
+        with pytest.raises(HostConnectionLost, match="closed-under"):
+            host.read_file("/etc/motd")
+    finally:
+        try:
+            host.close()
+        except OSError:
+            pass

@@ -98,7 +98,11 @@ class AgentConnection:
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)
         while view:
-            _, ready, _ = select.select([], [self._out], [], max(0.0, deadline - time.monotonic()))
+            try:
+                # The descriptor may be closed under a waiting request (close() from another thread).
+                _, ready, _ = select.select([], [self._out], [], max(0.0, deadline - time.monotonic()))
+            except (OSError, ValueError) as exc:
+                self._lost(what, exc if isinstance(exc, OSError) else None)
             if not ready:
                 self._timed_out(what)
             try:
@@ -111,7 +115,10 @@ class AgentConnection:
     def _read_exactly(self, size: int, deadline: float, what: str) -> bytes:
         chunks: List[bytes] = []
         while size:
-            ready, _, _ = select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))
+            try:
+                ready, _, _ = select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))
+            except (OSError, ValueError) as exc:
+                self._lost(what, exc if isinstance(exc, OSError) else None)
             if not ready:
                 self._timed_out(what)
             try:
