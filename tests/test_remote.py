@@ -385,3 +385,31 @@ def test_a_connection_lost_while_probing_the_target_is_no_missing_capability(roo
         assert [p.rule.id for p in planned if p.transaction is not None] == []
     finally:
         host.close()
+
+
+@pytest.mark.parametrize("op, call, answer", [
+    ("read_bytes", lambda h: h.read_bytes("/etc/motd"), 5),
+    ("info", lambda h: h.info("/etc"), b"not a FileInfo"),
+    ("list_dir", lambda h: h.list_dir("/etc"), [1, 2]),
+    ("run", lambda h: h.run(["true"], 5), {"args": ["true"], "returncode": "0", "stdout": "", "stderr": ""}),
+    ("lookup_id", lambda h: h.lookup_id("passwd", "root"), True),
+])
+def test_an_answer_of_the_wrong_type_is_an_agent_error_naming_the_host(root: Path, op: str, call: Any, answer: Any) -> None:
+    """A broken or hostile target that answers a read with a value of another type (decoded
+    from the protocol, so the decoder accepts it) fails that host with AgentError naming it,
+    and the connection is closed; a check never sees the value (it would crash on it)."""
+    from kensa.errors import AgentError
+
+    host = connect(transport("liar"), str(root))
+    real = host.connection.request
+
+    def lying(what: str, **fields: Any) -> Any:
+        return answer if what == op else real(what, **fields)
+
+    host.connection.request = lying  # type: ignore[method-assign]
+    try:
+        with pytest.raises(AgentError, match=f"liar.*answered {op}"):
+            call(host)
+        assert not host.alive
+    finally:
+        host.close()

@@ -168,6 +168,11 @@ class AgentConnection:
             f"the connection to {self.name} was lost during {what}{cause}; the agent ended with status {status}{said}",
             self.name)
 
+    def broken(self, message: str) -> NoReturn:
+        """Stop the agent, close the connection and raise AgentError: it ``message``
+        (such as "answered read_bytes with an int")."""
+        self._broken(message)
+
     def _broken(self, message: str) -> NoReturn:
         stop_process(self.proc)
         self.close()

@@ -149,30 +149,38 @@ class RemoteHost(FileReaders):
     def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         return self.connection.request(op, args=encode_value(list(args)), kwargs=encode_value(kwargs))
 
+    def _answer(self, op: str, fits: Callable[[Any], bool], *args: Any, **kwargs: Any) -> Any:
+        """``op``'s answer, which must be what the protocol says ``op`` answers: a target that
+        answers otherwise (broken or hostile) is an AgentError naming it, not a crash in a check."""
+        found = self._call(op, *args, **kwargs)
+        if not fits(found):
+            self.connection.broken(f"answered {op} with {type(found).__name__}, which is not what {op} answers")
+        return found
+
     def info(self, path: str, *, content: bool = False) -> Optional[FileInfo]:
-        return cast(Optional[FileInfo], self._call("info", path, content=content))
+        return cast(Optional[FileInfo], self._answer("info", _file_info, path, content=content))
 
     def read_file(self, path: str) -> Optional[FileInfo]:
-        return cast(Optional[FileInfo], self._call("read_file", path))
+        return cast(Optional[FileInfo], self._answer("read_file", _file_info, path))
 
     def read_bytes(self, path: str) -> Optional[bytes]:
-        return cast(Optional[bytes], self._call("read_bytes", path))
+        return cast(Optional[bytes], self._answer("read_bytes", lambda v: v is None or isinstance(v, bytes), path))
 
     def list_dir(self, path: str) -> Optional[List[str]]:
-        found = self._call("list_dir", path)
+        found = self._answer("list_dir", lambda v: v is None or _names(v), path)
         return None if found is None else list(found)
 
     def leftover_temps(self, path: str) -> List[str]:
-        return list(self._call("leftover_temps", path))
+        return list(self._answer("leftover_temps", _names, path))
 
     def remove_leftover_temps(self, path: str) -> List[str]:
-        return list(self._call("remove_leftover_temps", path))
+        return list(self._answer("remove_leftover_temps", _names, path))
 
     def lookup_id(self, database: str, name: str) -> int:
-        return int(self._call("lookup_id", database, name))
+        return int(self._answer("lookup_id", lambda v: isinstance(v, int) and not isinstance(v, bool), database, name))
 
     def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
-        done = self._call("run", list(argv), timeout)
+        done = self._answer("run", _ran, list(argv), timeout)
         return subprocess.CompletedProcess(done["args"], done["returncode"], done["stdout"], done["stderr"])
 
     def write_file(self, path: str, data: bytes, *, mode: Optional[int] = None, uid: Optional[int] = None,
@@ -189,6 +197,19 @@ class RemoteHost(FileReaders):
     def set_meta(self, path: str, *, mode: Optional[int] = None, uid: Optional[int] = None, gid: Optional[int] = None,
                  xattrs: Optional[Mapping[str, bytes]] = None, mtime_ns: Optional[int] = None) -> None:
         self._call("set_meta", path, mode=mode, uid=uid, gid=gid, xattrs=xattrs, mtime_ns=mtime_ns)
+
+
+def _file_info(value: Any) -> bool:
+    return value is None or isinstance(value, FileInfo)
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
+
+
+def _ran(value: Any) -> bool:
+    return (isinstance(value, dict) and _names(value.get("args")) and isinstance(value.get("returncode"), int)
+            and isinstance(value.get("stdout"), str) and isinstance(value.get("stderr"), str))
 
 
 class RemoteHandlers:
