@@ -365,7 +365,7 @@ class RemoteHosts:
     """The engine's host resolver for ``ssh://`` keys, and local keys as :func:`resolve_host` does.
 
     ``transport_for`` makes a transport for a :class:`~kensa.model.RemoteTarget`
-    (the ssh engineer's ``SshTransport``; a :class:`SubprocessTransport` in
+    (:class:`kensa.hosts.ssh.SshTransport`; a :class:`SubprocessTransport` in
     tests). One connection per key is kept and reused; one that died is
     replaced at the next resolution (which is how recovery reconnects). All are
     closed by :meth:`close` and at interpreter exit. A forked child never uses
