@@ -36,14 +36,44 @@ def missing() -> Optional[str]:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free now (another process may take it before sshd binds it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _keygen(path: Path) -> None:
+def keygen(path: Path) -> None:
+    """An ed25519 key pair without a passphrase at ``path`` and ``path``.pub."""
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, stdin=subprocess.DEVNULL)
+
+
+def start_sshd(config: Path, port: int, log: Path) -> "Optional[subprocess.Popen[bytes]]":
+    """``sshd -D`` with ``config`` (listening on ``port``), logging to ``log``; the process once it
+    sends its banner, or None (stopped) when it exits or stays silent for 10 s."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                if sock.recv(64).startswith(b"SSH-"):
+                    return proc
+        except OSError:
+            time.sleep(0.05)
+    stop_sshd(proc)
+    return None
+
+
+def stop_sshd(proc: "Optional[subprocess.Popen[bytes]]") -> None:
+    """Stop a server started by :func:`start_sshd`: TERM, then KILL after 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Server:
@@ -53,14 +83,14 @@ class Server:
         self.dir = base / f"sshd{index}"
         self.dir.mkdir()
         self.host_key = self.dir / "host_ed25519"
-        _keygen(self.host_key)
+        keygen(self.host_key)
         self.authorized = authorized
         self.port = 0
         self.proc: Optional["subprocess.Popen[bytes]"] = None
 
     def start(self) -> None:
         for _ in range(5):
-            self.port = _free_port()
+            self.port = free_port()
             config = self.dir / "sshd_config"
             config.write_text(
                 f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
@@ -69,36 +99,13 @@ class Server:
                 "PermitRootLogin prohibit-password\nMaxStartups 500\nMaxSessions 500\nLogLevel ERROR\n"
                 "Subsystem sftp internal-sftp\n"
             )
-            log = open(self.dir / "sshd.log", "ab")
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            log.close()
-            if self._banner():
+            self.proc = start_sshd(config, self.port, self.dir / "sshd.log")
+            if self.proc is not None:
                 return
-            self.stop()
         raise RuntimeError(f"sshd did not start: {(self.dir / 'sshd.log').read_text()[-2000:]}")
 
-    def _banner(self) -> bool:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    if sock.recv(64).startswith(b"SSH-"):
-                        return True
-            except OSError:
-                time.sleep(0.05)
-        return False
-
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_sshd(self.proc)
         self.proc = None
 
     def known_hosts_line(self) -> str:
@@ -122,7 +129,7 @@ class Rig:
         self.dir = Path(tempfile.mkdtemp(prefix="kensa-fleet-sshd-", dir=self.base_dir))
         try:
             self.key = self.dir / "client_ed25519"
-            _keygen(self.key)
+            keygen(self.key)
             authorized = self.dir / "authorized_keys"
             shutil.copyfile(f"{self.key}.pub", authorized)
             for index in range(self.count):

@@ -26,14 +26,14 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-SSHD = "/usr/sbin/sshd"
+from benchmarks.sshrig import SSHD, free_port, keygen, start_sshd, stop_sshd
+
 SUDOERS_DIR = Path("/etc/sudoers.d")
 
 
@@ -47,14 +47,6 @@ def missing_components() -> Optional[str]:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, stdin=subprocess.DEVNULL)
 
 
 def _locked(argv: List[str]) -> None:
@@ -76,8 +68,8 @@ class Sshd:
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=rig.dir))
         self.host_key = self.dir / "host_ed25519"
-        _keygen(self.host_key)
-        self.port = _free_port()
+        keygen(self.host_key)
+        self.port = free_port()
         self.accepting = True
         self.proc: Optional["subprocess.Popen[bytes]"] = None
 
@@ -109,39 +101,16 @@ class Sshd:
         self.stop()
         config = self.config()
         for _ in range(5):
-            log = open(self.dir / "sshd.log", "ab")
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            log.close()
-            if self._wait_banner():
+            self.proc = start_sshd(config, self.port, self.dir / "sshd.log")
+            if self.proc is not None:
                 return
-            self.stop()
-            self.port = _free_port()  # someone else took the port between probe and bind
+            self.port = free_port()  # someone else took the port between probe and bind
             config = self.config()
         raise RuntimeError(f"sshd {self.name} did not start: {(self.dir / 'sshd.log').read_text()[-2000:]}")
 
-    def _wait_banner(self) -> bool:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    if sock.recv(64).startswith(b"SSH-"):
-                        return True
-            except OSError:
-                time.sleep(0.05)
-        return False
-
     def stop(self) -> None:
         """Stop the server: new connections to its port are refused."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_sshd(self.proc)
         self.proc = None
 
     def refuse_logins(self, refuse: bool = True) -> None:
@@ -153,7 +122,7 @@ class Sshd:
         """A new host key, and a restart: a client that knew the old key sees it changed."""
         self.host_key.unlink()
         Path(f"{self.host_key}.pub").unlink()
-        _keygen(self.host_key)
+        keygen(self.host_key)
         self.start()
 
     def logins(self) -> int:
@@ -199,7 +168,7 @@ class SshdRig:
 
     def _setup(self) -> None:
         self.user_key = self.dir / "user_ed25519"
-        _keygen(self.user_key)
+        keygen(self.user_key)
         tag = secrets.token_hex(3)
         self.users = {"nopasswd": f"kensa-np-{tag}", "password": f"kensa-pw-{tag}", "plain": f"kensa-pl-{tag}"}
         self.sudo_password = "pw-" + secrets.token_urlsafe(12)

@@ -250,7 +250,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_only_on_a_terminal() -> None:
     """The batch progress bar draws on a terminal, escapes its labels, and clears its line; piped, it writes nothing."""
-    from kensa.cli.main import Progress
+    from kensa.cli.render import Progress
 
     tty = _Terminal()
     bar = Progress(2, tty)

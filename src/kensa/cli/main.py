@@ -32,14 +32,14 @@ import os
 import sys
 import warnings
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterable, Optional, Sequence, TextIO
 
 from kensa.errors import KensaError, UsageError
 from kensa._version import __version__
 from kensa.cli import remote
 from kensa.cli.checking import add_rule_options
-from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
-from kensa.model import Status, Transaction, TransactionResult
+from kensa.cli.render import print_results, print_table, printable, result_dict
+from kensa.model import Status, TransactionResult
 
 EXIT_OK = 0
 EXIT_NOT_APPLIED = 1
@@ -100,21 +100,6 @@ def exit_code_for(results: Iterable[TransactionResult], unsupported: bool) -> in
     if unsupported or any(r.status not in _HELD for r in results):
         return EXIT_NOT_APPLIED
     return EXIT_OK
-
-
-def run_batch(engine: Any, txns: List[Transaction], workers: int, show_progress: bool) -> List[TransactionResult]:
-    from kensa.engine.events import TerminalEvent
-
-    progress = Progress(len(txns), sys.stderr)
-    sub = None
-    if show_progress and progress.enabled:
-        sub = engine.subscribe(lambda e: progress.advance(f"{e.rule} {e.status.value}") if isinstance(e, TerminalEvent) else None)
-    try:
-        return list(engine.run_many(txns, workers=workers))
-    finally:
-        if sub is not None:
-            sub.close(1.0)
-        progress.finish()
 
 
 def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
