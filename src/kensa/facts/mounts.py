@@ -15,7 +15,7 @@ READ_TIMEOUT = 30.0
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     # The kernel and fstab write a space in a path as \040, a tab as \011.
     return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
@@ -29,7 +29,7 @@ def parse_table(text: str) -> Dict[str, List[str]]:
         fields = line.split()
         if len(fields) < 4 or fields[0].startswith("#"):
             continue
-        point = _unescape(fields[1])
+        point = unescape(fields[1])
         table[point.rstrip("/") or "/"] = fields[3].split(",")
     return table
 

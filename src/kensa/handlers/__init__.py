@@ -25,6 +25,7 @@ from kensa.handlers.config_set import ConfigSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
+from kensa.handlers.mount_option import MountOptionSet
 from kensa.handlers.sysctl_set import SysctlSet
 
 HANDLERS = (
@@ -36,6 +37,7 @@ HANDLERS = (
     SysctlSet,
     AuditRuleSet,
     CommandExec,
+    MountOptionSet,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -58,6 +60,7 @@ __all__ = [
     "FileAbsent",
     "FileContent",
     "FilePermissions",
+    "MountOptionSet",
     "ParamError",
     "SysctlSet",
     "default_registry",
