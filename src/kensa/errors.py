@@ -235,6 +235,12 @@ class ParamError(KensaError, ValueError):
         self.problem = problem or message
 
 
+class NotAvailableError(KensaError, RuntimeError):
+    """A mechanism cannot run on this host (a tool it needs is not installed, the kernel
+    feature it sets is not enabled); raised before anything changes. The message starts
+    with the mechanism and says "not available on this host: <why>"."""
+
+
 # Raised by kensa.handlers.audit_rule_set
 
 class AuditControlError(KensaError, RuntimeError):

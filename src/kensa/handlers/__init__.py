@@ -25,6 +25,7 @@ from kensa.handlers.config_set import ConfigSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
+from kensa.handlers.grub import GrubParameterRemove, GrubParameterSet
 from kensa.handlers.mount_option import MountOptionSet
 from kensa.handlers.sysctl_set import SysctlSet
 
@@ -38,6 +39,8 @@ HANDLERS = (
     AuditRuleSet,
     CommandExec,
     MountOptionSet,
+    GrubParameterSet,
+    GrubParameterRemove,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -60,6 +63,8 @@ __all__ = [
     "FileAbsent",
     "FileContent",
     "FilePermissions",
+    "GrubParameterRemove",
+    "GrubParameterSet",
     "MountOptionSet",
     "ParamError",
     "SysctlSet",

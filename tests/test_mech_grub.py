@@ -1,0 +1,266 @@
+"""grub_parameter_set / grub_parameter_remove: /etc/default/grub in an image root edited word-exactly,
+rollback exact, the rules' checks hold after commit; a live host without the boot loader's tools
+is refused before anything changes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import pytest
+
+from conftest import require_real, require_root, snapshot_tree as snapshot
+from kensa.cli.main import EXIT_OK, main
+from kensa.errors import KensaError, NotAvailableError, ParamError
+from kensa.handlers import default_registry
+from kensa.handlers.grub import edited
+from kensa.hosts.local import LocalHost
+from remote_mech import remote_round_trip
+
+RULES = Path(__file__).resolve().parent / "data" / "rules" / "grub"
+REGISTRY = default_registry()
+
+GRUB = textwrap.dedent("""\
+    # If you change this file, run 'update-grub' afterwards.
+    GRUB_DEFAULT=0
+    GRUB_TIMEOUT=5
+    GRUB_CMDLINE_LINUX_DEFAULT='quiet  pti=on'
+    GRUB_CMDLINE_LINUX="console=tty0   audit=0 pti"
+    GRUB_DISABLE_RECOVERY=true
+    """)
+
+
+def kensa_cli(*argv: str) -> Tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """tmp_path with an image root ("root") whose /etc/default/grub carries user.* and (as root)
+    security.* xattrs, and a sentinel file outside it."""
+    path = tmp_path / "root/etc/default/grub"
+    path.parent.mkdir(parents=True)
+    path.write_text(GRUB)
+    path.chmod(0o644)
+    os.setxattr(path, "user.kensa", b"keep me")
+    if os.geteuid() == 0:
+        os.setxattr(path, "security.kensa", b"label")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/grub").write_text('GRUB_CMDLINE_LINUX=""\n')
+    return tmp_path
+
+
+def test_edits_keep_quoting_spacing_and_every_other_word() -> None:
+    """set replaces the key's first word in the last GRUB_CMDLINE_LINUX and drops every other
+    occurrence (GRUB_CMDLINE_LINUX_DEFAULT included: a later word wins at boot); remove drops
+    every bare and valued one; quotes, spacing and the other lines stay; an unquoted value that
+    grows to two words gets quoted; a missing assignment is appended."""
+    assert edited(GRUB, "audit", "audit=1") == GRUB.replace("audit=0", "audit=1")
+    assert edited(GRUB, "pti", None) == GRUB.replace("'quiet  pti=on'", "'quiet'").replace("audit=0 pti", "audit=0")
+    assert edited(GRUB, "pti", "pti=off") == GRUB.replace("'quiet  pti=on'", "'quiet'").replace("audit=0 pti", "audit=0 pti=off")
+    assert edited(GRUB, "audit_backlog_limit", "audit_backlog_limit=8192") == GRUB.replace(
+        "audit=0 pti", "audit=0 pti audit_backlog_limit=8192")
+    assert edited("export GRUB_CMDLINE_LINUX=quiet\n", "audit", "audit=1") == 'export GRUB_CMDLINE_LINUX="quiet audit=1"\n'
+    assert edited("GRUB_CMDLINE_LINUX=pti # comment\r\n", "pti", None) == "GRUB_CMDLINE_LINUX= # comment\r\n"
+    assert edited("GRUB_TIMEOUT=5", "audit", "audit=1") == 'GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX="audit=1"\n'
+    assert edited(GRUB, "nosuch", None) == GRUB
+
+
+@pytest.mark.parametrize("line", ['GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX audit=0"', 'GRUB_CMDLINE_LINUX="a\\"b"',
+                                  'GRUB_CMDLINE_LINUX="unbalanced', "GRUB_CMDLINE_LINUX=`cat /x`"])
+def test_a_line_that_needs_a_shell_is_refused_naming_it(image: Path, line: str) -> None:
+    """An assignment using expansion, escapes or unbalanced quotes is refused with the file and
+    line named, and nothing changes."""
+    path = image / "root/etc/default/grub"
+    path.write_text(GRUB + line + "\n")
+    host, before = LocalHost(str(image / "root")), snapshot(image)
+    handler = REGISTRY["grub_parameter_set"]
+    with pytest.raises(ParamError, match=r"/etc/default/grub \(under root .*\):7: "):
+        handler.capture(host, {"key": "audit", "value": "1"})
+    with pytest.raises(ParamError, match=r"/etc/default/grub"):
+        handler.apply(host, {"key": "audit", "value": "1"}, None)
+    assert snapshot(image) == before
+
+
+CASES = [("grub_parameter_set", {"key": "audit", "value": "1"}),
+         ("grub_parameter_set", {"key": "audit_backlog_limit", "value": "8192"}),
+         ("grub_parameter_remove", {"key": "pti"})]
+
+
+@pytest.mark.parametrize("mechanism, params", CASES)
+def test_apply_validate_rollback_leaves_the_image_identical(image: Path, mechanism: str, params: Dict[str, Any]) -> None:
+    """capture -> apply -> validate -> rollback in an image root leaves the whole tree identical
+    (bytes, mode, owner, xattrs); on an image the step commits (no running kernel to wait for)."""
+    handler, host = REGISTRY[mechanism], LocalHost(str(image / "root"))
+    before = snapshot(image)
+    assert handler.validate(host, params) is False
+    pre = handler.capture(host, params)
+    assert snapshot(image) == before
+    result = handler.apply(host, params, pre)
+    assert result.ok and result.changed and not result.staged, result
+    assert handler.validate(host, params) is True
+    rolled = handler.rollback(host, pre)
+    assert rolled.ok, rolled.detail
+    assert snapshot(image) == before
+
+
+def test_remediate_commits_exactly_the_change_and_the_checks_hold(image: Path) -> None:
+    """kensa remediate with the test grub rules changes only /etc/default/grub, exactly as
+    intended, and kensa check then says compliant for every rule."""
+    root, journal = image / "root", str(image / "journal.db")
+    before = snapshot(root), snapshot(image / "outside")
+    code, out = kensa_cli("--journal", journal, "--no-audit", "check", str(RULES), "--root", str(root), "--json")
+    assert {r["verdict"] for r in json.loads(out)["rules"]} == {"not_compliant"}
+    code, out = kensa_cli("--journal", journal, "--no-audit", "remediate", str(RULES), "--root", str(root), "--json")
+    assert code == EXIT_OK, out
+    assert {r["status"] for r in json.loads(out)["results"]} == {"committed"}
+    after = snapshot(root)
+    assert {p for p in set(before[0]) | set(after) if before[0].get(p) != after.get(p)} == {"etc/default/grub"}
+    assert snapshot(image / "outside") == before[1]
+    assert (root / "etc/default/grub").read_text() == GRUB.replace("'quiet  pti=on'", "'quiet'").replace(
+        "audit=0 pti", "audit=1 audit_backlog_limit=8192")
+    code, out = kensa_cli("--journal", journal, "--no-audit", "check", str(RULES), "--root", str(root), "--json")
+    assert code == EXIT_OK and {r["verdict"] for r in json.loads(out)["rules"]} == {"compliant"}, out
+
+
+def test_rollback_by_id_keeps_an_operator_edit_and_refuses_an_edit_of_kensa_s_line(
+    image: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a commit, an operator's edit of another line survives a rollback by id, which puts
+    back only the GRUB_CMDLINE_* lines; when those lines were edited since, rollback refuses,
+    naming /etc/default/grub, and changes nothing."""
+    root, journal = image / "root", str(image / "journal.db")
+    rule = RULES / "grub-audit-enabled.yml"
+    path = root / "etc/default/grub"
+    for edit, refused in ((lambda t: t.replace("GRUB_TIMEOUT=5", "GRUB_TIMEOUT=1"), False),
+                          (lambda t: t.replace("audit=1", "audit=1 nosmt"), True)):
+        path.write_text(GRUB)
+        code, out = kensa_cli("--journal", journal, "--no-audit", "remediate", str(rule), "--root", str(root), "--json")
+        assert code == EXIT_OK, out
+        txn = json.loads(out)["results"][0]["txn"]
+        changed = edit(path.read_text())
+        path.write_text(changed)
+        code, out = kensa_cli("--journal", journal, "--no-audit", "rollback", txn, "--json")
+        if refused:
+            said = capsys.readouterr().err
+            assert code != EXIT_OK and "/etc/default/grub: the part kensa wrote was changed since" in said, said
+            assert path.read_text() == changed
+        else:
+            assert code == EXIT_OK and json.loads(out)["status"] == "rolled_back", out
+            assert path.read_text() == GRUB.replace("GRUB_TIMEOUT=5", "GRUB_TIMEOUT=1")
+
+
+@pytest.mark.parametrize("mechanism, params", [
+    ("grub_parameter_set", {"key": "audit; reboot", "value": "1"}),
+    ("grub_parameter_set", {"key": "audit", "value": "$(reboot)"}),
+    ("grub_parameter_set", {"key": "audit", "value": "1 init=/bin/sh"}),
+    ("grub_parameter_set", {"key": "audit", "value": "1\ninit=/bin/sh"}),
+    ("grub_parameter_set", {"key": "audit", "value": '1"'}),
+    ("grub_parameter_set", {"key": "-audit", "value": "1"}),
+    ("grub_parameter_set", {"key": "audit"}),
+    ("grub_parameter_remove", {"key": "a=b"}),
+    ("grub_parameter_remove", {"key": ""}),
+], ids=lambda p: repr(p)[:40])
+def test_bad_parameters_are_a_clear_error_that_changes_nothing(image: Path, mechanism: str, params: Dict[str, Any]) -> None:
+    """Hostile keys and values (shell syntax, spaces, newlines, quotes, an option-like key) are a
+    ParamError naming the mechanism; nothing changes."""
+    host, before = LocalHost(str(image / "root")), snapshot(image)
+    for call in (lambda: REGISTRY[mechanism].capture(host, params), lambda: REGISTRY[mechanism].apply(host, params, None)):
+        with pytest.raises(ParamError, match=mechanism):
+            call()
+    assert snapshot(image) == before
+
+
+def test_a_symlinked_default_grub_is_refused_and_changes_nothing(image: Path) -> None:
+    """/etc/default/grub planted as a symlink out of the root is refused; nothing changes in or out of the root."""
+    path = image / "root/etc/default/grub"
+    path.unlink()
+    path.symlink_to("../../../outside/grub")
+    host, before = LocalHost(str(image / "root")), snapshot(image)
+    with pytest.raises((KensaError, OSError)):
+        REGISTRY["grub_parameter_set"].capture(host, {"key": "audit", "value": "1"})
+    with pytest.raises((KensaError, OSError)):
+        REGISTRY["grub_parameter_set"].apply(host, {"key": "audit", "value": "1"}, None)
+    assert snapshot(image) == before
+
+
+def test_an_image_with_boot_loader_entries_is_not_available(image: Path) -> None:
+    """An image whose boot loader entries (/boot/loader/entries) decide its command line is refused
+    as not available (grubby writes those on the running system), before anything changes."""
+    entries = image / "root/boot/loader/entries"
+    entries.mkdir(parents=True)
+    (entries / "abc-5.14.conf").write_text("title RHEL\noptions root=/dev/vda1 audit=0\n")
+    host, before = LocalHost(str(image / "root")), snapshot(image)
+    with pytest.raises(NotAvailableError, match="grub_parameter_set: not available on an image root with boot loader entries"):
+        REGISTRY["grub_parameter_set"].capture(host, {"key": "audit", "value": "1"})
+    assert snapshot(image) == before
+
+
+def test_without_default_grub_it_is_not_available(tmp_path: Path) -> None:
+    """A root without /etc/default/grub: not available on this host, naming the file."""
+    with pytest.raises(NotAvailableError, match=r"not available on this host: /etc/default/grub .*does not exist"):
+        REGISTRY["grub_parameter_remove"].capture(LocalHost(str(tmp_path)), {"key": "pti"})
+
+
+def test_the_steps_run_on_a_remote_host_through_the_agent(image: Path) -> None:
+    """Through kensa's agent (a Python without the 3.7+ features, as RHEL 8's): both mechanisms
+    capture, apply, validate and roll back on a remote image root, which ends as it began."""
+    for mechanism, params in CASES:
+        applied = remote_round_trip(image / "root", image / "bin", mechanism, params)
+        assert applied.changed and not applied.staged
+
+
+LIVE_PROBE = """\
+import sys
+from kensa.handlers import default_registry
+from kensa.hosts.local import LocalHost
+try:
+    default_registry()["grub_parameter_set"].capture(LocalHost("/"), {"key": "audit", "value": "1"})
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_a_live_host_without_grubby_or_grub_mkconfig_is_not_available(tmp_path: Path) -> None:
+    """On a live host (root "/", in a private mount namespace whose /etc is a copy with an
+    /etc/default/grub) that has neither grubby nor grub-mkconfig: NotAvailableError naming them,
+    raised by capture, before anything changes."""
+    require_root()
+    if shutil.which("unshare") is None:
+        require_real("unshare is not installed")
+    tools = [t for t in ("grubby", "grub-mkconfig", "grub2-mkconfig") if shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")]
+    if tools:
+        pytest.skip(f"this machine has {', '.join(tools)}")
+    etc = tmp_path / "etc"
+    shutil.copytree("/etc", etc, symlinks=True)
+    (etc / "default").mkdir(exist_ok=True)
+    (etc / "default/grub").write_text(GRUB)
+    before = snapshot(etc)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    script = f'mount --bind "{etc}" /etc && exec {sys.executable} -c \'{LIVE_PROBE}\''
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "NotAvailableError grub_parameter_set: not available on this host: grubby or grub-mkconfig is not installed")
+    assert snapshot(etc) == before
+
+
+def test_a_staged_result_says_a_reboot_is_needed() -> None:
+    """The CLI's detail of a staged transaction starts with "reboot needed", then what changed."""
+    from kensa.cli.render import result_detail
+    from kensa.model import Status, StepResult, TransactionResult
+
+    step = StepResult("grub_parameter_set", ok=True, changed=True, staged=True, detail="audit=1 in /etc/default/grub")
+    staged = TransactionResult("t", "r", "localhost", Status.STAGED, False, steps=(step,))
+    assert result_detail(staged) == "reboot needed; audit=1 in /etc/default/grub"
+    committed = TransactionResult("t", "r", "localhost", Status.COMMITTED, False, steps=(step,))
+    assert result_detail(committed) == "audit=1 in /etc/default/grub"
