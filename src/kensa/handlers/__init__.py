@@ -27,6 +27,7 @@ from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
 from kensa.handlers.grub import GrubParameterRemove, GrubParameterSet
 from kensa.handlers.mount_option import MountOptionSet
+from kensa.handlers.selinux_boolean import SelinuxBooleanSet
 from kensa.handlers.sysctl_set import SysctlSet
 
 HANDLERS = (
@@ -41,6 +42,7 @@ HANDLERS = (
     MountOptionSet,
     GrubParameterSet,
     GrubParameterRemove,
+    SelinuxBooleanSet,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -67,6 +69,7 @@ __all__ = [
     "GrubParameterSet",
     "MountOptionSet",
     "ParamError",
+    "SelinuxBooleanSet",
     "SysctlSet",
     "default_registry",
 ]
