@@ -1023,7 +1023,7 @@ def test_a_version_1_journal_is_migrated_and_reads_back_what_the_old_code_wrote(
         journal.begin(newer, [make_pre()])
         assert journal.get(newer.id).seq == 5
         assert [e.txn.id for e in journal.history(after_seq=interrupted.seq)] == [newer.id, "v1-skipped"]
-    assert user_version(path) == SCHEMA_VERSION == 2
+    assert user_version(path) == SCHEMA_VERSION == 3
 
 
 def test_a_version_1_pre_state_the_old_code_could_not_read_migrates_as_corrupt(tmp_path: Path) -> None:

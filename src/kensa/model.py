@@ -129,6 +129,53 @@ class Step:
         object.__setattr__(self, "params", _freeze(self.params))
 
 
+class ServiceVerb(str, enum.Enum):
+    """What a service action asks of the service manager (``systemctl <verb> UNIT``)."""
+
+    RESTART = "restart"
+    RELOAD = "reload"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ServiceAction:
+    """A service action a rule's remediation asks for once its change is in place.
+
+    ``at_end`` False (``restart``/``reload``): right after the transaction commits;
+    when it fails, a transactional rule's change is rolled back. ``at_end`` True
+    (``notify``): once per host, verb and unit at the end of the run, however
+    many rules asked for it.
+    """
+
+    verb: ServiceVerb
+    unit: str
+    at_end: bool = False
+
+
+class ServiceStatus(str, enum.Enum):
+    """What became of one service action (a closed set)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # no service manager to ask: an image root, or systemd not running
+    PENDING = "pending"  # a ``notify``: runs at the end of the run
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ServiceOutcome:
+    """One service action and what became of it; ``detail`` says why for failed and skipped."""
+
+    verb: ServiceVerb
+    unit: str
+    status: ServiceStatus
+    detail: str = ""
+
+
 @dataclass(frozen=True)
 class Transaction:
     """An ordered list of steps applied to one host as a unit.
@@ -136,6 +183,7 @@ class Transaction:
     ``host`` names the target (for the local host handlers: the target root);
     it is what serializes concurrent runs and what audit records carry.
     ``transactional`` rules must consist of capturable steps only.
+    ``services`` are carried out after the steps commit (see :class:`ServiceAction`).
     """
 
     rule: str
@@ -143,12 +191,14 @@ class Transaction:
     host: str = "localhost"
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     transactional: bool = True
+    services: Tuple[ServiceAction, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("rule", "host", "id"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"Transaction.{name} must be a str, got {type(getattr(self, name)).__name__}")
         object.__setattr__(self, "steps", tuple(self.steps))
+        object.__setattr__(self, "services", tuple(self.services))
         for step in self.steps:
             if not isinstance(step, Step):
                 raise TypeError(f"Transaction {self.id}: steps must be Step objects, got {type(step).__name__}")
@@ -257,11 +307,13 @@ class TransactionResult:
     steps: Tuple[StepResult, ...] = ()
     rollbacks: Tuple[RollbackResult, ...] = ()
     error: Optional[TransactionError] = None
+    services: Tuple[ServiceOutcome, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timings", MappingProxyType(dict(self.timings)))
         object.__setattr__(self, "steps", tuple(self.steps))
         object.__setattr__(self, "rollbacks", tuple(self.rollbacks))
+        object.__setattr__(self, "services", tuple(self.services))
 
 
 # --- what the journal gives back ------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
 from kensa.cli.plan import Target, load_rule_set_for, target_for
 from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
+from kensa.cli.services import notify_rows, print_notified
 from kensa.errors import KensaError, UsageError
 from kensa.model import CheckResult, Status, TransactionResult, Verdict
 
@@ -174,16 +175,20 @@ def run_remediate(
         sys.stderr.write(f"kensa: note: --workers {args.workers} has no effect here: this run has one target, "
                          f"{target.root}, and one target's transactions run one after another\n")
     results, rows = run_in_order(engine, planned, show_progress=not args.json)
+    notified = notify_rows(engine)
     journal_rules(args.journal, [p.transaction for p in planned if p.transaction is not None], ruleset.rules)
     rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
     if args.json:
         json.dump({"target": target.root, "results": [result_dict(r) for r in results], "unsupported": rows,
-                   "problems": _problems_json(ruleset)}, out, indent=2)
+                   "problems": _problems_json(ruleset), "notified": notified}, out, indent=2)
         out.write("\n")
     else:
         print_results(results, rows, out)
+        print_notified(notified, out)
     not_run = any(row["status"] != Verdict.NOT_APPLICABLE.value for row in rows)
     code = exit_code_for(results, not_run)
+    if code == 0 and any(row["status"] == "failed" for row in notified):
+        code = 1
     return code if code == 3 or not ruleset.problems else 2
 
 

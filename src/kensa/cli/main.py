@@ -39,7 +39,7 @@ from kensa._version import __version__
 from kensa.cli import remote
 from kensa.cli.checking import add_rule_options
 from kensa.cli.render import print_results, print_table, printable, result_dict
-from kensa.model import Status, TransactionResult
+from kensa.model import ServiceStatus, Status, TransactionResult
 
 EXIT_OK = 0
 EXIT_NOT_APPLIED = 1
@@ -89,6 +89,11 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     return run_check(args, out)
 
 
+def _service_failed(result: TransactionResult) -> bool:
+    """A change that stands, but a restart or reload the rule asked for failed."""
+    return any(s.status is ServiceStatus.FAILED for s in result.services)
+
+
 def exit_code_for(results: Iterable[TransactionResult], unsupported: bool) -> int:
     """The exit code for these outcomes (see the module docstring)."""
     results = list(results)
@@ -97,7 +102,7 @@ def exit_code_for(results: Iterable[TransactionResult], unsupported: bool) -> in
     # its status is called.
     if any(r.status in _NEEDS_OPERATOR or (r.status not in _HELD and not r.host_unchanged) for r in results):
         return EXIT_NEEDS_OPERATOR
-    if unsupported or any(r.status not in _HELD for r in results):
+    if unsupported or any(r.status not in _HELD or _service_failed(r) for r in results):
         return EXIT_NOT_APPLIED
     return EXIT_OK
 

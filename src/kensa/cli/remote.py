@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
+from kensa.cli.services import notify_rows, print_notified
 from kensa.errors import KensaError, UsageError
 from kensa.model import CheckResult, RemoteTarget, TransactionResult, Verdict
 
@@ -379,6 +380,7 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
 
     try:
         per_host = _per_host(hosts, args.workers, remediate_host)
+        notified = notify_rows(engine)  # while the connections are still open
     finally:
         run.close()
         close = getattr(engine.hosts, "close", None)
@@ -398,13 +400,14 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
         json.dump({"hosts": [{"host": t.key, "name": name, "error": failed.get(t.key),
                               "results": [result_dict(r) for r in by_host.get(t.key, [])],
                               "unsupported": [u for u in unsupported if u["host"] == t.key]}
-                             for name, t in targets]}, out, indent=2)
+                             for name, t in targets], "notified": notified}, out, indent=2)
         out.write("\n")
     else:
         _print_remediation(targets, rules_of, by_host, failed, unsupported, out)
+        print_notified(notified, out)
     not_run = any(row["status"] != Verdict.NOT_APPLICABLE.value for row in unsupported)
     code = exit_code_for(results, not_run)
-    if failed:
+    if failed or any(row["status"] == "failed" for row in notified):
         code = max(code, 1)
     return code if code == 3 or not bad_files else 2
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List, Mapping, Sequence, TextIO, Tuple
 
-from kensa.model import Status, TransactionResult
+from kensa.model import ServiceOutcome, ServiceStatus, Status, TransactionResult
 
-__all__ = ["Progress", "print_results", "print_table", "printable", "result_detail", "result_dict"]
+__all__ = ["Progress", "print_results", "print_table", "printable", "result_detail", "result_dict", "service_line"]
 
 
 def result_dict(result: TransactionResult) -> Dict[str, Any]:
@@ -46,7 +46,14 @@ def result_detail(result: TransactionResult) -> str:
     changed = [s.detail for s in result.steps if s.changed and s.detail]
     if result.status is Status.STAGED:
         changed.insert(0, "reboot needed")  # a staged change is written but not in effect yet
+    changed += [service_line(s) for s in result.services]
     return "; ".join(changed)
+
+
+def service_line(outcome: ServiceOutcome) -> str:
+    """One service action and what became of it, e.g. ``reload sshd: skipped (no systemd)``."""
+    said = f"{outcome.verb.value} {outcome.unit}: {outcome.status.value}"
+    return f"{said} ({outcome.detail})" if outcome.status is not ServiceStatus.DONE and outcome.detail else said
 
 
 class Progress:

@@ -71,10 +71,21 @@ from kensa.engine.locks import Locks
 from kensa.engine.protocols import Handler, Journal, PhaseEmitter, PhaseRecorder, TargetLock
 from kensa.engine.recovery import recover_interrupted, rollback_committed
 from kensa.engine.registry import Registry, host_handlers
+from kensa.engine.services import Pending, after_commit, carry_out
 from kensa.engine.restore import CONNECTION_LOST, describe, journaled, restore_steps, rollback_outcome, step_name
 from kensa.engine.trail import Trail
 from kensa.errors import KensaError, NotCapturableError, StepFailedError, ValidationFailedError
-from kensa.model import Phase, PreState, Status, StepResult, Transaction, TransactionError, TransactionResult
+from kensa.model import (
+    Phase,
+    PreState,
+    ServiceOutcome,
+    ServiceStatus,
+    Status,
+    StepResult,
+    Transaction,
+    TransactionError,
+    TransactionResult,
+)
 
 __all__ = ["Engine", "errored"]
 
@@ -138,6 +149,7 @@ class Engine:
         self._journal = journal
         self.trail = Trail(audit, events, journal)
         self.locks = Locks(hosts, journal, target_lock)
+        self._pending = Pending()
 
     @property
     def journal(self) -> Optional[Journal]:
@@ -208,6 +220,22 @@ class Engine:
         """
         with self.locks.shared_run():
             return self._run_many(txns, workers)
+
+    def notify_pending(self) -> List[Tuple[str, ServiceOutcome]]:
+        """Carry out the ``notify`` actions the transactions run so far queued: once per host,
+        verb and unit, each on its host under that host's lock. Call it at the end of a run;
+        returns (host key, outcome) pairs in the order the actions were first asked for."""
+        done: List[Tuple[str, ServiceOutcome]] = []
+        for key, actions in self._pending.take():
+            with self.locks.host(key):
+                host = self.locks.resolve(key)
+                for action in actions:
+                    if isinstance(host, BaseException):
+                        outcome = ServiceOutcome(action.verb, action.unit, ServiceStatus.FAILED, f"host {key}: {describe(host)}")
+                    else:
+                        outcome = carry_out(host, action)
+                    done.append((key, outcome))
+        return done
 
     def recover(self) -> List[TransactionResult]:
         """Roll back every interrupted transaction in the journal; see :mod:`kensa.engine.recovery`."""
@@ -281,6 +309,11 @@ class Engine:
         host, handlers, pres = prepared
         try:
             result = self._change(txn, rec, timings, host, handlers, pres)
+            if txn.services and result.status in (Status.COMMITTED, Status.STAGED):
+                def undo(cause: TransactionError) -> TransactionResult:
+                    return self._undo(txn, timings, host, handlers, pres, len(txn.steps), [], list(result.steps), cause)
+
+                result = after_commit(txn, host, result, undo, self._pending)
         except _Lost as lost:
             # Not journaled: the entry stays interrupted, for recovery over a new connection.
             return self.trail.terminal(rec, lost.result, False)

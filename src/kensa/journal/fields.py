@@ -25,7 +25,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from kensa.errors import JournalError
 from kensa.journal.codec import dumps, stored_text, unstored_text
-from kensa.model import Phase, RollbackResult, Status, StepResult, TransactionError, TransactionResult
+from kensa.model import (
+    Phase,
+    RollbackResult,
+    ServiceOutcome,
+    ServiceStatus,
+    ServiceVerb,
+    Status,
+    StepResult,
+    TransactionError,
+    TransactionResult,
+)
 
 __all__ = ["RESULT_FIELDS", "Column", "ResultField", "result_columns", "result_load", "result_values", "result_view"]
 
@@ -88,6 +98,16 @@ def _step_dicts(result: TransactionResult) -> List[Dict[str, Any]]:
 
 def _rollback_dicts(result: TransactionResult) -> List[Dict[str, Any]]:
     return [{"mechanism": r.mechanism, "ok": r.ok, "detail": r.detail} for r in result.rollbacks]
+
+
+def _service_dicts(result: TransactionResult) -> List[Dict[str, Any]]:
+    return [{"verb": s.verb.value, "unit": s.unit, "status": s.status.value, "detail": s.detail} for s in result.services]
+
+
+def _load_services(text: Any) -> Tuple[ServiceOutcome, ...]:
+    if text is None:
+        return ()  # written before service actions were journaled
+    return tuple(ServiceOutcome(ServiceVerb(s["verb"]), s["unit"], ServiceStatus(s["status"]), s["detail"]) for s in json.loads(text))
 
 
 def _timings_dict(result: TransactionResult) -> Dict[str, float]:
@@ -156,6 +176,14 @@ RESULT_FIELDS: Tuple[ResultField, ...] = (
         store=_store_error,
         show=_error_dict,
         load=_load_error,
+    ),
+    ResultField(
+        "services",
+        (Column("service_outcomes", "TEXT", nullable=True),),
+        store=lambda r: (dumps(_service_dicts(r)),),
+        show=_service_dicts,
+        load=_load_services,
+        since=3,
     ),
 )
 

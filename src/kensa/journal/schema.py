@@ -158,7 +158,9 @@ def adding_result_columns(version: int) -> Callable[[sqlite3.Connection], None]:
 
 # Each function takes the journal from version i to i + 1 inside the caller's
 # SQL transaction. Append only: a released migration never changes.
-MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_create_schema, _sequence_digests_and_binary_pre_states]
+MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [
+    _create_schema, _sequence_digests_and_binary_pre_states, adding_result_columns(3),
+]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

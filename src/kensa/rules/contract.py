@@ -100,7 +100,8 @@ KENSA_MECHANISMS: Mapping[str, Contract] = {
 
 KENSA_REMEDIATION_FIELDS = frozenset({"reload", "restart", "notify"})
 """Fields Kensa reads from any remediation besides the mechanism's own: a service to
-reload or restart after the change, a handler to notify."""
+reload or restart after the change, a handler to notify. kensa reads them beside the
+mechanism (:mod:`kensa.rules.services`); inside a step's fields they are unsupported."""
 
 KENSA_CHECK_METHODS: Mapping[str, Contract] = {
     "apparmor_state": _c("", "state"),

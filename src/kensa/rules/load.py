@@ -33,8 +33,9 @@ What loads, what is refused:
   support still loads; its implementation has ``supported = False`` and an
   ``unsupported_reason`` naming the mechanism, method or field, so a run can
   report it instead of failing the whole rule set. Kensa fields no handler acts
-  on (``reload``, ``restart``, ``notify``, ``create``, ``onlyif``) count as
-  unsupported: such a rule must not run as if they had been honoured.
+  on (``create``, ``onlyif``) count as unsupported: such a rule must not run as
+  if they had been honoured. A remediation's ``restart``, ``reload`` and
+  ``notify`` are its service actions (:mod:`kensa.rules.services`).
 * Anything malformed raises :class:`RuleError` naming file, line and field, for
   example ``rules/ssh.yml:7: field 'implementations[0].remediation.mechanism':
   expected a string, got list``.
@@ -76,6 +77,7 @@ from kensa.rules.model import (
     Severity,
     SourceLocation,
 )
+from kensa.rules.services import split_services
 from kensa.rules.schema import RULE_ID_PATTERN, SUPPORTED_CHECK_METHODS, SUPPORTED_MECHANISMS
 from kensa.rules.variables import Variables, substitute
 from kensa.rules.yaml import MAX_RULE_FILE_BYTES, Document, FieldPath, format_field, read_document, type_name
@@ -135,9 +137,8 @@ def _parse_implementation(
     if not default and when is None:
         raise doc.error(path, "needs a 'when' capability gate or 'default: true'")
     checks = schema.parse_checks(doc, path + ("check",), fields["check"], methods) if "check" in fields else ()
-    steps, reasons = schema.parse_remediation(
-        doc, path + ("remediation",), schema.required(doc, path, fields, "remediation"), mechanisms
-    )
+    services, remediation = split_services(doc, path + ("remediation",), schema.required(doc, path, fields, "remediation"))
+    steps, reasons = schema.parse_remediation(doc, path + ("remediation",), remediation, mechanisms)
     reasons = [check.unsupported_reason for check in checks if not check.supported] + reasons
     return Implementation(
         when=when,
@@ -146,6 +147,7 @@ def _parse_implementation(
         steps=steps,
         supported=not reasons,
         unsupported_reason="; ".join(reasons),
+        services=services,
     )
 
 

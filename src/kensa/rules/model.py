@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import AbstractSet, Any, Mapping, Optional, Tuple, Union
 
 from kensa.errors import RuleError
-from kensa.model import Step, Transaction
+from kensa.model import ServiceAction, Step, Transaction
 
 __all__ = [
     "RULE_CHECK",
@@ -131,6 +131,7 @@ class Implementation:
     steps: Tuple[Step, ...]
     supported: bool = True
     unsupported_reason: str = ""
+    services: Tuple[ServiceAction, ...] = ()  # after the steps commit (kensa.rules.services)
 
     @property
     def checkable(self) -> bool:
@@ -216,7 +217,7 @@ class Rule:
         steps = impl.steps
         if impl.checks:
             steps += (verification_step(impl.checks),)
-        return Transaction(rule=self.id, steps=steps, host=host, transactional=self.transactional)
+        return Transaction(rule=self.id, steps=steps, host=host, transactional=self.transactional, services=impl.services)
 
 
 RULE_CHECK = "rule_check"
