@@ -277,3 +277,40 @@ def test_the_step_runs_on_a_remote_host_through_the_agent(image: Path) -> None:
     validate and rollback of mount_option_set on the remote root, which ends as it began."""
     applied = remote_round_trip(image / "root", image / "bin", "mount_option_set", {"mount_point": "/tmp", "options": ["nodev"]})
     assert applied.changed and "nodev added to /tmp" in applied.detail
+
+
+CORPUS = os.environ.get("KENSA_CORPUS", "")
+CORPUS_POINTS = ("/tmp", "/dev/shm", "/home", "/var", "/var/tmp", "/var/log", "/var/log/audit", "/boot", "/boot/efi")
+
+
+@pytest.mark.skipif(not os.path.isdir(CORPUS), reason="set KENSA_CORPUS to a rule corpus directory")
+def test_the_corpus_mount_rules_on_a_copy_of_this_machine_s_etc(tmp_path: Path) -> None:
+    """The public corpus's mount rules (filesystem/mount-*.yml) on a copy of this machine's /etc,
+    posing as RHEL 9 (the corpus's mount rules are RHEL's) with a tmpfs fstab entry for each
+    mount point they name: every committed rule checks compliant afterwards; the rules whose
+    check is a command (not assessable on an image) are rolled back, and a mount point fstab
+    kept as it was is left exactly so."""
+    require_root()
+    root, rules = tmp_path / "root", tmp_path / "rules"
+    shutil.copytree("/etc", root / "etc", symlinks=True)
+    os_release = root / "etc/os-release"
+    if os_release.is_symlink() or os_release.exists():
+        os_release.unlink()
+    os_release.write_text('ID="rhel"\nID_LIKE="fedora"\nVERSION_ID="9.4"\n')
+    path = root / "etc/fstab"
+    text = path.read_text() if path.exists() else ""
+    text += ("" if not text or text.endswith("\n") else "\n") + "".join(f"tmpfs {p} tmpfs defaults 0 0\n" for p in CORPUS_POINTS)
+    path.write_text(text)
+    rules.mkdir()
+    for found in sorted(Path(CORPUS).glob("filesystem/mount-*.yml")):
+        shutil.copy(found, rules / found.name)
+    journal = str(tmp_path / "journal.db")
+    code, out = kensa_cli("--journal", journal, "--no-audit", "remediate", str(rules), "--root", str(root), "--json")
+    results = json.loads(out)["results"]
+    committed = {r["rule"] for r in results if r["status"] == "committed"}
+    assert len(committed) >= 10, results
+    assert all(r["status"] in ("committed", "rolled_back", "skipped") for r in results), results
+    code, out = kensa_cli("--journal", journal, "--no-audit", "check", str(rules), "--root", str(root), "--json")
+    verdicts = {r["rule"]: r["verdict"] for r in json.loads(out)["rules"]}
+    assert sorted(rule for rule in committed if verdicts[rule] != "compliant") == []
+    assert "tmpfs /boot/efi tmpfs defaults 0 0\n" in path.read_text()  # its only rule checks with a command
