@@ -229,29 +229,87 @@ except Exception as exc:
 """
 
 
-def test_a_live_host_without_grubby_or_grub_mkconfig_is_not_available(tmp_path: Path) -> None:
-    """On a live host (root "/", in a private mount namespace whose /etc is a copy with an
-    /etc/default/grub) that has neither grubby nor grub-mkconfig: NotAvailableError naming them,
-    raised by capture, before anything changes."""
+def live_namespace(tmp_path: Path) -> Tuple[Path, Dict[str, str]]:
+    """A copy of /etc with an /etc/default/grub, for a private mount namespace to put over /etc,
+    and the environment its commands run with."""
     require_root()
     if shutil.which("unshare") is None:
         require_real("unshare is not installed")
-    tools = [t for t in ("grubby", "grub-mkconfig", "grub2-mkconfig") if shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")]
-    if tools:
-        pytest.skip(f"this machine has {', '.join(tools)}")
     etc = tmp_path / "etc"
     shutil.copytree("/etc", etc, symlinks=True)
     (etc / "default").mkdir(exist_ok=True)
     (etc / "default/grub").write_text(GRUB)
+    return etc, dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+
+
+def test_a_live_host_without_grubby_or_grub_mkconfig_is_not_available(tmp_path: Path) -> None:
+    """On a live host (root "/", in a private mount namespace whose /etc is a copy with an
+    /etc/default/grub, and whose /usr/sbin is emptied, so neither grubby nor grub-mkconfig is
+    installed there): NotAvailableError naming them, raised by capture, before anything changes."""
+    etc, env = live_namespace(tmp_path)
     before = snapshot(etc)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    script = f'mount --bind "{etc}" /etc && exec {sys.executable} -c \'{LIVE_PROBE}\''
+    script = f'mount --bind "{etc}" /etc && mount -t tmpfs kensa-test /usr/sbin && exec {sys.executable} -c \'{LIVE_PROBE}\''
     done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
         "NotAvailableError grub_parameter_set: not available on this host: grubby or grub-mkconfig is not installed")
     assert snapshot(etc) == before
+
+
+LIVE_GRUB = """\
+set -e
+mount --bind "$ETC" /etc
+mount --bind "$BOOT" /boot
+mkdir -p /boot/grub
+echo kernel > /boot/vmlinuz-6.1.0-kensa-test
+grub-mkconfig -o /boot/grub/grub.cfg > /dev/null 2>&1
+snap() {{ cp /boot/grub/grub.cfg "$OUT/$1.cfg"; cp /etc/default/grub "$OUT/$1.grub"; }}
+snap before
+{kensa} remediate "$RULE" --root / --json > "$OUT/remediate.json" || true
+{kensa} remediate "$RULE" --root / > "$OUT/remediate.txt" || true
+snap staged
+txn=$({python} -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["txn"])' "$OUT/remediate.json")
+{kensa} rollback "$txn" > "$OUT/refused.txt" 2>&1 || true
+{kensa} rollback "$txn" --force --json > "$OUT/rollback.json" || true
+snap rolled_back
+"""
+
+
+def test_a_live_host_regenerates_grub_cfg_with_grub_mkconfig_and_is_staged(tmp_path: Path) -> None:
+    """On a live host (root "/", in a private mount namespace with copies of /etc and /boot):
+    the real grub-mkconfig regenerates grub.cfg with the parameter on every kernel line, the
+    result is staged with "reboot needed" in the CLI, a rollback by id is refused without
+    --force (a staged change), and with --force puts /etc/default/grub and grub.cfg back byte for byte."""
+    if shutil.which("grub-mkconfig") is None:
+        require_real("grub-mkconfig is not installed (apt-get install grub-common)")
+    etc, env = live_namespace(tmp_path)
+    boot, out = tmp_path / "boot", tmp_path / "out"
+    boot.mkdir()
+    out.mkdir()
+    rule = tmp_path / "rule.yml"
+    rule.write_text((RULES / "grub-audit-backlog.yml").read_text().replace("audit_backlog_limit", "kensa_test_param"))
+    kensa = f"{sys.executable} -m kensa --journal {tmp_path / 'journal.db'} --no-audit"
+    env.update(ETC=str(etc), BOOT=str(boot), OUT=str(out), RULE=str(rule))
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                           LIVE_GRUB.format(kensa=kensa, python=sys.executable)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+    def read(name: str) -> str:
+        return (out / name).read_text()
+
+    result = json.loads(read("remediate.json"))["results"][0]
+    assert result["status"] == "staged", result
+    assert result["steps"][0]["staged"] and "grub-mkconfig -o /boot/grub/grub.cfg" in result["steps"][0]["detail"]
+    assert "staged" in read("remediate.txt") and "reboot needed" in read("remediate.txt")
+    assert read("staged.grub") == GRUB.replace("audit=0 pti", "audit=0 pti kensa_test_param=8192")
+    kernel_lines = [line for line in read("staged.cfg").splitlines() if line.strip().startswith("linux")]
+    assert kernel_lines and all("kensa_test_param=8192" in line for line in kernel_lines)
+    assert "kensa_test_param" not in read("before.cfg")
+    assert "staged" in read("refused.txt") and "--force" in read("refused.txt")
+    assert json.loads(read("rollback.json"))["status"] == "rolled_back", read("rollback.json")
+    assert read("rolled_back.grub") == read("before.grub")
+    assert read("rolled_back.cfg") == read("before.cfg")
 
 
 def test_a_staged_result_says_a_reboot_is_needed() -> None:
