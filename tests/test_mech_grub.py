@@ -22,7 +22,7 @@ from kensa.errors import KensaError, NotAvailableError, ParamError
 from kensa.handlers import default_registry
 from kensa.handlers.grub import edited
 from kensa.hosts.local import LocalHost
-from remote_mech import remote_round_trip
+from mech_rig import image_with, remote_round_trip
 
 RULES = Path(__file__).resolve().parent / "data" / "rules" / "grub"
 REGISTRY = default_registry()
@@ -46,16 +46,7 @@ def kensa_cli(*argv: str) -> Tuple[int, str]:
 def image(tmp_path: Path) -> Path:
     """tmp_path with an image root ("root") whose /etc/default/grub carries user.* and (as root)
     security.* xattrs, and a sentinel file outside it."""
-    path = tmp_path / "root/etc/default/grub"
-    path.parent.mkdir(parents=True)
-    path.write_text(GRUB)
-    path.chmod(0o644)
-    os.setxattr(path, "user.kensa", b"keep me")
-    if os.geteuid() == 0:
-        os.setxattr(path, "security.kensa", b"label")
-    (tmp_path / "outside").mkdir()
-    (tmp_path / "outside/grub").write_text('GRUB_CMDLINE_LINUX=""\n')
-    return tmp_path
+    return image_with(tmp_path, "/etc/default/grub", GRUB)
 
 
 def test_edits_keep_quoting_spacing_and_every_other_word() -> None:
@@ -322,3 +313,27 @@ def test_a_staged_result_says_a_reboot_is_needed() -> None:
     assert result_detail(staged) == "reboot needed; audit=1 in /etc/default/grub"
     committed = TransactionResult("t", "r", "localhost", Status.COMMITTED, False, steps=(step,))
     assert result_detail(committed) == "audit=1 in /etc/default/grub"
+
+
+def test_a_copy_of_this_machine_s_etc_remediated_then_checked(tmp_path: Path) -> None:
+    """A copy of this machine's /etc remediated with the test grub rules: with its own
+    /etc/default/grub every rule commits and checks compliant; without one (this VM has none)
+    every rule that would change it errors as not available and the copy is unchanged."""
+    require_root()
+    root = tmp_path / "root"
+    shutil.copytree("/etc", root / "etc", symlinks=True)
+    journal = str(tmp_path / "journal.db")
+    before = snapshot(root)
+    code, out = kensa_cli("--journal", journal, "--no-audit", "remediate", str(RULES), "--root", str(root), "--json")
+    results = json.loads(out)["results"]
+    if (root / "etc/default/grub").exists():
+        committed = [r["rule"] for r in results if r["status"] in ("committed", "skipped")]
+        assert len(committed) == len(results), results
+    else:
+        # The removal rule's check holds without the file (nothing there has pti): skipped.
+        assert {r["rule"]: r["status"] for r in results if r["status"] != "errored"} == {"test-grub-no-pti": "skipped"}
+        assert all("not available on this host" in r["error"]["message"] for r in results if r["status"] == "errored")
+        assert snapshot(root) == before
+        return
+    code, out = kensa_cli("--journal", journal, "--no-audit", "check", str(RULES), "--root", str(root), "--json")
+    assert {r["verdict"] for r in json.loads(out)["rules"]} == {"compliant"}, out

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from conftest import require_real, require_root, snapshot_tree as snapshot
-from remote_mech import remote_round_trip
+from mech_rig import image_with, remote_round_trip
 from kensa.cli.main import EXIT_OK, main
 from kensa.errors import KensaError
 from kensa.facts import fstab
@@ -47,17 +47,7 @@ def kensa_cli(*argv: str) -> Tuple[int, str]:
 def image(tmp_path: Path) -> Path:
     """tmp_path with an image root ("root", whose /etc/fstab carries user.* and security.* xattrs)
     and a sentinel directory outside it."""
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    path = root / "etc/fstab"
-    path.write_text(FSTAB, newline="")
-    path.chmod(0o644)
-    os.setxattr(path, "user.kensa", b"keep me")
-    if os.geteuid() == 0:
-        os.setxattr(path, "security.kensa", b"label")
-    (tmp_path / "outside").mkdir()
-    (tmp_path / "outside/fstab").write_text("tmpfs /tmp tmpfs defaults 0 0\n")
-    return tmp_path
+    return image_with(tmp_path, "/etc/fstab", FSTAB)
 
 
 def test_fstab_lines_render_byte_identical_and_change_only_the_options_field() -> None:

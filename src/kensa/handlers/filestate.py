@@ -449,3 +449,36 @@ class OneFileStep:
     def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
         problems = restore_files(host, [pre.data], assessment, force)
         return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data]))
+
+
+class FileAndStateStep:
+    """The restore side of a step that writes one captured file (``pre.data[file_key]``, with its
+    ``post``) and one piece of running state (a kernel value, a mount's flags).
+
+    Its ``assess`` plans ``(file plan, state plan)``; the handler says how to put the state
+    back (:meth:`_restore_state`); restore, rollback and the settled view follow from those.
+    """
+
+    name: str
+    file_key: str
+
+    def _restore_state(self, host: Host, pre: PreState) -> List[str]:
+        """Put the running state back as captured; what still differs (empty: done)."""
+        raise NotImplementedError
+
+    def settled(self, host: ReadableHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
+        return settled_files(host, [pre.data[self.file_key]], assessment, force)
+
+    def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        file_plan, state_plan = assessment.plan
+        problems = restore_planned(host, pre.data[self.file_key], file_plan, force)
+        if state_plan.drift is Drift.CONFLICT and not force:
+            problems.append(f"withheld: {'; '.join(state_plan.details)}")
+        elif state_plan.drift is not Drift.AT_PRE:
+            problems += self._restore_state(host, pre)
+        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data[self.file_key]]))
+
+    def rollback(self, host: Host, pre: PreState) -> RollbackResult:
+        problems = restore_file(host, pre.data[self.file_key])
+        problems += self._restore_state(host, pre)
+        return rollback_result(self.name, problems, fidelity_notes(host, [pre.data[self.file_key]]))

@@ -25,23 +25,18 @@ from kensa.facts.config import decode, encode
 from kensa.facts.mounts import FSTAB, mounted
 from kensa.facts.params import Field, Schema, absolute_path, as_given, path_as_text
 from kensa.handlers.filestate import (
+    FileAndStateStep,
     Planned,
     Revert,
     StatePlan,
     assess_file,
     capture_file,
     combine,
-    fidelity_notes,
     planned_file,
     post_state,
-    restore_file,
-    restore_planned,
-    restored,
-    rollback_result,
-    settled_files,
 )
 from kensa.hosts.protocol import Host, ReadableHost
-from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
+from kensa.model import Assessment, Drift, PreState, StepResult
 
 MOUNT_TIMEOUT = 60.0
 
@@ -119,11 +114,12 @@ def _revert(point: str, added: List[str]) -> Revert:
     return revert
 
 
-class MountOptionSet:
+class MountOptionSet(FileAndStateStep):
     """Add options to a mount point's fstab entry and, on a live host, to the running mount."""
 
     name = "mount_option_set"
     capturable = True
+    file_key = "fstab"
 
     schema = SCHEMA
 
@@ -194,9 +190,6 @@ class MountOptionSet:
         point, wanted = self._desired(pre.params)
         return planned_file(state, encode(_with_options(decode(state["content"]), point, wanted)[0]))
 
-    def settled(self, host: ReadableHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
-        return settled_files(host, [pre.data["fstab"]], assessment, force)
-
     def assess(self, host: ReadableHost, pre: PreState) -> Assessment:
         state = pre.data["fstab"]
         plans: List[Any] = [assess_file(host, state, state.get("post"), _revert(pre.data["mount_point"], list(pre.data["added"])))]
@@ -218,21 +211,7 @@ class MountOptionSet:
             return StatePlan(Drift.AT_POST)
         return StatePlan(Drift.CONFLICT, (f"{point} is mounted with {','.join(now)} now, kensa added {','.join(added)}",))
 
-    def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
-        file_plan, live_plan = assessment.plan
-        problems = restore_planned(host, pre.data["fstab"], file_plan, force)
-        if live_plan.drift is Drift.CONFLICT and not force:
-            problems.append(f"withheld: {'; '.join(live_plan.details)}")
-        elif live_plan.drift is not Drift.AT_PRE:
-            problems += self._restore_live(host, pre)
-        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data["fstab"]]))
-
-    def rollback(self, host: Host, pre: PreState) -> RollbackResult:
-        problems = restore_file(host, pre.data["fstab"])
-        problems += self._restore_live(host, pre)
-        return rollback_result(self.name, problems, fidelity_notes(host, [pre.data["fstab"]]))
-
-    def _restore_live(self, host: Host, pre: PreState) -> List[str]:
+    def _restore_state(self, host: Host, pre: PreState) -> List[str]:
         captured = pre.data.get("live")
         if not captured or not captured["added"]:
             return []

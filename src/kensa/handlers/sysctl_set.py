@@ -22,23 +22,18 @@ from kensa.errors import KensaError, ParamError, SysctlKeyError
 from kensa.facts.config import decode, encode
 from kensa.facts.params import Field, Schema, absolute_path, path_as_text, scalar_line
 
-from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
+from kensa.model import Assessment, Drift, PreState, StepResult
 from kensa.facts.sysctl import last_assignment, sysctl_key, sysctl_path
 from kensa.handlers.filestate import (
+    FileAndStateStep,
     StatePlan,
     Planned,
     Revert,
     assess_file,
     capture_file,
     combine,
-    fidelity_notes,
     planned_file,
     post_state,
-    restore_file,
-    restore_planned,
-    restored,
-    rollback_result,
-    settled_files,
 )
 from kensa.hosts.protocol import Host, ReadableHost
 
@@ -108,11 +103,12 @@ def _revert_persist(before: str, key: str, value: str) -> Revert:
     return revert
 
 
-class SysctlSet:
+class SysctlSet(FileAndStateStep):
     """Write the runtime value and persist it; rollback restores both."""
 
     name = "sysctl_set"
     capturable = True
+    file_key = "persist"
 
     schema = SCHEMA
 
@@ -156,9 +152,6 @@ class SysctlSet:
         persist = pre.data["persist"]
         return planned_file(persist, encode(_persist_value(decode(persist.get("content")), key, value)))
 
-    def settled(self, host: ReadableHost, pre: PreState, assessment: Assessment, force: bool = False) -> Planned:
-        return settled_files(host, [pre.data["persist"]], assessment, force)
-
     def assess(self, host: ReadableHost, pre: PreState) -> Assessment:
         key, value, _, _ = self._desired(pre.params)
         persist = pre.data["persist"]
@@ -174,21 +167,7 @@ class SysctlSet:
             plans.append(StatePlan(Drift.CONFLICT, (f"{key} is {now!r} now, kensa set {written!r}",)))
         return combine(plans)
 
-    def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
-        file_plan, runtime_plan = assessment.plan
-        problems = restore_planned(host, pre.data["persist"], file_plan, force)
-        if runtime_plan.drift is Drift.CONFLICT and not force:
-            problems.append(f"withheld: {'; '.join(runtime_plan.details)}")
-        elif runtime_plan.drift is not Drift.AT_PRE:
-            problems += self._restore_runtime(host, pre)
-        return restored(self.name, problems, assessment, force, fidelity_notes(host, [pre.data["persist"]]))
-
-    def rollback(self, host: Host, pre: PreState) -> RollbackResult:
-        problems = restore_file(host, pre.data["persist"])
-        problems += self._restore_runtime(host, pre)
-        return rollback_result(self.name, problems, fidelity_notes(host, [pre.data["persist"]]))
-
-    def _restore_runtime(self, host: Host, pre: PreState) -> List[str]:
+    def _restore_state(self, host: Host, pre: PreState) -> List[str]:
         key, path, before = str(pre.data["key"]), str(pre.data["runtime_path"]), str(pre.data["runtime"])
         problems: List[str] = []
         try:
