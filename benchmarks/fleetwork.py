@@ -38,7 +38,7 @@ _SEEDED = {"PermitRootLogin": "yes", "MaxAuthTries": "6", "X11Forwarding": "yes"
 ISSUE = "Authorized use only\n"
 SYSCTL_KEY, SYSCTL_VALUE = "net.ipv4.ip_forward", "0"
 SYSCTL_PROC = "/proc/sys/net/ipv4/ip_forward"
-SYSCTL_PERSIST = f"/etc/sysctl.d/99-kensa-{SYSCTL_KEY}.conf"
+SYSCTL_PERSIST = f"/etc/sysctl.d/99-kensa_{SYSCTL_KEY}.conf"
 
 
 @dataclass(frozen=True)

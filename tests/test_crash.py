@@ -152,7 +152,7 @@ def test_the_transaction_changes_every_file_when_not_killed(root: Path, tmp_path
     for rel in ("etc/motd", "etc/ssh/sshd_config", "etc/shadow", "proc/sys/net/ipv4/ip_forward"):
         assert after[rel] != before[rel], rel
     assert "etc/hosts.equiv" not in after
-    assert "etc/sysctl.d/99-kensa-net.ipv4.ip_forward.conf" in after
+    assert "etc/sysctl.d/99-kensa_net.ipv4.ip_forward.conf" in after
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)

@@ -16,11 +16,16 @@ from kensa.model import PreState, StepResult
 from kensa.handlers.filestate import OneFileStep, Revert, capture_file, post_state
 from kensa.hosts.protocol import Host, ReadableHost
 
-__all__ = ["SCHEMA", "ConfigSet", "decode", "encode", "get_value", "revert_key", "set_value"]
+__all__ = ["DEFAULT_SEPARATOR", "SCHEMA", "ConfigSet", "decode", "encode", "get_value", "revert_key", "set_value"]
+
+
+DEFAULT_SEPARATOR = "="
+"""What goes between key and value when a step names no separator (Kensa's default; its
+rules for whitespace-separated files such as sshd_config say ``separator: " "``)."""
 
 
 def _value_after_separator(values: Dict[str, Any]) -> None:
-    sep = values["separator"] or " "
+    sep = values["separator"] or DEFAULT_SEPARATOR
     if values["value"].strip().startswith(sep.strip() or "="):
         # "Key =x" reads back as x: such a value could never verify.
         raise ParamError("", field="value", problem=f"{values['value']!r} must not start with the separator {sep!r}")
@@ -89,7 +94,7 @@ class ConfigSet(OneFileStep):
 
     def _desired(self, params: Mapping[str, Any]) -> Tuple[str, str, str, str]:
         read = SCHEMA.read(params)
-        return read["path"], read["key"], read["value"], read["separator"] or " "
+        return read["path"], read["key"], read["value"], read["separator"] or DEFAULT_SEPARATOR
 
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         path, key, value, sep = self._desired(params)
