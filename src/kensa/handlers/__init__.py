@@ -22,6 +22,7 @@ from kensa.handlers.audit_rule_set import AuditRuleSet
 from kensa.handlers.command_exec import CommandExec
 from kensa.handlers.config_append import ConfigAppend
 from kensa.handlers.config_set import ConfigSet
+from kensa.handlers.config_set_dropin import ConfigSetDropin
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
@@ -32,6 +33,7 @@ HANDLERS = (
     FileAbsent,
     FilePermissions,
     ConfigSet,
+    ConfigSetDropin,
     ConfigAppend,
     SysctlSet,
     AuditRuleSet,
@@ -55,6 +57,7 @@ __all__ = [
     "CommandExec",
     "ConfigAppend",
     "ConfigSet",
+    "ConfigSetDropin",
     "FileAbsent",
     "FileContent",
     "FilePermissions",

@@ -16,7 +16,7 @@ from kensa.model import PreState, StepResult
 from kensa.handlers.filestate import OneFileStep, Revert, capture_file, post_state
 from kensa.hosts.protocol import Host, ReadableHost
 
-__all__ = ["DEFAULT_SEPARATOR", "SCHEMA", "ConfigSet", "decode", "encode", "get_value", "revert_key", "set_value"]
+__all__ = ["DEFAULT_SEPARATOR", "SCHEMA", "ConfigSet", "Finder", "decode", "encode", "get_value", "revert_key", "set_value"]
 
 
 DEFAULT_SEPARATOR = "="
@@ -43,12 +43,15 @@ SCHEMA = Schema(
 )
 
 
-def set_value(text: str, key: str, value: str, separator: str = " ", comments: Sequence[str] = ("#",)) -> str:
+def set_value(
+    text: str, key: str, value: str, separator: str = " ", comments: Sequence[str] = ("#",), find: Finder = find_key,
+) -> str:
     """``text`` with the global ``key`` set to ``value``: the first active line is
-    replaced, or a line is inserted before the first ``Match`` block, or appended."""
+    replaced, or a line is inserted before the first ``Match`` block, or appended.
+    ``find`` says where the key is and where a new line goes (another one: an INI section)."""
     lines: List[str] = text.splitlines(keepends=True)
     wanted = f"{key}{separator}{value}"
-    index, end = find_key(lines, key, comments)
+    index, end = find(lines, key, comments)
     if index is not None:
         old = lines[index]
         lines[index] = wanted + old[len(old.rstrip("\r\n")):]
