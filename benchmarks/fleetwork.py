@@ -93,7 +93,7 @@ def kensa_rules(directory: Path, work: List[Edit]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for edit in work:
         if edit.kind == "config_set":
-            remediation = {"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": edit.key, "value": edit.value}
+            remediation = {"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": edit.key, "value": edit.value, "separator": " "}
         elif edit.kind == "file_content":
             remediation = {"mechanism": "file_content", "path": "/etc/issue.net", "content": ISSUE}
         else:

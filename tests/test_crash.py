@@ -31,7 +31,7 @@ from kensa.model import Status
 
 STEPS: List[Tuple[str, Dict[str, object]]] = [
     ("file_content", {"path": "/etc/motd", "content": "authorized use only\n", "mode": "0600", "owner": 0, "group": 0}),
-    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}),
+    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "}),
     ("file_permissions", {"path": "/etc/shadow", "mode": "0000", "owner": 0, "group": 0}),
     ("file_absent", {"path": "/etc/hosts.equiv"}),
     ("sysctl_set", {"key": "net.ipv4.ip_forward", "value": "0"}),

@@ -66,3 +66,22 @@ def test_a_pre_state_naming_the_old_persist_file_still_rolls_back(tmp_path: Path
     result = handler.restore(host, journaled, assessment)
     assert result.ok, result.detail
     assert snapshot_tree(root) == before
+
+
+def test_a_config_set_pre_state_of_the_old_default_still_reverts_only_its_line(tmp_path: Path) -> None:
+    """A config_set step journaled by an older kensa (no separator given, a space written):
+    after an operator's edit elsewhere in the file, a rollback by id still finds kensa's
+    ``Key value`` line and reverts only it."""
+    root = _root(tmp_path)
+    conf = root / "etc/ssh/sshd_config"
+    conf.write_text("Port 22\nPermitRootLogin yes\n")
+    host = LocalHost(str(root))
+    handler = REGISTRY["config_set"]
+    spaced = {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "}
+    pre = handler.capture(host, spaced)
+    assert handler.apply(host, spaced, pre).ok
+    conf.write_text(conf.read_text() + "MaxAuthTries 3\n")
+    journaled = PreState(pre.mechanism, {k: v for k, v in spaced.items() if k != "separator"}, pre.data)
+    result = handler.restore(host, journaled, handler.assess(host, journaled))
+    assert result.ok, result.detail
+    assert conf.read_text() == "Port 22\nPermitRootLogin yes\nMaxAuthTries 3\n"
