@@ -42,6 +42,8 @@ class Status(str, enum.Enum):
     STAGED = "staged"
     SKIPPED = "skipped"
     RECOVERED = "recovered"
+    MANUAL = "manual"
+    """Not compliant, and only an operator can remediate it (a ``manual`` step): nothing was applied."""
 
     def __str__(self) -> str:
         return self.value

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List, Mapping, Sequence, TextIO, Tuple
 
-from kensa.model import TransactionResult
+from kensa.model import Status, TransactionResult
 
 __all__ = ["Progress", "print_results", "print_table", "printable", "result_detail", "result_dict"]
 
@@ -43,7 +43,7 @@ def print_table(rows: Sequence[Sequence[str]], header: Sequence[str], out: TextI
 def result_detail(result: TransactionResult) -> str:
     if result.error is not None:
         return f"{result.error.phase.value}: {result.error.message}"
-    changed = [s.detail for s in result.steps if s.changed and s.detail]
+    changed = [s.detail for s in result.steps if (s.changed or result.status is Status.MANUAL) and s.detail]
     return "; ".join(changed)
 
 

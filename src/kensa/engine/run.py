@@ -12,7 +12,11 @@ How a transaction runs (:meth:`Engine.run`):
 2. check: when every step's ``validate()`` already holds the result is
    ``skipped``; nothing is captured or applied. When some handlers set
    ``decides_compliance = True`` (the step carrying a rule's own check, see
-   :mod:`kensa.rules.checkstep`), their steps alone decide this.
+   :mod:`kensa.rules.checkstep`), their steps alone decide this. When it does
+   not hold and a step's handler sets ``needs_operator = True`` (``manual``),
+   the result is ``manual``: nothing is captured or applied, and each such
+   step's result says what the operator must do (its ``instruction(params)``).
+   Such a step needs no pre-state, so a transactional rule may have one.
 3. capture: every capturable step records its pre-state, then
    ``journal.begin`` makes intent and pre-states durable. Failure: ``errored``
    with nothing applied.
@@ -84,6 +88,11 @@ _OK_STATUSES = frozenset((Status.COMMITTED, Status.SKIPPED, Status.STAGED))
 
 def _same_key(key: str) -> str:
     return key
+
+
+def _needs_operator(handler: Any) -> bool:
+    """A step only an operator can carry out (``manual``): it has an ``instruction(params)``."""
+    return getattr(handler, "needs_operator", False) is True
 
 
 def errored(txn: Transaction, timings: Dict[Phase, float], kind: str, message: str, phase: Phase) -> TransactionResult:
@@ -296,7 +305,7 @@ class Engine:
             source = self.registry if isinstance(resolved, BaseException) else host_handlers(self.registry, resolved)
             for index, step in enumerate(txn.steps):
                 handler = source[step.mechanism]
-                if txn.transactional and not handler.capturable:
+                if txn.transactional and not handler.capturable and not _needs_operator(handler):
                     raise NotCapturableError(
                         f"rule {txn.rule!r}: {step_name(index, step)} cannot capture its pre-state, so the "
                         "rule cannot be transactional; mark the rule non-transactional or use a capturable mechanism"
@@ -330,6 +339,14 @@ class Engine:
         timings[Phase.CHECK] = _perf() - start
         if compliant:
             return TransactionResult(txn.id, txn.rule, txn.host, Status.SKIPPED, True, timings)
+        manual = [(step, handler) for step, handler in zip(txn.steps, handlers) if _needs_operator(handler)]
+        if manual:
+            # Applying the other steps would leave the rule half remediated and still not compliant.
+            notes = tuple(
+                StepResult(step.mechanism, ok=False, detail=f"an operator must act: {cast(Any, handler).instruction(step.params)}")
+                for step, handler in manual
+            )
+            return TransactionResult(txn.id, txn.rule, txn.host, Status.MANUAL, True, timings, notes)
 
         start = _perf()
         pres: List[Optional[PreState]] = []

@@ -26,6 +26,7 @@ from kensa.handlers.config_set_dropin import ConfigSetDropin
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
+from kensa.handlers.manual import Manual
 from kensa.handlers.sysctl_set import SysctlSet
 
 HANDLERS = (
@@ -38,6 +39,7 @@ HANDLERS = (
     SysctlSet,
     AuditRuleSet,
     CommandExec,
+    Manual,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -61,6 +63,7 @@ __all__ = [
     "FileAbsent",
     "FileContent",
     "FilePermissions",
+    "Manual",
     "ParamError",
     "SysctlSet",
     "default_registry",
