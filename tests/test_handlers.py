@@ -624,12 +624,12 @@ def test_command_exec_runs_without_a_shell_and_honours_unless(tmp_path: Path) ->
 
 
 def test_default_registry_covers_every_mechanism() -> None:
-    """The registry names every mechanism once, and only command_exec is not capturable."""
+    """The registry names every mechanism once, and only command_exec and manual are not capturable."""
     assert sorted(REGISTRY) == sorted([
-        "file_content", "file_absent", "file_permissions", "config_set", "config_append",
-        "sysctl_set", "audit_rule_set", "command_exec",
+        "file_content", "file_absent", "file_permissions", "config_set", "config_set_dropin", "config_append",
+        "sysctl_set", "audit_rule_set", "command_exec", "manual",
     ])
-    assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec"]
+    assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec", "manual"]
     assert all(h.name == name for name, h in REGISTRY.items())
 
 

@@ -211,13 +211,15 @@ class Assessment:
 
 @dataclass(frozen=True)
 class StepResult:
-    """Outcome of applying one step."""
+    """Outcome of applying one step; ``skipped``: not applied, because its ``unless``
+    command exited 0 (already done), so it changed nothing and has nothing to undo."""
 
     mechanism: str
     ok: bool
     changed: bool = False
     staged: bool = False
     detail: str = ""
+    skipped: bool = False
 
 
 @dataclass(frozen=True)

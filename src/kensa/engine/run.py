@@ -78,7 +78,8 @@ from kensa.engine.registry import Registry, host_handlers
 from kensa.engine.restore import CONNECTION_LOST, describe, journaled, restore_steps, rollback_outcome, step_name
 from kensa.engine.trail import Trail
 from kensa.errors import KensaError, NotCapturableError, StepFailedError, ValidationFailedError
-from kensa.model import Phase, PreState, Status, StepResult, Transaction, TransactionError, TransactionResult
+from kensa.facts.params import SHELL, command_line
+from kensa.model import Phase, PreState, Status, Step, StepResult, Transaction, TransactionError, TransactionResult
 
 __all__ = ["Engine", "errored"]
 
@@ -88,6 +89,25 @@ _OK_STATUSES = frozenset((Status.COMMITTED, Status.SKIPPED, Status.STAGED))
 
 def _same_key(key: str) -> str:
     return key
+
+
+UNLESS_TIMEOUT = 60.0
+"""Seconds a step's ``unless`` command may run; one that overruns is an error in the check phase."""
+
+
+def _unless_held(host: Any, step: Step) -> Optional[StepResult]:
+    """The result of a step its ``unless`` command says is already done (it exited 0 on the
+    target), or None: no ``unless``, it exited non-zero, or the target is an image root,
+    where the command would read the controller rather than the image (the step then runs)."""
+    value = step.params.get("unless")
+    if value is None or not getattr(host, "is_live", False):
+        return None
+    argv = command_line(value)
+    done = host.run(argv, UNLESS_TIMEOUT)
+    if done.returncode != 0:
+        return None
+    shown = argv[-1] if argv[:2] == [SHELL, "-c"] else " ".join(argv)
+    return StepResult(step.mechanism, ok=True, detail=f"not applied: its unless command {shown[:200]!r} exited 0", skipped=True)
 
 
 def _needs_operator(handler: Any) -> bool:
@@ -287,9 +307,9 @@ class Engine:
             raise
         if isinstance(prepared, TransactionResult):
             return self._conclude(rec, prepared)
-        host, handlers, pres = prepared
+        host, handlers, pres, guarded = prepared
         try:
-            result = self._change(txn, rec, timings, host, handlers, pres)
+            result = self._change(txn, rec, timings, host, handlers, pres, guarded)
         except _Lost as lost:
             # Not journaled: the entry stays interrupted, for recovery over a new connection.
             return self.trail.terminal(rec, lost.result, False)
@@ -297,7 +317,7 @@ class Engine:
 
     def _prepare(
         self, txn: Transaction, rec: PhaseRecorder, timings: Dict[Phase, float], resolved: Union[Any, BaseException]
-    ) -> Union[TransactionResult, Tuple[Any, List[Handler], List[Optional[PreState]]]]:
+    ) -> Union[TransactionResult, Tuple[Any, List[Handler], List[Optional[PreState]], Dict[int, StepResult]]]:
         """Preflight, compliance check, capture and journal intent; nothing is applied."""
         start = _perf()
         handlers: List[Handler] = []
@@ -326,12 +346,25 @@ class Engine:
         index = 0
         # A step that decides compliance (a rule's own check) decides it alone.
         deciding = [i for i, handler in enumerate(handlers) if getattr(handler, "decides_compliance", False) is True]
+        guarded: Dict[int, StepResult] = {}  # steps whose unless says they are done: never captured or applied
+        guards_run = set()
         try:
             for index in deciding or range(len(handlers)):
                 step, handler = txn.steps[index], handlers[index]
+                if not deciding:
+                    guards_run.add(index)
+                    held = _unless_held(host, step)
+                    if held is not None:
+                        guarded[index] = held
+                        continue
                 if not bool(handler.validate(host, step.params)):
                     compliant = False
                     break
+            for index, step in enumerate(txn.steps):
+                if not compliant and index not in guards_run and index not in deciding:
+                    held = _unless_held(host, step)
+                    if held is not None:
+                        guarded[index] = held
         except Exception as exc:
             timings[Phase.CHECK] = _perf() - start
             message = f"{step_name(index, txn.steps[index])} raised while checking compliance: {describe(exc)}"
@@ -354,7 +387,7 @@ class Engine:
         view = host
         try:
             for index, (step, handler) in enumerate(zip(txn.steps, handlers)):
-                if not handler.capturable:
+                if not handler.capturable or index in guarded:
                     pres.append(None)
                     continue
                 pre = handler.capture(view, step.params)
@@ -377,7 +410,7 @@ class Engine:
                 return errored(txn, timings, type(exc).__name__, message, Phase.CAPTURE)
         timings[Phase.CAPTURE] = _perf() - start
         self.trail.boundary(rec, txn, Phase.CAPTURE, True)
-        return host, handlers, pres
+        return host, handlers, pres, guarded
 
     def _change(
         self,
@@ -387,8 +420,9 @@ class Engine:
         host: Any,
         handlers: List[Handler],
         pres: List[Optional[PreState]],
+        guarded: Mapping[int, StepResult],
     ) -> TransactionResult:
-        """Apply, validate, and commit or roll back."""
+        """Apply, validate, and commit or roll back; ``guarded`` steps are not applied (their unless held)."""
         results: List[StepResult] = []
         attempted = 0
         irreversible: List[str] = []  # non-capturable steps that may have changed the host
@@ -401,6 +435,9 @@ class Engine:
             for index, step in enumerate(txn.steps):
                 handler = handlers[index]
                 attempted = index + 1
+                if index in guarded:
+                    results.append(guarded[index])
+                    continue
                 try:
                     res = handler.apply(host, step.params, pres[index])
                     if not isinstance(res, StepResult):
@@ -430,6 +467,8 @@ class Engine:
                 phase = Phase.VALIDATE
                 start = _perf()
                 for index, step in enumerate(txn.steps):
+                    if index in guarded:
+                        continue
                     if results[index].staged:
                         staged = True
                         continue

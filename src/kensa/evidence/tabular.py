@@ -61,7 +61,7 @@ def _detail(outcome: Outcome) -> str:
         return outcome.detail
     if outcome.error is not None:
         return f"{outcome.error.phase.value}: {outcome.error.message}"
-    return "; ".join(s.detail for s in outcome.steps if (s.changed or outcome.status is Status.MANUAL) and s.detail)
+    return "; ".join(s.detail for s in outcome.steps if (s.changed or s.skipped or outcome.status is Status.MANUAL) and s.detail)
 
 
 def outcome_row(outcome: Outcome, rules: Mapping[str, Rule]) -> Dict[str, Any]:
