@@ -85,7 +85,8 @@ def test_a_step_whose_unless_exits_zero_is_neither_captured_nor_applied(tmp_path
     only that step is skipped, the file untouched); one whose ``unless`` exits 1 is applied
     and commits; in a two-step transaction the done step is recorded as not applied, the
     other commits, and a rollback by id reverses that one without calling the skipped step
-    irreversible. A string ``unless`` runs in /bin/sh (a pipe works), a list runs as is."""
+    irreversible. A manual step whose ``unless`` exits 0 is done (skipped), not ``manual``.
+    A string ``unless`` runs in /bin/sh (a pipe works), a list runs as is."""
     marker = "/mnt/t/done"
     cases = [
         {"name": "done", "touch": [marker],
@@ -94,8 +95,12 @@ def test_a_step_whose_unless_exits_zero_is_neither_captured_nor_applied(tmp_path
         {"name": "mixed", "rollback": True,
          "steps": [(ISSUE[0], dict(ISSUE[1], unless=["false"])),
                    ("config_set", {"path": "/mnt/t/etc/motd", "key": "new", "value": "x", "unless": ["true"]})]},
+        {"name": "manual-done", "steps": [("manual", {"note": "do it", "unless": ["true"]})]},
+        {"name": "manual-not-done", "steps": [("manual", {"note": "do it", "unless": ["false"]})]},
     ]
-    done, not_done, mixed = _live(tmp_path, cases)
+    done, not_done, mixed, manual_done, manual_not_done = _live(tmp_path, cases)
+    assert manual_done["status"] == "skipped"
+    assert manual_not_done["status"] == "manual" and manual_not_done["steps"][0][3] == "an operator must act: do it"
     assert done["status"] == "skipped" and done["unchanged"] and done["motd"] == "old\n"
     assert not_done["status"] == "committed" and not_done["motd"] == "new\n"
     assert mixed["status"] == "committed", mixed

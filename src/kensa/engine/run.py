@@ -17,6 +17,9 @@ How a transaction runs (:meth:`Engine.run`):
    the result is ``manual``: nothing is captured or applied, and each such
    step's result says what the operator must do (its ``instruction(params)``).
    Such a step needs no pre-state, so a transactional rule may have one.
+   A step with an ``unless`` command (any mechanism) that exits 0 on a live
+   target is already done: it counts as holding here, and is then neither
+   captured, applied nor validated; its result has ``skipped`` set.
 3. capture: every capturable step records its pre-state, then
    ``journal.begin`` makes intent and pre-states durable. Failure: ``errored``
    with nothing applied.
@@ -68,7 +71,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
 from kensa.engine.events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscription
 from kensa.engine.locks import Locks
@@ -347,7 +350,7 @@ class Engine:
         # A step that decides compliance (a rule's own check) decides it alone.
         deciding = [i for i, handler in enumerate(handlers) if getattr(handler, "decides_compliance", False) is True]
         guarded: Dict[int, StepResult] = {}  # steps whose unless says they are done: never captured or applied
-        guards_run = set()
+        guards_run: Set[int] = set()
         try:
             for index in deciding or range(len(handlers)):
                 step, handler = txn.steps[index], handlers[index]
@@ -372,7 +375,8 @@ class Engine:
         timings[Phase.CHECK] = _perf() - start
         if compliant:
             return TransactionResult(txn.id, txn.rule, txn.host, Status.SKIPPED, True, timings)
-        manual = [(step, handler) for step, handler in zip(txn.steps, handlers) if _needs_operator(handler)]
+        manual = [(step, handler) for index, (step, handler) in enumerate(zip(txn.steps, handlers))
+                  if _needs_operator(handler) and index not in guarded]
         if manual:
             # Applying the other steps would leave the rule half remediated and still not compliant.
             notes = tuple(
