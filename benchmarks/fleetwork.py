@@ -38,7 +38,7 @@ _SEEDED = {"PermitRootLogin": "yes", "MaxAuthTries": "6", "X11Forwarding": "yes"
 ISSUE = "Authorized use only\n"
 SYSCTL_KEY, SYSCTL_VALUE = "net.ipv4.ip_forward", "0"
 SYSCTL_PROC = "/proc/sys/net/ipv4/ip_forward"
-SYSCTL_PERSIST = f"/etc/sysctl.d/99-kensa-{SYSCTL_KEY}.conf"
+SYSCTL_PERSIST = f"/etc/sysctl.d/99-kensa_{SYSCTL_KEY}.conf"
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def kensa_rules(directory: Path, work: List[Edit]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for edit in work:
         if edit.kind == "config_set":
-            remediation = {"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": edit.key, "value": edit.value}
+            remediation = {"mechanism": "config_set", "path": "/etc/ssh/sshd_config", "key": edit.key, "value": edit.value, "separator": " "}
         elif edit.kind == "file_content":
             remediation = {"mechanism": "file_content", "path": "/etc/issue.net", "content": ISSUE}
         else:

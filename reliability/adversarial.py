@@ -52,7 +52,7 @@ def _rule(file: Path, rule_id: str, mechanism: str, check: str, **params: str) -
 
 def _sshd_rule(path: Path, key: str = "PermitRootLogin", value: str = "no") -> Path:
     check = f"method: config_value\npath: /etc/ssh/sshd_config\nkey: {key}\nexpected: {json.dumps(value)}"
-    return _rule(path, f"sshd-{key.lower()}", "config_set", check, path="/etc/ssh/sshd_config", key=key, value=value)
+    return _rule(path, f"sshd-{key.lower()}", "config_set", check, path="/etc/ssh/sshd_config", key=key, value=value, separator=" ")
 
 
 def _tree(base: Path) -> Path:
@@ -100,7 +100,7 @@ KILL_AFTER_BEGIN = textwrap.dedent(r"""
             super().begin(txn, pre)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    step = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"})
+    step = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "})
     Engine(default_registry(), journal=Dies(sys.argv[2]), hosts=resolve_host).run(Transaction("r", (step,), host=sys.argv[1]))
 """)
 

@@ -43,7 +43,7 @@ STEPS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
     ("file_content", {"path": "/etc/motd", "content": "authorized use only\n", "mode": "0600", "owner": 0, "group": 0}),
     ("file_absent", {"path": "/etc/hosts.equiv"}),
     ("file_permissions", {"path": "/etc/shadow", "mode": "0000", "owner": 0, "group": 0}),
-    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}),
+    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "}),
     ("config_append", {"path": "/etc/issue.net", "line": "Authorized use only"}),
     ("sysctl_set", {"key": "net.ipv4.ip_forward", "value": "0"}),
     ("audit_rule_set", {"rule": "-w /etc/sudoers -p wa -k scope", "persist_file": "/etc/audit/rules.d/50-kensa-scope.rules"}),

@@ -27,7 +27,7 @@ references:
     rhel9: {section: '5.1.20', level: L1}
 implementations:
   - default: true
-    remediation: {mechanism: config_set, path: /etc/ssh/sshd_config, key: PermitRootLogin, value: "no"}
+    remediation: {mechanism: config_set, path: /etc/ssh/sshd_config, key: PermitRootLogin, value: "no", separator: " "}
 """,
     "banner-present.yml": """\
 id: ev-banner-present
@@ -61,7 +61,7 @@ references:
   nist_800_53: [CM-6]
 implementations:
   - when: sshd_config_d
-    remediation: {mechanism: config_set, path: /etc/ssh/sshd_config.d/50-ev.conf, key: X11Forwarding, value: "no"}
+    remediation: {mechanism: config_set, path: /etc/ssh/sshd_config.d/50-ev.conf, key: X11Forwarding, value: "no", separator: " "}
 """,
 }
 

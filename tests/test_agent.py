@@ -129,7 +129,7 @@ def test_agent_runs_a_transaction_without_the_python_37_features(root: Path, tmp
     try:
         assert host.hello["supplied"] == ["dataclasses", "typing.Protocol", "typing.runtime_checkable", "typing.Literal"]
         handlers = host.handlers(default_registry())
-        steps = [("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}),
+        steps = [("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "}),
                  ("file_content", {"path": "/etc/motd", "content": "authorized use only\n", "mode": "0600"})]
         pres = []
         for mechanism, params in steps:

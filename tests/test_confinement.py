@@ -282,7 +282,7 @@ def test_config_set_through_a_bind_mount_errors_and_changes_nothing(image: Path)
     outside = image.parent / "outside"
     result = engine_run_in_namespace(
         image, ["mount", "--bind", str(outside), str(image / "etc/ssh")],
-        "config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"},
+        "config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "},
     )
     assert result["status"] == "errored" and result["unchanged"], result
     assert "/etc/ssh is a mount point" in result["error"], result

@@ -31,7 +31,7 @@ from kensa.model import Status
 
 STEPS: List[Tuple[str, Dict[str, object]]] = [
     ("file_content", {"path": "/etc/motd", "content": "authorized use only\n", "mode": "0600", "owner": 0, "group": 0}),
-    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}),
+    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "}),
     ("file_permissions", {"path": "/etc/shadow", "mode": "0000", "owner": 0, "group": 0}),
     ("file_absent", {"path": "/etc/hosts.equiv"}),
     ("sysctl_set", {"key": "net.ipv4.ip_forward", "value": "0"}),
@@ -152,7 +152,7 @@ def test_the_transaction_changes_every_file_when_not_killed(root: Path, tmp_path
     for rel in ("etc/motd", "etc/ssh/sshd_config", "etc/shadow", "proc/sys/net/ipv4/ip_forward"):
         assert after[rel] != before[rel], rel
     assert "etc/hosts.equiv" not in after
-    assert "etc/sysctl.d/99-kensa-net.ipv4.ip_forward.conf" in after
+    assert "etc/sysctl.d/99-kensa_net.ipv4.ip_forward.conf" in after
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)

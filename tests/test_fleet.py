@@ -79,7 +79,7 @@ def edits(root: Path) -> List[Transaction]:
         Transaction(
             rule=f"sshd-{key}",
             host=str(root),
-            steps=(Step("config_set", {"path": "/etc/ssh/sshd_config", "key": key, "value": value}),),
+            steps=(Step("config_set", {"path": "/etc/ssh/sshd_config", "key": key, "value": value, "separator": " "}),),
         )
         for key, value in (("PermitRootLogin", "no"), ("X11Forwarding", "no"), ("MaxAuthTries", "4"))
     ]

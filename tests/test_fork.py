@@ -99,7 +99,7 @@ def test_child_forked_while_a_thread_runs_a_transaction_can_run_on_the_same_host
     if pid == 0:  # the child: never return into pytest
         code = 70
         try:
-            step = Step("config_set", {"path": "/etc/child.conf", "key": "Child", "value": "yes"})
+            step = Step("config_set", {"path": "/etc/child.conf", "key": "Child", "value": "yes", "separator": " "})
             result = engine.run(Transaction("child", (step,), str(root)))
             sub.close(timeout=10)
             got = [e for e in seen if isinstance(e, TerminalEvent) and e.txn_id == result.txn_id]

@@ -50,7 +50,7 @@ def test_config_set_with_a_command_keeps_the_config(tmp_path: Path) -> None:
     conf = tmp_path / "app.conf"
     conf.write_text("Setting old\n")
     steps = (
-        Step("config_set", {"path": str(conf), "key": "Setting", "value": "new"}),
+        Step("config_set", {"path": str(conf), "key": "Setting", "value": "new", "separator": " "}),
         Step("command_exec", {"run": "true"}),
     )
     result = _live_engine().run(Transaction("cfg-cmd", steps, "localhost", transactional=False))

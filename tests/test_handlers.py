@@ -188,7 +188,7 @@ def check_appended(root: Path) -> None:
 
 def check_sysctl(root: Path) -> None:
     assert (root / "proc/sys/vm/swappiness").read_text() == "10\n"
-    assert (root / "etc/sysctl.d/99-kensa-vm.swappiness.conf").read_text() == "vm.swappiness = 10\n"
+    assert (root / "etc/sysctl.d/99-kensa_vm.swappiness.conf").read_text() == "vm.swappiness = 10\n"
 
 
 def check_audit_new_file(root: Path) -> None:
@@ -215,16 +215,16 @@ CASES: List[Any] = [
                  check_issue_permissions, id="file_permissions-file"),
     pytest.param("file_permissions", {"path": "/srv/data", "mode": 0o700}, {"root/srv/data"}, check_dir_permissions,
                  id="file_permissions-dir"),
-    pytest.param("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"},
+    pytest.param("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "},
                  {"root/etc/ssh/sshd_config"}, check_permit_root_login, id="config_set-replace"),
-    pytest.param("config_set", {"path": "/etc/ssh/sshd_config", "key": "MaxAuthTries", "value": 4},
+    pytest.param("config_set", {"path": "/etc/ssh/sshd_config", "key": "MaxAuthTries", "value": 4, "separator": " "},
                  {"root/etc/ssh/sshd_config"}, check_max_auth_tries, id="config_set-before-match"),
     pytest.param("config_set", {"path": "/etc/pwquality.conf", "key": "minlen", "value": 14, "separator": " = "},
                  {"root/etc/pwquality.conf"}, check_new_config, id="config_set-new-file"),
     pytest.param("config_append", {"path": "/etc/issue", "line": "Monitored system"}, {"root/etc/issue"}, check_appended,
                  id="config_append"),
     pytest.param("sysctl_set", {"key": "vm.swappiness", "value": 10},
-                 {"root/proc/sys/vm/swappiness", "root/etc/sysctl.d/99-kensa-vm.swappiness.conf"}, check_sysctl, id="sysctl_set"),
+                 {"root/proc/sys/vm/swappiness", "root/etc/sysctl.d/99-kensa_vm.swappiness.conf"}, check_sysctl, id="sysctl_set"),
     pytest.param("audit_rule_set", {"rule": AUDIT_RULES}, {"root/etc/audit/rules.d/99-kensa.rules"}, check_audit_new_file,
                  id="audit_rule_set-new-file"),
     pytest.param("audit_rule_set",
@@ -424,11 +424,11 @@ BAD_PARAMS = [
     ("file_absent", {"path": "/srv/data"}),
     ("file_permissions", {"path": "/etc/issue"}),
     ("file_permissions", {"path": "/etc/absent", "mode": "0600"}),
-    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "Match", "value": "all"}),
-    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": False}),
-    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "Banner", "value": "a\nEvil yes"}),
-    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "two words", "value": "x"}),
-    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "Banner", "value": "=none"}),
+    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "Match", "value": "all", "separator": " "}),
+    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": False, "separator": " "}),
+    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "Banner", "value": "a\nEvil yes", "separator": " "}),
+    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "two words", "value": "x", "separator": " "}),
+    ("config_set", {"path": "/etc/ssh/sshd_config", "key": "Banner", "value": "=none", "separator": " "}),
     ("config_append", {"path": "/etc/issue", "line": "one\ntwo"}),
     ("config_append", {"path": "/etc/issue"}),
     ("sysctl_set", {"key": "../../etc/passwd", "value": 1}),
@@ -624,13 +624,13 @@ def test_command_exec_runs_without_a_shell_and_honours_unless(tmp_path: Path) ->
 
 
 def test_default_registry_covers_every_mechanism() -> None:
-    """The registry names every mechanism once, and only command_exec is not capturable."""
+    """The registry names every mechanism once, and only command_exec and manual are not capturable."""
     assert sorted(REGISTRY) == sorted([
-        "file_content", "file_absent", "file_permissions", "config_set", "config_append",
-        "sysctl_set", "audit_rule_set", "command_exec", "mount_option_set",
+        "file_content", "file_absent", "file_permissions", "config_set", "config_set_dropin", "config_append",
+        "sysctl_set", "audit_rule_set", "command_exec", "manual", "mount_option_set",
         "grub_parameter_set", "grub_parameter_remove", "selinux_boolean_set",
     ])
-    assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec"]
+    assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec", "manual"]
     assert all(h.name == name for name, h in REGISTRY.items())
 
 
@@ -649,8 +649,8 @@ def engine_steps(root: Path) -> List[Step]:
     return [
         Step("file_content", {"path": "/etc/motd", "content": "hello\n", "mode": "0600", **owner}),
         Step("file_content", {"path": "/etc/issue", "content": "changed\n"}),
-        Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}),
-        Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "MaxAuthTries", "value": 4}),
+        Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "}),
+        Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "MaxAuthTries", "value": 4, "separator": " "}),
         Step("config_append", {"path": "/etc/ssh/sshd_config", "line": "# managed by kensa"}),
         Step("config_set", {"path": "/etc/pwquality.conf", "key": "minlen", "value": 14, "separator": " = "}),
         Step("sysctl_set", {"key": "vm.swappiness", "value": 10}),
@@ -683,7 +683,7 @@ def test_engine_commits_every_handler_with_exactly_the_intended_changes(tree: Pa
     assert result.status is Status.COMMITTED, result.error
     assert changed_paths(before, snapshot(tree)) == {
         "root/etc/motd", "root/etc/issue", "root/etc/ssh/sshd_config", "root/etc/pwquality.conf",
-        "root/proc/sys/vm/swappiness", "root/etc/sysctl.d/99-kensa-vm.swappiness.conf",
+        "root/proc/sys/vm/swappiness", "root/etc/sysctl.d/99-kensa_vm.swappiness.conf",
         "root/etc/audit/rules.d/99-kensa.rules", "root/srv/data", "root/etc/hosts.equiv",
     }
     check_issue_rewritten(tree / "root")

@@ -56,7 +56,7 @@ def motd(root: Path, text: str) -> Transaction:
 
 
 def sshd(root: Path, key: str, value: str) -> Transaction:
-    step = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": key, "value": value})
+    step = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": key, "value": value, "separator": " "})
     return Transaction("sshd-" + key, (step,), host=str(root))
 
 

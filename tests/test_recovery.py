@@ -72,7 +72,7 @@ def motd(text: str) -> Step:
 
 
 def sshd(key: str, value: str) -> Step:
-    return Step("config_set", {"path": "/etc/ssh/sshd_config", "key": key, "value": value})
+    return Step("config_set", {"path": "/etc/ssh/sshd_config", "key": key, "value": value, "separator": " "})
 
 
 FORWARD_OFF = Step("sysctl_set", {"key": "net.ipv4.ip_forward", "value": "0"})

@@ -79,7 +79,7 @@ def key_of(root: Path, name: str = "target") -> str:
 def real_rules() -> Tuple[Step, ...]:
     return (
         Step("file_content", {"path": "/etc/motd", "content": "authorized use only\n", "mode": "0600"}),
-        Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"}),
+        Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "}),
         Step("sysctl_set", {"key": "net.ipv4.ip_forward", "value": "0"}),
         Step("audit_rule_set", {"rule": AUDIT_RULE}),
     )
@@ -108,8 +108,8 @@ def test_a_failed_validate_rolls_back_on_the_remote_root(engine: Tuple[Engine, R
     restores both through the agent (the second captured through the first's plan), tree as before."""
     eng, records = engine
     before = snapshot(root)
-    steps = (Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "Port", "value": "2222"}),
-             Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "Port", "value": "2200"}))
+    steps = (Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "Port", "value": "2222", "separator": " "}),
+             Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "Port", "value": "2200", "separator": " "}))
     txn = Transaction("remote-undo", steps, host=key_of(root))
     result = eng.run(txn)
     assert result.status is Status.ROLLED_BACK and result.host_unchanged, result.error

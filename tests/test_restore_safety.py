@@ -58,7 +58,7 @@ def run(engine: Engine, root: Path, *steps: Step) -> TransactionResult:
     return result
 
 
-PERMIT = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"})
+PERMIT = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "})
 
 
 # --- rollback by id -------------------------------------------------------------------
@@ -385,7 +385,7 @@ def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 os.rename = die  # the temporary file is written and fsynced; the rename never happens
-step = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no"})
+step = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "})
 Engine(default_registry(), journal=SqliteJournal(sys.argv[2]), hosts=resolve_host).run(Transaction("r", (step,), host=sys.argv[1]))
 """
 
@@ -411,7 +411,7 @@ def test_recovery_removes_the_temporary_file_a_killed_write_left(root: Path, tmp
 
 # --- several steps on one file --------------------------------------------------------
 
-X11 = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "X11Forwarding", "value": "no"})
+X11 = Step("config_set", {"path": "/etc/ssh/sshd_config", "key": "X11Forwarding", "value": "no", "separator": " "})
 
 
 def test_two_steps_on_one_file_roll_back_to_the_exact_original(root: Path, tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ implementations:
       path: /etc/ssh/sshd_config
       key: PermitRootLogin
       value: "no"
+      separator: " "
 """,
 }
 
@@ -423,6 +424,7 @@ implementations:
       path: /etc/ssh/sshd_config
       key: MaxAuthTries
       value: "{{ tries }}"
+      separator: " "
 """,
     "rhel.yml": """\
 id: ssh-lang-rhel-only

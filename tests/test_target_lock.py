@@ -44,6 +44,7 @@ def _write_rules(directory: Path, prefix: str, count: int) -> None:
             "      path: /etc/app.conf\n"
             f"      key: {key}\n"
             f'      value: "{index}"\n'
+            '      separator: " "\n'
         )
 
 
@@ -123,7 +124,7 @@ def _held_by_other_process(directory: Path, key: str, identity: Optional[str] = 
 
 
 def _conf_step(value: str) -> Step:
-    return Step("config_set", {"path": "/etc/app.conf", "key": "Setting", "value": value})
+    return Step("config_set", {"path": "/etc/app.conf", "key": "Setting", "value": value, "separator": " "})
 
 
 def _engine(tmp_path: Path, timeout: float) -> Engine:

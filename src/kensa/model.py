@@ -42,6 +42,8 @@ class Status(str, enum.Enum):
     STAGED = "staged"
     SKIPPED = "skipped"
     RECOVERED = "recovered"
+    MANUAL = "manual"
+    """Not compliant, and only an operator can remediate it (a ``manual`` step): nothing was applied."""
 
     def __str__(self) -> str:
         return self.value
@@ -259,13 +261,15 @@ class Assessment:
 
 @dataclass(frozen=True)
 class StepResult:
-    """Outcome of applying one step."""
+    """Outcome of applying one step; ``skipped``: not applied, because its ``unless``
+    command exited 0 (already done), so it changed nothing and has nothing to undo."""
 
     mechanism: str
     ok: bool
     changed: bool = False
     staged: bool = False
     detail: str = ""
+    skipped: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ Exit codes:
   reported by id, errored, and kept interrupted; every other one is
   recovered): the host may be half changed and cannot be restored from the
   journal. And ``history --verify`` when it finds a corrupt entry.
+- 4: nothing failed, but some rule is not compliant and only an operator can
+  remediate it (``manual``: its note says what to do); the host was left as
+  it was for it. 3 and 1 win over 4: they say something went wrong.
 
 The exit code is the outcome, whatever happens to the output: a reader that
 went away (EPIPE, ``kensa ... | head``) or a closed stdout does not turn it
@@ -45,6 +48,7 @@ EXIT_OK = 0
 EXIT_NOT_APPLIED = 1
 EXIT_BAD_INPUT = 2
 EXIT_NEEDS_OPERATOR = 3
+EXIT_MANUAL = 4
 
 _NEEDS_OPERATOR = {Status.PARTIALLY_APPLIED, Status.ROLLBACK_FAILED}
 _HELD = {Status.COMMITTED, Status.SKIPPED, Status.STAGED, Status.RECOVERED}
@@ -102,8 +106,10 @@ def exit_code_for(results: Iterable[TransactionResult], unsupported: bool) -> in
     # its status is called.
     if any(r.status in _NEEDS_OPERATOR or (r.status not in _HELD and not r.host_unchanged) for r in results):
         return EXIT_NEEDS_OPERATOR
-    if unsupported or any(r.status not in _HELD or _service_failed(r) for r in results):
+    if unsupported or any((r.status not in _HELD and r.status is not Status.MANUAL) or _service_failed(r) for r in results):
         return EXIT_NOT_APPLIED
+    if any(r.status is Status.MANUAL for r in results):
+        return EXIT_MANUAL
     return EXIT_OK
 
 
@@ -351,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kensa",
         description="Remediate Linux hosts as audited transactions.",
-        epilog="exit codes: 0 ok, 1 not compliant / not applied (host unchanged), 2 bad input, 3 host changed and unverified",
+        epilog="exit codes: 0 ok, 1 not compliant / not applied (host unchanged), 2 bad input, 3 host changed and unverified, 4 an operator must act (manual rules)",
     )
     parser.add_argument("--version", action="version", version=f"kensa {__version__}")
     parser.add_argument("--journal", metavar="PATH", help="journal database (default: $KENSA_JOURNAL or the per-user default)")

@@ -43,7 +43,7 @@ def print_table(rows: Sequence[Sequence[str]], header: Sequence[str], out: TextI
 def result_detail(result: TransactionResult) -> str:
     if result.error is not None:
         return f"{result.error.phase.value}: {result.error.message}"
-    changed = [s.detail for s in result.steps if s.changed and s.detail]
+    changed = [s.detail for s in result.steps if (s.changed or s.skipped or result.status is Status.MANUAL) and s.detail]
     if result.status is Status.STAGED:
         changed.insert(0, "reboot needed")  # a staged change is written but not in effect yet
     changed += [service_line(s) for s in result.services]

@@ -270,8 +270,15 @@ def _remove_leftovers(host: Any, entry: JournalEntry) -> List[str]:
     return failures
 
 
+def _not_applied(entry: JournalEntry) -> Set[int]:
+    """Steps the run did not apply because their unless said they were done: nothing of them to reverse or check."""
+    return {i for i, done in enumerate(entry.result.steps) if done.skipped} if entry.result is not None else set()
+
+
 def _irreversible(entry: JournalEntry) -> List[str]:
-    return [step_name(i, step) for i, (step, pre) in enumerate(zip(entry.txn.steps, entry.pre_states)) if pre is None]
+    skipped = _not_applied(entry)
+    return [step_name(i, step) for i, (step, pre) in enumerate(zip(entry.txn.steps, entry.pre_states))
+            if pre is None and i not in skipped]
 
 
 def _conclude(trail: Trail, rec: Any, result: TransactionResult) -> TransactionResult:
@@ -429,8 +436,9 @@ def _drift(
         if assessment.drift is Drift.CONFLICT:
             names.append(_name(step))
             reasons.append(f"{_name(step)} ({step_name(index, step)}): {'; '.join(assessment.details)}")
+    skipped = _not_applied(entry)
     for index, step in enumerate(entry.txn.steps):
-        if index in assessments:
+        if index in assessments or index in skipped:
             continue
         try:
             holds = host_handlers(registry, host)[step.mechanism].validate(host, step.params)

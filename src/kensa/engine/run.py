@@ -12,7 +12,14 @@ How a transaction runs (:meth:`Engine.run`):
 2. check: when every step's ``validate()`` already holds the result is
    ``skipped``; nothing is captured or applied. When some handlers set
    ``decides_compliance = True`` (the step carrying a rule's own check, see
-   :mod:`kensa.rules.checkstep`), their steps alone decide this.
+   :mod:`kensa.rules.checkstep`), their steps alone decide this. When it does
+   not hold and a step's handler sets ``needs_operator = True`` (``manual``),
+   the result is ``manual``: nothing is captured or applied, and each such
+   step's result says what the operator must do (its ``instruction(params)``).
+   Such a step needs no pre-state, so a transactional rule may have one.
+   A step with an ``unless`` command (any mechanism) that exits 0 on a live
+   target is already done: it counts as holding here, and is then neither
+   captured, applied nor validated; its result has ``skipped`` set.
 3. capture: every capturable step records its pre-state, then
    ``journal.begin`` makes intent and pre-states durable. Failure: ``errored``
    with nothing applied.
@@ -64,7 +71,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
 from kensa.engine.events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscription
 from kensa.engine.locks import Locks
@@ -81,11 +88,13 @@ from kensa.model import (
     ServiceOutcome,
     ServiceStatus,
     Status,
+    Step,
     StepResult,
     Transaction,
     TransactionError,
     TransactionResult,
 )
+from kensa.facts.params import SHELL, command_line
 
 __all__ = ["Engine", "errored"]
 
@@ -95,6 +104,30 @@ _OK_STATUSES = frozenset((Status.COMMITTED, Status.SKIPPED, Status.STAGED))
 
 def _same_key(key: str) -> str:
     return key
+
+
+UNLESS_TIMEOUT = 60.0
+"""Seconds a step's ``unless`` command may run; one that overruns is an error in the check phase."""
+
+
+def _unless_held(host: Any, step: Step) -> Optional[StepResult]:
+    """The result of a step its ``unless`` command says is already done (it exited 0 on the
+    target), or None: no ``unless``, it exited non-zero, or the target is an image root,
+    where the command would read the controller rather than the image (the step then runs)."""
+    value = step.params.get("unless")
+    if value is None or not getattr(host, "is_live", False):
+        return None
+    argv = command_line(value)
+    done = host.run(argv, UNLESS_TIMEOUT)
+    if done.returncode != 0:
+        return None
+    shown = argv[-1] if argv[:2] == [SHELL, "-c"] else " ".join(argv)
+    return StepResult(step.mechanism, ok=True, detail=f"not applied: its unless command {shown[:200]!r} exited 0", skipped=True)
+
+
+def _needs_operator(handler: Any) -> bool:
+    """A step only an operator can carry out (``manual``): it has an ``instruction(params)``."""
+    return getattr(handler, "needs_operator", False) is True
 
 
 def errored(txn: Transaction, timings: Dict[Phase, float], kind: str, message: str, phase: Phase) -> TransactionResult:
@@ -306,9 +339,9 @@ class Engine:
             raise
         if isinstance(prepared, TransactionResult):
             return self._conclude(rec, prepared)
-        host, handlers, pres = prepared
+        host, handlers, pres, guarded = prepared
         try:
-            result = self._change(txn, rec, timings, host, handlers, pres)
+            result = self._change(txn, rec, timings, host, handlers, pres, guarded)
             if txn.services and result.status in (Status.COMMITTED, Status.STAGED):
                 def undo(cause: TransactionError) -> TransactionResult:
                     return self._undo(txn, timings, host, handlers, pres, len(txn.steps), [], list(result.steps), cause)
@@ -321,7 +354,7 @@ class Engine:
 
     def _prepare(
         self, txn: Transaction, rec: PhaseRecorder, timings: Dict[Phase, float], resolved: Union[Any, BaseException]
-    ) -> Union[TransactionResult, Tuple[Any, List[Handler], List[Optional[PreState]]]]:
+    ) -> Union[TransactionResult, Tuple[Any, List[Handler], List[Optional[PreState]], Dict[int, StepResult]]]:
         """Preflight, compliance check, capture and journal intent; nothing is applied."""
         start = _perf()
         handlers: List[Handler] = []
@@ -329,7 +362,7 @@ class Engine:
             source = self.registry if isinstance(resolved, BaseException) else host_handlers(self.registry, resolved)
             for index, step in enumerate(txn.steps):
                 handler = source[step.mechanism]
-                if txn.transactional and not handler.capturable:
+                if txn.transactional and not handler.capturable and not _needs_operator(handler):
                     raise NotCapturableError(
                         f"rule {txn.rule!r}: {step_name(index, step)} cannot capture its pre-state, so the "
                         "rule cannot be transactional; mark the rule non-transactional or use a capturable mechanism"
@@ -350,12 +383,25 @@ class Engine:
         index = 0
         # A step that decides compliance (a rule's own check) decides it alone.
         deciding = [i for i, handler in enumerate(handlers) if getattr(handler, "decides_compliance", False) is True]
+        guarded: Dict[int, StepResult] = {}  # steps whose unless says they are done: never captured or applied
+        guards_run: Set[int] = set()
         try:
             for index in deciding or range(len(handlers)):
                 step, handler = txn.steps[index], handlers[index]
+                if not deciding:
+                    guards_run.add(index)
+                    held = _unless_held(host, step)
+                    if held is not None:
+                        guarded[index] = held
+                        continue
                 if not bool(handler.validate(host, step.params)):
                     compliant = False
                     break
+            for index, step in enumerate(txn.steps):
+                if not compliant and index not in guards_run and index not in deciding:
+                    held = _unless_held(host, step)
+                    if held is not None:
+                        guarded[index] = held
         except Exception as exc:
             timings[Phase.CHECK] = _perf() - start
             message = f"{step_name(index, txn.steps[index])} raised while checking compliance: {describe(exc)}"
@@ -363,6 +409,15 @@ class Engine:
         timings[Phase.CHECK] = _perf() - start
         if compliant:
             return TransactionResult(txn.id, txn.rule, txn.host, Status.SKIPPED, True, timings)
+        manual = [(step, handler) for index, (step, handler) in enumerate(zip(txn.steps, handlers))
+                  if _needs_operator(handler) and index not in guarded]
+        if manual:
+            # Applying the other steps would leave the rule half remediated and still not compliant.
+            notes = tuple(
+                StepResult(step.mechanism, ok=False, detail=f"an operator must act: {cast(Any, handler).instruction(step.params)}")
+                for step, handler in manual
+            )
+            return TransactionResult(txn.id, txn.rule, txn.host, Status.MANUAL, True, timings, notes)
 
         start = _perf()
         pres: List[Optional[PreState]] = []
@@ -370,7 +425,7 @@ class Engine:
         view = host
         try:
             for index, (step, handler) in enumerate(zip(txn.steps, handlers)):
-                if not handler.capturable:
+                if not handler.capturable or index in guarded:
                     pres.append(None)
                     continue
                 pre = handler.capture(view, step.params)
@@ -393,7 +448,7 @@ class Engine:
                 return errored(txn, timings, type(exc).__name__, message, Phase.CAPTURE)
         timings[Phase.CAPTURE] = _perf() - start
         self.trail.boundary(rec, txn, Phase.CAPTURE, True)
-        return host, handlers, pres
+        return host, handlers, pres, guarded
 
     def _change(
         self,
@@ -403,8 +458,9 @@ class Engine:
         host: Any,
         handlers: List[Handler],
         pres: List[Optional[PreState]],
+        guarded: Mapping[int, StepResult],
     ) -> TransactionResult:
-        """Apply, validate, and commit or roll back."""
+        """Apply, validate, and commit or roll back; ``guarded`` steps are not applied (their unless held)."""
         results: List[StepResult] = []
         attempted = 0
         irreversible: List[str] = []  # non-capturable steps that may have changed the host
@@ -417,6 +473,9 @@ class Engine:
             for index, step in enumerate(txn.steps):
                 handler = handlers[index]
                 attempted = index + 1
+                if index in guarded:
+                    results.append(guarded[index])
+                    continue
                 try:
                     res = handler.apply(host, step.params, pres[index])
                     if not isinstance(res, StepResult):
@@ -446,6 +505,8 @@ class Engine:
                 phase = Phase.VALIDATE
                 start = _perf()
                 for index, step in enumerate(txn.steps):
+                    if index in guarded:
+                        continue
                     if results[index].staged:
                         staged = True
                         continue

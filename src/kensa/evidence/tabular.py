@@ -33,6 +33,7 @@ _NOT_SATISFIED = {
     Status.ERRORED.value,
     Status.STAGED.value,
     Status.RECOVERED.value,
+    Status.MANUAL.value,
 }
 
 
@@ -43,8 +44,8 @@ def finding_state(outcome: str) -> Optional[str]:
     """``satisfied``, ``not-satisfied``, or None when the outcome says nothing of the control.
 
     A committed or skipped (already compliant) transaction satisfies its
-    rule's controls; one that was rolled back, errored or is only staged
-    (effective after a reboot) does not. ``not_applicable``, ``unsupported``,
+    rule's controls; one that was rolled back, errored, is only staged
+    (effective after a reboot) or waits for an operator (``manual``) does not. ``not_applicable``, ``unsupported``,
     ``not_assessable`` and ``error`` verdicts give no finding: kensa did not
     assess the control.
     """
@@ -60,7 +61,7 @@ def _detail(outcome: Outcome) -> str:
         return outcome.detail
     if outcome.error is not None:
         return f"{outcome.error.phase.value}: {outcome.error.message}"
-    return "; ".join(s.detail for s in outcome.steps if s.changed and s.detail)
+    return "; ".join(s.detail for s in outcome.steps if (s.changed or s.skipped or outcome.status is Status.MANUAL) and s.detail)
 
 
 def outcome_row(outcome: Outcome, rules: Mapping[str, Rule]) -> Dict[str, Any]:

@@ -72,6 +72,10 @@ def line_value(line: str, key: str, separator: str) -> str:
     return rest
 
 
+Finder = Callable[[Sequence[str], str, Sequence[str]], Tuple[Optional[int], int]]
+"""Where a key is in a file's lines: (its line or None, where a new line for it goes)."""
+
+
 def find_key(lines: Sequence[str], key: str, comments: Sequence[str]) -> Tuple[Optional[int], int]:
     """Index of the global line setting ``key`` (or None), and where global lines end."""
     for index, line in enumerate(lines):
@@ -85,14 +89,61 @@ def find_key(lines: Sequence[str], key: str, comments: Sequence[str]) -> Tuple[O
     return None, len(lines)
 
 
-Finder = Callable[[Sequence[str], str, Sequence[str]], Tuple[Optional[int], int]]
-
-
-def get_value(text: str, key: str, separator: str = " ", comments: Sequence[str] = ("#",)) -> Optional[str]:
-    """The global value of ``key`` in ``text``, or None when it is not set."""
+def get_value(
+    text: str, key: str, separator: str = " ", comments: Sequence[str] = ("#",), find: Finder = find_key,
+) -> Optional[str]:
+    """The global value of ``key`` in ``text`` (or where ``find`` looks), or None when it is not set."""
     lines = text.splitlines()
-    index, _ = find_key(lines, key, comments)
+    index, _ = find(lines, key, comments)
     return None if index is None else line_value(lines[index], key, separator)
+
+
+INI_COMMENTS = ("#", ";")
+"""Comment prefixes of INI-style files (systemd units and their drop-ins, dconf keyfiles)."""
+
+
+def section_header(name: str) -> str:
+    return f"[{name}]"
+
+
+def _section_bounds(lines: Sequence[str], name: str) -> Optional[Tuple[int, int]]:
+    """First and past-last line of the body of the first ``[name]`` section, or None."""
+    header = section_header(name)
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == header), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start, len(lines)) if lines[i].strip().startswith("[")), len(lines))
+    return start, end
+
+
+def section_finder(name: str) -> Finder:
+    """A :data:`Finder` looking only inside the ``[name]`` section (as systemd reads a key
+    of a unit's section): the key's line, or where a new line goes (after the section's
+    last non-blank line). A text without the section has no place for the key (None, end)."""
+
+    def find(lines: Sequence[str], key: str, comments: Sequence[str]) -> Tuple[Optional[int], int]:
+        bounds = _section_bounds(lines, name)
+        if bounds is None:
+            return None, len(lines)
+        start, end = bounds
+        for index in range(start, end):
+            found = line_key(lines[index], comments)
+            if found is not None and found.lower() == key.lower():
+                return index, index
+        while end > start and not lines[end - 1].strip():
+            end -= 1
+        return None, end
+
+    return find
+
+
+def with_section(text: str, name: str) -> str:
+    """``text`` with a ``[name]`` header appended when it has no such section."""
+    if _section_bounds(text.splitlines(), name) is not None:
+        return text
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + ("\n" if text.strip() else "") + section_header(name) + "\n"
 
 
 def holds(host: ReadableHost, path: str, key: str, value: str, separator: str = " ") -> bool:

@@ -267,3 +267,27 @@ OWNERSHIP: Mapping[str, Field] = {
     "mode": Field(mode, written=mode_as_text),
 }
 """The optional ``owner``, ``group`` and ``mode`` of a file."""
+
+
+SHELL = "/bin/sh"
+
+
+def command_line(value: Any) -> List[str]:
+    """A command to run on the target. A string runs as ``/bin/sh -c STRING``, as a check's
+    command does (Kensa's rules write pipes, ``!`` and ``[ ]`` in them); a list of strings is
+    the argument vector itself, run without a shell."""
+    if isinstance(value, list):
+        if not value or not all(isinstance(item, str) and item for item in value) or any("\x00" in item for item in value):
+            raise ParamError(f"must be a non-empty list of non-empty strings, got {value!r}")
+        return list(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ParamError(f"must be a command line or an argument list, got {type_name(value)} {value!r}")
+    return [SHELL, "-c", _string(value)]
+
+
+UNLESS = Field(command_line, written=as_given)
+"""A step's ``unless``: a command that, when it exits 0 on the target, says the step is already done."""
+
+STEP_FIELDS: Mapping[str, Field] = {"unless": UNLESS}
+"""Fields every remediation step may have besides its mechanism's own; the engine acts on them."""
+

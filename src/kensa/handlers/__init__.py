@@ -22,12 +22,14 @@ from kensa.handlers.audit_rule_set import AuditRuleSet
 from kensa.handlers.command_exec import CommandExec
 from kensa.handlers.config_append import ConfigAppend
 from kensa.handlers.config_set import ConfigSet
+from kensa.handlers.config_set_dropin import ConfigSetDropin
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
 from kensa.handlers.grub import GrubParameterRemove, GrubParameterSet
 from kensa.handlers.mount_option import MountOptionSet
 from kensa.handlers.selinux_boolean import SelinuxBooleanSet
+from kensa.handlers.manual import Manual
 from kensa.handlers.sysctl_set import SysctlSet
 
 HANDLERS = (
@@ -35,6 +37,7 @@ HANDLERS = (
     FileAbsent,
     FilePermissions,
     ConfigSet,
+    ConfigSetDropin,
     ConfigAppend,
     SysctlSet,
     AuditRuleSet,
@@ -43,6 +46,7 @@ HANDLERS = (
     GrubParameterSet,
     GrubParameterRemove,
     SelinuxBooleanSet,
+    Manual,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -62,12 +66,14 @@ __all__ = [
     "CommandExec",
     "ConfigAppend",
     "ConfigSet",
+    "ConfigSetDropin",
     "FileAbsent",
     "FileContent",
     "FilePermissions",
     "GrubParameterRemove",
     "GrubParameterSet",
     "MountOptionSet",
+    "Manual",
     "ParamError",
     "SelinuxBooleanSet",
     "SysctlSet",

@@ -1,7 +1,10 @@
 """command_exec: run a command on the live host. Not capturable: it cannot be undone.
 
 The command (``run``, as Kensa's rules spell it, or ``command``) is split with
-shlex and run without a shell, under a timeout.
+shlex and run without a shell, under a timeout. ``unless`` is every step's
+(:data:`kensa.facts.params.UNLESS`: a string runs with ``/bin/sh -c``, a list
+without a shell); the engine skips the step when it exits 0 before apply, and
+this mechanism also reads it as its own validate.
 
 Whether the step holds:
 
@@ -27,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from kensa.errors import ParamError
 
 from kensa.model import PreState, RollbackResult, StepResult
-from kensa.facts.params import Field, Schema, as_given, seconds
+from kensa.facts.params import UNLESS, Field, Schema, as_given, seconds
 from kensa.hosts.protocol import Host, ReadableHost
 
 DEFAULT_TIMEOUT = 300.0
@@ -60,7 +63,7 @@ SCHEMA = Schema(
     {
         "run": Field(command),
         "command": Field(command),
-        "unless": Field(command),
+        "unless": UNLESS,
         "timeout": Field(seconds, written=as_given),
     },
     check=_one_command,

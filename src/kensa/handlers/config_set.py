@@ -16,11 +16,16 @@ from kensa.model import PreState, StepResult
 from kensa.handlers.filestate import OneFileStep, Revert, capture_file, post_state
 from kensa.hosts.protocol import Host, ReadableHost
 
-__all__ = ["SCHEMA", "ConfigSet", "decode", "encode", "get_value", "revert_key", "set_value"]
+__all__ = ["DEFAULT_SEPARATOR", "SCHEMA", "ConfigSet", "Finder", "decode", "encode", "get_value", "revert_key", "set_value"]
+
+
+DEFAULT_SEPARATOR = "="
+"""What goes between key and value when a step names no separator (Kensa's default; its
+rules for whitespace-separated files such as sshd_config say ``separator: " "``)."""
 
 
 def _value_after_separator(values: Dict[str, Any]) -> None:
-    sep = values["separator"] or " "
+    sep = values["separator"] or DEFAULT_SEPARATOR
     if values["value"].strip().startswith(sep.strip() or "="):
         # "Key =x" reads back as x: such a value could never verify.
         raise ParamError("", field="value", problem=f"{values['value']!r} must not start with the separator {sep!r}")
@@ -38,12 +43,15 @@ SCHEMA = Schema(
 )
 
 
-def set_value(text: str, key: str, value: str, separator: str = " ", comments: Sequence[str] = ("#",)) -> str:
+def set_value(
+    text: str, key: str, value: str, separator: str = " ", comments: Sequence[str] = ("#",), find: Finder = find_key,
+) -> str:
     """``text`` with the global ``key`` set to ``value``: the first active line is
-    replaced, or a line is inserted before the first ``Match`` block, or appended."""
+    replaced, or a line is inserted before the first ``Match`` block, or appended.
+    ``find`` says where the key is and where a new line goes (another one: an INI section)."""
     lines: List[str] = text.splitlines(keepends=True)
     wanted = f"{key}{separator}{value}"
-    index, end = find_key(lines, key, comments)
+    index, end = find(lines, key, comments)
     if index is not None:
         old = lines[index]
         lines[index] = wanted + old[len(old.rstrip("\r\n")):]
@@ -89,7 +97,7 @@ class ConfigSet(OneFileStep):
 
     def _desired(self, params: Mapping[str, Any]) -> Tuple[str, str, str, str]:
         read = SCHEMA.read(params)
-        return read["path"], read["key"], read["value"], read["separator"] or " "
+        return read["path"], read["key"], read["value"], read["separator"] or DEFAULT_SEPARATOR
 
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         path, key, value, sep = self._desired(params)

@@ -4,7 +4,10 @@ The runtime value lives in the target root's /proc/sys file the key names, read
 as sysctl(8) reads it (:mod:`kensa.facts.sysctl`: dots or, for components that
 contain dots such as VLAN interface names, slashes). The persisted
 value is a ``key = value`` line in ``persist_file``, by default
-``/etc/sysctl.d/99-kensa-<key>.conf`` inside the root. Values compare with their
+``/etc/sysctl.d/99-kensa_<key>.conf`` inside the root (as Kensa names it: ``_`` sorts
+after ``.``, so it is read after, and overrides, a leftover shared ``99-kensa.conf``).
+A journaled pre-state names the file it captured, so one of an older default
+still restores that file. Values compare with their
 whitespace collapsed, as the kernel prints multi-field values tab-separated.
 
 In a sysctl file the last assignment of a key wins (sysctl(8) and
@@ -115,7 +118,7 @@ class SysctlSet(FileAndStateStep):
     def _desired(self, params: Mapping[str, Any]) -> Tuple[str, str, str, str]:
         read = SCHEMA.read(params)
         key = read["key"]
-        persist = read["persist_file"] or f"/etc/sysctl.d/99-kensa-{key.replace('/', '.')}.conf"
+        persist = read["persist_file"] or f"/etc/sysctl.d/99-kensa_{key.replace('/', '.')}.conf"
         return key, read["value"], sysctl_path(key), persist
 
     def _runtime(self, host: ReadableHost, key: str, path: str) -> str:

@@ -221,9 +221,10 @@ class RemoteHandlers:
 
     def __getitem__(self, mechanism: str) -> Any:
         local = self.registry[mechanism]
-        if getattr(local, "decides_compliance", False) is True:
+        if getattr(local, "decides_compliance", False) is True or getattr(local, "needs_operator", False) is True:
             # A rule's own check reads the target through the host it is given
-            # (one round trip per read); the agent has only the mechanisms.
+            # (one round trip per read); the agent has only the mechanisms. A
+            # step that needs an operator never reaches the target at all.
             return local
         cls = RestorableRemoteHandler if all(
             callable(getattr(local, name, None)) for name in ("assess", "restore", "planned", "settled")

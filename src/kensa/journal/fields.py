@@ -91,7 +91,8 @@ class ResultField:
 
 def _step_dicts(result: TransactionResult) -> List[Dict[str, Any]]:
     return [
-        {"mechanism": s.mechanism, "ok": s.ok, "changed": s.changed, "staged": s.staged, "detail": s.detail}
+        {"mechanism": s.mechanism, "ok": s.ok, "changed": s.changed, "staged": s.staged, "detail": s.detail,
+         **({"skipped": True} if s.skipped else {})}
         for s in result.steps
     ]
 

@@ -194,6 +194,7 @@ _WIDER: Dict[Tuple[str, str], Callable[[Any, Callable[[Any], Any]], bool]] = {
     ("audit_rule_set", "rule"): _audit_rule,
     ("audit_rule_exists", "rule"): _audit_rule,
     ("config_set", "key"): _config_key,
+    ("config_set_dropin", "key"): _config_key,
     ("file_permissions", "mode"): lambda value, _: isinstance(value, str) and bool(_SYMBOLIC_MODE.fullmatch(value)),
     **{
         (method, "name"): lambda value, _: isinstance(value, str) and bool(_PACKAGE_PATTERN.fullmatch(value))

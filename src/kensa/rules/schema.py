@@ -15,7 +15,7 @@ from typing import AbstractSet, Any, Callable, Dict, FrozenSet, Iterable, List, 
 
 from kensa.checks import SCHEMAS as CHECK_SCHEMAS
 from kensa.errors import ParamError
-from kensa.facts.params import Reader, Schema, as_text, boolean as read_boolean, line, text
+from kensa.facts.params import STEP_FIELDS, Reader, Schema, as_text, boolean as read_boolean, line, text
 from kensa.handlers import SCHEMAS as MECHANISM_SCHEMAS
 from kensa.model import Step
 from kensa.rules import contract
@@ -195,6 +195,9 @@ def _parse_entry(
     if schema is None:
         # A name the caller supports but this loader has no field list for.
         return name, rest, []
+    if kind == "mechanism":
+        # Fields of every step (``unless``), read by the engine with the same readers.
+        schema = Schema(schema.owner, {**STEP_FIELDS, **schema.fields}, schema.at_least_one_of, schema.check)
     params, reasons = _apply_schema(doc, path, rest, schema, f"{kind} '{name}'", name, kind)
     return name, params, reasons
 
