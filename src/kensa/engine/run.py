@@ -73,6 +73,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
+from kensa.engine.guards import needs_operator, unless_held
 from kensa.engine.events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscription
 from kensa.engine.locks import Locks
 from kensa.engine.protocols import Handler, Journal, PhaseEmitter, PhaseRecorder, TargetLock
@@ -88,13 +89,11 @@ from kensa.model import (
     ServiceOutcome,
     ServiceStatus,
     Status,
-    Step,
     StepResult,
     Transaction,
     TransactionError,
     TransactionResult,
 )
-from kensa.facts.params import SHELL, command_line
 
 __all__ = ["Engine", "errored"]
 
@@ -104,30 +103,6 @@ _OK_STATUSES = frozenset((Status.COMMITTED, Status.SKIPPED, Status.STAGED))
 
 def _same_key(key: str) -> str:
     return key
-
-
-UNLESS_TIMEOUT = 60.0
-"""Seconds a step's ``unless`` command may run; one that overruns is an error in the check phase."""
-
-
-def _unless_held(host: Any, step: Step) -> Optional[StepResult]:
-    """The result of a step its ``unless`` command says is already done (it exited 0 on the
-    target), or None: no ``unless``, it exited non-zero, or the target is an image root,
-    where the command would read the controller rather than the image (the step then runs)."""
-    value = step.params.get("unless")
-    if value is None or not getattr(host, "is_live", False):
-        return None
-    argv = command_line(value)
-    done = host.run(argv, UNLESS_TIMEOUT)
-    if done.returncode != 0:
-        return None
-    shown = argv[-1] if argv[:2] == [SHELL, "-c"] else " ".join(argv)
-    return StepResult(step.mechanism, ok=True, detail=f"not applied: its unless command {shown[:200]!r} exited 0", skipped=True)
-
-
-def _needs_operator(handler: Any) -> bool:
-    """A step only an operator can carry out (``manual``): it has an ``instruction(params)``."""
-    return getattr(handler, "needs_operator", False) is True
 
 
 def errored(txn: Transaction, timings: Dict[Phase, float], kind: str, message: str, phase: Phase) -> TransactionResult:
@@ -362,7 +337,7 @@ class Engine:
             source = self.registry if isinstance(resolved, BaseException) else host_handlers(self.registry, resolved)
             for index, step in enumerate(txn.steps):
                 handler = source[step.mechanism]
-                if txn.transactional and not handler.capturable and not _needs_operator(handler):
+                if txn.transactional and not handler.capturable and not needs_operator(handler):
                     raise NotCapturableError(
                         f"rule {txn.rule!r}: {step_name(index, step)} cannot capture its pre-state, so the "
                         "rule cannot be transactional; mark the rule non-transactional or use a capturable mechanism"
@@ -390,7 +365,7 @@ class Engine:
                 step, handler = txn.steps[index], handlers[index]
                 if not deciding:
                     guards_run.add(index)
-                    held = _unless_held(host, step)
+                    held = unless_held(host, step)
                     if held is not None:
                         guarded[index] = held
                         continue
@@ -399,7 +374,7 @@ class Engine:
                     break
             for index, step in enumerate(txn.steps):
                 if not compliant and index not in guards_run and index not in deciding:
-                    held = _unless_held(host, step)
+                    held = unless_held(host, step)
                     if held is not None:
                         guarded[index] = held
         except Exception as exc:
@@ -410,7 +385,7 @@ class Engine:
         if compliant:
             return TransactionResult(txn.id, txn.rule, txn.host, Status.SKIPPED, True, timings)
         manual = [(step, handler) for index, (step, handler) in enumerate(zip(txn.steps, handlers))
-                  if _needs_operator(handler) and index not in guarded]
+                  if needs_operator(handler) and index not in guarded]
         if manual:
             # Applying the other steps would leave the rule half remediated and still not compliant.
             notes = tuple(
