@@ -233,9 +233,31 @@ def _collect() -> Dict[str, Tuple[bool, ast.Module]]:
     return sources
 
 
-@functools.lru_cache(maxsize=None)
+# Many hosts connect at once at the start of a fleet run: they must share one build,
+# as each build parses every target-side module (as much CPU as the rest of planning).
+_BUILD_LOCK = threading.Lock()
+_BUILT: Optional[Payload] = None
+
+
+def _reset_build_lock() -> None:
+    global _BUILD_LOCK
+    _BUILD_LOCK = threading.Lock()  # a thread of the parent may have held it at fork
+
+
+os.register_at_fork(after_in_child=_reset_build_lock)
+
+
 def build_payload() -> Payload:
-    """The payload of this kensa (built once per process); see the module docstring."""
+    """The payload of this kensa, built once per process (by the first thread to ask; the others wait
+    for it); see the module docstring."""
+    global _BUILT
+    with _BUILD_LOCK:
+        if _BUILT is None:
+            _BUILT = _build()
+        return _BUILT
+
+
+def _build() -> Payload:
     sources = _collect()
     modules: Dict[str, Tuple[bool, str]] = {}
     for name, (is_package, tree) in sorted(sources.items()):
