@@ -11,6 +11,8 @@ and one instance of each built-in handler. Every later request is one call:
 - a read or write of the host (``info``, ``read_file``, ``read_bytes``, ``list_dir``,
   ``lookup_id``, ``run``, ``leftover_temps``, ``write_file``, ...), with
   ``args`` and ``kwargs``;
+- ``batch``: many of those reads (not the writes, not ``run``) in one round
+  trip, each answered as its own request would be;
 - one call of a handler (``capture``, ``apply``, ``validate``, ``rollback``)
   or of a restorable handler (``assess``, ``restore``, ``planned``,
   ``settled``), with the mechanism, its params, the pre-state and assessment
@@ -37,13 +39,16 @@ from kensa.errors import StepPhaseError, UnknownMechanismError
 from kensa.hosts.agent.wire import HEADER, PROTOCOL, FrameError, decode_value, encode_error, encode_value, frame, frame_length, parse
 from kensa.hosts.local import LocalHost
 
-__all__ = ["HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "serve"]
+__all__ = ["BATCH_CALLS", "HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "serve"]
 
 #: The host methods a request may call by name.
 HOST_CALLS = frozenset({
     "info", "read_file", "read_bytes", "list_dir", "lookup_id", "run", "leftover_temps",
     "write_file", "write_in_place", "remove_file", "set_meta", "remove_leftover_temps",
 })
+
+#: The host methods a ``batch`` request may call: the reads, which change nothing on the target.
+BATCH_CALLS = frozenset({"info", "read_file", "read_bytes", "list_dir", "lookup_id", "leftover_temps"})
 
 _READ_ONLY_PHASES = frozenset({"capture", "validate", "assess", "planned", "settled"})
 _HANDLER_CALLS = _READ_ONLY_PHASES | {"apply", "rollback", "restore"}
@@ -70,6 +75,8 @@ class Agent:
 
     def answer(self, request: Mapping[str, Any]) -> Dict[str, Any]:
         """The answer to one request (an error is an answer too)."""
+        if request.get("op") == "batch":
+            return self._batch(request)
         try:
             return {"ok": encode_value(self._dispatch(request))}
         except Exception as exc:
@@ -90,6 +97,18 @@ class Agent:
         if op in _HANDLER_CALLS:
             return self._handler_call(host, str(op), request)
         raise FrameError(f"unknown request {op!r}")
+
+    def _batch(self, request: Mapping[str, Any]) -> Dict[str, Any]:
+        """Many reads in one round trip: ``calls`` (each ``{"op", "args", "kwargs"}`` as a single
+        request would be) answered in order, each with exactly the answer its own request gets."""
+        calls = request.get("calls")
+        if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
+            return {"error": encode_error(FrameError("a batch request needs calls, a list of requests"))}
+        refused = sorted({str(call.get("op")) for call in calls if call.get("op") not in BATCH_CALLS})
+        if refused:
+            return {"error": encode_error(FrameError(
+                f"a batch may hold only reads ({', '.join(sorted(BATCH_CALLS))}), not {', '.join(refused)}"))}
+        return {"ok": [self.answer(call) for call in calls]}
 
     def _hello(self, request: Mapping[str, Any]) -> Dict[str, Any]:
         root = request.get("root", "/")
