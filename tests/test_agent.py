@@ -22,7 +22,7 @@ from typing import Any, List, Sequence
 
 import pytest
 
-from agent_targets import agent_env, py36_path, transport
+from agent_targets import agent_env, py36_path, traced_changes, traced_transport, transport
 from conftest import require_real
 from conftest import snapshot_tree as snapshot
 from kensa.errors import AgentError, HostAccessError, HostConnectionLost, RemoteTimeoutError
@@ -356,21 +356,12 @@ def test_deeply_nested_values_are_refused_as_protocol_errors() -> None:
         parse(b"[" * 100000 + b"]" * 100000)
 
 
-_CREATING = ("open", "openat", "creat", "mkdir", "mkdirat", "rename", "renameat", "renameat2", "unlink", "unlinkat",
-             "symlink", "symlinkat", "link", "linkat")
-
-
 def test_nothing_is_written_on_the_target_outside_what_the_steps_change(root: Path, tmp_path: Path) -> None:
-    """Traced with strace, the agent (the shell that finds Python, the bootstrap, the payload, a
-    capture, apply and rollback) creates, renames or removes nothing but the step's own files under
-    the target root (and opens /dev/null): no module, bytecode or cache file is left behind."""
-    if shutil.which("strace") is None:
-        require_real("strace is not installed")
+    """Traced with strace, the agent with its cache off (the shell that finds Python, the bootstrap, the
+    payload, a capture, apply and rollback) creates, renames or removes nothing but the step's own files
+    under the target root (and opens /dev/null): no module, bytecode or cache file is left behind."""
     log = tmp_path / "strace.log"
-    traced = SubprocessTransport(
-        ["strace", "-f", "-y", "-qq", "-e", f"trace={','.join(_CREATING)}", "-o", str(log), "--"],
-        name="traced", env=agent_env())
-    host = connect(traced, str(root))
+    host = connect(traced_transport(log, agent_env()), str(root), agent_cache=False)
     try:
         params = {"path": "/etc/motd", "content": "traced\n"}
         pre = host.run_phase("file_content", Phase.CAPTURE, params)
@@ -378,13 +369,7 @@ def test_nothing_is_written_on_the_target_outside_what_the_steps_change(root: Pa
         assert host.run_phase("file_content", Phase.ROLLBACK, params, pre).ok  # type: ignore[union-attr]
     finally:
         host.close()
-    changes = []
-    for line in log.read_text().splitlines():
-        call = line.split(None, 1)[1] if " " in line else line
-        name = call.split("(", 1)[0]
-        creates = name != "open" and name != "openat" or "O_CREAT" in call or "O_WRONLY" in call or "O_RDWR" in call
-        if name in _CREATING and creates and "= -1" not in call:
-            changes.append(call)
+    changes = traced_changes(log)
     assert changes, "strace saw none of the step's own writes: the trace is not working"
     outside = [call for call in changes if str(root) not in call and '"/dev/null"' not in call]
     assert outside == []

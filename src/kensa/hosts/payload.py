@@ -297,7 +297,7 @@ def _guard() -> str:
     )
 
 
-def agent_command(sha256: str) -> List[str]:
+def agent_command(sha256: str, cache: bool = False) -> List[str]:
     """The argv that starts the agent on a target: ``sh -c`` finding a Python 3, then the bootstrap.
 
     The shell execs the first candidate of :data:`PYTHONS` found on the target
@@ -306,8 +306,9 @@ def agent_command(sha256: str) -> List[str]:
     The usual target so starts one Python, not a version probe and then the
     agent (a Python start is most of an agent's start-up CPU); the agent is
     the process the transport started, so stopping it stops the agent.
+    ``cache``: keep the compiled payload on the target (:mod:`kensa.hosts.agent.bootstrap`).
     """
-    bootstrap = f"{bootstrap_source()}\nboot({sha256!r})\n"
+    bootstrap = f"{bootstrap_source()}\nboot({sha256!r}, cache={bool(cache)!r})\n"
     program = f"{_guard()}exec(compile({bootstrap!r}, '<kensa-bootstrap>', 'exec'))\n"
     tried = " ".join(PYTHONS)
     script = (

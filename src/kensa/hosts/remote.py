@@ -355,6 +355,7 @@ def connect(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     payload: Optional[Payload] = None,
+    agent_cache: bool = True,
 ) -> RemoteHost:
     """Start kensa's agent on ``transport``'s target, confined to ``root`` there.
 
@@ -365,13 +366,18 @@ def connect(
     with another hash; a transport's own errors (unreachable, login refused)
     pass through; :class:`~kensa.errors.RemoteTimeoutError` when the agent does
     not answer within ``connect_timeout``.
+
+    ``agent_cache``: the agent keeps this payload compiled for the target's Python in one file of
+    the login user's, ``~/.cache/kensa/agent-<sha256>-<tag>.bin`` (checked before use; see
+    docs/remote.md), and the next agent skips compiling it. False: nothing is written on the target.
+    ``hello["cache"]`` says what the agent did with it.
     """
     if not isinstance(root, str) or not root.startswith("/"):
         raise HostSelectionError(f"the target root {root!r} on {transport.name} must be an absolute path")
     payload = build_payload() if payload is None else payload
     expected = build_payload().sha256
     try:
-        proc = transport.spawn(agent_command(expected), READY, connect_timeout)
+        proc = transport.spawn(agent_command(expected, cache=agent_cache), READY, connect_timeout)
     except RemoteHostError as exc:
         if NO_PYTHON_MESSAGE in str(exc):
             raise AgentError(
@@ -420,14 +426,16 @@ class RemoteHosts:
     tests). One connection per key is kept and reused; one that died is
     replaced at the next resolution (which is how recovery reconnects). All are
     closed by :meth:`close` and at interpreter exit. A forked child never uses
-    (or closes) its parent's connections: it opens its own.
+    (or closes) its parent's connections: it opens its own. ``agent_cache`` is
+    :func:`connect`'s.
     """
 
     def __init__(self, transport_for: Callable[[RemoteTarget], Transport], *,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, agent_cache: bool = True) -> None:
         self.transport_for = transport_for
+        self.agent_cache = agent_cache
         self.connect_timeout = connect_timeout
         self.operation_timeout = operation_timeout
         self.max_file_bytes = max_file_bytes
@@ -467,7 +475,7 @@ class RemoteHosts:
                 host.close()
             host = connect(self.transport_for(target), target.root, key=target.key,
                            connect_timeout=self.connect_timeout, operation_timeout=self.operation_timeout,
-                           max_file_bytes=self.max_file_bytes)
+                           max_file_bytes=self.max_file_bytes, agent_cache=self.agent_cache)
             self._hosts[target.key] = host
             return host
 

@@ -66,9 +66,11 @@ def _completed(done: "subprocess.CompletedProcess[str]") -> Dict[str, Any]:
 class Agent:
     """The state of one connection: the confined host and the handlers."""
 
-    def __init__(self, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = ()) -> None:
+    def __init__(self, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = (),
+                 cache: str = "off") -> None:
         self.payload_hash = payload_hash
         self.supplied = list(supplied)
+        self.cache = cache
         self.host: Optional[LocalHost] = None
         self.handlers: Dict[str, Any] = dict(handlers)
         self._interned: Dict[str, Any] = {}
@@ -119,6 +121,7 @@ class Agent:
             "hash": self.payload_hash,
             "python": list(sys.version_info[:3]),
             "supplied": self.supplied,
+            "cache": self.cache,
             "executable": sys.executable,
             "pid": os.getpid(),
             "root": self.host.root,
@@ -213,13 +216,15 @@ def _watch_controller(read_fd: int, busy: threading.Event) -> None:
                 os._exit(ORPHANED if busy.is_set() else 0)
 
 
-def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = ()) -> int:
+def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = (),
+          cache: str = "off") -> int:
     """Answer requests from ``read_fd`` on ``write_fd`` until the controller closes it; the exit status.
 
     ``handlers`` (mechanism -> handler) is what the bootstrap wires in:
     :func:`kensa.handlers.default_registry`, since this package lies below the handlers.
-    ``supplied`` is what :func:`kensa.hosts.agent.compat.install` supplied; ``hello`` reports it."""
-    agent = Agent(payload_hash, handlers, supplied)
+    ``supplied`` is what :func:`kensa.hosts.agent.compat.install` supplied and ``cache`` what the
+    bootstrap did with its compiled-payload cache; ``hello`` reports both."""
+    agent = Agent(payload_hash, handlers, supplied, cache)
     busy = threading.Event()
     watchdog = threading.Thread(target=_watch_controller, args=(read_fd, busy), name="kensa-agent-watchdog")
     watchdog.daemon = True
