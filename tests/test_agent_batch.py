@@ -207,3 +207,17 @@ def test_a_bad_answer_in_a_batch_is_an_agent_error_naming_the_host(root: Path, a
         assert not host.alive
     finally:
         host.close()
+
+
+def test_a_planned_view_of_a_remote_host_is_read_through_the_view(root: Path) -> None:
+    """gathered() over a planned view of a remote host reads through the view (its planned files hold),
+    not through the host's batch, which knows nothing of the plan."""
+    from kensa.model import FileInfo
+
+    host = connect(transport("viewed"), str(root))
+    try:
+        view = host.overlay({"/usr/bin/aide": FileInfo("file", 0o755, 0, 0, content=b"")})
+        assert gathered(view, lambda seen: seen.info("/usr/bin/aide") is not None) is True
+        assert "aide" in detect_capabilities(view) and "aide" not in observe(host).capabilities
+    finally:
+        host.close()

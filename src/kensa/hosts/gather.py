@@ -132,10 +132,11 @@ class _Reads:
 def gathered(host: ReadableHost, read: Callable[[ReadableHost], T], *, rounds: int = MAX_ROUNDS) -> T:
     """``read(host)``, with the reads it makes of a remote host fetched in at most ``rounds``
     batches (see the module docstring). ``read`` must only read the host."""
-    read_many: Optional[Callable[[Sequence[Any]], List[Tuple[Any, Optional[BaseException]]]]] = getattr(
-        host, "read_many", None)
-    if read_many is None:
+    # Looked up on the class: a view over a remote host (PlannedView) passes other names on to the
+    # host, and its reads must go through the view.
+    if getattr(type(host), "read_many", None) is None:
         return read(host)
+    read_many: Callable[[Sequence[Any]], List[Tuple[Any, Optional[BaseException]]]] = getattr(host, "read_many")
     known: Dict[_Key, Tuple[Any, Optional[BaseException]]] = {}
     for _ in range(rounds):
         view = _Reads(host, known, guess=True)

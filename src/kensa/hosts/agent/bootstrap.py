@@ -146,7 +146,8 @@ def _cached(dfd: int, name: str, modules: Dict[str, List[Any]]) -> Tuple[Optiona
         codes = marshal.loads(body)
     except (EOFError, ValueError, TypeError):
         return None, f"{name} is not a compiled payload"
-    if not isinstance(codes, dict) or sorted(codes) != sorted(modules):
+    if not isinstance(codes, dict) or sorted(codes) != sorted(modules) or not all(
+            isinstance(code, types.CodeType) for code in codes.values()):
         return None, f"{name} holds other modules than the payload"
     return codes, "hit"
 
