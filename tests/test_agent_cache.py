@@ -163,3 +163,18 @@ def test_with_the_cache_on_the_agent_writes_only_in_its_cache_directory(root: Pa
             assert outside and all(str(home / ".cache") in call for call in outside), outside
         else:
             assert outside == []
+
+
+def test_the_cli_turns_the_cache_off_with_no_agent_cache(tmp_path: Path) -> None:
+    """``kensa remediate ... --no-agent-cache`` asks the engine's connections for agents that write nothing
+    on the hosts; without it the cache is on (the default), for the command's own connections too."""
+    from kensa.cli.main import build_parser
+    from kensa.cli.remote import RemoteRun
+
+    parser = build_parser()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    off = parser.parse_args(["remediate", str(rules), "-H", "web01", "--no-agent-cache"])
+    on = parser.parse_args(["remediate", str(rules), "-H", "web01"])
+    assert RemoteRun(None, args=off).engine_options()["agent_cache"] is False
+    assert RemoteRun(None, args=on).engine_options()["agent_cache"] is True
