@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks import fleetwork
+from benchmarks.cpuacct import CpuGroup
 from benchmarks.procmem import PeakMemory, _ssh_clients
 from benchmarks.sshrig import Rig
 
@@ -46,8 +47,14 @@ SRC = HERE.parent / "src"
 TOOLS = ("kensa", "ansible-playbook", "pyinfra")
 README_BEGIN = "<!-- fleet results: written by python -m benchmarks.fleet -->"
 README_END = "<!-- end of fleet results -->"
+# pyinfra logs in with paramiko, which has no post-quantum key exchange: the OpenSSH tools get the
+# same classical one, or their logins cost several times the CPU of pyinfra's for the same work.
+KEX = "curve25519-sha256"
 
 Host = Tuple[str, int, Path]
+
+#: The CPU group of the rig's sshd servers, while a run is on (every target-side process lands in it).
+TARGETS: Optional[CpuGroup] = None
 
 
 def _env(**extra: str) -> Dict[str, str]:
@@ -77,27 +84,43 @@ def _end_ssh_clients(marker: str) -> None:
 
 
 def _timed(argv: List[str], env: Dict[str, str], cwd: Path, marker: str, log: Path) -> Dict[str, Any]:
-    """Run ``argv`` to its end: wall seconds, exit code, peak memory; output into ``log``."""
-    with open(log, "wb") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        memory = PeakMemory(proc.pid, marker)
-        code = proc.wait()
-        wall = time.perf_counter() - start
-        memory.stop()
-    _end_ssh_clients(marker)
+    """Run ``argv`` to its end: wall seconds, exit code, peak memory, CPU seconds of the tool's processes
+    and of the targets' (the rig's sshd servers and all they start) meanwhile; output into ``log``."""
+    tool = CpuGroup(log.parent.name)
+    targets_before = TARGETS.seconds() if TARGETS is not None else None
+    try:
+        with open(log, "wb") as out:
+            start = time.perf_counter()
+            proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    preexec_fn=tool.enter)
+            memory = PeakMemory(proc.pid, marker)
+            code = proc.wait()
+            wall = time.perf_counter() - start
+            memory.stop()
+        _end_ssh_clients(marker)
+        controller = tool.seconds()
+    finally:
+        tool.close()
+    targets_after = TARGETS.seconds() if TARGETS is not None else None
     return {
         "wall_s": wall,
         "exit_code": code,
         "peak_memory_kib": memory.peak_total_kib,
         "peak_main_kib": memory.peak_main_kib,
         "peak_processes": memory.peak_processes,
+        "controller_cpu_s": controller,
+        "target_cpu_s": None if targets_before is None or targets_after is None else targets_after - targets_before,
     }
 
 
-def run_kensa(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: int, name: str = "kensa") -> Dict[str, Any]:
+def run_kensa(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: int, name: str = "kensa",
+              kex: str = "") -> Dict[str, Any]:
     work = scratch / name
     work.mkdir()
+    ssh_config = []
+    if kex:
+        (work / "ssh_config").write_text(f"KexAlgorithms {kex}\n")
+        ssh_config = ["--ssh-config", str(work / "ssh_config")]
     fleetwork.kensa_rules(work / "rules", fleetwork.edits(rules))
     fleetwork.inventory(work / "inventory.ini", hosts, rig.key)
     argv = [sys.executable, "-m", "kensa", "--journal", str(work / "journal.db"), "remediate", str(work / "rules"),
@@ -106,7 +129,7 @@ def run_kensa(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: i
             "-k", str(rig.key),
             # Every host's sshd and agent run on this one machine: logins are slower than over a network.
             "--connect-timeout", "120",
-            "--strict-host-keys", "--json"]
+            "--strict-host-keys", *ssh_config, "--json"]
     run = _timed(argv, _env(), work, str(rig.known_hosts), work / "output.txt")
     text = (work / "output.txt").read_text(errors="replace")
     statuses: Dict[str, int] = {}
@@ -121,11 +144,12 @@ def run_kensa(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: i
     return run
 
 
-def run_ansible(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: int, executable: str) -> Dict[str, Any]:
+def run_ansible(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: int, executable: str,
+                kex: str = "") -> Dict[str, Any]:
     work = scratch / "ansible-playbook"
     work.mkdir()
     (work / "playbook.yml").write_text(fleetwork.playbook(fleetwork.edits(rules)))
-    (work / "ansible.cfg").write_text(fleetwork.ansible_cfg(work, workers, rig.known_hosts))
+    (work / "ansible.cfg").write_text(fleetwork.ansible_cfg(work, workers, rig.known_hosts, kex))
     fleetwork.inventory(work / "inventory.ini", hosts, rig.key)
     env = _env(ANSIBLE_CONFIG=str(work / "ansible.cfg"), ANSIBLE_HOME=str(work / "home"))
     argv = [executable, "-i", str(work / "inventory.ini"), "-f", str(workers), str(work / "playbook.yml")]
@@ -169,13 +193,13 @@ def _verify(results: Dict[str, Dict[str, Any]], trees: Dict[str, List[Host]]) ->
         results[tool]["mismatch"] = mismatch
 
 
-def memory_per_host(rig: Rig, scratch: Path, counts: List[int]) -> List[Dict[str, Any]]:
+def memory_per_host(rig: Rig, scratch: Path, counts: List[int], kex: str = "") -> List[Dict[str, Any]]:
     """kensa's controller memory with N hosts connected at once (--workers N, one rule each)."""
     rows = []
     for count in counts:
         base = scratch / f"memory-{count}"
         hosts = _hosts(rig, base / "roots", count)
-        run = run_kensa(rig, base, hosts, 3, count, name="run")
+        run = run_kensa(rig, base, hosts, 3, count, name="run", kex=kex)
         rows.append({"hosts": count, **{k: run[k] for k in ("wall_s", "peak_memory_kib", "peak_main_kib", "peak_processes")}})
     return rows
 
@@ -184,8 +208,9 @@ def render(result: Dict[str, Any]) -> str:
     rows = result["tools"]
     lines = [
         f"FLEET: {result['rules']} rules on hosts over loopback SSH ({result['servers']} sshd), "
-        f"{result['workers']} hosts in flight, one run each",
-        f"{'tool':<17} {'hosts':>5} {'changes':>7} {'wall s':>8} {'changes/s':>9} {'peak MiB':>8} {'main MiB':>8} {'procs':>5}  result",
+        f"{result['workers']} hosts in flight, one run each, OpenSSH key exchange {result.get('kex', 'default')}",
+        f"{'tool':<17} {'hosts':>5} {'changes':>7} {'wall s':>8} {'changes/s':>9} {'peak MiB':>8} {'main MiB':>8} {'procs':>5} "
+        f"{'ctl CPU s':>9} {'tgt CPU s':>9} {'CPU ms/change':>13}  result",
     ]
     for tool, row in rows.items():
         if "why_not" in row:
@@ -196,10 +221,14 @@ def render(result: Dict[str, Any]) -> str:
             state = f"exit {row['exit_code']}; {state}"
         lines.append(
             f"{tool:<17} {row['hosts']:>5} {row['changes']:>7} {row['wall_s']:>8.2f} {row['changes_per_s']:>9.1f} "
-            f"{row['peak_memory_kib'] / 1024:>8.0f} {row['peak_main_kib'] / 1024:>8.0f} {row['peak_processes']:>5}  {state}"
+            f"{row['peak_memory_kib'] / 1024:>8.0f} {row['peak_main_kib'] / 1024:>8.0f} {row['peak_processes']:>5} "
+            f"{_seconds(row.get('controller_cpu_s')):>9} {_seconds(row.get('target_cpu_s')):>9} "
+            f"{_seconds(row.get('cpu_ms_per_change'), 1):>13}  {state}"
         )
     for peer, ratio in result["ratios"].items():
         lines.append(f"kensa / {peer} throughput: {ratio:.1f}x")
+    for peer, ratio in result.get("cpu_ratios", {}).items():
+        lines.append(f"{peer} / kensa CPU per change (controller and targets): {ratio:.1f}x")
     if result.get("memory"):
         lines.append("kensa controller memory with N hosts connected at once (PSS of kensa and its ssh clients):")
         for row in result["memory"]:
@@ -210,6 +239,10 @@ def render(result: Dict[str, Any]) -> str:
         if len(result["memory"]) > 1:
             lines.append(f"  per connected host: {result['memory_per_host_kib'] / 1024:.1f} MiB")
     return "\n".join(lines) + "\n"
+
+
+def _seconds(value: Optional[float], digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _write_readme(text: str, readme: Path) -> None:
@@ -234,6 +267,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--ansible-playbook", default=shutil.which("ansible-playbook"), help="ansible-playbook executable")
     p.add_argument("--pyinfra", default=shutil.which("pyinfra"), help="pyinfra executable")
     p.add_argument("--memory-hosts", default="", help="also measure kensa's memory with these many hosts connected, e.g. 1,10,50")
+    p.add_argument("--kex", default=KEX, help=f"key exchange of the OpenSSH logins, kensa's and Ansible's (default {KEX}, "
+                   "as pyinfra's paramiko negotiates; '' keeps OpenSSH's default, post-quantum sntrup761x25519 on 9.x)")
     p.add_argument("--scratch", default="/var/tmp", help="where the hosts' roots and the journal go (disk-backed)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (roots, outputs) and print where it is")
@@ -251,6 +286,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     memory: List[Dict[str, Any]] = []
     try:
         with Rig(servers, base=str(scratch)) as rig:
+            global TARGETS
+            TARGETS = CpuGroup("targets")
+            for server in rig.servers:
+                if server.proc is not None:
+                    TARGETS.add(server.proc.pid)
             for tool in tools:
                 count = args.hosts if tool == "kensa" else peer_hosts
                 if tool != "kensa" and not executables.get(tool):
@@ -259,19 +299,23 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"... {tool}: {count} hosts x {args.rules} rules", file=sys.stderr, flush=True)
                 hosts = _hosts(rig, scratch / "roots" / tool, count)
                 if tool == "kensa":
-                    run = run_kensa(rig, scratch, hosts, args.rules, args.workers)
+                    run = run_kensa(rig, scratch, hosts, args.rules, args.workers, kex=args.kex)
                 elif tool == "ansible-playbook":
-                    run = run_ansible(rig, scratch, hosts, args.rules, args.workers, executables[tool])
+                    run = run_ansible(rig, scratch, hosts, args.rules, args.workers, executables[tool], kex=args.kex)
                 else:
                     run = run_pyinfra(rig, scratch, hosts, args.rules, args.workers, executables[tool])
                 run.update(hosts=count, changes=count * args.rules)
                 run["changes_per_s"] = run["changes"] / run["wall_s"]
+                if run["controller_cpu_s"] is not None and run["target_cpu_s"] is not None:
+                    run["cpu_ms_per_change"] = 1000 * (run["controller_cpu_s"] + run["target_cpu_s"]) / run["changes"]
                 results[tool], trees[tool] = run, hosts
             _verify(results, trees)
             if memory_counts:
                 print(f"... kensa memory with {memory_counts} hosts connected", file=sys.stderr, flush=True)
-                memory = memory_per_host(rig, scratch, memory_counts)
+                memory = memory_per_host(rig, scratch, memory_counts, args.kex)
     finally:
+        if TARGETS is not None:
+            TARGETS.close()
         if args.keep:
             print(f"kept {scratch}", file=sys.stderr)
         else:
@@ -281,8 +325,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         for peer in tools
         if peer != "kensa" and "kensa" in results and "changes_per_s" in results.get(peer, {})
     }
+    cpu_ratios = {
+        peer: results[peer]["cpu_ms_per_change"] / results["kensa"]["cpu_ms_per_change"]
+        for peer in ratios if "cpu_ms_per_change" in results[peer] and "cpu_ms_per_change" in results["kensa"]
+    }
     result: Dict[str, Any] = {
-        "rules": args.rules, "workers": args.workers, "servers": servers, "tools": results, "ratios": ratios,
+        "rules": args.rules, "workers": args.workers, "servers": servers, "kex": args.kex or "OpenSSH's default",
+        "tools": results, "ratios": ratios, "cpu_ratios": cpu_ratios,
         "memory": memory, "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
     }
     if len(memory) > 1:

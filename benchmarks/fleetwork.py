@@ -142,8 +142,9 @@ def playbook(work: List[Edit]) -> str:
     return json.dumps([{"hosts": "all", "gather_facts": False, "tasks": tasks}], indent=2) + "\n"
 
 
-def ansible_cfg(scratch: Path, forks: int, known_hosts: Path) -> str:
-    """ansible.cfg as its users tune it for speed: pipelining, ControlPersist, no fact gathering."""
+def ansible_cfg(scratch: Path, forks: int, known_hosts: Path, kex: str = "") -> str:
+    """ansible.cfg as its users tune it for speed: pipelining, ControlPersist, no fact gathering;
+    ``kex``: the key exchange its ssh logins use (empty: OpenSSH's default)."""
     return (
         "[defaults]\n"
         f"forks = {forks}\n"
@@ -156,7 +157,7 @@ def ansible_cfg(scratch: Path, forks: int, known_hosts: Path) -> str:
         "[ssh_connection]\n"
         "pipelining = True\n"
         f"ssh_args = -o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile={known_hosts} "
-        "-o StrictHostKeyChecking=yes -o BatchMode=yes\n"
+        f"-o StrictHostKeyChecking=yes -o BatchMode=yes{f' -o KexAlgorithms={kex}' if kex else ''}\n"
         f"control_path_dir = {scratch / 'ansible-cp'}\n"
     )
 

@@ -11,9 +11,10 @@ loads: ``import dataclasses`` fails and ``typing`` has no ``Protocol``,
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from kensa.hosts.remote import SubprocessTransport
 from kensa.model import RemoteTarget
@@ -64,3 +65,29 @@ def py36_path(directory: Path) -> str:
     wrapper.write_text(_PY36.replace("{python}", sys.executable))
     wrapper.chmod(0o755)
     return f"{directory}:/usr/bin:/bin"
+
+
+_CREATING = ("open", "openat", "creat", "mkdir", "mkdirat", "rename", "renameat", "renameat2", "unlink", "unlinkat",
+             "symlink", "symlinkat", "link", "linkat")
+
+
+def traced_transport(log: Path, env: Dict[str, str]) -> SubprocessTransport:
+    """A transport whose agent runs under ``strace -f``, its calls that create, rename or remove files in ``log``."""
+    if shutil.which("strace") is None:
+        from conftest import require_real
+
+        require_real("strace is not installed")
+    return SubprocessTransport(["strace", "-f", "-y", "-qq", "-e", f"trace={','.join(_CREATING)}", "-o", str(log), "--"],
+                               name="traced", env=env)
+
+
+def traced_changes(log: Path) -> List[str]:
+    """The successful calls in a :func:`traced_transport` log that create, write, rename or remove a file."""
+    changes = []
+    for line in log.read_text().splitlines():
+        call = line.split(None, 1)[1] if " " in line else line
+        name = call.split("(", 1)[0]
+        creates = name != "open" and name != "openat" or "O_CREAT" in call or "O_WRONLY" in call or "O_RDWR" in call
+        if name in _CREATING and creates and "= -1" not in call:
+            changes.append(call)
+    return changes

@@ -22,7 +22,7 @@ from typing import Any, List, Sequence
 
 import pytest
 
-from agent_targets import agent_env, py36_path, transport
+from agent_targets import agent_env, py36_path, traced_changes, traced_transport, transport
 from conftest import require_real
 from conftest import snapshot_tree as snapshot
 from kensa.errors import AgentError, HostAccessError, HostConnectionLost, RemoteTimeoutError
@@ -356,21 +356,12 @@ def test_deeply_nested_values_are_refused_as_protocol_errors() -> None:
         parse(b"[" * 100000 + b"]" * 100000)
 
 
-_CREATING = ("open", "openat", "creat", "mkdir", "mkdirat", "rename", "renameat", "renameat2", "unlink", "unlinkat",
-             "symlink", "symlinkat", "link", "linkat")
-
-
 def test_nothing_is_written_on_the_target_outside_what_the_steps_change(root: Path, tmp_path: Path) -> None:
-    """Traced with strace, the agent (the shell that finds Python, the bootstrap, the payload, a
-    capture, apply and rollback) creates, renames or removes nothing but the step's own files under
-    the target root (and opens /dev/null): no module, bytecode or cache file is left behind."""
-    if shutil.which("strace") is None:
-        require_real("strace is not installed")
+    """Traced with strace, the agent with its cache off (the shell that finds Python, the bootstrap, the
+    payload, a capture, apply and rollback) creates, renames or removes nothing but the step's own files
+    under the target root (and opens /dev/null): no module, bytecode or cache file is left behind."""
     log = tmp_path / "strace.log"
-    traced = SubprocessTransport(
-        ["strace", "-f", "-y", "-qq", "-e", f"trace={','.join(_CREATING)}", "-o", str(log), "--"],
-        name="traced", env=agent_env())
-    host = connect(traced, str(root))
+    host = connect(traced_transport(log, agent_env()), str(root), agent_cache=False)
     try:
         params = {"path": "/etc/motd", "content": "traced\n"}
         pre = host.run_phase("file_content", Phase.CAPTURE, params)
@@ -378,13 +369,7 @@ def test_nothing_is_written_on_the_target_outside_what_the_steps_change(root: Pa
         assert host.run_phase("file_content", Phase.ROLLBACK, params, pre).ok  # type: ignore[union-attr]
     finally:
         host.close()
-    changes = []
-    for line in log.read_text().splitlines():
-        call = line.split(None, 1)[1] if " " in line else line
-        name = call.split("(", 1)[0]
-        creates = name != "open" and name != "openat" or "O_CREAT" in call or "O_WRONLY" in call or "O_RDWR" in call
-        if name in _CREATING and creates and "= -1" not in call:
-            changes.append(call)
+    changes = traced_changes(log)
     assert changes, "strace saw none of the step's own writes: the trace is not working"
     outside = [call for call in changes if str(root) not in call and '"/dev/null"' not in call]
     assert outside == []
@@ -449,3 +434,52 @@ def test_a_request_on_a_descriptor_closed_under_it_is_a_lost_connection(root: Pa
             host.close()
         except OSError:
             pass
+
+
+def _logging_python(directory: Path, log: Path, version: str = "") -> str:
+    """A PATH whose ``python3`` logs each start into ``log`` and then runs this test run's Python;
+    with ``version`` ("3.5"), that Python sees itself as that version."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fake = ""
+    if version:
+        major, minor = version.split(".")
+        fake = f"sys.version_info = ({major}, {minor}, 0)\n"
+    wrapper = directory / "python3"
+    wrapper.write_text(
+        f"#!/bin/sh\necho start >> {log}\n"
+        '[ "$1" = "-I" ] && shift\n[ "$1" = "-B" ] && shift\n'
+        f'[ "$1" = "-c" ] || exec {sys.executable} "$@"\nshift\n'
+        f"exec {sys.executable} -I -B -c '\nimport sys\n{fake}source = sys.argv[1]\n"
+        'sys.argv = ["-c"] + sys.argv[2:]\nexec(compile(source, "<string>", "exec"))\n\' "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return f"{directory}:/usr/bin:/bin"
+
+
+def test_starting_the_agent_starts_one_python_on_the_target(root: Path, tmp_path: Path) -> None:
+    """The agent's command runs the target's Python once: the version check is the agent program's own
+    first line, not a Python started only to ask its version (a Python start is most of the agent's
+    start-up CPU, paid per host)."""
+    log = tmp_path / "starts"
+    host = connect(transport("one-python", _logging_python(tmp_path / "bin", log)), str(root))
+    try:
+        assert host.read_file("/etc/motd") is not None
+    finally:
+        host.close()
+    assert log.read_text().split() == ["start"]
+
+
+def test_a_python3_older_than_36_is_passed_over_for_a_newer_python3x(root: Path, tmp_path: Path) -> None:
+    """A ``python3`` that is 3.5 exits at the agent program's first line, before the bootstrap is
+    compiled, and the command goes on to the next candidate (here python3.X, this run's Python)."""
+    log = tmp_path / "starts"
+    path = _logging_python(tmp_path / "bin", log, version="3.5")
+    minor = f"python3.{sys.version_info.minor}"
+    (tmp_path / "bin" / minor).symlink_to(sys.executable)
+    host = connect(transport("old-python3", f"{tmp_path / 'bin'}"), str(root))
+    try:
+        assert host.hello["python"][:2] == list(sys.version_info[:2])
+        assert host.hello["executable"].endswith(minor)
+    finally:
+        host.close()
+    assert log.read_text().split() == ["start"]

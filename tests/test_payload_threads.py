@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import List
 
+import pytest
+
 from kensa.hosts import payload
 
 BOOTSTRAP = (Path(payload.__file__).parent / "agent" / "bootstrap.py").read_text()
@@ -47,3 +49,32 @@ def test_payload_source_transforms_from_several_threads_never_fail() -> None:
     finally:
         gc.set_threshold(*threshold)
     assert failures == []
+
+
+def test_payload_is_built_once_when_many_hosts_connect_at_once(monkeypatch: "pytest.MonkeyPatch") -> None:
+    """Sixteen threads asking for the payload at the same moment (16 hosts connecting at the start of a
+    fleet run) get one and the same payload, built once: each build parses every target-side module, and
+    sixteen concurrent builds cost the controller more CPU than the rest of planning."""
+    monkeypatch.setattr(payload, "_BUILT", None)
+    builds: List[int] = []
+    collect = payload._collect
+
+    def counted() -> object:
+        builds.append(1)
+        return collect()
+
+    monkeypatch.setattr(payload, "_collect", counted)
+    start = threading.Barrier(16)
+    found: List[payload.Payload] = []
+
+    def build() -> None:
+        start.wait()
+        found.append(payload.build_payload())
+
+    threads = [threading.Thread(target=build) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    assert len(found) == 16 and all(item is found[0] for item in found)

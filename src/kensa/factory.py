@@ -36,6 +36,7 @@ def default_engine(
     remote: "Optional[Callable[[RemoteTarget], Transport]]" = None,
     connect_timeout: Optional[float] = None,
     operation_timeout: Optional[float] = None,
+    agent_cache: bool = True,
 ) -> Engine:
     """The production engine: built-in handlers, local hosts, SQLite journal, kernel audit.
 
@@ -61,7 +62,8 @@ def default_engine(
     agent (:class:`kensa.hosts.remote.RemoteHosts`: one connection per host,
     replaced when it died), waiting ``connect_timeout`` seconds for it to
     start and ``operation_timeout`` for each step phase (None: the defaults of
-    :mod:`kensa.hosts.remote`). The parts are imported here,
+    :mod:`kensa.hosts.remote`); ``agent_cache`` lets each agent keep its
+    compiled payload on its host (:func:`kensa.hosts.remote.connect`). The parts are imported here,
     so ``import kensa`` stays free of cffi and sqlite; a part that cannot be
     imported raises :class:`WiringError` (an ImportError) naming it.
     """
@@ -110,6 +112,7 @@ def default_engine(
             remote,
             connect_timeout=DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
             operation_timeout=DEFAULT_OPERATION_TIMEOUT if operation_timeout is None else operation_timeout,
+            agent_cache=agent_cache,
         )
 
     path = journal_path if journal_path is not None else default_journal_path()

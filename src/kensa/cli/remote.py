@@ -67,6 +67,8 @@ def add_login_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S",
                    help=f"seconds to reach a host (TCP and SSH banner; default 10); logging in and starting kensa's agent get {AGENT_START_SECONDS:g} s more")
     p.add_argument("--timeout", type=_seconds, default=300.0, metavar="S", help="seconds one operation on a host may take (default 300)")
+    p.add_argument("--no-agent-cache", action="store_true",
+                   help="write nothing on the hosts: no compiled copy of kensa's agent in ~/.cache/kensa (it starts slower)")
 
 
 def _seconds(text: str) -> float:
@@ -226,7 +228,8 @@ class RemoteRun:
 
         timeouts = self.engine_options()
         host = connect(self.transport(target), target.root, key=target.key,
-                       connect_timeout=timeouts["connect_timeout"], operation_timeout=timeouts["operation_timeout"])
+                       connect_timeout=timeouts["connect_timeout"], operation_timeout=timeouts["operation_timeout"],
+                       agent_cache=timeouts["agent_cache"])
         with self.lock:
             self.opened.append(host)
         return host
@@ -241,7 +244,9 @@ class RemoteRun:
         args = self.args
         connect = getattr(args, "connect_timeout", 10.0) if args is not None else self.options.connect_timeout
         operation = getattr(args, "timeout", 300.0) if args is not None else self.options.operation_timeout
-        return {"remote": self.transport, "connect_timeout": connect + AGENT_START_SECONDS, "operation_timeout": operation}
+        cache = not getattr(args, "no_agent_cache", False)
+        return {"remote": self.transport, "connect_timeout": connect + AGENT_START_SECONDS, "operation_timeout": operation,
+                "agent_cache": cache}
 
     def close(self) -> None:
         with self.lock:

@@ -77,15 +77,24 @@ class AgentConnection:
 
     def request(self, op: str, **fields: Any) -> Any:
         """Send one request and return its decoded ``ok`` value, or raise its error (see the module docstring)."""
-        if self.observer is not None:
-            self.observer(op, fields.get("mechanism"))
-        with self._lock:
-            if self.closed:
-                raise HostConnectionLost(f"the connection to {self.name} is closed; reconnect", self.name)
-            self.counts[op] += 1
-            deadline = time.monotonic() + self.operation_timeout
-            self._write(frame(dict(fields, op=op)), deadline, op)
-            answer = self._read(deadline, op)
+        return self.outcome(op, self._exchange(op, fields))
+
+    def batch(self, calls: List[Dict[str, Any]]) -> List[Any]:
+        """Send many read requests (each ``{"op", "args", "kwargs"}``) in one ``batch`` round trip; their
+        answers in order, each still to be read with :meth:`outcome`. An answer that is not one per call
+        stops the agent and raises AgentError."""
+        answer = self._exchange("batch", {"calls": calls})
+        if "error" in answer:
+            raise self._error(answer["error"])
+        found = answer.get("ok")
+        if not isinstance(found, list) or len(found) != len(calls):
+            self._broken(f"answered a batch of {len(calls)} reads with {type(found).__name__}, not one answer per read")
+        return found
+
+    def outcome(self, op: str, answer: Any) -> Any:
+        """The decoded ``ok`` value of ``answer`` (the answer to an ``op`` request), or raise its error."""
+        if not isinstance(answer, dict):
+            self._broken(f"answered {op} with {type(answer).__name__}, not an answer")
         if "error" in answer:
             raise self._error(answer["error"])
         if "ok" not in answer:
@@ -94,6 +103,17 @@ class AgentConnection:
             return decode_value(answer["ok"])
         except FrameError as exc:
             self._broken(f"answered {op} with a value that is not the protocol: {exc}")
+
+    def _exchange(self, op: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+        if self.observer is not None:
+            self.observer(op, fields.get("mechanism"))
+        with self._lock:
+            if self.closed:
+                raise HostConnectionLost(f"the connection to {self.name} is closed; reconnect", self.name)
+            self.counts[op] += 1
+            deadline = time.monotonic() + self.operation_timeout
+            self._write(frame(dict(fields, op=op)), deadline, op)
+            return self._read(deadline, op)
 
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)

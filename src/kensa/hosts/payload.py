@@ -233,9 +233,31 @@ def _collect() -> Dict[str, Tuple[bool, ast.Module]]:
     return sources
 
 
-@functools.lru_cache(maxsize=None)
+# Many hosts connect at once at the start of a fleet run: they must share one build,
+# as each build parses every target-side module (as much CPU as the rest of planning).
+_BUILD_LOCK = threading.Lock()
+_BUILT: Optional[Payload] = None
+
+
+def _reset_build_lock() -> None:
+    global _BUILD_LOCK
+    _BUILD_LOCK = threading.Lock()  # a thread of the parent may have held it at fork
+
+
+os.register_at_fork(after_in_child=_reset_build_lock)
+
+
 def build_payload() -> Payload:
-    """The payload of this kensa (built once per process); see the module docstring."""
+    """The payload of this kensa, built once per process (by the first thread to ask; the others wait
+    for it); see the module docstring."""
+    global _BUILT
+    with _BUILD_LOCK:
+        if _BUILT is None:
+            _BUILT = _build()
+        return _BUILT
+
+
+def _build() -> Payload:
     sources = _collect()
     modules: Dict[str, Tuple[bool, str]] = {}
     for name, (is_package, tree) in sorted(sources.items()):
@@ -257,15 +279,43 @@ def bootstrap_source() -> str:
         return for_old_python(handle.read(), path)
 
 
-def agent_command(sha256: str) -> List[str]:
-    """The argv that starts the agent on a target: ``sh -c`` finding a Python 3, then the bootstrap."""
-    program = f"{bootstrap_source()}\nboot({sha256!r})\n"
+def _guard() -> str:
+    """The agent program's first lines: valid in any Python 3, they hand a Python older than 3.6
+    on to the next candidate (``sys.argv``: its index in :data:`PYTHONS`, then the program)."""
+    return (
+        "import sys\n"
+        "if sys.version_info < (3, 6):\n"
+        "    import os, shutil\n"
+        f"    candidates = {list(PYTHONS)!r}\n"
+        "    index, program = int(sys.argv[1]), sys.argv[2]\n"
+        "    for later in range(index + 1, len(candidates)):\n"
+        "        found = shutil.which(candidates[later])\n"
+        "        if found:\n"
+        "            os.execv(found, [found, '-I', '-B', '-c', program, str(later), program])\n"
+        f"    sys.stderr.write({NO_PYTHON_MESSAGE + ' (tried ' + ' '.join(PYTHONS) + ')'!r} + '\\n')\n"
+        f"    sys.exit({NO_PYTHON})\n"
+    )
+
+
+def agent_command(sha256: str, cache: bool = False) -> List[str]:
+    """The argv that starts the agent on a target: ``sh -c`` finding a Python 3, then the bootstrap.
+
+    The shell execs the first candidate of :data:`PYTHONS` found on the target
+    with the agent program, whose first lines (:func:`_guard`) hand a Python
+    older than 3.6 on to the next candidate before the bootstrap is compiled.
+    The usual target so starts one Python, not a version probe and then the
+    agent (a Python start is most of an agent's start-up CPU); the agent is
+    the process the transport started, so stopping it stops the agent.
+    ``cache``: keep the compiled payload on the target (:mod:`kensa.hosts.agent.bootstrap`).
+    """
+    bootstrap = f"{bootstrap_source()}\nboot({sha256!r}, cache={bool(cache)!r})\n"
+    program = f"{_guard()}exec(compile({bootstrap!r}, '<kensa-bootstrap>', 'exec'))\n"
     tried = " ".join(PYTHONS)
     script = (
+        f"k={shlex.quote(program)}; i=0; "
         f"for p in {' '.join(shlex.quote(p) for p in PYTHONS)}; do "
-        "if command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c 'import sys; sys.exit(sys.version_info < (3, 6))' "
-        ">/dev/null 2>&1; then "
-        f"exec \"$p\" -I -B -c {shlex.quote(program)}; fi; done; "
+        "if command -v \"$p\" >/dev/null 2>&1; then exec \"$p\" -I -B -c \"$k\" \"$i\" \"$k\"; fi; "
+        "i=$((i + 1)); done; "
         f"echo {shlex.quote(f'{NO_PYTHON_MESSAGE} (tried {tried})')} >&2; exit {NO_PYTHON}"
     )
     return ["/bin/sh", "-c", script]

@@ -37,7 +37,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 from urllib.parse import urlsplit
 
-from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, RemoteHostError
+from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, KensaError, RemoteHostError
 from kensa.hosts.agent.wire import PROTOCOL, READY, encode_value
 from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, check_step_phase, resolve_host
@@ -52,7 +52,10 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_OPERATION_TIMEOUT",
+    "READS",
     "AgentConnection",
+    "Answer",
+    "Read",
     "RemoteHandler",
     "RemoteHandlers",
     "RemoteHost",
@@ -152,32 +155,60 @@ class RemoteHost(FileReaders):
     def _answer(self, op: str, fits: Callable[[Any], bool], *args: Any, **kwargs: Any) -> Any:
         """``op``'s answer, which must be what the protocol says ``op`` answers: a target that
         answers otherwise (broken or hostile) is an AgentError naming it, not a crash in a check."""
-        found = self._call(op, *args, **kwargs)
+        return self._fitting(op, fits, self._call(op, *args, **kwargs))
+
+    def _fitting(self, op: str, fits: Callable[[Any], bool], found: Any) -> Any:
         if not fits(found):
             self.connection.broken(f"answered {op} with {type(found).__name__}, which is not what {op} answers")
         return found
 
+    def read_many(self, calls: Sequence[Read]) -> List[Answer]:
+        """Many reads in one round trip (the ``batch`` request): ``calls`` are (op, args, kwargs) of
+        :data:`READS` ops, as the methods of this host take them. Each read is answered as its own
+        request would be: ``(value, None)``, or ``(None, error)`` with the error that request would
+        raise. A value that is not what its op answers is an AgentError naming the host, as it is for
+        one request. A lost connection or a timeout raises, for the whole batch."""
+        for op, _, _ in calls:
+            if op not in READS:
+                raise HostSelectionError(f"{op} is not a read a batch may hold ({', '.join(sorted(READS))})")
+        if not calls:
+            return []
+        answers = self.connection.batch([
+            {"op": op, "args": encode_value(list(args)), "kwargs": encode_value(dict(kwargs))} for op, args, kwargs in calls
+        ])
+        found: List[Answer] = []
+        for (op, _, _), answer in zip(calls, answers):
+            try:
+                value = self.connection.outcome(op, answer)
+            except KensaError as exc:
+                if not self.connection.alive:
+                    raise  # the answer was not the protocol: the connection is closed, for every read
+                found.append((None, exc))
+                continue
+            found.append((self._fitting(op, READS[op], value), None))
+        return found
+
     def info(self, path: str, *, content: bool = False) -> Optional[FileInfo]:
-        return cast(Optional[FileInfo], self._answer("info", _file_info, path, content=content))
+        return cast(Optional[FileInfo], self._answer("info", READS["info"], path, content=content))
 
     def read_file(self, path: str) -> Optional[FileInfo]:
-        return cast(Optional[FileInfo], self._answer("read_file", _file_info, path))
+        return cast(Optional[FileInfo], self._answer("read_file", READS["read_file"], path))
 
     def read_bytes(self, path: str) -> Optional[bytes]:
-        return cast(Optional[bytes], self._answer("read_bytes", lambda v: v is None or isinstance(v, bytes), path))
+        return cast(Optional[bytes], self._answer("read_bytes", READS["read_bytes"], path))
 
     def list_dir(self, path: str) -> Optional[List[str]]:
-        found = self._answer("list_dir", lambda v: v is None or _names(v), path)
+        found = self._answer("list_dir", READS["list_dir"], path)
         return None if found is None else list(found)
 
     def leftover_temps(self, path: str) -> List[str]:
-        return list(self._answer("leftover_temps", _names, path))
+        return list(self._answer("leftover_temps", READS["leftover_temps"], path))
 
     def remove_leftover_temps(self, path: str) -> List[str]:
         return list(self._answer("remove_leftover_temps", _names, path))
 
     def lookup_id(self, database: str, name: str) -> int:
-        return int(self._answer("lookup_id", lambda v: isinstance(v, int) and not isinstance(v, bool), database, name))
+        return int(self._answer("lookup_id", READS["lookup_id"], database, name))
 
     def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
         done = self._answer("run", _ran, list(argv), timeout)
@@ -205,6 +236,26 @@ def _file_info(value: Any) -> bool:
 
 def _names(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
+
+
+def _id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: The reads a batch may hold (:meth:`RemoteHost.read_many`), each with what its answer must be.
+READS: Mapping[str, Callable[[Any], bool]] = {
+    "info": _file_info,
+    "read_file": _file_info,
+    "read_bytes": lambda value: value is None or isinstance(value, bytes),
+    "list_dir": lambda value: value is None or _names(value),
+    "leftover_temps": _names,
+    "lookup_id": _id,
+}
+
+#: One read of a batch: (op, args, kwargs), as the host's method of that name takes them.
+Read = Tuple[str, Tuple[Any, ...], Mapping[str, Any]]
+#: Its answer: (value, None), or (None, the error its own request would raise).
+Answer = Tuple[Any, Optional[BaseException]]
 
 
 def _ran(value: Any) -> bool:
@@ -305,6 +356,7 @@ def connect(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     payload: Optional[Payload] = None,
+    agent_cache: bool = True,
 ) -> RemoteHost:
     """Start kensa's agent on ``transport``'s target, confined to ``root`` there.
 
@@ -315,13 +367,18 @@ def connect(
     with another hash; a transport's own errors (unreachable, login refused)
     pass through; :class:`~kensa.errors.RemoteTimeoutError` when the agent does
     not answer within ``connect_timeout``.
+
+    ``agent_cache``: the agent keeps this payload compiled for the target's Python in one file of
+    the login user's, ``~/.cache/kensa/agent-<sha256>-<tag>.bin`` (checked before use; see
+    docs/remote.md), and the next agent skips compiling it. False: nothing is written on the target.
+    ``hello["cache"]`` says what the agent did with it.
     """
     if not isinstance(root, str) or not root.startswith("/"):
         raise HostSelectionError(f"the target root {root!r} on {transport.name} must be an absolute path")
     payload = build_payload() if payload is None else payload
     expected = build_payload().sha256
     try:
-        proc = transport.spawn(agent_command(expected), READY, connect_timeout)
+        proc = transport.spawn(agent_command(expected, cache=agent_cache), READY, connect_timeout)
     except RemoteHostError as exc:
         if NO_PYTHON_MESSAGE in str(exc):
             raise AgentError(
@@ -370,14 +427,16 @@ class RemoteHosts:
     tests). One connection per key is kept and reused; one that died is
     replaced at the next resolution (which is how recovery reconnects). All are
     closed by :meth:`close` and at interpreter exit. A forked child never uses
-    (or closes) its parent's connections: it opens its own.
+    (or closes) its parent's connections: it opens its own. ``agent_cache`` is
+    :func:`connect`'s.
     """
 
     def __init__(self, transport_for: Callable[[RemoteTarget], Transport], *,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, agent_cache: bool = True) -> None:
         self.transport_for = transport_for
+        self.agent_cache = agent_cache
         self.connect_timeout = connect_timeout
         self.operation_timeout = operation_timeout
         self.max_file_bytes = max_file_bytes
@@ -417,7 +476,7 @@ class RemoteHosts:
                 host.close()
             host = connect(self.transport_for(target), target.root, key=target.key,
                            connect_timeout=self.connect_timeout, operation_timeout=self.operation_timeout,
-                           max_file_bytes=self.max_file_bytes)
+                           max_file_bytes=self.max_file_bytes, agent_cache=self.agent_cache)
             self._hosts[target.key] = host
             return host
 

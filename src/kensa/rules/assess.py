@@ -31,6 +31,7 @@ from typing import AbstractSet, Any, List, Mapping, Optional, Sequence, Tuple, c
 
 from kensa.checks import Validating, evaluate_check, step_holds
 from kensa.errors import KensaError, RemoteHostError
+from kensa.hosts.gather import gathered
 from kensa.hosts.protocol import ReadableHost
 from kensa.model import CheckResult, Transaction, Verdict
 from kensa.rules.applicability import OsRelease, Resolution, platform_applies, read_os_release, resolve
@@ -49,8 +50,10 @@ class TargetFacts:
 
 
 def observe(host: ReadableHost) -> TargetFacts:
-    """Read the target's os-release and probe its capabilities, through ``host``."""
-    return TargetFacts(read_os_release(host), detect_capabilities(host))
+    """Read the target's os-release and probe its capabilities, through ``host``: for a remote
+    host in a few batched round trips, with the answers reading one at a time would give
+    (:func:`kensa.hosts.gather.gathered`)."""
+    return gathered(host, lambda view: TargetFacts(read_os_release(view), detect_capabilities(view)))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ and one instance of each built-in handler. Every later request is one call:
 - a read or write of the host (``info``, ``read_file``, ``read_bytes``, ``list_dir``,
   ``lookup_id``, ``run``, ``leftover_temps``, ``write_file``, ...), with
   ``args`` and ``kwargs``;
+- ``batch``: many of those reads (not the writes, not ``run``) in one round
+  trip, each answered as its own request would be;
 - one call of a handler (``capture``, ``apply``, ``validate``, ``rollback``)
   or of a restorable handler (``assess``, ``restore``, ``planned``,
   ``settled``), with the mechanism, its params, the pre-state and assessment
@@ -37,13 +39,16 @@ from kensa.errors import StepPhaseError, UnknownMechanismError
 from kensa.hosts.agent.wire import HEADER, PROTOCOL, FrameError, decode_value, encode_error, encode_value, frame, frame_length, parse
 from kensa.hosts.local import LocalHost
 
-__all__ = ["HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "serve"]
+__all__ = ["BATCH_CALLS", "HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "serve"]
 
 #: The host methods a request may call by name.
 HOST_CALLS = frozenset({
     "info", "read_file", "read_bytes", "list_dir", "lookup_id", "run", "leftover_temps",
     "write_file", "write_in_place", "remove_file", "set_meta", "remove_leftover_temps",
 })
+
+#: The host methods a ``batch`` request may call: the reads, which change nothing on the target.
+BATCH_CALLS = frozenset({"info", "read_file", "read_bytes", "list_dir", "lookup_id", "leftover_temps"})
 
 _READ_ONLY_PHASES = frozenset({"capture", "validate", "assess", "planned", "settled"})
 _HANDLER_CALLS = _READ_ONLY_PHASES | {"apply", "rollback", "restore"}
@@ -61,15 +66,19 @@ def _completed(done: "subprocess.CompletedProcess[str]") -> Dict[str, Any]:
 class Agent:
     """The state of one connection: the confined host and the handlers."""
 
-    def __init__(self, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = ()) -> None:
+    def __init__(self, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = (),
+                 cache: str = "off") -> None:
         self.payload_hash = payload_hash
         self.supplied = list(supplied)
+        self.cache = cache
         self.host: Optional[LocalHost] = None
         self.handlers: Dict[str, Any] = dict(handlers)
         self._interned: Dict[str, Any] = {}
 
     def answer(self, request: Mapping[str, Any]) -> Dict[str, Any]:
         """The answer to one request (an error is an answer too)."""
+        if request.get("op") == "batch":
+            return self._batch(request)
         try:
             return {"ok": encode_value(self._dispatch(request))}
         except Exception as exc:
@@ -91,6 +100,18 @@ class Agent:
             return self._handler_call(host, str(op), request)
         raise FrameError(f"unknown request {op!r}")
 
+    def _batch(self, request: Mapping[str, Any]) -> Dict[str, Any]:
+        """Many reads in one round trip: ``calls`` (each ``{"op", "args", "kwargs"}`` as a single
+        request would be) answered in order, each with exactly the answer its own request gets."""
+        calls = request.get("calls")
+        if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
+            return {"error": encode_error(FrameError("a batch request needs calls, a list of requests"))}
+        refused = sorted({str(call.get("op")) for call in calls if call.get("op") not in BATCH_CALLS})
+        if refused:
+            return {"error": encode_error(FrameError(
+                f"a batch may hold only reads ({', '.join(sorted(BATCH_CALLS))}), not {', '.join(refused)}"))}
+        return {"ok": [self.answer(call) for call in calls]}
+
     def _hello(self, request: Mapping[str, Any]) -> Dict[str, Any]:
         root = request.get("root", "/")
         limit = request.get("max_file_bytes")
@@ -100,6 +121,7 @@ class Agent:
             "hash": self.payload_hash,
             "python": list(sys.version_info[:3]),
             "supplied": self.supplied,
+            "cache": self.cache,
             "executable": sys.executable,
             "pid": os.getpid(),
             "root": self.host.root,
@@ -194,13 +216,15 @@ def _watch_controller(read_fd: int, busy: threading.Event) -> None:
                 os._exit(ORPHANED if busy.is_set() else 0)
 
 
-def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = ()) -> int:
+def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str, Any], supplied: Sequence[str] = (),
+          cache: str = "off") -> int:
     """Answer requests from ``read_fd`` on ``write_fd`` until the controller closes it; the exit status.
 
     ``handlers`` (mechanism -> handler) is what the bootstrap wires in:
     :func:`kensa.handlers.default_registry`, since this package lies below the handlers.
-    ``supplied`` is what :func:`kensa.hosts.agent.compat.install` supplied; ``hello`` reports it."""
-    agent = Agent(payload_hash, handlers, supplied)
+    ``supplied`` is what :func:`kensa.hosts.agent.compat.install` supplied and ``cache`` what the
+    bootstrap did with its compiled-payload cache; ``hello`` reports both."""
+    agent = Agent(payload_hash, handlers, supplied, cache)
     busy = threading.Event()
     watchdog = threading.Thread(target=_watch_controller, args=(read_fd, busy), name="kensa-agent-watchdog")
     watchdog.daemon = True
