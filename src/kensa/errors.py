@@ -235,6 +235,13 @@ class ParamError(KensaError, ValueError):
         self.problem = problem or message
 
 
+# Raised by the handlers that drive a target's own tool (dconf, authselect, update-crypto-policies)
+
+class ToolUnavailableError(KensaError, OSError):
+    """The mechanism needs a tool the target does not have ("not available on this host:
+    <tool> is not installed"); raised before anything is changed."""
+
+
 # Raised by kensa.handlers.audit_rule_set
 
 class AuditControlError(KensaError, RuntimeError):

@@ -22,6 +22,7 @@ from kensa.handlers.audit_rule_set import AuditRuleSet
 from kensa.handlers.command_exec import CommandExec
 from kensa.handlers.config_append import ConfigAppend
 from kensa.handlers.config_set import ConfigSet
+from kensa.handlers.dconf_set import DconfSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
@@ -36,6 +37,7 @@ HANDLERS = (
     SysctlSet,
     AuditRuleSet,
     CommandExec,
+    DconfSet,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -55,6 +57,7 @@ __all__ = [
     "CommandExec",
     "ConfigAppend",
     "ConfigSet",
+    "DconfSet",
     "FileAbsent",
     "FileContent",
     "FilePermissions",

@@ -1,0 +1,62 @@
+"""What the mechanism tests share: kensa's CLI on a temporary root, rule files, xattrs to prove restores exact."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+from kensa.cli.main import main
+
+
+def kensa_cli(*argv: str) -> Tuple[int, str]:
+    """``kensa ARGV`` in this process: (exit code, stdout)."""
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def write_rule(directory: Path, rule_id: str, check: Mapping[str, Any], steps: List[Mapping[str, Any]]) -> Path:
+    """A rule file of one default implementation with ``check`` and the remediation ``steps``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rule = {
+        "id": rule_id, "title": rule_id, "severity": "medium", "category": "test",
+        "implementations": [{"default": True, "check": dict(check), "remediation": {"steps": [dict(s) for s in steps]}}],
+    }
+    path = directory / f"{rule_id}.yml"
+    path.write_text(yaml.safe_dump(rule, sort_keys=False))
+    return path
+
+
+def remediate(journal: Path, rules: Path, root: Path) -> List[Dict[str, Any]]:
+    """``kensa remediate --json`` of ``rules`` on ``root``: its results."""
+    _, out = kensa_cli("--journal", str(journal), "--no-audit", "remediate", str(rules), "--root", str(root), "--json")
+    results: List[Dict[str, Any]] = json.loads(out)["results"]
+    return results
+
+
+def check(journal: Path, rules: Path, root: Path) -> Dict[str, str]:
+    """``kensa check --json`` of ``rules`` on ``root``: rule id -> verdict."""
+    _, out = kensa_cli("--journal", str(journal), "--no-audit", "check", str(rules), "--root", str(root), "--json")
+    return {row["rule"]: row["verdict"] for row in json.loads(out)["rules"]}
+
+
+def rollback(journal: Path, txn: str) -> Tuple[int, Dict[str, Any]]:
+    """``kensa rollback TXN --json``: (exit code, its result)."""
+    code, out = kensa_cli("--journal", str(journal), "--no-audit", "rollback", txn, "--json")
+    return code, json.loads(out) if out.strip().startswith("{") else {"output": out}
+
+
+def mark(path: Path, security: bool = True) -> None:
+    """Give ``path`` a ``user.*`` xattr and (as root) a ``security.*`` one, so a restore must keep both."""
+    os.setxattr(path, "user.kensa-test", b"kept", follow_symlinks=False)
+    if security and os.geteuid() == 0:
+        os.setxattr(path, "security.kensa-test", b"kept too", follow_symlinks=False)
+
+
+def read_text(path: Path) -> Optional[str]:
+    return path.read_text() if path.exists() else None
