@@ -627,7 +627,7 @@ def test_default_registry_covers_every_mechanism() -> None:
     """The registry names every mechanism once, and only command_exec is not capturable."""
     assert sorted(REGISTRY) == sorted([
         "file_content", "file_absent", "file_permissions", "config_set", "config_append",
-        "sysctl_set", "audit_rule_set", "command_exec",
+        "sysctl_set", "audit_rule_set", "command_exec", "dconf_set",
     ])
     assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec"]
     assert all(h.name == name for name, h in REGISTRY.items())

@@ -242,6 +242,12 @@ class ToolUnavailableError(KensaError, OSError):
     <tool> is not installed"); raised before anything is changed."""
 
 
+# Raised by kensa.handlers.file_permissions
+
+class TooManyFilesError(KensaError, ValueError):
+    """A step's selection matches more files than one step may change; nothing was changed."""
+
+
 # Raised by kensa.handlers.audit_rule_set
 
 class AuditControlError(KensaError, RuntimeError):
