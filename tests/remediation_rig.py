@@ -20,13 +20,16 @@ def kensa_cli(*argv: str) -> Tuple[int, str]:
     return code, out.getvalue()
 
 
-def write_rule(directory: Path, rule_id: str, check: Mapping[str, Any], steps: List[Mapping[str, Any]]) -> Path:
-    """A rule file of one default implementation with ``check`` and the remediation ``steps``."""
+def write_rule(directory: Path, rule_id: str, check: Optional[Mapping[str, Any]], steps: List[Mapping[str, Any]]) -> Path:
+    """A rule file of one default implementation with ``check`` (None: compliant when every
+    step validates) and the remediation ``steps``."""
     directory.mkdir(parents=True, exist_ok=True)
     rule = {
         "id": rule_id, "title": rule_id, "severity": "medium", "category": "test",
-        "implementations": [{"default": True, "check": dict(check), "remediation": {"steps": [dict(s) for s in steps]}}],
+        "implementations": [{"default": True, "remediation": {"steps": [dict(s) for s in steps]}}],
     }
+    if check is not None:
+        rule["implementations"][0]["check"] = dict(check)  # type: ignore[index]
     path = directory / f"{rule_id}.yml"
     path.write_text(yaml.safe_dump(rule, sort_keys=False))
     return path

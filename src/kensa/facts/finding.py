@@ -4,8 +4,9 @@ The walk runs through the confined host (:meth:`list_dir`, :meth:`info`), so it 
 the host's rules: a symlink is never followed (it is not matched either: chmod on
 one would change what it points to), nothing but regular files and directories is
 matched, and under an image root a mount point is never entered. On a live host
-``-xdev`` keeps the walk on the filesystem of each start path, read from the
-target's ``/proc/self/mountinfo``.
+``-xdev`` keeps the walk on the filesystem of each start path: it does not enter a
+mount point listed in the target's ``/proc/<pid>/mountinfo``. The root directory
+itself (``find_paths: ["/"]``) is walked but never selected.
 
 ``find_args`` is parsed, never passed to a shell or to find(1). Understood: ``!`` /
 ``-not``, ``-a`` / ``-and``, ``-o`` / ``-or``, ``(`` ``)`` (written ``\\(`` ``\\)`` too),
@@ -18,6 +19,7 @@ options ``-xdev``, ``-mount``, ``-maxdepth N``, ``-mindepth N``. Anything else
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -283,7 +285,9 @@ def selection(read: Dict[str, Any]) -> Selection:
 
 
 def _mount_points(host: ReadableHost) -> Set[str]:
-    data = host.read_bytes("/proc/self/mountinfo") or b""
+    # /proc/self is a symlink, which the host never follows; this code runs where the
+    # host is (on the target, in kensa's agent), so its own pid names the same file.
+    data = host.read_bytes(f"/proc/{os.getpid()}/mountinfo") or b""
     found = set()
     for text in data.decode("utf-8", "replace").splitlines():
         fields = text.split(" ")
@@ -306,13 +310,15 @@ def walk(host: ReadableHost, chosen: Selection) -> Iterator[Entry]:
     mounts = _mount_points(host) if chosen.xdev and host.is_live else set()
     seen: Set[str] = set()
     for start in chosen.starts:
-        top = _info(host, start)
+        start = posixpath.normpath(start)
+        # The root directory itself is the target's, not a file in it: walked, never selected.
+        top = FileInfo("dir", 0, 0, 0) if start == "/" else _info(host, start)
         if top is None:
             continue
-        stack = [Entry(posixpath.normpath(start), 0, top)]
+        stack = [Entry(start, 0, top)]
         while stack:
             entry = stack.pop()
-            if entry.depth >= chosen.mindepth and entry.path not in seen and chosen.test(entry, accounts):
+            if entry.path != "/" and entry.depth >= chosen.mindepth and entry.path not in seen and chosen.test(entry, accounts):
                 seen.add(entry.path)
                 yield entry
             if entry.info.kind != "dir" or (chosen.maxdepth is not None and entry.depth >= chosen.maxdepth):

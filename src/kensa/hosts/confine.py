@@ -415,6 +415,19 @@ class ConfinedRoot:
             raise self.special_refusal(path, mode)
         return fd
 
+    def list_root(self) -> List[str]:
+        """The names of the root directory's entries, sorted (:meth:`parent` refuses the root itself)."""
+        try:
+            fd = os.open(".", DIR_FLAGS, dir_fd=self._pin.fd)
+        except OSError as exc:
+            raise HostAccessError(exc.errno, f"cannot open the target root {self.name}: {exc.strerror}") from exc
+        try:
+            return sorted(os.listdir(fd))
+        except OSError as exc:
+            raise HostAccessError(exc.errno, f"cannot list the target root {self.name}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
     @contextlib.contextmanager
     def parent_if_any(self, path: str) -> Iterator[Optional[Tuple[int, str]]]:
         """Like :meth:`parent`, but None when a directory on the way does not exist."""

@@ -231,7 +231,9 @@ class LocalHost(FileReaders):
     def list_dir(self, path: str) -> Optional[List[str]]:
         """The names of the entries of the directory at ``path``, sorted (None when
         nothing is there); a file there is refused with ENOTDIR. Entries are listed,
-        never followed: reading one goes through :meth:`info` and its refusals."""
+        never followed: reading one goes through :meth:`info` and its refusals. ``/`` lists the root."""
+        if not self._tree.components(path):
+            return self._tree.list_root()
         with self._tree.parent_if_any(path) as found:
             if found is None:
                 return None
