@@ -63,3 +63,37 @@ def mark(path: Path, security: bool = True) -> None:
 
 def read_text(path: Path) -> Optional[str]:
     return path.read_text() if path.exists() else None
+
+
+#: Python run first in a private mount namespace by :func:`in_private_namespace`: /etc is a
+#: copy (so nothing written there reaches this machine's), /usr/local/sbin a tmpfs holding
+#: the programs given as JSON in argv[1] (name -> source).
+NAMESPACE_PRELUDE = '''
+import json, os, shutil, subprocess, sys, tempfile
+_work = tempfile.mkdtemp()
+shutil.copytree("/etc", _work + "/etc", symlinks=True)
+subprocess.run(["mount", "--bind", _work + "/etc", "/etc"], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/usr/local/sbin"], check=True)
+for _name, _source in json.loads(sys.argv[1]).items():
+    with open("/usr/local/sbin/" + _name, "w") as _f:
+        _f.write(_source)
+    os.chmod("/usr/local/sbin/" + _name, 0o755)
+sys.argv = [sys.argv[0]] + sys.argv[2:]
+'''
+
+
+def in_private_namespace(script: str, programs: Mapping[str, str], *args: str) -> Dict[str, Any]:
+    """Run ``script`` (after :data:`NAMESPACE_PRELUDE`) as root in a private mount namespace
+    where ``programs`` are installed; it prints one JSON document, returned here."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", NAMESPACE_PRELUDE + script,
+         json.dumps(dict(programs)), *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    found: Dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found

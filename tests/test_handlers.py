@@ -628,6 +628,7 @@ def test_default_registry_covers_every_mechanism() -> None:
     assert sorted(REGISTRY) == sorted([
         "file_content", "file_absent", "file_permissions", "config_set", "config_append",
         "sysctl_set", "audit_rule_set", "command_exec", "dconf_set",
+        "authselect_feature_enable", "crypto_policy_set", "crypto_policy_subpolicy",
     ])
     assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec"]
     assert all(h.name == name for name, h in REGISTRY.items())

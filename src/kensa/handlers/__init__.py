@@ -19,9 +19,11 @@ from typing import Any, Dict, Mapping
 from kensa.errors import ParamError
 from kensa.facts.params import Schema
 from kensa.handlers.audit_rule_set import AuditRuleSet
+from kensa.handlers.authselect_feature import AuthselectFeatureEnable
 from kensa.handlers.command_exec import CommandExec
 from kensa.handlers.config_append import ConfigAppend
 from kensa.handlers.config_set import ConfigSet
+from kensa.handlers.crypto_policy import CryptoPolicySet, CryptoPolicySubpolicy
 from kensa.handlers.dconf_set import DconfSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
@@ -38,6 +40,9 @@ HANDLERS = (
     AuditRuleSet,
     CommandExec,
     DconfSet,
+    AuthselectFeatureEnable,
+    CryptoPolicySet,
+    CryptoPolicySubpolicy,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -54,9 +59,12 @@ __all__ = [
     "HANDLERS",
     "SCHEMAS",
     "AuditRuleSet",
+    "AuthselectFeatureEnable",
     "CommandExec",
     "ConfigAppend",
     "ConfigSet",
+    "CryptoPolicySet",
+    "CryptoPolicySubpolicy",
     "DconfSet",
     "FileAbsent",
     "FileContent",

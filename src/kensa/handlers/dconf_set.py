@@ -29,6 +29,7 @@ from kensa.facts.tools import require_program
 from kensa.handlers.config_append import append_line, revert_append
 from kensa.handlers.filestate import Revert
 from kensa.handlers.filesteps import FilesStep
+from kensa.handlers.tooling import run_tool
 from kensa.hosts.protocol import Host, ReadableHost
 from kensa.model import Assessment, PreState, RollbackResult, StepResult
 
@@ -45,8 +46,6 @@ SCHEMA = Schema(
     },
 )
 
-#: Seconds ``dconf update`` may take.
-UPDATE_TIMEOUT = 120.0
 NOT_REBUILT = "image root: the binary dconf database is not rebuilt (run 'dconf update' in the image)"
 
 
@@ -202,7 +201,4 @@ class DconfSet(FilesStep):
 
 def update(host: Host, mechanism: str) -> None:
     """Run ``dconf update`` over the target's keyfile directories; a failure is a StepFailedError with dconf's words."""
-    done = host.run(["dconf", "update", DB_ROOT], UPDATE_TIMEOUT)
-    if done.returncode != 0:
-        said = (done.stderr or done.stdout).strip()[-2000:]
-        raise StepFailedError(f"{mechanism}: dconf update failed (exit {done.returncode}): {said}")
+    run_tool(host, ["dconf", "update", DB_ROOT], mechanism)
