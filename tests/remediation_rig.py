@@ -5,12 +5,18 @@ from __future__ import annotations
 import io
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import yaml
 
+from agent_targets import transport_for
 from kensa.cli.main import main
+from kensa.engine import Engine
+from kensa.handlers import default_registry
+from kensa.hosts.remote import RemoteHosts
+from kensa.journal import SqliteJournal
 
 
 def kensa_cli(*argv: str) -> Tuple[int, str]:
@@ -97,3 +103,20 @@ def in_private_namespace(script: str, programs: Mapping[str, str], *args: str) -
     assert done.returncode == 0, done.stderr
     found: Dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
+
+
+@contextmanager
+def agent_engine(journal_path: Path) -> Iterator[Engine]:
+    """An engine whose ``ssh://admin@target/ROOT`` hosts are kensa's agent started on this machine
+    (a real process over SubprocessTransport), journaling to ``journal_path``."""
+    hosts = RemoteHosts(transport_for)
+    try:
+        with SqliteJournal(journal_path) as journal:
+            yield Engine(default_registry(), journal=journal, hosts=hosts)
+    finally:
+        hosts.close()
+
+
+def agent_key(root: Path) -> str:
+    """The host key under which :func:`agent_engine` reaches ``root`` through the agent."""
+    return f"ssh://admin@target{root}"

@@ -17,17 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from agent_targets import transport_for
 from conftest import require_real, require_root
 from conftest import snapshot_tree as snapshot
-from remediation_rig import in_private_namespace, remediate, write_rule
-from kensa.engine import Engine
+from remediation_rig import agent_engine, agent_key, in_private_namespace, remediate, write_rule
 from kensa.errors import ParamError, ToolUnavailableError
-from kensa.handlers import default_registry
 from kensa.handlers.authselect_feature import SCHEMA, AuthselectFeatureEnable, configuration
 from kensa.hosts.local import LocalHost
-from kensa.hosts.remote import RemoteHosts
-from kensa.journal import SqliteJournal
 from kensa.model import Status, Step, Transaction
 
 STAND_IN = '''#!/usr/bin/python3
@@ -182,15 +177,9 @@ def test_remediate_and_the_agent_refuse_before_any_change(tmp_path: Path) -> Non
     results = remediate(tmp_path / "j.db", rules, root)
     assert [r["status"] for r in results] == ["errored"], results
     assert "not available on this host: authselect is not installed" in results[0]["error"]["message"]
-    hosts = RemoteHosts(transport_for)
-    try:
-        with SqliteJournal(tmp_path / "remote.db") as journal:
-            engine = Engine(default_registry(), journal=journal, hosts=hosts)
-            txn = Transaction("remote-authselect", (Step("authselect_feature_enable", {"feature": "with-faillock"}),),
-                              host=f"ssh://admin@target{root}")
-            result = engine.run(txn)
-    finally:
-        hosts.close()
+    with agent_engine(tmp_path / "remote.db") as engine:
+        step = Step("authselect_feature_enable", {"feature": "with-faillock"})
+        result = engine.run(Transaction("remote-authselect", (step,), host=agent_key(root)))
     assert result.status is Status.ERRORED and result.host_unchanged
     assert "not available on this host: authselect is not installed" in str(result.error)
     assert snapshot(root) == before

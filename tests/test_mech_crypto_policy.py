@@ -19,17 +19,12 @@ from typing import Any, Dict
 
 import pytest
 
-from agent_targets import transport_for
 from conftest import require_real, require_root
 from conftest import snapshot_tree as snapshot
-from remediation_rig import in_private_namespace, remediate, write_rule
-from kensa.engine import Engine
+from remediation_rig import agent_engine, agent_key, in_private_namespace, remediate, write_rule
 from kensa.errors import ParamError, ToolUnavailableError
-from kensa.handlers import default_registry
 from kensa.handlers.crypto_policy import CryptoPolicySet, CryptoPolicySubpolicy, current_policy, with_module
 from kensa.hosts.local import LocalHost
-from kensa.hosts.remote import RemoteHosts
-from kensa.journal import SqliteJournal
 from kensa.model import Status, Step, Transaction
 
 STAND_IN = '''#!/usr/bin/python3
@@ -194,15 +189,9 @@ def test_through_the_agent_the_refusal_names_the_mechanism(tmp_path: Path) -> No
     (root / "etc/crypto-policies").mkdir(parents=True)
     (root / "etc/crypto-policies/config").write_text("DEFAULT\n")
     before = snapshot(root)
-    hosts = RemoteHosts(transport_for)
-    try:
-        with SqliteJournal(tmp_path / "j.db") as journal:
-            engine = Engine(default_registry(), journal=journal, hosts=hosts)
-            txn = Transaction("remote-crypto", (Step("crypto_policy_subpolicy", {"subpolicy": "NO-SHA1"}),),
-                              host=f"ssh://admin@target{root}")
-            result = engine.run(txn)
-    finally:
-        hosts.close()
+    with agent_engine(tmp_path / "j.db") as engine:
+        step = Step("crypto_policy_subpolicy", {"subpolicy": "NO-SHA1"})
+        result = engine.run(Transaction("remote-crypto", (step,), host=agent_key(root)))
     assert result.status is Status.ERRORED and result.host_unchanged
     assert "not available on this host: update-crypto-policies is not installed" in str(result.error)
     assert snapshot(root) == before

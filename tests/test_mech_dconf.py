@@ -7,27 +7,23 @@ namespace whose /etc/dconf is a tmpfs, so this machine's /etc/dconf is never tou
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict
 
 import pytest
 
-from agent_targets import transport_for
 from conftest import require_real, require_root
 from conftest import snapshot_tree as snapshot
-from remediation_rig import check, kensa_cli, mark, remediate, rollback, write_rule
-from kensa.engine import Engine
-from kensa.errors import KensaError, ParamError, ToolUnavailableError
-from kensa.handlers import default_registry
+from remediation_rig import agent_engine, agent_key, check, mark, remediate, rollback, write_rule
+from kensa.errors import ParamError, ToolUnavailableError
 from kensa.handlers.dconf_set import DconfSet, revert_entry, set_entry
 from kensa.hosts.local import LocalHost
-from kensa.hosts.remote import RemoteHosts
-from kensa.journal import SqliteJournal
 from kensa.model import Status, Step, Transaction
 
 KEYFILE = "etc/dconf/db/local.d/00-screensaver"
@@ -273,7 +269,6 @@ def test_on_a_live_host_dconf_update_compiles_the_value_and_rollback_rebuilds_wi
     os.makedirs("/var/empty-kensa", exist_ok=True)
     params = {k: v for k, v in IDLE.items() if k != "mechanism"}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    import json
     done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", LIVE_SCRIPT,
                            json.dumps(params), OTHER], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -293,18 +288,13 @@ def test_through_the_agent_commit_and_rollback_by_id_on_a_remote_root(tmp_path: 
     require_root()
     root = make_root(tmp_path)
     before = snapshot(root)
-    hosts = RemoteHosts(transport_for)
     steps = tuple(Step("dconf_set", {k: v for k, v in s.items() if k != "mechanism"}) for s in (IDLE, LOCK_DELAY))
-    try:
-        with SqliteJournal(tmp_path / "j.db") as journal:
-            engine = Engine(default_registry(), journal=journal, hosts=hosts)
-            txn = Transaction("remote-dconf", steps, host=f"ssh://admin@target{root}")
-            result = engine.run(txn)
-            assert result.status is Status.COMMITTED, result.error
-            assert "idle-delay=uint32 900" in (root / KEYFILE).read_text()
-            assert (root / LOCKS).read_text() == "/org/gnome/desktop/session/idle-delay\n"
-            back = engine.rollback(txn.id)
-            assert back.status is Status.ROLLED_BACK and back.host_unchanged, back.error
-    finally:
-        hosts.close()
+    with agent_engine(tmp_path / "j.db") as engine:
+        txn = Transaction("remote-dconf", steps, host=agent_key(root))
+        result = engine.run(txn)
+        assert result.status is Status.COMMITTED, result.error
+        assert "idle-delay=uint32 900" in (root / KEYFILE).read_text()
+        assert (root / LOCKS).read_text() == "/org/gnome/desktop/session/idle-delay\n"
+        back = engine.rollback(txn.id)
+        assert back.status is Status.ROLLED_BACK and back.host_unchanged, back.error
     assert snapshot(root) == before

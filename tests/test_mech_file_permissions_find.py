@@ -20,19 +20,15 @@ from typing import Any, Dict, List
 
 import pytest
 
-from agent_targets import transport_for
 from conftest import require_real, require_root, tmpfs
 from conftest import snapshot_tree as snapshot
-from remediation_rig import check, mark, remediate, rollback, write_rule
-from kensa.engine import Engine
+from remediation_rig import agent_engine, agent_key, check, mark, remediate, rollback, write_rule
 from kensa.errors import ParamError, TooManyFilesError
 from kensa.facts.finding import MAX_MATCHED, find_args, selected, selection
 from kensa.facts.modes import mode_for, mode_spec
-from kensa.handlers import default_registry
 from kensa.handlers.file_permissions import SCHEMA, FilePermissions
 from kensa.hosts.local import LocalHost
-from kensa.hosts.remote import RemoteHost, RemoteHosts
-from kensa.journal import SqliteJournal
+from kensa.hosts.remote import RemoteHost
 from kensa.model import Status, Step, Transaction
 
 #: find_args as Kensa's public rules write them.
@@ -334,21 +330,16 @@ def test_through_the_agent_a_selection_is_one_round_trip_per_phase_and_rolls_bac
     require_root()
     root = make_root(tmp_path)
     before = snapshot(root)
-    hosts = RemoteHosts(transport_for)
     step = Step("file_permissions", {k: v for k, v in WORLD_WRITABLE.items() if k != "mechanism"})
-    try:
-        with SqliteJournal(tmp_path / "j.db") as journal:
-            engine = Engine(default_registry(), journal=journal, hosts=hosts)
-            txn = Transaction("remote-find", (step,), host=f"ssh://admin@target{root}")
-            host = engine.hosts(txn.host)
-            assert isinstance(host, RemoteHost)
-            host.connection.counts.clear()
-            result = engine.run(txn)
-            assert result.status is Status.COMMITTED, result.error
-            assert dict(host.connection.counts) == {"validate": 2, "capture": 1, "apply": 1}
-            assert stat.S_IMODE((root / "etc/cron.d/job").stat().st_mode) == 0o644
-            back = engine.rollback(txn.id)
-            assert back.status is Status.ROLLED_BACK and back.host_unchanged, back.error
-    finally:
-        hosts.close()
+    with agent_engine(tmp_path / "j.db") as engine:
+        txn = Transaction("remote-find", (step,), host=agent_key(root))
+        host = engine.hosts(txn.host)
+        assert isinstance(host, RemoteHost)
+        host.connection.counts.clear()
+        result = engine.run(txn)
+        assert result.status is Status.COMMITTED, result.error
+        assert dict(host.connection.counts) == {"validate": 2, "capture": 1, "apply": 1}
+        assert stat.S_IMODE((root / "etc/cron.d/job").stat().st_mode) == 0o644
+        back = engine.rollback(txn.id)
+        assert back.status is Status.ROLLED_BACK and back.host_unchanged, back.error
     assert snapshot(root) == before

@@ -264,10 +264,7 @@ class ConfinedRoot:
         parts = self.components(path)
         if not parts:
             raise HostAccessError(errno.EISDIR, f"path {path!r} names the target root itself, not a file")
-        try:
-            fd = os.open(".", DIR_FLAGS, dir_fd=self._pin.fd)
-        except OSError as exc:
-            raise HostAccessError(exc.errno, f"cannot open the target root {self.name}: {exc.strerror}") from exc
+        fd = self.open_root()
         try:
             for depth, name in enumerate(parts[:-1], 1):
                 try:
@@ -415,16 +412,19 @@ class ConfinedRoot:
             raise self.special_refusal(path, mode)
         return fd
 
-    def list_root(self) -> List[str]:
-        """The names of the root directory's entries, sorted (:meth:`parent` refuses the root itself)."""
+    def open_root(self) -> int:
+        """A new fd of the root directory itself (:meth:`parent` refuses to name it); the caller closes it."""
         try:
-            fd = os.open(".", DIR_FLAGS, dir_fd=self._pin.fd)
+            return os.open(".", DIR_FLAGS, dir_fd=self._pin.fd)
         except OSError as exc:
             raise HostAccessError(exc.errno, f"cannot open the target root {self.name}: {exc.strerror}") from exc
+
+    def listing(self, path: str, fd: int) -> List[str]:
+        """The sorted names of the directory ``path`` open as ``fd``, which is closed."""
         try:
             return sorted(os.listdir(fd))
         except OSError as exc:
-            raise HostAccessError(exc.errno, f"cannot list the target root {self.name}: {exc.strerror}") from exc
+            raise HostAccessError(exc.errno, f"cannot list {self.where(path)}: {exc.strerror}") from exc
         finally:
             os.close(fd)
 
