@@ -120,6 +120,18 @@ def test_commit_writes_exactly_the_keys_and_the_lock_and_dconf_compiles_them(tmp
     assert compiled(root, "/org/gnome/desktop/screensaver/lock-delay") == "uint32 5"
 
 
+def test_on_an_image_root_the_result_says_the_binary_database_is_not_rebuilt(tmp_path: Path) -> None:
+    """Apply and rollback on an image root say that the binary database is not rebuilt, and build none."""
+    root = make_root(tmp_path)
+    host, handler = LocalHost(str(root)), DconfSet()
+    params = {k: v for k, v in IDLE.items() if k != "mechanism"}
+    pre = handler.capture(host, params)
+    assert "the binary dconf database is not rebuilt" in handler.apply(host, params, pre).detail
+    back = handler.rollback(host, pre)
+    assert back.ok and "the binary dconf database is not rebuilt" in back.detail
+    assert not (root / "etc/dconf/db/local").exists()
+
+
 def test_rollback_by_id_keeps_an_operators_later_edit_and_refuses_an_edit_of_kensas_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """After a commit, an operator's edit of another section of the same keyfile survives a
