@@ -21,7 +21,7 @@ import pytest
 
 from conftest import require_real, require_root
 from conftest import snapshot_tree as snapshot
-from remediation_rig import agent_engine, agent_key, in_private_namespace, remediate, write_rule
+from remediation_rig import agent_engine, agent_key, check, in_private_namespace, remediate, write_rule
 from kensa.errors import ParamError, ToolUnavailableError
 from kensa.handlers.crypto_policy import CryptoPolicySet, CryptoPolicySubpolicy, current_policy, with_module
 from kensa.hosts.local import LocalHost
@@ -168,14 +168,19 @@ def test_hostile_policy_names_are_refused_naming_the_field(params: Dict[str, Any
     assert caught.value.field == field
 
 
-def test_remediate_on_an_image_root_errors_before_any_change(tmp_path: Path) -> None:
-    """`kensa remediate` of a crypto_policy_set rule on an image root without the tool ends errored,
-    saying the mechanism is not available, and the tree is unchanged."""
+@pytest.mark.parametrize("with_config", [True, False])
+def test_remediate_on_an_image_root_errors_before_any_change(tmp_path: Path, with_config: bool) -> None:
+    """`kensa check` of a crypto_policy_set rule on an image root without the tool (with or without
+    /etc/crypto-policies) says not compliant; `kensa remediate` ends errored, saying the mechanism is
+    not available, and the tree is unchanged."""
     root = tmp_path / "root"
-    (root / "etc/crypto-policies").mkdir(parents=True)
-    (root / "etc/crypto-policies/config").write_text("DEFAULT\n")
+    (root / "etc").mkdir(parents=True)
+    if with_config:
+        (root / "etc/crypto-policies").mkdir()
+        (root / "etc/crypto-policies/config").write_text("DEFAULT\n")
     before = snapshot(root)
     rules = write_rule(tmp_path / "rules", "crypto-fips", None, [{"mechanism": "crypto_policy_set", "policy": "FIPS"}])
+    assert check(tmp_path / "j.db", rules, root) == {"crypto-fips": "not_compliant"}
     results = remediate(tmp_path / "j.db", rules, root)
     assert [r["status"] for r in results] == ["errored"], results
     assert "not available on this host: update-crypto-policies is not installed" in results[0]["error"]["message"]

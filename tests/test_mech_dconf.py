@@ -200,6 +200,7 @@ def test_a_symlink_planted_as_the_keyfile_or_a_missing_database_directory_is_ref
     assert snapshot(root) == before and outside.read_text() == "not dconf's\n"
 
     params = {**{k: v for k, v in IDLE.items() if k != "mechanism"}, "db": "gdm"}
+    assert DconfSet().validate(LocalHost(str(root)), params) is False  # no such database: not compliant
     with pytest.raises(ParamError, match=r"gdm\.d \(under root .*\) is not a directory"):
         DconfSet().capture(LocalHost(str(root)), params)
 

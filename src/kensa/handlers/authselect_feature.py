@@ -29,6 +29,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import KensaError, ParamError, StepFailedError
 from kensa.facts.config import decode
+from kensa.facts.files import read_if_any
 from kensa.facts.params import Field, Schema, line
 from kensa.handlers.filestate import FilePlan, Planned, capture_file, differences, restore_planned, restored, rollback_result
 from kensa.handlers.tooling import live_tool, run_tool
@@ -59,11 +60,8 @@ def configuration(data: Optional[bytes]) -> Tuple[Optional[str], List[str]]:
 
 
 def current(host: ReadableHost) -> Tuple[Optional[str], List[str]]:
-    """The target's authselect profile and features; (None, []) when it has no /etc/authselect."""
-    found = host.info(DIRECTORY)
-    if found is None or found.kind != "dir":
-        return None, []
-    return configuration(host.read_bytes(CONFIG))
+    """The target's authselect profile and features; (None, []) when it has no authselect.conf."""
+    return configuration(read_if_any(host, CONFIG))
 
 
 class AuthselectFeatureEnable:

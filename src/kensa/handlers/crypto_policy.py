@@ -23,6 +23,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 from kensa.errors import KensaError, ParamError, StepFailedError
 from kensa.facts.config import decode
+from kensa.facts.files import read_if_any
 from kensa.facts.params import Field, Schema, line, text
 from kensa.handlers.filestate import Revert
 from kensa.handlers.filesteps import FilesStep
@@ -89,7 +90,7 @@ class _PolicyStep(FilesStep):
         return [None]
 
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
-        current = current_policy(host.read_bytes(CONFIG))
+        current = current_policy(read_if_any(host, CONFIG))
         return current is not None and current == self.wanted(params, current)
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
@@ -104,7 +105,7 @@ class _PolicyStep(FilesStep):
 
     def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         live_tool(host, TOOL, self.name)
-        current = current_policy(host.read_bytes(CONFIG))
+        current = current_policy(read_if_any(host, CONFIG))
         policy = self.wanted(params, current)
         if policy == current:
             return StepResult(self.name, ok=True, changed=False, detail=f"the crypto policy is already {policy}")
@@ -116,7 +117,7 @@ class _PolicyStep(FilesStep):
         old = str(pre.data["policy"])
         try:
             policy_name(old)  # a journal edited on disk never reaches the tool's command line
-            if current_policy(host.read_bytes(CONFIG)) != old:
+            if current_policy(read_if_any(host, CONFIG)) != old:
                 run_tool(host, [TOOL, "--set", old], self.name)
         except (KensaError, OSError) as exc:
             return [f"setting the crypto policy back to {old} failed: {exc}"]

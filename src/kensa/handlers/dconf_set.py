@@ -24,6 +24,7 @@ from kensa.facts.dconf import (
     DB_ROOT, dconf_key, entry_value, find_entry, gvariant_value, has_lock, keyfile_path, keyfile_text, lock_line, lock_path,
     name_component, schema_path, value_type,
 )
+from kensa.facts.files import read_if_any
 from kensa.facts.params import Field, Schema, as_given, boolean
 from kensa.facts.tools import require_program
 from kensa.handlers.config_append import append_line, revert_append
@@ -148,10 +149,10 @@ class DconfSet(FilesStep):
 
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         read = self._read(params)
-        keyfile = decode(host.read_bytes(keyfile_path(read["db"], read["file"])))
+        keyfile = decode(read_if_any(host, keyfile_path(read["db"], read["file"])))
         if entry_value(keyfile, read["schema"], read["key"]) != read["text"]:
             return False
-        return not read["lock"] or has_lock(decode(host.read_bytes(lock_path(read["db"], read["file"]))),
+        return not read["lock"] or has_lock(decode(read_if_any(host, lock_path(read["db"], read["file"]))),
                                             lock_line(read["schema"], read["key"]))
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
