@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -71,33 +72,45 @@ def read_text(path: Path) -> Optional[str]:
     return path.read_text() if path.exists() else None
 
 
-#: Python run first in a private mount namespace by :func:`in_private_namespace`: /etc is a
-#: copy (so nothing written there reaches this machine's), /usr/local/sbin a tmpfs holding
-#: the programs given as JSON in argv[1] (name -> source).
+def copy_etc(dest: Path) -> None:
+    """This machine's /etc copied to ``dest`` (links as links); an entry that vanishes while
+    copying (another process's temporary file) is left out."""
+    def copy(src: str, dst: str) -> None:
+        try:
+            shutil.copy2(src, dst, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+
+    shutil.copytree("/etc", dest, symlinks=True, copy_function=copy, ignore_dangling_symlinks=True)
+
+
+#: Python run first in a private mount namespace by :func:`in_private_namespace`: /etc is
+#: bind-mounted from argv[2] (a copy, so nothing written there reaches this machine's),
+#: /usr/local/sbin is a tmpfs holding the programs given as JSON in argv[1] (name -> source).
 NAMESPACE_PRELUDE = '''
-import json, os, shutil, subprocess, sys, tempfile
-_work = tempfile.mkdtemp()
-shutil.copytree("/etc", _work + "/etc", symlinks=True)
-subprocess.run(["mount", "--bind", _work + "/etc", "/etc"], check=True)
+import json, os, subprocess, sys
+subprocess.run(["mount", "--bind", sys.argv[2], "/etc"], check=True)
 subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/usr/local/sbin"], check=True)
 for _name, _source in json.loads(sys.argv[1]).items():
     with open("/usr/local/sbin/" + _name, "w") as _f:
         _f.write(_source)
     os.chmod("/usr/local/sbin/" + _name, 0o755)
-sys.argv = [sys.argv[0]] + sys.argv[2:]
+sys.argv = [sys.argv[0]] + sys.argv[3:]
 '''
 
 
-def in_private_namespace(script: str, programs: Mapping[str, str], *args: str) -> Dict[str, Any]:
-    """Run ``script`` (after :data:`NAMESPACE_PRELUDE`) as root in a private mount namespace
-    where ``programs`` are installed; it prints one JSON document, returned here."""
+def in_private_namespace(script: str, programs: Mapping[str, str], work: Path, *args: str) -> Dict[str, Any]:
+    """Run ``script`` (after :data:`NAMESPACE_PRELUDE`) as root in a private mount namespace whose
+    /etc is a copy made in ``work`` and where ``programs`` are installed; it prints one JSON
+    document, returned here."""
     import subprocess
     import sys
 
+    copy_etc(work / "etc")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
         ["unshare", "-m", "--propagation", "private", sys.executable, "-c", NAMESPACE_PRELUDE + script,
-         json.dumps(dict(programs)), *args],
+         json.dumps(dict(programs)), str(work / "etc"), *args],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert done.returncode == 0, done.stderr

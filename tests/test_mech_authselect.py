@@ -185,7 +185,7 @@ def test_remediate_and_the_agent_refuse_before_any_change(tmp_path: Path) -> Non
     assert snapshot(root) == before
 
 
-def test_on_a_live_host_with_the_tool_rollback_restores_authselects_files_exactly() -> None:
+def test_on_a_live_host_with_the_tool_rollback_restores_authselects_files_exactly(tmp_path: Path) -> None:
     """With a stand-in authselect on a live host (private mount namespace, /etc a copy): no profile
     selected is refused; enabling with-faillock (which rewrites system-auth) and with-smartcard (which
     adds a file) rolls back to exactly the files before, xattrs included; a rollback by id of an
@@ -193,7 +193,7 @@ def test_on_a_live_host_with_the_tool_rollback_restores_authselects_files_exactl
     require_root()
     if shutil.which("unshare") is None:
         require_real("unshare is not installed")
-    seen = in_private_namespace(LIVE, {"authselect": STAND_IN})
+    seen = in_private_namespace(LIVE, {"authselect": STAND_IN}, tmp_path)
     assert "no authselect profile is selected" in seen["no_profile"]
     for feature in ("with-faillock", "with-smartcard"):
         assert f"enabled authselect feature {feature}" in seen[feature + "_apply"]

@@ -202,7 +202,7 @@ def test_through_the_agent_the_refusal_names_the_mechanism(tmp_path: Path) -> No
     assert snapshot(root) == before
 
 
-def test_on_a_live_host_with_the_tool_rollback_restores_the_config_and_back_ends_exactly() -> None:
+def test_on_a_live_host_with_the_tool_rollback_restores_the_config_and_back_ends_exactly(tmp_path: Path) -> None:
     """With a stand-in update-crypto-policies on a live host (private mount namespace, /etc a copy):
     a subpolicy is added through --set CURRENT:MODULE; rollback sets the old policy back and restores
     the config's own bytes (its comment included), so every file is as before; a rollback by id of an
@@ -211,7 +211,7 @@ def test_on_a_live_host_with_the_tool_rollback_restores_the_config_and_back_ends
     require_root()
     if shutil.which("unshare") is None:
         require_real("unshare is not installed")
-    seen = in_private_namespace(LIVE, {"update-crypto-policies": STAND_IN})
+    seen = in_private_namespace(LIVE, {"update-crypto-policies": STAND_IN}, tmp_path)
     assert seen["valid_before"] is False and "DEFAULT -> DEFAULT:NO-SHA1" in seen["apply"]
     assert seen["config_after"] == "DEFAULT:NO-SHA1\n" and "DEFAULT:NO-SHA1" in seen["backend_after"]
     assert seen["valid_after"] is True

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import require_real, require_root
 from conftest import snapshot_tree as snapshot
-from remediation_rig import agent_engine, agent_key, check, mark, remediate, rollback, write_rule
+from remediation_rig import agent_engine, agent_key, check, copy_etc, mark, remediate, rollback, write_rule
 from kensa.errors import ParamError, ToolUnavailableError
 from kensa.handlers.dconf_set import DconfSet, revert_entry, set_entry
 from kensa.hosts.local import LocalHost
@@ -210,7 +210,7 @@ def test_a_copy_of_this_machines_etc_remediated_then_checked_is_compliant(tmp_pa
     dconf rules (a lock, a string value, a db of its own) to committed, then checks compliant."""
     require_root()
     root = tmp_path / "root"
-    shutil.copytree("/etc", root / "etc", symlinks=True)
+    copy_etc(root / "etc")
     for db in ("local", "gdm"):
         (root / f"etc/dconf/db/{db}.d/locks").mkdir(parents=True, exist_ok=True)
     rules = tmp_path / "rules"
@@ -261,7 +261,7 @@ LIVE_SCRIPT = textwrap.dedent("""
     seen["after_rollback"] = read()
     seen["keyfile"] = open("/etc/dconf/db/local.d/00-screensaver").read()
     seen["lock_left"] = os.path.exists("/etc/dconf/db/local.d/locks/00-screensaver")
-    subprocess.run(["mount", "--bind", "/var/empty-kensa", "/usr/bin"], check=True)
+    subprocess.run(["mount", "--bind", sys.argv[3], "/usr/bin"], check=True)
     try:
         handler.capture(host, params)
     except Exception as exc:
@@ -279,11 +279,12 @@ def test_on_a_live_host_dconf_update_compiles_the_value_and_rollback_rebuilds_wi
     dconf_tool()
     if shutil.which("unshare") is None:
         require_real("unshare is not installed")
-    os.makedirs("/var/empty-kensa", exist_ok=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
     params = {k: v for k, v in IDLE.items() if k != "mechanism"}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", LIVE_SCRIPT,
-                           json.dumps(params), OTHER], capture_output=True, text=True, env=env, timeout=120)
+                           json.dumps(params), OTHER, str(empty)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen["live"] and seen["valid"] and "ran dconf update" in seen["apply"]

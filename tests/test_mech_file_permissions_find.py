@@ -22,7 +22,7 @@ import pytest
 
 from conftest import require_real, require_root, tmpfs
 from conftest import snapshot_tree as snapshot
-from remediation_rig import agent_engine, agent_key, check, mark, remediate, rollback, write_rule
+from remediation_rig import agent_engine, agent_key, check, copy_etc, mark, remediate, rollback, write_rule
 from kensa.errors import ParamError, TooManyFilesError
 from kensa.facts.finding import MAX_MATCHED, find_args, selected, selection
 from kensa.facts.modes import mode_for, mode_spec
@@ -301,7 +301,7 @@ def test_a_copy_of_this_machines_etc_remediated_then_checked_is_compliant(tmp_pa
     config files, owner root in cron directories, ssh host keys 0600) to committed, then checks compliant."""
     require_root()
     root = tmp_path / "root"
-    shutil.copytree("/etc", root / "etc", symlinks=True)
+    copy_etc(root / "etc")
     (root / "etc/cron.d/stray").write_text("# x\n")
     (root / "etc/cron.d/stray").chmod(0o666)
     os.chown(root / "etc/cron.d/stray", 1000, 1000)
