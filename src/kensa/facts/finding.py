@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from kensa.errors import KensaError, ParamError
+from kensa.facts.files import read_if_any
 from kensa.facts.modes import mode_for, mode_spec
 from kensa.facts.params import absolute_path, line
 from kensa.hosts.protocol import ReadableHost
@@ -285,9 +286,10 @@ def selection(read: Dict[str, Any]) -> Selection:
 
 
 def _mount_points(host: ReadableHost) -> Set[str]:
-    # /proc/self is a symlink, which the host never follows; this code runs where the
-    # host is (on the target, in kensa's agent), so its own pid names the same file.
-    data = host.read_bytes(f"/proc/{os.getpid()}/mountinfo") or b""
+    # /proc/self is a symlink, which the host never follows. A step phase runs where the
+    # host is (in kensa's agent on a target), so its own pid names the same file; a read
+    # from elsewhere (a controller's check) falls back to init's mounts.
+    data = read_if_any(host, f"/proc/{os.getpid()}/mountinfo") or read_if_any(host, "/proc/1/mountinfo") or b""
     found = set()
     for text in data.decode("utf-8", "replace").splitlines():
         fields = text.split(" ")
