@@ -409,26 +409,25 @@ def test_a_bad_file_is_reported_and_the_rest_of_the_directory_runs(tmp_path: Pat
 def test_kensas_names_are_not_supported_yet_and_other_names_unknown() -> None:
     """A mechanism or check method Kensa defines but kensa lacks is 'not supported yet'; a name
     neither has is unknown, with the closest name suggested. Both rules still load."""
-    base = "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n    remediation: {mechanism: MECH, schema: s, key: k, value: v, file: f}\n"
-    known = parse_rule(base.replace("MECH", "dconf_set"))
-    assert "mechanism 'dconf_set'" in known.unsupported_reason and "not supported by kensa yet" in known.unsupported_reason
+    base = "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n    remediation: {mechanism: MECH, schedule: '@daily', command: x, user: root}\n"
+    known = parse_rule(base.replace("MECH", "cron_job"))
+    assert "mechanism 'cron_job'" in known.unsupported_reason and "not supported by kensa yet" in known.unsupported_reason
     unknown = parse_rule(base.replace("MECH", "dconf_sett"))
     assert "unknown mechanism 'dconf_sett'" in unknown.unsupported_reason and "did you mean 'dconf_set'" in unknown.unsupported_reason
-    check = parse_rule(base.replace("remediation: {mechanism: MECH, schema: s, key: k, value: v, file: f}",
+    check = parse_rule(base.replace("remediation: {mechanism: MECH, schedule: '@daily', command: x, user: root}",
                                     "check: {method: sysctl_valu, key: a, expected: b}\n    remediation: {mechanism: file_absent, path: /x}"))
     impl = check.implementations[0]
     assert not impl.checkable and "unknown check method 'sysctl_valu'" in impl.check_unsupported_reason
     assert "did you mean 'sysctl_value'" in impl.check_unsupported_reason
 
 
-def test_find_based_file_permissions_is_unsupported_not_malformed() -> None:
-    """Kensa's file_permissions takes find_paths instead of path: such a rule loads,
-    unsupported, naming what kensa lacks; without either it is malformed."""
+def test_find_based_file_permissions_loads_and_without_a_selection_is_malformed() -> None:
+    """Kensa's file_permissions with find_paths instead of path (and a symbolic mode) loads as
+    supported; with neither path nor find_paths it is malformed, naming the field."""
     base = "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n    remediation: {mechanism: file_permissions, FIELDS}\n"
     rule = parse_rule(base.replace("FIELDS", "find_paths: [/usr/lib], find_type: d, mode: go-w"))
-    assert not rule.supported
-    assert "without 'path' is not supported by kensa" in rule.unsupported_reason
-    with pytest.raises(RuleError, match="field 'implementations\\[0\\].remediation.path': required field is missing"):
+    assert rule.supported, rule.unsupported_reason
+    with pytest.raises(RuleError, match="field 'implementations\\[0\\].remediation.path': give either 'path' or 'find_paths'"):
         parse_rule(base.replace("FIELDS", "mode: '0644'"))
 
 

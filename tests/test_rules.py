@@ -775,16 +775,20 @@ def test_loader_and_handler_agree_on_a_steps_fields(tmp_path: Path, fields: dict
 
 
 @pytest.mark.parametrize("mode", ["u=rw", "go-w", "+t", "u=rwx,g=rx,o="])
-def test_symbolic_mode_loads_as_unsupported(mode: str) -> None:
-    """chmod's symbolic modes are valid in Kensa's schema (it hands them to chmod); kensa's
-    file_permissions sets numeric modes only, so the rule loads unsupported, naming the field,
-    and the handler refuses the same value at run time."""
+def test_symbolic_mode_loads_as_supported(mode: str) -> None:
+    """chmod's symbolic modes (Kensa's find-based rules use them) load as supported and the
+    handler's schema reads them; each file then gets the mode chmod would give it."""
     text = MINIMAL.replace("{mechanism: file_absent, path: /x}", f"{{mechanism: file_permissions, path: /x, mode: '{mode}'}}")
     rule = parse_rule(text)
-    assert not rule.supported
-    assert "field 'implementations[0].remediation.mode' of mechanism 'file_permissions': kensa " in rule.unsupported_reason
-    with pytest.raises(handlers.ParamError):
-        handlers.default_registry()["file_permissions"].validate(None, {"path": "/x", "mode": mode})
+    assert rule.supported, rule.unsupported_reason
+    assert handlers.default_registry()["file_permissions"].schema.read({"path": "/x", "mode": mode})["mode"] == mode
+
+
+@pytest.mark.parametrize("mode", ["u+q", "go-w,", "rwx", "0o644"])
+def test_a_mode_neither_numeric_nor_symbolic_is_refused(mode: str) -> None:
+    """A mode that is neither chmod's numeric nor its symbolic form is a ParamError naming it."""
+    with pytest.raises(handlers.ParamError, match="mode"):
+        handlers.default_registry()["file_permissions"].schema.read({"path": "/x", "mode": mode})
 
 
 def test_match_key_error_says_why() -> None:

@@ -237,8 +237,15 @@ class ParamError(KensaError, ValueError):
 
 class NotAvailableError(KensaError, RuntimeError):
     """A mechanism cannot run on this host (a tool it needs is not installed, the kernel
-    feature it sets is not enabled); raised before anything changes. The message starts
-    with the mechanism and says "not available on this host: <why>"."""
+    feature it sets is not enabled, it cannot act on an image root); raised before
+    anything changes. The message starts with the mechanism and says "not available
+    on this host: <why>" (or "on an image root")."""
+
+
+# Raised by kensa.handlers.file_permissions
+
+class TooManyFilesError(KensaError, ValueError):
+    """A step's selection matches more files than one step may change; nothing was changed."""
 
 
 # Raised by kensa.handlers.audit_rule_set

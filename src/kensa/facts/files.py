@@ -47,3 +47,13 @@ def real_dirs(host: ReadableHost, candidates: Sequence[str]) -> List[str]:
         if info is not None and info.kind == "dir":
             found.append(path)
     return found
+
+
+def read_if_any(host: ReadableHost, path: str) -> Optional[bytes]:
+    """The bytes of ``path``; None when it, or a directory on the way to it, does not exist."""
+    try:
+        return host.read_bytes(path)
+    except HostAccessError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise

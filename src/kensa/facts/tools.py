@@ -1,20 +1,35 @@
-"""Whether a live target has a command installed, as its own shell finds it."""
+"""Whether a target has a program, looked up inside its root (never this machine's PATH)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
+from kensa.errors import KensaError, NotAvailableError
 from kensa.hosts.protocol import ReadableHost
 
-LOOKUP_TIMEOUT = 30.0
-
-# The tool's name is an argument of the script, never part of it; the system
-# directories come first, as a non-login shell's PATH may lack the sbin ones.
-_LOOKUP = 'PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH command -v -- "$1"'
+#: Where packages install the programs kensa drives; /bin and /sbin are links to these on
+#: merged-/usr systems, and listing a directory never follows a link.
+PROGRAM_DIRS: Sequence[str] = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/local/sbin")
 
 
-def find_tool(host: ReadableHost, name: str) -> Optional[str]:
-    """Where the live ``host`` runs ``name`` from, None when it has no such command."""
-    done = host.run(["sh", "-c", _LOOKUP, "sh", name], LOOKUP_TIMEOUT)
-    found = done.stdout.strip()
-    return found if done.returncode == 0 and found.startswith("/") else None
+def find_program(host: ReadableHost, name: str) -> Optional[str]:
+    """The path inside the target's root of the program ``name``, or None when none is installed."""
+    for directory in PROGRAM_DIRS:
+        try:
+            entries = host.list_dir(directory)
+        except KensaError:
+            continue  # a link (merged /usr) or an unreadable directory: the real one is listed too
+        if entries is not None and name in entries:
+            return f"{directory}/{name}"
+    return None
+
+
+def require_program(host: ReadableHost, name: str, mechanism: str) -> str:
+    """:func:`find_program`, or :class:`NotAvailableError` saying the mechanism is not available."""
+    found = find_program(host, name)
+    if found is None:
+        raise NotAvailableError(
+            f"{mechanism}: not available on this host: {name} is not installed on {host.where('/')} "
+            f"(looked in {', '.join(PROGRAM_DIRS)}); nothing was changed"
+        )
+    return found

@@ -19,10 +19,13 @@ from typing import Any, Dict, Mapping
 from kensa.errors import ParamError
 from kensa.facts.params import Schema
 from kensa.handlers.audit_rule_set import AuditRuleSet
+from kensa.handlers.authselect_feature import AuthselectFeatureEnable
 from kensa.handlers.command_exec import CommandExec
 from kensa.handlers.config_append import ConfigAppend
 from kensa.handlers.config_set import ConfigSet
 from kensa.handlers.config_set_dropin import ConfigSetDropin
+from kensa.handlers.crypto_policy import CryptoPolicySet, CryptoPolicySubpolicy
+from kensa.handlers.dconf_set import DconfSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
@@ -47,6 +50,10 @@ HANDLERS = (
     GrubParameterRemove,
     SelinuxBooleanSet,
     Manual,
+    DconfSet,
+    AuthselectFeatureEnable,
+    CryptoPolicySet,
+    CryptoPolicySubpolicy,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -63,10 +70,14 @@ __all__ = [
     "HANDLERS",
     "SCHEMAS",
     "AuditRuleSet",
+    "AuthselectFeatureEnable",
     "CommandExec",
     "ConfigAppend",
     "ConfigSet",
     "ConfigSetDropin",
+    "CryptoPolicySet",
+    "CryptoPolicySubpolicy",
+    "DconfSet",
     "FileAbsent",
     "FileContent",
     "FilePermissions",

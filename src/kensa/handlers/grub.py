@@ -33,7 +33,7 @@ from kensa.errors import HostAccessError, NotAvailableError, ParamError
 from kensa.facts import boot
 from kensa.facts.config import decode, encode
 from kensa.facts.params import Field, Schema, line
-from kensa.facts.tools import find_tool
+from kensa.facts.tools import find_program
 from kensa.handlers.filestate import (
     FilePlan,
     Planned,
@@ -207,10 +207,10 @@ class _GrubParameter:
                     f"{self.name}: not available on an image root with boot loader entries "
                     f"({host.where(boot.BLS_ENTRIES)}): grubby writes them on the running system")
             return None
-        if find_tool(host, "grubby") is not None:
+        if find_program(host, "grubby") is not None:
             return "grubby", None
         for tool, cfg in MKCONFIG:
-            if find_tool(host, tool) is not None:
+            if find_program(host, tool) is not None:
                 return tool, cfg
         raise NotAvailableError(f"{self.name}: not available on this host: grubby or grub-mkconfig is not installed")
 

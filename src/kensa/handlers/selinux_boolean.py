@@ -18,7 +18,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 from kensa.errors import HostAccessError, KensaError, NotAvailableError, ParamError
 from kensa.facts.params import Field, Schema, as_given, boolean, line
-from kensa.facts.tools import find_tool
+from kensa.facts.tools import find_program
 from kensa.handlers.filestate import Planned, StatePlan, combine
 from kensa.hosts.protocol import Host, ReadableHost
 from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
@@ -74,7 +74,7 @@ class SelinuxBooleanSet:
             raise NotAvailableError(f"{self.name}: not available on this host: SELinux is not enabled "
                                     f"({SELINUX_ENFORCE} does not exist)")
         for tool in ("getsebool", "setsebool"):
-            if find_tool(host, tool) is None:
+            if find_program(host, tool) is None:
                 raise NotAvailableError(f"{self.name}: not available on this host: {tool} is not installed")
 
     def _current(self, host: ReadableHost, name: str) -> str:

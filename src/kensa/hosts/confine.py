@@ -264,10 +264,7 @@ class ConfinedRoot:
         parts = self.components(path)
         if not parts:
             raise HostAccessError(errno.EISDIR, f"path {path!r} names the target root itself, not a file")
-        try:
-            fd = os.open(".", DIR_FLAGS, dir_fd=self._pin.fd)
-        except OSError as exc:
-            raise HostAccessError(exc.errno, f"cannot open the target root {self.name}: {exc.strerror}") from exc
+        fd = self.open_root()
         try:
             for depth, name in enumerate(parts[:-1], 1):
                 try:
@@ -414,6 +411,22 @@ class ConfinedRoot:
             os.close(fd)
             raise self.special_refusal(path, mode)
         return fd
+
+    def open_root(self) -> int:
+        """A new fd of the root directory itself (:meth:`parent` refuses to name it); the caller closes it."""
+        try:
+            return os.open(".", DIR_FLAGS, dir_fd=self._pin.fd)
+        except OSError as exc:
+            raise HostAccessError(exc.errno, f"cannot open the target root {self.name}: {exc.strerror}") from exc
+
+    def listing(self, path: str, fd: int) -> List[str]:
+        """The sorted names of the directory ``path`` open as ``fd``, which is closed."""
+        try:
+            return sorted(os.listdir(fd))
+        except OSError as exc:
+            raise HostAccessError(exc.errno, f"cannot list {self.where(path)}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def parent_if_any(self, path: str) -> Iterator[Optional[Tuple[int, str]]]:

@@ -231,20 +231,15 @@ class LocalHost(FileReaders):
     def list_dir(self, path: str) -> Optional[List[str]]:
         """The names of the entries of the directory at ``path``, sorted (None when
         nothing is there); a file there is refused with ENOTDIR. Entries are listed,
-        never followed: reading one goes through :meth:`info` and its refusals."""
+        never followed: reading one goes through :meth:`info` and its refusals. ``/`` lists the root."""
+        if not self._tree.components(path):
+            return self._tree.listing(path, self._tree.open_root())
         with self._tree.parent_if_any(path) as found:
             if found is None:
                 return None
             dir_fd, name = found
             fd = self._tree.open_final(path, dir_fd, name, _READ_FLAGS | os.O_DIRECTORY)
-            if fd is None:
-                return None
-            try:
-                return sorted(os.listdir(fd))
-            except OSError as exc:
-                raise HostAccessError(exc.errno, f"cannot list {self.where(path)}: {exc.strerror}") from exc
-            finally:
-                os.close(fd)
+            return None if fd is None else self._tree.listing(path, fd)
 
     def _load(self, path: str, fd: int, size: int) -> bytes:
         cap = self.max_file_bytes

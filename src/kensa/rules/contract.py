@@ -155,9 +155,6 @@ KENSA_CAPABILITIES = frozenset(
 _AUDIT_CONTROL_LINE = re.compile(
     r"-e\s+[12]|-[bfr]\s+\d+|--backlog_wait_time\s+\d+|--loginuid-immutable|-k\s+\S+|-F\s+key=\S+"
 )
-# chmod's symbolic form ("go-w", "+t", "u=rw,o="), which Kensa hands to chmod for each file
-# a find selects; kensa's file_permissions sets numeric modes only.
-_SYMBOLIC_MODE = re.compile(r"[ugoa]*(?:[-+=](?:[rwxXst]*|[ugo]))+(?:,[ugoa]*(?:[-+=](?:[rwxXst]*|[ugo]))+)*")
 # A package name or a shell pattern of names ("xorg-x11-server*"), as Kensa hands it to
 # the package manager; kensa's package checks take exact names only.
 _PACKAGE_PATTERN = re.compile(r"[A-Za-z0-9+._-]*[*?\[][A-Za-z0-9+._*?\[\]-]*")
@@ -195,7 +192,6 @@ _WIDER: Dict[Tuple[str, str], Callable[[Any, Callable[[Any], Any]], bool]] = {
     ("audit_rule_exists", "rule"): _audit_rule,
     ("config_set", "key"): _config_key,
     ("config_set_dropin", "key"): _config_key,
-    ("file_permissions", "mode"): lambda value, _: isinstance(value, str) and bool(_SYMBOLIC_MODE.fullmatch(value)),
     **{
         (method, "name"): lambda value, _: isinstance(value, str) and bool(_PACKAGE_PATTERN.fullmatch(value))
         for method in ("package_state", "package_installed", "package_absent", "dpkg_installed", "dpkg_absent")
