@@ -235,6 +235,13 @@ class ParamError(KensaError, ValueError):
         self.problem = problem or message
 
 
+# Raised by the handlers
+
+class MechanismUnavailableError(KensaError, RuntimeError):
+    """A mechanism cannot run on this host (a tool it needs is not installed, or the
+    service manager it talks to is not running); raised before anything changes."""
+
+
 # Raised by kensa.handlers.audit_rule_set
 
 class AuditControlError(KensaError, RuntimeError):

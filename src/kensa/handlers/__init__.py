@@ -25,6 +25,7 @@ from kensa.handlers.config_set import ConfigSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
+from kensa.handlers.services import ServiceDisabled, ServiceEnabled, ServiceMasked
 from kensa.handlers.sysctl_set import SysctlSet
 
 HANDLERS = (
@@ -36,6 +37,9 @@ HANDLERS = (
     SysctlSet,
     AuditRuleSet,
     CommandExec,
+    ServiceEnabled,
+    ServiceDisabled,
+    ServiceMasked,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -59,6 +63,9 @@ __all__ = [
     "FileContent",
     "FilePermissions",
     "ParamError",
+    "ServiceDisabled",
+    "ServiceEnabled",
+    "ServiceMasked",
     "SysctlSet",
     "default_registry",
 ]
