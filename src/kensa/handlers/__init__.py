@@ -25,6 +25,7 @@ from kensa.handlers.config_set import ConfigSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
+from kensa.handlers.kernel_module import KernelModuleDisable
 from kensa.handlers.services import ServiceDisabled, ServiceEnabled, ServiceMasked
 from kensa.handlers.sysctl_set import SysctlSet
 
@@ -40,6 +41,7 @@ HANDLERS = (
     ServiceEnabled,
     ServiceDisabled,
     ServiceMasked,
+    KernelModuleDisable,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -62,6 +64,7 @@ __all__ = [
     "FileAbsent",
     "FileContent",
     "FilePermissions",
+    "KernelModuleDisable",
     "ParamError",
     "ServiceDisabled",
     "ServiceEnabled",
