@@ -3,8 +3,10 @@ running state where systemd runs the target.
 
 ``systemctl enable``, ``disable`` and ``mask`` change nothing but symlinks (and the
 ``.wants``/``.requires`` directories holding them) under /etc/systemd/system, on
-an image root with ``systemctl --root`` (offline, the same symlinks). So capture
-records every symlink there (path -> target, as text) and every directory; the
+an image root with ``systemctl --root`` (offline, the same symlinks); on Debian,
+for a unit with an /etc/init.d script, systemctl also has update-rc.d change the
+SysV links in /etc/rc?.d. So capture records every symlink there (path ->
+target, as text) and every directory; the
 change itself is systemctl's, and a rollback puts back exactly the captured set:
 links it added are removed, links it removed come back with their exact targets
 (``systemctl enable`` would pick its own), directories it created go. Regular
@@ -48,6 +50,8 @@ from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
 UNIT_DIR = "/etc/systemd/system"
 #: Where systemctl looks for unit files (the first regular file found is the unit's).
 UNIT_PATH = (UNIT_DIR, "/run/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
+#: Where Debian's systemctl has update-rc.d link SysV scripts (a unit with an /etc/init.d script).
+SYSV_DIRS = tuple(f"/etc/rc{level}.d" for level in "0123456S")
 _PARENTS = ("/etc", "/etc/systemd")
 _CHARS = r"[A-Za-z0-9:_.\\-]"
 _GRAMMAR = re.compile(rf"(?![.-]){_CHARS}+(@{_CHARS}*)?({'|'.join(re.escape(s) for s in UNIT_SUFFIXES)})")
@@ -71,9 +75,11 @@ def _schema(name: str, runtime: str) -> Schema:
 
 
 def tree(host: ReadableHost) -> Tuple[Links, Dirs]:
-    """Every symlink (path -> target) and directory (path -> [mode, uid, gid]) of /etc/systemd/system,
-    with /etc and /etc/systemd. A symlink not named like a unit (a ``.wants`` directory planted as a
-    link) is refused: systemctl would write through it, outside what was captured."""
+    """Every symlink (path -> target) and directory (path -> [mode, uid, gid]) of /etc/systemd/system
+    and of the SysV runlevel directories, with /etc and /etc/systemd.
+
+    A symlink in /etc/systemd/system not named like a unit (a ``.wants`` directory planted as a link)
+    is refused: systemctl would write through it, outside what was captured."""
     reader = link_reader(host)
     links: Links = {}
     dirs: Dirs = {}
@@ -81,7 +87,7 @@ def tree(host: ReadableHost) -> Tuple[Links, Dirs]:
         found = host.info(parent)
         if found is not None and found.kind == "dir":
             dirs[parent] = [found.mode, found.uid, found.gid]
-    pending = [UNIT_DIR]
+    pending = [UNIT_DIR, *SYSV_DIRS]
     while pending:
         top = pending.pop()
         found = host.info(top)
@@ -90,14 +96,15 @@ def tree(host: ReadableHost) -> Tuple[Links, Dirs]:
         if found.kind != "dir":
             raise HostAccessError(errno.ENOTDIR, f"{host.where(top)} is not a directory")
         dirs[top] = [found.mode, found.uid, found.gid]
+        units = top == UNIT_DIR or top.startswith(UNIT_DIR + "/")
         for entry in host.list_dir(top) or []:
             path = f"{top}/{entry}"
             target = reader.read_link(path)
             if target is None:
                 below = host.info(path)
-                if below is not None and below.kind == "dir":
+                if units and below is not None and below.kind == "dir":
                     pending.append(path)
-            elif not entry.endswith(UNIT_SUFFIXES):
+            elif units and not entry.endswith(UNIT_SUFFIXES):
                 raise PathEscapeError(
                     f"{host.where(path)} is a symlink (-> {target}) not named like a unit; systemctl would write "
                     "through it, outside what kensa captures: replace it with a real directory", path, entry,
@@ -124,7 +131,18 @@ def _also(host: ReadableHost, name: str) -> List[str]:
 
 
 def _ours(path: str, target: str, names: List[str]) -> bool:
+    if posixpath.dirname(path) in SYSV_DIRS:
+        # S01cron -> ../init.d/cron is cron.service's, as systemd-sysv-install links it.
+        return f"{posixpath.basename(target)}.service" in names
     return posixpath.basename(path) in names or posixpath.basename(target) in names
+
+
+def _systemctls(path: str, target: str, names: List[str]) -> bool:
+    """Whether the link ``path`` -> ``target`` is one systemctl makes for ``names``: to a unit file of
+    one of them, to /dev/null (a mask), or a SysV runlevel link to its script."""
+    if posixpath.dirname(path) in SYSV_DIRS:
+        return _ours(path, target, names)
+    return target == "/dev/null" or (target.startswith("/") and posixpath.basename(target) in names)
 
 
 def _split(links: Links, names: List[str]) -> Tuple[Links, Links]:
@@ -264,9 +282,7 @@ class _ServiceStep:
         shown = ", ".join(host.where(p) for p in changed)
         if not changed:
             plans = [StatePlan(Drift.AT_PRE)]
-        elif not self.leaves(self._state(host, name)) or any(
-            posixpath.basename(mine_now[p]) not in (*names, "null") for p in changed if p in mine_now
-        ):
+        elif any(not _systemctls(p, mine_now[p], names) for p in changed if p in mine_now) or not self._still(host, name):
             plans = [StatePlan(Drift.CONFLICT, (f"{name} was changed since kensa left it: {shown}",))]
         elif rest_now != rest_pre:
             later = sorted(p for p in set(rest_now) | set(rest_pre) if rest_now.get(p) != rest_pre.get(p))
@@ -274,6 +290,13 @@ class _ServiceStep:
         else:
             plans = [StatePlan(Drift.AT_POST)]
         return combine(plans + [self._assess_runtime(host, pre)])
+
+    def _still(self, host: ReadableHost, name: str) -> bool:
+        """Whether ``name`` is still as the step leaves it (an is-enabled that cannot answer: no)."""
+        try:
+            return self.leaves(self._state(host, name))
+        except HostAccessError:
+            return False
 
     def _assess_runtime(self, host: ReadableHost, pre: PreState) -> StatePlan:
         before, wrote, name = pre.data.get("active"), pre.data.get("post_active"), str(pre.data["unit"])
@@ -287,6 +310,12 @@ class _ServiceStep:
         return StatePlan(Drift.CONFLICT, (f"{name} is {'active' if running else 'not active'} now, unlike what kensa left",))
 
     def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
+        if not isinstance(assessment.plan, tuple) or len(assessment.plan) != 2:
+            # Not this handler's assessment (the step could not be assessed): only force restores.
+            if not force:
+                return restored(self.name, [f"withheld: {'; '.join(assessment.details)}"], assessment, force)
+            forced = self._put_back(host, pre, pre.data["links"]) + self._restore_runtime(host, pre)
+            return restored(self.name, forced, assessment, force)
         links_plan, runtime_plan = assessment.plan
         problems: List[str] = []
         if links_plan.drift is Drift.CONFLICT and not force:
