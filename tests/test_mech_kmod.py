@@ -22,6 +22,7 @@ from kensa.errors import MechanismUnavailableError, RollbackRefusedError
 from kensa.facts import modules
 from kensa.facts.files import real_dirs
 from kensa.handlers import default_registry
+from kensa.handlers import kernel_module
 from kensa.handlers.kernel_module import KernelModuleDisable, conf_path, modprobe_refuses
 from kensa.hosts.local import LocalHost, resolve_host
 from kensa.journal.store import SqliteJournal
@@ -167,8 +168,9 @@ def test_a_symlinked_modprobe_dir_is_refused_and_nothing_outside_changes(root: P
 
 
 def test_a_host_without_modprobe_is_refused_before_anything_changes(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no modprobe on PATH, capture says "not available on this host: modprobe is not installed"."""
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    """With no modprobe where kensa looks (PATH, /usr/sbin, /sbin; here a name that exists nowhere),
+    capture says "not available on this host: modprobe is not installed"."""
+    monkeypatch.setattr(kernel_module, "_MODPROBES", ("kensa-test-no-such-modprobe", str(tmp_path / "modprobe")))
     before = snapshot(root)
     with pytest.raises(MechanismUnavailableError, match="not available on this host: modprobe is not installed"):
         KernelModuleDisable().capture(LocalHost(str(root)), {"name": "cramfs"})

@@ -279,3 +279,31 @@ def test_copy_of_this_machines_etc_remediates_to_compliant_and_rolls_back_exactl
             back = kensa_cli("--journal", journal, "--no-audit", "rollback", result["txn"], "--json")
             assert back["status"] == "rolled_back" and back["host_unchanged"], back
     assert snapshot(root / "etc") == before
+
+
+def test_service_and_kmod_steps_run_on_a_remote_host_through_the_agent(image: Path, tmp_path: Path) -> None:
+    """Over kensa's agent (SubprocessTransport, ssh:// keys): a transaction masking ssh and disabling
+    cramfs commits with each phase on the target, and a rollback by id (assess and restore on the
+    target too) leaves the remote tree identical."""
+    from agent_targets import transport_for
+    from kensa.hosts.remote import RemoteHosts
+
+    if shutil.which("modprobe") is None:
+        require_real("modprobe (kmod) is not installed")
+    (image / "etc/modprobe.d").mkdir()
+    before = snapshot(image)
+    hosts = RemoteHosts(transport_for)
+    try:
+        with SqliteJournal(tmp_path / "j.db") as journal:
+            engine = Engine(default_registry(), journal=journal, hosts=hosts)
+            steps = (Step("service_masked", {"name": "ssh"}), Step("kernel_module_disable", {"name": "cramfs"}))
+            txn = Transaction("remote-units", steps, host=f"ssh://admin@target{image}")
+            done = engine.run(txn)
+            assert done.status is Status.COMMITTED, done.error
+            assert os.readlink(image / UNITS / "ssh.service") == "/dev/null"
+            assert (image / "etc/modprobe.d/kensa-cramfs.conf").read_text() == "install cramfs /bin/false\nblacklist cramfs\n"
+            back = engine.rollback(txn.id)
+    finally:
+        hosts.close()
+    assert back.status is Status.ROLLED_BACK and back.host_unchanged, back.error
+    assert snapshot(image) == before

@@ -33,6 +33,7 @@ from kensa.hosts.protocol import Host, ReadableHost
 from kensa.model import Assessment, Drift, PreState, RollbackResult, StepResult
 
 _TIMEOUT = 60.0
+_MODPROBES = ("modprobe", "/usr/sbin/modprobe", "/sbin/modprobe")
 
 
 SCHEMA = Schema("kernel_module_disable", {"name": Field(modules.kernel_module, required=True)})
@@ -70,13 +71,16 @@ def _revert(before: str, name: str) -> Revert:
 
 
 def _modprobe(host: ReadableHost, args: List[str]) -> Tuple[int, str, str]:
-    try:
-        done = host.run(["modprobe", *args], _TIMEOUT)
-    except HostAccessError as exc:
-        if exc.errno == errno.ENOENT:
-            raise MechanismUnavailableError("kernel_module_disable: not available on this host: modprobe is not installed (kmod)") from None
-        raise
-    return done.returncode, done.stdout.strip(), done.stderr.strip()
+    # sbin is often not on the PATH a login over SSH (or a non-root user) gets.
+    for command in _MODPROBES:
+        try:
+            done = host.run([command, *args], _TIMEOUT)
+        except HostAccessError as exc:
+            if exc.errno == errno.ENOENT:
+                continue
+            raise
+        return done.returncode, done.stdout.strip(), done.stderr.strip()
+    raise MechanismUnavailableError("kernel_module_disable: not available on this host: modprobe is not installed (kmod)")
 
 
 def modprobe_refuses(host: ReadableHost, name: str) -> bool:
