@@ -142,6 +142,16 @@ def test_already_compliant_is_skipped_and_changes_nothing(image: Path, tmp_path:
     assert snapshot(image) == before
 
 
+def test_enabling_a_unit_that_is_not_installed_is_refused_before_anything_changes(image: Path, tmp_path: Path) -> None:
+    """service_enabled of a unit with no unit file: errored at capture, saying it is not installed."""
+    before = snapshot(image)
+    with engine_on(tmp_path / "j.db") as engine:
+        result = run(engine, image, "service_enabled", {"name": "kensa-test-not-installed"})
+    assert result.status is Status.ERRORED and result.host_unchanged
+    assert result.error is not None and "is not installed on this host" in result.error.message
+    assert snapshot(image) == before
+
+
 def test_rollback_by_id_keeps_an_operators_later_link(image: Path, tmp_path: Path) -> None:
     """After cron's disable commits, an operator enables e2scrub_all.timer (a new link); rollback by id
     brings cron's link back with its exact target and keeps the operator's link, saying so."""
@@ -307,3 +317,53 @@ def test_service_and_kmod_steps_run_on_a_remote_host_through_the_agent(image: Pa
         hosts.close()
     assert back.status is Status.ROLLED_BACK and back.host_unchanged, back.error
     assert snapshot(image) == before
+
+
+def _corpus_rules(tmp_path: Path) -> Path:
+    """The corpus's rules that remediate with a service or kernel module mechanism, copied apart."""
+    corpus = os.environ.get("KENSA_CORPUS")
+    if not corpus:
+        pytest.skip("KENSA_CORPUS does not name a rule corpus")
+    picked = tmp_path / "corpus"
+    picked.mkdir()
+    for path in sorted(Path(corpus).rglob("*.yml")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if any(f"mechanism: {name}" in text for name in ("service_enabled", "service_disabled", "service_masked", "kernel_module_disable")):
+            shutil.copy2(path, picked / path.name)
+    assert any(picked.iterdir()), f"no service or kernel module rule in {corpus}"
+    return picked
+
+
+@pytest.mark.parametrize("os_release", [None, 'ID=ubuntu\nVERSION_ID="24.04"\n'], ids=["debian", "labelled-ubuntu"])
+def test_corpus_service_and_kmod_rules_on_a_copy_of_this_machines_etc(tmp_path: Path, os_release: Any) -> None:
+    """The corpus's service and kernel module rules on a copy of this machine's /etc: as Debian every
+    rule is not applicable (they name RHEL and Ubuntu); labelled Ubuntu 24.04, each one that applies is
+    committed or already compliant and then checks compliant, the rest are not applicable; none errors,
+    except a service_enabled of a unit this machine does not have, refused before any change."""
+    require_root("copies root-only files of /etc")
+    _systemctl()
+    rules = _corpus_rules(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("bin", "sbin", "lib", "lib64"):
+        (root / name).symlink_to(f"usr/{name}")
+    subprocess.run(["cp", "-al", "/usr", str(root / "usr")], check=True)
+    shutil.copytree("/etc", root / "etc", symlinks=True)
+    if os_release is not None:
+        (root / "etc/os-release").unlink()
+        (root / "etc/os-release").write_text(os_release)
+    journal = str(tmp_path / "j.db")
+    done = kensa_cli("--journal", journal, "--no-audit", "remediate", str(rules), "--root", str(root), "--json")
+    missing = {result["rule"] for result in done["results"] if result["status"] == "errored" and result["host_unchanged"]
+               and "is not installed on this host" in result["error"]["message"]}
+    statuses = {result["rule"]: result["status"] for result in done["results"] if result["rule"] not in missing}
+    assert set(statuses.values()) <= {"committed", "skipped"}, [r for r in done["results"] if r["rule"] in statuses
+                                                                and r["status"] not in ("committed", "skipped")]
+    checked = kensa_cli("--journal", journal, "--no-audit", "check", str(rules), "--root", str(root), "--json")
+    verdicts = {rule["rule"]: rule["verdict"] for rule in checked["rules"]}
+    if os_release is None:
+        assert set(verdicts.values()) == {"not_applicable"} and not statuses
+    else:
+        assert "committed" in statuses.values()
+        assert {rule: verdicts[rule] for rule in statuses if verdicts[rule] != "compliant"} == {}
+        assert all(verdicts[rule] in ("compliant", "not_applicable") for rule in verdicts if rule not in missing), verdicts

@@ -196,7 +196,10 @@ class _ServiceStep:
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         name, asked = self._read(params)
-        self._state(host, name)
+        if self.runtime == "start" and self._state(host, name) == "not-found":
+            raise MechanismUnavailableError(
+                f"{self.name}: {name} is not installed on this host (no unit file of that name): install its package first"
+            )
         acts = self._runtime(host, name, asked)
         links, dirs = tree(host)
         data = {
