@@ -196,11 +196,12 @@ class _ServiceStep:
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         name, asked = self._read(params)
-        if self.runtime == "start" and self._state(host, name) == "not-found":
+        acts = self._runtime(host, name, asked)
+        state = self._state(host, name)  # a host without systemctl is refused here
+        if self.runtime == "start" and state == "not-found":
             raise MechanismUnavailableError(
                 f"{self.name}: {name} is not installed on this host (no unit file of that name): install its package first"
             )
-        acts = self._runtime(host, name, asked)
         links, dirs = tree(host)
         data = {
             "unit": name, "names": [name, *_also(host, name)], "links": links, "dirs": dirs,
