@@ -56,9 +56,9 @@ def build_image(root: Path, etc: str = "systemd") -> Path:
 
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
-    """An image root in which cron and ssh are enabled and systemd-networkd and e2scrub_all.timer are not."""
+    """An image root in which cron, ssh and e2scrub_reap are enabled, systemd-networkd and e2scrub_all.timer not."""
     root = build_image(tmp_path / "root")
-    for name in ("cron.service", "ssh.service"):
+    for name in ("cron.service", "ssh.service", "e2scrub_reap.service"):
         link = root / WANTS / name
         if not link.is_symlink():
             link.symlink_to(f"/lib/systemd/system/{name}")
@@ -367,3 +367,12 @@ def test_corpus_service_and_kmod_rules_on_a_copy_of_this_machines_etc(tmp_path: 
         assert "committed" in statuses.values()
         assert {rule: verdicts[rule] for rule in statuses if verdicts[rule] != "compliant"} == {}
         assert all(verdicts[rule] in ("compliant", "not_applicable") for rule in verdicts if rule not in missing), verdicts
+
+
+def test_a_host_without_systemctl_is_refused_before_anything_changes(image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no systemctl on PATH, capture says "not available on this host: systemctl is not installed"."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    before = snapshot(image)
+    with pytest.raises(MechanismUnavailableError, match="not available on this host: systemctl is not installed"):
+        ServiceDisabled().capture(LocalHost(str(image)), {"name": "cron"})
+    assert snapshot(image) == before
