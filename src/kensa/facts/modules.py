@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Set
 from kensa.errors import ParamError
 
 from kensa.facts.files import real_dirs
-from kensa.facts.params import line
+from kensa.facts.params import line as one_line
 from kensa.hosts.protocol import ReadableHost
 
 MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d", "/usr/lib/modprobe.d", "/lib/modprobe.d")
@@ -22,7 +22,7 @@ NO_OP_COMMANDS = frozenset({"/bin/true", "/bin/false", "/usr/bin/true", "/usr/bi
 
 def kernel_module(value: Any) -> str:
     """A kernel module name: letters, digits, ``_`` and ``-``, not starting with ``-`` (a field reader)."""
-    found = line(value)
+    found = one_line(value)
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", found) or found.startswith("-"):
         raise ParamError(f"{found[:80]!r} is not a kernel module name (letters, digits, '_' and '-')")
     return found
