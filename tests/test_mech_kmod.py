@@ -3,29 +3,27 @@ live unload and reload where this machine's kernel can load modules."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 
 from conftest import require_real, require_root, snapshot_tree as snapshot
+from test_restore_safety import engine_on
 from kensa.checks import evaluate_check
 from kensa.cli.main import main
 from kensa.engine import Engine
 from kensa.errors import MechanismUnavailableError, RollbackRefusedError
 from kensa.facts import modules
 from kensa.facts.files import real_dirs
-from kensa.handlers import default_registry
 from kensa.handlers import kernel_module
 from kensa.handlers.kernel_module import KernelModuleDisable, conf_path, modprobe_refuses
-from kensa.hosts.local import LocalHost, resolve_host
-from kensa.journal.store import SqliteJournal
+from kensa.hosts.local import LocalHost
 from kensa.model import Status, Step, Transaction, TransactionResult, Verdict
 from kensa.rules import Check
 
@@ -47,12 +45,6 @@ def root(tmp_path: Path) -> Path:
     (root / "etc/modprobe.d").mkdir(parents=True)
     (root / "etc/modprobe.d/local.conf").write_bytes(b"options loop max_loop=8\n")
     return root
-
-
-@contextlib.contextmanager
-def engine_on(path: Path) -> Iterator[Engine]:
-    with SqliteJournal(path) as journal:
-        yield Engine(default_registry(), journal=journal, hosts=resolve_host)
 
 
 def run(engine: Engine, root: Path, name: str) -> TransactionResult:

@@ -7,24 +7,24 @@ as on this merged-/usr Debian), so systemctl reads real unit files and [Install]
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Mapping
 
 import pytest
 
 from conftest import require_real, require_root, snapshot_tree as snapshot
+from test_restore_safety import engine_on
 from kensa.cli.main import main
 from kensa.engine import Engine
 from kensa.errors import MechanismUnavailableError, RollbackRefusedError
 from kensa.facts.services import manager_running
 from kensa.handlers import default_registry
 from kensa.handlers.services import ServiceDisabled, ServiceEnabled, ServiceMasked, unit
-from kensa.hosts.local import LocalHost, resolve_host
+from kensa.hosts.local import LocalHost
 from kensa.journal.store import SqliteJournal
 from kensa.model import Status, Step, Transaction, TransactionResult
 
@@ -71,12 +71,6 @@ def image(tmp_path: Path) -> Path:
 def systemctl(root: Path, *args: str) -> str:
     done = subprocess.run(["systemctl", f"--root={root}", *args], capture_output=True, text=True, check=False)
     return done.stdout.strip()
-
-
-@contextlib.contextmanager
-def engine_on(path: Path) -> Iterator[Engine]:
-    with SqliteJournal(path) as journal:
-        yield Engine(default_registry(), journal=journal, hosts=resolve_host)
 
 
 def run(engine: Engine, root: Path, mechanism: str, params: Mapping[str, Any]) -> TransactionResult:
@@ -211,31 +205,24 @@ def test_hostile_unit_names_are_refused_and_change_nothing(image: Path, tmp_path
     assert snapshot(image) == before
 
 
-def test_a_symlinked_wants_directory_is_refused_and_nothing_outside_changes(image: Path, tmp_path: Path) -> None:
-    """multi-user.target.wants planted as a symlink to a directory outside the tree: systemctl would
-    write through it, so capture refuses naming it; neither tree changes."""
+@pytest.mark.parametrize("planted, mechanism, named", [
+    (WANTS, "service_enabled", "multi-user.target.wants"),  # systemctl would write through it
+    (UNITS, "service_disabled", "symlink"),
+], ids=["wants-directory", "unit-directory"])
+def test_a_planted_directory_symlink_is_refused_and_nothing_outside_changes(
+    image: Path, tmp_path: Path, planted: str, mechanism: str, named: str,
+) -> None:
+    """multi-user.target.wants, or /etc/systemd/system itself, moved outside the root and replaced by a
+    symlink to it: capture refuses naming it; neither tree changes."""
     outside = tmp_path / "outside"
-    shutil.move(str(image / WANTS), str(outside))
-    (image / WANTS).symlink_to(outside)
+    shutil.move(str(image / planted), str(outside))
+    (image / planted).symlink_to(outside)
     before, elsewhere = snapshot(image), snapshot(outside)
     with engine_on(tmp_path / "j.db") as engine:
-        result = run(engine, image, "service_enabled", {"name": "systemd-networkd"})
+        result = run(engine, image, mechanism, {"name": "systemd-networkd" if mechanism == "service_enabled" else "cron"})
     assert result.status is Status.ERRORED and result.host_unchanged
-    assert result.error is not None and "multi-user.target.wants" in result.error.message
+    assert result.error is not None and named in result.error.message
     assert snapshot(image) == before and snapshot(outside) == elsewhere
-
-
-def test_a_symlinked_unit_directory_is_refused(image: Path, tmp_path: Path) -> None:
-    """/etc/systemd/system itself a symlink: refused at capture, nothing changes."""
-    real = tmp_path / "real-units"
-    shutil.move(str(image / UNITS), str(real))
-    (image / UNITS).symlink_to(real)
-    before, elsewhere = snapshot(image), snapshot(real)
-    with engine_on(tmp_path / "j.db") as engine:
-        result = run(engine, image, "service_disabled", {"name": "cron"})
-    assert result.status is Status.ERRORED
-    assert result.error is not None and "symlink" in result.error.message
-    assert snapshot(image) == before and snapshot(real) == elsewhere
 
 
 def test_start_on_a_live_host_without_systemd_is_refused_before_anything_changes() -> None:
@@ -262,11 +249,8 @@ def test_running_state_is_captured_and_restored_where_systemd_runs() -> None:
     assert back.ok, back.detail
 
 
-def test_copy_of_this_machines_etc_remediates_to_compliant_and_rolls_back_exactly(tmp_path: Path) -> None:
-    """A copy of this machine's whole /etc over its /usr (hard links, so systemctl --root reads every
-    real unit, and systemd-sysv-install can run update-rc.d chrooted into it: Debian's SysV links in
-    /etc/rc?.d change too): the test rules remediate, each committed rule's check is then compliant,
-    and rolling each back by id (newest first) leaves the copy of /etc identical."""
+def machine_copy(tmp_path: Path) -> Path:
+    """A root of a copy of this machine's /etc over its /usr (hard links, with /bin, /lib ... -> usr/...)."""
     require_root("copies root-only files of /etc")
     _systemctl()
     root = tmp_path / "root"
@@ -276,6 +260,15 @@ def test_copy_of_this_machines_etc_remediates_to_compliant_and_rolls_back_exactl
     # Hard links: nothing here writes under /usr, and kensa refuses in-place writes to shared inodes.
     subprocess.run(["cp", "-al", "/usr", str(root / "usr")], check=True)
     shutil.copytree("/etc", root / "etc", symlinks=True)
+    return root
+
+
+def test_copy_of_this_machines_etc_remediates_to_compliant_and_rolls_back_exactly(tmp_path: Path) -> None:
+    """A copy of this machine's whole /etc over its /usr (hard links, so systemctl --root reads every
+    real unit, and systemd-sysv-install can run update-rc.d chrooted into it: Debian's SysV links in
+    /etc/rc?.d change too): the test rules remediate, each committed rule's check is then compliant,
+    and rolling each back by id (newest first) leaves the copy of /etc identical."""
+    root = machine_copy(tmp_path)
     before = snapshot(root / "etc")
     journal = str(tmp_path / "j.db")
     done = kensa_cli("--journal", journal, "--no-audit", "remediate", str(RULES), "--root", str(root), "--json")
@@ -340,15 +333,8 @@ def test_corpus_service_and_kmod_rules_on_a_copy_of_this_machines_etc(tmp_path: 
     rule is not applicable (they name RHEL and Ubuntu); labelled Ubuntu 24.04, each one that applies is
     committed or already compliant and then checks compliant, the rest are not applicable; none errors,
     except a service_enabled of a unit this machine does not have, refused before any change."""
-    require_root("copies root-only files of /etc")
-    _systemctl()
     rules = _corpus_rules(tmp_path)
-    root = tmp_path / "root"
-    root.mkdir()
-    for name in ("bin", "sbin", "lib", "lib64"):
-        (root / name).symlink_to(f"usr/{name}")
-    subprocess.run(["cp", "-al", "/usr", str(root / "usr")], check=True)
-    shutil.copytree("/etc", root / "etc", symlinks=True)
+    root = machine_copy(tmp_path)
     if os_release is not None:
         (root / "etc/os-release").unlink()
         (root / "etc/os-release").write_text(os_release)

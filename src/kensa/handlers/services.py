@@ -33,7 +33,7 @@ from __future__ import annotations
 import errno
 import posixpath
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from kensa.errors import HostAccessError, KensaError, MechanismUnavailableError, ParamError, PathEscapeError
 from kensa.facts.files import real_dirs
@@ -156,12 +156,14 @@ class _ServiceStep:
     name = ""
     verb = ""
     runtime = ""  # "start" or "stop"
+    states: FrozenSet[str] = frozenset()  # is-enabled answers that are (among) or are not (not among) the step's state
+    among = True
     capturable = True
     schema: Schema
 
     def leaves(self, state: str) -> bool:
         """Whether ``is-enabled``'s answer ``state`` is what this step makes."""
-        raise NotImplementedError
+        return (state in self.states) == self.among
 
     def _read(self, params: Mapping[str, Any]) -> Tuple[str, Optional[bool]]:
         read = self.schema.read(params)
@@ -347,34 +349,19 @@ class _ServiceStep:
 class ServiceEnabled(_ServiceStep):
     """``systemctl enable`` the unit; ``start`` it where systemd runs. Static units count as enabled."""
 
-    name = "service_enabled"
-    verb = "enable"
-    runtime = "start"
+    name, verb, runtime, states, among = "service_enabled", "enable", "start", ENABLED_STATES, True
     schema = _schema(name, runtime)
-
-    def leaves(self, state: str) -> bool:
-        return state in ENABLED_STATES
 
 
 class ServiceDisabled(_ServiceStep):
     """``systemctl disable`` the unit; ``stop`` it where systemd runs. A unit without a unit file complies."""
 
-    name = "service_disabled"
-    verb = "disable"
-    runtime = "stop"
+    name, verb, runtime, states, among = "service_disabled", "disable", "stop", EXPLICITLY_ENABLED, False
     schema = _schema(name, runtime)
-
-    def leaves(self, state: str) -> bool:
-        return state not in EXPLICITLY_ENABLED
 
 
 class ServiceMasked(_ServiceStep):
     """``systemctl mask`` the unit (/etc/systemd/system/NAME -> /dev/null); ``stop`` it where systemd runs."""
 
-    name = "service_masked"
-    verb = "mask"
-    runtime = "stop"
+    name, verb, runtime, states, among = "service_masked", "mask", "stop", frozenset({"masked"}), True
     schema = _schema(name, runtime)
-
-    def leaves(self, state: str) -> bool:
-        return state == "masked"

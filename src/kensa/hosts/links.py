@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from kensa.errors import HostAccessError
 from kensa.hosts.confine import ConfinedRoot
@@ -95,17 +95,7 @@ class SymlinkOps:
 
     def remove_link(self, path: str) -> None:
         """Remove the symlink at ``path`` (nothing there is not an error; anything else there is refused)."""
-        with self._tree.parent_if_any(path) as found:
-            if found is None:
-                return
-            dir_fd, name = found
-            st = _lstat(dir_fd, name)
-            if st is None:
-                return
-            if not stat.S_ISLNK(st.st_mode):
-                raise HostAccessError(errno.EINVAL, f"{self._tree.where(path)} is not a symlink; refusing to remove it")
-            os.unlink(name, dir_fd=dir_fd)
-            os.fsync(dir_fd)
+        self._remove(path, stat.S_ISLNK, errno.EINVAL, "a symlink")
 
     def make_dir(self, path: str, mode: int, uid: int, gid: int) -> None:
         """Create the directory ``path`` with exactly ``mode``, owner and group (EEXIST when something is there)."""
@@ -121,6 +111,9 @@ class SymlinkOps:
 
     def remove_dir(self, path: str) -> None:
         """Remove the empty directory at ``path`` (nothing there is not an error; ENOTEMPTY when it holds entries)."""
+        self._remove(path, stat.S_ISDIR, errno.ENOTDIR, "a directory")
+
+    def _remove(self, path: str, is_kind: Callable[[int], bool], refusal: int, kind: str) -> None:
         with self._tree.parent_if_any(path) as found:
             if found is None:
                 return
@@ -128,7 +121,10 @@ class SymlinkOps:
             st = _lstat(dir_fd, name)
             if st is None:
                 return
-            if not stat.S_ISDIR(st.st_mode):
-                raise HostAccessError(errno.ENOTDIR, f"{self._tree.where(path)} is not a directory; refusing to remove it")
-            os.rmdir(name, dir_fd=dir_fd)
+            if not is_kind(st.st_mode):
+                raise HostAccessError(refusal, f"{self._tree.where(path)} is not {kind}; refusing to remove it")
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(name, dir_fd=dir_fd)
+            else:
+                os.unlink(name, dir_fd=dir_fd)
             os.fsync(dir_fd)
