@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
@@ -362,3 +363,52 @@ def test_a_host_without_systemctl_is_refused_before_anything_changes(image: Path
     with pytest.raises(MechanismUnavailableError, match="not available on this host: systemctl is not installed"):
         ServiceDisabled().capture(LocalHost(str(image)), {"name": "cron"})
     assert snapshot(image) == before
+
+
+LIVE_IN_NAMESPACE = """
+import json, os, subprocess, sys
+copy = sys.argv[1]
+subprocess.run(["mount", "--bind", copy, "/etc/systemd/system"], check=True)
+seen, wanted = os.stat("/etc/systemd/system"), os.stat(copy)
+if (seen.st_dev, seen.st_ino) != (wanted.st_dev, wanted.st_ino):
+    sys.exit("the copy is not mounted over /etc/systemd/system: refusing to touch this machine")
+from kensa.handlers.services import ServiceDisabled
+from kensa.hosts.local import LocalHost
+host, step, params = LocalHost("/"), ServiceDisabled(), {"name": "e2scrub_reap"}
+pre = step.capture(host, params)
+done = step.apply(host, params, pre)
+held = step.validate(host, params)
+gone = not os.path.lexists("/etc/systemd/system/multi-user.target.wants/e2scrub_reap.service")
+back = step.rollback(host, pre)
+print(json.dumps({"live": host.is_live, "detail": done.detail, "held": held, "gone": gone, "back": back.ok,
+                  "back_detail": back.detail, "active": pre.data["active"]}))
+"""
+
+
+def test_a_live_host_without_systemd_gets_its_links_set_and_says_nothing_was_stopped(tmp_path: Path) -> None:
+    """The live host "/" of a private mount namespace whose /etc/systemd/system is a copy: systemctl
+    (no --root, client-side as systemd is not PID 1) disables e2scrub_reap, the result says it was not
+    stopped, and rollback leaves the copy identical; this machine's own links are untouched."""
+    require_root("mounts in a private mount namespace")
+    _systemctl()
+    if manager_running(LocalHost("/")):
+        pytest.skip("systemd runs this machine; this is the host it does not run")
+    if shutil.which("unshare") is None:
+        require_real("unshare (util-linux) is not installed")
+    copy = tmp_path / "units"
+    shutil.copytree("/etc/systemd/system", copy, symlinks=True)
+    wants = copy / "multi-user.target.wants/e2scrub_reap.service"
+    if not wants.is_symlink():
+        wants.symlink_to("/lib/systemd/system/e2scrub_reap.service")
+    own = Path("/etc/systemd/system/multi-user.target.wants/e2scrub_reap.service")
+    before, machine = snapshot(copy), (own.is_symlink() and os.readlink(own))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    ran = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", LIVE_IN_NAMESPACE, str(copy)],
+                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    found = json.loads(ran.stdout)
+    assert found["live"] and found["held"] and found["gone"] and found["active"] is None
+    assert "systemd is not running here: e2scrub_reap.service was not stopped" in found["detail"]
+    assert found["back"], found["back_detail"]
+    assert snapshot(copy) == before
+    assert (own.is_symlink() and os.readlink(own)) == machine  # others may change this machine's other links meanwhile
