@@ -412,3 +412,30 @@ def test_a_live_host_without_systemd_gets_its_links_set_and_says_nothing_was_sto
     assert found["back"], found["back_detail"]
     assert snapshot(copy) == before
     assert (own.is_symlink() and os.readlink(own)) == machine  # others may change this machine's other links meanwhile
+
+
+def test_the_steps_run_on_an_agent_without_the_python_37_features(image: Path, tmp_path: Path) -> None:
+    """On an agent whose Python lacks dataclasses and typing.Protocol (as 3.6: agent_targets.py36_path),
+    service_masked and kernel_module_disable capture, apply, validate and roll back exactly."""
+    from agent_targets import py36_path, transport
+    from kensa.hosts.remote import connect
+
+    if shutil.which("modprobe") is None:
+        require_real("modprobe (kmod) is not installed")
+    (image / "etc/modprobe.d").mkdir()
+    before = snapshot(image)
+    host = connect(transport("old-python", py36_path(tmp_path / "bin")), str(image))
+    try:
+        handlers = host.handlers(default_registry())
+        steps = [("service_masked", {"name": "ssh"}), ("kernel_module_disable", {"name": "cramfs"})]
+        done = []
+        for mechanism, params in steps:
+            pre = handlers[mechanism].capture(host, params)
+            assert handlers[mechanism].apply(host, params, pre).ok
+            assert handlers[mechanism].validate(host, params)
+            done.append((handlers[mechanism], pre))
+        for handler, pre in reversed(done):
+            assert handler.rollback(host, pre).ok
+    finally:
+        host.close()
+    assert snapshot(image) == before
