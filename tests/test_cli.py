@@ -204,7 +204,7 @@ def test_unsupported_rule_is_reported_not_run(tmp_path: Path, journal: str) -> N
     rule = tmp_path / "svc.yml"
     rule.write_text(
         "id: svc-rule\ntitle: t\nseverity: low\ncategory: c\nimplementations:\n"
-        "  - default: true\n    remediation: {mechanism: service_enabled, name: auditd}\n"
+        "  - default: true\n    remediation: {mechanism: dconf_set, key: /org/gnome/login-screen/banner-message-enable}\n"
     )
     root = make_root(tmp_path)
     code, out = kensa_cli("--journal", journal, "--no-audit", "remediate", str(rule), "--root", str(root), "--json")

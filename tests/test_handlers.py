@@ -630,6 +630,7 @@ def test_default_registry_covers_every_mechanism() -> None:
         "sysctl_set", "audit_rule_set", "command_exec", "manual", "mount_option_set",
         "grub_parameter_set", "grub_parameter_remove", "selinux_boolean_set",
         "dconf_set", "authselect_feature_enable", "crypto_policy_set", "crypto_policy_subpolicy",
+        "service_enabled", "service_disabled", "service_masked", "kernel_module_disable",
     ])
     assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec", "manual"]
     assert all(h.name == name for name, h in REGISTRY.items())

@@ -153,7 +153,7 @@ def test_a_rule_whose_remediation_kensa_lacks_is_checked_but_not_remediated(tmp_
     assert code == 1 and report["results"] == []
     [row] = report["unsupported"]
     assert row["status"] == "unsupported"
-    assert "mechanism 'service_enabled'" in row["detail"] and "not supported by kensa yet" in row["detail"]
+    assert "mechanism 'dconf_set'" in row["detail"] and "not supported by kensa yet" in row["detail"]
 
 
 def test_remediate_runs_a_dependency_first_and_its_dependent_after(tmp_path: Path) -> None:

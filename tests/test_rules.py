@@ -238,12 +238,12 @@ def test_supported_check_methods_match_the_checks_registry() -> None:
 
 def test_unsupported_mechanism_is_reported_not_raised() -> None:
     """A Kensa mechanism kensa has no handler for loads; the rule says which mechanism and where."""
-    rule = load_rule_file(DATA / "unsupported" / "service-mechanism.yml")
+    rule = load_rule_file(DATA / "unsupported" / "dconf-mechanism.yml")
     assert not rule.supported
-    assert "mechanism 'service_disabled'" in rule.unsupported_reason
+    assert "mechanism 'dconf_set'" in rule.unsupported_reason
     assert "implementations[0].remediation.mechanism" in rule.unsupported_reason
-    assert rule.implementations[0].steps == (Step("service_disabled", {"name": "rpcbind"}),)
-    with pytest.raises(RuleError, match="service_disabled"):
+    assert rule.implementations[0].steps == (Step("dconf_set", {"key": "/org/gnome/login-screen/banner-message-enable"}),)
+    with pytest.raises(RuleError, match="dconf_set"):
         rule.to_transaction("localhost")
 
 
@@ -305,8 +305,8 @@ def test_unsupported_gated_variant_leaves_the_default_usable() -> None:
 
 def test_mechanism_set_is_a_parameter() -> None:
     """A caller with more handlers passes their names; the same rule then loads as supported."""
-    path = DATA / "unsupported" / "service-mechanism.yml"
-    rule = load_rule_file(path, mechanisms=rules.SUPPORTED_MECHANISMS | {"service_disabled"})
+    path = DATA / "unsupported" / "dconf-mechanism.yml"
+    rule = load_rule_file(path, mechanisms=rules.SUPPORTED_MECHANISMS | {"dconf_set"})
     assert rule.supported
     narrow = load_rules([DATA / "valid"], mechanisms={"file_absent"})
     assert {rule.id: rule.supported for rule in narrow} == {

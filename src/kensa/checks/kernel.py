@@ -122,13 +122,6 @@ def _mount_option(host: ReadableHost, fields: Mapping[str, Any]) -> Finding:
     return holds_if(not lacking, f"{detail}; missing {', '.join(lacking)}" if lacking else detail)
 
 
-def _module(value: Any) -> str:
-    found = line(value)
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", found):
-        raise ParamError(f"{found!r} is not a kernel module name (letters, digits, '_' and '-')")
-    return found
-
-
 def _module_state(value: Any) -> str:
     if value not in ("disabled", "blacklisted"):
         raise ParamError(f"must be 'disabled' or 'blacklisted', got {value!r}")
@@ -201,7 +194,7 @@ METHODS = (
         _mount_option,
     ),
     CheckMethod(
-        Schema("kernel_module_state", {"name": Field(_module, required=True), "state": Field(_module_state)}),
+        Schema("kernel_module_state", {"name": Field(modules.kernel_module, required=True), "state": Field(_module_state)}),
         _kernel_module_state,
     ),
     CheckMethod(

@@ -44,6 +44,10 @@ def real_dirs(host: ReadableHost, candidates: Sequence[str]) -> List[str]:
             info = host.info(path)
         except PathEscapeError:
             continue
+        except HostAccessError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue  # a directory on the way is missing (an image root without /run)
+            raise
         if info is not None and info.kind == "dir":
             found.append(path)
     return found

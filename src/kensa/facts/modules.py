@@ -6,14 +6,26 @@ A module's name compares with ``-`` and ``_`` as one (as modprobe does).
 
 from __future__ import annotations
 
-from typing import List, Optional, Set
+import re
+from typing import Any, List, Optional, Set
+
+from kensa.errors import ParamError
 
 from kensa.facts.files import real_dirs
+from kensa.facts.params import line as one_line
 from kensa.hosts.protocol import ReadableHost
 
 MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d", "/usr/lib/modprobe.d", "/lib/modprobe.d")
 MODULES_DIRS = ("/lib/modules", "/usr/lib/modules")
 NO_OP_COMMANDS = frozenset({"/bin/true", "/bin/false", "/usr/bin/true", "/usr/bin/false", "true", "false"})
+
+
+def kernel_module(value: Any) -> str:
+    """A kernel module name: letters, digits, ``_`` and ``-``, not starting with ``-`` (a field reader)."""
+    found = one_line(value)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", found) or found.startswith("-"):
+        raise ParamError(f"{found[:80]!r} is not a kernel module name (letters, digits, '_' and '-')")
+    return found
 
 
 def module_name(name: str) -> str:

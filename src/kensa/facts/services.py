@@ -18,7 +18,7 @@ from kensa.hosts.protocol import ReadableHost
 
 SYSTEMCTL_TIMEOUT = 60.0
 _UNIT = re.compile(r"[A-Za-z0-9:_.\\@-]{1,255}")
-_SUFFIXES = (".service", ".socket", ".target", ".timer", ".mount", ".path", ".swap", ".slice", ".scope", ".device", ".automount")
+UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".mount", ".path", ".swap", ".slice", ".scope", ".device", ".automount")
 
 ENABLED_STATES = frozenset({"enabled", "enabled-runtime", "static", "generated"})
 """is-enabled answers that satisfy "enabled": static and generated units have no
@@ -37,8 +37,9 @@ def unit_name(value: Any) -> str:
     return found
 
 
-def _unit(name: str) -> str:
-    return name if name.endswith(_SUFFIXES) else f"{name}.service"
+def full_unit_name(name: str) -> str:
+    """The unit ``name`` names, as systemctl reads it: ``.service`` appended when it has no unit suffix."""
+    return name if name.endswith(UNIT_SUFFIXES) else f"{name}.service"
 
 
 def systemctl(host: ReadableHost, args: List[str]) -> Tuple[int, str, str]:
@@ -52,12 +53,12 @@ def systemctl(host: ReadableHost, args: List[str]) -> Tuple[int, str, str]:
 
 def enabled_state(host: ReadableHost, name: str) -> str:
     """``systemctl is-enabled``'s answer for ``name`` ("not-found" for a unit that has no file)."""
-    _, out, err = systemctl(host, ["is-enabled", "--", _unit(name)])
+    _, out, err = systemctl(host, ["is-enabled", "--", full_unit_name(name)])
     if out:
         return out.splitlines()[0]
     if "No such file" in err or "not found" in err.lower():
         return "not-found"
-    raise HostAccessError(errno.EIO, f"systemctl is-enabled {_unit(name)} answered nothing: {err[:300]}")
+    raise HostAccessError(errno.EIO, f"systemctl is-enabled {full_unit_name(name)} answered nothing: {err[:300]}")
 
 
 def manager_running(host: ReadableHost) -> bool:
@@ -68,9 +69,9 @@ def manager_running(host: ReadableHost) -> bool:
 
 def active_state(host: ReadableHost, name: str) -> str:
     """``systemctl is-active``'s answer for ``name`` (active, inactive, failed ...)."""
-    _, out, err = systemctl(host, ["is-active", "--", _unit(name)])
+    _, out, err = systemctl(host, ["is-active", "--", full_unit_name(name)])
     if not out:
-        raise HostAccessError(errno.EIO, f"systemctl is-active {_unit(name)} answered nothing: {err[:300]}")
+        raise HostAccessError(errno.EIO, f"systemctl is-active {full_unit_name(name)} answered nothing: {err[:300]}")
     return out.splitlines()[0]
 
 

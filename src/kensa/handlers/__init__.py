@@ -33,6 +33,8 @@ from kensa.handlers.grub import GrubParameterRemove, GrubParameterSet
 from kensa.handlers.mount_option import MountOptionSet
 from kensa.handlers.selinux_boolean import SelinuxBooleanSet
 from kensa.handlers.manual import Manual
+from kensa.handlers.kernel_module import KernelModuleDisable
+from kensa.handlers.services import ServiceDisabled, ServiceEnabled, ServiceMasked
 from kensa.handlers.sysctl_set import SysctlSet
 
 HANDLERS = (
@@ -54,6 +56,10 @@ HANDLERS = (
     AuthselectFeatureEnable,
     CryptoPolicySet,
     CryptoPolicySubpolicy,
+    ServiceEnabled,
+    ServiceDisabled,
+    ServiceMasked,
+    KernelModuleDisable,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -87,6 +93,11 @@ __all__ = [
     "Manual",
     "ParamError",
     "SelinuxBooleanSet",
+    "KernelModuleDisable",
+    "ParamError",
+    "ServiceDisabled",
+    "ServiceEnabled",
+    "ServiceMasked",
     "SysctlSet",
     "default_registry",
 ]

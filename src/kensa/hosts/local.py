@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 from kensa.errors import HostAccessError, HostSelectionError, KensaError, StepPhaseError, UnknownMechanismError
 from kensa.hosts.confine import ConfinedRoot
+from kensa.hosts.links import SymlinkOps
 from kensa.hosts.overlay import FileReaders, PlannedView
 from kensa.hosts.protocol import STEP_PHASES, Host, PhaseHandler, PhaseOutcome, ReadableHost, StepRunner
 from kensa.model import FileInfo, FileKind, Phase, PreState
@@ -154,11 +155,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-class LocalHost(FileReaders):
+class LocalHost(FileReaders, SymlinkOps):
     """File, sysctl and command access to a local tree, confined to ``root``.
 
     It meets :class:`kensa.hosts.protocol.Host`; ``read_file`` and ``read_bytes``
-    come from :class:`~kensa.hosts.overlay.FileReaders`.
+    come from :class:`~kensa.hosts.overlay.FileReaders`, symlinks and directories
+    from :class:`~kensa.hosts.links.SymlinkOps`.
     """
 
     def __init__(self, root: str = "/", *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:

@@ -42,7 +42,10 @@ class FileReaders:
 
 
 # What a view refuses: it changes nothing.
-_WRITES = frozenset({"write_file", "write_in_place", "remove_file", "set_meta", "remove_leftover_temps"})
+_WRITES = frozenset({
+    "write_file", "write_in_place", "remove_file", "set_meta", "remove_leftover_temps",
+    "make_link", "remove_link", "make_dir", "remove_dir",
+})
 
 
 class PlannedView(FileReaders):
