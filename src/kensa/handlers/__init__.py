@@ -25,6 +25,8 @@ from kensa.handlers.config_set import ConfigSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
+from kensa.handlers.pam_module_arg import PamModuleArg
+from kensa.handlers.pam_module_configure import PamModuleConfigure
 from kensa.handlers.sysctl_set import SysctlSet
 
 HANDLERS = (
@@ -36,6 +38,8 @@ HANDLERS = (
     SysctlSet,
     AuditRuleSet,
     CommandExec,
+    PamModuleConfigure,
+    PamModuleArg,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -58,6 +62,8 @@ __all__ = [
     "FileAbsent",
     "FileContent",
     "FilePermissions",
+    "PamModuleArg",
+    "PamModuleConfigure",
     "ParamError",
     "SysctlSet",
     "default_registry",
