@@ -22,6 +22,7 @@ from kensa.handlers.audit_rule_set import AuditRuleSet
 from kensa.handlers.command_exec import CommandExec
 from kensa.handlers.config_append import ConfigAppend
 from kensa.handlers.config_set import ConfigSet
+from kensa.handlers.cron_job import CronJob
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
@@ -40,6 +41,7 @@ HANDLERS = (
     CommandExec,
     PamModuleConfigure,
     PamModuleArg,
+    CronJob,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -59,6 +61,7 @@ __all__ = [
     "CommandExec",
     "ConfigAppend",
     "ConfigSet",
+    "CronJob",
     "FileAbsent",
     "FileContent",
     "FilePermissions",
