@@ -7,29 +7,22 @@ real command line, the real agent process for a remote root, and Debian's own
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict
 
 import pytest
 
-from agent_targets import transport_for
 from conftest import require_real, require_root
 from conftest import snapshot_tree as snapshot
-from kensa.engine import Engine
-from kensa.errors import ParamError, RollbackRefusedError
+from kensa.errors import ParamError
 from kensa.handlers import default_registry
 from kensa.handlers.cron_job import HEADER, cron_parser
 from kensa.hosts.local import resolve_host
-from kensa.hosts.remote import RemoteHosts
-from kensa.journal.store import SqliteJournal
 from kensa.model import Status, Step, Transaction
-from test_mech_pam import NeverHolds
+from test_mech_pam import NeverHolds, committed, engine_on, refused_after_edit, refused_params, remediate_check_roll_back, remote_engine
 
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nbackup:x:34:34:backup:/var/backups:/usr/sbin/nologin\n"
 EXISTING = "SHELL=/bin/sh\n# maintenance\n30 2 * * 0 backup /usr/local/bin/rotate --all\n"
@@ -55,19 +48,6 @@ def root(tmp_path: Path) -> Path:
 def real_cron() -> None:
     if shutil.which("crontab") is None:
         require_real("Debian's cron (crontab -n) is not installed")
-
-
-@contextlib.contextmanager
-def engine_on(tmp_path: Path, registry: Optional[Dict[str, Any]] = None, hosts: Any = resolve_host) -> Iterator[Engine]:
-    with SqliteJournal(tmp_path / "journal.db") as journal:
-        yield Engine(registry or default_registry(), journal=journal, hosts=hosts)
-
-
-def committed(engine: Engine, host: str, *steps: Step) -> str:
-    txn = Transaction("cron", steps, host=host)
-    result = engine.run(txn)
-    assert result.status is Status.COMMITTED, result.error
-    return txn.id
 
 
 def cron_accepts(path: Path) -> bool:
@@ -142,12 +122,7 @@ def test_rollback_by_id_keeps_an_operators_later_line_and_refuses_an_edit_of_ken
         assert path.read_text() == EXISTING + "0 1 * * * root /usr/bin/true\n"
         assert path.stat().st_mode & 0o777 == 0o664
         txn = committed(engine, str(root), ROTATE)
-        edited = path.read_text().replace("15 3 * * *", "45 3 * * *")
-        path.write_text(edited)
-        with pytest.raises(RollbackRefusedError, match="/etc/cron.d/maint") as refused:
-            engine.rollback(txn)
-    assert refused.value.drifted == ("/etc/cron.d/maint",)
-    assert path.read_text() == edited
+        refused_after_edit(engine, txn, root, "/etc/cron.d/maint", "15 3 * * *", "45 3 * * *")
 
 
 @pytest.mark.parametrize("params,field", [
@@ -167,17 +142,10 @@ def test_rollback_by_id_keeps_an_operators_later_line_and_refuses_an_edit_of_ken
 ])
 def test_bad_parameters_are_refused_naming_the_field_and_change_nothing(root: Path, tmp_path: Path, params: Dict[str, Any], field: str) -> None:
     """A newline, an unescaped %, a bad schedule, a user that is no name, a name cron skips or a path with '..': ParamError, no change."""
-    before = snapshot(root)
     merged = {**AIDE.params, **params}
     if "name" in params:
         del merged["file"]
-    with pytest.raises(ParamError) as refused:
-        default_registry()["cron_job"].schema.read(merged)
-    assert refused.value.field == field
-    with engine_on(tmp_path) as engine:
-        result = engine.run(Transaction("cron-bad", (Step("cron_job", merged),), host=str(root)))
-    assert result.status is Status.ERRORED and result.host_unchanged
-    assert snapshot(root) == before
+    refused_params(tmp_path, root, "cron_job", merged, field)
 
 
 def test_the_strict_schedule_check_agrees_with_the_real_parser(tmp_path: Path) -> None:
@@ -216,18 +184,11 @@ def test_a_user_the_target_lacks_and_a_planted_symlink_are_refused(root: Path, t
 
 
 RULES = {
-    "cron-aide-daily": ("/etc/cron.d/aide", "^0 5 \\* \\* \\* root /usr/sbin/aide --check$", AIDE.params),
-    "cron-sync-hourly": ("/etc/crontab", "^@hourly root /usr/bin/sync$",
-                         {"schedule": "@hourly", "command": "/usr/bin/sync", "user": "root", "file": "/etc/crontab"}),
+    "cron-aide-daily": ("file_content_match", {"path": "/etc/cron.d/aide", "pattern": "^0 5 \\* \\* \\* root /usr/sbin/aide --check$"},
+                        {"mechanism": "cron_job", **AIDE.params}),
+    "cron-sync-hourly": ("file_content_match", {"path": "/etc/crontab", "pattern": "^@hourly root /usr/bin/sync$"},
+                         {"mechanism": "cron_job", "schedule": "@hourly", "command": "/usr/bin/sync", "user": "root", "file": "/etc/crontab"}),
 }
-
-
-def cli(tmp_path: Path, *argv: str) -> Tuple[int, Any]:
-    from kensa.cli.main import main
-
-    out = io.StringIO()
-    code = main(["--journal", str(tmp_path / "cli.db"), "--no-audit", *argv, "--json"], out=out)
-    return code, json.loads(out.getvalue())
 
 
 def test_this_machines_etc_remediated_with_the_rules_then_check_compliant(tmp_path: Path) -> None:
@@ -240,36 +201,23 @@ def test_this_machines_etc_remediated_with_the_rules_then_check_compliant(tmp_pa
     for name in ("passwd", "crontab"):
         if Path("/etc", name).exists():
             shutil.copy2(Path("/etc", name), root / "etc" / name)
-    shutil.copytree("/etc/cron.d", root / "etc/cron.d", symlinks=True) if Path("/etc/cron.d").is_dir() else (root / "etc/cron.d").mkdir()
-    before = snapshot(root)
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    for rule_id, (path, pattern, remediation) in RULES.items():
-        rule = {"id": rule_id, "title": rule_id, "severity": "medium", "implementations": [{
-            "default": True, "check": {"method": "file_content_match", "path": path, "pattern": pattern},
-            "remediation": {"mechanism": "cron_job", **remediation}}]}
-        (rules / f"{rule_id}.yml").write_text(json.dumps(rule))
-    _, done = cli(tmp_path, "remediate", str(rules), "--root", str(root))
-    assert {r["rule"]: r["status"] for r in done["results"]} == {rule_id: "committed" for rule_id in RULES}, done
-    _, checked = cli(tmp_path, "check", str(rules), "--root", str(root))
-    assert {r["rule"]: r["verdict"] for r in checked["rules"]} == {rule_id: "compliant" for rule_id in RULES}, checked
-    assert cron_accepts(root / "etc/cron.d/aide") and cron_accepts(root / "etc/crontab")
-    for result in done["results"]:
-        _, back = cli(tmp_path, "rollback", result["txn"])
-        assert back["status"] == "rolled_back", back
-    assert snapshot(root) == before
+    if Path("/etc/cron.d").is_dir():
+        shutil.copytree("/etc/cron.d", root / "etc/cron.d", symlinks=True)
+    else:
+        (root / "etc/cron.d").mkdir()
+
+    def parsed(root: Path) -> None:
+        assert cron_accepts(root / "etc/cron.d/aide") and cron_accepts(root / "etc/crontab")
+
+    remediate_check_roll_back(tmp_path, root, RULES, parsed)
 
 
 def test_cron_job_commits_and_rolls_back_on_a_remote_root_through_the_agent(root: Path, tmp_path: Path) -> None:
     """Over the real agent process: both entries commit (the parser asked on the target), a rollback by id is exact."""
     before = snapshot(root)
-    hosts = RemoteHosts(transport_for)
-    try:
-        with engine_on(tmp_path, hosts=hosts) as engine:
-            txn = committed(engine, f"ssh://admin@target{root}", AIDE, ROTATE)
-            assert (root / "etc/cron.d/aide").exists()
-            result = engine.rollback(txn)
-    finally:
-        hosts.close()
+    with remote_engine(tmp_path) as engine:
+        txn = committed(engine, f"ssh://admin@target{root}", AIDE, ROTATE)
+        assert (root / "etc/cron.d/aide").exists()
+        result = engine.rollback(txn)
     assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, True), result.error
     assert snapshot(root) == before

@@ -90,6 +90,33 @@ REMEMBER = Step("pam_module_arg", {"action": "set", "module": "pam_unix.so", "ty
                                     "files": ["/etc/pam.d/system-auth", "/etc/pam.d/password-auth"]})
 
 
+def refused_after_edit(engine: Engine, txn: str, root: Path, path: str, old: str, new: str) -> None:
+    """An operator replaces ``old`` by ``new`` in ``path`` (inside ``root``): rolling back ``txn`` is refused naming
+    that file, and the tree stays as the operator left it."""
+    target = root / path.lstrip("/")
+    edited = target.read_text().replace(old, new)
+    assert edited != target.read_text()
+    target.write_text(edited)
+    middle = snapshot(root)
+    with pytest.raises(RollbackRefusedError, match=path) as refused:
+        engine.rollback(txn)
+    assert refused.value.drifted == (path,)
+    assert snapshot(root) == middle
+
+
+def refused_params(tmp_path: Path, root: Path, mechanism: str, params: Mapping[str, Any], field: str) -> None:
+    """The schema refuses ``params`` with a ParamError naming ``field``, and a transaction with them is
+    errored with the tree as it was."""
+    before = snapshot(root)
+    with pytest.raises(ParamError) as refused:
+        default_registry()[mechanism].schema.read(params)
+    assert refused.value.field == field
+    with engine_on(tmp_path) as engine:
+        result = engine.run(Transaction("refused", (Step(mechanism, params),), host=str(root)))
+    assert result.status is Status.ERRORED and result.host_unchanged
+    assert snapshot(root) == before
+
+
 # --- the reader ------------------------------------------------------------------------
 
 
@@ -180,15 +207,9 @@ def test_configure_rollback_by_id_keeps_an_operators_later_edit_of_another_line(
 
 def test_configure_rollback_refuses_when_kensas_own_line_was_edited(root: Path, tmp_path: Path) -> None:
     """The operator changed the line kensa wrote: rollback is refused naming the path and changes nothing."""
-    path = root / "etc/pam.d/su"
     with engine_on(tmp_path) as engine:
         txn = committed(engine, str(root), WHEEL)
-        edited = path.read_text().replace("pam_wheel.so use_uid", "pam_wheel.so use_uid group=admins")
-        path.write_text(edited)
-        with pytest.raises(RollbackRefusedError, match="/etc/pam.d/su") as refused:
-            engine.rollback(txn)
-    assert refused.value.drifted == ("/etc/pam.d/su",)
-    assert path.read_text() == edited
+        refused_after_edit(engine, txn, root, "/etc/pam.d/su", "pam_wheel.so use_uid", "pam_wheel.so use_uid group=admins")
 
 
 def test_configure_refuses_two_rules_it_cannot_tell_apart(root: Path, tmp_path: Path) -> None:
@@ -226,15 +247,7 @@ def test_configure_refuses_a_service_file_that_does_not_exist(root: Path, tmp_pa
 ])
 def test_configure_refuses_hostile_parameters_and_changes_nothing(root: Path, tmp_path: Path, field: str, value: str) -> None:
     """A newline, a comment, a path escaping /etc/pam.d or a malformed control is a ParamError naming the field; the tree is as before."""
-    before = snapshot(root)
-    params = {**WHEEL.params, field: value}
-    with pytest.raises(ParamError) as refused:
-        default_registry()["pam_module_configure"].schema.read(params)
-    assert refused.value.field == field
-    with engine_on(tmp_path) as engine:
-        result = engine.run(Transaction("pam-hostile", (Step("pam_module_configure", params),), host=str(root)))
-    assert result.status is Status.ERRORED and result.host_unchanged
-    assert snapshot(root) == before
+    refused_params(tmp_path, root, "pam_module_configure", {**WHEEL.params, field: value}, field)
 
 
 def test_a_symlink_planted_as_the_stack_is_refused_and_nothing_changes(root: Path, tmp_path: Path) -> None:
@@ -315,13 +328,7 @@ def test_arg_rollback_refuses_when_an_edited_line_was_changed_again(root: Path, 
     """The operator changed a line kensa rewrote: refused naming that file; neither file is touched."""
     with engine_on(tmp_path) as engine:
         txn = committed(engine, str(root), REMEMBER)
-        path = root / "etc/pam.d/password-auth"
-        path.write_text(path.read_text().replace("remember=5", "remember=10"))
-        middle = snapshot(root)
-        with pytest.raises(RollbackRefusedError, match="/etc/pam.d/password-auth") as refused:
-            engine.rollback(txn)
-    assert refused.value.drifted == ("/etc/pam.d/password-auth",)
-    assert snapshot(root) == middle
+        refused_after_edit(engine, txn, root, "/etc/pam.d/password-auth", "remember=5", "remember=10")
 
 
 @pytest.mark.parametrize("params,field", [
@@ -337,15 +344,7 @@ def test_arg_rollback_refuses_when_an_edited_line_was_changed_again(root: Path, 
 ])
 def test_arg_refuses_hostile_parameters_and_changes_nothing(root: Path, tmp_path: Path, params: Mapping[str, Any], field: str) -> None:
     """A newline, a blank, '..', a relative or repeated path, an expression to write, a bare name to set: ParamError naming the field."""
-    before = snapshot(root)
-    merged = {**NO_NULLOK.params, **params}
-    with pytest.raises(ParamError) as refused:
-        default_registry()["pam_module_arg"].schema.read(merged)
-    assert refused.value.field == field
-    with engine_on(tmp_path) as engine:
-        result = engine.run(Transaction("pam-hostile", (Step("pam_module_arg", merged),), host=str(root)))
-    assert result.status is Status.ERRORED
-    assert snapshot(root) == before
+    refused_params(tmp_path, root, "pam_module_arg", {**NO_NULLOK.params, **params}, field)
 
 
 def test_a_path_climbing_out_of_the_root_is_refused_even_when_called_directly(root: Path, tmp_path: Path) -> None:
@@ -373,22 +372,51 @@ RULES = {
 }
 
 
-def write_rules(directory: Path) -> Path:
-    """This file's rules, one YAML file each (JSON is YAML), with the check each remediation must satisfy."""
+def write_rules(directory: Path, rules: Mapping[str, Tuple[str, Mapping[str, Any], Mapping[str, Any]]]) -> Path:
+    """One YAML file per rule id -> (check method, its fields, remediation) (JSON is YAML)."""
     directory.mkdir()
-    for rule_id, (method, check, remediation) in RULES.items():
+    for rule_id, (method, check, remediation) in rules.items():
         rule = {"id": rule_id, "title": rule_id, "severity": "medium",
                 "implementations": [{"default": True, "check": {"method": method, **check}, "remediation": remediation}]}
         (directory / f"{rule_id}.yml").write_text(json.dumps(rule, indent=1))
     return directory
 
 
-def cli(tmp_path: Path, *argv: str) -> Tuple[int, Any]:
+def cli(tmp_path: Path, *argv: str) -> Any:
     from kensa.cli.main import main
 
     out = io.StringIO()
-    code = main(["--journal", str(tmp_path / "cli.db"), "--no-audit", *argv, "--json"], out=out)
-    return code, json.loads(out.getvalue())
+    main(["--journal", str(tmp_path / "cli.db"), "--no-audit", *argv, "--json"], out=out)
+    return json.loads(out.getvalue())
+
+
+def remediate_check_roll_back(tmp_path: Path, root: Path, rules: Mapping[str, Tuple[str, Mapping[str, Any], Mapping[str, Any]]],
+                              after_check: Any = None) -> None:
+    """kensa remediate commits every rule, kensa check then says compliant for each (``after_check(root)`` may look
+    further), and kensa rollback of each transaction gives the tree back exactly."""
+    before = snapshot(root)
+    directory = write_rules(tmp_path / "rules", rules)
+    done = cli(tmp_path, "remediate", str(directory), "--root", str(root))
+    assert {result["rule"]: result["status"] for result in done["results"]} == {rule_id: "committed" for rule_id in rules}, done
+    checked = cli(tmp_path, "check", str(directory), "--root", str(root))
+    assert {result["rule"]: result["verdict"] for result in checked["rules"]} == {rule_id: "compliant" for rule_id in rules}, checked
+    if after_check is not None:
+        after_check(root)
+    for result in done["results"]:
+        back = cli(tmp_path, "rollback", result["txn"])
+        assert back["status"] == "rolled_back", back
+    assert snapshot(root) == before
+
+
+@contextlib.contextmanager
+def remote_engine(tmp_path: Path) -> Iterator[Engine]:
+    """An engine whose ssh:// hosts are the real agent process (SubprocessTransport), closed afterwards."""
+    hosts = RemoteHosts(transport_for)
+    try:
+        with engine_on(tmp_path, hosts=hosts) as engine:
+            yield engine
+    finally:
+        hosts.close()
 
 
 def test_this_machines_stacks_remediated_with_the_rules_then_check_compliant(tmp_path: Path) -> None:
@@ -400,32 +428,17 @@ def test_this_machines_stacks_remediated_with_the_rules_then_check_compliant(tmp
     shutil.copytree("/etc/pam.d", root / "etc/pam.d", symlinks=True)
     if "nullok" not in (root / "etc/pam.d/common-auth").read_text():
         (root / "etc/pam.d/common-auth").write_text((root / "etc/pam.d/common-auth").read_text().replace("pam_unix.so", "pam_unix.so nullok", 1))
-    before = snapshot(root)
-    rules = write_rules(tmp_path / "rules")
-    code, done = cli(tmp_path, "remediate", str(rules), "--root", str(root))
-    statuses = {result["rule"]: result["status"] for result in done["results"]}
-    assert statuses == {rule_id: "committed" for rule_id in RULES}, done
-    code, checked = cli(tmp_path, "check", str(rules), "--root", str(root))
-    verdicts = {result["rule"]: result["verdict"] for result in checked["rules"]}
-    assert verdicts == {rule_id: "compliant" for rule_id in RULES}, checked
-    for result in done["results"]:
-        code, back = cli(tmp_path, "rollback", result["txn"])
-        assert back["status"] == "rolled_back", back
-    assert snapshot(root) == before
+    remediate_check_roll_back(tmp_path, root, RULES)
 
 
 def test_both_handlers_commit_and_roll_back_on_a_remote_root_through_the_agent(root: Path, tmp_path: Path) -> None:
     """Over the real agent process (ssh:// host key, SubprocessTransport): both mechanisms commit, and a rollback by id is exact."""
     before = snapshot(root)
-    hosts = RemoteHosts(transport_for)
-    try:
-        with engine_on(tmp_path, hosts=hosts) as engine:
-            txn = committed(engine, f"ssh://admin@target{root}", FAILLOCK, WHEEL, NO_NULLOK, REMEMBER)
-            assert "pam_wheel.so use_uid" in (root / "etc/pam.d/su").read_text()
-            assert "remember=5" in (root / "etc/pam.d/password-auth").read_text()
-            result = engine.rollback(txn)
-    finally:
-        hosts.close()
+    with remote_engine(tmp_path) as engine:
+        txn = committed(engine, f"ssh://admin@target{root}", FAILLOCK, WHEEL, NO_NULLOK, REMEMBER)
+        assert "pam_wheel.so use_uid" in (root / "etc/pam.d/su").read_text()
+        assert "remember=5" in (root / "etc/pam.d/password-auth").read_text()
+        result = engine.rollback(txn)
     assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, True), result.error
     assert snapshot(root) == before
 
