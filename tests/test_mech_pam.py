@@ -462,3 +462,40 @@ class NeverHolds:
         from kensa.model import RollbackResult
 
         return RollbackResult(self.name, ok=True, detail="nothing to restore")
+
+
+PYTHON36 = Path("/root/.pyenv/versions/3.6.15/bin/python3.6")
+
+
+def test_the_pam_and_cron_handlers_run_on_a_real_python_36_agent(root: Path, tmp_path: Path) -> None:
+    """The agent under a real Python 3.6 (RHEL 8's platform-python's version) captures, applies, validates and rolls
+    back pam_module_configure, pam_module_arg and cron_job; the tree is as before."""
+    if not PYTHON36.exists():
+        pytest.skip(f"no Python 3.6 at {PYTHON36}")
+    from agent_targets import transport
+    from kensa.hosts.remote import connect
+
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/cron.d").mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(PYTHON36)
+    cron = Step("cron_job", {"schedule": "@daily", "command": "/usr/bin/true", "user": "root", "name": "kensa-py36"})
+    before = snapshot(root)
+    host = connect(transport("py36", f"{bin_dir}:/usr/bin:/bin"), str(root))
+    try:
+        assert host.hello["python"][:2] == [3, 6], host.hello
+        handlers = host.handlers(default_registry())
+        done = []
+        for step in (FAILLOCK, NO_NULLOK, cron):
+            handler = handlers[step.mechanism]
+            pre = handler.capture(host, step.params)
+            assert handler.apply(host, step.params, pre).ok
+            assert handler.validate(host, step.params), step.mechanism
+            done.append((handler, pre))
+        assert "deny=3" in (root / "etc/pam.d/system-auth").read_text()
+        for handler, pre in reversed(done):
+            assert handler.rollback(host, pre).ok
+    finally:
+        host.close()
+    assert snapshot(root) == before
