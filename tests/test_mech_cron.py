@@ -125,6 +125,19 @@ def test_rollback_by_id_keeps_an_operators_later_line_and_refuses_an_edit_of_ken
         refused_after_edit(engine, txn, root, "/etc/cron.d/maint", "15 3 * * *", "45 3 * * *")
 
 
+def test_rollback_by_id_of_a_created_file_keeps_an_operators_line_or_removes_the_file(root: Path, tmp_path: Path) -> None:
+    """kensa created /etc/cron.d/aide: untouched, a rollback by id removes it; with an operator's line added, only that line is left."""
+    path = root / "etc/cron.d/aide"
+    with engine_on(tmp_path) as engine:
+        assert engine.rollback(committed(engine, str(root), AIDE)).host_unchanged
+        assert not path.exists()
+        txn = committed(engine, str(root), AIDE)
+        path.write_text(path.read_text() + "0 6 * * * root /usr/bin/true\n")
+        result = engine.rollback(txn)
+    assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, False)
+    assert path.read_text() == "0 6 * * * root /usr/bin/true\n"
+
+
 @pytest.mark.parametrize("params,field", [
     ({"command": "/bin/true\n* * * * * root /tmp/evil"}, "command"),
     ({"command": "date +%F"}, "command"),

@@ -173,7 +173,7 @@ class CronJob(OneFileStep):
 
     def revert(self, pre: PreState) -> Optional[Revert]:
         if not pre.data.get("exists"):
-            return None  # kensa created the file: the whole of it is kensa's
+            return self._revert_created(self._line(pre.params))
         _, old, written = self._edit(decode(pre.data.get("content")), pre.params)
 
         def revert(now: bytes) -> Optional[bytes]:
@@ -188,5 +188,22 @@ class CronJob(OneFileStep):
                         lines[index] = old + lines[index][len(lines[index].rstrip("\r\n")):]
                     return encode("".join(lines))
             return None
+
+        return revert
+
+    @staticmethod
+    def _revert_created(written: str) -> Revert:
+        """Undo a file kensa created: its comment line and entry go; lines added since stay (nothing
+        left: the file goes). None when kensa's entry is no longer there as written."""
+
+        def revert(now: bytes) -> Optional[bytes]:
+            lines = decode(now).splitlines(keepends=True)
+            plain = [line.rstrip("\r\n") for line in lines]
+            if written not in plain:
+                return None
+            del lines[plain.index(written)]
+            if HEADER in lines:
+                lines.remove(HEADER)
+            return encode("".join(lines))
 
         return revert
