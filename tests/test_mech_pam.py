@@ -154,6 +154,46 @@ def test_the_reader_reads_continuations_brackets_optional_types_and_includes() -
     assert entries[2].with_args(("a", "[b c]", "d")).raw == "auth [success=2 default=ignore] pam_x.so a \\\n  [b c] d # note\n"
 
 
+_LINES = st.sampled_from([
+    "auth required pam_env.so\n", "auth [success=1 default=ignore] pam_unix.so nullok\n", "auth requisite pam_deny.so\n",
+    "-auth optional pam_faillock.so authfail\n", "auth required pam_faillock.so preauth\n", "account required pam_unix.so\n",
+    "password sufficient pam_unix.so sha512 nullok\n", "session optional pam_x.so a \\\n b\n", "# auth required pam_wheel.so\n",
+    "@include common-auth\n", "\n", "garbage here\n", "auth\tsufficient\tpam_wheel.so trust  # note\n",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_LINES, max_size=14), st.sampled_from(["pam_wheel.so", "pam_unix.so", "pam_deny.so", "pam_faillock.so"]),
+       st.sampled_from(["auth", "password", "session"]), st.sampled_from([(), ("use_uid",), ("preauth", "silent")]))
+def test_configure_changes_one_line_and_keeps_the_order_of_every_other(lines: Any, mod: str, kind: str, args: Any) -> None:
+    """On any stack, configure either refuses (ambiguous) or leaves every other entry byte-identical and in order, changing or
+    inserting exactly one, after which the rule holds and undoing the change gives the original text back."""
+    from kensa.facts.pam import rules_of, undo_lines
+    from kensa.handlers.pam_module_configure import configure
+
+    text = "".join(lines)
+    try:
+        new, changes = configure(text, "/etc/pam.d/x", kind, "required", mod, args)
+    except ParamError:
+        assert len(rules_of(parse(text), mod, kind)) > 1
+        return
+    before, after = [e.raw for e in parse(text)], [e.raw for e in parse(new)]
+    if not changes:
+        assert new == text
+        return
+    (old, written), = changes
+    if old is None:
+        assert len(after) == len(before) + 1 and after.count(written) >= 1
+        index = after.index(written) if written in after else -1
+        assert after[:index] + after[index + 1:] == before
+    else:
+        assert len(after) == len(before)
+        assert sum(a != b for a, b in zip(before, after)) == 1
+    entries = parse(new)
+    assert any(entries[i].control == "required" and entries[i].args == args for i in rules_of(entries, mod, kind))
+    assert undo_lines(new, changes) == text
+
+
 # --- pam_module_configure --------------------------------------------------------------
 
 
