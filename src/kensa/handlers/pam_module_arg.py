@@ -174,7 +174,8 @@ class PamModuleArg:
             data = host.read_bytes(path)
             text, _, rules = edit_args(decode(data), read)
             if read["action"] != "remove" and (data is None or rules == 0):
-                what = "does not exist" if data is None else f"runs no {read['type'] or ''} rule of {read['module']}".replace("  ", " ")
+                kind = f"{read['type']} " if read["type"] else ""
+                what = "does not exist" if data is None else f"runs no {kind}rule of {read['module']}"
                 raise ParamError(f"{self.name}: {host.where(path)} {what}, so there is nothing to give {read['arg']!r} to; "
                                  "nothing was changed")
             found.append((path, data, text, rules))
