@@ -631,6 +631,7 @@ def test_default_registry_covers_every_mechanism() -> None:
         "grub_parameter_set", "grub_parameter_remove", "selinux_boolean_set",
         "dconf_set", "authselect_feature_enable", "crypto_policy_set", "crypto_policy_subpolicy",
         "service_enabled", "service_disabled", "service_masked", "kernel_module_disable",
+        "pam_module_configure", "pam_module_arg", "cron_job",
     ])
     assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec", "manual"]
     assert all(h.name == name for name, h in REGISTRY.items())

@@ -162,6 +162,16 @@ def _name(step: Step) -> str:
     return step.mechanism
 
 
+def _conflicting(step: Step, assessment: Assessment) -> List[str]:
+    """The names a refusal gives a conflicting step: its :func:`_name`, or, for a step whose
+    parameters name no file (a PAM service, a list of files), the files in conflict."""
+    if _name(step) != step.mechanism:
+        return [_name(step)]
+    paths = [plan.path for plan in assessment.plan
+             if getattr(plan, "drift", None) is Drift.CONFLICT and isinstance(getattr(plan, "path", None), str)]
+    return paths or [step.mechanism]
+
+
 def _not_reached(view: Any, entry: JournalEntry, handlers: Sequence[Optional[Handler]], index: int) -> bool:
     """True when an earlier step of this transaction over the same files is still in its
     pre-state: the interruption came before that step, so before step ``index`` too."""
@@ -434,7 +444,7 @@ def _drift(
     for index, assessment in sorted(assessments.items()):
         step = entry.txn.steps[index]
         if assessment.drift is Drift.CONFLICT:
-            names.append(_name(step))
+            names.extend(_conflicting(step, assessment))
             reasons.append(f"{_name(step)} ({step_name(index, step)}): {'; '.join(assessment.details)}")
     skipped = _not_applied(entry)
     for index, step in enumerate(entry.txn.steps):

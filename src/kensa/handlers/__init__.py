@@ -24,16 +24,19 @@ from kensa.handlers.command_exec import CommandExec
 from kensa.handlers.config_append import ConfigAppend
 from kensa.handlers.config_set import ConfigSet
 from kensa.handlers.config_set_dropin import ConfigSetDropin
+from kensa.handlers.cron_job import CronJob
 from kensa.handlers.crypto_policy import CryptoPolicySet, CryptoPolicySubpolicy
 from kensa.handlers.dconf_set import DconfSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
 from kensa.handlers.grub import GrubParameterRemove, GrubParameterSet
-from kensa.handlers.mount_option import MountOptionSet
-from kensa.handlers.selinux_boolean import SelinuxBooleanSet
-from kensa.handlers.manual import Manual
 from kensa.handlers.kernel_module import KernelModuleDisable
+from kensa.handlers.manual import Manual
+from kensa.handlers.mount_option import MountOptionSet
+from kensa.handlers.pam_module_arg import PamModuleArg
+from kensa.handlers.pam_module_configure import PamModuleConfigure
+from kensa.handlers.selinux_boolean import SelinuxBooleanSet
 from kensa.handlers.services import ServiceDisabled, ServiceEnabled, ServiceMasked
 from kensa.handlers.sysctl_set import SysctlSet
 
@@ -60,6 +63,9 @@ HANDLERS = (
     ServiceDisabled,
     ServiceMasked,
     KernelModuleDisable,
+    PamModuleConfigure,
+    PamModuleArg,
+    CronJob,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -91,6 +97,12 @@ __all__ = [
     "GrubParameterSet",
     "MountOptionSet",
     "Manual",
+    "CronJob",
+    "FileAbsent",
+    "FileContent",
+    "FilePermissions",
+    "PamModuleArg",
+    "PamModuleConfigure",
     "ParamError",
     "SelinuxBooleanSet",
     "KernelModuleDisable",

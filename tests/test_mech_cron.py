@@ -1,0 +1,236 @@
+"""cron_job: an entry of a system crontab, checked strictly and read back by the real cron parser.
+
+Real temporary roots (files with owners, modes and xattrs), a real journal, the
+real command line, the real agent process for a remote root, and Debian's own
+``crontab -n`` (the package ``cron``) as the judge of what cron accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from conftest import require_real, require_root
+from conftest import snapshot_tree as snapshot
+from kensa.errors import ParamError
+from kensa.handlers import default_registry
+from kensa.handlers.cron_job import HEADER, cron_parser
+from kensa.hosts.local import resolve_host
+from kensa.model import Status, Step, Transaction
+from test_mech_pam import NeverHolds, committed, engine_on, refused_after_edit, refused_params, remediate_check_roll_back, remote_engine
+
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nbackup:x:34:34:backup:/var/backups:/usr/sbin/nologin\n"
+EXISTING = "SHELL=/bin/sh\n# maintenance\n30 2 * * 0 backup /usr/local/bin/rotate --all\n"
+AIDE = Step("cron_job", {"schedule": "0 5 * * *", "command": "/usr/sbin/aide --check", "user": "root", "file": "/etc/cron.d/aide"})
+ROTATE = Step("cron_job", {"schedule": "15 3 * * *", "command": "/usr/local/bin/rotate --all", "user": "backup", "name": "maint"})
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A root with a passwd, an empty /etc/cron.d and a group-writable cron file with xattrs."""
+    require_root("files owned by root, a security.* xattr")
+    root = tmp_path / "root"
+    (root / "etc/cron.d").mkdir(parents=True)
+    (root / "etc/passwd").write_text(PASSWD)
+    maint = root / "etc/cron.d/maint"
+    maint.write_text(EXISTING)
+    maint.chmod(0o664)
+    os.setxattr(maint, "user.origin", b"ops")
+    os.setxattr(maint, "security.kensa-test", b"label")
+    return root
+
+
+def real_cron() -> None:
+    if shutil.which("crontab") is None:
+        require_real("Debian's cron (crontab -n) is not installed")
+
+
+def cron_accepts(path: Path) -> bool:
+    """What Debian's crontab parser says of the file (dry run: nothing is installed)."""
+    return subprocess.run(["crontab", "-n", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE).returncode == 0
+
+
+def test_a_new_cron_d_file_is_root_owned_0644_and_the_real_parser_accepts_it(root: Path, tmp_path: Path) -> None:
+    """No /etc/cron.d/aide: it is created 0644 root:root with a comment and the entry, which crontab -n accepts."""
+    real_cron()
+    with engine_on(tmp_path) as engine:
+        committed(engine, str(root), AIDE)
+    path = root / "etc/cron.d/aide"
+    assert path.read_text() == HEADER + "0 5 * * * root /usr/sbin/aide --check\n"
+    st = path.stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o644, 0, 0)
+    assert cron_accepts(path)
+
+
+def test_the_host_parser_is_found_and_refuses_what_cron_refuses(root: Path) -> None:
+    """cron_parser finds Debian's crontab -n; a file with a bad minute does not validate even though it holds the entry."""
+    real_cron()
+    host = resolve_host(str(root))
+    assert cron_parser(host) == ["crontab", "-n"]
+    (root / "etc/cron.d/aide").write_text("0 5 * * * root /usr/sbin/aide --check\n61 * * * * root /bin/true\n")
+    (root / "etc/cron.d/aide").chmod(0o644)
+    assert not cron_accepts(root / "etc/cron.d/aide")
+    assert default_registry()["cron_job"].validate(host, AIDE.params) is False
+
+
+def test_an_entry_cron_would_refuse_rolls_back_to_the_exact_tree(root: Path, tmp_path: Path) -> None:
+    """The file already has a line cron refuses: after apply the real parser refuses the file, validate fails, rollback is exact."""
+    real_cron()
+    bad = root / "etc/cron.d/aide"
+    bad.write_text("61 * * * * root /bin/true\n")
+    bad.chmod(0o644)
+    before = snapshot(root)
+    with engine_on(tmp_path) as engine:
+        result = engine.run(Transaction("cron-bad", (AIDE,), host=str(root)))
+    assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, True), result.error
+    assert snapshot(root) == before
+
+
+def test_apply_then_failed_validate_rolls_back_every_file_and_attribute(root: Path, tmp_path: Path) -> None:
+    """Two cron steps then a step that never holds: the new file goes, the edited one is back with its bytes, mode 0664 and xattrs."""
+    before = snapshot(root)
+    registry = {**default_registry(), "never_holds": NeverHolds()}
+    with engine_on(tmp_path, registry) as engine:
+        result = engine.run(Transaction("cron-failing", (AIDE, ROTATE, Step("never_holds", {})), host=str(root)))
+    assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, True), result.error
+    assert snapshot(root) == before
+
+
+def test_an_existing_entry_gets_its_schedule_and_the_file_loses_group_write(root: Path, tmp_path: Path) -> None:
+    """Same user and command on another schedule: that line is rewritten, the rest stays, the file becomes 0644 root-owned."""
+    with engine_on(tmp_path) as engine:
+        committed(engine, str(root), ROTATE)
+    path = root / "etc/cron.d/maint"
+    assert path.read_text() == EXISTING.replace("30 2 * * 0 backup", "15 3 * * * backup")
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert os.getxattr(path, "user.origin") == b"ops"
+
+
+def test_rollback_by_id_keeps_an_operators_later_line_and_refuses_an_edit_of_kensas(root: Path, tmp_path: Path) -> None:
+    """After commit an operator appends a job: rollback reverts only kensa's line and mode; an edited kensa line is refused by path."""
+    path = root / "etc/cron.d/maint"
+    with engine_on(tmp_path) as engine:
+        txn = committed(engine, str(root), ROTATE)
+        path.write_text(path.read_text() + "0 1 * * * root /usr/bin/true\n")
+        result = engine.rollback(txn)
+        assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, False)
+        assert path.read_text() == EXISTING + "0 1 * * * root /usr/bin/true\n"
+        assert path.stat().st_mode & 0o777 == 0o664
+        txn = committed(engine, str(root), ROTATE)
+        refused_after_edit(engine, txn, root, "/etc/cron.d/maint", "15 3 * * *", "45 3 * * *")
+
+
+def test_rollback_by_id_of_a_created_file_keeps_an_operators_line_or_removes_the_file(root: Path, tmp_path: Path) -> None:
+    """kensa created /etc/cron.d/aide: untouched, a rollback by id removes it; with an operator's line added, only that line is left."""
+    path = root / "etc/cron.d/aide"
+    with engine_on(tmp_path) as engine:
+        assert engine.rollback(committed(engine, str(root), AIDE)).host_unchanged
+        assert not path.exists()
+        txn = committed(engine, str(root), AIDE)
+        path.write_text(path.read_text() + "0 6 * * * root /usr/bin/true\n")
+        result = engine.rollback(txn)
+    assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, False)
+    assert path.read_text() == "0 6 * * * root /usr/bin/true\n"
+
+
+@pytest.mark.parametrize("params,field", [
+    ({"command": "/bin/true\n* * * * * root /tmp/evil"}, "command"),
+    ({"command": "date +%F"}, "command"),
+    ({"schedule": "0 5 * * * *"}, "schedule"),
+    ({"schedule": "61 5 * * *"}, "schedule"),
+    ({"schedule": "0 5 * 13 *"}, "schedule"),
+    ({"schedule": "@sometimes"}, "schedule"),
+    ({"schedule": "0 5 * * *\n"}, "schedule"),
+    ({"user": "root cmd"}, "user"),
+    ({"user": 0}, "user"),
+    ({"name": "aide.cron"}, "name"),
+    ({"name": "../../etc/passwd"}, "name"),
+    ({"file": "/etc/cron.d/../shadow"}, "file"),
+    ({"file": "/etc/cron.d/aide.conf"}, "file"),
+])
+def test_bad_parameters_are_refused_naming_the_field_and_change_nothing(root: Path, tmp_path: Path, params: Dict[str, Any], field: str) -> None:
+    """A newline, an unescaped %, a bad schedule, a user that is no name, a name cron skips or a path with '..': ParamError, no change."""
+    merged = {**AIDE.params, **params}
+    if "name" in params:
+        del merged["file"]
+    refused_params(tmp_path, root, "cron_job", merged, field)
+
+
+def test_the_strict_schedule_check_agrees_with_the_real_parser(tmp_path: Path) -> None:
+    """Schedules the field reader accepts, crontab -n accepts; the ones it refuses, crontab -n refuses too, except a range
+    that runs backwards, which Debian's cron lets through and kensa refuses, since crons disagree on what it means."""
+    real_cron()
+    from kensa.facts.cron import schedule
+
+    good = ["*/5 * * * *", "0 0 1-31/2 jan-dec mon-fri", "@reboot", "0 5 * * 7", "1,2,3 4-5 * * sun"]
+    bad = ["60 * * * *", "* 24 * * *", "* * 0 * *", "* * * 13 *", "* * * * 8", "*/0 * * * *"]
+    for text in good + bad:
+        accepted = True
+        try:
+            schedule(text)
+        except ParamError:
+            accepted = False
+        path = tmp_path / "probe"
+        path.write_text(f"{text} /bin/true\n")
+        assert accepted == cron_accepts(path) == (text in good), text
+    with pytest.raises(ParamError, match="backwards"):
+        schedule("5-1 * * * *")
+
+
+def test_a_user_the_target_lacks_and_a_planted_symlink_are_refused(root: Path, tmp_path: Path) -> None:
+    """user 'nobody' is not in the root's passwd; /etc/cron.d/aide is a symlink out of the root: both refused by name, no change."""
+    outside = tmp_path / "outside"
+    outside.write_text("")
+    (root / "etc/cron.d/aide").symlink_to(outside)
+    before = snapshot(root)
+    with engine_on(tmp_path) as engine:
+        unknown = engine.run(Transaction("cron-user", (Step("cron_job", {**ROTATE.params, "user": "nobody"}),), host=str(root)))
+        planted = engine.run(Transaction("cron-link", (AIDE,), host=str(root)))
+    assert unknown.status is Status.ERRORED and "nobody" in str(unknown.error)
+    assert planted.status is Status.ERRORED and "/etc/cron.d/aide" in str(planted.error)
+    assert snapshot(root) == before and outside.read_text() == ""
+
+
+RULES = {
+    "cron-aide-daily": ("file_content_match", {"path": "/etc/cron.d/aide", "pattern": "^0 5 \\* \\* \\* root /usr/sbin/aide --check$"},
+                        {"mechanism": "cron_job", **AIDE.params}),
+    "cron-sync-hourly": ("file_content_match", {"path": "/etc/crontab", "pattern": "^@hourly root /usr/bin/sync$"},
+                         {"mechanism": "cron_job", "schedule": "@hourly", "command": "/usr/bin/sync", "user": "root", "file": "/etc/crontab"}),
+}
+
+
+def test_this_machines_etc_remediated_with_the_rules_then_check_compliant(tmp_path: Path) -> None:
+    """A copy of this machine's /etc (passwd, crontab, cron.d): kensa remediate commits both rules, kensa check says compliant,
+    the real parser accepts both files, and rollback by id gives the copy back exactly."""
+    require_root("root-owned cron files")
+    real_cron()
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "crontab"):
+        if Path("/etc", name).exists():
+            shutil.copy2(Path("/etc", name), root / "etc" / name)
+    if Path("/etc/cron.d").is_dir():
+        shutil.copytree("/etc/cron.d", root / "etc/cron.d", symlinks=True)
+    else:
+        (root / "etc/cron.d").mkdir()
+
+    def parsed(root: Path) -> None:
+        assert cron_accepts(root / "etc/cron.d/aide") and cron_accepts(root / "etc/crontab")
+
+    remediate_check_roll_back(tmp_path, root, RULES, parsed)
+
+
+def test_cron_job_commits_and_rolls_back_on_a_remote_root_through_the_agent(root: Path, tmp_path: Path) -> None:
+    """Over the real agent process: both entries commit (the parser asked on the target), a rollback by id is exact."""
+    before = snapshot(root)
+    with remote_engine(tmp_path) as engine:
+        txn = committed(engine, f"ssh://admin@target{root}", AIDE, ROTATE)
+        assert (root / "etc/cron.d/aide").exists()
+        result = engine.rollback(txn)
+    assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, True), result.error
+    assert snapshot(root) == before
