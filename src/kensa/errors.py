@@ -235,6 +235,13 @@ class ParamError(KensaError, ValueError):
         self.problem = problem or message
 
 
+# Raised by the handlers
+
+class MechanismUnavailable(KensaError, RuntimeError):
+    """A mechanism cannot run on this target (its tool is not installed, or the target
+    is an image root it cannot change safely); raised before anything changed."""
+
+
 # Raised by kensa.handlers.audit_rule_set
 
 class AuditControlError(KensaError, RuntimeError):

@@ -25,6 +25,7 @@ from kensa.handlers.config_set import ConfigSet
 from kensa.handlers.file_absent import FileAbsent
 from kensa.handlers.file_content import FileContent
 from kensa.handlers.file_permissions import FilePermissions
+from kensa.handlers.packages import AptAbsent, AptPresent, PackageAbsent, PackagePresent
 from kensa.handlers.sysctl_set import SysctlSet
 
 HANDLERS = (
@@ -36,6 +37,10 @@ HANDLERS = (
     SysctlSet,
     AuditRuleSet,
     CommandExec,
+    AptPresent,
+    AptAbsent,
+    PackagePresent,
+    PackageAbsent,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -51,6 +56,8 @@ def default_registry() -> Dict[str, Any]:
 __all__ = [
     "HANDLERS",
     "SCHEMAS",
+    "AptAbsent",
+    "AptPresent",
     "AuditRuleSet",
     "CommandExec",
     "ConfigAppend",
@@ -58,6 +65,8 @@ __all__ = [
     "FileAbsent",
     "FileContent",
     "FilePermissions",
+    "PackageAbsent",
+    "PackagePresent",
     "ParamError",
     "SysctlSet",
     "default_registry",
