@@ -82,8 +82,14 @@ def _installed(known: Optional[Sequence[str]]) -> Optional[str]:
 
 
 def _quoted(done: Any) -> str:
-    said = " ".join((done.stderr.strip() or done.stdout.strip()).split())
-    return said[-600:] or "no output"
+    """A failed command's own words: its error output, and its last line of output, which is where
+    apt says who holds the lock it waited for."""
+    said = " ".join(done.stderr.split())[-600:]
+    lines = [text for text in done.stdout.splitlines() if text.strip()]
+    last = " ".join(lines[-1].split())[-300:] if lines else ""
+    if last and last not in said:
+        said = f"{said} (its last output: {last})" if said else last
+    return said or "no output"
 
 
 class _Apt:
