@@ -338,3 +338,86 @@ def test_a_host_without_apt_get_says_so_before_anything_changes(repo: DebRepo, t
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.stdout.strip() == "apt_present: not available on this host: apt-get is not installed", done
     assert dpkg_list() == before
+
+
+def test_over_ssh_with_sudo_a_package_step_runs_on_the_target_and_rolls_back(
+        repo: DebRepo, sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """An unprivileged login with --sudo remediates an apt_present rule on the target (this machine
+    behind sshd, the step run by kensa's agent there); check then says compliant; rollback by id
+    over the same login purges the package again, leaving ``dpkg -l`` as it was."""
+    before = dpkg_list()
+    rules = rule_file(tmp_path / "rules", "pkg-remote-tiny", "apt_present", TINY, "package_installed")
+    login = ["-H", f"{sshd_rig.users['nopasswd']}@127.0.0.1:{sshd_host.port}", "-k", str(sshd_rig.user_key),
+             "--known-hosts", str(tmp_path / "known_hosts"), "--connect-timeout", "20", "--sudo"]
+    journal = str(tmp_path / "journal.db")
+    code, out = kensa("--journal", journal, "--no-audit", "remediate", str(rules), *login, "--json")
+    assert code == EXIT_OK, out
+    (host,) = out["hosts"]
+    assert [r["status"] for r in host["results"]] == ["committed"], out
+    assert host["results"][0]["host"].startswith("ssh://")
+    assert installed_test_packages() == {TINY: ("ii", "1.1")}
+    code, out_check = kensa("--journal", journal, "--no-audit", "check", str(rules), *login, "--json")
+    assert code == EXIT_OK, out_check
+    code, back = kensa("--journal", journal, "--no-audit", "rollback", host["results"][0]["txn"], *login[2:], "--json")
+    assert code == EXIT_OK and back["status"] == "rolled_back", back
+    assert dpkg_list() == before
+
+
+CORPUS = os.environ.get("KENSA_CORPUS", "")
+PACKAGE_MECHANISMS = ("apt_present", "apt_absent", "package_present", "package_absent")
+
+
+def corpus_package_rules(directory: Path) -> List[str]:
+    """Copy the corpus rules that use a package mechanism into ``directory``; their ids."""
+    directory.mkdir()
+    ids = []
+    for path in sorted(Path(CORPUS).rglob("*.yml")):
+        text = path.read_text()
+        if any(f"mechanism: {name}" in text for name in PACKAGE_MECHANISMS):
+            shutil.copy(path, directory / path.name)
+            ids.append(path.stem)
+    return ids
+
+
+@pytest.mark.skipif(not os.path.isdir(CORPUS), reason="set KENSA_CORPUS to a rule corpus directory")
+def test_corpus_package_rules_on_a_copy_of_etc_check_plan_and_refuse_to_change_an_image(repo: DebRepo, tmp_path: Path) -> None:
+    """The corpus's package rules on a copy of this machine's /etc and dpkg database, as an Ubuntu
+    22.04 (the corpus's Debian-family platform): those for Ubuntu get compliant or not compliant from
+    the image's dpkg database (not assessable for command checks), the others not applicable, none
+    an error; the dry plan names the package steps; a real remediation of the image errors with "not
+    available on an image root" and leaves the tree and this machine's packages as they were."""
+    rules = tmp_path / "rules"
+    corpus_package_rules(rules)
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["cp", "-a", "/etc", str(root / "etc")], check=True)
+    (root / "etc/os-release").unlink()
+    (root / "etc/os-release").write_text('ID=ubuntu\nVERSION_ID="22.04"\nID_LIKE=debian\n')
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    shutil.copy("/var/lib/dpkg/status", root / "var/lib/dpkg/status")
+    journal = str(tmp_path / "journal.db")
+
+    code, out = kensa("--journal", journal, "--no-audit", "check", str(rules), "--root", str(root), "--json")
+    verdicts = {r["rule"]: r["verdict"] for r in out["rules"]}
+    assert out["problems"] == []
+    assert set(verdicts.values()) <= {"compliant", "not_compliant", "not_applicable", "not_assessable"}, verdicts
+    for name, verdict in verdicts.items():
+        ubuntu = "family: ubuntu" in (rules / f"{name}.yml").read_text()
+        assert (verdict != "not_applicable") == ubuntu, (name, verdict)
+    assert verdicts["package-sudo-installed"] == "compliant"  # sudo is installed here
+
+    code, plan = kensa("--journal", journal, "--no-audit", "remediate", str(rules), "--root", str(root), "--dry-run",
+                       "--allow-conflicts", "--json")
+    plans = {r["rule"]: r["plan"] for r in plan["rules"]}
+    would = [name for name, text in plans.items() if text.startswith("would apply")]
+    assert would and all(any(m in plans[name] for m in PACKAGE_MECHANISMS) for name in would), plans
+
+    only_packages = [str(rules / f"{name}.yml") for name in would
+                     if set(plans[name].split(": ", 1)[1].split(", ")) <= {*PACKAGE_MECHANISMS, "rule_check"}]
+    assert only_packages
+    tree, listing = snapshot_tree(root), dpkg_list()
+    code, done = kensa("--journal", journal, "--no-audit", "remediate", *only_packages, "--root", str(root), "--json")
+    assert {r["status"] for r in done["results"]} == {"errored"}, done
+    assert all("not available on an image root" in json.dumps(r) for r in done["results"]), done
+    assert snapshot_tree(root) == tree
+    assert dpkg_list() == listing

@@ -23,6 +23,7 @@ from kensa.facts.params import line
 from kensa.hosts.protocol import ReadableHost
 
 DPKG_STATUS = "/var/lib/dpkg/status"
+APT_EXTENDED_STATES = "/var/lib/apt/extended_states"
 RPM_DB_DIRS = ("/var/lib/rpm", "/usr/lib/sysimage/rpm")
 RPM_TIMEOUT = 60.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._-]*(:[A-Za-z0-9_-]+)?")
@@ -123,10 +124,22 @@ def dpkg_packages(host: ReadableHost, native: str) -> Optional[Dict[str, Known]]
         state = (fields.get("Status", "").split()[-1:] or ["unknown"])[0]
         if state == "not-installed":
             continue
-        arch = fields.get("Architecture", "")
-        key = fields["Package"] if arch in (native, "all", "") else f"{fields['Package']}:{arch}"
-        packages[key] = (state, fields.get("Version", ""))
+        packages[_apt_key(fields, native)] = (state, fields.get("Version", ""))
     return packages
+
+
+def _apt_key(fields: Dict[str, str], native: str) -> str:
+    arch = fields.get("Architecture", "")
+    return fields["Package"] if arch in (native, "all", "") else f"{fields['Package']}:{arch}"
+
+
+def apt_auto_installed(host: ReadableHost, native: str) -> List[str]:
+    """The packages apt marks as installed automatically (as dependencies), spelt as in
+    :func:`dpkg_packages`: what ``apt-mark showauto`` lists, read from apt's own file."""
+    data = host.read_bytes(APT_EXTENDED_STATES)
+    if data is None:
+        return []
+    return sorted(_apt_key(fields, native) for fields in _stanzas(data) if fields.get("Auto-Installed") == "1")
 
 
 def run_checked(host: ReadableHost, argv: Sequence[str], timeout: float) -> str:

@@ -40,11 +40,12 @@ run the package's maintainer scripts on this machine (``dpkg --root`` and
 from __future__ import annotations
 
 import errno
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from kensa.errors import HostAccessError, MechanismUnavailable, ParamError
 from kensa.facts.packages import (
     DPKG_STATUS,
+    apt_auto_installed,
     INSTALLED_STATES,
     Known,
     apt_simulation,
@@ -96,6 +97,7 @@ class _Apt:
     """apt-get and dpkg on the target."""
 
     name = "apt"
+    tool = "apt-get"
 
     def __init__(self, host: ReadableHost, lock_timeout: float) -> None:
         self.lock_timeout = lock_timeout
@@ -108,7 +110,7 @@ class _Apt:
         return apt_simulation(host, ["install" if present else "remove", name], QUERY_TIMEOUT)
 
     def auto(self, host: ReadableHost) -> List[str]:
-        return run_checked(host, ["apt-mark", "showauto"], QUERY_TIMEOUT).split()
+        return apt_auto_installed(host, self.native)
 
     def _apt_get(self, *argv: str) -> List[str]:
         return _APT_ENV + [
@@ -191,6 +193,9 @@ class _Dnf:
         return problems
 
 
+Manager = Union[_Apt, _Dnf]
+
+
 def _probe(host: ReadableHost, tool: str) -> bool:
     """Whether ``tool`` can be run on the target."""
     try:
@@ -219,7 +224,7 @@ class _PackageHandler:
     def _debian(self, host: ReadableHost) -> bool:
         return host.info(DPKG_STATUS) is not None or not self.rpm_family
 
-    def _manager(self, host: ReadableHost, name: str, lock_timeout: float) -> Any:
+    def _manager(self, host: ReadableHost, name: str, lock_timeout: float) -> Manager:
         """The target's package manager; MechanismUnavailable (nothing changed) when it has none."""
         if not host.is_live:
             raise MechanismUnavailable(
@@ -257,7 +262,7 @@ class _PackageHandler:
             # apt's own words: an unknown package, a broken dependency; nothing was changed.
             raise ParamError(f"{self.name}: {name} cannot be {'installed' if self.present else 'removed'}: {exc}") from None
         before = {key: list(known) for key, known in manager.installed(host).items()}
-        data = {"manager": manager.name, "tool": getattr(manager, "tool", "apt-get"), "before": before,
+        data = {"manager": manager.name, "tool": manager.tool, "before": before,
                 "plan": plan, "auto": manager.auto(host)}
         return PreState(self.name, params, data)
 
@@ -271,7 +276,7 @@ class _PackageHandler:
             return StepResult(self.name, ok=False, changed=True, detail=detail)
         return StepResult(self.name, ok=True, changed=True, detail=f"{name} {verb} with {manager.name}")
 
-    def _restored_manager(self, host: ReadableHost, pre: PreState) -> Any:
+    def _restored_manager(self, host: ReadableHost, pre: PreState) -> Manager:
         _, lock_timeout = self._name(pre.params)
         if pre.data["manager"] == "apt":
             return _Apt(host, lock_timeout)
@@ -282,7 +287,9 @@ class _PackageHandler:
         manager = self._restored_manager(host, pre)
         before: Mapping[str, Any] = pre.data["before"]
         now = manager.installed(host)
-        purge, remove, install = [], [], []
+        purge: List[str] = []
+        remove: List[str] = []
+        install: List[Tuple[str, str]] = []
         for key in sorted(keys):
             was, new = _installed(before.get(key)), _installed(now.get(key))
             if was is not None and was != new:
