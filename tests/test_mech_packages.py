@@ -421,3 +421,19 @@ def test_corpus_package_rules_on_a_copy_of_etc_check_plan_and_refuse_to_change_a
     assert all("not available on an image root" in json.dumps(r) for r in done["results"]), done
     assert snapshot_tree(root) == tree
     assert dpkg_list() == listing
+
+
+def test_a_rule_whose_check_fails_after_the_install_rolls_back_to_an_identical_dpkg(repo: DebRepo, tmp_path: Path) -> None:
+    """Through ``kensa remediate``: apt_present of app whose rule's check (tiny installed) still fails
+    after the install is rolled back by the run itself: rolled_back, host_unchanged, and app and
+    the dependency it pulled in are gone, ``dpkg -l`` as before."""
+    before = dpkg_list()
+    rules = rule_file(tmp_path / "rules", "pkg-app-checked-wrongly", "apt_present", APP, "dpkg_installed")
+    rules.write_text(rules.read_text().replace(f"name: {APP}\n    remediation", f"name: {TINY}\n    remediation"))
+    code, out = kensa("--journal", str(tmp_path / "journal.db"), "--no-audit", "remediate", str(rules), "--json")
+    (result,) = out["results"]
+    assert result["status"] == "rolled_back" and result["host_unchanged"] is True, out
+    (package_step,) = [rb for rb in result["rollbacks"] if rb["mechanism"] == "apt_present"]
+    assert package_step["ok"] and "best-effort" in package_step["detail"]
+    assert installed_test_packages() == {}
+    assert dpkg_list() == before
