@@ -90,9 +90,7 @@ title: Test package {package} is {state}
 description: A package the test built is {state}.
 severity: low
 category: system
-platforms:
-  - family: debian
-    min_version: 12
+platforms: [{{family: debian, min_version: 12}}]
 implementations:
   - default: true
     check:
