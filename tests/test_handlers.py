@@ -628,6 +628,7 @@ def test_default_registry_covers_every_mechanism() -> None:
     assert sorted(REGISTRY) == sorted([
         "file_content", "file_absent", "file_permissions", "config_set", "config_append",
         "sysctl_set", "audit_rule_set", "command_exec",
+        "apt_present", "apt_absent", "package_present", "package_absent",
     ])
     assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec"]
     assert all(h.name == name for name, h in REGISTRY.items())
