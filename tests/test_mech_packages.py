@@ -25,6 +25,7 @@ from conftest import require_real, require_root, snapshot_tree
 from debrepo import PREFIX, DebRepo, auto_marks, dpkg_list, installed_test_packages, missing_components
 from kensa.cli.main import EXIT_OK, main
 from kensa.errors import MechanismUnavailable, ParamError
+from kensa.facts.packages import rpm_database
 from kensa.handlers import SCHEMAS, default_registry
 from kensa.hosts.local import LocalHost
 from kensa.model import Drift
@@ -435,3 +436,11 @@ def test_a_rule_whose_check_fails_after_the_install_rolls_back_to_an_identical_d
     assert package_step["ok"] and "best-effort" in package_step["detail"]
     assert installed_test_packages() == {}
     assert dpkg_list() == before
+
+
+def test_the_rpm_database_is_found_where_the_other_candidate_has_no_parent(tmp_path: Path) -> None:
+    """A root with /var/lib/rpm and no /usr/lib/sysimage (a Debian machine with rpm installed)
+    has its rpm database at /var/lib/rpm: the missing candidate's parent is no error."""
+    (tmp_path / "var/lib/rpm").mkdir(parents=True)
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    assert rpm_database(LocalHost(str(tmp_path))) == "/var/lib/rpm"

@@ -44,6 +44,10 @@ def real_dirs(host: ReadableHost, candidates: Sequence[str]) -> List[str]:
             info = host.info(path)
         except PathEscapeError:
             continue
+        except HostAccessError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            continue  # a parent directory is missing: so is the candidate
         if info is not None and info.kind == "dir":
             found.append(path)
     return found
