@@ -30,11 +30,13 @@ The result is not byte-identical in general: a reinstall unpacks the
 repository's files again, and maintainer scripts may do what no capture sees.
 Every rollback result says so. dnf and yum: the footprint is the named package
 only (dnf's ``clean_requirements_on_remove`` removes the dependencies it pulled
-in), and this path is not exercised on a Debian machine's CI.
+in).
 
-Packages are changed on the live host only: on an image root, apt and dnf would
-run the package's maintainer scripts on this machine (``dpkg --root`` and
-``dnf --installroot`` do not confine them), so the mechanisms are not available.
+Packages are changed on the live host only. apt has no supported way to
+install into another root, and ``dpkg --root`` or ``dnf --installroot`` run the
+maintainer scripts chrooted into the image, which needs a complete system
+there; what they write is not confined the way kensa's own writes are. On an
+image root the mechanisms are not available, said before anything changes.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Uni
 from kensa.errors import HostAccessError, MechanismUnavailable, ParamError
 from kensa.facts.packages import (
     DPKG_STATUS,
+    RPM_DB_DIRS,
     apt_auto_installed,
     INSTALLED_STATES,
     Known,
@@ -162,8 +165,11 @@ class _Dnf:
         self.tool = tool
 
     def installed(self, host: ReadableHost) -> Dict[str, Known]:
+        database = rpm_database(host)
+        if database is None:
+            raise MechanismUnavailable(f"{self.tool}: the target has no rpm database ({', '.join(RPM_DB_DIRS)})")
         found: Dict[str, List[str]] = {}
-        for key, (_, version) in rpm_packages(host, QUERY_TIMEOUT).items():
+        for key, (_, version) in rpm_packages(host, database, QUERY_TIMEOUT).items():
             name, _, arch = key.rpartition(".")
             found.setdefault(name, []).append(f"{version}.{arch}")
         return {name: ("installed", " ".join(sorted(versions))) for name, versions in found.items()}
@@ -228,8 +234,8 @@ class _PackageHandler:
         """The target's package manager; MechanismUnavailable (nothing changed) when it has none."""
         if not host.is_live:
             raise MechanismUnavailable(
-                f"{self.name}: not available on an image root ({host.root}): the package's maintainer scripts "
-                "would run on this machine, not in the image"
+                f"{self.name}: not available on an image root ({host.root}): apt, dpkg and dnf install "
+                "into the running system; the package's scripts would need a complete system in the image"
             )
         if self._debian(host):
             debian_package_name(name)
@@ -238,6 +244,8 @@ class _PackageHandler:
                     raise MechanismUnavailable(f"{self.name}: not available on this host: {tool} is not installed")
             return _Apt(host, lock_timeout)
         rpm_package_name(name)
+        if rpm_database(host) is None:
+            raise MechanismUnavailable(f"{self.name}: not available on this host: it has neither a dpkg nor an rpm database")
         for tool in ("dnf", "yum"):
             if _probe(host, tool):
                 return _Dnf(tool)
