@@ -112,8 +112,9 @@ def rule_file(directory: Path, rule_id: str, mechanism: str, package: str, metho
 
 
 def test_install_then_rollback_leaves_dpkg_identical_and_removes_the_dependency(repo: DebRepo, live: LocalHost) -> None:
-    """apt_present of a package with a dependency installs both; its rollback purges both, leaving
-    ``dpkg -l`` and apt's automatic marks as they were, and says the restore is best-effort."""
+    """apt_present of a package with a dependency installs exactly both (``dpkg -l`` gains their two
+    lines and nothing else); its rollback purges both, leaving ``dpkg -l`` and apt's automatic marks
+    as they were, and says the restore is best-effort."""
     before, marks = dpkg_list(), auto_marks()
     handler, params = REGISTRY["apt_present"], {"name": APP}
     assert handler.validate(live, params) is False
@@ -123,6 +124,9 @@ def test_install_then_rollback_leaves_dpkg_identical_and_removes_the_dependency(
     assert result.ok, result.detail
     assert handler.validate(live, params) is True
     assert installed_test_packages() == {APP: ("ii", "1.0"), DEP: ("ii", "1.0")}
+    added = sorted(set(dpkg_list()) - set(before))
+    assert [line.split()[:3] for line in added] == [["ii", APP, "1.0"], ["ii", DEP, "1.0"]]
+    assert set(before) - set(dpkg_list()) == set()
     assert DEP in auto_marks()
 
     back = handler.rollback(live, pre)

@@ -174,9 +174,10 @@ def apt_versions(host: ReadableHost, name: str, timeout: float) -> List[str]:
     return [parts[1].strip() for parts in (text.split("|") for text in out.splitlines()) if len(parts) >= 3]
 
 
-def rpm_packages(host: ReadableHost, timeout: float) -> Dict[str, Known]:
-    """Every installed rpm package (``name.arch``) -> ("installed", ``epoch:version-release``)."""
-    out = run_checked(host, ["rpm", "-qa", "--qf", "%{NAME}.%{ARCH}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n"], timeout)
+def rpm_packages(host: ReadableHost, database: str, timeout: float) -> Dict[str, Known]:
+    """Every package installed in the rpm database at ``database`` (``name.arch``) ->
+    ("installed", ``epoch:version-release``)."""
+    out = run_checked(host, ["rpm", "--dbpath", database, "-qa", "--qf", "%{NAME}.%{ARCH}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n"], timeout)
     found: Dict[str, Known] = {}
     for text in out.splitlines():
         key, _, version = text.partition("\t")
