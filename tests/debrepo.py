@@ -71,8 +71,9 @@ class DebRepo:
         self.debs: Dict[Tuple[str, str], Path] = {}
         self.sources = Path("/etc/apt/sources.list.d") / f"kensa-test-{uuid.uuid4().hex[:8]}.list"
 
-    def build(self, name: str, version: str, depends: str = "") -> str:
-        """Build package ``kensa-test-<name>`` at ``version``; return its full name."""
+    def build(self, name: str, version: str, depends: str = "", recommends: str = "") -> str:
+        """Build package ``kensa-test-<name>`` at ``version`` (depending on and recommending
+        other test packages); return its full name."""
         package = PREFIX + name
         tree = self.base / "build" / f"{package}-{version}"
         (tree / "DEBIAN").mkdir(parents=True)
@@ -81,6 +82,8 @@ class DebRepo:
                    f"Maintainer: kensa tests <tests@example.invalid>\nDescription: kensa test package {name}\n")
         if depends:
             control += f"Depends: {PREFIX}{depends}\n"
+        if recommends:
+            control += f"Recommends: {PREFIX}{recommends}\n"
         (tree / "DEBIAN" / "control").write_text(control)
         (tree / "DEBIAN" / "conffiles").write_text(f"/etc/{package}.conf\n")
         (tree / "etc" / f"{package}.conf").write_text(f"version={version}\n")

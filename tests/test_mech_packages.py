@@ -9,7 +9,6 @@ the root show.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
@@ -49,7 +48,7 @@ def debrepo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebRepo]:
         repo.build("tiny", "1.0")
         repo.build("tiny", "1.1")
         repo.build("dep", "1.0")
-        repo.build("app", "1.0", depends="dep")
+        repo.build("app", "1.0", depends="dep", recommends="tiny")
         yield repo
     finally:
         repo.close()
@@ -112,8 +111,8 @@ def rule_file(directory: Path, rule_id: str, mechanism: str, package: str, metho
 
 
 def test_install_then_rollback_leaves_dpkg_identical_and_removes_the_dependency(repo: DebRepo, live: LocalHost) -> None:
-    """apt_present of a package with a dependency installs exactly both (``dpkg -l`` gains their two
-    lines and nothing else); its rollback purges both, leaving ``dpkg -l`` and apt's automatic marks
+    """apt_present of a package with a dependency (and a recommendation, not installed) installs
+    exactly both, as its capture planned (``dpkg -l`` gains their two lines and nothing else); its rollback purges both, leaving ``dpkg -l`` and apt's automatic marks
     as they were, and says the restore is best-effort."""
     before, marks = dpkg_list(), auto_marks()
     handler, params = REGISTRY["apt_present"], {"name": APP}

@@ -22,7 +22,7 @@ from typing import Any, Dict
 
 import pytest
 
-from conftest import require_real, require_root
+from conftest import require_real
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "kensa-test-rpm"

@@ -42,6 +42,7 @@ image root the mechanisms are not available, said before anything changes.
 from __future__ import annotations
 
 import errno
+import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from kensa.errors import HostAccessError, MechanismUnavailable, ParamError
@@ -110,14 +111,16 @@ class _Apt:
         return dpkg_packages(host, self.native) or {}
 
     def plan(self, host: ReadableHost, present: bool, name: str) -> Dict[str, Optional[str]]:
-        return apt_simulation(host, ["install" if present else "remove", name], QUERY_TIMEOUT)
+        # The very options of the change itself, so the footprint is what it will do.
+        argv = ["install", "--no-install-recommends", name] if present else ["remove", name]
+        return apt_simulation(host, argv, QUERY_TIMEOUT)
 
     def auto(self, host: ReadableHost) -> List[str]:
         return apt_auto_installed(host, self.native)
 
     def _apt_get(self, *argv: str) -> List[str]:
         return _APT_ENV + [
-            "apt-get", "-q", "-y", "-o", f"DPkg::Lock::Timeout={int(self.lock_timeout)}",
+            "apt-get", "-q", "-y", "-o", f"DPkg::Lock::Timeout={math.ceil(self.lock_timeout)}",
             "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold", *argv,
         ]
 
