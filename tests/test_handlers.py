@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 import pytest
 
+from kensa.rules.contract import KENSA_MECHANISMS
+
 from conftest import require_root, snapshot_tree as snapshot
 from kensa.errors import HostAccessError, KensaError, ParamError, PathEscapeError
 from kensa.checks import evaluate_check
@@ -624,14 +626,16 @@ def test_command_exec_runs_without_a_shell_and_honours_unless(tmp_path: Path) ->
 
 
 def test_default_registry_covers_every_mechanism() -> None:
-    """The registry names every mechanism once, and only command_exec and manual are not capturable."""
-    assert sorted(REGISTRY) == sorted([
+    """The registry names every mechanism once, every one of Kensa's schema, and only
+    command_exec and manual are not capturable."""
+    assert sorted(REGISTRY) == sorted(KENSA_MECHANISMS) == sorted([
         "file_content", "file_absent", "file_permissions", "config_set", "config_set_dropin", "config_append",
         "sysctl_set", "audit_rule_set", "command_exec", "manual", "mount_option_set",
         "grub_parameter_set", "grub_parameter_remove", "selinux_boolean_set",
         "dconf_set", "authselect_feature_enable", "crypto_policy_set", "crypto_policy_subpolicy",
         "service_enabled", "service_disabled", "service_masked", "kernel_module_disable",
         "pam_module_configure", "pam_module_arg", "cron_job",
+        "apt_present", "apt_absent", "package_present", "package_absent",
     ])
     assert [name for name, h in REGISTRY.items() if not h.capturable] == ["command_exec", "manual"]
     assert all(h.name == name for name, h in REGISTRY.items())

@@ -34,6 +34,7 @@ from kensa.handlers.grub import GrubParameterRemove, GrubParameterSet
 from kensa.handlers.kernel_module import KernelModuleDisable
 from kensa.handlers.manual import Manual
 from kensa.handlers.mount_option import MountOptionSet
+from kensa.handlers.packages import AptAbsent, AptPresent, PackageAbsent, PackagePresent
 from kensa.handlers.pam_module_arg import PamModuleArg
 from kensa.handlers.pam_module_configure import PamModuleConfigure
 from kensa.handlers.selinux_boolean import SelinuxBooleanSet
@@ -66,6 +67,10 @@ HANDLERS = (
     PamModuleConfigure,
     PamModuleArg,
     CronJob,
+    AptPresent,
+    AptAbsent,
+    PackagePresent,
+    PackageAbsent,
 )
 
 SCHEMAS: Mapping[str, Schema] = MappingProxyType({cls.name: cls.schema for cls in HANDLERS})
@@ -81,6 +86,8 @@ def default_registry() -> Dict[str, Any]:
 __all__ = [
     "HANDLERS",
     "SCHEMAS",
+    "AptAbsent",
+    "AptPresent",
     "AuditRuleSet",
     "AuthselectFeatureEnable",
     "CommandExec",
@@ -103,6 +110,8 @@ __all__ = [
     "FilePermissions",
     "PamModuleArg",
     "PamModuleConfigure",
+    "PackageAbsent",
+    "PackagePresent",
     "ParamError",
     "SelinuxBooleanSet",
     "KernelModuleDisable",

@@ -194,7 +194,9 @@ _WIDER: Dict[Tuple[str, str], Callable[[Any, Callable[[Any], Any]], bool]] = {
     ("config_set_dropin", "key"): _config_key,
     **{
         (method, "name"): lambda value, _: isinstance(value, str) and bool(_PACKAGE_PATTERN.fullmatch(value))
-        for method in ("package_state", "package_installed", "package_absent", "dpkg_installed", "dpkg_absent")
+        # Check methods, and the package mechanisms (package_absent is both): Kensa takes a glob.
+        for method in ("package_state", "package_installed", "package_absent", "dpkg_installed", "dpkg_absent",
+                       "package_present", "apt_present", "apt_absent")
     },
     ("config_value", "key"): _config_key,
 }
