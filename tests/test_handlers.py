@@ -13,8 +13,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 import pytest
 
-from kensa.rules.contract import KENSA_MECHANISMS
-
 from conftest import require_root, snapshot_tree as snapshot
 from kensa.errors import HostAccessError, KensaError, ParamError, PathEscapeError
 from kensa.checks import evaluate_check
@@ -25,6 +23,7 @@ from kensa.handlers.config_set import get_value, set_value
 from kensa.hosts.local import LocalHost, resolve_host
 from kensa.model import PreState, Status, Step, Transaction
 from kensa.rules import Check
+from kensa.rules.contract import KENSA_MECHANISMS
 
 REGISTRY = default_registry()
 IS_ROOT = os.geteuid() == 0
