@@ -200,11 +200,12 @@ def test_audit_status_json(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unsupported_rule_is_reported_not_run(tmp_path: Path, journal: str) -> None:
-    """A rule with an unsupported mechanism loads, is reported unsupported, and the exit code says not applied."""
+    """A rule whose remediation kensa does not carry out (an audit control line Kensa's schema
+    accepts) loads, is reported unsupported, and the exit code says not applied."""
     rule = tmp_path / "svc.yml"
     rule.write_text(
         "id: svc-rule\ntitle: t\nseverity: low\ncategory: c\nimplementations:\n"
-        "  - default: true\n    remediation: {mechanism: dconf_set, key: /org/gnome/login-screen/banner-message-enable}\n"
+        "  - default: true\n    remediation: {mechanism: audit_rule_set, rule: '-e 2'}\n"
     )
     root = make_root(tmp_path)
     code, out = kensa_cli("--journal", journal, "--no-audit", "remediate", str(rule), "--root", str(root), "--json")

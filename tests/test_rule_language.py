@@ -19,7 +19,7 @@ from kensa.hosts.local import LocalHost
 from kensa.rules import Platform, Variables, load_variables, parse_rule
 from kensa.rules.applicability import OsRelease, parse_os_release, platform_applies, read_os_release, resolve
 from kensa.rules.capabilities import PROBES, detect_capabilities
-from kensa.rules.load import load_rule_set
+from kensa.rules.load import SUPPORTED_MECHANISMS, load_rule_set
 
 LANGUAGE = Path(__file__).parent / "data" / "rules" / "language"
 MALFORMED = Path(__file__).parent / "data" / "rules" / "malformed"
@@ -143,8 +143,8 @@ def test_remediate_refuses_conflicting_rules_unless_allowed(tmp_path: Path, caps
 
 
 def test_a_rule_whose_remediation_kensa_lacks_is_checked_but_not_remediated(tmp_path: Path) -> None:
-    """check-only's check is kensa's, its mechanism is Kensa's only: check gives compliant,
-    remediate reports it unsupported with the mechanism named, and runs nothing."""
+    """check-only's check is kensa's, its remediation a value only Kensa's schema accepts:
+    check gives compliant, remediate reports it unsupported with the field named, and runs nothing."""
     root = make_root(tmp_path)
     rules = rules_dir(tmp_path, "check-only")
     assert check(tmp_path, root, rules)[1]["check-only"]["verdict"] == "compliant"
@@ -153,7 +153,7 @@ def test_a_rule_whose_remediation_kensa_lacks_is_checked_but_not_remediated(tmp_
     assert code == 1 and report["results"] == []
     [row] = report["unsupported"]
     assert row["status"] == "unsupported"
-    assert "mechanism 'dconf_set'" in row["detail"] and "not supported by kensa yet" in row["detail"]
+    assert "remediation.rule' of mechanism 'audit_rule_set'" in row["detail"] and "starts with '-e'" in row["detail"]
 
 
 def test_remediate_runs_a_dependency_first_and_its_dependent_after(tmp_path: Path) -> None:
@@ -410,7 +410,7 @@ def test_kensas_names_are_not_supported_yet_and_other_names_unknown() -> None:
     """A mechanism or check method Kensa defines but kensa lacks is 'not supported yet'; a name
     neither has is unknown, with the closest name suggested. Both rules still load."""
     base = "id: r\ntitle: t\nseverity: low\nimplementations:\n  - default: true\n    remediation: {mechanism: MECH, schedule: '@daily', command: x, user: root}\n"
-    known = parse_rule(base.replace("MECH", "cron_job"))
+    known = parse_rule(base.replace("MECH", "cron_job"), mechanisms=SUPPORTED_MECHANISMS - {"cron_job"})
     assert "mechanism 'cron_job'" in known.unsupported_reason and "not supported by kensa yet" in known.unsupported_reason
     unknown = parse_rule(base.replace("MECH", "dconf_sett"))
     assert "unknown mechanism 'dconf_sett'" in unknown.unsupported_reason and "did you mean 'dconf_set'" in unknown.unsupported_reason
