@@ -69,6 +69,11 @@ class DebRepo:
         self.repo = Path(tempfile.mkdtemp(prefix="kensa-test-repo-"))
         self.repo.chmod(0o755)
         self.debs: Dict[Tuple[str, str], Path] = {}
+        # A run killed before its clean-up left its source behind: its packages would be offered still.
+        for stale in Path("/etc/apt/sources.list.d").glob("kensa-test-*.list"):
+            stale.unlink()
+        for stale in APT_LISTS.glob("_tmp_kensa-test-repo-*"):
+            stale.unlink()
         self.sources = Path("/etc/apt/sources.list.d") / f"kensa-test-{uuid.uuid4().hex[:8]}.list"
 
     def build(self, name: str, version: str, depends: str = "", recommends: str = "") -> str:
@@ -102,8 +107,15 @@ class DebRepo:
         index = subprocess.run(["dpkg-scanpackages", "-m", "."], cwd=self.repo, capture_output=True, text=True, check=True)
         (self.repo / "Packages").write_text(index.stdout)
         self.sources.write_text(f"deb [trusted=yes] file:{self.repo} ./\n")
+        # apt takes a file: index of an unchanged modification time for the one it has: fetch afresh.
+        self._forget_lists()
         run("apt-get", "update", "-q", "-o", f"Dir::Etc::sourcelist={self.sources}", "-o", "Dir::Etc::sourceparts=-",
             "-o", "APT::Get::List-Cleanup=0")
+
+    def _forget_lists(self) -> None:
+        mangled = str(self.repo).strip("/").replace("/", "_")
+        for path in APT_LISTS.glob(f"_{mangled}_*"):
+            path.unlink()
 
     def purge_all(self) -> None:
         names = sorted(installed_test_packages())
@@ -113,9 +125,7 @@ class DebRepo:
     def close(self) -> None:
         self.purge_all()
         self.sources.unlink(missing_ok=True)
-        mangled = str(self.repo).strip("/").replace("/", "_")
-        for path in APT_LISTS.glob(f"_{mangled}_*"):
-            path.unlink()
+        self._forget_lists()
         # apt rebuilds its caches from the sources that remain.
         for cache in Path("/var/cache/apt").glob("*.bin"):
             cache.unlink()

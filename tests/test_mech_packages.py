@@ -168,6 +168,8 @@ def test_rollback_by_id_fails_naming_the_version_the_repository_no_longer_has(re
     (result,) = out["results"]
     assert result["status"] == "committed"
     repo.publish(only=[(TINY, "1.1")])
+    offered = subprocess.run(["apt-cache", "madison", TINY], capture_output=True, text=True).stdout
+    assert "1.0" not in offered, offered
 
     code, out = kensa("--journal", journal, "--no-audit", "rollback", result["txn"], "--json")
     assert out["status"] == "rollback_failed", out
