@@ -221,3 +221,22 @@ def test_through_the_agent_the_directories_are_created_assessed_and_removed(root
     finally:
         host.close()
     assert snapshot_tree(root) == before
+
+
+def test_two_steps_writing_into_one_new_directory_create_it_once_and_roll_back_exactly(root: Path, tmp_path: Path) -> None:
+    """Two drop-ins in one transaction in the same missing directory: the first step creates
+    it (the second's capture sees it planned, so records none), the commit holds both files,
+    and a rollback by id removes both files and then the directory."""
+    handler, host = REGISTRY["config_set_dropin"], LocalHost(str(root))
+    first = handler.capture(host, JOURNALD)
+    second = handler.capture(host.overlay(handler.planned(host, first)), dict(JOURNALD, file="01-kensa.conf"))
+    assert len(first.data["dirs"]) == 1 and "dirs" not in second.data and not second.data["exists"]
+    before = snapshot_tree(root)
+    engine = _engine(tmp_path)
+    steps = (Step("config_set_dropin", dict(JOURNALD)), Step("config_set_dropin", dict(JOURNALD, file="01-kensa.conf")))
+    result = engine.run(Transaction("mkdir", steps, host=str(root)))
+    assert result.status is Status.COMMITTED, result
+    assert sorted(os.listdir(root / "etc/systemd/journald.conf.d")) == ["00-kensa.conf", "01-kensa.conf"]
+    undone = engine.rollback(result.txn_id)
+    assert undone.status is Status.ROLLED_BACK and not any(rb.kept for rb in undone.rollbacks), undone
+    assert snapshot_tree(root) == before
