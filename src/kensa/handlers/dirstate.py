@@ -23,6 +23,7 @@ import posixpath
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import HostAccessError, KensaError
+from kensa.facts.files import if_any
 from kensa.handlers.filestate import Planned, StatePlan, capture_file, combine
 from kensa.hosts.links import link_host
 from kensa.hosts.local import FileInfo
@@ -39,12 +40,7 @@ Dir = Dict[str, Any]
 
 def _info(host: ReadableHost, path: str) -> Optional[FileInfo]:
     """What is at ``path``; None also when a directory on the way is missing."""
-    try:
-        return host.info(path)
-    except HostAccessError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
+    return if_any(host.info, path)
 
 
 def missing_dirs(host: ReadableHost, wanted: Sequence[Tuple[str, int]], mechanism: str) -> List[Dir]:
@@ -73,12 +69,8 @@ def missing_dirs(host: ReadableHost, wanted: Sequence[Tuple[str, int]], mechanis
 
 def capture_below(host: ReadableHost, path: str) -> Dict[str, Any]:
     """:func:`capture_file`, with a file whose directory does not exist yet captured as absent."""
-    try:
-        return capture_file(host, path)
-    except HostAccessError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-        return {"path": path, "exists": False}
+    found = if_any(lambda where: capture_file(host, where), path)
+    return {"path": path, "exists": False} if found is None else found
 
 
 def make_dirs(host: Host, dirs: Sequence[Dir]) -> None:
