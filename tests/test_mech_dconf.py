@@ -21,7 +21,7 @@ import pytest
 from conftest import require_real, require_root
 from conftest import snapshot_tree as snapshot
 from remediation_rig import agent_engine, agent_key, check, copy_etc, mark, remediate, rollback, write_rule
-from kensa.errors import ParamError, NotAvailableError
+from kensa.errors import HostAccessError, ParamError, NotAvailableError
 from kensa.handlers.dconf_set import DconfSet, revert_entry, set_entry
 from kensa.hosts.local import LocalHost
 from kensa.model import Status, Step, Transaction
@@ -186,7 +186,7 @@ def test_bad_parameters_are_refused_naming_the_field_and_change_nothing(tmp_path
 
 def test_a_symlink_planted_as_the_keyfile_or_a_missing_database_directory_is_refused(tmp_path: Path) -> None:
     """A keyfile that is a symlink out of the root is refused naming it, and a database directory
-    that does not exist is a ParamError saying so; neither run changes anything."""
+    whose parent /etc/dconf/db does not exist is a HostAccessError saying so; neither changes anything."""
     require_root()
     root = make_root(tmp_path)
     outside = tmp_path / "outside"
@@ -199,10 +199,14 @@ def test_a_symlink_planted_as_the_keyfile_or_a_missing_database_directory_is_ref
     assert [r["status"] for r in results] == ["errored"] and "00-screensaver" in results[0]["error"]["message"], results
     assert snapshot(root) == before and outside.read_text() == "not dconf's\n"
 
+    bare = tmp_path / "bare"
+    (bare / "etc/dconf").mkdir(parents=True)
+    before = snapshot(bare)
     params = {**{k: v for k, v in IDLE.items() if k != "mechanism"}, "db": "gdm"}
-    assert DconfSet().validate(LocalHost(str(root)), params) is False  # no such database: not compliant
-    with pytest.raises(ParamError, match=r"gdm\.d \(under root .*\) is not a directory"):
-        DconfSet().capture(LocalHost(str(root)), params)
+    assert DconfSet().validate(LocalHost(str(bare)), params) is False  # no such database: not compliant
+    with pytest.raises(HostAccessError, match=r"/etc/dconf/db \(under root .*\) does not exist"):
+        DconfSet().capture(LocalHost(str(bare)), params)
+    assert snapshot(bare) == before
 
 
 def test_a_copy_of_this_machines_etc_remediated_then_checked_is_compliant(tmp_path: Path) -> None:

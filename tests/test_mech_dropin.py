@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -187,8 +188,8 @@ def test_bad_parameters_are_refused_and_change_nothing(root: Path, tmp_path: Pat
 
 def test_a_planted_symlink_and_a_missing_directory_are_errors_that_change_nothing(root: Path, tmp_path: Path) -> None:
     """A drop-in that is a symlink out of the root, a drop-in directory that is such a
-    symlink, and a missing drop-in directory: each run errors naming the path and nothing
-    inside or outside the root changes."""
+    symlink, and a drop-in directory whose parent is missing (kensa creates only the last
+    level): each run errors naming the path and nothing inside or outside the root changes."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "target.conf").write_text("outside\n")
@@ -196,13 +197,13 @@ def test_a_planted_symlink_and_a_missing_directory_are_errors_that_change_nothin
     os.symlink(outside, root / "etc/linked.d")
     before = snapshot_tree(root), snapshot_tree(outside)
     engine = _engine(tmp_path)
-    for params in (DROPIN, dict(DROPIN, dir="/etc/linked.d"), dict(DROPIN, dir="/etc/ssh/missing.d")):
+    for params in (DROPIN, dict(DROPIN, dir="/etc/linked.d"), dict(DROPIN, dir="/etc/ssh/missing/sub.d")):
         result = _run(engine, root, params)
         assert result.status is Status.ERRORED, result
         assert result.host_unchanged
         assert (snapshot_tree(root), snapshot_tree(outside)) == before
-    missing = _run(engine, root, dict(DROPIN, dir="/etc/ssh/missing.d"))
-    assert "drop-in directory /etc/ssh/missing.d" in str(missing.error)
+    missing = _run(engine, root, dict(DROPIN, dir="/etc/ssh/missing/sub.d"))
+    assert re.search(r"/etc/ssh/missing \(under root .*\) does not exist", str(missing.error)), missing.error
 
 
 RULE = """\

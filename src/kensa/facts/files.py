@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, TypeVar, Union
 
 from kensa.errors import HostAccessError, KensaError, ParamError, PathEscapeError
 from kensa.hosts.protocol import ReadableHost
+
+T = TypeVar("T")
 
 
 def resolve_account(host: ReadableHost, field: str, value: Union[int, str, None]) -> Optional[int]:
@@ -53,11 +55,16 @@ def real_dirs(host: ReadableHost, candidates: Sequence[str]) -> List[str]:
     return found
 
 
-def read_if_any(host: ReadableHost, path: str) -> Optional[bytes]:
-    """The bytes of ``path``; None when it, or a directory on the way to it, does not exist."""
+def if_any(read: Callable[[str], T], path: str) -> Optional[T]:
+    """``read(path)``; None when ``path``, or a directory on the way to it, does not exist."""
     try:
-        return host.read_bytes(path)
+        return read(path)
     except HostAccessError as exc:
         if exc.errno == errno.ENOENT:
             return None
         raise
+
+
+def read_if_any(host: ReadableHost, path: str) -> Optional[bytes]:
+    """The bytes of ``path``; None when it, or a directory on the way to it, does not exist."""
+    return if_any(host.read_bytes, path)

@@ -9,10 +9,10 @@ sets the key inside that INI section, adding the section when the file has none,
 systemd's drop-ins need. ``content`` is the whole file instead: the drop-in then holds
 exactly those bytes, which must set ``key`` to ``value`` (Kensa requires both).
 
-The directory must exist: a program whose main file does not include its drop-in
-directory does not read a file kensa would create there, so a missing directory is
-an error before anything changes (the rule's ``when`` gate, such as Kensa's
-``sshd_config_d``, says whether the host reads drop-ins). A new file in a directory
+A missing drop-in directory is created (mode 0755, or 0750 for ``sudoers.d``), when
+its parent exists (:mod:`kensa.handlers.dirstate`); rollback removes it again while
+it is empty. Whether the program reads the directory is the rule's ``when`` gate
+(such as Kensa's ``sshd_config_d``); systemd's ``*.conf.d`` are read without one. A new file in a directory
 named ``sudoers.d`` is created mode 0440, as visudo creates them; other new files get
 0644. Rollback puts the file back byte for byte (or removes the one kensa created);
 a rollback by id reverts only the key's line when the file was edited elsewhere since.
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-from kensa.errors import HostAccessError, ParamError
+from kensa.errors import ParamError
 from kensa.facts.config import (
     INI_COMMENTS,
     config_key,
@@ -36,9 +36,11 @@ from kensa.facts.config import (
     separator,
     with_section,
 )
+from kensa.facts.files import read_if_any
 from kensa.facts.params import Field, Schema, absolute_path, path_as_text, scalar_line, text
 from kensa.handlers.config_set import DEFAULT_SEPARATOR, Finder, revert_key, set_value
-from kensa.handlers.filestate import OneFileStep, Revert, capture_file, post_state
+from kensa.handlers.dirstate import DIR_MODE, SUDOERS_DIR_MODE, MadeDirs, capture_below, dir_data, make_dirs, missing_dirs
+from kensa.handlers.filestate import OneFileStep, Revert, post_state
 from kensa.hosts.protocol import Host, ReadableHost
 from kensa.model import PreState, StepResult
 
@@ -116,23 +118,21 @@ SCHEMA = Schema(
 )
 
 
-class ConfigSetDropin(OneFileStep):
+class ConfigSetDropin(MadeDirs, OneFileStep):
     """Set one key in the drop-in file ``dir/file``, creating the file when it does not exist."""
 
     name = "config_set_dropin"
     capturable = True
     schema = SCHEMA
 
-    def _want(self, host: Optional[ReadableHost], params: Mapping[str, Any]) -> Desired:
-        read = SCHEMA.read(params)
-        if host is not None:
-            found = host.info(read["dir"])
-            if found is None or found.kind != "dir":
-                raise HostAccessError(
-                    f"{self.name}: the drop-in directory {host.where(read['dir'])} does not exist, so nothing reads "
-                    f"a file there; gate the rule on the host reading drop-ins, or set the key in the main file"
-                )
-        return _desired(read)
+    def _want(self, params: Mapping[str, Any]) -> Desired:
+        return _desired(SCHEMA.read(params))
+
+    def _dirs(self, host: ReadableHost, want: Desired) -> List[Dict[str, Any]]:
+        """The drop-in directory as a record to create, when it is absent."""
+        directory = posixpath.dirname(want.path)
+        mode = SUDOERS_DIR_MODE if posixpath.basename(directory) == SUDOERS_DIR else DIR_MODE
+        return missing_dirs(host, [(directory, mode)], self.name)
 
     def _text(self, want: Desired, before: Optional[bytes]) -> bytes:
         if want.content is not None:
@@ -146,21 +146,23 @@ class ConfigSetDropin(OneFileStep):
         return SUDOERS_MODE if posixpath.basename(posixpath.dirname(want.path)) == SUDOERS_DIR else 0o644
 
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
-        want = self._want(host, params)
-        data = host.read_bytes(want.path)
+        want = self._want(params)
+        data = read_if_any(host, want.path)  # None too when the directory is not there yet
         if want.content is not None:
             return data == encode(want.content)
         return data is not None and _found(want, decode(data)) == want.value.strip()
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
-        want = self._want(host, params)
-        state = capture_file(host, want.path)
+        want = self._want(params)
+        dirs = self._dirs(host, want)
+        state = capture_below(host, want.path)
         mode = None if state["exists"] else self._new_mode(want)
         post = post_state(state, self._text(want, state.get("content")), mode=mode)
-        return PreState(self.name, params, {**state, "post": post})
+        return PreState(self.name, params, {**state, "post": post, **dir_data(dirs)})
 
     def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
-        want = self._want(host, params)
+        want = self._want(params)
+        make_dirs(host, self._dirs(host, want))
         old = host.read_bytes(want.path)
         new = self._text(want, old)
         if new == old:
@@ -169,10 +171,10 @@ class ConfigSetDropin(OneFileStep):
         return StepResult(self.name, ok=True, changed=True, detail=f"set {want.key} in {host.where(want.path)}")
 
     def written(self, pre: PreState) -> Optional[bytes]:
-        return self._text(self._want(None, pre.params), pre.data.get("content"))
+        return self._text(self._want(pre.params), pre.data.get("content"))
 
     def revert(self, pre: PreState) -> Optional[Revert]:
-        want = self._want(None, pre.params)
+        want = self._want(pre.params)
         if want.content is not None:
             return None  # the whole file is the step's
         return revert_key(decode(pre.data.get("content")), want.key, want.value, want.separator, want.comments, want.find)

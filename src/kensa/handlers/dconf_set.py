@@ -8,6 +8,8 @@ which compiles the keyfiles into the binary database sessions read; on an image 
 the binary database is not rebuilt (the result says so) and is built when the image's
 dconf next runs ``dconf update``.
 
+A missing ``<db>.d`` or ``locks/`` directory is created (0755) below an existing
+``/etc/dconf/db``, and removed again on rollback while empty (:mod:`kensa.handlers.dirstate`).
 Rollback puts both files back byte for byte and, on a live host, runs ``dconf update``
 again. The binary database is regenerated from the restored keyfiles, not restored from
 a copy: that part is best-effort (its bytes and mtime are dconf's).
@@ -18,7 +20,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from kensa.errors import HostAccessError, ParamError, StepFailedError
+from kensa.errors import HostAccessError, StepFailedError
 from kensa.facts.config import decode, encode
 from kensa.facts.dconf import (
     DB_ROOT, dconf_key, entry_value, find_entry, gvariant_value, has_lock, keyfile_path, keyfile_text, lock_line, lock_path,
@@ -28,6 +30,7 @@ from kensa.facts.files import read_if_any
 from kensa.facts.params import Field, Schema, as_given, boolean
 from kensa.facts.tools import require_program
 from kensa.handlers.config_append import append_line, revert_append
+from kensa.handlers.dirstate import DIR_MODE, Dir, MadeDirs, make_dirs, missing_dirs
 from kensa.handlers.filestate import Revert
 from kensa.handlers.filesteps import FilesStep
 from kensa.handlers.tooling import run_tool
@@ -97,7 +100,7 @@ def revert_entry(before: str, section: str, key: str, value: str) -> Revert:
     return revert
 
 
-class DconfSet(FilesStep):
+class DconfSet(MadeDirs, FilesStep):
     """Set (and lock) a system dconf key; ``dconf update`` on a live host."""
 
     name = "dconf_set"
@@ -135,17 +138,10 @@ class DconfSet(FilesStep):
             found.append(revert_append(lock_line(read["schema"], read["key"])))
         return found
 
-    def _directories(self, host: ReadableHost, params: Mapping[str, Any]) -> None:
-        """Refuse, before anything changes, a keyfile or lock directory that is not there."""
-        for path in self.paths(params):
-            directory = posixpath.dirname(path)
-            found = host.info(directory)
-            if found is None or found.kind != "dir":
-                raise ParamError(
-                    f"{self.name}: {host.where(directory)} is not a directory; create the dconf database "
-                    f"directory (dconf's package and the profile naming it) first; nothing was changed",
-                    field="db", problem=f"{directory} does not exist",
-                )
+    def _dirs(self, host: ReadableHost, params: Mapping[str, Any]) -> List[Dir]:
+        """The keyfile directory (and its ``locks/``) as records to create, where absent."""
+        wanted = sorted({posixpath.dirname(path) for path in self.paths(params)})
+        return missing_dirs(host, [(directory, DIR_MODE) for directory in wanted], self.name)
 
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         read = self._read(params)
@@ -156,15 +152,16 @@ class DconfSet(FilesStep):
                                             lock_line(read["schema"], read["key"]))
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
-        self._directories(host, params)
+        dirs = self._dirs(host, params)
         if host.is_live:
             require_program(host, "dconf", self.name)
-        return self.capture_files(host, params)
+        return self.capture_files(host, params, dirs)
 
     def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
-        self._directories(host, params)
+        dirs = self._dirs(host, params)
         if host.is_live:
             require_program(host, "dconf", self.name)
+        make_dirs(host, dirs)
         paths = self.paths(params)
         files = [{"content": host.read_bytes(path)} for path in paths]
         changed = []

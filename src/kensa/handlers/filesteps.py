@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from kensa.handlers.dirstate import Dir, capture_below, dir_data
 from kensa.handlers.filestate import (
     Planned, Revert, assess_files, capture_file, fidelity_notes, planned_file, post_state, restore_file, restore_files,
     restored, rollback_result, settled_files,
@@ -36,12 +37,15 @@ class FilesStep:
         """For each file, how to undo only the step's change (None: it owns the whole content)."""
         return [None for _ in self._files(pre)]
 
-    def capture_files(self, host: ReadableHost, params: Mapping[str, Any], **extra: Any) -> PreState:
-        """The pre-state of every file the step writes, each with the state the step leaves it in."""
-        files = [capture_file(host, path) for path in self.paths(params)]
+    def capture_files(self, host: ReadableHost, params: Mapping[str, Any], dirs: Sequence[Dir] = (), **extra: Any) -> PreState:
+        """The pre-state of every file the step writes, each with the state the step leaves it in;
+        ``dirs``: the directories it creates first (:mod:`kensa.handlers.dirstate`), its files there absent."""
+        capture = capture_below if dirs else capture_file
+        files = [capture(host, path) for path in self.paths(params)]
         contents = self.written(params, files)
         data: Dict[str, Any] = {
             "files": [{**state, "post": post_state(state, content)} for state, content in zip(files, contents)],
+            **dir_data(dirs),
             **extra,
         }
         return PreState(self.name, params, data)
