@@ -111,3 +111,11 @@ def logging_python(directory: Path, log: Path, version: str = "") -> str:
     )
     wrapper.chmod(0o755)
     return f"{directory}:/usr/bin:/bin"
+
+
+def motd_root(tmp_path: Path) -> Path:
+    """A target root holding only /etc/motd."""
+    top = tmp_path / "root"
+    (top / "etc").mkdir(parents=True)
+    (top / "etc" / "motd").write_text("welcome\n")
+    return top

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_targets import logging_python, transport, transport_for
+from agent_targets import logging_python, motd_root, transport, transport_for
 from conftest import snapshot_tree as snapshot
 from kensa.errors import AgentError, UsageError
 from kensa.hosts.payload import agent_command, build_payload
@@ -22,10 +22,7 @@ from kensa.model import RemoteTarget
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    top = tmp_path / "root"
-    (top / "etc").mkdir(parents=True)
-    (top / "etc" / "motd").write_text("welcome\n")
-    return top
+    return motd_root(tmp_path)
 
 
 def pinned(tmp_path: Path, name: str, version: str = "") -> Path:
