@@ -9,7 +9,10 @@ with as many hosts in flight (kensa ``--workers``, ``ansible-playbook -f``,
 ``pyinfra --parallel``). kensa runs its CLI (``kensa remediate --inventory``):
 every change is a transaction with capture, journal, validation and five
 audit records. Ansible runs with pipelining and ControlPersist on and fact
-gathering off; pyinfra with ``--no-wait``. Afterwards every host's tree is
+gathering off; pyinfra with ``--no-wait``. kensa and Ansible start the same
+Python on every host (``/usr/bin/python3``: Ansible's ``interpreter_python``,
+kensa's ``ansible_python_interpreter`` in the shared inventory); pyinfra runs
+shell commands and starts none. Afterwards every host's tree is
 compared, file by file, across the tools: a tool whose result differs is
 reported as such, not timed as equal work.
 

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+#: The Python both kensa's agent and Ansible's modules start on every host.
+PYTHON = "/usr/bin/python3"
+
 # Real sshd_config keywords first; synthetic ones only when more rules are asked for.
 _SSHD_KEYS = [
     ("PermitRootLogin", "no"), ("MaxAuthTries", "4"), ("X11Forwarding", "no"), ("PermitEmptyPasswords", "no"),
@@ -111,12 +114,16 @@ def kensa_rules(directory: Path, work: List[Edit]) -> None:
 
 
 def inventory(path: Path, hosts: List[Tuple[str, int, Path]], key: Path) -> None:
-    """An Ansible INI inventory that kensa and ansible-playbook both read: (name, port, root) per host."""
+    """An Ansible INI inventory that kensa and ansible-playbook both read: (name, port, root) per host.
+
+    ``ansible_python_interpreter`` gives kensa the interpreter ansible.cfg gives Ansible
+    (:data:`PYTHON`), so both start the same Python on every host.
+    """
     lines = ["[fleet]"]
     for name, port, root in hosts:
         lines.append(
             f"{name} ansible_host=127.0.0.1 ansible_port={port} ansible_user=root "
-            f"ansible_ssh_private_key_file={key} kensa_root={root}"
+            f"ansible_ssh_private_key_file={key} kensa_root={root} ansible_python_interpreter={PYTHON}"
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -150,7 +157,7 @@ def ansible_cfg(scratch: Path, forks: int, known_hosts: Path, kex: str = "") -> 
         f"forks = {forks}\n"
         "gathering = explicit\n"
         "host_key_checking = True\n"
-        "interpreter_python = /usr/bin/python3\n"
+        f"interpreter_python = {PYTHON}\n"
         "retry_files_enabled = False\n"
         "timeout = 120\n"
         f"local_tmp = {scratch / 'ansible-local'}\n"

@@ -91,3 +91,31 @@ def traced_changes(log: Path) -> List[str]:
         if name in _CREATING and creates and "= -1" not in call:
             changes.append(call)
     return changes
+
+
+def logging_python(directory: Path, log: Path, version: str = "") -> str:
+    """A PATH whose ``python3`` logs each start into ``log`` and then runs this test run's Python;
+    with ``version`` ("3.5"), that Python sees itself as that version."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fake = ""
+    if version:
+        major, minor = version.split(".")
+        fake = f"sys.version_info = ({major}, {minor}, 0)\n"
+    wrapper = directory / "python3"
+    wrapper.write_text(
+        f"#!/bin/sh\necho start >> {log}\n"
+        '[ "$1" = "-I" ] && shift\n[ "$1" = "-B" ] && shift\n'
+        f'[ "$1" = "-c" ] || exec {sys.executable} "$@"\nshift\n'
+        f"exec {sys.executable} -I -B -c '\nimport sys\n{fake}source = sys.argv[1]\n"
+        'sys.argv = ["-c"] + sys.argv[2:]\nexec(compile(source, "<string>", "exec"))\n\' "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return f"{directory}:/usr/bin:/bin"
+
+
+def motd_root(tmp_path: Path) -> Path:
+    """A target root holding only /etc/motd."""
+    top = tmp_path / "root"
+    (top / "etc").mkdir(parents=True)
+    (top / "etc" / "motd").write_text("welcome\n")
+    return top

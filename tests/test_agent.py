@@ -22,7 +22,7 @@ from typing import Any, List, Sequence
 
 import pytest
 
-from agent_targets import agent_env, py36_path, traced_changes, traced_transport, transport
+from agent_targets import agent_env, logging_python, py36_path, traced_changes, traced_transport, transport
 from conftest import require_real
 from conftest import snapshot_tree as snapshot
 from kensa.errors import AgentError, HostAccessError, HostConnectionLost, RemoteTimeoutError
@@ -436,32 +436,12 @@ def test_a_request_on_a_descriptor_closed_under_it_is_a_lost_connection(root: Pa
             pass
 
 
-def _logging_python(directory: Path, log: Path, version: str = "") -> str:
-    """A PATH whose ``python3`` logs each start into ``log`` and then runs this test run's Python;
-    with ``version`` ("3.5"), that Python sees itself as that version."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fake = ""
-    if version:
-        major, minor = version.split(".")
-        fake = f"sys.version_info = ({major}, {minor}, 0)\n"
-    wrapper = directory / "python3"
-    wrapper.write_text(
-        f"#!/bin/sh\necho start >> {log}\n"
-        '[ "$1" = "-I" ] && shift\n[ "$1" = "-B" ] && shift\n'
-        f'[ "$1" = "-c" ] || exec {sys.executable} "$@"\nshift\n'
-        f"exec {sys.executable} -I -B -c '\nimport sys\n{fake}source = sys.argv[1]\n"
-        'sys.argv = ["-c"] + sys.argv[2:]\nexec(compile(source, "<string>", "exec"))\n\' "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return f"{directory}:/usr/bin:/bin"
-
-
 def test_starting_the_agent_starts_one_python_on_the_target(root: Path, tmp_path: Path) -> None:
     """The agent's command runs the target's Python once: the version check is the agent program's own
     first line, not a Python started only to ask its version (a Python start is most of the agent's
     start-up CPU, paid per host)."""
     log = tmp_path / "starts"
-    host = connect(transport("one-python", _logging_python(tmp_path / "bin", log)), str(root))
+    host = connect(transport("one-python", logging_python(tmp_path / "bin", log)), str(root))
     try:
         assert host.read_file("/etc/motd") is not None
     finally:
@@ -473,7 +453,7 @@ def test_a_python3_older_than_36_is_passed_over_for_a_newer_python3x(root: Path,
     """A ``python3`` that is 3.5 exits at the agent program's first line, before the bootstrap is
     compiled, and the command goes on to the next candidate (here python3.X, this run's Python)."""
     log = tmp_path / "starts"
-    path = _logging_python(tmp_path / "bin", log, version="3.5")
+    path = logging_python(tmp_path / "bin", log, version="3.5")
     minor = f"python3.{sys.version_info.minor}"
     (tmp_path / "bin" / minor).symlink_to(sys.executable)
     host = connect(transport("old-python3", f"{tmp_path / 'bin'}"), str(root))

@@ -17,7 +17,7 @@ from typing import Dict
 
 import pytest
 
-from agent_targets import agent_env, traced_changes, traced_transport
+from agent_targets import agent_env, motd_root, traced_changes, traced_transport
 from conftest import require_root
 from kensa.hosts.agent.bootstrap import CACHE_MAGIC
 from kensa.hosts.payload import build_payload
@@ -27,10 +27,7 @@ from kensa.model import Phase
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    top = tmp_path / "root"
-    (top / "etc").mkdir(parents=True)
-    (top / "etc" / "motd").write_text("welcome\n")
-    return top
+    return motd_root(tmp_path)
 
 
 def _env(home: Path) -> Dict[str, str]:

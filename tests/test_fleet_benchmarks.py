@@ -49,3 +49,23 @@ def test_fleet_benchmark_runs_kensa_over_ssh_and_verifies_the_hosts(tmp_path: Pa
     assert kensa["exit_code"] == 0 and kensa["verified"], kensa
     assert kensa["statuses"] == {"committed": 6}
     assert "FLEET:" in (tmp_path / "README.md").read_text()
+
+
+def test_the_fleet_inventory_gives_kensa_the_python_ansible_is_given(tmp_path: Path) -> None:
+    """kensa reads the benchmark's shared inventory as running ansible.cfg's interpreter_python on every host,
+    so both tools start the same Python."""
+    if not (REPO / "benchmarks").is_dir():
+        pytest.skip("not a source checkout")
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks import fleetwork
+    finally:
+        sys.path.remove(str(REPO))
+    from kensa.inventory import load_inventory
+
+    fleetwork.inventory(tmp_path / "inventory.ini", [("h0", 2200, tmp_path / "r0"), ("h1", 2201, tmp_path / "r1")],
+                        tmp_path / "key")
+    pythons = {host.target.python for host in load_inventory(tmp_path / "inventory.ini")}
+    configured = [line for line in fleetwork.ansible_cfg(tmp_path, 2, tmp_path / "known").splitlines()
+                  if line.startswith("interpreter_python")]
+    assert configured == [f"interpreter_python = {pythons.pop()}"] and not pythons

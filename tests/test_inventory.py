@@ -189,3 +189,41 @@ def test_a_child_groups_vars_beat_its_parents_whatever_the_order_of_sections(tmp
     )
     (host,) = load_inventory(write(tmp_path, "i.ini", text))
     assert host.target == RemoteTarget("h1", "from-child", 2200, "/b")
+
+
+PYTHON_INI = """\
+db1 ansible_python_interpreter=/opt/py/bin/python3
+db2 kensa_python=/usr/libexec/platform-python ansible_python_interpreter=/usr/bin/python3.6
+db3
+web1
+edge1 ansible_python_interpreter=auto_silent
+
+[db]
+db1
+db2
+db3
+
+[db:vars]
+ansible_python_interpreter=/usr/bin/python3.9
+
+[all:vars]
+ansible_python_interpreter=/usr/bin/python3
+"""
+
+
+def test_the_python_interpreter_comes_from_kensa_python_or_ansible_python_interpreter(tmp_path: Path) -> None:
+    """kensa_python and ansible_python_interpreter set target.python: host over group over all:vars,
+    kensa_python over Ansible's spelling on one host; Ansible's discovery modes ("auto...") leave it to kensa's search."""
+    hosts = {h.name: h.target.python for h in load_inventory(write(tmp_path, "hosts.ini", PYTHON_INI))}
+    assert hosts == {"db1": "/opt/py/bin/python3", "db2": "/usr/libexec/platform-python", "db3": "/usr/bin/python3.9",
+                     "web1": "/usr/bin/python3", "edge1": None}
+    yaml = "all:\n  hosts:\n    web1: {kensa_python: /usr/bin/python3}\n    web2:\n"
+    assert [h.target.python for h in load_inventory(write(tmp_path, "hosts.yml", yaml))] == ["/usr/bin/python3", None]
+
+
+@pytest.mark.parametrize("value", ["python3", "/usr/bin/env python3", "{{ discovered }}"])
+def test_an_interpreter_that_is_not_an_absolute_path_is_refused_at_its_line(tmp_path: Path, value: str) -> None:
+    """A relative interpreter (looked up on PATH), one with arguments, or a template is an InventoryError at file:line."""
+    text = f"[web]\nweb1\n\n[web:vars]\nansible_python_interpreter={value}\n"
+    with pytest.raises(InventoryError, match=r"hosts.ini:5: the Python interpreter of host 'web1' .* must be an absolute path"):
+        load_inventory(write(tmp_path, "hosts.ini", text))

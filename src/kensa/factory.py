@@ -37,6 +37,7 @@ def default_engine(
     connect_timeout: Optional[float] = None,
     operation_timeout: Optional[float] = None,
     agent_cache: bool = True,
+    python_for: "Optional[Callable[[RemoteTarget], Optional[str]]]" = None,
 ) -> Engine:
     """The production engine: built-in handlers, local hosts, SQLite journal, kernel audit.
 
@@ -63,7 +64,8 @@ def default_engine(
     replaced when it died), waiting ``connect_timeout`` seconds for it to
     start and ``operation_timeout`` for each step phase (None: the defaults of
     :mod:`kensa.hosts.remote`); ``agent_cache`` lets each agent keep its
-    compiled payload on its host (:func:`kensa.hosts.remote.connect`). The parts are imported here,
+    compiled payload on its host (:func:`kensa.hosts.remote.connect`); ``python_for``
+    names a target's Python interpreter (an absolute path; None: the agent finds one). The parts are imported here,
     so ``import kensa`` stays free of cffi and sqlite; a part that cannot be
     imported raises :class:`WiringError` (an ImportError) naming it.
     """
@@ -113,6 +115,7 @@ def default_engine(
             connect_timeout=DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
             operation_timeout=DEFAULT_OPERATION_TIMEOUT if operation_timeout is None else operation_timeout,
             agent_cache=agent_cache,
+            python_for=python_for,
         )
 
     path = journal_path if journal_path is not None else default_journal_path()

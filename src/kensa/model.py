@@ -436,7 +436,9 @@ class RemoteTarget:
 
     :attr:`key` (``ssh://[user@]host[:port]/root``) is the host key under which
     its transactions run, are locked, journaled and audited (``host=``).
-    ``identity_file`` is how to log in and is not part of the key.
+    ``identity_file`` is how to log in and ``python`` the interpreter kensa's
+    agent runs with there (an absolute path; None: the first Python 3.6+ found,
+    see :func:`kensa.hosts.payload.agent_command`); neither is part of the key.
     """
 
     host: str
@@ -444,6 +446,7 @@ class RemoteTarget:
     port: Optional[int] = None
     root: str = "/"
     identity_file: Optional[str] = None
+    python: Optional[str] = None
 
     @property
     def key(self) -> str:

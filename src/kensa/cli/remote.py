@@ -67,6 +67,10 @@ def add_login_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S",
                    help=f"seconds to reach a host (TCP and SSH banner; default 10); logging in and starting kensa's agent get {AGENT_START_SECONDS:g} s more")
     p.add_argument("--timeout", type=_seconds, default=300.0, metavar="S", help="seconds one operation on a host may take (default 300)")
+    p.add_argument("--python", type=_python, metavar="PATH",
+                   help="absolute path of the Python 3.6+ to run kensa's agent with on the hosts (default: the first "
+                        "of python3, /usr/libexec/platform-python, python3.X found; an inventory's kensa_python or "
+                        "ansible_python_interpreter wins)")
     p.add_argument("--no-agent-cache", action="store_true",
                    help="write nothing on the hosts: no compiled copy of kensa's agent in ~/.cache/kensa (it starts slower)")
 
@@ -81,12 +85,22 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _python(text: str) -> str:
+    from kensa.hosts.payload import check_python
+
+    try:
+        return check_python(text, "--python")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def remote_wanted(args: argparse.Namespace) -> bool:
     """True when the command names remote hosts (-H or --inventory)."""
     return bool(getattr(args, "hosts", None) or getattr(args, "inventory", None))
 
 
-def parse_host(spec: str, user: Optional[str], port: Optional[int], root: str, key: Optional[str]) -> RemoteTarget:
+def parse_host(spec: str, user: Optional[str], port: Optional[int], root: str, key: Optional[str],
+               python: Optional[str] = None) -> RemoteTarget:
     """One ``-H`` entry as a target; ``user``/``port`` fill in what the entry leaves out. Checked, never run."""
     from kensa.hosts.ssh import check_target
 
@@ -102,6 +116,7 @@ def parse_host(spec: str, user: Optional[str], port: Optional[int], root: str, k
         port=int(given_port) if given_port else port,
         root=root,
         identity_file=key,
+        python=python,
     )
     check_target(target)
     return target
@@ -119,7 +134,7 @@ def hosts_from(args: argparse.Namespace) -> List[Tuple[str, RemoteTarget, Tuple[
     for group in args.hosts or ():
         for spec in group.split(","):
             if spec.strip():
-                target = parse_host(spec, args.user, args.port, root, args.key)
+                target = parse_host(spec, args.user, args.port, root, args.key, getattr(args, "python", None))
                 # Named by its host name (not user@host:port): that picks its variable file.
                 found.append((target.host, target, ()))
     if args.inventory:
@@ -150,6 +165,7 @@ def _inventory_targets(args: argparse.Namespace, root: str) -> List[Tuple[str, R
             user=target.user or args.user,
             port=target.port if target.port is not None else args.port,
             identity_file=target.identity_file or args.key,
+            python=target.python or getattr(args, "python", None),
             root=target.root if target.root != "/" else root,
         )
         target = replace(target, root="/" if posixpath.normpath(target.root) in ("/", "//") else posixpath.normpath(target.root))
@@ -195,7 +211,8 @@ class RemoteRun:
     reads a sudo password. Transports of one login share one control master.
     ``targets`` (key -> target) are the hosts as the command line and the
     inventory gave them: a connection made from a bare ``ssh://`` key (the
-    engine's resolver) logs in with the identity file given there.
+    engine's resolver) logs in with the identity file given there and runs
+    the Python interpreter given there (else ``--python``).
     """
 
     options: Any
@@ -222,6 +239,12 @@ class RemoteRun:
             self.opened.append(made)
             return made
 
+    def python_for(self, target: RemoteTarget) -> Optional[str]:
+        """The interpreter the agent on ``target`` runs: its own, the one given for its key, else ``--python``."""
+        given = self.targets.get(target.key)
+        found = target.python or (given.python if given is not None else None)
+        return found or getattr(self.args, "python", None)
+
     def connect(self, target: RemoteTarget) -> Any:
         """A connected :class:`~kensa.hosts.remote.RemoteHost` of ``target``, named by its key."""
         from kensa.hosts.remote import connect
@@ -229,7 +252,7 @@ class RemoteRun:
         timeouts = self.engine_options()
         host = connect(self.transport(target), target.root, key=target.key,
                        connect_timeout=timeouts["connect_timeout"], operation_timeout=timeouts["operation_timeout"],
-                       agent_cache=timeouts["agent_cache"])
+                       agent_cache=timeouts["agent_cache"], python=self.python_for(target))
         with self.lock:
             self.opened.append(host)
         return host
@@ -246,7 +269,7 @@ class RemoteRun:
         operation = getattr(args, "timeout", 300.0) if args is not None else self.options.operation_timeout
         cache = not getattr(args, "no_agent_cache", False)
         return {"remote": self.transport, "connect_timeout": connect + AGENT_START_SECONDS, "operation_timeout": operation,
-                "agent_cache": cache}
+                "agent_cache": cache, "python_for": self.python_for}
 
     def close(self) -> None:
         with self.lock:

@@ -22,7 +22,8 @@ zlib-compressed; the SHA-256 of those bytes names the payload.
 (``python3``, ``/usr/libexec/platform-python``, then ``python3.X`` newest
 first), runs the bootstrap with it (``-I``: no ``PYTHON*`` variables or user
 site; ``-B``: no bytecode files written for the standard library it imports), or exits with status :data:`NO_PYTHON`
-and a message listing what it tried.
+and a message listing what it tried. Given an interpreter (``python=``, an
+absolute path: :func:`check_python`), it runs exactly that one and tries no other.
 """
 
 from __future__ import annotations
@@ -32,16 +33,17 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shlex
 import threading
 import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple, cast
 
-from kensa.errors import AgentError
+from kensa.errors import AgentError, UsageError
 
 __all__ = ["NO_PYTHON", "NO_PYTHON_MESSAGE", "PYTHONS", "ROOT_PACKAGES", "TARGET_SIDE", "Payload", "agent_command",
-           "build_payload", "for_old_python"]
+           "build_payload", "check_python", "for_old_python"]
 
 #: Packages whose every module runs on the target.
 ROOT_PACKAGES = ("kensa.handlers", "kensa.facts", "kensa.hosts.agent")
@@ -297,7 +299,19 @@ def _guard() -> str:
     )
 
 
-def agent_command(sha256: str, cache: bool = False) -> List[str]:
+def check_python(python: str, host: str) -> str:
+    """``python`` when it can name the interpreter to run on ``host``: an absolute path on one line.
+
+    Raises :class:`~kensa.errors.UsageError` naming the host otherwise. A relative
+    name would be looked up on the login's PATH, which is what pinning avoids.
+    """
+    if not isinstance(python, str) or not python.startswith("/") or re.search(r"[\s\x00-\x1f\x7f]", python):
+        raise UsageError(f"Python interpreter {str(python)[:80]!r} for {host}: expected an absolute path "
+                         "without whitespace or control characters, such as /usr/bin/python3")
+    return python
+
+
+def agent_command(sha256: str, cache: bool = False, python: Optional[str] = None) -> List[str]:
     """The argv that starts the agent on a target: ``sh -c`` finding a Python 3, then the bootstrap.
 
     The shell execs the first candidate of :data:`PYTHONS` found on the target
@@ -307,9 +321,18 @@ def agent_command(sha256: str, cache: bool = False) -> List[str]:
     agent (a Python start is most of an agent's start-up CPU); the agent is
     the process the transport started, so stopping it stops the agent.
     ``cache``: keep the compiled payload on the target (:mod:`kensa.hosts.agent.bootstrap`).
+    ``python``: run exactly this interpreter (:func:`check_python`); when it is not an executable
+    file, or is older than 3.6, the command exits with :data:`NO_PYTHON` and tries no other.
     """
     bootstrap = f"{bootstrap_source()}\nboot({sha256!r}, cache={bool(cache)!r})\n"
     program = f"{_guard()}exec(compile({bootstrap!r}, '<kensa-bootstrap>', 'exec'))\n"
+    if python is not None:
+        quoted = shlex.quote(check_python(python, "the target"))
+        # Index past the last candidate: the guard hands an old Python on to none.
+        return ["/bin/sh", "-c", (
+            f"k={shlex.quote(program)}; "
+            f"if [ -f {quoted} ] && [ -x {quoted} ]; then exec {quoted} -I -B -c \"$k\" {len(PYTHONS)} \"$k\"; fi; "
+            f"echo {shlex.quote(f'{NO_PYTHON_MESSAGE} (tried {python})')} >&2; exit {NO_PYTHON}")]
     tried = " ".join(PYTHONS)
     script = (
         f"k={shlex.quote(program)}; i=0; "

@@ -42,7 +42,7 @@ from kensa.hosts.agent.wire import PROTOCOL, READY, encode_value
 from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, check_step_phase, resolve_host
 from kensa.hosts.overlay import FileReaders, PlannedView
-from kensa.hosts.payload import NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload
+from kensa.hosts.payload import NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload, check_python
 from kensa.hosts.processes import SubprocessTransport
 from kensa.hosts.protocol import Host, PhaseOutcome, ReadableHost, StepRunner, Transport
 from kensa.model import Assessment, FileInfo, Phase, PreState, RemoteTarget, RollbackResult, StepResult
@@ -357,6 +357,7 @@ def connect(
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     payload: Optional[Payload] = None,
     agent_cache: bool = True,
+    python: Optional[str] = None,
 ) -> RemoteHost:
     """Start kensa's agent on ``transport``'s target, confined to ``root`` there.
 
@@ -372,14 +373,26 @@ def connect(
     the login user's, ``~/.cache/kensa/agent-<sha256>-<tag>.bin`` (checked before use; see
     docs/remote.md), and the next agent skips compiling it. False: nothing is written on the target.
     ``hello["cache"]`` says what the agent did with it.
+
+    ``python``: the interpreter to run the agent with, an absolute path on the
+    target (checked before anything runs: :class:`~kensa.errors.UsageError`);
+    no other is tried, and an :class:`~kensa.errors.AgentError` names it and the
+    host when it is missing or older than 3.6. None: the first Python 3.6+ of
+    :data:`~kensa.hosts.payload.PYTHONS`.
     """
     if not isinstance(root, str) or not root.startswith("/"):
         raise HostSelectionError(f"the target root {root!r} on {transport.name} must be an absolute path")
+    if python is not None:
+        check_python(python, transport.name)
     payload = build_payload() if payload is None else payload
     expected = build_payload().sha256
     try:
-        proc = transport.spawn(agent_command(expected, cache=agent_cache), READY, connect_timeout)
+        proc = transport.spawn(agent_command(expected, cache=agent_cache, python=python), READY, connect_timeout)
     except RemoteHostError as exc:
+        if NO_PYTHON_MESSAGE in str(exc) and python is not None:
+            raise AgentError(
+                f"host {transport.name}: the Python interpreter {python} is not there or is older than 3.6; "
+                "install it or give another (--python, kensa_python)", transport.name) from exc
         if NO_PYTHON_MESSAGE in str(exc):
             raise AgentError(
                 f"host {transport.name} has no Python 3 (tried {', '.join(PYTHONS)}); install python3 there",
@@ -428,14 +441,17 @@ class RemoteHosts:
     replaced at the next resolution (which is how recovery reconnects). All are
     closed by :meth:`close` and at interpreter exit. A forked child never uses
     (or closes) its parent's connections: it opens its own. ``agent_cache`` is
-    :func:`connect`'s.
+    :func:`connect`'s. ``python_for`` names the interpreter of a target
+    (:func:`connect`'s ``python``; None, or a function returning None: the search).
     """
 
     def __init__(self, transport_for: Callable[[RemoteTarget], Transport], *,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, agent_cache: bool = True) -> None:
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, agent_cache: bool = True,
+                 python_for: Optional[Callable[[RemoteTarget], Optional[str]]] = None) -> None:
         self.transport_for = transport_for
+        self.python_for = python_for
         self.agent_cache = agent_cache
         self.connect_timeout = connect_timeout
         self.operation_timeout = operation_timeout
@@ -474,9 +490,10 @@ class RemoteHosts:
                 return host
             if host is not None:
                 host.close()
+            python = self.python_for(target) if self.python_for is not None else None
             host = connect(self.transport_for(target), target.root, key=target.key,
                            connect_timeout=self.connect_timeout, operation_timeout=self.operation_timeout,
-                           max_file_bytes=self.max_file_bytes, agent_cache=self.agent_cache)
+                           max_file_bytes=self.max_file_bytes, agent_cache=self.agent_cache, python=python)
             self._hosts[target.key] = host
             return host
 

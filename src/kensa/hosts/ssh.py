@@ -64,6 +64,7 @@ from kensa.errors import (
     UsageError,
 )
 from kensa.model import RemoteTarget
+from kensa.hosts.payload import check_python
 from kensa.support.afterfork import reset_in_child
 
 __all__ = ["SshOptions", "SshTransport", "check_target"]
@@ -126,6 +127,8 @@ def check_target(target: RemoteTarget, options: Optional[SshOptions] = None) -> 
         raise UsageError(f"port {target.port!r} for {target.host}: expected 1 to 65535")
     if _CONTROL.search(target.root) or not target.root.startswith("/"):
         raise UsageError(f"root {target.root[:80]!r} on {target.host}: expected an absolute path without control characters")
+    if target.python is not None:
+        check_python(target.python, target.host)
     if target.identity_file is not None:
         _check_local_path("identity file", target.identity_file)
         if not os.path.isfile(target.identity_file):

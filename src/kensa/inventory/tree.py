@@ -28,7 +28,9 @@ _USER_VARS = ("ansible_user", "ansible_ssh_user")
 _PORT_VARS = ("ansible_port", "ansible_ssh_port")
 _KEY_VARS = ("ansible_ssh_private_key_file", "ansible_private_key_file")
 _ROOT_VAR = "kensa_root"
-_KENSA_VARS = frozenset({_ROOT_VAR})
+# kensa's own spelling first: it wins over Ansible's when a host has both.
+_PYTHON_VARS = ("kensa_python", "ansible_python_interpreter")
+_KENSA_VARS = frozenset({_ROOT_VAR, "kensa_python"})
 
 # A name must not start with "-" (ssh would read it as an option) nor hold
 # whitespace, control characters, or the characters of a host key's syntax.
@@ -185,6 +187,7 @@ class Tree:
             port=self._port(merged, host),
             root=self._root(merged, host),
             identity_file=self._text(merged, _KEY_VARS, host),
+            python=self._python(merged, host),
         )
 
     def _pick(self, merged: Dict[str, Tuple[Value, int]], names: Tuple[str, ...]) -> Optional[Tuple[Value, int]]:
@@ -217,6 +220,17 @@ class Tree:
         if not 1 <= port <= 65535:
             raise InventoryError(f"{self.source}:{line}: ansible_port of host {host!r} is {port}, outside 1-65535")
         return port
+
+    def _python(self, merged: Dict[str, Tuple[Value, int]], host: str) -> Optional[str]:
+        python = self._text(merged, _PYTHON_VARS, host)
+        # Ansible's discovery modes: kensa's own search stands for them.
+        if python is None or python in ("auto", "auto_silent", "auto_legacy", "auto_legacy_silent"):
+            return None
+        if not python.startswith("/") or re.search(r"[\s\x00-\x1f\x7f]", python):
+            line = self._line(merged, _PYTHON_VARS, host)
+            raise InventoryError(f"{self.source}:{line}: the Python interpreter of host {host!r} is {python!r}; "
+                                 "it must be an absolute path without whitespace (kensa does not look it up on PATH)")
+        return python
 
     def _root(self, merged: Dict[str, Tuple[Value, int]], host: str) -> str:
         root = self._text(merged, (_ROOT_VAR,), host)
