@@ -504,14 +504,23 @@ class NeverHolds:
         return RollbackResult(self.name, ok=True, detail="nothing to restore")
 
 
-PYTHON36 = Path("/root/.pyenv/versions/3.6.15/bin/python3.6")
+def _python36() -> Optional[Path]:
+    """A Python 3.6 on this machine: ``python3.6`` on PATH, else one pyenv installed."""
+    found = shutil.which("python3.6")
+    if found:
+        return Path(found)
+    versions = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    return next(iter(sorted(versions.glob("3.6*/bin/python3.6"))), None)
+
+
+PYTHON36 = _python36()
 
 
 def test_the_pam_and_cron_handlers_run_on_a_real_python_36_agent(root: Path, tmp_path: Path) -> None:
     """The agent under a real Python 3.6 (RHEL 8's platform-python's version) captures, applies, validates and rolls
     back pam_module_configure, pam_module_arg and cron_job; the tree is as before."""
-    if not PYTHON36.exists():
-        pytest.skip(f"no Python 3.6 at {PYTHON36}")
+    if PYTHON36 is None:
+        pytest.skip("no Python 3.6 here (python3.6 on PATH or a pyenv version)")
     from agent_targets import transport
     from kensa.hosts.remote import connect
 
