@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
@@ -505,12 +506,16 @@ class NeverHolds:
 
 
 def _python36() -> Optional[Path]:
-    """A Python 3.6 on this machine: ``python3.6`` on PATH, else one pyenv installed."""
-    found = shutil.which("python3.6")
-    if found:
-        return Path(found)
+    """A Python 3.6 on this machine: one pyenv installed, else ``python3.6`` on PATH; each
+    candidate is asked its version (a pyenv shim on PATH may run another Python)."""
     versions = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
-    return next(iter(sorted(versions.glob("3.6*/bin/python3.6"))), None)
+    candidates = sorted(versions.glob("3.6*/bin/python3.6")) + [Path(p) for p in [shutil.which("python3.6")] if p]
+    for candidate in candidates:
+        done = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2] == (3, 6))"],
+                              stdout=subprocess.PIPE, universal_newlines=True, env={"PATH": "/usr/bin:/bin"})
+        if done.returncode == 0 and done.stdout.strip() == "True":
+            return candidate
+    return None
 
 
 PYTHON36 = _python36()
