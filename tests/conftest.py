@@ -173,6 +173,32 @@ def snapshot_tree(top: Path) -> Snapshot:
     return found
 
 
+def copy_live_tree(source: "os.PathLike[str] | str", dest: Path) -> None:
+    """A copy of a directory other processes may be writing (this machine's /etc while a
+    package test installs conffiles): links stay links, special files are left out, and so
+    is an entry that vanishes between being listed and being copied."""
+    os.makedirs(dest)
+    try:
+        entries = list(os.scandir(source))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        target = dest / entry.name
+        try:
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), target)
+            elif entry.is_dir(follow_symlinks=False):
+                copy_live_tree(entry.path, target)
+            elif entry.is_file(follow_symlinks=False):
+                shutil.copy2(entry.path, target, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+    try:
+        shutil.copystat(source, dest, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+
+
 @contextmanager
 def tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
     """A tmpfs mounted with ``options`` (e.g. ``size=64k`` or ``ro``), always unmounted (needs root)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -13,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 import yaml
 
 from agent_targets import transport_for
+from conftest import copy_live_tree
 from kensa.cli.main import main
 from kensa.engine import Engine
 from kensa.handlers import default_registry
@@ -73,15 +73,8 @@ def read_text(path: Path) -> Optional[str]:
 
 
 def copy_etc(dest: Path) -> None:
-    """This machine's /etc copied to ``dest`` (links as links); an entry that vanishes while
-    copying (another process's temporary file) is left out."""
-    def copy(src: str, dst: str) -> None:
-        try:
-            shutil.copy2(src, dst, follow_symlinks=False)
-        except FileNotFoundError:
-            pass
-
-    shutil.copytree("/etc", dest, symlinks=True, copy_function=copy, ignore_dangling_symlinks=True)
+    """This machine's /etc copied to ``dest``, as :func:`conftest.copy_live_tree` copies."""
+    copy_live_tree("/etc", dest)
 
 
 #: Python run first in a private mount namespace by :func:`in_private_namespace`: /etc is

@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import pytest
 
-from conftest import require_real, require_root
+from conftest import copy_live_tree, require_real, require_root
 from conftest import snapshot_tree as snapshot
 from kensa.errors import ParamError
 from kensa.handlers import default_registry
@@ -215,7 +215,7 @@ def test_this_machines_etc_remediated_with_the_rules_then_check_compliant(tmp_pa
         if Path("/etc", name).exists():
             shutil.copy2(Path("/etc", name), root / "etc" / name)
     if Path("/etc/cron.d").is_dir():
-        shutil.copytree("/etc/cron.d", root / "etc/cron.d", symlinks=True)
+        copy_live_tree("/etc/cron.d", root / "etc/cron.d")
     else:
         (root / "etc/cron.d").mkdir()
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, Tuple
 
 import pytest
 
-from conftest import require_real, require_root, snapshot_tree as snapshot
+from conftest import copy_live_tree, require_real, require_root, snapshot_tree as snapshot
 from kensa.cli.main import EXIT_OK, main
 from kensa.errors import KensaError, NotAvailableError, ParamError
 from kensa.handlers import default_registry
@@ -227,7 +227,7 @@ def live_namespace(tmp_path: Path) -> Tuple[Path, Dict[str, str]]:
     if shutil.which("unshare") is None:
         require_real("unshare is not installed")
     etc = tmp_path / "etc"
-    shutil.copytree("/etc", etc, symlinks=True)
+    copy_live_tree("/etc", etc)
     (etc / "default").mkdir(exist_ok=True)
     (etc / "default/grub").write_text(GRUB)
     return etc, dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -321,7 +321,7 @@ def test_a_copy_of_this_machine_s_etc_remediated_then_checked(tmp_path: Path) ->
     every rule that would change it errors as not available and the copy is unchanged."""
     require_root()
     root = tmp_path / "root"
-    shutil.copytree("/etc", root / "etc", symlinks=True)
+    copy_live_tree("/etc", root / "etc")
     journal = str(tmp_path / "journal.db")
     before = snapshot(root)
     code, out = kensa_cli("--journal", journal, "--no-audit", "remediate", str(RULES), "--root", str(root), "--json")

@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 import pytest
 
-from conftest import require_real, require_root, snapshot_tree as snapshot
+from conftest import copy_live_tree, require_real, require_root, snapshot_tree as snapshot
 from test_restore_safety import engine_on
 from kensa.checks import evaluate_check
 from kensa.cli.main import main
@@ -206,7 +206,7 @@ def test_copy_of_this_machines_etc_remediates_to_compliant(tmp_path: Path) -> No
     _modprobe()
     root = tmp_path / "root"
     root.mkdir()
-    shutil.copytree("/etc", root / "etc", symlinks=True)
+    copy_live_tree("/etc", root / "etc")
     release = os.uname().release
     if Path(f"/usr/lib/modules/{release}/modules.dep").is_file():
         (root / "usr/lib/modules" / release).mkdir(parents=True)

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from conftest import require_real, require_root, snapshot_tree as snapshot
+from conftest import copy_live_tree, require_real, require_root, snapshot_tree as snapshot
 from mech_rig import image_with, remote_round_trip
 from kensa.cli.main import EXIT_OK, main
 from kensa.errors import KensaError
@@ -175,7 +175,7 @@ def test_a_copy_of_this_machine_s_etc_remediated_then_checked(tmp_path: Path) ->
     committed rule checks compliant, and the rules whose mount point fstab lacks change nothing."""
     require_root()
     root = tmp_path / "root"
-    shutil.copytree("/etc", root / "etc", symlinks=True)
+    copy_live_tree("/etc", root / "etc")
     path = root / "etc/fstab"
     text = path.read_text() if path.exists() else ""
     for point in ("/tmp", "/dev/shm"):
@@ -222,7 +222,7 @@ def test_live_remount_in_a_private_mount_namespace_and_rollback(tmp_path: Path) 
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         require_real("unshare or mount is not installed")
     etc, mp, out = tmp_path / "etc", tmp_path / "mnt", tmp_path / "out"
-    shutil.copytree("/etc", etc, symlinks=True)
+    copy_live_tree("/etc", etc)
     mp.mkdir()
     out.mkdir()
     (etc / "fstab").write_text(f"# test fstab\nkensa-test {mp} tmpfs nosuid,size=1m 0 0\n")
@@ -282,7 +282,7 @@ def test_the_corpus_mount_rules_on_a_copy_of_this_machine_s_etc(tmp_path: Path) 
     kept as it was is left exactly so."""
     require_root()
     root, rules = tmp_path / "root", tmp_path / "rules"
-    shutil.copytree("/etc", root / "etc", symlinks=True)
+    copy_live_tree("/etc", root / "etc")
     os_release = root / "etc/os-release"
     if os_release.is_symlink() or os_release.exists():
         os_release.unlink()

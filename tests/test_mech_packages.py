@@ -20,7 +20,7 @@ from typing import Any, Iterator, List, Tuple
 
 import pytest
 
-from conftest import require_real, require_root, snapshot_tree
+from conftest import copy_live_tree, require_real, require_root, snapshot_tree
 from debrepo import PREFIX, DebRepo, auto_marks, dpkg_list, installed_test_packages, missing_components
 from kensa.cli.main import EXIT_OK, main
 from kensa.errors import NotAvailableError, ParamError
@@ -308,7 +308,7 @@ def test_an_image_root_is_refused_and_left_identical(repo: DebRepo, tmp_path: Pa
     root = tmp_path / "image"
     (root / "var/lib/dpkg").mkdir(parents=True)
     shutil.copy("/var/lib/dpkg/status", root / "var/lib/dpkg/status")
-    shutil.copytree("/etc/apt", root / "etc/apt", symlinks=True)
+    copy_live_tree("/etc/apt", root / "etc/apt")
     os.setxattr(root / "var/lib/dpkg/status", "user.kensa-test", b"kept")
     os.setxattr(root / "var/lib/dpkg/status", "security.kensa-test", b"kept")
     image, before, listing = LocalHost(str(root)), snapshot_tree(root), dpkg_list()

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_targets import transport_for
-from conftest import require_root
+from conftest import copy_live_tree, require_root
 from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine
 from kensa.errors import ParamError, RollbackRefusedError
@@ -466,7 +466,7 @@ def test_this_machines_stacks_remediated_with_the_rules_then_check_compliant(tmp
     if not Path("/etc/pam.d/common-auth").exists():
         pytest.skip("no Debian-style /etc/pam.d/common-auth here")
     root = tmp_path / "root"
-    shutil.copytree("/etc/pam.d", root / "etc/pam.d", symlinks=True)
+    copy_live_tree("/etc/pam.d", root / "etc/pam.d")
     if "nullok" not in (root / "etc/pam.d/common-auth").read_text():
         (root / "etc/pam.d/common-auth").write_text((root / "etc/pam.d/common-auth").read_text().replace("pam_unix.so", "pam_unix.so nullok", 1))
     remediate_check_roll_back(tmp_path, root, RULES)

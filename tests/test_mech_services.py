@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping
 
 import pytest
 
-from conftest import require_real, require_root, snapshot_tree as snapshot
+from conftest import copy_live_tree, require_real, require_root, snapshot_tree as snapshot
 from test_restore_safety import engine_on
 from kensa.cli.main import main
 from kensa.engine import Engine
@@ -47,10 +47,10 @@ def build_image(root: Path, etc: str = "systemd") -> Path:
     shutil.copy2("/usr/lib/os-release", root / "usr/lib/os-release")
     (root / "lib").symlink_to("usr/lib")
     if etc == ".":
-        shutil.copytree("/etc", root / "etc", symlinks=True)
+        copy_live_tree("/etc", root / "etc")
     else:
         (root / "etc").mkdir()
-        shutil.copytree(f"/etc/{etc}", root / "etc" / etc, symlinks=True)
+        copy_live_tree(f"/etc/{etc}", root / "etc" / etc)
         (root / "etc/os-release").symlink_to("../usr/lib/os-release")
     return root
 
@@ -260,7 +260,7 @@ def machine_copy(tmp_path: Path) -> Path:
         (root / name).symlink_to(f"usr/{name}")
     # Hard links: nothing here writes under /usr, and kensa refuses in-place writes to shared inodes.
     subprocess.run(["cp", "-al", "/usr", str(root / "usr")], check=True)
-    shutil.copytree("/etc", root / "etc", symlinks=True)
+    copy_live_tree("/etc", root / "etc")
     return root
 
 
@@ -396,7 +396,7 @@ def test_a_live_host_without_systemd_gets_its_links_set_and_says_nothing_was_sto
     if shutil.which("unshare") is None:
         require_real("unshare (util-linux) is not installed")
     copy = tmp_path / "units"
-    shutil.copytree("/etc/systemd/system", copy, symlinks=True)
+    copy_live_tree("/etc/systemd/system", copy)
     wants = copy / "multi-user.target.wants/e2scrub_reap.service"
     if not wants.is_symlink():
         wants.symlink_to("/lib/systemd/system/e2scrub_reap.service")

@@ -172,3 +172,46 @@ def test_pyflakes_finds_no_unused_or_undefined_name() -> None:
         if "# noqa" not in text:
             found.append(line)
     assert found == [], "\n".join(found)
+
+
+def test_no_test_copies_the_live_etc_with_a_plain_copytree() -> None:
+    # Package tests install real .debs whose conffiles come and go in /etc while other tests
+    # copy it; a plain copytree then fails on the vanished file.
+    offenders = [f"{path.name}:{number}" for path in sorted(Path(__file__).parent.glob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if 'copytree("' + '/etc' in line]
+    assert offenders == []
+
+
+def test_a_live_tree_copy_leaves_out_entries_that_vanish_while_it_copies(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import copy_live_tree
+
+    source = tmp_path / "etc"
+    (source / "kept.d").mkdir(parents=True)
+    (source / "kept.d" / "a.conf").write_text("a\n")
+    (source / "going.dpkg-new").write_text("b\n")
+    (source / "gone.d").mkdir()
+    (source / "gone.d" / "c.conf").write_text("c\n")
+    os.symlink("kept.d/a.conf", source / "link")
+    real_copy2 = shutil.copy2
+    real_scandir = os.scandir
+
+    def copy2_after_it_vanished(src: str, dst: str, **kwargs: bool) -> str:
+        if src.endswith("going.dpkg-new"):
+            os.unlink(src)
+        return real_copy2(src, dst, **kwargs)
+
+    def scandir_after_it_vanished(path: str) -> "os._ScandirIterator[str]":
+        if str(path).endswith("gone.d"):
+            shutil.rmtree(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(shutil, "copy2", copy2_after_it_vanished)
+    monkeypatch.setattr(os, "scandir", scandir_after_it_vanished)
+    copy_live_tree(source, tmp_path / "copy")
+    copy = tmp_path / "copy"
+    assert (copy / "kept.d" / "a.conf").read_text() == "a\n"
+    assert os.readlink(copy / "link") == "kept.d/a.conf"
+    assert not (copy / "going.dpkg-new").exists()
+    assert not (copy / "gone.d" / "c.conf").exists()
