@@ -41,12 +41,11 @@ def transport_for(target: RemoteTarget) -> SubprocessTransport:
 
 _PY36 = '''#!/bin/sh
 # python3 as Python 3.6 would look to kensa's agent: no dataclasses, no typing.Protocol,
-# runtime_checkable or Literal. Run as: python3 [-I] [-B] -c SOURCE [ARGS...]
-[ "$1" = "-I" ] && shift
-[ "$1" = "-B" ] && shift
+# runtime_checkable or Literal. Run as: python3 [FLAGS...] -c SOURCE [ARGS...]
+while [ "$1" != "-c" ] && [ "${1#-}" != "$1" ]; do shift; done
 [ "$1" = "-c" ] || exec {python} "$@"
 shift
-exec {python} -I -B -c '
+exec {python} -I -S -B -c '
 import sys, typing
 sys.modules["dataclasses"] = None
 for name in ("Protocol", "runtime_checkable", "Literal"):
@@ -104,9 +103,9 @@ def logging_python(directory: Path, log: Path, version: str = "") -> str:
     wrapper = directory / "python3"
     wrapper.write_text(
         f"#!/bin/sh\necho start >> {log}\n"
-        '[ "$1" = "-I" ] && shift\n[ "$1" = "-B" ] && shift\n'
+        'while [ "$1" != "-c" ] && [ "${1#-}" != "$1" ]; do shift; done\n'
         f'[ "$1" = "-c" ] || exec {sys.executable} "$@"\nshift\n'
-        f"exec {sys.executable} -I -B -c '\nimport sys\n{fake}source = sys.argv[1]\n"
+        f"exec {sys.executable} -I -S -B -c '\nimport sys\n{fake}source = sys.argv[1]\n"
         'sys.argv = ["-c"] + sys.argv[2:]\nexec(compile(source, "<string>", "exec"))\n\' "$@"\n'
     )
     wrapper.chmod(0o755)

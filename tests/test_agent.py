@@ -463,3 +463,36 @@ def test_a_python3_older_than_36_is_passed_over_for_a_newer_python3x(root: Path,
     finally:
         host.close()
     assert log.read_text().split() == ["start"]
+
+
+def _handler_modules(host: Any, root: Path) -> List[str]:
+    """The kensa.handlers modules the agent has imported so far (a second hello asks it)."""
+    return list(host.connection.request("hello", root=str(root))["handler_modules"])
+
+
+def test_the_agent_imports_a_handler_module_on_the_first_request_naming_its_mechanism(root: Path) -> None:
+    """A run uses a few of the mechanisms: the agent starts without importing any handler module and
+    imports a mechanism's own module (and what that imports) on the first request that names it."""
+    host = connect(transport("lazy"), str(root))
+    try:
+        assert host.hello["handler_modules"] == []
+        assert host.hello["mechanisms"] == sorted(default_registry())
+        handlers = host.handlers(default_registry())
+        params = {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin", "value": "no", "separator": " "}
+        handlers["config_set"].capture(host, params)
+        loaded = _handler_modules(host, root)
+        assert "kensa.handlers.config_set" in loaded
+        assert not {"kensa.handlers.packages", "kensa.handlers.services", "kensa.handlers.grub"} & set(loaded)
+        assert host.run_phase("file_content", Phase.VALIDATE, {"path": "/etc/motd", "content": "welcome\n"}) is True
+        assert "kensa.handlers.file_content" in _handler_modules(host, root)
+    finally:
+        host.close()
+
+
+def test_the_payload_s_handler_index_names_every_built_in_mechanism_and_its_class() -> None:
+    """On the target, kensa.handlers is the index the agent loads handlers by, built from the
+    controller's registry when the payload is built (not a second list)."""
+    index: dict = {}
+    exec(compile(build_payload().modules["kensa.handlers"][1], "<index>", "exec"), index)
+    expected = {name: [type(handler).__module__, type(handler).__qualname__] for name, handler in default_registry().items()}
+    assert {name: list(where) for name, where in index["INDEX"].items()} == expected

@@ -18,10 +18,17 @@ import annotations`` is dropped and every annotation becomes a string constant
 whole (``kensa``, ``kensa.hosts``) are sent empty. The modules are JSON,
 zlib-compressed; the SHA-256 of those bytes names the payload.
 
+``kensa.handlers`` itself is not sent as it is: its registry imports every
+handler module, and a run uses a few. On the target it is the handler index
+(made from :data:`kensa.handlers.HANDLERS` when the payload is built):
+``INDEX``, mechanism -> (module, class), by which the agent imports a
+handler's module on the first request naming its mechanism.
+
 :func:`agent_command` is the POSIX ``sh -c`` command that finds a Python 3
 (``python3``, ``/usr/libexec/platform-python``, then ``python3.X`` newest
 first), runs the bootstrap with it (``-I``: no ``PYTHON*`` variables or user
-site; ``-B``: no bytecode files written for the standard library it imports), or exits with status :data:`NO_PYTHON`
+site; ``-S``: no site-packages, as the agent imports only the standard library and its
+payload; ``-B``: no bytecode files written for the standard library it imports), or exits with status :data:`NO_PYTHON`
 and a message listing what it tried. Given an interpreter (``python=``, an
 absolute path: :func:`check_python`), it runs exactly that one and tries no other.
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -53,6 +61,12 @@ TARGET_SIDE = ("kensa.model", "kensa.errors", "kensa.hosts", "kensa.handlers", "
 
 # Sent on the command line, not in the payload; and the controller's own side.
 _NOT_SENT = frozenset({"kensa.hosts.agent.bootstrap"})
+
+#: The package the target gets as the handler index (see the module docstring).
+HANDLER_INDEX = "kensa.handlers"
+
+#: How the agent's Python is started: isolated, without site-packages, writing no bytecode.
+PYTHON_FLAGS = ("-I", "-S", "-B")
 
 #: The interpreters the bootstrap command tries, in order.
 PYTHONS = ("python3", "/usr/libexec/platform-python") + tuple(f"python3.{minor}" for minor in range(14, 5, -1))
@@ -259,11 +273,25 @@ def build_payload() -> Payload:
         return _BUILT
 
 
+def _handler_index(sources: Mapping[str, Tuple[bool, ast.Module]]) -> str:
+    """The target's ``kensa.handlers``: ``INDEX``, mechanism -> (module, class) of every built-in handler."""
+    # Read from the controller's registry when the payload is built: the one list of mechanisms.
+    registry = importlib.import_module(HANDLER_INDEX)
+    index: Dict[str, Tuple[str, str]] = {}
+    for cls in registry.HANDLERS:
+        if cls.__module__ not in sources or not cls.__module__.startswith(HANDLER_INDEX + "."):
+            raise AgentError(f"the handler of {cls.name!r} is {cls.__module__}.{cls.__qualname__}, "
+                             f"which is not a module of {HANDLER_INDEX} in the agent payload")
+        index[cls.name] = (cls.__module__, cls.__qualname__)
+    doc = '"""The handler index of the agent payload: mechanism -> (module, class)."""'
+    return f"{doc}\nINDEX = {dict(sorted(index.items()))!r}\n"
+
+
 def _build() -> Payload:
     sources = _collect()
     modules: Dict[str, Tuple[bool, str]] = {}
     for name, (is_package, tree) in sorted(sources.items()):
-        modules[name] = (is_package, _for_old_python(tree))
+        modules[name] = (is_package, _handler_index(sources) if name == HANDLER_INDEX else _for_old_python(tree))
         parts = name.split(".")
         for depth in range(1, len(parts)):
             parent = ".".join(parts[:depth])
@@ -293,7 +321,7 @@ def _guard() -> str:
         "    for later in range(index + 1, len(candidates)):\n"
         "        found = shutil.which(candidates[later])\n"
         "        if found:\n"
-        "            os.execv(found, [found, '-I', '-B', '-c', program, str(later), program])\n"
+        f"            os.execv(found, [found, {', '.join(map(repr, PYTHON_FLAGS))}, '-c', program, str(later), program])\n"
         f"    sys.stderr.write({NO_PYTHON_MESSAGE + ' (tried ' + ' '.join(PYTHONS) + ')'!r} + '\\n')\n"
         f"    sys.exit({NO_PYTHON})\n"
     )
@@ -326,18 +354,19 @@ def agent_command(sha256: str, cache: bool = False, python: Optional[str] = None
     """
     bootstrap = f"{bootstrap_source()}\nboot({sha256!r}, cache={bool(cache)!r})\n"
     program = f"{_guard()}exec(compile({bootstrap!r}, '<kensa-bootstrap>', 'exec'))\n"
+    flags = " ".join(PYTHON_FLAGS)
     if python is not None:
         quoted = shlex.quote(check_python(python, "the target"))
         # Index past the last candidate: the guard hands an old Python on to none.
         return ["/bin/sh", "-c", (
             f"k={shlex.quote(program)}; "
-            f"if [ -f {quoted} ] && [ -x {quoted} ]; then exec {quoted} -I -B -c \"$k\" {len(PYTHONS)} \"$k\"; fi; "
+            f"if [ -f {quoted} ] && [ -x {quoted} ]; then exec {quoted} {flags} -c \"$k\" {len(PYTHONS)} \"$k\"; fi; "
             f"echo {shlex.quote(f'{NO_PYTHON_MESSAGE} (tried {python})')} >&2; exit {NO_PYTHON}")]
     tried = " ".join(PYTHONS)
     script = (
         f"k={shlex.quote(program)}; i=0; "
         f"for p in {' '.join(shlex.quote(p) for p in PYTHONS)}; do "
-        "if command -v \"$p\" >/dev/null 2>&1; then exec \"$p\" -I -B -c \"$k\" \"$i\" \"$k\"; fi; "
+        f"if command -v \"$p\" >/dev/null 2>&1; then exec \"$p\" {flags} -c \"$k\" \"$i\" \"$k\"; fi; "
         "i=$((i + 1)); done; "
         f"echo {shlex.quote(f'{NO_PYTHON_MESSAGE} (tried {tried})')} >&2; exit {NO_PYTHON}"
     )

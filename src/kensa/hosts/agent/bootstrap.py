@@ -10,8 +10,9 @@ the one given on the command line. It then installs a meta-path importer that
 loads the payload's modules from memory (and refuses every other ``kensa``
 module, so a kensa installed on the target is never mixed in), supplies what
 an old Python lacks (:mod:`kensa.hosts.agent.compat`), and runs
-:func:`kensa.hosts.agent.server.serve` with the built-in handlers
-(:func:`kensa.handlers.default_registry`: this is the target's wiring).
+:func:`kensa.hosts.agent.server.serve` with the built-in handlers (the
+payload's handler index, ``kensa.handlers.INDEX``, each handler's module
+imported on its first use: this is the target's wiring).
 
 With ``cache`` off nothing is written to the target's disk. With it on, the
 payload's modules compiled by this Python are kept in one file,
@@ -235,6 +236,6 @@ def boot(expected: str, cache: bool = False) -> None:
         del sys.modules[name]
     compat = __import__("kensa.hosts.agent.compat", fromlist=["install"])
     supplied = compat.install()
-    handlers = __import__("kensa.handlers", fromlist=["default_registry"])
+    index = __import__("kensa.handlers", fromlist=["INDEX"]).INDEX
     server = __import__("kensa.hosts.agent.server", fromlist=["serve"])
-    os._exit(server.serve(read_fd, write_fd, found, handlers.default_registry(), supplied, cached))
+    os._exit(server.serve(read_fd, write_fd, found, server.IndexedHandlers(index), supplied, cached))

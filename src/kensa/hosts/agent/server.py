@@ -2,11 +2,14 @@
 
 The bootstrap (:mod:`kensa.hosts.agent.bootstrap`) loads the payload and calls
 :func:`serve` with the protocol's two file descriptors and the built-in
-handlers (it is the target's wiring, as :mod:`kensa.factory` is the controller's). The first request must
+handlers, as :class:`IndexedHandlers` of the payload's handler index (it is the
+target's wiring, as :mod:`kensa.factory` is the controller's): a handler's
+module is imported, and its one instance made, on the first request that
+names its mechanism, as a run uses a few of them. The first request must
 be ``hello``, naming the target root: the agent then holds one
 :class:`kensa.hosts.local.LocalHost` of that root, so every path is confined by
-exactly the rules of a local run (symlinks, ``..``, mounts, ``/proc/PID/root``),
-and one instance of each built-in handler. Every later request is one call:
+exactly the rules of a local run (symlinks, ``..``, mounts, ``/proc/PID/root``).
+Every later request is one call:
 
 - a read or write of the host (``info``, ``read_file``, ``read_bytes``, ``list_dir``,
   ``lookup_id``, ``run``, ``leftover_temps``, ``write_file``, ...), with
@@ -27,19 +30,20 @@ The loop ends when the controller closes the connection.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import select
 import subprocess
 import sys
 import threading
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import StepPhaseError, UnknownMechanismError
 from kensa.hosts.agent.wire import HEADER, PROTOCOL, FrameError, decode_value, encode_error, encode_value, frame, frame_length, parse
 from kensa.hosts.local import LocalHost
 
-__all__ = ["BATCH_CALLS", "HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "serve"]
+__all__ = ["BATCH_CALLS", "HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "IndexedHandlers", "serve"]
 
 #: The host methods a request may call by name.
 HOST_CALLS = frozenset({
@@ -63,6 +67,40 @@ def _completed(done: "subprocess.CompletedProcess[str]") -> Dict[str, Any]:
     return {"args": list(done.args), "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 
 
+class IndexedHandlers(Mapping[str, Any]):
+    """mechanism -> handler, from an index of mechanism -> (module, class name): the module is
+    imported and the handler made on the first lookup of its mechanism, then kept.
+
+    A module that fails to import, or a class whose ``name`` is not its mechanism, is an
+    error of that lookup (it propagates): the index is wrong, and nothing is guessed."""
+
+    def __init__(self, index: Mapping[str, Sequence[str]]) -> None:
+        self._index: Dict[str, Tuple[str, str]] = {name: (str(where[0]), str(where[1])) for name, where in index.items()}
+        self._made: Dict[str, Any] = {}
+
+    def __getitem__(self, mechanism: str) -> Any:
+        handler = self._made.get(mechanism)
+        if handler is None:
+            module, qualname = self._index[mechanism]
+            cls = getattr(importlib.import_module(module), qualname)
+            if getattr(cls, "name", None) != mechanism:
+                raise UnknownMechanismError(f"the handler index names {module}.{qualname} for {mechanism!r}, "
+                                            f"whose name is {getattr(cls, 'name', None)!r}")
+            handler = self._made[mechanism] = cls()
+        return handler
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def modules(self) -> List[str]:
+        """The modules of the indexed package imported so far (the handlers' and what they import)."""
+        package = {module.rpartition(".")[0] for module, _ in self._index.values()}
+        return sorted(name for name in list(sys.modules) if name.rpartition(".")[0] in package)
+
+
 class Agent:
     """The state of one connection: the confined host and the handlers."""
 
@@ -72,7 +110,7 @@ class Agent:
         self.supplied = list(supplied)
         self.cache = cache
         self.host: Optional[LocalHost] = None
-        self.handlers: Dict[str, Any] = dict(handlers)
+        self.handlers = handlers
         self._interned: Dict[str, Any] = {}
 
     def answer(self, request: Mapping[str, Any]) -> Dict[str, Any]:
@@ -129,6 +167,7 @@ class Agent:
             "identity": self.host.identity,
             "max_file_bytes": self.host.max_file_bytes,
             "mechanisms": sorted(self.handlers),
+            "handler_modules": self.handlers.modules() if isinstance(self.handlers, IndexedHandlers) else [],
         }
 
     def _params(self, encoded: Any) -> Any:
@@ -220,8 +259,9 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
           cache: str = "off") -> int:
     """Answer requests from ``read_fd`` on ``write_fd`` until the controller closes it; the exit status.
 
-    ``handlers`` (mechanism -> handler) is what the bootstrap wires in:
-    :func:`kensa.handlers.default_registry`, since this package lies below the handlers.
+    ``handlers`` (mechanism -> handler) is what the bootstrap wires in: the built-in handlers as
+    :class:`IndexedHandlers` of the payload's ``kensa.handlers.INDEX``, since this package lies
+    below the handlers.
     ``supplied`` is what :func:`kensa.hosts.agent.compat.install` supplied and ``cache`` what the
     bootstrap did with its compiled-payload cache; ``hello`` reports both."""
     agent = Agent(payload_hash, handlers, supplied, cache)
