@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from benchmarks import fleetwork
 from benchmarks.cpuacct import CpuGroup
 from benchmarks.procmem import PeakMemory, _ssh_clients
-from benchmarks.sshrig import Rig
+from benchmarks.sshrig import LOGIN_HOMES, Rig
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -211,7 +211,8 @@ def render(result: Dict[str, Any]) -> str:
     rows = result["tools"]
     lines = [
         f"FLEET: {result['rules']} rules on hosts over loopback SSH ({result['servers']} sshd), "
-        f"{result['workers']} hosts in flight, one run each, OpenSSH key exchange {result.get('kex', 'default')}",
+        f"{result['workers']} hosts in flight, one run each, OpenSSH key exchange {result.get('kex', 'default')}, "
+        f"root's home on the servers: {result.get('login_home', 'machine')}",
         f"{'tool':<17} {'hosts':>5} {'changes':>7} {'wall s':>8} {'changes/s':>9} {'peak MiB':>8} {'main MiB':>8} {'procs':>5} "
         f"{'ctl CPU s':>9} {'tgt CPU s':>9} {'CPU ms/change':>13}  result",
     ]
@@ -272,6 +273,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--memory-hosts", default="", help="also measure kensa's memory with these many hosts connected, e.g. 1,10,50")
     p.add_argument("--kex", default=KEX, help=f"key exchange of the OpenSSH logins, kensa's and Ansible's (default {KEX}, "
                    "as pyinfra's paramiko negotiates; '' keeps OpenSSH's default, post-quantum sntrup761x25519 on 9.x)")
+    p.add_argument("--login-home", choices=LOGIN_HOMES, default="fresh",
+                   help="root's home on the sshd servers: 'fresh' (Debian's default dotfiles, as on a new host; the "
+                        "default) or 'machine' (this machine's, whose .bashrc every SSH session runs)")
     p.add_argument("--scratch", default="/var/tmp", help="where the hosts' roots and the journal go (disk-backed)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (roots, outputs) and print where it is")
@@ -288,7 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     trees: Dict[str, List[Host]] = {}
     memory: List[Dict[str, Any]] = []
     try:
-        with Rig(servers, base=str(scratch)) as rig:
+        with Rig(servers, base=str(scratch), login_home=args.login_home) as rig:
             global TARGETS
             TARGETS = CpuGroup("targets")
             for server in rig.servers:
@@ -333,7 +337,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for peer in ratios if "cpu_ms_per_change" in results[peer] and "cpu_ms_per_change" in results["kensa"]
     }
     result: Dict[str, Any] = {
-        "rules": args.rules, "workers": args.workers, "servers": servers, "kex": args.kex or "OpenSSH's default",
+        "rules": args.rules, "workers": args.workers, "servers": servers, "kex": args.kex or "OpenSSH's default", "login_home": args.login_home,
         "tools": results, "ratios": ratios, "cpu_ratios": cpu_ratios,
         "memory": memory, "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
     }

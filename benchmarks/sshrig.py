@@ -8,11 +8,22 @@ nothing of the operator's ssh setup is touched. Hosts are (server, root
 directory) pairs: several hosts share one server, each confined to its own
 directory, which is what kensa's ``kensa_root`` and the peers' paths under
 the root point at. Everything is stopped and removed at exit.
+
+**Root's home on the servers.** Every command a tool runs over SSH is started
+by root's login shell, and bash run by sshd reads ``~/.bashrc``. A tool that
+opens a session per command (Ansible per task, pyinfra per command) pays that
+per command; kensa pays it once per host. This machine's ``/root/.bashrc``
+starts pyenv (about 190 ms of CPU per session), which a target host does not.
+By default (``login_home="fresh"``) each sshd runs in a private mount
+namespace where root's home is a fresh directory holding Debian's default
+dotfiles for root (``/usr/share/base-files/dot.bashrc`` and ``dot.profile``),
+as on a newly installed host; ``login_home="machine"`` keeps this machine's.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -24,6 +35,12 @@ from types import TracebackType
 from typing import List, Optional, Type
 
 SSHD = "/usr/sbin/sshd"
+
+#: Debian's default dotfiles for root (base-files), else the ones for new users.
+_DOTFILES = {".bashrc": ("/usr/share/base-files/dot.bashrc", "/etc/skel/.bashrc"),
+             ".profile": ("/usr/share/base-files/dot.profile", "/etc/skel/.profile")}
+
+LOGIN_HOMES = ("fresh", "machine")
 
 
 def missing() -> Optional[str]:
@@ -48,11 +65,28 @@ def keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, stdin=subprocess.DEVNULL)
 
 
-def start_sshd(config: Path, port: int, log: Path) -> "Optional[subprocess.Popen[bytes]]":
+def fresh_home(directory: Path) -> Path:
+    """``directory`` made a home like a newly installed host's root's: its default dotfiles only."""
+    directory.mkdir(mode=0o700)
+    for name, candidates in _DOTFILES.items():
+        source = next((path for path in candidates if os.path.isfile(path)), None)
+        if source is None:
+            raise RuntimeError(f"no default {name} for root's fresh home (looked for {', '.join(candidates)})")
+        shutil.copyfile(source, directory / name)
+    return directory
+
+
+def start_sshd(config: Path, port: int, log: Path, home: Optional[Path] = None) -> "Optional[subprocess.Popen[bytes]]":
     """``sshd -D`` with ``config`` (listening on ``port``), logging to ``log``; the process once it
-    sends its banner, or None (stopped) when it exits or stays silent for 10 s."""
+    sends its banner, or None (stopped) when it exits or stays silent for 10 s. With ``home``,
+    sshd runs in a private mount namespace where root's home directory is ``home``."""
+    argv = [SSHD, "-D", "-e", "-f", str(config)]
+    if home is not None:
+        # unshare and sh exec in turn, so the process started is sshd itself.
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" "$1" && shift && exec "$@"', str(home), pwd.getpwuid(0).pw_dir] + argv
     with open(log, "ab") as out:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -79,7 +113,8 @@ def stop_sshd(proc: "Optional[subprocess.Popen[bytes]]") -> None:
 class Server:
     """One sshd on 127.0.0.1."""
 
-    def __init__(self, base: Path, index: int, authorized: Path) -> None:
+    def __init__(self, base: Path, index: int, authorized: Path, home: Optional[Path] = None) -> None:
+        self.home = home
         self.dir = base / f"sshd{index}"
         self.dir.mkdir()
         self.host_key = self.dir / "host_ed25519"
@@ -99,7 +134,7 @@ class Server:
                 "PermitRootLogin prohibit-password\nMaxStartups 500\nMaxSessions 500\nLogLevel ERROR\n"
                 "Subsystem sftp internal-sftp\n"
             )
-            self.proc = start_sshd(config, self.port, self.dir / "sshd.log")
+            self.proc = start_sshd(config, self.port, self.dir / "sshd.log", self.home)
             if self.proc is not None:
                 return
         raise RuntimeError(f"sshd did not start: {(self.dir / 'sshd.log').read_text()[-2000:]}")
@@ -114,11 +149,15 @@ class Server:
 
 
 class Rig:
-    """``servers`` loopback sshd instances, a client key and a private known_hosts file."""
+    """``servers`` loopback sshd instances, a client key and a private known_hosts file;
+    ``login_home`` is root's home on the servers (see the module docstring)."""
 
-    def __init__(self, servers: int, base: Optional[str] = None) -> None:
+    def __init__(self, servers: int, base: Optional[str] = None, login_home: str = "fresh") -> None:
+        if login_home not in LOGIN_HOMES:
+            raise ValueError(f"login_home {login_home!r}: expected one of {', '.join(LOGIN_HOMES)}")
         self.count = servers
         self.base_dir = base
+        self.login_home = login_home
         self.servers: List[Server] = []
 
     def __enter__(self) -> "Rig":
@@ -132,8 +171,15 @@ class Rig:
             keygen(self.key)
             authorized = self.dir / "authorized_keys"
             shutil.copyfile(f"{self.key}.pub", authorized)
+            home = None
+            if self.login_home == "fresh":
+                root_home = os.path.realpath(pwd.getpwuid(0).pw_dir)
+                if os.path.realpath(self.dir).startswith(root_home.rstrip("/") + "/"):
+                    raise RuntimeError(f"the rig's directory {self.dir} is under root's home {root_home}, which the "
+                                       "servers replace with a fresh one: put it elsewhere (or use the machine's home)")
+                home = fresh_home(self.dir / "root-home")
             for index in range(self.count):
-                server = Server(self.dir, index, authorized)
+                server = Server(self.dir, index, authorized, home)
                 server.start()
                 self.servers.append(server)
             self.known_hosts = self.dir / "known_hosts"

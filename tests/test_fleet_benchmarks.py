@@ -69,3 +69,35 @@ def test_the_fleet_inventory_gives_kensa_the_python_ansible_is_given(tmp_path: P
     configured = [line for line in fleetwork.ansible_cfg(tmp_path, 2, tmp_path / "known").splitlines()
                   if line.startswith("interpreter_python")]
     assert configured == [f"interpreter_python = {pythons.pop()}"] and not pythons
+
+
+@pytest.mark.parametrize("login_home", ["fresh", "machine"])
+def test_the_rig_s_sessions_run_with_the_root_home_asked_for(login_home: str) -> None:
+    """With ``login_home="fresh"`` a command over the rig's SSH runs with root's home replaced by one
+    holding Debian's default dotfiles (so no tool pays this machine's own .bashrc per session), and
+    this machine's /root is untouched; with "machine" it is this machine's home."""
+    require_root("the sshd rig needs root")
+    if not (REPO / "benchmarks").is_dir():
+        pytest.skip("not a source checkout")
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks.sshrig import _DOTFILES, Rig, missing
+    finally:
+        sys.path.remove(str(REPO))
+    if missing() is not None:
+        require_real(f"the sshd rig cannot run: {missing()}")
+    home = os.path.expanduser("~root")
+    before = sorted(os.listdir(home))
+    with Rig(1, login_home=login_home) as rig:
+        server = rig.servers[0]
+        done = subprocess.run(
+            ["ssh", "-i", str(rig.key), "-p", str(server.port), *[arg for opt in rig.ssh_options() for arg in ("-o", opt)],
+             "root@127.0.0.1", "ls -A ~; cat ~/.bashrc"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    if login_home == "fresh":
+        assert done.stdout.split("\n")[:2] == [".bashrc", ".profile"]
+        default = next(path for path in _DOTFILES[".bashrc"] if os.path.isfile(path))
+        assert done.stdout.endswith(Path(default).read_text())
+    else:
+        assert done.stdout.endswith(Path(home, ".bashrc").read_text())
+    assert sorted(os.listdir(home)) == before
