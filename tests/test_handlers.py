@@ -421,7 +421,6 @@ BAD_PARAMS = [
     ("file_content", {"path": "/etc/x", "content": "x", "group": ["staff"]}),
     ("file_content", {"path": "/", "content": "x"}),
     ("file_content", {"path": "/etc/ssh", "content": "x"}),
-    ("file_content", {"path": "/etc/nodir/x", "content": "x"}),
     ("file_absent", {"path": "/srv/data"}),
     ("file_permissions", {"path": "/etc/issue"}),
     ("file_permissions", {"path": "/etc/absent", "mode": "0600"}),

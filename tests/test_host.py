@@ -519,3 +519,66 @@ def test_a_bad_mtime_is_refused_before_anything_changes(root: Path) -> None:
     st = os.stat(path)
     assert path.read_text() == "old\n" and stat.S_IMODE(st.st_mode) == 0o644 and st.st_mtime_ns == 77
     assert os.listdir(root / "etc") == ["conf"]
+
+
+@pytest.mark.parametrize("path", ["/etc/sysctl.d/99-x.conf", "/nodir/a/b"])
+def test_a_read_below_a_directory_that_is_not_there_finds_nothing(root: Path, path: str) -> None:
+    """The protocol's reads answer None when nothing exists at the path, also when a directory on
+    the way is missing: a check of a file in a drop-in directory the host lacks is then "not
+    there", not an error. (A file where a directory should be stays an error, as for leftover temps.)"""
+    (root / "etc" / "motd").write_text("hello\n")
+    host = LocalHost(str(root))
+    with pytest.raises(HostAccessError, match="not a directory"):
+        host.info("/etc/motd/inside")
+    assert host.info(path) is None
+    assert host.info(path, content=True) is None
+    assert host.read_file(path) is None
+    assert host.read_bytes(path) is None
+    assert host.list_dir(path) is None
+
+
+def test_a_read_through_a_symlinked_directory_is_still_refused(root: Path, tmp_path: Path) -> None:
+    """Finding nothing below a missing directory does not soften the confinement: a symlink on
+    the way is refused as before."""
+    (tmp_path / "elsewhere").mkdir()
+    (root / "etc" / "sysctl.d").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(KensaError, match="symlink"):
+        LocalHost(str(root)).info("/etc/sysctl.d/99-x.conf")
+
+
+def test_reads_of_a_removed_root_are_an_error_not_nothing_there(root: Path) -> None:
+    """A target root deleted after the host was made is an error for every read, also those that
+    find "nothing there" below a missing directory; it never looks like an empty host."""
+    host = LocalHost(str(root))
+    shutil.rmtree(root)
+    for call in (lambda: host.info("/etc/conf"), lambda: host.list_dir("/etc"), lambda: host.leftover_temps("/etc/conf")):
+        with pytest.raises(HostAccessError, match="was removed"):
+            call()
+
+
+def test_a_step_writing_below_a_missing_directory_is_refused_at_capture(root: Path) -> None:
+    """Reads find nothing below a missing directory, so checks and validates say "not there"; a
+    step that would write a file there is refused by its capture, before anything changes."""
+    from kensa.handlers import default_registry
+
+    registry, host = default_registry(), LocalHost(str(root))
+    assert registry["file_absent"].validate(host, {"path": "/etc/cron.d/leftover"}) is True
+    assert registry["file_content"].validate(host, {"path": "/etc/cron.d/job", "content": "x\n"}) is False
+    with pytest.raises(HostAccessError, match="directory 'cron.d' does not exist; create it first"):
+        registry["file_content"].capture(host, {"path": "/etc/cron.d/job", "content": "x\n"})
+    with pytest.raises(HostAccessError, match="'cron.d' does not exist"):
+        registry["file_content"].apply(host, {"path": "/etc/cron.d/job", "content": "x\n"}, None)
+    with pytest.raises(HostAccessError, match="directory 'a' does not exist"):
+        registry["config_set"].capture(host, {"path": "/etc/a/b/c.conf", "key": "k", "value": "v"})
+    assert not (root / "etc" / "cron.d").exists()
+
+
+def test_a_sysctl_check_on_a_host_without_sysctl_d_is_not_compliant_rather_than_an_error(root: Path) -> None:
+    """sysctl_set's validate on a root that has the kernel value but no /etc/sysctl.d says the
+    step does not hold (the persisted file is missing); it does not fail reading it."""
+    from kensa.handlers import default_registry
+
+    (root / "proc" / "sys" / "net" / "ipv4").mkdir(parents=True)
+    (root / "proc" / "sys" / "net" / "ipv4" / "ip_forward").write_text("0\n")
+    handler = default_registry()["sysctl_set"]
+    assert handler.validate(LocalHost(str(root)), {"key": "net.ipv4.ip_forward", "value": "0"}) is False

@@ -7,12 +7,13 @@ from it after a crash.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from kensa.errors import KensaError
+from kensa.errors import HostAccessError, KensaError
 from kensa.hosts.local import DEFAULT_FILE_MODE, FileInfo, FileKind
 from kensa.model import Assessment, Drift, PreState, RollbackResult
 from kensa.hosts.protocol import Host, ReadableHost
@@ -39,8 +40,26 @@ def _describe(path: str, info: Optional[FileInfo], with_content: bool) -> Dict[s
 
 
 def capture_file(host: ReadableHost, path: str) -> Dict[str, Any]:
-    """Existence, bytes, mode, owner, group and xattrs of the regular file at ``path``."""
-    return _describe(path, host.read_file(path), True)
+    """Existence, bytes, mode, owner, group and xattrs of the regular file at ``path``.
+
+    An absent file whose directory does not exist either is refused here, before anything
+    changes: a step writes files, not the directories above them (:mod:`kensa.handlers.dirstate`
+    creates a drop-in directory where a mechanism says so, and reads through
+    :func:`kensa.facts.files.if_any`)."""
+    found = host.read_file(path)
+    if found is None:
+        _require_directory(host, path)
+    return _describe(path, found, True)
+
+
+def _require_directory(host: ReadableHost, path: str) -> None:
+    parts = [part for part in path.split("/") if part][:-1]
+    if not parts or host.info("/" + "/".join(parts)) is not None:
+        return
+    for depth in range(1, len(parts) + 1):
+        if host.info("/" + "/".join(parts[:depth])) is None:
+            raise HostAccessError(errno.ENOENT, f"path {host.where(path)}: directory {parts[depth - 1]!r} "
+                                                "does not exist; create it first")
 
 
 def capture_meta(host: ReadableHost, path: str) -> Dict[str, Any]:

@@ -415,9 +415,15 @@ class ConfinedRoot:
     def open_root(self) -> int:
         """A new fd of the root directory itself (:meth:`parent` refuses to name it); the caller closes it."""
         try:
-            return os.open(".", DIR_FLAGS, dir_fd=self._pin.fd)
+            fd = os.open(".", DIR_FLAGS, dir_fd=self._pin.fd)
+            removed = os.fstat(fd).st_nlink == 0
         except OSError as exc:
             raise HostAccessError(exc.errno, f"cannot open the target root {self.name}: {exc.strerror}") from exc
+        if removed:
+            # The pinned directory was deleted: every path below it would look absent.
+            os.close(fd)
+            raise HostAccessError(errno.ENOENT, f"the target root {self.name} was removed after kensa opened it")
+        return fd
 
     def listing(self, path: str, fd: int) -> List[str]:
         """The sorted names of the directory ``path`` open as ``fd``, which is closed."""
@@ -430,7 +436,9 @@ class ConfinedRoot:
 
     @contextlib.contextmanager
     def parent_if_any(self, path: str) -> Iterator[Optional[Tuple[int, str]]]:
-        """Like :meth:`parent`, but None when a directory on the way does not exist."""
+        """Like :meth:`parent`, but None when a directory on the way does not exist (a removed
+        root is still an error: everything below it would look absent)."""
+        os.close(self.open_root())
         with contextlib.ExitStack() as stack:
             found: Optional[Tuple[int, str]]
             try:

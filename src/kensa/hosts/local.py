@@ -212,9 +212,14 @@ class LocalHost(FileReaders, SymlinkOps):
     def info(self, path: str, *, content: bool = False) -> Optional[FileInfo]:
         """What exists at ``path`` (None when nothing does); bytes too when ``content``.
 
-        Refuses a symlink and anything that is neither a regular file nor a directory.
+        Refuses a symlink and anything that is neither a regular file nor a directory, at
+        ``path`` or on the way to it, and a file where a directory should be; a missing
+        directory on the way means nothing is there.
         """
-        with self._tree.parent(path) as (dir_fd, name):
+        with self._tree.parent_if_any(path) as found:
+            if found is None:
+                return None
+            dir_fd, name = found
             fd = self._tree.open_final(path, dir_fd, name, _READ_FLAGS)
             if fd is None:
                 return None
