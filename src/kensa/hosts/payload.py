@@ -45,10 +45,11 @@ import re
 import shlex
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Tuple, cast
 
 from kensa.errors import AgentError, UsageError
+from kensa.hosts import payloadcache
 
 __all__ = ["NO_PYTHON", "NO_PYTHON_MESSAGE", "PYTHONS", "ROOT_PACKAGES", "TARGET_SIDE", "Payload", "agent_command",
            "build_payload", "check_python", "for_old_python"]
@@ -82,11 +83,14 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass(frozen=True)
 class Payload:
-    """The modules sent to the target (name -> (is a package, source)), as sent, and their hash."""
+    """The modules sent to the target (name -> (is a package, source)), as sent, and their hash;
+    ``origin`` says whether it was built now or read from the controller's cache
+    (:mod:`kensa.hosts.payloadcache`), and what became of the cache."""
 
     modules: Mapping[str, Tuple[bool, str]]
     blob: bytes
     sha256: str
+    origin: str = "built"
 
 
 def _source_file(name: str) -> Optional[Tuple[bool, str]]:
@@ -269,8 +273,34 @@ def build_payload() -> Payload:
     global _BUILT
     with _BUILD_LOCK:
         if _BUILT is None:
-            _BUILT = _build()
+            _BUILT = _cached_or_built()
         return _BUILT
+
+
+def _cached_or_built() -> Payload:
+    """The payload kept by an earlier run of this same source and Python, else built and kept."""
+    print_ = payloadcache.fingerprint(_PACKAGE_DIR, TARGET_SIDE)
+    blob, found = payloadcache.load(print_)
+    if blob is not None:
+        modules = _modules_of(blob)
+        if modules is not None:
+            return Payload(modules, blob, hashlib.sha256(blob).hexdigest(), found)
+        found = f"refused: {found[len('cached: '):]} holds no payload"
+    built = _build()
+    return replace(built, origin=f"built ({found}); {payloadcache.store(print_, built.blob)}")
+
+
+def _modules_of(blob: bytes) -> Optional[Dict[str, Tuple[bool, str]]]:
+    """The modules of a payload's bytes, or None when they are not a payload's."""
+    try:
+        found = json.loads(zlib.decompress(blob).decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(found, dict) or not all(
+            isinstance(name, str) and isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], bool)
+            and isinstance(entry[1], str) for name, entry in found.items()):
+        return None
+    return {name: (entry[0], entry[1]) for name, entry in found.items()}
 
 
 def _handler_index(sources: Mapping[str, Tuple[bool, ast.Module]]) -> str:

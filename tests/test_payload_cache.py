@@ -1,0 +1,96 @@
+"""The controller keeps the built agent payload between runs, in a private file it checks before use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Tuple
+
+import pytest
+
+from conftest import require_root
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def payload_in(cache: Path, src: Path = SRC) -> Tuple[str, str]:
+    """(origin, sha256) of the payload a fresh process of the kensa in ``src`` gets, caching in ``cache``."""
+    code = "from kensa.hosts.payload import build_payload; p = build_payload(); print(p.origin); print(p.sha256)"
+    env = dict(os.environ, PYTHONPATH=str(src), XDG_CACHE_HOME=str(cache))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    origin, sha256 = done.stdout.splitlines()
+    return origin, sha256
+
+
+def kept(cache: Path) -> list:
+    return sorted(path.name for path in (cache / "kensa").glob("payload-*.bin"))
+
+
+def test_a_second_run_of_the_same_kensa_reads_the_payload_it_kept(tmp_path: Path) -> None:
+    """The first run builds and keeps the payload (one private file); the next reads it and sends
+    exactly the bytes a build gives."""
+    first, built = payload_in(tmp_path)
+    assert first.startswith("built (absent:") and "; kept: " in first
+    assert len(kept(tmp_path)) == 1
+    assert (tmp_path / "kensa").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "kensa" / kept(tmp_path)[0]).stat().st_mode & 0o777 == 0o600
+    second, cached = payload_in(tmp_path)
+    assert second.startswith("cached: ") and cached == built
+
+
+def test_a_changed_source_names_another_payload_and_the_old_one_is_removed(tmp_path: Path) -> None:
+    """Editing a target-side module changes the fingerprint: the payload is built again, and the
+    copy of the old source is removed when the new one is kept."""
+    copy = tmp_path / "src"
+    shutil.copytree(SRC / "kensa", copy / "kensa", ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / "cache"
+    _, before = payload_in(cache, copy)
+    old = kept(cache)
+    with open(copy / "kensa" / "facts" / "files.py", "a") as handle:
+        handle.write("\nEDITED = True\n")
+    origin, after = payload_in(cache, copy)
+    assert origin.startswith("built (absent:") and after != before
+    assert len(kept(cache)) == 1 and kept(cache) != old
+
+
+def _damage_body(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda d, f: os.chmod(d, 0o755), "has mode 0755"),
+    (lambda d, f: os.chmod(f, 0o644), "has mode 0644"),
+    (lambda d, f: _damage_body(f), "fails its hash"),
+])
+def test_a_cache_that_cannot_be_trusted_is_not_used(tmp_path: Path, damage: object, why: str) -> None:
+    """A cache directory or file others may access, or a copy that fails its hash, is refused (the
+    payload is code every target runs) and the payload is built; a refused directory is not written."""
+    _, built = payload_in(tmp_path)
+    directory = tmp_path / "kensa"
+    file = directory / kept(tmp_path)[0]
+    damage(directory, file)  # type: ignore[operator]
+    origin, sha256 = payload_in(tmp_path)
+    assert origin.startswith("built (refused: ") and why in origin and sha256 == built
+    if "0755" in why:
+        assert "not kept" in origin
+
+
+def test_a_symlinked_or_foreign_cache_directory_is_refused(tmp_path: Path) -> None:
+    """The directory is never reached through a symlink, and one owned by another user is refused."""
+    require_root("changing a directory's owner needs root")
+    real = tmp_path / "real"
+    payload_in(real)
+    link = tmp_path / "link"
+    link.mkdir()
+    (link / "kensa").symlink_to(real / "kensa")
+    origin, _ = payload_in(link)
+    assert origin.startswith("built (off: cannot open") and "not kept" in origin
+    os.chown(real / "kensa", 65534, 65534)
+    origin, _ = payload_in(real)
+    assert origin.startswith("built (refused: ") and "owned by uid 65534" in origin
