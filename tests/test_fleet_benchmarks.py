@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import require_real, require_root
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def benchmark_module(name: str) -> Any:
+    """``benchmarks.NAME`` of this checkout (skips in an sdist's copy of the tests)."""
+    if not (REPO / "benchmarks").is_dir():
+        pytest.skip("not a source checkout")
+    sys.path.insert(0, str(REPO))
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    finally:
+        sys.path.remove(str(REPO))
 
 
 def _run(*argv: str, timeout: float = 600) -> "subprocess.CompletedProcess[str]":
@@ -54,13 +67,7 @@ def test_fleet_benchmark_runs_kensa_over_ssh_and_verifies_the_hosts(tmp_path: Pa
 def test_the_fleet_inventory_gives_kensa_the_python_ansible_is_given(tmp_path: Path) -> None:
     """kensa reads the benchmark's shared inventory as running ansible.cfg's interpreter_python on every host,
     so both tools start the same Python."""
-    if not (REPO / "benchmarks").is_dir():
-        pytest.skip("not a source checkout")
-    sys.path.insert(0, str(REPO))
-    try:
-        from benchmarks import fleetwork
-    finally:
-        sys.path.remove(str(REPO))
+    fleetwork = benchmark_module("fleetwork")
     from kensa.inventory import load_inventory
 
     fleetwork.inventory(tmp_path / "inventory.ini", [("h0", 2200, tmp_path / "r0"), ("h1", 2201, tmp_path / "r1")],
@@ -77,18 +84,12 @@ def test_the_rig_s_sessions_run_with_the_root_home_asked_for(login_home: str) ->
     holding Debian's default dotfiles (so no tool pays this machine's own .bashrc per session), and
     this machine's /root is untouched; with "machine" it is this machine's home."""
     require_root("the sshd rig needs root")
-    if not (REPO / "benchmarks").is_dir():
-        pytest.skip("not a source checkout")
-    sys.path.insert(0, str(REPO))
-    try:
-        from benchmarks.sshrig import _DOTFILES, Rig, missing
-    finally:
-        sys.path.remove(str(REPO))
-    if missing() is not None:
-        require_real(f"the sshd rig cannot run: {missing()}")
+    sshrig = benchmark_module("sshrig")
+    if sshrig.missing() is not None:
+        require_real(f"the sshd rig cannot run: {sshrig.missing()}")
     home = os.path.expanduser("~root")
     before = sorted(os.listdir(home))
-    with Rig(1, login_home=login_home) as rig:
+    with sshrig.Rig(1, login_home=login_home) as rig:
         server = rig.servers[0]
         done = subprocess.run(
             ["ssh", "-i", str(rig.key), "-p", str(server.port), *[arg for opt in rig.ssh_options() for arg in ("-o", opt)],
@@ -96,7 +97,7 @@ def test_the_rig_s_sessions_run_with_the_root_home_asked_for(login_home: str) ->
     assert done.returncode == 0, done.stderr
     if login_home == "fresh":
         assert done.stdout.split("\n")[:2] == [".bashrc", ".profile"]
-        default = next(path for path in _DOTFILES[".bashrc"] if os.path.isfile(path))
+        default = next(path for path in sshrig._DOTFILES[".bashrc"] if os.path.isfile(path))
         assert done.stdout.endswith(Path(default).read_text())
     else:
         assert done.stdout.endswith(Path(home, ".bashrc").read_text())
