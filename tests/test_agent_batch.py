@@ -221,3 +221,56 @@ def test_a_planned_view_of_a_remote_host_is_read_through_the_view(root: Path) ->
         assert "aide" in detect_capabilities(view) and "aide" not in observe(host).capabilities
     finally:
         host.close()
+
+
+_BAD_PHASE_AGENT = _BAD_BATCH_AGENT.replace("batch = request()", "phase = request()")
+
+
+class _BadPhaseTransport(_BadBatchTransport):
+    """A target whose agent says hello properly and then answers the first handler phase with ``answer``."""
+
+    def __init__(self, answer: str) -> None:
+        super().__init__(answer)
+        self.script = _BAD_PHASE_AGENT.format(ready=READY, answer=answer)
+
+
+_PARAMS = {"path": "/etc/motd", "content": "hello\n"}
+
+
+@pytest.mark.parametrize("call, answer, match", [
+    ("validate", '{"ok": "yes"}', "answered validate with str, which is not what validate answers"),
+    ("validate", '{"ok": {"d": {}}}', "answered validate with dict"),
+    ("apply", '{"ok": 5}', "answered apply with int"),
+    ("apply", '{"ok": {"d": {"ok": true}}}', "answered apply with dict"),
+    ("capture", '{"ok": {"d": {"pre": 5, "planned": null}}}', "answered capture with dict"),
+    ("capture", '{"ok": "pre"}', "answered capture with str"),
+    ("rollback", '{"ok": null}', "answered rollback with NoneType"),
+    ("run_phase", '{"ok": "yes"}', "answered validate with str"),
+    ("assess", '{"ok": 1}', "answered assess with int"),
+])
+def test_a_handler_phase_answered_with_the_wrong_type_is_an_agent_error(root: Path, call: str, answer: str,
+                                                                         match: str) -> None:
+    """A target that answers a handler phase with a value that phase does not answer (a validate
+    that says "yes", an apply without a StepResult) is AgentError naming the host, and the
+    connection is closed; the engine never takes such a value for a result (a "yes" is not True)."""
+    from kensa.handlers import default_registry
+    from kensa.model import Phase, PreState
+
+    host = connect(_BadPhaseTransport(answer), str(root))
+    handler = host.handlers(default_registry())["file_content"]
+    pre = PreState("file_content", _PARAMS, {"path": "/etc/motd"})
+    calls = {
+        "validate": lambda: handler.validate(host, _PARAMS),
+        "apply": lambda: handler.apply(host, _PARAMS, pre),
+        "capture": lambda: handler.capture(host, _PARAMS),
+        "rollback": lambda: handler.rollback(host, pre),
+        "assess": lambda: handler.assess(host, pre),
+        "run_phase": lambda: host.run_phase("file_content", Phase.VALIDATE, _PARAMS),
+    }
+    try:
+        with pytest.raises(AgentError, match=match) as caught:
+            calls[call]()
+        assert "bad-batch-target" in str(caught.value)
+        assert not host.alive
+    finally:
+        host.close()

@@ -143,6 +143,7 @@ class RemoteHost(FileReaders):
             phase.value, mechanism=handler, params=encode_value(params), pre=encode_value(pre),
             planned=None if planned is None else encode_value(planned),
         )
+        found = self._fitting(phase.value, _PHASE_ANSWERS[phase.value], found)
         return cast(PhaseOutcome, found["pre"] if phase is Phase.CAPTURE else found)
 
     def handlers(self, registry: Any) -> "RemoteHandlers":
@@ -230,6 +231,25 @@ class RemoteHost(FileReaders):
         self._call("set_meta", path, mode=mode, uid=uid, gid=gid, xattrs=xattrs, mtime_ns=mtime_ns)
 
 
+def _captured(value: Any) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("pre"), PreState)
+            and (value.get("planned") is None or isinstance(value.get("planned"), dict)))
+
+
+#: What each handler phase answers: anything else is a broken or hostile target (an AgentError), so
+#: that no value is taken for a result it is not (a validate answered "yes" is not True).
+_PHASE_ANSWERS: Dict[str, Callable[[Any], bool]] = {
+    "capture": _captured,
+    "validate": lambda value: isinstance(value, bool),
+    "apply": lambda value: isinstance(value, StepResult),
+    "rollback": lambda value: isinstance(value, RollbackResult),
+    "restore": lambda value: isinstance(value, RollbackResult),
+    "assess": lambda value: isinstance(value, Assessment),
+    "planned": lambda value: isinstance(value, dict),
+    "settled": lambda value: isinstance(value, dict),
+}
+
+
 def _file_info(value: Any) -> bool:
     return value is None or isinstance(value, FileInfo)
 
@@ -304,7 +324,8 @@ class RemoteHandler:
         raise HostSelectionError(f"{self.name} on {self.host.root} was given another host, {view!r}")
 
     def _ask(self, op: str, view: Any, **fields: Any) -> Any:
-        return self.host.connection.request(op, mechanism=self.name, planned=self._planned_of(view), **fields)
+        found = self.host.connection.request(op, mechanism=self.name, planned=self._planned_of(view), **fields)
+        return self.host._fitting(op, _PHASE_ANSWERS[op], found)
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         wanted = isinstance(self, RestorableRemoteHandler)
@@ -316,7 +337,7 @@ class RemoteHandler:
         return cast(PreState, pre)
 
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
-        return bool(self._ask("validate", host, params=encode_value(params)))
+        return cast(bool, self._ask("validate", host, params=encode_value(params)))
 
     def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
         return cast(StepResult, self._ask("apply", host, params=encode_value(params), pre=encode_value(pre)))
