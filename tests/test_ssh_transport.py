@@ -324,6 +324,28 @@ def test_stderr_is_drained_after_ready(sshd_rig: Any, sshd_host: Any, tmp_path: 
         assert t.stderr_tail(proc).endswith("END")
 
 
+def test_the_stderr_tail_of_an_ended_command_holds_all_it_wrote(sshd_rig: Any, sshd_host: Any, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a command has ended, its stderr tail holds the very end of what it wrote (the message
+    saying why it failed comes last), even when the thread draining stderr is behind (a loaded
+    machine: here it is made to start late)."""
+    import kensa.hosts.ssh as ssh_module
+
+    drain = ssh_module._drain
+
+    def late_drain(proc: Any, kept: Any) -> None:
+        time.sleep(0.5)
+        drain(proc, kept)
+
+    monkeypatch.setattr(ssh_module, "_drain", late_drain)
+    code = ("import sys, time; print('KENSA-TEST-READY', flush=True); time.sleep(0.2); "
+            "sys.stderr.write('why it failed: END'); sys.exit(3)")
+    with transport(sshd_rig, sshd_host, tmp_path) as t:
+        proc = t.spawn(["python3", "-c", code], READY, 30)
+        assert proc.wait(30) == 3
+        assert t.stderr_tail(proc).endswith("why it failed: END")
+
+
 def test_a_connection_cut_after_ready_is_reported_as_lost(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
     """The server's side of the connection killed while the command runs: ssh ends with 255 and
     failure() names it HostConnectionLost, naming the host."""

@@ -80,6 +80,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SOCKET_PATH_MAX = 107 - 17
 _STDERR_KEPT = 64 * 1024
 
+#: Seconds the stderr tail of an ended command waits for its draining thread to read the rest.
+_DRAIN_GRACE = 2.0
+
 
 @dataclass(frozen=True)
 class SshOptions:
@@ -171,6 +174,7 @@ class SshTransport:
         self._closed = False
         self._children: "weakref.WeakSet[subprocess.Popen[bytes]]" = weakref.WeakSet()
         self._stderr: "weakref.WeakKeyDictionary[subprocess.Popen[bytes], Deque[bytes]]" = weakref.WeakKeyDictionary()
+        self._drains: "weakref.WeakKeyDictionary[subprocess.Popen[bytes], threading.Thread]" = weakref.WeakKeyDictionary()
         self._slot = _slot_of(target, self.options)
         self._control_dir = _MASTERS.acquire(self._slot)
         _OPEN.add(self)
@@ -273,7 +277,9 @@ class SshTransport:
             raise
         kept: Deque[bytes] = deque([err], maxlen=64)
         self._stderr[proc] = kept
-        threading.Thread(target=_drain, args=(proc, kept), name=f"kensa-ssh-stderr-{proc.pid}", daemon=True).start()
+        drain = threading.Thread(target=_drain, args=(proc, kept), name=f"kensa-ssh-stderr-{proc.pid}", daemon=True)
+        self._drains[proc] = drain
+        drain.start()
         return proc
 
     def _await_ready(self, proc: "subprocess.Popen[bytes]", ready: bytes, marker: str, timeout: float) -> bytes:
@@ -365,7 +371,12 @@ class SshTransport:
         return AgentError(f"{host}: the command ended {what} (exit status {returncode}){tail}", host=host)
 
     def stderr_tail(self, proc: "subprocess.Popen[bytes]") -> str:
-        """The last output (up to 64 KiB) a spawned command wrote on stderr, the password scrubbed."""
+        """The last output (up to 64 KiB) a spawned command wrote on stderr, the password scrubbed.
+        Of a command that has ended, all it wrote: the draining thread is given up to
+        :data:`_DRAIN_GRACE` seconds to read the rest (a child that kept the pipe open holds it no longer)."""
+        drain = self._drains.get(proc)
+        if drain is not None and proc.poll() is not None:
+            drain.join(_DRAIN_GRACE)
         kept = self._stderr.get(proc)
         text = b"".join(kept).decode("utf-8", "replace") if kept else ""
         return _scrub(text, self.options.sudo_password)[-_STDERR_KEPT:]
