@@ -582,3 +582,27 @@ def test_a_sysctl_check_on_a_host_without_sysctl_d_is_not_compliant_rather_than_
     (root / "proc" / "sys" / "net" / "ipv4" / "ip_forward").write_text("0\n")
     handler = default_registry()["sysctl_set"]
     assert handler.validate(LocalHost(str(root)), {"key": "net.ipv4.ip_forward", "value": "0"}) is False
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_command_writing_more_than_the_cap_is_stopped_and_refused(root: Path, stream: str) -> None:
+    """host.run holds at most the host's file cap of each output stream: a command that writes more
+    is killed and the call is a HostAccessError naming the command and the cap, instead of the agent
+    (or the controller) holding all of it."""
+    host = LocalHost(str(root), max_file_bytes=4096)
+    redirect = "" if stream == "stdout" else " 1>&2"
+    script = f"head -c 100000 /dev/zero{redirect}; sleep 30"
+    with pytest.raises(HostAccessError, match=f"wrote more than 4096 bytes on {stream}") as caught:
+        host.run(["sh", "-c", script], 60)
+    assert caught.value.errno == errno.EFBIG and "sh" in str(caught.value)
+
+
+def test_run_output_is_text_as_before(root: Path) -> None:
+    """Under the cap, run answers as subprocess.run did: text with universal newlines, both
+    streams, the exit status, and a timeout still a HostAccessError."""
+    host = LocalHost(str(root))
+    done = host.run(["sh", "-c", "printf 'a\\r\\nb\\n'; printf 'err\\n' >&2; exit 3"], 10)
+    assert (done.stdout, done.stderr, done.returncode) == ("a\nb\n", "err\n", 3)
+    assert done.args == ["sh", "-c", "printf 'a\\r\\nb\\n'; printf 'err\\n' >&2; exit 3"]
+    with pytest.raises(HostAccessError, match="timed out after 0.5 s"):
+        host.run(["sleep", "5"], 0.5)

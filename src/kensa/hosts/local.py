@@ -42,6 +42,7 @@ import subprocess
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import HostAccessError, HostSelectionError, KensaError, StepPhaseError, UnknownMechanismError
+from kensa.hosts.commands import run_command
 from kensa.hosts.confine import ConfinedRoot
 from kensa.hosts.links import SymlinkOps
 from kensa.hosts.overlay import FileReaders, PlannedView
@@ -504,15 +505,9 @@ class LocalHost(FileReaders, SymlinkOps):
         raise HostAccessError(errno.ENOENT, f"{name!r} is not listed in {self.where(path)}; use a name it lists or a numeric id")
 
     def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
-        """Run a command on this machine (argument list, no shell), capturing its output."""
-        try:
-            # Spelled for Python 3.6, which the agent runs this module with on a target.
-            return subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                                  timeout=timeout, check=False)
-        except FileNotFoundError as exc:
-            raise HostAccessError(errno.ENOENT, f"command {argv[0]!r} not found") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise HostAccessError(errno.ETIMEDOUT, f"command {list(argv)!r} timed out after {timeout} s") from exc
+        """Run a command on this machine (argument list, no shell, stdin closed), capturing its
+        output up to :attr:`max_file_bytes` per stream (:func:`kensa.hosts.commands.run_command`)."""
+        return run_command(argv, timeout, self.max_file_bytes)
 
 
 def _rebuild(root: str, max_file_bytes: int) -> LocalHost:
