@@ -226,6 +226,10 @@ def test_remote_keys_are_canonical(tmp_path: Path) -> None:
     assert hosts.canonical_key("ssh://h") == "ssh://h/"
     with pytest.raises(ValueError):
         parse_remote_key("ssh://u:pw@h/")
+    # Parsed keys are kept; a refusal is not, so a bad key is refused every time it is asked.
+    assert parse_remote_key("ssh://u@h:2222//srv/./r/") == RemoteTarget(host="h", user="u", port=2222, root="/srv/r")
+    with pytest.raises(ValueError):
+        parse_remote_key("ssh://u:pw@h/")
 
 
 def test_a_remote_host_as_easy_as_a_local_one(root: Path, tmp_path: Path) -> None:

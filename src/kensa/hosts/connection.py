@@ -22,6 +22,9 @@ from kensa.hosts.protocol import Transport
 
 __all__ = ["AgentConnection"]
 
+#: Bytes asked of the agent's pipe per read: an answer is rarely larger, a pipe holds 64 KiB.
+_READ_CHUNK = 1 << 16
+
 
 class AgentConnection:
     """One running agent: framed requests and answers over its stdin and stdout.
@@ -44,6 +47,7 @@ class AgentConnection:
         assert proc.stdin is not None and proc.stdout is not None
         self._out = proc.stdin.fileno()
         self._in = proc.stdout.fileno()
+        self._buffer = bytearray()  # read from the agent, not yet taken as a frame
         os.set_blocking(self._out, False)
 
     @property
@@ -118,6 +122,16 @@ class AgentConnection:
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)
         while view:
+            # Write first: a request fits the pipe's buffer almost always, and every call
+            # that waits lets another thread take the interpreter (16 hosts in flight).
+            # Only a full pipe waits for room, until the deadline.
+            try:
+                view = view[os.write(self._out, view):]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._lost(what, exc)
             try:
                 # The descriptor may be closed under a waiting request (close() from another thread).
                 _, ready, _ = select.select([], [self._out], [], max(0.0, deadline - time.monotonic()))
@@ -125,16 +139,12 @@ class AgentConnection:
                 self._lost(what, exc if isinstance(exc, OSError) else None)
             if not ready:
                 self._timed_out(what)
-            try:
-                view = view[os.write(self._out, view):]
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                self._lost(what, exc)
 
     def _read_exactly(self, size: int, deadline: float, what: str) -> bytes:
-        chunks: List[bytes] = []
-        while size:
+        # Reads take what the pipe holds (up to _READ_CHUNK), so a frame's header and body
+        # usually arrive in one wait and one read; bytes past ``size`` stay for the next call.
+        buffered = self._buffer
+        while len(buffered) < size:
             try:
                 ready, _, _ = select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))
             except (OSError, ValueError) as exc:
@@ -142,14 +152,19 @@ class AgentConnection:
             if not ready:
                 self._timed_out(what)
             try:
-                chunk = os.read(self._in, min(size, 1 << 20))
+                chunk = os.read(self._in, min(max(size - len(buffered), _READ_CHUNK), 1 << 20))
             except OSError as exc:
                 self._lost(what, exc)
             if not chunk:
                 self._lost(what, None)
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+            buffered += chunk
+        if len(buffered) == size:  # the usual end of a frame: one copy, not two
+            found = bytes(buffered)
+            buffered.clear()
+        else:
+            found = bytes(buffered[:size])
+            del buffered[:size]
+        return found
 
     def _read(self, deadline: float, what: str) -> Dict[str, Any]:
         header = self._read_exactly(HEADER.size, deadline, what)

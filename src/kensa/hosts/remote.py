@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import posixpath
 import subprocess
 import threading
@@ -439,6 +440,8 @@ def connect(
     return RemoteHost(connection, key if key is not None else f"{transport.name}:{root}", hello)
 
 
+# Every transaction asks twice (its canonical key, then its host); a RemoteTarget is frozen.
+@functools.lru_cache(maxsize=4096)
 def parse_remote_key(key: str) -> RemoteTarget:
     """The :class:`~kensa.model.RemoteTarget` an ``ssh://[user@]host[:port]/root`` key names."""
     parts = urlsplit(key)

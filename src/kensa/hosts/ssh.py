@@ -65,6 +65,7 @@ from kensa.errors import (
 )
 from kensa.model import RemoteTarget
 from kensa.hosts.payload import check_python
+from kensa.hosts.sshmux import request_exit
 from kensa.support.afterfork import reset_in_child
 
 __all__ = ["SshOptions", "SshTransport", "check_target"]
@@ -394,7 +395,8 @@ class SshTransport:
         for proc in list(self._children):
             _end(proc)
         with _MASTERS.releasing(self._slot) as last:
-            if last and os.path.exists(self.control_path):
+            # Asked over the socket, not by an `ssh -O exit` process (the same request, without an ssh start).
+            if last and os.path.exists(self.control_path) and not request_exit(self.control_path):
                 subprocess.run(self.ssh_argv(None, "-O", "exit"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, timeout=30, check=False)
 
@@ -488,6 +490,8 @@ class _Masters:
         if directory is None:
             return
         for name in os.listdir(directory):
+            if request_exit(os.path.join(directory, name)):
+                continue
             # A mux command needs only the socket; the destination is a placeholder.
             subprocess.run(["ssh", "-o", f"ControlPath={os.path.join(directory, name)}", "-O", "exit", "--", "kensa"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -93,38 +93,48 @@ class Undecodable(ValueError):
     """A stored value that does not follow the format it claims."""
 
 
+#: Every one-byte piece, made once: a pre-state is mostly tags and short lengths.
+_BYTE = tuple(bytes((i,)) for i in range(256))
+#: Pieces shorter than this are joined in what :func:`pack_chunks` returns; longer ones (a
+#: captured file's bytes) stay pieces of their own, never copied.
+_JOINED_BELOW = 1 << 16
+
+
 def _varint(number: int, out: List[bytes]) -> None:
+    if number < 0x80:
+        out.append(_BYTE[number])
+        return
     while True:
         low = number & 0x7F
         number >>= 7
         if number:
-            out.append(bytes((low | 0x80,)))
+            out.append(_BYTE[low | 0x80])
         else:
-            out.append(bytes((low,)))
+            out.append(_BYTE[low])
             return
 
 
 def _pack_into(value: Any, out: List[bytes]) -> None:
     if value is None:
-        out.append(bytes((_NONE,)))
+        out.append(_BYTE[_NONE])
     elif value is True or value is False:
-        out.append(bytes((_TRUE if value else _FALSE,)))
+        out.append(_BYTE[_TRUE if value else _FALSE])
     elif isinstance(value, int):
         raw = value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
-        out.append(bytes((_INT,)))
+        out.append(_BYTE[_INT])
         _varint(len(raw), out)
         out.append(raw)
     elif isinstance(value, float):
-        out.append(bytes((_FLOAT,)) + struct.pack(">d", value))
+        out.append(_BYTE[_FLOAT] + struct.pack(">d", value))
     elif isinstance(value, str):
-        out.append(bytes((_STR,)))
+        out.append(_BYTE[_STR])
         _pack_str(value, out)
     elif isinstance(value, (bytes, bytearray)):
-        out.append(bytes((_BYTES,)))
+        out.append(_BYTE[_BYTES])
         _varint(len(value), out)
         out.append(bytes(value))
     elif isinstance(value, Mapping):
-        out.append(bytes((_DICT,)))
+        out.append(_BYTE[_DICT])
         _varint(len(value), out)
         for key, item in value.items():
             if not isinstance(key, str):
@@ -136,7 +146,7 @@ def _pack_into(value: Any, out: List[bytes]) -> None:
                 exc.where.append(f"[{key!r}]")
                 raise
     elif isinstance(value, (list, tuple)):
-        out.append(bytes((_LIST,)))
+        out.append(_BYTE[_LIST])
         _varint(len(value), out)
         for index, item in enumerate(value):
             try:
@@ -155,10 +165,23 @@ def _pack_str(value: str, out: List[bytes]) -> None:
 
 
 def pack_chunks(value: Any) -> List[bytes]:
-    """``value`` (JSON-like plus bytes) in the stored binary form, as pieces: bytes values are not copied."""
-    out = [bytes((_STATE_FORMAT,))]
+    """``value`` (JSON-like plus bytes) in the stored binary form, as pieces: bytes values of
+    64 KiB and more are not copied, the small pieces between them are joined."""
+    out = [_BYTE[_STATE_FORMAT]]
     _pack_into(value, out)
-    return out
+    # A pre-state packs into a hundred or more pieces of a few bytes: joined, its row's
+    # size and digest take a few calls instead of one per piece.
+    found: List[bytes] = []
+    start = 0
+    for index, piece in enumerate(out):
+        if len(piece) >= _JOINED_BELOW:
+            if start < index:
+                found.append(b"".join(out[start:index]))
+            found.append(piece)
+            start = index + 1
+    if start < len(out):
+        found.append(b"".join(out[start:]))
+    return found
 
 
 def pack(value: Any) -> bytes:

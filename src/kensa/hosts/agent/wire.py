@@ -31,6 +31,7 @@ import enum
 import json
 import struct
 import sys
+from types import MappingProxyType
 from typing import Any, Dict, Tuple, cast
 
 __all__ = [
@@ -60,8 +61,29 @@ class FrameError(ValueError):
     """A frame or value that does not follow this protocol."""
 
 
+#: Types whose values are JSON as they are. Exact types: a str-valued enum member (a str
+#: subclass) is tagged, and a subclass of these takes the general path as before.
+_PLAIN = frozenset((type(None), bool, int, float, str))
+
+
 def encode_value(value: Any) -> Any:
     """``value`` as JSON-able data with tags (see the module docstring)."""
+    # Every step phase encodes its parameters, pre-state and planned files: the common
+    # types are looked up by exact type first, the general checks follow for the rest.
+    cls = type(value)
+    if cls in _PLAIN:
+        return value
+    if cls is dict or cls is MappingProxyType:
+        return {"d": _encode_mapping(value)}
+    if cls is list:
+        return [encode_value(item) for item in value]
+    if cls is tuple:
+        return {"t": [encode_value(item) for item in value]}
+    if cls is bytes:
+        return {"b": base64.b64encode(value).decode("ascii")}
+    shape = _DATACLASSES.get(cls)
+    if shape is not None:
+        return {"c": shape[0], "f": {name: encode_value(getattr(value, name)) for name in shape[1]}}
     if value is None or isinstance(value, (bool, int, float, str)) and not isinstance(value, enum.Enum):
         return value
     if isinstance(value, (bytes, bytearray)):
@@ -69,27 +91,43 @@ def encode_value(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return {"e": _class_name(type(value)), "v": value.value}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"c": _class_name(type(value)),
-                "f": {f.name: encode_value(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        shape = (_class_name(cls), tuple(f.name for f in dataclasses.fields(value)))
+        _DATACLASSES[cls] = shape
+        return {"c": shape[0], "f": {name: encode_value(getattr(value, name)) for name in shape[1]}}
     if isinstance(value, tuple):
         return {"t": [encode_value(item) for item in value]}
     if isinstance(value, list):
         return [encode_value(item) for item in value]
     if hasattr(value, "items") and hasattr(value, "keys"):
-        encoded = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise FrameError(f"a mapping key must be a str to cross to the agent, not {key!r}")
-            encoded[key] = encode_value(item)
-        return {"d": encoded}
+        return {"d": _encode_mapping(value)}
     raise FrameError(f"{type(value).__name__} value {value!r:.80} cannot cross to the agent")
+
+
+#: A dataclass's tag name and field names, by class: a class's fields never change.
+_DATACLASSES: Dict[type, Tuple[str, Tuple[str, ...]]] = {}
+
+
+def _encode_mapping(value: Any) -> Dict[str, Any]:
+    encoded = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise FrameError(f"a mapping key must be a str to cross to the agent, not {key!r}")
+        encoded[key] = encode_value(item)
+    return encoded
 
 
 def _class_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+#: Classes :func:`_known_class` found, by name: a kensa module, once imported, stays so.
+_KNOWN: Dict[str, type] = {}
+
+
 def _known_class(name: Any) -> Any:
+    found = _KNOWN.get(name) if type(name) is str else None
+    if found is not None:
+        return found
     if not isinstance(name, str) or ":" not in name:
         raise FrameError(f"bad type name {name!r:.80}")
     module_name, _, qualname = name.partition(":")
@@ -97,12 +135,13 @@ def _known_class(name: Any) -> Any:
     found = getattr(module, qualname, None) if module is not None and "." not in qualname else None
     if not isinstance(found, type):
         raise FrameError(f"unknown type {name!r:.80}: only kensa's own enums and dataclasses cross")
+    _KNOWN[name] = found
     return found
 
 
 def decode_value(data: Any) -> Any:
     """The value :func:`encode_value` encoded; :class:`FrameError` for anything else."""
-    if data is None or isinstance(data, (bool, int, float, str)):
+    if type(data) in _PLAIN or isinstance(data, (bool, int, float, str)):
         return data
     if isinstance(data, list):
         return [decode_value(item) for item in data]
