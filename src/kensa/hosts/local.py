@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 from kensa.errors import HostAccessError, HostSelectionError, KensaError, StepPhaseError, UnknownMechanismError
 from kensa.hosts.commands import run_command
 from kensa.hosts.confine import ConfinedRoot
+from kensa.hosts.fdio import read_capped, read_xattrs, set_exact_xattrs, set_mtime, write_all
 from kensa.hosts.links import SymlinkOps
 from kensa.hosts.overlay import FileReaders, PlannedView
 from kensa.hosts.protocol import STEP_PHASES, Host, PhaseHandler, PhaseOutcome, ReadableHost, StepRunner
@@ -101,59 +102,6 @@ def _is_temp_of(entry: str, name: str) -> bool:
     tail = entry[len(prefix):]
     return (entry.startswith(prefix) and len(tail) == _TEMP_RANDOM_HEX
             and all(c in "0123456789abcdef" for c in tail))
-
-
-def _read_xattrs(fd: int) -> Dict[str, bytes]:
-    try:
-        names = os.listxattr(fd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return {}
-        raise
-    return {name: os.getxattr(fd, name) for name in sorted(names)}
-
-
-def _set_exact_xattrs(fd: int, wanted: Mapping[str, bytes]) -> None:
-    """Make the xattrs of ``fd`` exactly ``wanted``: set missing/different, drop extra."""
-    current = _read_xattrs(fd)
-    for name in current:
-        if name not in wanted:
-            os.removexattr(fd, name)
-    for name, value in wanted.items():
-        if current.get(name) != value:
-            os.setxattr(fd, name, value)
-
-
-def _read_capped(fd: int, size: int, cap: int) -> Optional[bytes]:
-    """The bytes of ``fd`` (whose stat size is ``size``), or None when they pass ``cap``.
-
-    One read of the stated size (plus one byte, to see growth) allocates the bytes
-    once and returns them without a copy; the loop serves files whose stat size
-    says nothing (procfs reports 0) or that grow while read.
-    """
-    chunks: List[bytes] = []
-    total = 0
-    want = size + 1 if size else 1 << 16
-    while True:
-        chunk = os.read(fd, min(want, cap - total + 1))
-        if not chunk:
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        total += len(chunk)
-        if total > cap:
-            return None
-        chunks.append(chunk)
-        want = 1 << 16
-
-
-def _set_mtime(fd: int, mtime_ns: int) -> None:
-    # utime needs both times; the access time is kept as it is.
-    os.utime(fd, ns=(os.fstat(fd).st_atime_ns, mtime_ns))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class LocalHost(FileReaders, SymlinkOps):
@@ -230,7 +178,7 @@ class LocalHost(FileReaders, SymlinkOps):
                 kind = "file" if stat.S_ISREG(st.st_mode) else "dir"  # _open_final refused the rest
                 data = self._load(path, fd, st.st_size) if content and kind == "file" else None
                 return FileInfo(
-                    kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _read_xattrs(fd), data,
+                    kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, read_xattrs(fd), data,
                     mtime_ns=st.st_mtime_ns, ino=st.st_ino, nlink=st.st_nlink,
                 )
             finally:
@@ -251,7 +199,7 @@ class LocalHost(FileReaders, SymlinkOps):
 
     def _load(self, path: str, fd: int, size: int) -> bytes:
         cap = self.max_file_bytes
-        data = None if size > cap else _read_capped(fd, size, cap)
+        data = None if size > cap else read_capped(fd, size, cap)
         if data is None:
             shown = f"{size} bytes" if size > cap else f"more than {cap} bytes (it grew, or its size is not stated)"
             raise HostAccessError(
@@ -295,7 +243,7 @@ class LocalHost(FileReaders, SymlinkOps):
                         raise HostAccessError(
                             errno.EISDIR, f"{self.where(path)} exists and is not a regular file; refusing to replace it"
                         )
-                    old_xattrs = _read_xattrs(old_fd)
+                    old_xattrs = read_xattrs(old_fd)
                 finally:
                     os.close(old_fd)
             if mode is None:
@@ -329,16 +277,16 @@ class LocalHost(FileReaders, SymlinkOps):
         renamed = False
         try:
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)
                 # chown clears set-id bits and security.capability, so it comes first;
                 # an ACL xattr rewrites group bits, so the mode comes last.
                 os.fchown(fd, uid, gid)
                 if xattrs is not None:
-                    _set_exact_xattrs(fd, xattrs)
+                    set_exact_xattrs(fd, xattrs)
                 os.fchmod(fd, mode)
                 if mtime_ns is not None:
-                    _set_mtime(fd, mtime_ns)  # after the last write of the bytes
+                    set_mtime(fd, mtime_ns)  # after the last write of the bytes
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -367,7 +315,7 @@ class LocalHost(FileReaders, SymlinkOps):
                     raise HostAccessError(errno.EISDIR, f"{self.where(path)} is a directory, not a file; refusing to write it")
                 self._tree.refuse_shared_inode(path, st)
                 os.ftruncate(fd, 0)
-                _write_all(fd, data)
+                write_all(fd, data)
             except KensaError:
                 raise
             except OSError as exc:
@@ -476,11 +424,11 @@ class LocalHost(FileReaders, SymlinkOps):
                         # chown dropped any set-id bits the caller did not ask to change.
                         mode = stat.S_IMODE(before.st_mode)
                 if xattrs is not None:
-                    _set_exact_xattrs(fd, xattrs)
+                    set_exact_xattrs(fd, xattrs)
                 if mode is not None:
                     os.fchmod(fd, mode)
                 if mtime_ns is not None:
-                    _set_mtime(fd, mtime_ns)
+                    set_mtime(fd, mtime_ns)
             except KensaError:
                 raise
             except OSError as exc:
