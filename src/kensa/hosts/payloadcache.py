@@ -110,21 +110,14 @@ def load(print_: str) -> Tuple[Optional[bytes], str]:
             return None, f"absent: {where}/{name}"
         except OSError as exc:
             return None, f"refused: {where}/{name}: {exc.strerror}"
-        try:
+        with os.fdopen(fd, "rb") as handle:
             why = _untrusted(os.fstat(fd), stat.S_IFREG, f"{where}/{name}")
             if why is not None:
                 return None, f"refused: {why}"
-            chunks = []
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
+            data = handle.read()
     finally:
         os.close(dfd)
-    head, _, rest = b"".join(chunks).partition(b"\n")
+    head, _, rest = data.partition(b"\n")
     digest, _, body = rest.partition(b"\n")
     if head + b"\n" != MAGIC or hashlib.sha256(body).hexdigest().encode() != digest:
         return None, f"refused: {where}/{name} fails its hash"
