@@ -162,6 +162,7 @@ def test_reports_count_a_manual_rule_as_not_satisfied() -> None:
     assert finding_state(Status.MANUAL.value) == "not-satisfied"
 
 
+@pytest.mark.serial  # with the kernel-audit tests, some of which stop auditd or fill the backlog
 def test_kernel_records_started_then_manual_failed(listener: AuditListener, tmp_path: Path) -> None:
     """The kernel logs two records for a manual transaction: started, then manual with
     res=failed (the finding is still open, so ``ausearch --success no`` lists it)."""
