@@ -420,9 +420,10 @@ class ConfinedRoot:
         except OSError as exc:
             raise HostAccessError(exc.errno, f"cannot open the target root {self.name}: {exc.strerror}") from exc
         if removed:
-            # The pinned directory was deleted: every path below it would look absent.
+            # The pinned directory was deleted: every path below it would look absent. ESTALE,
+            # not ENOENT, so that no "nothing there" reading (parent_if_any) takes it for absence.
             os.close(fd)
-            raise HostAccessError(errno.ENOENT, f"the target root {self.name} was removed after kensa opened it")
+            raise HostAccessError(errno.ESTALE, f"the target root {self.name} was removed after kensa opened it")
         return fd
 
     def listing(self, path: str, fd: int) -> List[str]:
@@ -437,8 +438,7 @@ class ConfinedRoot:
     @contextlib.contextmanager
     def parent_if_any(self, path: str) -> Iterator[Optional[Tuple[int, str]]]:
         """Like :meth:`parent`, but None when a directory on the way does not exist (a removed
-        root is still an error: everything below it would look absent)."""
-        os.close(self.open_root())
+        root is still an error: :meth:`open_root` raises ESTALE for it)."""
         with contextlib.ExitStack() as stack:
             found: Optional[Tuple[int, str]]
             try:
