@@ -13,7 +13,7 @@ import re
 from typing import Any, List, Optional, Tuple
 
 from kensa.errors import ParamError
-from kensa.facts.params import line
+from kensa.facts.params import line, line_matching
 
 DB_ROOT = "/etc/dconf/db"
 
@@ -47,10 +47,7 @@ def schema_path(value: Any) -> str:
 
 def dconf_key(value: Any) -> str:
     """A key name such as ``idle-delay``: letters, digits, '_', '.', '-'."""
-    found = line(value)
-    if not _KEY.fullmatch(found):
-        raise ParamError(f"{found[:80]!r} is not a dconf key name such as 'idle-delay'")
-    return found
+    return line_matching(value, _KEY, "a dconf key name such as 'idle-delay'")
 
 
 def gvariant_value(value: Any) -> str:

@@ -170,6 +170,14 @@ def line(value: Any) -> str:
     return _one_line(found)
 
 
+def line_matching(value: Any, pattern: "re.Pattern[str]", what: str) -> str:
+    """A :func:`line` that ``pattern`` matches whole; otherwise a ParamError saying it is not ``what``."""
+    found = line(value)
+    if not pattern.fullmatch(found):
+        raise ParamError(f"{found[:80]!r} is not {what}")
+    return found
+
+
 def scalar_line(value: Any) -> str:
     """A single line, possibly empty, from a string or a number (a boolean is ambiguous)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):

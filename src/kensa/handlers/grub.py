@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from kensa.errors import HostAccessError, NotAvailableError, ParamError
 from kensa.facts import boot
 from kensa.facts.config import decode, encode
-from kensa.facts.params import Field, Schema, line
+from kensa.facts.params import Field, Schema, line, line_matching
 from kensa.facts.tools import find_program
 from kensa.handlers.filestate import (
     FilePlan,
@@ -66,10 +66,7 @@ _SHELL = set("$`\\")
 
 
 def _key(value: Any) -> str:
-    found = line(value)
-    if not _KEY.fullmatch(found):
-        raise ParamError(f"{found[:80]!r} is not a kernel parameter name (letters, digits, '_', '.', '-')")
-    return found
+    return line_matching(value, _KEY, "a kernel parameter name (letters, digits, '_', '.', '-')")
 
 
 def _value(value: Any) -> str:

@@ -17,7 +17,7 @@ import re
 from typing import Any, List, Mapping, Optional, Tuple
 
 from kensa.errors import HostAccessError, KensaError, NotAvailableError, ParamError
-from kensa.facts.params import Field, Schema, as_given, boolean, line
+from kensa.facts.params import Field, Schema, as_given, boolean, line_matching
 from kensa.facts.tools import find_program
 from kensa.handlers.filestate import Planned, StatePlan, combine
 from kensa.hosts.protocol import Host, ReadableHost
@@ -29,10 +29,7 @@ _NAME = re.compile(r"[A-Za-z0-9_]{1,128}")
 
 
 def _name(value: Any) -> str:
-    found = line(value)
-    if not _NAME.fullmatch(found):
-        raise ParamError(f"{found[:80]!r} is not an SELinux boolean name (letters, digits and '_')")
-    return found
+    return line_matching(value, _NAME, "an SELinux boolean name (letters, digits and '_')")
 
 
 def _state(value: Any) -> str:
