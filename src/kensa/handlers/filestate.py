@@ -128,6 +128,14 @@ def rollback_result(mechanism: str, problems: List[str], notes: Sequence[str] = 
     return RollbackResult(mechanism, ok=True, detail="; ".join(["restored and verified by read-back", *notes]))
 
 
+def rollback_files(mechanism: str, host: Host, files: Sequence[Mapping[str, Any]]) -> RollbackResult:
+    """Every captured file of ``files`` restored exactly, verified by read-back, as one result."""
+    problems: List[str] = []
+    for state in files:
+        problems += restore_file(host, state)
+    return rollback_result(mechanism, problems, fidelity_notes(host, files))
+
+
 def fidelity_notes(host: ReadableHost, files: Sequence[Mapping[str, Any]]) -> List[str]:
     """What a restore by rename cannot give back: the file's inode, and its other hard links."""
     notes = []

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from kensa.handlers.dirstate import Dir, capture_below, dir_data
 from kensa.handlers.filestate import (
-    Planned, Revert, assess_files, capture_file, fidelity_notes, planned_file, post_state, restore_file, restore_files,
-    restored, rollback_result, settled_files,
+    Planned, Revert, assess_files, capture_file, fidelity_notes, planned_file, post_state, restore_files,
+    restored, rollback_files, settled_files,
 )
 from kensa.hosts.protocol import Host, ReadableHost
 from kensa.model import Assessment, PreState, RollbackResult
@@ -55,11 +55,7 @@ class FilesStep:
         return list(pre.data["files"])
 
     def rollback(self, host: Host, pre: PreState) -> RollbackResult:
-        files = self._files(pre)
-        problems: List[str] = []
-        for state in files:
-            problems += restore_file(host, state)
-        return rollback_result(self.name, problems, fidelity_notes(host, files))
+        return rollback_files(self.name, host, self._files(pre))
 
     def planned(self, host: ReadableHost, pre: PreState) -> Planned:
         found: Planned = {}

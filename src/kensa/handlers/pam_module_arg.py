@@ -35,10 +35,9 @@ from kensa.handlers.filestate import (
     fidelity_notes,
     planned_file,
     post_state,
-    restore_file,
     restore_files,
     restored,
-    rollback_result,
+    rollback_files,
     settled_files,
 )
 from kensa.hosts.protocol import Host, ReadableHost
@@ -254,8 +253,4 @@ class PamModuleArg:
         return restored(self.name, problems, assessment, force, fidelity_notes(host, files))
 
     def rollback(self, host: Host, pre: PreState) -> RollbackResult:
-        files = self._files(pre)
-        problems: List[str] = []
-        for state in files:
-            problems += restore_file(host, state)
-        return rollback_result(self.name, problems, fidelity_notes(host, files))
+        return rollback_files(self.name, host, self._files(pre))
