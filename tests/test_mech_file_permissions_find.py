@@ -326,7 +326,8 @@ def test_a_copy_of_this_machines_etc_remediated_then_checked_is_compliant(tmp_pa
 
 def test_through_the_agent_a_selection_is_one_round_trip_per_phase_and_rolls_back(tmp_path: Path) -> None:
     """On kensa's agent (a real process over SubprocessTransport) the walk runs on the target: a
-    find-based step costs one request per phase, commits, and a rollback by id restores the tree."""
+    find-based step costs one request per phase (and the target's lock, one request and one
+    message), commits, and a rollback by id restores the tree."""
     require_root()
     root = make_root(tmp_path)
     before = snapshot(root)
@@ -338,7 +339,8 @@ def test_through_the_agent_a_selection_is_one_round_trip_per_phase_and_rolls_bac
         host.connection.counts.clear()
         result = engine.run(txn)
         assert result.status is Status.COMMITTED, result.error
-        assert dict(host.connection.counts) == {"validate": 2, "capture": 1, "apply": 1}
+        assert dict(host.connection.counts) == {"validate": 2, "capture": 1, "apply": 1,
+                                                "lock_target": 1, "unlock_target": 1}
         assert stat.S_IMODE((root / "etc/cron.d/job").stat().st_mode) == 0o644
         back = engine.rollback(txn.id)
         assert back.status is Status.ROLLED_BACK and back.host_unchanged, back.error

@@ -120,7 +120,8 @@ def test_a_failed_validate_rolls_back_on_the_remote_root(engine: Tuple[Engine, R
 
 def test_one_request_per_handler_phase(engine: Tuple[Engine, Records], root: Path) -> None:
     """A committed transaction of N steps costs exactly N captures, N applies and the validates
-    (one to find the first non-compliant step, then N): no per-file round trips, no extra planned()."""
+    (one to find the first non-compliant step, then N), and the target's lock (one request, one
+    message unanswered): no per-file round trips, no extra planned()."""
     eng, _ = engine
     txn = Transaction("remote-count", real_rules(), host=key_of(root))
     host = eng.hosts(txn.host)
@@ -128,7 +129,8 @@ def test_one_request_per_handler_phase(engine: Tuple[Engine, Records], root: Pat
     host.connection.counts.clear()
     assert eng.run(txn).status is Status.COMMITTED
     steps = len(txn.steps)
-    assert dict(host.connection.counts) == {"validate": 1 + steps, "capture": steps, "apply": steps}
+    assert dict(host.connection.counts) == {"validate": 1 + steps, "capture": steps, "apply": steps,
+                                            "lock_target": 1, "unlock_target": 1}
 
 
 @pytest.mark.parametrize("killed_before_apply", [1, 2])

@@ -491,3 +491,56 @@ def test_a_bad_variable_file_of_one_host_never_hides_what_changed_on_another(ssh
         assert out.strip(), f"host {host_arg(a)} was changed, and the run (exit {code}) reported nothing"
         report = {h["host"]: h for h in json.loads(out)["hosts"]}
         assert [r["status"] for r in report[key_of(a, root)]["results"]] == ["committed"] * 2, out
+
+
+def test_two_controllers_and_a_local_run_take_turns_on_one_target(sshd_rig: Any, sshd_host: Any,
+                                                                  tmp_path: Path) -> None:
+    """Over real sshd: while a kensa run on the target holds the lock of its root, a controller's
+    transaction there ends errored naming the host and the lock file on it. Two controllers (two
+    engines, each with its own journal and its own controller-side lock directory, as on two
+    machines) then remediate the same file at once: only the target's lock keeps them apart, and
+    every edit is kept."""
+    from kensa.engine import Engine
+    from kensa.factory import default_engine
+    from kensa.handlers import default_registry
+    from kensa.hosts.local import LocalHost
+    from kensa.hosts.remote import RemoteHosts
+    from kensa.hosts.ssh import SshOptions, SshTransport
+    from kensa.hosts.targetlock import SYSTEM_LOCK_DIRECTORY, TargetLocks
+
+    root = make_root(sshd_rig, "shared")
+    options = SshOptions(known_hosts_file=str(tmp_path / "known_hosts"), connect_timeout=20)
+
+    def transport_for(target: RemoteTarget) -> SshTransport:
+        return SshTransport(replace(target, identity_file=str(sshd_rig.user_key)), options)
+
+    key = key_of(sshd_host, root)
+
+    def edit(name: str) -> Transaction:
+        return Transaction(rule=f"ssh-e2e-{name}", host=key, steps=(Step(
+            "config_set", {"path": "/etc/ssh/sshd_config", "key": name, "value": "1", "separator": " "}),))
+
+    controllers = [Engine(default_registry(), journal=SqliteJournal(tmp_path / f"j{n}.db"),
+                          hosts=RemoteHosts(transport_for), target_lock=TargetLocks(tmp_path / f"ctl{n}", timeout=60))
+                   for n in range(2)]
+    hurried = default_engine(str(tmp_path / "j-hurried.db"), audit=False, remote=transport_for, target_lock_timeout=0.5)
+    before = (root / "etc/ssh/sshd_config").read_bytes()
+    with TargetLocks(SYSTEM_LOCK_DIRECTORY, timeout=0).hold(str(root), LocalHost(str(root)).identity):
+        busy = hurried.run(edit("Busy"))
+    assert busy.status is Status.ERRORED and busy.host_unchanged
+    assert busy.error is not None and key in busy.error.message and "on that host" in busy.error.message
+    assert f"pid {os.getpid()}" in busy.error.message
+    assert (root / "etc/ssh/sshd_config").read_bytes() == before
+    results: Dict[int, List[Any]] = {}
+    threads = [threading.Thread(target=lambda n=n: results.setdefault(n, controllers[n].run_many(
+        [edit(f"Key{n}x{i}") for i in range(40)]))) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert sorted(results) == [0, 1]
+    assert all(r.status is Status.COMMITTED for n in results for r in results[n]), results
+    text = (root / "etc/ssh/sshd_config").read_text()
+    assert all(f"Key{n}x{i} 1\n" in text for n in range(2) for i in range(40)), text
+    for engine in (*controllers, hurried):
+        engine.hosts.close()  # type: ignore[attr-defined]

@@ -9,9 +9,16 @@ import threading
 from typing import Any, Callable, ContextManager, Dict, Iterator, Optional, Union
 
 from kensa.engine.protocols import TargetLock
+from kensa.hosts.targetlock import DEFAULT_TIMEOUT
 from kensa.support.afterfork import reset_in_child
 
 __all__ = ["Locks"]
+
+
+@contextlib.contextmanager
+def _both(first: ContextManager[None], second: ContextManager[None]) -> Iterator[None]:
+    with first, second:
+        yield
 
 
 class _NoTargetLock:
@@ -67,10 +74,19 @@ class Locks:
         return lock
 
     def target(self, key: str, host: Union[Any, BaseException]) -> ContextManager[None]:
-        """The cross-process lock of target ``key`` (``host``: its resolved object, or why it did not resolve)."""
+        """The cross-process lock of target ``key`` (``host``: its resolved object, or why it did not resolve).
+
+        A host that other machines write too (a remote one) has ``hold_target_lock(timeout)``:
+        the lock its own machine's kensa runs take, taken after this process's one, with the
+        same timeout."""
         # A host that did not resolve is locked under its key; its run ends errored in preflight.
-        identity = None if isinstance(host, BaseException) else getattr(host, "identity", None)
-        return self.target_lock.hold(key, identity)
+        if isinstance(host, BaseException):
+            return self.target_lock.hold(key, None)
+        held = self.target_lock.hold(key, getattr(host, "identity", None))
+        on_target: Optional[Callable[[Optional[float]], ContextManager[None]]] = getattr(host, "hold_target_lock", None)
+        if on_target is None:
+            return held
+        return _both(held, on_target(getattr(self.target_lock, "timeout", DEFAULT_TIMEOUT)))
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[None]:

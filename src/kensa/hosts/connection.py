@@ -7,12 +7,13 @@ for what the answers and faults mean to a caller.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import select
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Counter, Dict, List, NoReturn, Optional, cast
+from typing import Any, Callable, Counter, Dict, Iterator, List, NoReturn, Optional, cast
 
 from kensa import errors
 from kensa.errors import AgentError, HostConnectionLost, KensaError, RemoteTimeoutError
@@ -83,6 +84,12 @@ class AgentConnection:
         """Send one request and return its decoded ``ok`` value, or raise its error (see the module docstring)."""
         return self.outcome(op, self._exchange(op, fields))
 
+    def send_only(self, op: str, **fields: Any) -> None:
+        """Send a request the agent answers nothing to (only ``unlock_target`` is one): the caller
+        does not wait for the target. A lost connection raises HostConnectionLost, as any request."""
+        with self._sent(op, fields):
+            pass
+
     def batch(self, calls: List[Dict[str, Any]]) -> List[Any]:
         """Send many read requests (each ``{"op", "args", "kwargs"}``) in one ``batch`` round trip; their
         answers in order, each still to be read with :meth:`outcome`. An answer that is not one per call
@@ -109,6 +116,12 @@ class AgentConnection:
             self._broken(f"answered {op} with a value that is not the protocol: {exc}")
 
     def _exchange(self, op: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+        with self._sent(op, fields) as deadline:
+            return self._read(deadline, op)
+
+    @contextlib.contextmanager
+    def _sent(self, op: str, fields: Dict[str, Any]) -> Iterator[float]:
+        """Send one request, then hold the connection (and its deadline) until the block ends."""
         if self.observer is not None:
             self.observer(op, fields.get("mechanism"))
         with self._lock:
@@ -117,7 +130,7 @@ class AgentConnection:
             self.counts[op] += 1
             deadline = time.monotonic() + self.operation_timeout
             self._write(frame(dict(fields, op=op)), deadline, op)
-            return self._read(deadline, op)
+            yield deadline
 
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)

@@ -58,7 +58,8 @@ __all__ = ["NO_PYTHON", "NO_PYTHON_MESSAGE", "PYTHONS", "ROOT_PACKAGES", "TARGET
 ROOT_PACKAGES = ("kensa.handlers", "kensa.facts", "kensa.hosts.agent")
 
 #: What the payload may hold: modules of these names or below them.
-TARGET_SIDE = ("kensa.model", "kensa.errors", "kensa.hosts", "kensa.handlers", "kensa.facts", "kensa.audit.compiled")
+TARGET_SIDE = ("kensa.model", "kensa.errors", "kensa.hosts", "kensa.handlers", "kensa.facts", "kensa.audit.compiled",
+               "kensa.support.flocks")
 
 # Sent on the command line, not in the payload; and the controller's own side.
 _NOT_SENT = frozenset({"kensa.hosts.agent.bootstrap"})

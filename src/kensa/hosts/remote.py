@@ -35,7 +35,7 @@ import posixpath
 import subprocess
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 from urllib.parse import urlsplit
 
 from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, KensaError, RemoteHostError
@@ -46,6 +46,7 @@ from kensa.hosts.overlay import FileReaders, PlannedView
 from kensa.hosts.payload import NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload, check_python
 from kensa.hosts.processes import SubprocessTransport
 from kensa.hosts.protocol import Host, PhaseOutcome, ReadableHost, StepRunner, Transport
+from kensa.hosts.remotelock import hold_target_lock
 from kensa.model import Assessment, FileInfo, Phase, PreState, RemoteTarget, RollbackResult, StepResult
 from kensa.support.afterfork import reset_in_child
 
@@ -123,6 +124,11 @@ class RemoteHost(FileReaders):
 
     def close(self) -> None:
         self.connection.close()
+
+    def hold_target_lock(self, timeout: Optional[float]) -> ContextManager[None]:
+        """Hold the target's own lock, the one kensa runs on that machine take, for a ``with``
+        block (:mod:`kensa.hosts.remotelock`); TargetLockTimeout after ``timeout`` s (None: no limit)."""
+        return hold_target_lock(self.connection, self.root, timeout)
 
     def where(self, path: str) -> str:
         return f"{self.connection.name}:{_where(self.target_root, path)}"

@@ -22,6 +22,10 @@ naming the target, the lock file and the pids holding it; nothing has been
 changed then (the engine turns it into an ``errored`` result of that run; a
 rollback or recovery raises it). ``timeout=None`` waits as long as it takes.
 
+A remote target is locked on the target too: its agent takes there the lock
+a kensa run on that machine takes (:mod:`kensa.hosts.remotelock`). Both sides
+name and open lock files with :mod:`kensa.hosts.lockfiles`.
+
 A forked child never inherits a held lock: descriptors held at fork time are
 closed in the child (its runs take the lock afresh, and wait for the parent's).
 """
@@ -29,18 +33,14 @@ closed in the child (its runs take the lock afresh, and wait for the parent's).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import hashlib
 import os
-import stat
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
-from kensa.support.afterfork import reset_in_child
-from kensa.support.flocks import flock_holders
 from kensa.errors import TargetLockError, TargetLockTimeout
+from kensa.hosts.lockfiles import SYSTEM_LOCK_DIRECTORY, busy, holders, lock_name, open_lock, try_lock
+from kensa.support.afterfork import reset_in_child
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -56,10 +56,6 @@ DEFAULT_TIMEOUT = 300.0
 
 # Short, so a waiter gets its turn between another process's back-to-back transactions.
 _POLL_SECONDS = 0.005
-
-
-#: Where root's target locks live, whatever journal a process uses.
-SYSTEM_LOCK_DIRECTORY = Path("/run/kensa/targets")
 
 
 def target_lock_directory(journal_path: Union[str, "os.PathLike[str]"], *, system: Optional[bool] = None) -> Path:
@@ -78,15 +74,6 @@ def target_lock_directory(journal_path: Union[str, "os.PathLike[str]"], *, syste
     if system:
         return SYSTEM_LOCK_DIRECTORY
     return Path(os.path.realpath(os.fspath(journal_path)) + ".targets")
-
-
-def _identity_bytes(key: str, identity: Any) -> bytes:
-    if identity is None:
-        return b"key:" + key.encode("utf-8", "surrogateescape")
-    if isinstance(identity, bytes):
-        return b"identity:" + identity
-    text = identity if isinstance(identity, str) else repr(identity)
-    return b"identity:" + text.encode("utf-8", "surrogateescape")
 
 
 class TargetLocks:
@@ -120,13 +107,12 @@ class TargetLocks:
 
     def path_for(self, key: str, identity: Any = None) -> Path:
         """The lock file of the target ``key`` (``identity``, when given, names it instead)."""
-        return self._directory / (hashlib.sha256(_identity_bytes(key, identity)).hexdigest() + ".lock")
+        return self._directory / lock_name(key, identity)
 
     @contextlib.contextmanager
     def hold(self, key: str, identity: Any = None) -> Iterator[None]:
         """Hold the target's lock for the ``with`` block; raises TargetLockTimeout after the timeout."""
-        path = self.path_for(key, identity)
-        fd = self._open(key, path)
+        fd, path = open_lock(self._directory, lock_name(key, identity), key)
         try:
             self._take(fd, key, path)
         except BaseException:
@@ -141,77 +127,16 @@ class TargetLocks:
             if mine is not None:
                 os.close(mine)  # closing the only descriptor releases the flock
 
-    def _open(self, key: str, path: Path) -> int:
-        try:
-            dir_fd = self._open_directory()
-        except OSError as exc:
-            raise TargetLockError(
-                f"kensa target lock directory {self._directory} for host {key!r}: cannot open it: {exc.strerror or exc}"
-            ) from exc
-        try:
-            # O_NOFOLLOW: a link planted at the lock path must not redirect the lock.
-            fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-        except OSError as exc:
-            raise TargetLockError(
-                f"kensa target lock {path} for host {key!r}: cannot open it: {exc.strerror or exc}"
-            ) from exc
-        finally:
-            os.close(dir_fd)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise TargetLockError(f"kensa target lock {path} for host {key!r} is not a regular file")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _open_directory(self) -> int:
-        try:
-            os.mkdir(self._directory, 0o700)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            self._directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(self._directory, 0o700)
-        dir_fd = os.open(self._directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        st = os.fstat(dir_fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            os.close(dir_fd)
-            # Someone else could swap or hold our lock files: refuse rather than trust it.
-            raise PermissionError(
-                errno.EPERM,
-                f"it must be a directory owned by uid {os.geteuid()} with mode 0700, but it is owned by uid "
-                f"{st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; remove it or fix its owner and mode",
-            )
-        return dir_fd
-
     def _take(self, fd: int, key: str, path: Path) -> None:
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise TargetLockError(f"kensa target lock {path} for host {key!r}: flock failed: {exc.strerror}") from exc
+        while not try_lock(fd, key, path):
             if deadline is None:
                 time.sleep(_POLL_SECONDS)
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise self._timed_out(fd, key, path)
+                raise busy(key, holders(fd), str(path), self._timeout)
             time.sleep(min(_POLL_SECONDS, remaining))
-
-    def _timed_out(self, fd: int, key: str, path: Path) -> TargetLockTimeout:
-        holders = [pid for pid, _ in flock_holders(fd)]
-        by = ("held by pid " + ", ".join(str(pid) for pid in holders)) if holders else "holder unknown"
-        return TargetLockTimeout(
-            f"host {key!r} is being changed by another kensa process ({by}; lock file "
-            f"{path}): could not take its lock within {self._timeout:g}s; nothing was changed. "
-            "Wait for that process to finish, then try again",
-        )
 
     def _after_fork_in_child(self) -> None:
         # The child shares the parent's open lock descriptions: keeping them would

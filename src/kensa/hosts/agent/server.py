@@ -37,11 +37,13 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from kensa.errors import StepPhaseError, UnknownMechanismError
+from kensa.errors import StepPhaseError, TargetLockError, UnknownMechanismError
 from kensa.hosts.agent.wire import HEADER, PROTOCOL, FrameError, decode_value, encode_error, encode_value, frame, frame_length, parse
 from kensa.hosts.local import LocalHost
+from kensa.hosts.lockfiles import agent_lock_directory, holders, lock_name, open_lock, try_lock
 
 __all__ = ["BATCH_CALLS", "HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "IndexedHandlers", "serve"]
 
@@ -61,6 +63,12 @@ _INTERNED = 256
 
 #: Largest request the agent reads: a step's params, pre-state and planned files.
 MAX_REQUEST_BYTES = 1 << 30
+
+#: Longest one ``lock_target`` request may try for the lock (the controller asks again).
+MAX_LOCK_WAIT = 60.0
+
+# Short, so a waiter gets its turn between another process's back-to-back transactions.
+_LOCK_POLL_SECONDS = 0.005
 
 
 def _completed(done: "subprocess.CompletedProcess[str]") -> Dict[str, Any]:
@@ -112,6 +120,7 @@ class Agent:
         self.host: Optional[LocalHost] = None
         self.handlers = handlers
         self._interned: Dict[str, Any] = {}
+        self._target_lock: Optional[int] = None  # the descriptor of the target's lock, while held
 
     def answer(self, request: Mapping[str, Any]) -> Dict[str, Any]:
         """The answer to one request (an error is an answer too)."""
@@ -136,7 +145,37 @@ class Agent:
             return _completed(found) if op == "run" else found
         if op in _HANDLER_CALLS:
             return self._handler_call(host, str(op), request)
+        if op == "lock_target":
+            return self._lock_target(host, request.get("wait"))
         raise FrameError(f"unknown request {op!r}")
+
+    def _lock_target(self, host: LocalHost, wait: Any) -> Dict[str, Any]:
+        """Try for the target's lock (a kensa run here takes the same for this root) for at most
+        ``wait`` seconds; held (until ``unlock_target`` or the agent's end) or who holds it."""
+        if self._target_lock is not None:
+            raise TargetLockError(f"the agent already holds the lock of {host.root}; it is released first")
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_LOCK_WAIT:
+            raise FrameError(f"lock_target needs wait, a number of seconds from 0 to {MAX_LOCK_WAIT:g}, not {wait!r}")
+        fd, path = open_lock(agent_lock_directory(), lock_name(host.root, host.identity), host.root)
+        held = False
+        try:
+            deadline = time.monotonic() + wait
+            while not try_lock(fd, host.root, path):
+                if time.monotonic() >= deadline:
+                    return {"held": False, "path": str(path), "holders": holders(fd)}
+                time.sleep(_LOCK_POLL_SECONDS)
+            held = True
+        finally:
+            if not held:
+                os.close(fd)
+        self._target_lock = fd
+        return {"held": True, "path": str(path), "holders": []}
+
+    def unlock_target(self) -> None:
+        """Release the target's lock if held (``unlock_target`` is answered with nothing)."""
+        fd, self._target_lock = self._target_lock, None
+        if fd is not None:
+            os.close(fd)
 
     def _batch(self, request: Mapping[str, Any]) -> Dict[str, Any]:
         """Many reads in one round trip: ``calls`` (each ``{"op", "args", "kwargs"}`` as a single
@@ -281,6 +320,9 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
         except FrameError as exc:
             _write_all(write_fd, frame({"error": encode_error(exc)}))
             return 3
+        if request.get("op") == "unlock_target":
+            agent.unlock_target()
+            continue
         busy.set()
         answer = agent.answer(request)
         busy.clear()

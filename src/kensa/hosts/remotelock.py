@@ -1,0 +1,62 @@
+"""The target's own lock, held through its agent: one writer per target across machines.
+
+The controller's :class:`kensa.hosts.targetlock.TargetLocks` keeps out the
+controller's other processes. A remote target is also written by kensa runs
+on that machine, by other controllers and by a second inventory name of the
+same machine: :func:`hold_target_lock` has the agent take the lock a kensa
+run on the target takes for the same root (:mod:`kensa.hosts.lockfiles`:
+``/run/kensa/targets`` for root there), for one transaction, rollback by id
+or recovery of one entry. The agent tries for at most :data:`ATTEMPT_SECONDS`
+per request, so no request outlasts the operation timeout however long the
+wait; the controller asks again until its own timeout. The lock is the
+agent's open file: an agent that ends (its connection lost, its controller
+gone) holds nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Iterator, Optional
+
+from kensa.errors import HostConnectionLost, RemoteTimeoutError
+from kensa.hosts.connection import AgentConnection
+from kensa.hosts.lockfiles import busy
+
+__all__ = ["ATTEMPT_SECONDS", "hold_target_lock"]
+
+#: Longest the agent tries for the lock in one request.
+ATTEMPT_SECONDS = 1.0
+
+
+def _lock_answer(value: Any) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("held"), bool) and isinstance(value.get("path"), str)
+            and isinstance(value.get("holders"), list) and all(type(pid) is int for pid in value["holders"]))
+
+
+@contextlib.contextmanager
+def hold_target_lock(connection: AgentConnection, key: str, timeout: Optional[float]) -> Iterator[None]:
+    """Hold the target's lock (see the module docstring) for the ``with`` block.
+
+    ``timeout``: seconds to wait for another holder (None: as long as it takes).
+    Raises TargetLockTimeout naming ``key``, the holders' pids on the target and
+    the lock file there; nothing has run then."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = ATTEMPT_SECONDS if deadline is None else max(0.0, min(ATTEMPT_SECONDS, deadline - time.monotonic()))
+        found = connection.request("lock_target", wait=left)
+        if not _lock_answer(found):
+            connection.broken(f"answered lock_target with {type(found).__name__}, which is not what lock_target answers")
+        if found["held"]:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            raise busy(key, found["holders"], found["path"], timeout, " on that host")
+    try:
+        yield
+    finally:
+        try:
+            connection.send_only("unlock_target")
+        except (HostConnectionLost, RemoteTimeoutError):
+            # The agent is gone, or was stopped (a write that never found room): either way
+            # its lock went with it, and what the block raised or returned is what counts.
+            pass

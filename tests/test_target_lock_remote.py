@@ -1,0 +1,171 @@
+"""One writer per target across machines: a remote run takes the target's own lock, on the target.
+
+The controller's lock (:class:`kensa.hosts.TargetLocks` on the controller) keeps
+out the controller's other processes only. The agent takes the lock a kensa run
+on the target itself takes for the same root (``/run/kensa/targets`` there, named
+by the root's identity), for each transaction, rollback by id and recovery, so a
+local run on the target, a second controller and a second inventory alias of the
+same machine all wait for it. The agents here run on this machine (the target is
+this machine), so a local ``TargetLocks`` is the target's own lock.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from agent_targets import py36_path, transport, transport_for
+from conftest import require_root
+from kensa import default_engine
+from kensa.errors import TargetLockError, TargetLockTimeout
+from kensa.hosts.local import LocalHost
+from kensa.hosts.payload import build_payload
+from kensa.hosts.remote import RemoteHost, connect
+from kensa.hosts.targetlock import SYSTEM_LOCK_DIRECTORY, TargetLocks
+from kensa.model import Status, Step, Transaction
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    require_root("the target lock of a root lives in /run/kensa/targets")
+    tree = tmp_path / "root"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/app.conf").write_text("# app\n")
+    return tree
+
+
+@pytest.fixture
+def host(root: Path) -> Iterator[RemoteHost]:
+    found = connect(transport(), str(root))
+    yield found
+    found.close()
+
+
+def _target_locks(timeout: float) -> TargetLocks:
+    """The lock a kensa run on the target takes: root's, in the system directory."""
+    return TargetLocks(SYSTEM_LOCK_DIRECTORY, timeout=timeout)
+
+
+def _edit(root: Path, key: str, value: str, name: str = "target") -> Transaction:
+    step = Step("config_set", {"path": "/etc/app.conf", "key": key, "value": value, "separator": " "})
+    return Transaction(f"edit-{name}-{key}", (step,), host=f"ssh://{name}{root}")
+
+
+def test_a_remote_transaction_waits_for_a_run_on_the_target(root: Path, tmp_path: Path) -> None:
+    """While a kensa process on the target holds the lock of the root, a controller's transaction
+    there ends errored, naming the host, that process and the lock file, and changes nothing."""
+    engine = default_engine(str(tmp_path / "j.db"), audit=False, remote=transport_for, target_lock_timeout=0.3)
+    before = (root / "etc/app.conf").read_bytes()
+    with _target_locks(0).hold(str(root), LocalHost(str(root)).identity):
+        result = engine.run(_edit(root, "Port", "22"))
+    assert result.status is Status.ERRORED and result.host_unchanged, result
+    assert result.error is not None and result.error.type == "TargetLockTimeout"
+    message = result.error.message
+    assert f"ssh://target{root}" in message and f"pid {os.getpid()}" in message and "/run/kensa/targets/" in message
+    assert "nothing was changed" in message
+    assert (root / "etc/app.conf").read_bytes() == before
+    assert engine.run(_edit(root, "Port", "22")).status is Status.COMMITTED  # the lock is free again
+
+
+def test_a_run_on_the_target_waits_for_a_remote_transaction(root: Path, host: RemoteHost) -> None:
+    """While the agent holds the target's lock, a kensa run on the target cannot take it; the message
+    names the agent's pid. Once released (the one-way unlock), the run takes it."""
+    identity = LocalHost(str(root)).identity
+    with host.hold_target_lock(5.0):
+        with pytest.raises(TargetLockTimeout, match=f"pid {host.hello['pid']}"):
+            with _target_locks(0.2).hold(str(root), identity):
+                pass
+    with _target_locks(5.0).hold(str(root), identity):
+        pass
+
+
+def test_an_agent_that_dies_holding_the_lock_leaves_it_free(root: Path, host: RemoteHost) -> None:
+    """The lock is the agent's open file: killed while holding it, the agent holds nothing."""
+    identity = LocalHost(str(root)).identity
+    with pytest.raises(Exception):
+        with host.hold_target_lock(5.0):
+            os.kill(host.hello["pid"], signal.SIGKILL)
+            host.info("/etc/app.conf")  # the connection is lost
+    with _target_locks(5.0).hold(str(root), identity):
+        pass
+
+
+def test_two_aliases_of_one_target_take_turns(root: Path, tmp_path: Path) -> None:
+    """Two host keys (two connections, two agents) for one root, run in parallel: each transaction
+    waits for the other's, none deadlocks, and every edit of one file is kept."""
+    engine = default_engine(str(tmp_path / "j.db"), audit=False, remote=transport_for, target_lock_timeout=60)
+    txns = [_edit(root, f"Key{index}{name}", str(index), name) for index in range(30) for name in ("a", "b")]
+    results = engine.run_many(txns, workers=2)
+    assert [r.status for r in results] == [Status.COMMITTED] * len(txns), results
+    text = (root / "etc/app.conf").read_text()
+    assert all(f"Key{index}{name} {index}\n" in text for index in range(30) for name in ("a", "b")), text
+
+
+def test_the_wait_is_bounded_and_retried(root: Path, host: RemoteHost) -> None:
+    """A holder that lets go within the timeout is waited for: the lock is taken after it."""
+    identity = LocalHost(str(root)).identity
+    taken: List[float] = []
+    held = threading.Event()
+
+    def hold_briefly() -> None:
+        with _target_locks(0).hold(str(root), identity):
+            held.set()
+            time.sleep(1.5)
+
+    holder = threading.Thread(target=hold_briefly)
+    holder.start()
+    held.wait(5)
+    with host.hold_target_lock(30.0):
+        taken.append(time.monotonic())
+    holder.join()
+    assert taken and not holder.is_alive()
+
+
+def test_the_agent_refuses_a_second_hold_and_a_lock_before_hello(root: Path, host: RemoteHost) -> None:
+    """Asked to lock what it holds, the agent answers an error (a flock of a second descriptor would
+    wait on itself); the connection stays usable."""
+    with host.hold_target_lock(5.0):
+        with pytest.raises(TargetLockError, match="already holds"):
+            host.connection.request("lock_target", wait=0.0)
+        assert host.info("/etc/app.conf") is not None
+    answer = host.connection.request("lock_target", wait=0.0)
+    assert answer["held"] is True
+    host.connection.send_only("unlock_target")
+    with _target_locks(5.0).hold(str(root), LocalHost(str(root)).identity):
+        pass
+
+
+def test_the_lock_works_on_a_python_36_agent(root: Path, tmp_path: Path) -> None:
+    """The target side of the lock runs on Python 3.6: the payload has no module that needs
+    os.register_at_fork (3.7+), and an agent without what 3.7 added takes and releases it."""
+    assert "kensa.support.afterfork" not in build_payload().modules
+    remote = connect(transport(path=py36_path(tmp_path / "py36")), str(root))
+    try:
+        with remote.hold_target_lock(5.0):
+            with pytest.raises(TargetLockTimeout):
+                with _target_locks(0).hold(str(root), LocalHost(str(root)).identity):
+                    pass
+    finally:
+        remote.close()
+
+
+def test_a_rollback_by_id_takes_the_targets_lock(root: Path, tmp_path: Path) -> None:
+    """A rollback by id of a remote transaction holds the target's lock too (as recovery does, through
+    the same engine lock): while a run on the target holds it, the rollback stops with
+    TargetLockTimeout naming the host, and changes nothing."""
+    engine = default_engine(str(tmp_path / "j.db"), audit=False, remote=transport_for, target_lock_timeout=0.3)
+    done = engine.run(_edit(root, "Port", "22"))
+    assert done.status is Status.COMMITTED
+    after = (root / "etc/app.conf").read_bytes()
+    # The agent's unlock is a message the run did not wait for: it may still be on its way.
+    with _target_locks(5).hold(str(root), LocalHost(str(root)).identity):
+        with pytest.raises(TargetLockTimeout, match="on that host"):
+            engine.rollback(done.txn_id)
+    assert (root / "etc/app.conf").read_bytes() == after
+    assert engine.rollback(done.txn_id).status is Status.ROLLED_BACK
