@@ -419,3 +419,29 @@ def test_an_answer_of_the_wrong_type_is_an_agent_error_naming_the_host(root: Pat
         assert not host.alive
     finally:
         host.close()
+
+
+def test_a_rule_without_a_check_is_validated_on_the_target_one_request_each(root: Path, tmp_path: Path) -> None:
+    """check_rules of rules without ``check:`` on a remote host runs each step's validate on the agent:
+    one request per rule, however many files the handler reads, with the verdicts a local check gives."""
+    from kensa.hosts.local import LocalHost
+    from kensa.rules.assess import check_rules, observe
+    from kensa.rules.load import load_rules
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for index, (key, value) in enumerate([("PermitRootLogin", "no"), ("MaxAuthTries", "3"), ("Banner", "none")]):
+        (rules_dir / f"r{index}.yml").write_text(
+            f"id: remote-check-{index}\ntitle: t\nseverity: low\ncategory: system\nimplementations:\n"
+            f"  - default: true\n    remediation:\n      mechanism: config_set\n      path: /etc/ssh/sshd_config\n"
+            f"      key: {key}\n      value: \"{value}\"\n      separator: \" \"\n")
+    rules = load_rules([rules_dir])
+    local = check_rules(rules, LocalHost(str(root)), default_registry())
+    host = connect(transport("checked"), str(root))
+    try:
+        host.connection.counts.clear()
+        found = check_rules(rules, host, default_registry(), facts=observe(LocalHost(str(root))))
+        assert dict(host.connection.counts) == {"validate": len(rules)}
+    finally:
+        host.close()
+    assert [(r.rule, r.verdict, r.detail) for r in found] == [(r.rule, r.verdict, r.detail) for r in local]

@@ -70,8 +70,9 @@ class Registry:
         return f"Registry({sorted(self._handlers)!r})"
 
 
-def host_handlers(registry: Union[Registry, Mapping[str, Handler]], host: Any) -> Any:
-    """What a transaction on ``host`` looks its steps' handlers up in (``[mechanism]``).
+def host_handlers(registry: Union[Registry, Mapping[str, Any]], host: Any) -> Any:
+    """What a transaction or a check on ``host`` looks its steps' handlers up in (``[mechanism]``,
+    ``.get(mechanism)``).
 
     A host that runs handlers where it is (a remote host: each phase is one
     round trip to its agent) gives its own, built from ``registry`` by its

@@ -35,7 +35,7 @@ import posixpath
 import subprocess
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, cast
 from urllib.parse import urlsplit
 
 from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, KensaError, RemoteHostError
@@ -290,12 +290,18 @@ def _ran(value: Any) -> bool:
             and isinstance(value.get("stdout"), str) and isinstance(value.get("stderr"), str))
 
 
-class RemoteHandlers:
+class RemoteHandlers(Mapping[str, Any]):
     """``registry`` seen from a remote host: each handler a proxy that runs where the host is."""
 
     def __init__(self, host: RemoteHost, registry: Any) -> None:
         self.host = host
         self.registry = registry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.registry)
+
+    def __len__(self) -> int:
+        return len(self.registry)
 
     def __getitem__(self, mechanism: str) -> Any:
         local = self.registry[mechanism]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import AbstractSet, Any, List, Mapping, Optional, Sequence, Tuple, cast
 
 from kensa.checks import Validating, evaluate_check, step_holds
+from kensa.engine.registry import host_handlers
 from kensa.errors import KensaError, RemoteHostError
 from kensa.hosts.gather import gathered
 from kensa.hosts.protocol import ReadableHost
@@ -164,7 +165,7 @@ def check_rule(
     impl, verdict = choose(rule, facts, host_key)
     if verdict is not None or impl is None:
         return verdict or CheckResult(rule.id, host_key, Verdict.NOT_APPLICABLE, source=str(rule.source))
-    return _evaluate(rule, impl, host, host_key, handlers)
+    return _evaluate(rule, impl, host, host_key, host_handlers(handlers, host))
 
 
 def check_rules(
@@ -177,9 +178,11 @@ def check_rules(
 ) -> List[CheckResult]:
     """One verdict per rule of ``rules`` on ``host`` (see the module docstring), in input order.
 
-    ``handlers`` validate the steps of rules without checks; ``facts`` default to
-    :func:`observe` of the host. Changes nothing.
+    ``handlers`` validate the steps of rules without checks, where the host is (a remote
+    host's agent runs each validate in one round trip: :func:`kensa.engine.registry.host_handlers`);
+    ``facts`` default to :func:`observe` of the host. Changes nothing.
     """
+    handlers = host_handlers(handlers, host)
     if facts is None:
         try:
             facts = observe(host)
