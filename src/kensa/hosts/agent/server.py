@@ -121,6 +121,7 @@ class Agent:
         self.handlers = handlers
         self._interned: Dict[str, Any] = {}
         self._target_lock: Optional[int] = None  # the descriptor of the target's lock, while held
+        self._lock_name: Optional[str] = None  # its file's name: the root's identity reads mountinfo
 
     def answer(self, request: Mapping[str, Any]) -> Dict[str, Any]:
         """The answer to one request (an error is an answer too)."""
@@ -156,7 +157,9 @@ class Agent:
             raise TargetLockError(f"the agent already holds the lock of {host.root}; it is released first")
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_LOCK_WAIT:
             raise FrameError(f"lock_target needs wait, a number of seconds from 0 to {MAX_LOCK_WAIT:g}, not {wait!r}")
-        fd, path = open_lock(agent_lock_directory(), lock_name(host.root, host.identity), host.root)
+        if self._lock_name is None:
+            self._lock_name = lock_name(host.root, host.identity)
+        fd, path = open_lock(agent_lock_directory(), self._lock_name, host.root)
         held = False
         try:
             deadline = time.monotonic() + wait
@@ -193,6 +196,7 @@ class Agent:
         root = request.get("root", "/")
         limit = request.get("max_file_bytes")
         self.host = LocalHost(root) if limit is None else LocalHost(root, max_file_bytes=limit)
+        self._lock_name = None
         return {
             "protocol": PROTOCOL,
             "hash": self.payload_hash,
