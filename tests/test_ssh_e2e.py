@@ -544,3 +544,40 @@ def test_two_controllers_and_a_local_run_take_turns_on_one_target(sshd_rig: Any,
     assert all(f"Key{n}x{i} 1\n" in text for n in range(2) for i in range(40)), text
     for engine in (*controllers, hurried):
         engine.hosts.close()  # type: ignore[attr-defined]
+
+
+def test_a_dry_run_over_ssh_says_what_each_host_would_get_and_changes_nothing(sshd_rig: Any, tmp_path: Path) -> None:
+    """remediate --dry-run -H a,b,stopped: per host, each rule's plan (would apply, would skip), the
+    stopped host's rules an error naming it; no root changes, no journal is written; exit 1 for the
+    host that could not be planned."""
+    good, compliant, stopped = (sshd_rig.add_host("dry") for _ in range(3))
+    try:
+        stopped.stop()
+        root = make_root(sshd_rig, "dry")
+        before = snapshot_tree(root)
+        journal = tmp_path / "j.db"
+        hosts = ",".join(host_arg(h) for h in (good, compliant, stopped))
+        code, out = kensa_cli("--journal", str(journal), "--no-audit", "remediate", rules_dir(tmp_path), "-H", hosts,
+                              "--root", str(root), "--workers", "3", "--dry-run", *login(sshd_rig, tmp_path), "--json")
+        assert code == EXIT_NOT_APPLIED, out
+        report = json.loads(out)
+        assert report["dry_run"] is True
+        plans = {h["host"]: {r["rule"]: r["plan"] for r in h["rules"]} for h in report["hosts"]}
+        assert list(plans) == [key_of(h, root) for h in (good, compliant, stopped)]
+        assert plans[key_of(good, root)] == {"ssh-e2e-banner": "would apply: file_content",
+                                             "ssh-e2e-root-login": "would apply: config_set"}
+        failed = plans[key_of(stopped, root)]
+        assert sorted(failed) == ["ssh-e2e-banner", "ssh-e2e-root-login"]
+        assert all(plan.startswith("error: ") and f"127.0.0.1:{stopped.port}" in plan for plan in failed.values())
+        assert snapshot_tree(root) == before and not journal.exists()
+        (root / "etc" / "issue.net").write_text("Authorized use only\n")
+        code, out = kensa_cli("--journal", str(journal), "--no-audit", "remediate", rules_dir(tmp_path), "-H",
+                              host_arg(compliant), "--root", str(root), "--dry-run", *login(sshd_rig, tmp_path))
+        assert code == EXIT_OK, out
+        lines = out.splitlines()
+        assert lines[0].split() == ["HOST", "RULE", "PLAN"]
+        assert any(line.split()[1:] == ["ssh-e2e-banner", "compliant:", "would", "skip"] for line in lines[1:]), out
+        assert not journal.exists()
+    finally:
+        for host in (good, compliant, stopped):
+            host.remove()

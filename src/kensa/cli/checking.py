@@ -192,7 +192,9 @@ def run_remediate(
     return code if code == 3 or not ruleset.problems else 2
 
 
-def _dry_run(args: argparse.Namespace, planned: List[Any], host: Any, out: TextIO, bad_files: bool) -> int:
+def dry_run_rows(planned: List[Any], host: Any) -> List[Dict[str, str]]:
+    """What remediating ``planned`` (from plan_rules) on ``host`` would do, a row (rule, plan) per
+    rule: would apply its steps, would skip it as compliant, or why it would not run. Reads only."""
     from kensa.handlers import default_registry
     from kensa.rules.assess import check_rule, observe
 
@@ -210,6 +212,11 @@ def _dry_run(args: argparse.Namespace, planned: List[Any], host: Any, out: TextI
         else:
             plan = f"would error: {found.detail}" if found.verdict is Verdict.ERROR else f"{found.verdict.value}: {found.detail}"
         rows.append({"rule": item.rule.id, "plan": plan})
+    return rows
+
+
+def _dry_run(args: argparse.Namespace, planned: List[Any], host: Any, out: TextIO, bad_files: bool) -> int:
+    rows = dry_run_rows(planned, host)
     if args.json:
         json.dump({"dry_run": True, "rules": rows}, out, indent=2)
         out.write("\n")

@@ -118,7 +118,7 @@ def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
 
     if remote.remote_wanted(args):
         if args.dry_run:
-            raise UsageError("remediate --dry-run runs on local targets only; use kensa check -H for remote hosts")
+            return remote.cmd_dry_run_remote(args, out)
         return remote.cmd_remediate_remote(args, out, lambda **kw: _engine(args, **kw), exit_code_for)
     return run_remediate(args, out, _engine, exit_code_for)
 

@@ -366,6 +366,54 @@ def cmd_check_remote(args: argparse.Namespace, out: TextIO) -> int:
     return check_code(rows, bad_files)
 
 
+def cmd_dry_run_remote(args: argparse.Namespace, out: TextIO) -> int:
+    """``kensa remediate RULES -H ... --dry-run``: what each host's remediation would do.
+
+    Each host is reached and planned as ``remediate`` would, then read only: no journal is
+    written, no lock taken, nothing changed. A host that cannot be reached or planned
+    gets an error row per rule naming why, and the exit code 1.
+    """
+    from kensa.cli.checking import conflict_lines, dry_run_rows
+    from kensa.rules.assess import plan_rules
+
+    hosts = hosts_from(args)
+    rule_set = _RuleSets(args)
+    rule_sets = {target.key: rule_set(name, groups) for name, target, groups in hosts}
+    run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
+    failed: List[str] = []
+
+    def plan_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> List[Dict[str, str]]:
+        _, target, _ = entry
+        rules = rule_sets[target.key].rules
+        try:
+            host = run.connect(target)
+            resolution, planned = plan_rules(rules, host, host_key=target.key)
+            if resolution.conflicts and not args.allow_conflicts:
+                why = f"the selected rules conflict: {conflict_lines(resolution.conflicts)} (pass --allow-conflicts)"
+                failed.append(target.key)
+                return [{"rule": rule.id, "plan": f"would not run: {why}"} for rule in rules]
+            return dry_run_rows(planned, host)
+        except KensaError as exc:
+            failed.append(target.key)
+            return [{"rule": rule.id, "plan": f"error: {exc}"} for rule in rules]
+
+    try:
+        per_host = _per_host(hosts, args.workers, plan_host)
+    finally:
+        run.close()
+    bad_files = _report_problems(list(rule_sets.values()))
+    if args.json:
+        json.dump({"dry_run": True, "hosts": [{"host": t.key, "name": name, "rules": rows}
+                                              for (name, t, _), rows in zip(hosts, per_host)]}, out, indent=2)
+        out.write("\n")
+    else:
+        from kensa.cli.render import print_table
+
+        print_table([(t.key, row["rule"], row["plan"]) for (_, t, _), rows in zip(hosts, per_host) for row in rows],
+                    ("HOST", "RULE", "PLAN"), out)
+    return 2 if bad_files else 1 if failed else 0
+
+
 def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Callable[..., Any],
                          exit_code_for: Callable[[Sequence[TransactionResult], bool], int]) -> int:
     """``kensa remediate RULES -H ...``: plan and remediate each host, ``--workers`` hosts at a time.
