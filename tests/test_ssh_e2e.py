@@ -581,3 +581,37 @@ def test_a_dry_run_over_ssh_says_what_each_host_would_get_and_changes_nothing(ss
     finally:
         for host in (good, compliant, stopped):
             host.remove()
+
+
+def test_remediate_over_ssh_shows_hosts_done_on_a_terminal(sshd_rig: Any, two_hosts: Any, tmp_path: Path) -> None:
+    """With stderr on a terminal, remediate -H a,b draws a bar of hosts done (1/2, then 2/2, each
+    named); the result table still goes to stdout, and a pipe gets no bar at all."""
+    import pty
+
+    root = make_root(sshd_rig, "bar")
+    argv = [sys.executable, "-m", "kensa", "--journal", str(tmp_path / "j.db"), "--no-audit", "remediate",
+            rules_dir(tmp_path), *login(sshd_rig, tmp_path), "--root", str(root)]
+    argv += [option for host in two_hosts for option in ("-H", host_arg(host))]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    outputs = []
+    main_fd, term = pty.openpty()
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=term, env=env, timeout=120)
+        os.close(term)
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            outputs.append(chunk)
+    finally:
+        os.close(main_fd)
+    bar = b"".join(outputs).decode()
+    assert done.returncode == EXIT_OK, (done.stdout, bar)
+    assert "1/2" in bar and "2/2" in bar and "done" in bar, bar
+    assert all(f"{host_arg(host)} done" in bar for host in two_hosts), bar
+    assert done.stdout.decode().splitlines()[0].split()[:2] == ["HOST", "RULE"]
+    piped = subprocess.run(argv, capture_output=True, env=env, timeout=120)
+    assert piped.returncode == EXIT_OK and b"1/2" not in piped.stderr, piped.stderr

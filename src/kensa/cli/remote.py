@@ -278,6 +278,14 @@ class RemoteRun:
             thing.close()
 
 
+def _label(name: str, target: RemoteTarget) -> str:
+    """How a host is named to the operator: its inventory name, else its login (``user@host:port``)."""
+    if name != target.host:
+        return name
+    login = f"{target.user}@{target.host}" if target.user else target.host
+    return f"{login}:{target.port}" if target.port is not None else login
+
+
 def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any]) -> List[Any]:
     """``work`` for every host entry, ``workers`` hosts at a time, in order."""
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(hosts)))) as pool:
@@ -425,6 +433,7 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     """
     from kensa.cli.checking import conflict_lines, problem_rows, run_in_order
     from kensa.cli.evidence import journal_rules
+    from kensa.cli.render import Progress
     from kensa.rules.assess import plan_rules
 
     hosts = hosts_from(args)
@@ -435,9 +444,16 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
     failed: Dict[str, str] = {}
     engine = make_engine(**run.engine_options())
+    # Hosts finish in any order: the bar counts hosts done, each named with its outcome.
+    progress = Progress(len(hosts) if not args.json else 0, sys.stderr)
 
     def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Tuple[Any, List[TransactionResult], List[Dict[str, Any]]]:
-        _, target, _ = entry
+        name, target, _ = entry
+        found = _remediate_host(target)
+        progress.advance(f"{_label(name, target)} {'failed' if target.key in failed else 'done'}")
+        return found
+
+    def _remediate_host(target: RemoteTarget) -> Tuple[Any, List[TransactionResult], List[Dict[str, Any]]]:
         ruleset = rule_sets[target.key]
         try:
             host = engine.hosts(target.key)
@@ -456,6 +472,7 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
 
     try:
         per_host = _per_host(hosts, args.workers, remediate_host)
+        progress.finish()
         notified = notify_rows(engine)  # while the connections are still open
     finally:
         run.close()
