@@ -606,3 +606,27 @@ def test_run_output_is_text_as_before(root: Path) -> None:
     assert done.args == ["sh", "-c", "printf 'a\\r\\nb\\n'; printf 'err\\n' >&2; exit 3"]
     with pytest.raises(HostAccessError, match="timed out after 0.5 s"):
         host.run(["sleep", "5"], 0.5)
+
+
+def test_a_write_is_made_durable_with_one_fsync_of_the_file_and_one_of_its_directory(tmp_path: Path) -> None:
+    """Traced with strace, write_file syncs the new file once, after its bytes, owner, xattrs,
+    mode and mtime are all set (fsync covers data and metadata), and then the directory holding
+    the rename: the file is durable before its name points at it."""
+    if shutil.which("strace") is None:
+        from conftest import require_real
+
+        require_real("strace is not installed")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/app.conf").write_bytes(b"old\n")
+    log = tmp_path / "strace.log"
+    script = ("import sys\nfrom kensa.hosts.local import LocalHost\n"
+              "LocalHost(sys.argv[1]).write_file('/etc/app.conf', b'new\\n', mode=0o640, mtime_ns=10**18)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    subprocess.run(["strace", "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", str(log),
+                    sys.executable, "-c", script, str(root)], check=True, env=env, timeout=60)
+    calls = [line.split(None, 1)[1] for line in log.read_text().splitlines() if "resumed" not in line]
+    kinds = [call.split("(", 1)[0] for call in calls]
+    assert kinds in (["fsync", "renameat", "fsync"], ["fsync", "renameat2", "fsync"]), calls
+    assert ".app.conf.kensa-" in calls[0] and f"<{root}/etc>)" in calls[2], calls
+    assert (root / "etc/app.conf").read_bytes() == b"new\n"

@@ -14,8 +14,9 @@ apply, so such a file is refused before anything changes. Bytes are read in one
 allocation of the file's size, never in chunks joined into a second copy.
 
 Writes are atomic: a temporary file in the same directory (created through the
-directory fd with ``O_EXCL|O_NOFOLLOW``), written, fsynced, given its owner,
-extended attributes and mode, renamed over the target, and the directory fsynced.
+directory fd with ``O_EXCL|O_NOFOLLOW``), written, given its owner, extended
+attributes and mode, fsynced once (bytes and metadata), renamed over the target,
+and the directory fsynced.
 Rewriting an existing file keeps its mode, owner, group and extended attributes
 (including ``security.selinux``) unless the caller sets them. Because the rename
 replaces the directory entry, a file with several hard links is detached from the
@@ -278,7 +279,6 @@ class LocalHost(FileReaders, SymlinkOps):
         try:
             try:
                 write_all(fd, data)
-                os.fsync(fd)
                 # chown clears set-id bits and security.capability, so it comes first;
                 # an ACL xattr rewrites group bits, so the mode comes last.
                 os.fchown(fd, uid, gid)
@@ -287,7 +287,7 @@ class LocalHost(FileReaders, SymlinkOps):
                 os.fchmod(fd, mode)
                 if mtime_ns is not None:
                     set_mtime(fd, mtime_ns)  # after the last write of the bytes
-                os.fsync(fd)
+                os.fsync(fd)  # the bytes and the metadata, in one: durable before the rename names them
             finally:
                 os.close(fd)
             # A symlink planted at the final name after the check is replaced, never written through.
