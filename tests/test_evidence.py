@@ -492,6 +492,27 @@ def test_a_later_rollback_by_id_is_in_the_evidence(tmp_path: Path) -> None:
     assert verify(file, key["public_key"])[0] == EXIT_OK
 
 
+def test_a_later_rollback_that_kept_an_operators_edit_says_so_in_the_evidence(tmp_path: Path) -> None:
+    """An operator edits another line of the file after the commit; the rollback by id reverts only
+    kensa's line, and the evidence's later rollback names the kept change (as the journal does)."""
+    found = remediation_run(tmp_path)
+    txn = transaction_ids(found["out"])["ev-ssh-root"]
+    config = found["root"] / "etc/ssh/sshd_config"
+    config.write_text(config.read_text() + "MaxAuthTries 3\n")
+    code, _ = kensa("--journal", str(found["journal"]), "rollback", txn)
+    assert code == EXIT_OK
+    assert config.read_text() == SSHD_BEFORE + "MaxAuthTries 3\n"
+    key = keygen(tmp_path / "k")
+    code, _ = kensa("--journal", str(found["journal"]), "evidence", "export", txn, "--key", key["private_key"],
+                    "--out", str(tmp_path))
+    assert code == EXIT_OK
+    file = tmp_path / f"{txn}.evidence.json"
+    [rollback] = payload_of(file)["later_rollback"]["rollbacks"]
+    assert rollback["ok"] is True and rollback["kept"], rollback
+    assert all("/etc/ssh/sshd_config" in line for line in rollback["kept"]), rollback
+    assert verify(file, key["public_key"])[0] == EXIT_OK
+
+
 def test_an_envelope_of_the_right_fields_but_wrong_types_is_reported_not_raised() -> None:
     """Fields present but of other types (a list for the transaction, numbers for keys): problems, no exception."""
     needs_cryptography()

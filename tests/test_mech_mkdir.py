@@ -113,7 +113,8 @@ def test_an_operators_file_in_the_created_directory_survives_rollback_by_id_and_
     root: Path, tmp_path: Path, case: str
 ) -> None:
     """After a commit an operator puts a file into the directory kensa created: rollback by
-    id removes kensa's file, keeps the directory with the operator's file, and names it as kept."""
+    id removes kensa's file, keeps the directory with the operator's file, and names it as kept,
+    in its result and in the journal."""
     mechanism, params, dirs, files = CASES[case]
     engine = _engine(tmp_path)
     result = _run(engine, root, mechanism, params)
@@ -124,6 +125,8 @@ def test_an_operators_file_in_the_created_directory_survives_rollback_by_id_and_
     assert undone.status is Status.ROLLED_BACK, undone
     kept = [line for rb in undone.rollbacks for line in rb.kept]
     assert any(f"/{top}" in line and "99-operator" in line for line in kept), undone.rollbacks
+    journaled = engine.journal.get(result.txn_id).later_rollback  # type: ignore[union-attr]
+    assert journaled is not None and journaled.rollbacks == undone.rollbacks  # what was kept is on record
     assert (root / top / "99-operator").read_text() == "operator's\n"
     assert not any((root / path).exists() for path in files)
     assert all(not (root / path).exists() for path in dirs if path != top)

@@ -163,7 +163,8 @@ def _result_core(result: TransactionResult) -> Dict[str, Any]:
         "status": result.status.value,
         "host_unchanged": result.host_unchanged,
         "phases": _phase_views(result),
-        "rollbacks": [{"mechanism": text(r.mechanism), "ok": r.ok, "detail": text(r.detail)} for r in result.rollbacks],
+        "rollbacks": [{"mechanism": text(r.mechanism), "ok": r.ok, "detail": text(r.detail),
+                       **({"kept": [text(line) for line in r.kept]} if r.kept else {})} for r in result.rollbacks],
         "error": None if error is None else {"type": text(error.type), "message": text(error.message), "phase": error.phase.value},
     }
 

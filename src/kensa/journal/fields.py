@@ -98,7 +98,9 @@ def _step_dicts(result: TransactionResult) -> List[Dict[str, Any]]:
 
 
 def _rollback_dicts(result: TransactionResult) -> List[Dict[str, Any]]:
-    return [{"mechanism": r.mechanism, "ok": r.ok, "detail": r.detail} for r in result.rollbacks]
+    # kept: the later changes a rollback by id left in place; absent (none) in older rows.
+    return [{"mechanism": r.mechanism, "ok": r.ok, "detail": r.detail, **({"kept": list(r.kept)} if r.kept else {})}
+            for r in result.rollbacks]
 
 
 def _service_dicts(result: TransactionResult) -> List[Dict[str, Any]]:
