@@ -445,3 +445,43 @@ def test_a_rule_without_a_check_is_validated_on_the_target_one_request_each(root
     finally:
         host.close()
     assert [(r.rule, r.verdict, r.detail) for r in found] == [(r.rule, r.verdict, r.detail) for r in local]
+
+
+def test_the_checks_of_many_rules_read_a_remote_host_in_a_few_batches(root: Path, tmp_path: Path) -> None:
+    """check_rules of rules with ``check:`` blocks on a remote host fetches what every check reads in a
+    few batch requests, not one request per read, with the verdicts a local check gives (a rule whose
+    dependency does not hold is still not applicable)."""
+    from kensa.hosts.local import LocalHost
+    from kensa.rules.assess import check_rules, observe
+    from kensa.rules.load import load_rules
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    checks = [("config_value", "path: /etc/ssh/sshd_config, key: PermitRootLogin, expected: \"yes\""),
+              ("config_value", "path: /etc/ssh/sshd_config, key: Port, expected: \"2222\""),
+              ("file_exists", "path: /etc/motd"), ("file_exists", "path: /etc/nothing/here"),
+              ("file_permission", "path: /etc/motd, mode: \"0644\"")] * 4
+    for index, (method, fields) in enumerate(checks):
+        (rules_dir / f"r{index:02}.yml").write_text(
+            f"id: batch-{index:02}\ntitle: t\nseverity: low\ncategory: system\nimplementations:\n"
+            f"  - default: true\n    check: {{method: {method}, {fields}}}\n"
+            "    remediation: {mechanism: file_absent, path: /etc/unused}\n")
+    (rules_dir / "dep.yml").write_text(
+        "id: batch-dep\ntitle: t\nseverity: low\ncategory: system\ndepends_on: [batch-01]\nimplementations:\n"
+        "  - default: true\n    check: {method: file_exists, path: /etc/only-the-dependent-reads-this}\n"
+        "    remediation: {mechanism: file_absent, path: /etc/unused}\n")
+    rules = load_rules([rules_dir])
+    facts = observe(LocalHost(str(root)))
+    local = check_rules(rules, LocalHost(str(root)), default_registry(), facts=facts)
+    host = connect(transport("checked"), str(root))
+    try:
+        host.connection.counts.clear()
+        found = check_rules(rules, host, default_registry(), facts=facts)
+        assert set(host.connection.counts) == {"batch"} and host.connection.counts["batch"] <= 2, host.connection.counts
+    finally:
+        host.close()
+    # Details name a remote file as host:path, a local one as path (under root ...): the rest is the same.
+    assert [(r.rule, r.verdict, r.detail.split(": ", 1)[-1]) for r in found] == [
+        (r.rule, r.verdict, r.detail.split("): ", 1)[-1]) for r in local]
+    dependent = next(r for r in found if r.rule == "batch-dep")
+    assert dependent.verdict.value == "not_applicable" and "depends on rule batch-01" in dependent.detail

@@ -35,7 +35,7 @@ from kensa.errors import RemoteHostError
 from kensa.hosts.protocol import ReadableHost
 from kensa.model import FileInfo
 
-__all__ = ["MAX_ROUNDS", "gathered"]
+__all__ = ["MAX_ROUNDS", "gathered", "prefetched"]
 
 T = TypeVar("T")
 
@@ -132,27 +132,46 @@ class _Reads:
 def gathered(host: ReadableHost, read: Callable[[ReadableHost], T], *, rounds: int = MAX_ROUNDS) -> T:
     """``read(host)``, with the reads it makes of a remote host fetched in at most ``rounds``
     batches (see the module docstring). ``read`` must only read the host."""
+    return read(prefetched(host, [read], rounds=rounds))
+
+
+def prefetched(host: ReadableHost, reads: Sequence[Callable[[ReadableHost], Any]], *,
+               rounds: int = MAX_ROUNDS) -> ReadableHost:
+    """A read-only view of ``host`` that already holds what each of ``reads`` will read: steps 1
+    and 2 of the module docstring for all of them at once (each stops guessing on its own), in at
+    most ``rounds`` batches. Code run against the view gets the host's answers, any read not
+    fetched by its own request; ``reads`` themselves are not run for real here, so one the caller
+    ends up not needing costs a batched read and nothing more. A host that cannot batch is
+    returned as it is. ``reads`` must only read the host."""
     # Looked up on the class: a view over a remote host (PlannedView) passes other names on to the
     # host, and its reads must go through the view.
     if getattr(type(host), "read_many", None) is None:
-        return read(host)
+        return host
     read_many: Callable[[Sequence[Any]], List[Tuple[Any, Optional[BaseException]]]] = getattr(host, "read_many")
     known: Dict[_Key, Tuple[Any, Optional[BaseException]]] = {}
+    guessing = list(reads)
     for _ in range(rounds):
-        view = _Reads(host, known, guess=True)
-        stopped = False
-        try:
-            read(view)
-        except RemoteHostError:
-            raise  # an answer the host gave said the connection is gone
-        except _Unguessable:
-            stopped = True
-        except Exception:  # noqa: BLE001 - code fed guesses may fail anywhere; only the last run counts
-            pass
-        wanted = [key for key in view.missed if key[0] in _ABSENT or key[0] == "lookup_id"]
+        wanted: Dict[_Key, None] = {}
+        still = []
+        for read in guessing:
+            view = _Reads(host, known, guess=True)
+            stopped = False
+            try:
+                read(view)
+            except RemoteHostError:
+                raise  # an answer the host gave said the connection is gone
+            except _Unguessable:
+                stopped = True
+            except Exception:  # noqa: BLE001 - code fed guesses may fail anywhere; only the last run counts
+                pass
+            wanted.update((key, None) for key in view.missed if key[0] in _ABSENT or key[0] == "lookup_id")
+            if view.missed and not stopped:
+                still.append(read)
         if wanted:
-            answers = read_many([(op, args, dict(kwargs)) for op, args, kwargs in wanted])
-            known.update(zip(wanted, answers))
-        if stopped or not view.missed:
+            keys = list(wanted)
+            answers = read_many([(op, args, dict(kwargs)) for op, args, kwargs in keys])
+            known.update(zip(keys, answers))
+        guessing = still
+        if not guessing:
             break
-    return read(_Reads(host, known, guess=False))
+    return _Reads(host, known, guess=False)

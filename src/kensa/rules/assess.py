@@ -26,13 +26,14 @@ transaction to run for each rule that gets one.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import AbstractSet, Any, List, Mapping, Optional, Sequence, Tuple, cast
 
 from kensa.checks import Validating, evaluate_check, step_holds
 from kensa.engine.registry import host_handlers
 from kensa.errors import KensaError, RemoteHostError
-from kensa.hosts.gather import gathered
+from kensa.hosts.gather import gathered, prefetched
 from kensa.hosts.protocol import ReadableHost
 from kensa.model import CheckResult, Transaction, Verdict
 from kensa.rules.applicability import OsRelease, Resolution, platform_applies, read_os_release, resolve
@@ -95,8 +96,21 @@ def choose(rule: Rule, facts: TargetFacts, host_key: str) -> Tuple[Optional[Impl
     return fallback, None
 
 
-def _evaluate(rule: Rule, impl: Implementation, host: Any, host_key: str, handlers: Mapping[str, Validating]) -> CheckResult:
+def _read_checks(impl: Implementation, host: ReadableHost) -> None:
+    """Evaluate ``impl``'s checks for what they read (see :func:`kensa.hosts.gather.prefetched`)."""
+    for check in impl.checks:
+        try:
+            evaluate_check(check, host)
+        except KensaError:
+            continue
+
+
+def _evaluate(rule: Rule, impl: Implementation, host: Any, host_key: str, handlers: Mapping[str, Validating],
+              reads: Optional[ReadableHost] = None) -> CheckResult:
+    """``rule``'s verdict by ``impl``: its checks read ``reads`` (default: ``host``, a view holding
+    what they read), its steps validate with ``handlers`` on ``host``."""
     label, source = _label(rule, impl), str(rule.source)
+    reads = host if reads is None else reads
 
     def result(verdict: Verdict, detail: str, decided: str) -> CheckResult:
         return CheckResult(rule.id, host_key, verdict, detail, decided, label, source)
@@ -121,7 +135,7 @@ def _evaluate(rule: Rule, impl: Implementation, host: Any, host_key: str, handle
     held: List[str] = []
     for check in impl.checks:
         try:
-            finding = evaluate_check(check, host)
+            finding = evaluate_check(check, reads)
         except KensaError as exc:
             fault = fault or result(Verdict.ERROR, str(exc), check.method)
             continue
@@ -165,7 +179,8 @@ def check_rule(
     impl, verdict = choose(rule, facts, host_key)
     if verdict is not None or impl is None:
         return verdict or CheckResult(rule.id, host_key, Verdict.NOT_APPLICABLE, source=str(rule.source))
-    return _evaluate(rule, impl, host, host_key, host_handlers(handlers, host))
+    reads = prefetched(host, [functools.partial(_read_checks, impl)]) if impl.checkable and impl.checks else host
+    return _evaluate(rule, impl, host, host_key, host_handlers(handlers, host), reads)
 
 
 def check_rules(
@@ -191,14 +206,18 @@ def check_rules(
             # rule is an error naming why, none is decided from facts never read.
             return [CheckResult(rule.id, host_key, Verdict.ERROR, str(exc)) for rule in rules]
     resolution = resolve(rules)
+    chosen = {rule.id: choose(rule, facts, host_key) for rule in resolution.order}
+    # What every check will read, fetched together: a few round trips to a remote host, not one per read.
+    reads = prefetched(host, [functools.partial(_read_checks, impl) for impl, verdict in chosen.values()
+                              if verdict is None and impl is not None and impl.checkable and impl.checks])
     # Skipped rules first: a rule depending on one of them then names its verdict.
     results = {rule.id: _skipped(rule, resolution.skipped[rule.id], host_key) for rule in rules if rule.id in resolution.skipped}
     for rule in resolution.order:
-        impl, verdict = choose(rule, facts, host_key)
+        impl, verdict = chosen[rule.id]
         if verdict is None:
             verdict = _dependency_verdict(rule, results, host_key)
         if verdict is None and impl is not None:
-            verdict = _evaluate(rule, impl, host, host_key, handlers)
+            verdict = _evaluate(rule, impl, host, host_key, handlers, reads)
         if verdict is not None:
             results[rule.id] = verdict
     return [results[rule.id] for rule in rules]
