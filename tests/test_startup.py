@@ -1,0 +1,100 @@
+"""What a kensa command imports at start: what it does not need is not loaded, and what it needs
+fails before anything is changed (no timing here: the cost is measured in benchmarks/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from conftest import snapshot_tree
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+# Parts a command that reads no rules and touches no host has no use for.
+_HEAVY = ("kensa.engine", "kensa.factory", "kensa.hosts.local", "kensa.hosts.remote", "kensa.rules", "kensa.handlers",
+          "kensa.checks", "kensa.journal", "kensa.audit", "kensa.evidence", "yaml", "sqlite3", "cffi")
+
+
+def _loaded(code: str) -> List[str]:
+    """The modules (of _HEAVY, or under them) that the Python ``code`` has loaded when it prints them."""
+    probe = (f"{code}\nimport sys, json\n"
+             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('yaml', 'sqlite3', 'cffi') "
+             f"or any(m == h or m.startswith(h + '.') for h in {_HEAVY!r}))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(SRC)))
+    assert done.returncode == 0, done.stderr
+    loaded: List[str] = json.loads(done.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_import_kensa_loads_only_what_its_names_need_when_used() -> None:
+    """``import kensa`` loads none of the engine, hosts, rules, journal or audit: its public names are
+    imported when first used."""
+    assert _loaded("import kensa") == []
+
+
+def test_the_command_s_help_loads_no_engine_host_rule_journal_or_audit_code() -> None:
+    """``kensa --help`` and ``kensa remediate --help`` build the whole parser without importing the parts
+    the commands run with."""
+    for argv in (["--help"], ["remediate", "--help"], ["check", "--help"]):
+        code = (f"import contextlib, io\nfrom kensa.cli.main import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+                f"    try:\n        main({argv!r})\n    except SystemExit:\n        pass")
+        assert _loaded(code) == [], argv
+
+
+def test_the_public_names_of_kensa_stay_reachable() -> None:
+    """Every name of ``kensa.__all__`` is an attribute of the package (imported on first use), ``dir`` lists
+    them, ``from kensa import *`` binds them, and an unknown name is an AttributeError."""
+    import kensa
+    from kensa.engine.registry import Registry
+    from kensa.engine.run import Engine
+    from kensa.factory import default_engine
+    from kensa.model import Transaction
+
+    assert kensa.Engine is Engine and kensa.Registry is Registry and kensa.default_engine is default_engine
+    assert kensa.Transaction is Transaction
+    assert set(kensa.__all__) <= set(dir(kensa))
+    namespace: dict = {}
+    exec("from kensa import *", namespace)
+    assert set(kensa.__all__) <= set(namespace)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        getattr(kensa, "no_such_name")
+
+
+@pytest.mark.parametrize("missing", ["kensa.journal.rulesources", "kensa.evidence.record", "kensa.hosts.local",
+                                     "kensa.handlers.file_content", "kensa.journal.store"])
+def test_a_module_a_remediation_needs_fails_the_command_before_anything_changes(tmp_path: Path, missing: str) -> None:
+    """With a module that ``kensa remediate`` uses missing (as in a broken install), the command fails
+    before it changes the root: nothing that runs after a change may import for the first time."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "motd").write_text("old\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "motd.yml").write_text(
+        "id: startup-motd\ntitle: the motd says hello\nseverity: low\n"
+        "implementations:\n  - default: true\n    check:\n      method: file_content\n      path: /etc/motd\n"
+        "      expected_content: \"hello\\n\"\n    remediation:\n      mechanism: file_content\n      path: /etc/motd\n"
+        "      content: \"hello\\n\"\n")
+    before = snapshot_tree(root)
+
+    def remediate(blocked: str) -> "subprocess.CompletedProcess[str]":
+        code = (f"import sys\nif {blocked!r}:\n    sys.modules[{blocked!r}] = None\nfrom kensa.cli.main import main\n"
+                f"sys.exit(main(['--journal', {str(tmp_path / 'journal.db')!r}, '--no-audit', 'remediate', "
+                f"{str(rules)!r}, '--root', {str(root)!r}]))")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(SRC)))
+
+    done = remediate(missing)
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert snapshot_tree(root) == before, done.stdout + done.stderr
+    # The same command with nothing missing does change the root: the rule is a real remediation.
+    done = remediate("")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / "etc" / "motd").read_text() == "hello\n"
