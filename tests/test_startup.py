@@ -3,12 +3,13 @@ fails before anything is changed (no timing here: the cost is measured in benchm
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -19,6 +20,14 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # Parts a command that reads no rules and touches no host has no use for.
 _HEAVY = ("kensa.engine", "kensa.factory", "kensa.hosts.local", "kensa.hosts.remote", "kensa.rules", "kensa.handlers",
           "kensa.checks", "kensa.journal", "kensa.audit", "kensa.evidence", "yaml", "sqlite3", "cffi")
+
+
+# A rule whose remediation rewrites /etc/motd, and whose check reads it.
+_MOTD_RULE = (
+    "id: startup-motd\ntitle: the motd says hello\nseverity: low\n"
+    "implementations:\n  - default: true\n    check:\n      method: file_content\n      path: /etc/motd\n"
+    "      expected_content: \"hello\\n\"\n    remediation:\n      mechanism: file_content\n      path: /etc/motd\n"
+    "      content: \"hello\\n\"\n")
 
 
 def _loaded(code: str) -> List[str]:
@@ -48,9 +57,28 @@ def test_the_command_s_help_loads_no_engine_host_rule_journal_or_audit_code() ->
         assert _loaded(code) == [], argv
 
 
-def test_the_public_names_of_kensa_stay_reachable() -> None:
-    """Every name of ``kensa.__all__`` is an attribute of the package (imported on first use), ``dir`` lists
-    them, ``from kensa import *`` binds them, and an unknown name is an AttributeError."""
+@pytest.mark.parametrize("package", ["kensa", "kensa.hosts", "kensa.audit"])
+def test_the_public_names_of_a_package_stay_reachable(package: str) -> None:
+    """Every name of the package's ``__all__`` is an attribute of it (imported on first use, the same object
+    as in its defining module), ``dir`` lists them, ``from PACKAGE import *`` binds them, and an unknown
+    name is an AttributeError."""
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        value = getattr(module, name)
+        defined = getattr(value, "__module__", None)
+        if isinstance(defined, str) and defined.startswith("kensa.") and hasattr(importlib.import_module(defined), name):
+            assert getattr(importlib.import_module(defined), name) is value, name
+    assert set(module.__all__) <= set(dir(module))
+    namespace: Dict[str, Any] = {}
+    exec(f"from {package} import *", namespace)
+    assert set(module.__all__) <= set(namespace)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        getattr(module, "no_such_name")
+
+
+def test_the_kensa_names_are_the_engine_s_own() -> None:
+    """``kensa.Engine``, ``kensa.Registry``, ``kensa.default_engine`` and the model's names are the objects
+    their modules define."""
     import kensa
     from kensa.engine.registry import Registry
     from kensa.engine.run import Engine
@@ -59,12 +87,21 @@ def test_the_public_names_of_kensa_stay_reachable() -> None:
 
     assert kensa.Engine is Engine and kensa.Registry is Registry and kensa.default_engine is default_engine
     assert kensa.Transaction is Transaction
-    assert set(kensa.__all__) <= set(dir(kensa))
-    namespace: dict = {}
-    exec("from kensa import *", namespace)
-    assert set(kensa.__all__) <= set(namespace)
-    with pytest.raises(AttributeError, match="no_such_name"):
-        getattr(kensa, "no_such_name")
+
+
+def test_a_check_of_this_machine_s_root_loads_no_ssh_transport_nor_audit_emitter(tmp_path: Path) -> None:
+    """``kensa check RULES --root DIR`` loads the rules, the handlers and the local host, but neither the
+    remote transport and its payload builder nor the kernel audit emitter and listener."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "motd.yml").write_text(_MOTD_RULE)
+    (tmp_path / "root").mkdir()
+    code = (f"import contextlib, io\nfrom kensa.cli.main import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    main(['--journal', {str(tmp_path / 'j.db')!r}, 'check', {str(rules)!r}, '--root', {str(tmp_path / 'root')!r}])")
+    loaded = _loaded(code)
+    assert "kensa.handlers.file_content" in loaded and "kensa.hosts.local" in loaded
+    assert [m for m in loaded if m.startswith(("kensa.hosts.remote", "kensa.hosts.payload", "kensa.hosts.ssh",
+                                               "kensa.audit.emitter", "kensa.audit.listener"))] == []
 
 
 @pytest.mark.parametrize("missing", ["kensa.journal.rulesources", "kensa.evidence.record", "kensa.hosts.local",
@@ -77,11 +114,7 @@ def test_a_module_a_remediation_needs_fails_the_command_before_anything_changes(
     (root / "etc" / "motd").write_text("old\n")
     rules = tmp_path / "rules"
     rules.mkdir()
-    (rules / "motd.yml").write_text(
-        "id: startup-motd\ntitle: the motd says hello\nseverity: low\n"
-        "implementations:\n  - default: true\n    check:\n      method: file_content\n      path: /etc/motd\n"
-        "      expected_content: \"hello\\n\"\n    remediation:\n      mechanism: file_content\n      path: /etc/motd\n"
-        "      content: \"hello\\n\"\n")
+    (rules / "motd.yml").write_text(_MOTD_RULE)
     before = snapshot_tree(root)
 
     def remediate(blocked: str) -> "subprocess.CompletedProcess[str]":

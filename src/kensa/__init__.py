@@ -7,9 +7,9 @@ imports the factory then), so that ``import kensa`` and the start of a
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING
 
+from kensa._exports import lazy_exports
 from kensa.errors import KensaError
 from kensa._version import __version__
 
@@ -29,15 +29,13 @@ if TYPE_CHECKING:
         TransactionResult,
     )
 
-_MODEL = ("Phase", "PreState", "RollbackResult", "Status", "Step", "StepResult", "Transaction", "TransactionError",
-          "TransactionResult")
-#: Where each lazily imported public name lives.
-_WHERE: Dict[str, str] = {
-    "Engine": "kensa.engine.run",
-    "Registry": "kensa.engine.registry",
-    "default_engine": "kensa.factory",
-    **{name: "kensa.model" for name in _MODEL},
-}
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "kensa.engine.registry": ["Registry"],
+    "kensa.engine.run": ["Engine"],
+    "kensa.factory": ["default_engine"],
+    "kensa.model": ["Phase", "PreState", "RollbackResult", "Status", "Step", "StepResult", "Transaction",
+                    "TransactionError", "TransactionResult"],
+})
 
 __all__ = [
     "__version__",
@@ -56,16 +54,3 @@ __all__ = [
     "default_engine",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name on its first use (PEP 562) and keep it as a plain attribute."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kensa' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(_WHERE))
