@@ -131,3 +131,13 @@ def test_a_module_a_remediation_needs_fails_the_command_before_anything_changes(
     done = remediate("")
     assert done.returncode == 0, done.stdout + done.stderr
     assert (root / "etc" / "motd").read_text() == "hello\n"
+
+
+def test_the_packages_that_import_names_on_first_use_reach_a_target_empty() -> None:
+    """``kensa``, ``kensa.hosts`` and ``kensa.audit`` find their names with a module ``__getattr__``, which
+    a Python 3.6 target does not call: the agent's payload must send them empty, never their source."""
+    from kensa.hosts.payload import build_payload
+
+    modules = build_payload().modules
+    for package in ("kensa", "kensa.hosts", "kensa.audit"):
+        assert modules.get(package, (True, ""))[1] == "", package
