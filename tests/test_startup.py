@@ -141,3 +141,19 @@ def test_the_packages_that_import_names_on_first_use_reach_a_target_empty() -> N
     modules = build_payload().modules
     for package in ("kensa", "kensa.hosts", "kensa.audit"):
         assert modules.get(package, (True, ""))[1] == "", package
+
+
+def test_a_remote_remediation_without_its_transport_fails_before_connecting(tmp_path: Path) -> None:
+    """``kensa remediate -H`` with the SSH transport's module missing says so (exit 2, naming the module)
+    before it tries any host: the transport is imported when the engine is built, not at the first
+    connection."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "motd.yml").write_text(_MOTD_RULE)
+    code = ("import sys\nsys.modules['kensa.hosts.remote'] = None\nfrom kensa.cli.main import main\n"
+            f"sys.exit(main(['--journal', {str(tmp_path / 'journal.db')!r}, '--no-audit', 'remediate', {str(rules)!r}, "
+            "'-H', 'root@127.0.0.1:1', '--connect-timeout', '5']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(SRC)))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "kensa.hosts.remote" in done.stderr and "reinstall kensa" in done.stderr
