@@ -1,8 +1,8 @@
 """Run kensa in a benchmark as a pip-installed kensa runs: from compiled bytecode.
 
 A checkout's ``src/`` has no ``__pycache__`` when the environment sets
-``PYTHONDONTWRITEBYTECODE`` (or it is stale), so a kensa command started from it
-compiles every module it imports, a cost a wheel install never pays (pip
+``PYTHONDONTWRITEBYTECODE``, so a kensa command started from it compiles
+every module it imports, a cost a wheel install never pays (pip
 compiles at install, as the peers' virtualenvs were). :func:`kensa_env` copies
 the package into the benchmark's scratch directory, compiles it there, and
 returns the environment that runs that copy. Nothing is written into the
@@ -27,10 +27,10 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 def kensa_env(scratch: Path, env: Optional[Dict[str, str]] = None, source: Path = SRC) -> Dict[str, str]:
     """``env`` (default: this process's) for running ``python -m kensa`` from bytecode compiled under ``scratch``.
 
-    The checkout's package (``source/kensa``) is copied to ``scratch/site/kensa`` and compiled once
-    (later calls with the same ``scratch`` reuse it); ``PYTHONPATH`` then puts
-    that copy first and ``PYTHONDONTWRITEBYTECODE`` is dropped, as in an
-    ordinary installed environment. Without a checkout (kensa installed) the
+    The checkout's package (``source/kensa``) is copied to ``scratch/site/kensa``
+    and compiled once (later calls with the same ``scratch`` reuse it);
+    ``PYTHONPATH`` then puts that copy first and ``PYTHONDONTWRITEBYTECODE`` is
+    dropped, as in an ordinary installed environment. Without a checkout (kensa installed) the
     environment is returned unchanged but for that variable.
     """
     result = dict(os.environ if env is None else env)
