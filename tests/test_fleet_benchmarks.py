@@ -128,3 +128,17 @@ def test_the_benchmarks_run_kensa_from_bytecode_compiled_outside_the_source_tree
     site = str(scratch / "site" / "kensa")
     assert [path for path in loaded if not (path.startswith(f"'{site}") and path.endswith(".pyc'"))] == []
     assert list(source.rglob("__pycache__")) == []
+
+
+def test_the_startup_benchmark_starts_every_command_and_reports_the_peers_it_lacks(tmp_path: Path) -> None:
+    """`python -m benchmarks.startup` (one run, 3 rules, no peers) exits 0 with a row per command: the bare
+    Python and kensa's help succeed, the check of the seeded root runs its rules (exit 1: not compliant),
+    and each peer not given is said not measured."""
+    out = tmp_path / "results"
+    proc = _run("benchmarks.startup", "--runs", "1", "--rules", "3", "--ansible-playbook", "", "--pyinfra", "",
+                "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads((out / "startup.json").read_text())["rows"]
+    assert {name: row["exit_codes"] for name, row in rows.items()} == {
+        "python -c pass": [0], "kensa --help": [0], "kensa remediate --help": [0], "kensa check (3 rules)": [1]}
+    assert "ansible-playbook: not measured" in proc.stdout and "pyinfra: not measured" in proc.stdout
