@@ -113,11 +113,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args(argv)
-    scratch = Path(tempfile.mkdtemp(prefix="kensa-startup-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
-    try:
-        result = measure(args.runs, args.rules, {"ansible-playbook": args.ansible_playbook, "pyinfra": args.pyinfra}, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    peers = {"ansible-playbook": args.ansible_playbook, "pyinfra": args.pyinfra}
+    with tempfile.TemporaryDirectory(prefix="kensa-startup-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None) as scratch:
+        result = measure(args.runs, args.rules, peers, Path(scratch))
     text = render(result)
     print(text, end="")
     if not args.no_write:
