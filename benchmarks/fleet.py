@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks import fleetwork
+from benchmarks.installed import kensa_env
 from benchmarks.cpuacct import CpuGroup
 from benchmarks.procmem import PeakMemory, _ssh_clients
 from benchmarks.sshrig import LOGIN_HOMES, Rig
@@ -116,8 +117,9 @@ def _timed(argv: List[str], env: Dict[str, str], cwd: Path, marker: str, log: Pa
     }
 
 
-def run_kensa(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: int, name: str = "kensa",
-              kex: str = "") -> Dict[str, Any]:
+def run_kensa(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: int, env: Dict[str, str],
+              name: str = "kensa", kex: str = "") -> Dict[str, Any]:
+    """Time ``kensa remediate --inventory`` on ``hosts`` with ``env`` (:func:`benchmarks.installed.kensa_env`)."""
     work = scratch / name
     work.mkdir()
     ssh_config = []
@@ -133,7 +135,7 @@ def run_kensa(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: i
             # Every host's sshd and agent run on this one machine: logins are slower than over a network.
             "--connect-timeout", "120",
             "--strict-host-keys", *ssh_config, "--json"]
-    run = _timed(argv, _env(), work, str(rig.known_hosts), work / "output.txt")
+    run = _timed(argv, env, work, str(rig.known_hosts), work / "output.txt")
     text = (work / "output.txt").read_text(errors="replace")
     statuses: Dict[str, int] = {}
     try:
@@ -196,13 +198,13 @@ def _verify(results: Dict[str, Dict[str, Any]], trees: Dict[str, List[Host]]) ->
         results[tool]["mismatch"] = mismatch
 
 
-def memory_per_host(rig: Rig, scratch: Path, counts: List[int], kex: str = "") -> List[Dict[str, Any]]:
+def memory_per_host(rig: Rig, scratch: Path, counts: List[int], env: Dict[str, str], kex: str = "") -> List[Dict[str, Any]]:
     """kensa's controller memory with N hosts connected at once (--workers N, one rule each)."""
     rows = []
     for count in counts:
         base = scratch / f"memory-{count}"
         hosts = _hosts(rig, base / "roots", count)
-        run = run_kensa(rig, base, hosts, 3, count, name="run", kex=kex)
+        run = run_kensa(rig, base, hosts, 3, count, env, name="run", kex=kex)
         rows.append({"hosts": count, **{k: run[k] for k in ("wall_s", "peak_memory_kib", "peak_main_kib", "peak_processes")}})
     return rows
 
@@ -292,6 +294,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     trees: Dict[str, List[Host]] = {}
     memory: List[Dict[str, Any]] = []
     try:
+        # kensa's bytecode is compiled here, before anything is timed, as installing a wheel does.
+        kensa = kensa_env(scratch, _env())
         with Rig(servers, base=str(scratch), login_home=args.login_home) as rig:
             global TARGETS
             TARGETS = CpuGroup("targets")
@@ -306,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"... {tool}: {count} hosts x {args.rules} rules", file=sys.stderr, flush=True)
                 hosts = _hosts(rig, scratch / "roots" / tool, count)
                 if tool == "kensa":
-                    run = run_kensa(rig, scratch, hosts, args.rules, args.workers, kex=args.kex)
+                    run = run_kensa(rig, scratch, hosts, args.rules, args.workers, kensa, kex=args.kex)
                 elif tool == "ansible-playbook":
                     run = run_ansible(rig, scratch, hosts, args.rules, args.workers, executables[tool], kex=args.kex)
                 else:
@@ -319,7 +323,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             _verify(results, trees)
             if memory_counts:
                 print(f"... kensa memory with {memory_counts} hosts connected", file=sys.stderr, flush=True)
-                memory = memory_per_host(rig, scratch, memory_counts, args.kex)
+                memory = memory_per_host(rig, scratch, memory_counts, kensa, args.kex)
     finally:
         if TARGETS is not None:
             TARGETS.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,42 @@ def test_the_rig_s_sessions_run_with_the_root_home_asked_for(login_home: str) ->
     else:
         assert done.stdout.endswith(Path(home, ".bashrc").read_text())
     assert sorted(os.listdir(home)) == before
+
+
+def test_the_benchmarks_run_kensa_from_bytecode_compiled_outside_the_source_tree(tmp_path: Path) -> None:
+    """The environment the benchmarks time kensa commands with (``benchmarks.installed.kensa_env``, as
+    ``benchmarks.fleet`` uses it) runs every kensa module from bytecode compiled in the scratch directory
+    beforehand, none compiled from source at start, and writes no ``__pycache__`` into the source tree,
+    even with ``PYTHONDONTWRITEBYTECODE`` set in the caller's environment."""
+    installed = benchmark_module("installed")
+    fleet = benchmark_module("fleet")
+    assert fleet.kensa_env is installed.kensa_env
+    source = tmp_path / "src"
+    shutil.copytree(REPO / "src" / "kensa", source / "kensa", ignore=shutil.ignore_patterns("__pycache__"))
+    scratch = tmp_path / "scratch"
+    caller = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(source))
+    env = installed.kensa_env(scratch, caller, source=source)
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    proc = subprocess.run([sys.executable, "-v", "-m", "kensa", "remediate", "--help"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = [line.split("code object from ", 1)[1] for line in proc.stderr.splitlines()
+              if line.startswith("# code object from ") and "kensa" in line]
+    assert len(loaded) > 10, proc.stderr[-2000:]
+    site = str(scratch / "site" / "kensa")
+    assert [path for path in loaded if not (path.startswith(f"'{site}") and path.endswith(".pyc'"))] == []
+    assert list(source.rglob("__pycache__")) == []
+
+
+def test_the_startup_benchmark_starts_every_command_and_reports_the_peers_it_lacks(tmp_path: Path) -> None:
+    """`python -m benchmarks.startup` (one run, 3 rules, no peers) exits 0 with a row per command: the bare
+    Python and kensa's help succeed, the check of the seeded root runs its rules (exit 1: not compliant),
+    and each peer not given is said not measured."""
+    out = tmp_path / "results"
+    proc = _run("benchmarks.startup", "--runs", "1", "--rules", "3", "--ansible-playbook", "", "--pyinfra", "",
+                "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads((out / "startup.json").read_text())["rows"]
+    assert {name: row["exit_codes"] for name, row in rows.items()} == {
+        "python -c pass": [0], "kensa --help": [0], "kensa remediate --help": [0], "kensa check (3 rules)": [1]}
+    assert "ansible-playbook: not measured" in proc.stdout and "pyinfra: not measured" in proc.stdout

@@ -7,23 +7,37 @@ every record the kernel logs; :mod:`kensa.audit.compiled` loads the extension
 and reads the C and kernel values from it. The C source lives in ``csrc/``.
 """
 
-from kensa.audit.emitter import (
-    AUDIT_USER,
-    MAX_BODY,
-    AuditEmitter,
-    AuditStatus,
-    EmitterStats,
-    KernelAuditStatus,
-    NoopEmitter,
-    PhaseRecorder,
-    encode_value,
-    format_phase_record,
-    kernel_status,
-    open_emitter,
-    status,
-)
-from kensa.audit.listener import AuditListener, KernelRecord
+from typing import TYPE_CHECKING
+
+from kensa._exports import lazy_exports
 from kensa.errors import AuditArgumentError, AuditError, AuditListenerError, KernelStatusError
+
+if TYPE_CHECKING:
+    from kensa.audit.emitter import (
+        AUDIT_USER,
+        MAX_BODY,
+        AuditEmitter,
+        AuditStatus,
+        EmitterStats,
+        KernelAuditStatus,
+        NoopEmitter,
+        PhaseRecorder,
+        encode_value,
+        format_phase_record,
+        kernel_status,
+        open_emitter,
+        status,
+    )
+    from kensa.audit.listener import AuditListener, KernelRecord
+
+# Imported on first use: a handler that needs only kensa.audit.compiled's constants
+# (and so every command that loads rules) does not load the emitter and the listener.
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "kensa.audit.emitter": ["AUDIT_USER", "MAX_BODY", "AuditEmitter", "AuditStatus", "EmitterStats", "KernelAuditStatus",
+                            "NoopEmitter", "PhaseRecorder", "encode_value", "format_phase_record", "kernel_status",
+                            "open_emitter", "status"],
+    "kensa.audit.listener": ["AuditListener", "KernelRecord"],
+})
 
 __all__ = [
     "AUDIT_USER",

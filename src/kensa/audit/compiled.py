@@ -47,7 +47,7 @@ def load() -> Tuple[Any, Any, str]:
     """The compiled module's (lib, ffi), or (None, None, why it is missing)."""
     with _import_lock:
         try:
-            from kensa import _audit  # type: ignore[attr-defined]
+            from kensa import _audit  # no stubs: typed Any by the package's __getattr__
         except ImportError as exc:
             return None, None, str(exc)
         lacking = [name for name in _NEEDED if not hasattr(_audit.lib, name)]

@@ -157,7 +157,7 @@ def run_remediate(
     """``kensa remediate``: each applicable rule as a transaction; see the module docstring.
     ``engine_for`` builds the engine from the options, ``exit_code_for`` turns the results
     (and whether some rule was not run) into the exit code."""
-    from kensa.cli.evidence import journal_rules
+    from kensa.cli.rulejournal import journal_rules
     from kensa.rules.assess import plan_rules
 
     target, host, ruleset = load_for_target(args)

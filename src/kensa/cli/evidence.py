@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, TextIO
 
 from kensa.cli.render import printable
-from kensa.errors import KensaError, UsageError
-from kensa.model import Transaction
+from kensa.errors import UsageError
 
-__all__ = ["cmd_evidence_export", "cmd_keygen", "cmd_verify", "journal_rules", "register"]
+__all__ = ["cmd_evidence_export", "cmd_keygen", "cmd_verify", "register"]
 
 EXIT_OK = 0
 EXIT_NOT_VERIFIED = 1
@@ -110,22 +108,6 @@ def cmd_evidence_export(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{printable(txn_id)}: left out, {why}\n")
     out.write(f"{len(written)} evidence file(s) signed by key {key.key_id}\n")
     return EXIT_OK
-
-
-def journal_rules(journal: Optional[str], txns: Sequence[Transaction], rules: Sequence[Any]) -> None:
-    """After a run: keep in the journal (``--journal``, None: the default) the rule each transaction ran, for its evidence.
-
-    Never changes the run's outcome: a journal that refuses is a warning, and
-    ``kensa evidence export`` then reads those rules from ``--rules``.
-    """
-    from kensa.evidence.export import journal_rules_of
-    from kensa.journal.store import default_journal_path
-
-    try:
-        journal_rules_of(journal or os.fspath(default_journal_path()), txns, {rule.id: rule for rule in rules})
-    except KensaError as exc:
-        sys.stderr.write(f"kensa: warning: the journal did not keep the rules of this run ({printable(exc)}); "
-                         "kensa evidence export will need them with --rules\n")
 
 
 def register(sub: Any) -> None:

@@ -432,8 +432,8 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     builds the engine and ``exit_code_for`` rates the results (both from kensa.cli.main).
     """
     from kensa.cli.checking import conflict_lines, problem_rows, run_in_order
-    from kensa.cli.evidence import journal_rules
     from kensa.cli.render import Progress
+    from kensa.cli.rulejournal import journal_rules
     from kensa.rules.assess import plan_rules
 
     hosts = hosts_from(args)

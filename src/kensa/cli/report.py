@@ -27,7 +27,7 @@ FORMATS = ("oscal", "json", "jsonl", "csv")
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     """Run the selected rules (check, or ``--remediate``) and write the report in ``--format``."""
     from kensa.cli.checking import check_code, conflict_lines, load_for_target, problem_rows, run_in_order
-    from kensa.cli.evidence import journal_rules
+    from kensa.cli.rulejournal import journal_rules
     from kensa.evidence.oscal import assessment_results
     from kensa.evidence.select import select_rules
     from kensa.evidence.tabular import outcome_row, render_rows

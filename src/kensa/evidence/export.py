@@ -20,14 +20,14 @@ from kensa.errors import EvidenceError, JournalEntryNotFound
 from kensa.evidence.keys import SigningKey
 from kensa.audit.reconcile import LoggedRecord, default_log_files, read_log
 from kensa.errors import AuditLogError
-from kensa.evidence.record import LogKey, evidence_payload, rule_source
+from kensa.evidence.record import LogKey, evidence_payload
 from kensa.evidence.sign import sign_payload
-from kensa.journal.rulesources import read_rule_source, record_rule_sources
+from kensa.journal.rulesources import read_rule_source
 from kensa.journal.store import SqliteJournal
-from kensa.model import JournalEntry, Transaction
+from kensa.model import JournalEntry
 from kensa.rules import Rule
 
-__all__ = ["evidence_file_name", "export_evidence", "journal_rules_of", "logged_records", "rules_by_id", "select_entries"]
+__all__ = ["evidence_file_name", "export_evidence", "logged_records", "rules_by_id", "select_entries"]
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
@@ -121,7 +121,7 @@ def export_evidence(
     """Sign and write the evidence of each entry into ``out_dir``; ``(txn id, file)`` for each.
 
     The rule of each comes from the journal when a run kept it
-    (:func:`journal_rules_of`), else from ``rules``. Every payload is made
+    (:func:`kensa.cli.rulejournal.journal_rules`), else from ``rules``. Every payload is made
     before any file is written, so a transaction whose rule is in neither (or
     that cannot be evidence) stops the export with nothing written.
     """
@@ -151,7 +151,3 @@ def export_evidence(
         written.append((txn_id, os.fspath(path)))
     return written
 
-
-def journal_rules_of(journal: str, txns: Sequence[Transaction], rules: Mapping[str, Rule]) -> None:
-    """Keep in the journal at ``journal`` the rule each of ``txns`` ran (those in ``rules``), for its evidence."""
-    record_rule_sources(journal, [rule_source(t.id, rules[t.rule]) for t in txns if t.rule in rules])

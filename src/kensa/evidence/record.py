@@ -22,14 +22,17 @@ from __future__ import annotations
 import hashlib
 import os
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from kensa._version import __version__
-from kensa.audit.reconcile import LoggedRecord
 from kensa.errors import EvidenceError
 from kensa.journal.codec import pre_state_blob
 from kensa.model import AuditSequence, JournalEntry, Phase, PreState, RuleSource, TransactionResult
 from kensa.rules import Reference, Rule
+
+if TYPE_CHECKING:
+    # Only annotated: writing a run's rule sources need not load the audit log reader.
+    from kensa.audit.reconcile import LoggedRecord
 
 __all__ = ["EVIDENCE_FORMAT", "LogKey", "evidence_payload", "file_digests", "reference_view", "rule_source", "text", "timestamp"]
 

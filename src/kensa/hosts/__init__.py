@@ -12,11 +12,25 @@ this machine (``/`` or an image root), resolving paths with
 meets the same protocols.
 """
 
+from typing import TYPE_CHECKING
+
+from kensa._exports import lazy_exports
 from kensa.errors import HostAccessError, HostSelectionError, PathEscapeError, TargetLockError, TargetLockTimeout
-from kensa.hosts.local import FileInfo, LocalHost, LocalStepRunner, PlannedView, canonical_host_key, resolve_host
-from kensa.hosts.protocol import Host, ReadableHost, StepRunner, Transport
-from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect
-from kensa.hosts.targetlock import TargetLocks
+
+if TYPE_CHECKING:
+    from kensa.hosts.local import FileInfo, LocalHost, LocalStepRunner, PlannedView, canonical_host_key, resolve_host
+    from kensa.hosts.protocol import Host, ReadableHost, StepRunner, Transport
+    from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect
+    from kensa.hosts.targetlock import TargetLocks
+
+# Imported on first use: a command on this machine's root needs no SSH transport, and a
+# module such as kensa.hosts.protocol is imported without the rest of the package.
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "kensa.hosts.local": ["FileInfo", "LocalHost", "LocalStepRunner", "PlannedView", "canonical_host_key", "resolve_host"],
+    "kensa.hosts.protocol": ["Host", "ReadableHost", "StepRunner", "Transport"],
+    "kensa.hosts.remote": ["RemoteHost", "RemoteHosts", "SubprocessTransport", "connect"],
+    "kensa.hosts.targetlock": ["TargetLocks"],
+})
 
 __all__ = [
     "FileInfo",
