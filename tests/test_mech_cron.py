@@ -17,7 +17,7 @@ import pytest
 
 from conftest import copy_live_tree, require_real, require_root
 from conftest import snapshot_tree as snapshot
-from kensa.errors import ParamError
+from kensa.errors import NotAvailableError, ParamError
 from kensa.handlers import default_registry
 from kensa.handlers.cron_job import HEADER, cron_parser
 from kensa.hosts.local import resolve_host
@@ -65,6 +65,46 @@ def test_a_new_cron_d_file_is_root_owned_0644_and_the_real_parser_accepts_it(roo
     st = path.stat()
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o644, 0, 0)
     assert cron_accepts(path)
+
+
+def test_a_root_at_a_long_path_is_checked_by_the_real_parser_too(tmp_path: Path) -> None:
+    """Debian's crontab keeps 99 bytes of a file name it is given: a root deep enough (a container's
+    merged layer) made the parser read a cut path, fail, and every cron_job there roll back. The
+    parser is given the file by its own name in its own directory, and validates it; a bad minute
+    there still fails."""
+    require_root("files owned by root")
+    real_cron()
+    root = tmp_path / ("overlay-" + "a" * 64) / "merged"
+    (root / "etc/cron.d").mkdir(parents=True)
+    (root / "etc/passwd").write_text(PASSWD)
+    assert len(str(root / "etc/cron.d/aide")) > 100
+    with engine_on(tmp_path) as engine:
+        committed(engine, str(root), AIDE)
+    host = resolve_host(str(root))
+    assert default_registry()["cron_job"].validate(host, AIDE.params) is True
+    (root / "etc/cron.d/aide").write_text("0 5 * * * root /usr/sbin/aide --check\n61 * * * * root /bin/true\n")
+    assert default_registry()["cron_job"].validate(host, AIDE.params) is False
+
+
+def test_a_long_path_on_a_host_whose_env_has_no_chdir_is_an_error_not_a_verdict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where env cannot change directory (coreutils before 8.28) the deep file cannot be shown to
+    crontab: validate says so, naming the file, instead of calling the entry broken."""
+    require_root("files owned by root")
+    real_cron()
+    root = tmp_path / ("overlay-" + "b" * 64) / "merged"
+    (root / "etc/cron.d").mkdir(parents=True)
+    (root / "etc/passwd").write_text(PASSWD)
+    (root / "etc/cron.d/aide").write_text("0 5 * * * root /usr/sbin/aide --check\n")
+    (root / "etc/cron.d/aide").chmod(0o644)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "env").write_text("#!/bin/sh\necho \"env: invalid option -- 'C'\" >&2\nexit 125\n")
+    (bin_dir / "env").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with pytest.raises(NotAvailableError, match="needs env -C") as caught:
+        default_registry()["cron_job"].validate(resolve_host(str(root)), AIDE.params)
+    assert "etc/cron.d/aide" in str(caught.value)
 
 
 def test_the_host_parser_is_found_and_refuses_what_cron_refuses(root: Path) -> None:

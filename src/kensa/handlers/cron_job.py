@@ -17,6 +17,7 @@ one line (and those attributes): a rollback by id keeps other lines as they are.
 Where the target has Debian's crontab (``-n``: dry run) or cronie's (``-T``),
 the written file is also read back by it when the step is validated: a file
 that cron's own parser refuses does not validate, so the transaction rolls back.
+A path longer than crontab reads (99 bytes) is given by name from its directory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from kensa.errors import HostAccessError, ParamError
+from kensa.errors import HostAccessError, NotAvailableError, ParamError
 from kensa.facts.config import decode, encode
 from kensa.facts.cron import CRON_D_NAME, command, cron_d_name, entries, schedule
 from kensa.facts.params import Field, Schema, absolute_path, account, path_as_text
@@ -37,6 +38,8 @@ __all__ = ["SCHEMA", "CronJob", "cron_parser"]
 HEADER = "# Managed by kensa (cron_job)\n"
 _NEW_MODE = 0o644
 _PARSER_TIMEOUT = 30.0
+#: The bytes of a file name Debian's and cronie's crontab keep (a 100-byte buffer): a longer one is cut.
+_CRONTAB_NAME_BYTES = 99
 
 
 def _user(value: Any) -> str:
@@ -142,7 +145,18 @@ class CronJob(OneFileStep):
         parser = cron_parser(host)
         if parser is None:
             return True
-        checked = host.run(parser + [posixpath.join(host.run_root, path.lstrip("/"))], _PARSER_TIMEOUT)
+        target = posixpath.join(host.run_root, path.lstrip("/"))
+        if len(target.encode("utf-8", "surrogateescape")) <= _CRONTAB_NAME_BYTES:
+            return host.run(parser + [target], _PARSER_TIMEOUT).returncode == 0
+        # A deep root (a container's merged layer): crontab reads the file by its own name in its
+        # own directory (a cron.d name is at most 64 bytes), since it would cut the whole path.
+        directory, name = posixpath.split(target)
+        checked = host.run(["env", "-C", directory, "--", *parser, name], _PARSER_TIMEOUT)
+        if checked.returncode in (125, 126, 127):  # env's own failure: no -C (coreutils before 8.28)
+            raise NotAvailableError(
+                f"{self.name}: not available on this host: checking {host.where(path)} with its crontab needs "
+                f"env -C, since the path is longer than crontab reads ({_CRONTAB_NAME_BYTES} bytes): "
+                f"{(checked.stderr or '').strip()[:200]}")
         return checked.returncode == 0
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
