@@ -75,7 +75,7 @@ def test_a_remote_transaction_waits_for_a_run_on_the_target(root: Path, tmp_path
 
 def test_a_run_on_the_target_waits_for_a_remote_transaction(root: Path, host: RemoteHost) -> None:
     """While the agent holds the target's lock, a kensa run on the target cannot take it; the message
-    names the agent's pid. Once released (the one-way unlock), the run takes it."""
+    names the agent's pid. Once released (the unlock is answered), the run takes it."""
     identity = LocalHost(str(root)).identity
     with host.hold_target_lock(5.0):
         with pytest.raises(TargetLockTimeout, match=f"pid {host.hello['pid']}"):
@@ -136,7 +136,7 @@ def test_the_agent_refuses_a_second_hold_and_a_lock_before_hello(root: Path, hos
         assert host.info("/etc/app.conf") is not None
     answer = host.connection.request("lock_target", wait=0.0)
     assert answer["held"] is True
-    host.connection.send_only("unlock_target")
+    assert host.connection.request("unlock_target") is None
     with _target_locks(5.0).hold(str(root), LocalHost(str(root)).identity):
         pass
 
@@ -163,9 +163,23 @@ def test_a_rollback_by_id_takes_the_targets_lock(root: Path, tmp_path: Path) -> 
     done = engine.run(_edit(root, "Port", "22"))
     assert done.status is Status.COMMITTED
     after = (root / "etc/app.conf").read_bytes()
-    # The agent's unlock is a message the run did not wait for: it may still be on its way.
     with _target_locks(5).hold(str(root), LocalHost(str(root)).identity):
         with pytest.raises(TargetLockTimeout, match="on that host"):
             engine.rollback(done.txn_id)
     assert (root / "etc/app.conf").read_bytes() == after
     assert engine.rollback(done.txn_id).status is Status.ROLLED_BACK
+
+
+def test_the_target_is_free_as_soon_as_a_remote_transaction_returns(root: Path, tmp_path: Path) -> None:
+    """When Engine.run of a remote transaction returns, the target's lock is already released: a kensa
+    run on the target that tries once (timeout 0) right after takes it, and so does the next
+    transaction through another alias of the same machine with a lock timeout of 0."""
+    engine = default_engine(str(tmp_path / "j.db"), audit=False, remote=transport_for, target_lock_timeout=0)
+    identity = LocalHost(str(root)).identity
+    for index in range(30):
+        for name in ("a", "b"):
+            result = engine.run(_edit(root, f"Key{index}{name}", str(index), name))
+            assert result.status is Status.COMMITTED, result.error
+            with _target_locks(0).hold(str(root), identity):
+                pass
+

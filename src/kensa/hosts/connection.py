@@ -84,12 +84,6 @@ class AgentConnection:
         """Send one request and return its decoded ``ok`` value, or raise its error (see the module docstring)."""
         return self.outcome(op, self._exchange(op, fields))
 
-    def send_only(self, op: str, **fields: Any) -> None:
-        """Send a request the agent answers nothing to (only ``unlock_target`` is one): the caller
-        does not wait for the target. A lost connection raises HostConnectionLost, as any request."""
-        with self._sent(op, fields):
-            pass
-
     def batch(self, calls: List[Dict[str, Any]]) -> List[Any]:
         """Send many read requests (each ``{"op", "args", "kwargs"}``) in one ``batch`` round trip; their
         answers in order, each still to be read with :meth:`outcome`. An answer that is not one per call

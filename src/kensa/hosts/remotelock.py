@@ -10,7 +10,8 @@ or recovery of one entry. The agent tries for at most :data:`ATTEMPT_SECONDS`
 per request, so no request outlasts the operation timeout however long the
 wait; the controller asks again until its own timeout. The lock is the
 agent's open file: an agent that ends (its connection lost, its controller
-gone) holds nothing.
+gone) holds nothing. The unlock is answered, so once the ``with`` block has
+ended the target's lock is free.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import time
 from typing import Any, Iterator, Optional
 
-from kensa.errors import HostConnectionLost, RemoteTimeoutError
+from kensa.errors import KensaError
 from kensa.hosts.connection import AgentConnection
 from kensa.hosts.lockfiles import busy
 
@@ -55,8 +56,11 @@ def hold_target_lock(connection: AgentConnection, key: str, timeout: Optional[fl
         yield
     finally:
         try:
-            connection.send_only("unlock_target")
-        except (HostConnectionLost, RemoteTimeoutError):
-            # The agent is gone, or was stopped (a write that never found room): either way
-            # its lock went with it, and what the block raised or returned is what counts.
-            pass
+            # Answered, not sent one way: when the block's caller goes on, the target is free for
+            # a run there or another connection's agent (a one-way unlock could still be queued).
+            connection.request("unlock_target")
+        except KensaError:
+            # The agent is gone, was stopped (no answer in time, an answer not the protocol) or
+            # answered an error: closing ends it, so its lock goes with it whatever happened, and
+            # what the block raised or returned is what counts.
+            connection.close()

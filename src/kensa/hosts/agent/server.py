@@ -148,6 +148,9 @@ class Agent:
             return self._handler_call(host, str(op), request)
         if op == "lock_target":
             return self._lock_target(host, request.get("wait"))
+        if op == "unlock_target":
+            self.unlock_target()
+            return None
         raise FrameError(f"unknown request {op!r}")
 
     def _lock_target(self, host: LocalHost, wait: Any) -> Dict[str, Any]:
@@ -175,7 +178,7 @@ class Agent:
         return {"held": True, "path": str(path), "holders": []}
 
     def unlock_target(self) -> None:
-        """Release the target's lock if held (``unlock_target`` is answered with nothing)."""
+        """Release the target's lock if held; answered once released, so the controller knows it is free."""
         fd, self._target_lock = self._target_lock, None
         if fd is not None:
             os.close(fd)
@@ -324,9 +327,6 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
         except FrameError as exc:
             _write_all(write_fd, frame({"error": encode_error(exc)}))
             return 3
-        if request.get("op") == "unlock_target":
-            agent.unlock_target()
-            continue
         busy.set()
         answer = agent.answer(request)
         busy.clear()
