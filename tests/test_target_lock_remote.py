@@ -183,3 +183,30 @@ def test_the_target_is_free_as_soon_as_a_remote_transaction_returns(root: Path, 
             with _target_locks(0).hold(str(root), identity):
                 pass
 
+
+
+def test_a_short_operation_timeout_waits_for_the_lock_without_killing_the_agent(root: Path) -> None:
+    """An operation timeout under a second (--timeout 0.5): a lock held on the target for longer is
+    waited for with requests that each end within that timeout, so the agent is not stopped as hung
+    and the lock is taken once the holder lets go."""
+    identity = LocalHost(str(root)).identity
+    remote = connect(transport(), str(root), operation_timeout=0.5)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_a_while() -> None:
+        with _target_locks(0).hold(str(root), identity):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_a_while)
+    holder.start()
+    try:
+        assert held.wait(5)
+        threading.Timer(1.5, release.set).start()
+        with remote.hold_target_lock(30.0):
+            assert remote.info("/etc/app.conf") is not None
+        assert remote.alive
+    finally:
+        release.set()
+        holder.join()
+        remote.close()
