@@ -210,3 +210,38 @@ def test_a_short_operation_timeout_waits_for_the_lock_without_killing_the_agent(
         release.set()
         holder.join()
         remote.close()
+
+
+def test_a_login_user_without_a_home_directory_still_locks_its_target() -> None:
+    """An agent running as a user whose home does not exist (nobody: /nonexistent) takes the
+    target's lock somewhere private to that user instead of failing every transaction, and a second
+    agent of that user on the same root waits for it."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from conftest import require_real
+    from kensa.hosts.processes import SubprocessTransport
+
+    require_root("to start the agent as another user")
+    if shutil.which("setpriv") is None:
+        require_real("setpriv is missing")
+    assert not os.path.isdir(pwd.getpwnam("nobody").pw_dir)
+    top = Path(tempfile.mkdtemp(prefix="kensa-lock-nobody-"))  # not under tmp_path: its parents are 0700
+    try:
+        top.chmod(0o755)
+        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+        first, second = (connect(SubprocessTransport(as_nobody, name=f"nobody{n}", env={"PATH": "/usr/bin:/bin"}),
+                                 str(top)) for n in range(2))
+        try:
+            with first.hold_target_lock(5.0):
+                with pytest.raises(TargetLockTimeout, match=f"pid {first.hello['pid']}"):
+                    with second.hold_target_lock(0.2):
+                        pass
+            with second.hold_target_lock(5.0):
+                pass
+        finally:
+            first.close()
+            second.close()
+    finally:
+        shutil.rmtree(top)
