@@ -189,27 +189,25 @@ def test_a_short_operation_timeout_waits_for_the_lock_without_killing_the_agent(
     """An operation timeout under a second (--timeout 0.5): a lock held on the target for longer is
     waited for with requests that each end within that timeout, so the agent is not stopped as hung
     and the lock is taken once the holder lets go."""
-    identity = LocalHost(str(root)).identity
     remote = connect(transport(), str(root), operation_timeout=0.5)
-    held, release = threading.Event(), threading.Event()
-
-    def hold_a_while() -> None:
-        with _target_locks(0).hold(str(root), identity):
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold_a_while)
+    holder = threading.Thread(target=lambda: _hold(root, 1.5, held))
+    held = threading.Event()
     holder.start()
     try:
         assert held.wait(5)
-        threading.Timer(1.5, release.set).start()
         with remote.hold_target_lock(30.0):
             assert remote.info("/etc/app.conf") is not None
         assert remote.alive
     finally:
-        release.set()
         holder.join()
         remote.close()
+
+
+def _hold(root: Path, seconds: float, held: threading.Event) -> None:
+    """Hold the target's lock of ``root`` as a kensa run there would, for ``seconds``."""
+    with _target_locks(0).hold(str(root), LocalHost(str(root)).identity):
+        held.set()
+        time.sleep(seconds)
 
 
 def test_a_login_user_without_a_home_directory_still_locks_its_target() -> None:
