@@ -243,3 +243,31 @@ def test_a_login_user_without_a_home_directory_still_locks_its_target() -> None:
             second.close()
     finally:
         shutil.rmtree(top)
+
+
+def test_a_rollback_never_runs_on_a_connection_it_did_not_lock(root: Path, tmp_path: Path) -> None:
+    """A rollback by id resolves its host once: when that fails (the target did not answer) the
+    rollback is refused and changes nothing, even though the target answers a moment later while a
+    run there holds its lock; it never restores through a second connection that holds no lock."""
+    from kensa.errors import RollbackRefusedError
+    from kensa.hosts.processes import SubprocessTransport
+
+    failing: List[str] = []
+
+    def flapping(target: object) -> SubprocessTransport:
+        if failing:
+            failing.pop()
+            return SubprocessTransport(["false"], name="flapping")  # the agent never starts
+        return transport_for(target)  # type: ignore[arg-type]
+
+    engine = default_engine(str(tmp_path / "j.db"), audit=False, remote=flapping, target_lock_timeout=0.3)
+    done = engine.run(_edit(root, "Port", "22"))
+    assert done.status is Status.COMMITTED
+    engine.hosts(done.host).close()  # the next resolution connects again
+    after = (root / "etc/app.conf").read_bytes()
+    failing.append("once")
+    with _target_locks(5).hold(str(root), LocalHost(str(root)).identity):
+        with pytest.raises(RollbackRefusedError, match="nothing was changed"):
+            engine.rollback(done.txn_id)
+        assert (root / "etc/app.conf").read_bytes() == after
+    assert engine.rollback(done.txn_id).status is Status.ROLLED_BACK
