@@ -190,8 +190,9 @@ class _BadBatchTransport(SubprocessTransport):
     ('{"ok": [{"ok": 7}, {"ok": null}]}', "answered info with int, which is not what info answers"),
     # read_bytes answered with a string
     ('{"ok": [{"ok": null}, {"ok": "text"}]}', "answered read_bytes with str"),
-    # one answer for two reads
-    ('{"ok": [{"ok": null}]}', "answered a batch of 2 reads with list, not one answer per read"),
+    # three answers for two reads, and none (a first part of them is an answer: the rest is asked again)
+    ('{"ok": [{"ok": null}, {"ok": null}, {"ok": null}]}', "answered a batch of 2 reads with list, not one answer per read"),
+    ('{"ok": []}', "answered a batch of 2 reads with list, not one answer per read"),
     # an answer that is not an answer
     ('{"ok": [5, {"ok": null}]}', "answered info with int, not an answer"),
 ])

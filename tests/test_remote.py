@@ -485,3 +485,35 @@ def test_the_checks_of_many_rules_read_a_remote_host_in_a_few_batches(root: Path
         (r.rule, r.verdict, r.detail.split("): ", 1)[-1]) for r in local]
     dependent = next(r for r in found if r.rule == "batch-dep")
     assert dependent.verdict.value == "not_applicable" and "depends on rule batch-01" in dependent.detail
+
+
+def test_the_checks_batched_reads_never_exceed_the_frame_limit(root: Path, tmp_path: Path) -> None:
+    """Checks that read many large files (each under the file cap, so each alone fits an answer)
+    get the verdicts a local check gives: the batches holding their reads never add up to an
+    answer above the connection's frame limit (the caps are scaled down here as the defaults are
+    related: frame = 4 x file cap + 1 MiB)."""
+    from kensa.hosts.local import LocalHost
+    from kensa.rules.assess import check_rules, observe
+    from kensa.rules.load import load_rules
+
+    cap = 256 << 10
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for index in range(10):
+        (root / "etc" / f"big{index}.conf").write_bytes(b"".join(b"line %07d of filler text\n" % n
+                                                                  for n in range((cap - 4096) // 28)) + b"Wanted yes\n")
+        (rules_dir / f"big{index}.yml").write_text(
+            f"id: big-{index}\ntitle: t\nseverity: low\ncategory: system\nimplementations:\n"
+            f"  - default: true\n    check: {{method: file_content_match, path: /etc/big{index}.conf, pattern: '^Wanted yes$'}}\n"
+            "    remediation: {mechanism: file_absent, path: /etc/unused}\n")
+    rules = load_rules([rules_dir])
+    facts = observe(LocalHost(str(root)))
+    local = check_rules(rules, LocalHost(str(root), max_file_bytes=cap), default_registry(), facts=facts)
+    assert {r.verdict.value for r in local} == {"compliant"}, local
+    host = connect(transport("big"), str(root), max_file_bytes=cap, max_frame_bytes=4 * cap + (1 << 20))
+    try:
+        found = check_rules(rules, host, default_registry(), facts=facts)
+        assert host.alive
+    finally:
+        host.close()
+    assert [(r.rule, r.verdict) for r in found] == [(r.rule, r.verdict) for r in local]

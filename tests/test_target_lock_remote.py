@@ -75,7 +75,7 @@ def test_a_remote_transaction_waits_for_a_run_on_the_target(root: Path, tmp_path
 
 def test_a_run_on_the_target_waits_for_a_remote_transaction(root: Path, host: RemoteHost) -> None:
     """While the agent holds the target's lock, a kensa run on the target cannot take it; the message
-    names the agent's pid. Once released (the one-way unlock), the run takes it."""
+    names the agent's pid. Once released (the unlock is answered), the run takes it."""
     identity = LocalHost(str(root)).identity
     with host.hold_target_lock(5.0):
         with pytest.raises(TargetLockTimeout, match=f"pid {host.hello['pid']}"):
@@ -136,7 +136,7 @@ def test_the_agent_refuses_a_second_hold_and_a_lock_before_hello(root: Path, hos
         assert host.info("/etc/app.conf") is not None
     answer = host.connection.request("lock_target", wait=0.0)
     assert answer["held"] is True
-    host.connection.send_only("unlock_target")
+    assert host.connection.request("unlock_target") is None
     with _target_locks(5.0).hold(str(root), LocalHost(str(root)).identity):
         pass
 
@@ -163,9 +163,111 @@ def test_a_rollback_by_id_takes_the_targets_lock(root: Path, tmp_path: Path) -> 
     done = engine.run(_edit(root, "Port", "22"))
     assert done.status is Status.COMMITTED
     after = (root / "etc/app.conf").read_bytes()
-    # The agent's unlock is a message the run did not wait for: it may still be on its way.
     with _target_locks(5).hold(str(root), LocalHost(str(root)).identity):
         with pytest.raises(TargetLockTimeout, match="on that host"):
             engine.rollback(done.txn_id)
     assert (root / "etc/app.conf").read_bytes() == after
+    assert engine.rollback(done.txn_id).status is Status.ROLLED_BACK
+
+
+def test_the_target_is_free_as_soon_as_a_remote_transaction_returns(root: Path, tmp_path: Path) -> None:
+    """When Engine.run of a remote transaction returns, the target's lock is already released: a kensa
+    run on the target that tries once (timeout 0) right after takes it, and so does the next
+    transaction through another alias of the same machine with a lock timeout of 0."""
+    engine = default_engine(str(tmp_path / "j.db"), audit=False, remote=transport_for, target_lock_timeout=0)
+    identity = LocalHost(str(root)).identity
+    for index in range(30):
+        for name in ("a", "b"):
+            result = engine.run(_edit(root, f"Key{index}{name}", str(index), name))
+            assert result.status is Status.COMMITTED, result.error
+            with _target_locks(0).hold(str(root), identity):
+                pass
+
+
+
+def test_a_short_operation_timeout_waits_for_the_lock_without_killing_the_agent(root: Path) -> None:
+    """An operation timeout under a second (--timeout 0.5): a lock held on the target for longer is
+    waited for with requests that each end within that timeout, so the agent is not stopped as hung
+    and the lock is taken once the holder lets go."""
+    remote = connect(transport(), str(root), operation_timeout=0.5)
+    holder = threading.Thread(target=lambda: _hold(root, 1.5, held))
+    held = threading.Event()
+    holder.start()
+    try:
+        assert held.wait(5)
+        with remote.hold_target_lock(30.0):
+            assert remote.info("/etc/app.conf") is not None
+        assert remote.alive
+    finally:
+        holder.join()
+        remote.close()
+
+
+def _hold(root: Path, seconds: float, held: threading.Event) -> None:
+    """Hold the target's lock of ``root`` as a kensa run there would, for ``seconds``."""
+    with _target_locks(0).hold(str(root), LocalHost(str(root)).identity):
+        held.set()
+        time.sleep(seconds)
+
+
+def test_a_login_user_without_a_home_directory_still_locks_its_target() -> None:
+    """An agent running as a user whose home does not exist (nobody: /nonexistent) takes the
+    target's lock somewhere private to that user instead of failing every transaction, and a second
+    agent of that user on the same root waits for it."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from conftest import require_real
+    from kensa.hosts.processes import SubprocessTransport
+
+    require_root("to start the agent as another user")
+    if shutil.which("setpriv") is None:
+        require_real("setpriv is missing")
+    assert not os.path.isdir(pwd.getpwnam("nobody").pw_dir)
+    top = Path(tempfile.mkdtemp(prefix="kensa-lock-nobody-"))  # not under tmp_path: its parents are 0700
+    try:
+        top.chmod(0o755)
+        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+        first, second = (connect(SubprocessTransport(as_nobody, name=f"nobody{n}", env={"PATH": "/usr/bin:/bin"}),
+                                 str(top)) for n in range(2))
+        try:
+            with first.hold_target_lock(5.0):
+                with pytest.raises(TargetLockTimeout, match=f"pid {first.hello['pid']}"):
+                    with second.hold_target_lock(0.2):
+                        pass
+            with second.hold_target_lock(5.0):
+                pass
+        finally:
+            first.close()
+            second.close()
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_rollback_never_runs_on_a_connection_it_did_not_lock(root: Path, tmp_path: Path) -> None:
+    """A rollback by id resolves its host once: when that fails (the target did not answer) the
+    rollback is refused and changes nothing, even though the target answers a moment later while a
+    run there holds its lock; it never restores through a second connection that holds no lock."""
+    from kensa.errors import RollbackRefusedError
+    from kensa.hosts.processes import SubprocessTransport
+
+    failing: List[str] = []
+
+    def flapping(target: object) -> SubprocessTransport:
+        if failing:
+            failing.pop()
+            return SubprocessTransport(["false"], name="flapping")  # the agent never starts
+        return transport_for(target)  # type: ignore[arg-type]
+
+    engine = default_engine(str(tmp_path / "j.db"), audit=False, remote=flapping, target_lock_timeout=0.3)
+    done = engine.run(_edit(root, "Port", "22"))
+    assert done.status is Status.COMMITTED
+    engine.hosts(done.host).close()  # the next resolution connects again
+    after = (root / "etc/app.conf").read_bytes()
+    failing.append("once")
+    with _target_locks(5).hold(str(root), LocalHost(str(root)).identity):
+        with pytest.raises(RollbackRefusedError, match="nothing was changed"):
+            engine.rollback(done.txn_id)
+        assert (root / "etc/app.conf").read_bytes() == after
     assert engine.rollback(done.txn_id).status is Status.ROLLED_BACK

@@ -89,10 +89,14 @@ class Locks:
         return _both(held, on_target(getattr(self.target_lock, "timeout", DEFAULT_TIMEOUT)))
 
     @contextlib.contextmanager
-    def writer(self, key: str) -> Iterator[None]:
-        """Be the one writer of target ``key``: this process's lock, then the cross-process one."""
-        with self.host(key), self.target(key, self.resolve(key)):
-            yield
+    def writer(self, key: str) -> Iterator[Union[Any, BaseException]]:
+        """Be the one writer of target ``key``: this process's lock, then the cross-process one.
+        Yields the host object the locks were taken on (or why it did not resolve): the block
+        must change that one, not resolve ``key`` again (a new connection holds no lock)."""
+        with self.host(key):
+            host = self.resolve(key)
+            with self.target(key, host):
+                yield host
 
     def shared_run(self) -> ContextManager[None]:
         """The journal's run lock, shared with this engine's other runs; none without a journal lock."""

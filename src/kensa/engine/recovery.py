@@ -90,7 +90,7 @@ from __future__ import annotations
 
 import posixpath
 import time
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, cast
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union, cast
 
 from kensa.engine.locks import Locks
 from kensa.engine.protocols import Handler, RecoveryJournal, Restorable
@@ -255,9 +255,12 @@ def _later_changes(journal: RecoveryJournal, entry: JournalEntry) -> Dict[int, T
 # --- shared steps --------------------------------------------------------------------
 
 
-def _resolve(registry: Registry, locks: Locks, entry: JournalEntry) -> Tuple[Any, List[Optional[Handler]]]:
-    """The host object and the handler of every step that has a pre-state to restore."""
-    host = locks.hosts(entry.txn.host)
+def _resolve(registry: Registry, resolved: Union[Any, BaseException], entry: JournalEntry) -> Tuple[Any, List[Optional[Handler]]]:
+    """The host object (``resolved``, what :meth:`Locks.writer` locked; raised if it is why the
+    host did not resolve) and the handler of every step that has a pre-state to restore."""
+    if isinstance(resolved, BaseException):
+        raise resolved
+    host = resolved
     source = host_handlers(registry, host)
     return host, [None if pre is None else source[step.mechanism] for step, pre in zip(entry.txn.steps, entry.pre_states)]
 
@@ -305,13 +308,13 @@ def recover_interrupted(registry: Registry, journal: Any, trail: Trail, locks: L
     results: List[TransactionResult] = []
     with locks.exclusive_run():
         for entry in reversed(list(store.interrupted())):
-            with locks.writer(entry.txn.host):
-                results.append(_recover_one(registry, store, trail, locks, entry))
+            with locks.writer(entry.txn.host) as host:
+                results.append(_recover_one(registry, store, trail, host, entry))
     return results
 
 
 def _recover_one(
-    registry: Registry, journal: RecoveryJournal, trail: Trail, locks: Locks, entry: JournalEntry
+    registry: Registry, journal: RecoveryJournal, trail: Trail, resolved: Union[Any, BaseException], entry: JournalEntry
 ) -> TransactionResult:
     txn = entry.txn
     rec = trail.recorder(txn)
@@ -319,7 +322,7 @@ def _recover_one(
     timings: Dict[Phase, float] = {}
     start = _perf()
     try:
-        host, handlers = _resolve(registry, locks, entry)
+        host, handlers = _resolve(registry, resolved, entry)
         later = _later_changes(journal, entry)
     except Exception as exc:
         timings[Phase.PREFLIGHT] = _perf() - start
@@ -476,9 +479,9 @@ def rollback_committed(
         entry = store.get(txn_id)
         _refuse_unless_committed(entry, force)
         txn = entry.txn
-        with locks.writer(txn.host):
+        with locks.writer(txn.host) as resolved:
             try:
-                host, handlers = _resolve(registry, locks, entry)
+                host, handlers = _resolve(registry, resolved, entry)
             except Exception as exc:
                 raise RollbackRefusedError(
                     f"cannot roll back transaction {txn.id} (rule {txn.rule}, host {txn.host}): {describe(exc)}; "

@@ -84,22 +84,23 @@ class AgentConnection:
         """Send one request and return its decoded ``ok`` value, or raise its error (see the module docstring)."""
         return self.outcome(op, self._exchange(op, fields))
 
-    def send_only(self, op: str, **fields: Any) -> None:
-        """Send a request the agent answers nothing to (only ``unlock_target`` is one): the caller
-        does not wait for the target. A lost connection raises HostConnectionLost, as any request."""
-        with self._sent(op, fields):
-            pass
-
     def batch(self, calls: List[Dict[str, Any]]) -> List[Any]:
         """Send many read requests (each ``{"op", "args", "kwargs"}``) in one ``batch`` round trip; their
-        answers in order, each still to be read with :meth:`outcome`. An answer that is not one per call
+        answers in order, each still to be read with :meth:`outcome`. Answers that would not fit one
+        frame come in more round trips. An answer that is not one per call (or a first part of them)
         stops the agent and raises AgentError."""
-        answer = self._exchange("batch", {"calls": calls})
-        if "error" in answer:
-            raise self._error(answer["error"])
-        found = answer.get("ok")
-        if not isinstance(found, list) or len(found) != len(calls):
-            self._broken(f"answered a batch of {len(calls)} reads with {type(found).__name__}, not one answer per read")
+        found: List[Any] = []
+        while len(found) < len(calls):
+            # The agent answers as many as fit one frame (room left for the frame's own bytes);
+            # the rest are asked for again.
+            rest = calls[len(found):]
+            answer = self._exchange("batch", {"calls": rest, "budget": self.max_frame - (1 << 10)})
+            if "error" in answer:
+                raise self._error(answer["error"])
+            part = answer.get("ok")
+            if not isinstance(part, list) or not 0 < len(part) <= len(rest):
+                self._broken(f"answered a batch of {len(rest)} reads with {type(part).__name__}, not one answer per read")
+            found += part
         return found
 
     def outcome(self, op: str, answer: Any) -> Any:

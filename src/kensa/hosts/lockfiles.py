@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -32,10 +33,16 @@ SYSTEM_LOCK_DIRECTORY = Path("/run/kensa/targets")
 def agent_lock_directory() -> Path:
     """Where the agent takes its target's lock: root's :data:`SYSTEM_LOCK_DIRECTORY`, as a kensa run
     of root there does; another login user's ``~/.cache/kensa/targets``, which keeps out the
-    controllers logging in as that user (that user's own runs lock next to their journal)."""
+    controllers logging in as that user (that user's own runs lock next to their journal).
+    A user whose home does not exist (a service account's ``/nonexistent``) locks in
+    ``kensa-<uid>-targets`` of the temporary directory instead: :func:`open_lock` refuses
+    it unless the user owns it with mode 0700."""
     if os.geteuid() == 0 and os.path.isdir(SYSTEM_LOCK_DIRECTORY.parent.parent):
         return SYSTEM_LOCK_DIRECTORY
-    return Path(os.path.expanduser("~")) / ".cache" / "kensa" / "targets"
+    home = os.path.expanduser("~")
+    if not os.path.isdir(home):
+        return Path(tempfile.gettempdir()) / f"kensa-{os.geteuid()}-targets"
+    return Path(home) / ".cache" / "kensa" / "targets"
 
 
 def lock_name(key: str, identity: Any = None) -> str:

@@ -7,10 +7,12 @@ same machine: :func:`hold_target_lock` has the agent take the lock a kensa
 run on the target takes for the same root (:mod:`kensa.hosts.lockfiles`:
 ``/run/kensa/targets`` for root there), for one transaction, rollback by id
 or recovery of one entry. The agent tries for at most :data:`ATTEMPT_SECONDS`
-per request, so no request outlasts the operation timeout however long the
+per request (half the operation timeout when that is shorter), so no request
+outlasts the operation timeout however long the
 wait; the controller asks again until its own timeout. The lock is the
 agent's open file: an agent that ends (its connection lost, its controller
-gone) holds nothing.
+gone) holds nothing. The unlock is answered, so once the ``with`` block has
+ended the target's lock is free.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import time
 from typing import Any, Iterator, Optional
 
-from kensa.errors import HostConnectionLost, RemoteTimeoutError
+from kensa.errors import KensaError
 from kensa.hosts.connection import AgentConnection
 from kensa.hosts.lockfiles import busy
 
@@ -42,8 +44,10 @@ def hold_target_lock(connection: AgentConnection, key: str, timeout: Optional[fl
     Raises TargetLockTimeout naming ``key``, the holders' pids on the target and
     the lock file there; nothing has run then."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    # Half the operation timeout at most: a request that waits longer is taken for a hung agent.
+    attempt = min(ATTEMPT_SECONDS, connection.operation_timeout / 2)
     while True:
-        left = ATTEMPT_SECONDS if deadline is None else max(0.0, min(ATTEMPT_SECONDS, deadline - time.monotonic()))
+        left = attempt if deadline is None else max(0.0, min(attempt, deadline - time.monotonic()))
         found = connection.request("lock_target", wait=left)
         if not _lock_answer(found):
             connection.broken(f"answered lock_target with {type(found).__name__}, which is not what lock_target answers")
@@ -55,8 +59,11 @@ def hold_target_lock(connection: AgentConnection, key: str, timeout: Optional[fl
         yield
     finally:
         try:
-            connection.send_only("unlock_target")
-        except (HostConnectionLost, RemoteTimeoutError):
-            # The agent is gone, or was stopped (a write that never found room): either way
-            # its lock went with it, and what the block raised or returned is what counts.
-            pass
+            # Answered, not sent one way: when the block's caller goes on, the target is free for
+            # a run there or another connection's agent (a one-way unlock could still be queued).
+            connection.request("unlock_target")
+        except KensaError:
+            # The agent is gone, was stopped (no answer in time, an answer not the protocol) or
+            # answered an error: closing ends it, so its lock goes with it whatever happened, and
+            # what the block raised or returned is what counts.
+            connection.close()

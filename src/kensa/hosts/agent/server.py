@@ -148,6 +148,9 @@ class Agent:
             return self._handler_call(host, str(op), request)
         if op == "lock_target":
             return self._lock_target(host, request.get("wait"))
+        if op == "unlock_target":
+            self.unlock_target()
+            return None
         raise FrameError(f"unknown request {op!r}")
 
     def _lock_target(self, host: LocalHost, wait: Any) -> Dict[str, Any]:
@@ -175,14 +178,15 @@ class Agent:
         return {"held": True, "path": str(path), "holders": []}
 
     def unlock_target(self) -> None:
-        """Release the target's lock if held (``unlock_target`` is answered with nothing)."""
+        """Release the target's lock if held; answered once released, so the controller knows it is free."""
         fd, self._target_lock = self._target_lock, None
         if fd is not None:
             os.close(fd)
 
     def _batch(self, request: Mapping[str, Any]) -> Dict[str, Any]:
         """Many reads in one round trip: ``calls`` (each ``{"op", "args", "kwargs"}`` as a single
-        request would be) answered in order, each with exactly the answer its own request gets."""
+        request would be) answered in order, each with exactly the answer its own request gets;
+        with ``budget``, the answers of a first part of them that fit it."""
         calls = request.get("calls")
         if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
             return {"error": encode_error(FrameError("a batch request needs calls, a list of requests"))}
@@ -190,7 +194,21 @@ class Agent:
         if refused:
             return {"error": encode_error(FrameError(
                 f"a batch may hold only reads ({', '.join(sorted(BATCH_CALLS))}), not {', '.join(refused)}"))}
-        return {"ok": [self.answer(call) for call in calls]}
+        budget = request.get("budget")
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            return {"ok": [self.answer(call) for call in calls]}
+        # Answers stop before they would pass ``budget`` bytes (the controller's frame limit, less
+        # room): each read fits an answer alone, many together need not; the controller asks again
+        # for the rest. The first answer always goes, so every batch moves on.
+        answers: List[Dict[str, Any]] = []
+        used = 0
+        for call in calls:
+            answer = self.answer(call)
+            used += len(json.dumps(answer, separators=(",", ":"))) + 1
+            if answers and used > budget:
+                break
+            answers.append(answer)
+        return {"ok": answers}
 
     def _hello(self, request: Mapping[str, Any]) -> Dict[str, Any]:
         root = request.get("root", "/")
@@ -324,9 +342,6 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
         except FrameError as exc:
             _write_all(write_fd, frame({"error": encode_error(exc)}))
             return 3
-        if request.get("op") == "unlock_target":
-            agent.unlock_target()
-            continue
         busy.set()
         answer = agent.answer(request)
         busy.clear()
