@@ -615,3 +615,42 @@ def test_remediate_over_ssh_shows_hosts_done_on_a_terminal(sshd_rig: Any, two_ho
     assert done.stdout.decode().splitlines()[0].split()[:2] == ["HOST", "RULE"]
     piped = subprocess.run(argv, capture_output=True, env=env, timeout=120)
     assert piped.returncode == EXIT_OK and b"1/2" not in piped.stderr, piped.stderr
+
+
+def test_remediate_over_ssh_holds_each_hosts_lock_once_for_its_whole_run(
+        sshd_rig: Any, sshd_host: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kensa remediate -H takes the target's own lock once per host for all its rules (not a lock and
+    an unlock round trip per transaction), and it is free when the command returns. While a run on
+    the target holds it past the lock timeout, that host's rules are errored naming the holder, and
+    nothing changed."""
+    import kensa.hosts.remote as remote_module
+    from kensa.hosts.local import LocalHost
+    from kensa.hosts.targetlock import SYSTEM_LOCK_DIRECTORY, TargetLocks
+
+    taken: List[str] = []
+    real = remote_module.hold_target_lock
+
+    def counted(connection: Any, key: str, timeout: Optional[float]) -> Any:
+        taken.append(key)
+        return real(connection, key, timeout)
+
+    monkeypatch.setattr(remote_module, "hold_target_lock", counted)
+    root = make_root(sshd_rig, "held")
+    before = snapshot_tree(root)
+    identity = LocalHost(str(root)).identity
+    monkeypatch.setattr("kensa.hosts.targetlock.DEFAULT_TIMEOUT", 0.5)
+    with TargetLocks(SYSTEM_LOCK_DIRECTORY, timeout=0).hold(str(root), identity):
+        code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "--no-audit", "remediate", rules_dir(tmp_path),
+                              "-H", host_arg(sshd_host), "--root", str(root), *login(sshd_rig, tmp_path))
+    assert code == EXIT_NOT_APPLIED, out
+    rows = out.splitlines()[1:]
+    assert len(rows) == 2 and all(" errored " in row and "being changed by another kensa process" in row for row in rows), out
+    assert snapshot_tree(root) == before
+    taken.clear()
+    code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "--no-audit", "remediate", rules_dir(tmp_path),
+                          "-H", host_arg(sshd_host), "--root", str(root), *login(sshd_rig, tmp_path), "--json")
+    assert code == EXIT_OK, out
+    assert [r["status"] for r in json.loads(out)["hosts"][0]["results"]] == ["committed", "committed"]
+    assert taken == [key_of(sshd_host, root)]
+    with TargetLocks(SYSTEM_LOCK_DIRECTORY, timeout=0).hold(str(root), identity):
+        pass

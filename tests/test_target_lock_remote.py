@@ -26,7 +26,9 @@ from kensa import default_engine
 from kensa.errors import TargetLockError, TargetLockTimeout
 from kensa.hosts.local import LocalHost
 from kensa.hosts.payload import build_payload
-from kensa.hosts.remote import RemoteHost, connect
+from kensa.engine import Engine
+from kensa.handlers import default_registry
+from kensa.hosts.remote import RemoteHost, RemoteHosts, connect
 from kensa.hosts.targetlock import SYSTEM_LOCK_DIRECTORY, TargetLocks
 from kensa.model import Status, Step, Transaction
 
@@ -271,3 +273,27 @@ def test_a_rollback_never_runs_on_a_connection_it_did_not_lock(root: Path, tmp_p
             engine.rollback(done.txn_id)
         assert (root / "etc/app.conf").read_bytes() == after
     assert engine.rollback(done.txn_id).status is Status.ROLLED_BACK
+
+
+def test_a_hold_inside_a_hold_of_the_same_thread_costs_nothing_and_keeps_the_lock(root: Path, tmp_path: Path) -> None:
+    """Transactions run inside an enclosing hold of their host (a command holding a host for its
+    whole run) send no lock requests of their own: one lock and one unlock for all of them, and the
+    target stays locked between them, until the enclosing hold ends."""
+    hosts = RemoteHosts(transport_for)
+    engine = Engine(default_registry(), hosts=hosts, target_lock=TargetLocks(tmp_path / "ctl", timeout=5))
+    key = f"ssh://target{root}"
+    host = hosts(key)
+    identity = LocalHost(str(root)).identity
+    try:
+        host.connection.counts.clear()
+        with host.hold_target_lock(5.0):
+            for index in range(3):
+                assert engine.run(_edit(root, f"Nested{index}", "1")).status is Status.COMMITTED
+                with pytest.raises(TargetLockTimeout):
+                    with _target_locks(0).hold(str(root), identity):
+                        pass
+        assert (host.connection.counts["lock_target"], host.connection.counts["unlock_target"]) == (1, 1)
+        with _target_locks(0).hold(str(root), identity):
+            pass
+    finally:
+        hosts.close()

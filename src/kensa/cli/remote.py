@@ -29,7 +29,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, cast
 
 from kensa.cli.services import notify_rows, print_notified
 from kensa.errors import KensaError, UsageError
@@ -278,6 +278,13 @@ class RemoteRun:
             thing.close()
 
 
+def _held_for_the_run(host: Any, timeout: Optional[float]) -> ContextManager[None]:
+    """The target's own lock of ``host`` for a ``with`` block (its transactions' holds inside it
+    cost nothing), or nothing for a host without one."""
+    hold = getattr(host, "hold_target_lock", None)
+    return contextlib.nullcontext() if hold is None else cast(ContextManager[None], hold(timeout))
+
+
 def _label(name: str, target: RemoteTarget) -> str:
     """How a host is named to the operator: its inventory name, else its login (``user@host:port``)."""
     if name != target.host:
@@ -465,7 +472,15 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
             failed[target.key] = (f"the selected rules conflict: {conflict_lines(resolution.conflicts)}; nothing was "
                                   "changed on this host (pass --allow-conflicts to run them anyway)")
             return ruleset, [], []
-        results, rows = run_in_order(engine, planned, show_progress=False)
+        with contextlib.ExitStack() as held:
+            try:
+                # The host's own lock, once for all its transactions (each would take it alone,
+                # a round trip to lock and one to unlock): a run on the target waits for this one.
+                held.enter_context(_held_for_the_run(host, engine.locks.target_timeout))
+            except KensaError as exc:
+                failed[target.key] = str(exc)
+                return ruleset, [], []
+            results, rows = run_in_order(engine, planned, show_progress=False)
         journal_rules(args.journal, [p.transaction for p in planned if p.transaction is not None], ruleset.rules)
         rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
         return ruleset, results, [dict(row, host=target.key) for row in rows]

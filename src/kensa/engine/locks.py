@@ -86,7 +86,13 @@ class Locks:
         on_target: Optional[Callable[[Optional[float]], ContextManager[None]]] = getattr(host, "hold_target_lock", None)
         if on_target is None:
             return held
-        return _both(held, on_target(getattr(self.target_lock, "timeout", DEFAULT_TIMEOUT)))
+        return _both(held, on_target(self.target_timeout))
+
+    @property
+    def target_timeout(self) -> Optional[float]:
+        """Seconds a run waits for another process's hold of a target (None: no limit)."""
+        found: Optional[float] = getattr(self.target_lock, "timeout", DEFAULT_TIMEOUT)
+        return found
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[Union[Any, BaseException]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import functools
 import posixpath
 import subprocess
@@ -100,6 +101,7 @@ class RemoteHost(FileReaders):
         self.max_file_bytes = int(hello["max_file_bytes"])
         #: What the agent said in answer to ``hello`` (python, pid, payload hash ...).
         self.hello = dict(hello)
+        self._lock_holder: Optional[int] = None  # the thread holding the target's lock through this host
 
     def __repr__(self) -> str:
         return f"RemoteHost({self.root!r})"
@@ -127,8 +129,22 @@ class RemoteHost(FileReaders):
 
     def hold_target_lock(self, timeout: Optional[float]) -> ContextManager[None]:
         """Hold the target's own lock, the one kensa runs on that machine take, for a ``with``
-        block (:mod:`kensa.hosts.remotelock`); TargetLockTimeout after ``timeout`` s (None: no limit)."""
-        return hold_target_lock(self.connection, self.root, timeout)
+        block (:mod:`kensa.hosts.remotelock`); TargetLockTimeout after ``timeout`` s (None: no limit).
+
+        A hold inside a hold of the same thread (the transactions of a command that holds the
+        host for its whole run) sends nothing: the enclosing one keeps the lock and releases it."""
+        if self._lock_holder == threading.get_ident():
+            return contextlib.nullcontext()
+        return self._holding(timeout)
+
+    @contextlib.contextmanager
+    def _holding(self, timeout: Optional[float]) -> Iterator[None]:
+        with hold_target_lock(self.connection, self.root, timeout):
+            self._lock_holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._lock_holder = None
 
     def where(self, path: str) -> str:
         return f"{self.connection.name}:{_where(self.target_root, path)}"
