@@ -7,13 +7,12 @@ for what the answers and faults mean to a caller.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import select
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Counter, Dict, Iterator, List, NoReturn, Optional, cast
+from typing import Any, Callable, Counter, Dict, List, NoReturn, Optional, cast
 
 from kensa import errors
 from kensa.errors import AgentError, HostConnectionLost, KensaError, RemoteTimeoutError
@@ -117,12 +116,6 @@ class AgentConnection:
             self._broken(f"answered {op} with a value that is not the protocol: {exc}")
 
     def _exchange(self, op: str, fields: Dict[str, Any]) -> Dict[str, Any]:
-        with self._sent(op, fields) as deadline:
-            return self._read(deadline, op)
-
-    @contextlib.contextmanager
-    def _sent(self, op: str, fields: Dict[str, Any]) -> Iterator[float]:
-        """Send one request, then hold the connection (and its deadline) until the block ends."""
         if self.observer is not None:
             self.observer(op, fields.get("mechanism"))
         with self._lock:
@@ -131,7 +124,7 @@ class AgentConnection:
             self.counts[op] += 1
             deadline = time.monotonic() + self.operation_timeout
             self._write(frame(dict(fields, op=op)), deadline, op)
-            yield deadline
+            return self._read(deadline, op)
 
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)
