@@ -517,3 +517,17 @@ def test_the_checks_batched_reads_never_exceed_the_frame_limit(root: Path, tmp_p
     finally:
         host.close()
     assert [(r.rule, r.verdict) for r in found] == [(r.rule, r.verdict) for r in local]
+
+
+def test_remote_handlers_answer_get_and_in_as_the_registry_does(root: Path) -> None:
+    """A remote host's handlers are a Mapping like the registry they come from: ``get`` of a mechanism
+    the registry lacks is None and ``in`` is False; a known one is a proxy running on the agent."""
+    host = connect(transport("mapped"), str(root))
+    try:
+        handlers = host.handlers(default_registry())
+        assert handlers.get("no_such_mechanism") is None
+        assert "no_such_mechanism" not in handlers and "config_set" in handlers
+        from kensa.hosts.remote import RemoteHandler
+        assert isinstance(handlers.get("config_set"), RemoteHandler)
+    finally:
+        host.close()
