@@ -211,22 +211,61 @@ class FailThenExitInRollback:
         return RollbackResult(self.name, ok=True)
 
 
-def test_recovery_takes_the_target_lock(tmp_path: Path, root: Path) -> None:
-    """Recovery of an interrupted transaction while another process holds the target's lock
-    is refused after the timeout and restores nothing; once free, recovery runs."""
+def _interrupt(tmp_path: Path, root: Path, rule: str = "r") -> None:
+    """Leave a transaction on ``root`` interrupted in the journal (its process exits in rollback)."""
     engine = _engine(tmp_path, timeout=0.2)
     engine.registry.register(FailThenExitInRollback(exit_in_rollback=True))
     with pytest.raises(SystemExit):
-        engine.run(Transaction("r", (_conf_step("new"), Step("fail_then_exit", {})), str(root)))
+        engine.run(Transaction(rule, (_conf_step("new"), Step("fail_then_exit", {})), str(root)))
+
+
+def test_recovery_takes_the_target_lock(tmp_path: Path, root: Path) -> None:
+    """Recovery of an interrupted transaction while another process holds the target's lock
+    gives up on it after the timeout: errored, naming the holder, nothing restored, still
+    interrupted. Once free, recovery runs."""
+    _interrupt(tmp_path, root)
     assert (root / "etc" / "app.conf").read_text() == "Setting new\n"
     fresh = _engine(tmp_path, timeout=0.2)
     fresh.registry.register(FailThenExitInRollback(exit_in_rollback=False))
     assert isinstance(fresh.target_lock, TargetLocks)
-    with _held_by_other_process(fresh.target_lock.directory, str(root), LocalHost(str(root)).identity):
-        with pytest.raises(TargetLockTimeout):
-            fresh.recover()
+    with _held_by_other_process(fresh.target_lock.directory, str(root), LocalHost(str(root)).identity) as pid:
+        [busy] = fresh.recover()
+    assert busy.status is Status.ERRORED and not busy.host_unchanged
+    assert busy.error is not None and busy.error.type == "TargetLockTimeout" and f"pid {pid}" in busy.error.message
+    assert "stays interrupted" in busy.error.message
     assert (root / "etc" / "app.conf").read_text() == "Setting new\n"
-    assert len(fresh.recover()) == 1
+    assert [r.status for r in fresh.recover()] == [Status.RECOVERED]
+    assert (root / "etc" / "app.conf").read_text() == "Setting old\n"
+
+
+def test_a_busy_target_does_not_stop_the_recovery_of_the_others(tmp_path: Path) -> None:
+    """Interrupted transactions on two targets, one held by another process past the timeout:
+    the other target is recovered; the busy one's entries (a newer and an older) are errored and
+    stay interrupted, the older one not restored before the newer (and not waited for again)."""
+    roots = []
+    for name in ("busy", "free"):
+        tree = tmp_path / name
+        (tree / "etc").mkdir(parents=True)
+        (tree / "etc" / "app.conf").write_text("Setting old\n")
+        roots.append(tree)
+    busy_root, free_root = roots
+    _interrupt(tmp_path, busy_root, "older")
+    _interrupt(tmp_path, free_root, "free")
+    _interrupt(tmp_path, busy_root, "newer")
+    fresh = _engine(tmp_path, timeout=0.2)
+    fresh.registry.register(FailThenExitInRollback(exit_in_rollback=False))
+    assert isinstance(fresh.target_lock, TargetLocks)
+    with _held_by_other_process(fresh.target_lock.directory, str(busy_root), LocalHost(str(busy_root)).identity):
+        results = {r.rule: r for r in fresh.recover()}
+    assert results["free"].status is Status.RECOVERED
+    assert (free_root / "etc" / "app.conf").read_text() == "Setting old\n"
+    for rule in ("newer", "older"):
+        assert results[rule].status is Status.ERRORED and results[rule].error is not None, results[rule]
+        assert results[rule].error.type == "TargetLockTimeout"
+    assert "a newer interrupted transaction" in results["older"].error.message  # type: ignore[union-attr]
+    assert (busy_root / "etc" / "app.conf").read_text() == "Setting new\n"
+    assert sorted(r.rule for r in fresh.recover()) == ["newer", "older"]
+    assert (busy_root / "etc" / "app.conf").read_text() == "Setting old\n"
 
 
 class Inert:

@@ -21,7 +21,11 @@ Recovery (:func:`recover_interrupted`)
     - ``partially_applied``: every restore verified, but the transaction has a
       step that cannot be reversed (no pre-state) and may have run before the
       interruption: nobody can tell, so the host is not called unchanged;
-    - ``rollback_failed``: a restore failed or was withheld (below).
+    - ``rollback_failed``: a restore failed or was withheld (below);
+    - ``errored``, recording nothing (the entry stays interrupted): the host could
+      not be reached, or its target lock not taken (another process holds it). Then
+      that host's older entries are not restored either (the newer goes first),
+      while the other hosts' are recovered.
 
     A step whose handler can assess itself (:class:`~kensa.engine.Restorable`,
     every built-in capturable mechanism) is restored only when what is there now
@@ -88,6 +92,7 @@ journal cannot record the outcome, the result returned is ``errored`` (phase
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import time
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union, cast
@@ -306,11 +311,36 @@ def recover_interrupted(registry: Registry, journal: Any, trail: Trail, locks: L
     """Reverse every interrupted transaction, newest first; see the module docstring."""
     store = _journal_of(journal, "recover interrupted transactions")
     results: List[TransactionResult] = []
+    # Targets whose lock could not be taken (another process holds it): their older entries wait
+    # for the newer one, so none of them is restored now; the other targets are recovered.
+    busy: Dict[str, KensaError] = {}
     with locks.exclusive_run():
         for entry in reversed(list(store.interrupted())):
-            with locks.writer(entry.txn.host) as host:
+            key = entry.txn.host
+            if key in busy:
+                results.append(_not_locked(trail, entry, busy[key], newer=True))
+                continue
+            with contextlib.ExitStack() as held:
+                try:
+                    host = held.enter_context(locks.writer(key))
+                except KensaError as exc:
+                    busy[key] = exc
+                    results.append(_not_locked(trail, entry, exc, newer=False))
+                    continue
                 results.append(_recover_one(registry, store, trail, host, entry))
     return results
+
+
+def _not_locked(trail: Trail, entry: JournalEntry, exc: KensaError, newer: bool) -> TransactionResult:
+    """The ``errored`` result of an entry whose target could not be locked (or whose newer entry's
+    target could not): nothing restored, it stays interrupted."""
+    txn = entry.txn
+    rec = trail.recorder(txn)
+    trail.boundary(rec, txn, Phase.STARTED, True)
+    why = ("a newer interrupted transaction of this host could not be recovered first: " if newer else "") + describe(exc)
+    message = (f"could not recover interrupted transaction {txn.id} (rule {txn.rule}, host {txn.host}): {why}; "
+               "nothing was restored and it stays interrupted in the journal: recover again when the host is free")
+    return _left_interrupted(trail, rec, txn, {Phase.PREFLIGHT: 0.0}, Phase.PREFLIGHT, exc, message)
 
 
 def _recover_one(

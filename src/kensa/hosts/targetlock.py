@@ -19,8 +19,9 @@ waits on it would let two processes hold "the" lock at once.
 Waiting is bounded. A process that cannot take the lock within ``timeout``
 seconds (default :data:`DEFAULT_TIMEOUT`) gets :class:`TargetLockTimeout`,
 naming the target, the lock file and the pids holding it; nothing has been
-changed then (the engine turns it into an ``errored`` result of that run; a
-rollback or recovery raises it). ``timeout=None`` waits as long as it takes.
+changed then (the engine turns it into an ``errored`` result of that run, or
+of each interrupted entry of that target in a recovery, which goes on with the
+other targets; a rollback raises it). ``timeout=None`` waits as long as it takes.
 
 A remote target is locked on the target too: its agent takes there the lock
 a kensa run on that machine takes (:mod:`kensa.hosts.remotelock`). Both sides
