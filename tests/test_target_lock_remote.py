@@ -315,7 +315,7 @@ def test_a_host_held_for_its_whole_run_takes_turns_with_another_controller_proce
     host = hosts(key)
     results: List[Status] = []
     try:
-        with _held_for_the_run(host, engine.locks.target_timeout):
+        with _held_for_the_run(engine, key, host):
             worker = threading.Thread(target=lambda: results.append(other.run(_edit(root, "Other", "1")).status))
             worker.start()
             # Until the other's transaction holds the controller's lock (it then waits for the target's).
