@@ -150,8 +150,9 @@ class CronJob(OneFileStep):
             return host.run(parser + [target], _PARSER_TIMEOUT).returncode == 0
         # A deep root (a container's merged layer): crontab reads the file by its own name in its
         # own directory (a cron.d name is at most 64 bytes), since it would cut the whole path.
+        # "./": a name may start with '-' ("-r"), which crontab would take for an option.
         directory, name = posixpath.split(target)
-        checked = host.run(["env", "-C", directory, "--", *parser, name], _PARSER_TIMEOUT)
+        checked = host.run(["env", "-C", directory, "--", *parser, "./" + name], _PARSER_TIMEOUT)
         if checked.returncode in (125, 126, 127):  # env's own failure: no -C (coreutils before 8.28)
             raise NotAvailableError(
                 f"{self.name}: not available on this host: checking {host.where(path)} with its crontab needs "
