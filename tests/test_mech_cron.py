@@ -213,9 +213,13 @@ def test_rollback_by_id_of_a_created_file_keeps_an_operators_line_or_removes_the
     ({"name": "../../etc/passwd"}, "name"),
     ({"file": "/etc/cron.d/../shadow"}, "file"),
     ({"file": "/etc/cron.d/aide.conf"}, "file"),
+    ({"name": "k" * 98}, "name"),
+    ({"file": "/etc/" + "k" * 98}, "file"),
 ])
 def test_bad_parameters_are_refused_naming_the_field_and_change_nothing(root: Path, tmp_path: Path, params: Dict[str, Any], field: str) -> None:
-    """A newline, an unescaped %, a bad schedule, a user that is no name, a name cron skips or a path with '..': ParamError, no change."""
+    """A newline, an unescaped %, a bad schedule, a user that is no name, a name cron skips, a path with '..' or a
+    file name longer than crontab opens (97 bytes: its check of the written file would always fail and roll a
+    correct entry back): ParamError, no change."""
     merged = {**AIDE.params, **params}
     if "name" in params:
         del merged["file"]
