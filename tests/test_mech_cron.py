@@ -86,6 +86,27 @@ def test_a_root_at_a_long_path_is_checked_by_the_real_parser_too(tmp_path: Path)
     assert default_registry()["cron_job"].validate(host, AIDE.params) is False
 
 
+def test_a_name_like_an_option_at_a_long_path_is_checked_as_a_file(tmp_path: Path) -> None:
+    """A cron.d name may start with '-' ("-l"): at a long path the parser is given the file by its
+    name, which crontab must not take for an option (listing, or with "-r" deleting, root's own
+    crontab instead of checking the file). A good entry there validates and a bad minute does not,
+    whether or not root has a crontab."""
+    require_root("files owned by root")
+    real_cron()
+    root = tmp_path / ("overlay-" + "c" * 64) / "merged"
+    (root / "etc/cron.d").mkdir(parents=True)
+    (root / "etc/passwd").write_text(PASSWD)
+    step = Step("cron_job", {**AIDE.params, "file": "/etc/cron.d/-l"})
+    assert len(str(root / "etc/cron.d/-l")) > 100
+    path = root / "etc/cron.d/-l"
+    path.write_text("0 5 * * * root /usr/sbin/aide --check\n")
+    path.chmod(0o644)
+    host = resolve_host(str(root))
+    assert default_registry()["cron_job"].validate(host, step.params) is True
+    path.write_text("0 5 * * * root /usr/sbin/aide --check\n61 * * * * root /bin/true\n")
+    assert default_registry()["cron_job"].validate(host, step.params) is False
+
+
 def test_a_long_path_on_a_host_whose_env_has_no_chdir_is_an_error_not_a_verdict(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where env cannot change directory (coreutils before 8.28) the deep file cannot be shown to
@@ -192,9 +213,13 @@ def test_rollback_by_id_of_a_created_file_keeps_an_operators_line_or_removes_the
     ({"name": "../../etc/passwd"}, "name"),
     ({"file": "/etc/cron.d/../shadow"}, "file"),
     ({"file": "/etc/cron.d/aide.conf"}, "file"),
+    ({"name": "k" * 98}, "name"),
+    ({"file": "/etc/" + "k" * 98}, "file"),
 ])
 def test_bad_parameters_are_refused_naming_the_field_and_change_nothing(root: Path, tmp_path: Path, params: Dict[str, Any], field: str) -> None:
-    """A newline, an unescaped %, a bad schedule, a user that is no name, a name cron skips or a path with '..': ParamError, no change."""
+    """A newline, an unescaped %, a bad schedule, a user that is no name, a name cron skips, a path with '..' or a
+    file name longer than crontab opens (97 bytes: its check of the written file would always fail and roll a
+    correct entry back): ParamError, no change."""
     merged = {**AIDE.params, **params}
     if "name" in params:
         del merged["file"]

@@ -26,6 +26,7 @@ from kensa import default_engine
 from kensa.errors import TargetLockError, TargetLockTimeout
 from kensa.hosts.local import LocalHost
 from kensa.hosts.payload import build_payload
+from kensa.cli.remote import _held_for_the_run
 from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.remote import RemoteHost, RemoteHosts, connect
@@ -297,3 +298,39 @@ def test_a_hold_inside_a_hold_of_the_same_thread_costs_nothing_and_keeps_the_loc
             pass
     finally:
         hosts.close()
+
+
+def test_a_host_held_for_its_whole_run_takes_turns_with_another_controller_process(root: Path, tmp_path: Path) -> None:
+    """A command holding a host for its whole run takes the controller's lock of the target with the
+    target's own, in the order every transaction takes them (controller's first): another controller
+    process whose transaction holds the controller's lock and waits for the target's then waits for
+    the whole run and commits after it, instead of the two waiting on each other until one's lock
+    timeout ends its transaction errored."""
+    ctl = tmp_path / "ctl"
+    hosts, theirs = RemoteHosts(transport_for), RemoteHosts(transport_for)
+    engine = Engine(default_registry(), hosts=hosts, target_lock=TargetLocks(ctl, timeout=3))
+    # Another process of the controller: its own engine (its own in-process locks) and connection.
+    other = Engine(default_registry(), hosts=theirs, target_lock=TargetLocks(ctl, timeout=3))
+    key = f"ssh://target{root}"
+    host = hosts(key)
+    results: List[Status] = []
+    try:
+        with _held_for_the_run(engine, key, host):
+            worker = threading.Thread(target=lambda: results.append(other.run(_edit(root, "Other", "1")).status))
+            worker.start()
+            # Until the other's transaction holds the controller's lock (it then waits for the target's).
+            probe = TargetLocks(ctl, timeout=0)
+            while worker.is_alive():
+                try:
+                    with probe.hold(key, host.identity):
+                        pass
+                except TargetLockTimeout:
+                    break
+                time.sleep(0.01)
+            mine = engine.run(_edit(root, "Mine", "1"))
+        worker.join()
+        assert mine.status is Status.COMMITTED, mine
+        assert results == [Status.COMMITTED]
+    finally:
+        hosts.close()
+        theirs.close()

@@ -278,11 +278,11 @@ class RemoteRun:
             thing.close()
 
 
-def _held_for_the_run(host: Any, timeout: Optional[float]) -> ContextManager[None]:
-    """The target's own lock of ``host`` for a ``with`` block (its transactions' holds inside it
-    cost nothing), or nothing for a host without one."""
-    hold = getattr(host, "hold_target_lock", None)
-    return contextlib.nullcontext() if hold is None else cast(ContextManager[None], hold(timeout))
+def _held_for_the_run(engine: Any, key: str, host: Any) -> ContextManager[None]:
+    """The locks each transaction of ``host`` takes (the controller's, then the target's own), for a
+    ``with`` block around all of them: their holds inside it cost nothing, and the order is theirs,
+    so another controller process holding the controller's lock never waits on this one's run."""
+    return cast(ContextManager[None], engine.locks.target(key, host))
 
 
 def _label(name: str, target: RemoteTarget) -> str:
@@ -476,7 +476,7 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
             try:
                 # The host's own lock, once for all its transactions (each would take it alone,
                 # a round trip to lock and one to unlock): a run on the target waits for this one.
-                held.enter_context(_held_for_the_run(host, engine.locks.target_timeout))
+                held.enter_context(_held_for_the_run(engine, target.key, host))
             except KensaError as exc:
                 failed[target.key] = str(exc)
                 return ruleset, [], []

@@ -49,6 +49,19 @@ def _user(value: Any) -> str:
     return found
 
 
+def _short(name: str, value: str) -> None:
+    # validate gives crontab "./NAME" at the least, and crontab cuts what it is given at 99 bytes.
+    if len(name.encode("utf-8", "surrogateescape")) > _CRONTAB_NAME_BYTES - 2:
+        raise ParamError(f"{value!r}: crontab cannot check a file whose name is longer than "
+                         f"{_CRONTAB_NAME_BYTES - 2} bytes")
+
+
+def _name(value: Any) -> str:
+    found = cron_d_name(value)
+    _short(found, found)
+    return found
+
+
 def _file(value: Any) -> str:
     path_as_text(value)
     found = absolute_path(value)
@@ -56,6 +69,7 @@ def _file(value: Any) -> str:
     if directory == "/etc/cron.d" and not CRON_D_NAME.fullmatch(name):
         raise ParamError(f"{found!r}: cron skips files of /etc/cron.d whose names have characters other than "
                          "letters, digits, '_' and '-'")
+    _short(name, found)
     return found
 
 
@@ -65,7 +79,7 @@ SCHEMA = Schema(
         "schedule": Field(schedule, required=True),
         "command": Field(command, required=True),
         "user": Field(_user, required=True),
-        "name": Field(cron_d_name),
+        "name": Field(_name),
         "file": Field(_file, written=path_as_text),
     },
 )
@@ -150,8 +164,9 @@ class CronJob(OneFileStep):
             return host.run(parser + [target], _PARSER_TIMEOUT).returncode == 0
         # A deep root (a container's merged layer): crontab reads the file by its own name in its
         # own directory (a cron.d name is at most 64 bytes), since it would cut the whole path.
+        # "./": a name may start with '-' ("-r"), which crontab would take for an option.
         directory, name = posixpath.split(target)
-        checked = host.run(["env", "-C", directory, "--", *parser, name], _PARSER_TIMEOUT)
+        checked = host.run(["env", "-C", directory, "--", *parser, "./" + name], _PARSER_TIMEOUT)
         if checked.returncode in (125, 126, 127):  # env's own failure: no -C (coreutils before 8.28)
             raise NotAvailableError(
                 f"{self.name}: not available on this host: checking {host.where(path)} with its crontab needs "

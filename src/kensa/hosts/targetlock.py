@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Set, Tuple, Union
 
 from kensa.errors import TargetLockError, TargetLockTimeout
 from kensa.hosts.lockfiles import SYSTEM_LOCK_DIRECTORY, busy, holders, lock_name, open_lock, try_lock
@@ -81,8 +82,9 @@ class TargetLocks:
     """Exclusive cross-process locks of targets, in ``directory``; see the module docstring.
 
     ``timeout`` is in seconds (None waits forever, 0 tries once). Safe to share
-    between threads; a thread must not take the lock of a target it already
-    holds (the engine's per-process host lock sees to that).
+    between threads. A hold inside a hold of the same target by the same thread
+    takes nothing (the enclosing one keeps the lock): a command holding a target
+    for its whole run, around the transactions' own holds.
     """
 
     def __init__(self, directory: Union[str, "os.PathLike[str]"], *, timeout: Optional[float] = DEFAULT_TIMEOUT) -> None:
@@ -94,6 +96,8 @@ class TargetLocks:
         # child drops them all; a hold that was open in the forking thread then finds
         # its entry gone and closes nothing (the number may name another file by then).
         self._held: Dict[object, int] = {}
+        # (thread, lock file name) of the holds open now: a nested hold of the same thread is free.
+        self._mine: Set[Tuple[int, str]] = set()
         reset_in_child(self)
 
     @property
@@ -113,7 +117,12 @@ class TargetLocks:
     @contextlib.contextmanager
     def hold(self, key: str, identity: Any = None) -> Iterator[None]:
         """Hold the target's lock for the ``with`` block; raises TargetLockTimeout after the timeout."""
-        fd, path = open_lock(self._directory, lock_name(key, identity), key)
+        name = lock_name(key, identity)
+        mine = (threading.get_ident(), name)
+        if mine in self._mine:
+            yield
+            return
+        fd, path = open_lock(self._directory, name, key)
         try:
             self._take(fd, key, path)
         except BaseException:
@@ -121,12 +130,14 @@ class TargetLocks:
             raise
         token = object()
         self._held[token] = fd
+        self._mine.add(mine)
         try:
             yield
         finally:
-            mine = self._held.pop(token, None)
-            if mine is not None:
-                os.close(mine)  # closing the only descriptor releases the flock
+            self._mine.discard(mine)
+            held = self._held.pop(token, None)
+            if held is not None:
+                os.close(held)  # closing the only descriptor releases the flock
 
     def _take(self, fd: int, key: str, path: Path) -> None:
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
@@ -144,6 +155,7 @@ class TargetLocks:
         # hold the parent's locks until the child exits, and block the child itself.
         held: Tuple[int, ...] = tuple(self._held.values())
         self._held = {}
+        self._mine = set()
         for fd in held:
             with contextlib.suppress(OSError):
                 os.close(fd)
