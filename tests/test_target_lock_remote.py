@@ -26,7 +26,6 @@ from kensa import default_engine
 from kensa.errors import TargetLockError, TargetLockTimeout
 from kensa.hosts.local import LocalHost
 from kensa.hosts.payload import build_payload
-from kensa.cli.remote import _held_for_the_run
 from kensa.engine import Engine
 from kensa.handlers import default_registry
 from kensa.hosts.remote import RemoteHost, RemoteHosts, connect
@@ -315,7 +314,7 @@ def test_a_host_held_for_its_whole_run_takes_turns_with_another_controller_proce
     host = hosts(key)
     results: List[Status] = []
     try:
-        with _held_for_the_run(engine, key, host):
+        with engine.locks.target(key, host):  # what kensa remediate -H holds for a host's run
             worker = threading.Thread(target=lambda: results.append(other.run(_edit(root, "Other", "1")).status))
             worker.start()
             # Until the other's transaction holds the controller's lock (it then waits for the target's).

@@ -29,7 +29,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, cast
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from kensa.cli.services import notify_rows, print_notified
 from kensa.errors import KensaError, UsageError
@@ -278,13 +278,6 @@ class RemoteRun:
             thing.close()
 
 
-def _held_for_the_run(engine: Any, key: str, host: Any) -> ContextManager[None]:
-    """The locks each transaction of ``host`` takes (the controller's, then the target's own), for a
-    ``with`` block around all of them: their holds inside it cost nothing, and the order is theirs,
-    so another controller process holding the controller's lock never waits on this one's run."""
-    return cast(ContextManager[None], engine.locks.target(key, host))
-
-
 def _label(name: str, target: RemoteTarget) -> str:
     """How a host is named to the operator: its inventory name, else its login (``user@host:port``)."""
     if name != target.host:
@@ -474,9 +467,10 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
             return ruleset, [], []
         with contextlib.ExitStack() as held:
             try:
-                # The host's own lock, once for all its transactions (each would take it alone,
-                # a round trip to lock and one to unlock): a run on the target waits for this one.
-                held.enter_context(_held_for_the_run(engine, target.key, host))
+                # The locks each transaction takes (the controller's, then the target's own, in
+                # that order), once for all of them: their own holds inside cost nothing, where
+                # each would lock and unlock the target in two round trips.
+                held.enter_context(engine.locks.target(target.key, host))
             except KensaError as exc:
                 failed[target.key] = str(exc)
                 return ruleset, [], []

@@ -339,7 +339,7 @@ def _not_locked(trail: Trail, entry: JournalEntry, exc: KensaError, newer: bool)
     trail.boundary(rec, txn, Phase.STARTED, True)
     why = ("a newer interrupted transaction of this host could not be recovered first: " if newer else "") + describe(exc)
     message = (f"could not recover interrupted transaction {txn.id} (rule {txn.rule}, host {txn.host}): {why}; "
-               "nothing was restored and it stays interrupted in the journal: recover again when the host is free")
+               "nothing was restored and it stays interrupted in the journal: recover again once its lock can be taken")
     return _left_interrupted(trail, rec, txn, {Phase.PREFLIGHT: 0.0}, Phase.PREFLIGHT, exc, message)
 
 

@@ -163,7 +163,7 @@ class CronJob(OneFileStep):
         if len(target.encode("utf-8", "surrogateescape")) <= _CRONTAB_NAME_BYTES:
             return host.run(parser + [target], _PARSER_TIMEOUT).returncode == 0
         # A deep root (a container's merged layer): crontab reads the file by its own name in its
-        # own directory (a cron.d name is at most 64 bytes), since it would cut the whole path.
+        # own directory (the schema keeps names short enough), since it would cut the whole path.
         # "./": a name may start with '-' ("-r"), which crontab would take for an option.
         directory, name = posixpath.split(target)
         checked = host.run(["env", "-C", directory, "--", *parser, "./" + name], _PARSER_TIMEOUT)
