@@ -17,7 +17,7 @@ import pytest
 
 from conftest import copy_live_tree, require_real, require_root
 from conftest import snapshot_tree as snapshot
-from kensa.errors import NotAvailableError, ParamError, PathEscapeError
+from kensa.errors import ParamError, PathEscapeError
 from kensa.handlers import default_registry
 from kensa.handlers.cron_job import HEADER, cron_parser
 from kensa.hosts.local import resolve_host
@@ -70,8 +70,7 @@ def test_a_new_cron_d_file_is_root_owned_0644_and_the_real_parser_accepts_it(roo
 def test_a_root_at_a_long_path_is_checked_by_the_real_parser_too(tmp_path: Path) -> None:
     """Debian's crontab keeps 99 bytes of a file name it is given: a root deep enough (a container's
     merged layer) made the parser read a cut path, fail, and every cron_job there roll back. The
-    parser is given the file by its own name in its own directory, and validates it; a bad minute
-    there still fails."""
+    parser reads the file on its standard input, and validates it; a bad minute there still fails."""
     require_root("files owned by root")
     real_cron()
     root = tmp_path / ("overlay-" + "a" * 64) / "merged"
@@ -87,9 +86,9 @@ def test_a_root_at_a_long_path_is_checked_by_the_real_parser_too(tmp_path: Path)
 
 
 def test_a_name_like_an_option_at_a_long_path_is_checked_as_a_file(tmp_path: Path) -> None:
-    """A cron.d name may start with '-' ("-l"): at a long path the parser is given the file by its
-    name, which crontab must not take for an option (listing, or with "-r" deleting, root's own
-    crontab instead of checking the file). A good entry there validates and a bad minute does not,
+    """A cron.d name may start with '-' ("-l"), which crontab must not take for an option (listing,
+    or with "-r" deleting, root's own crontab instead of checking the file): it never sees the name,
+    only the file on its standard input. A good entry there validates and a bad minute does not,
     whether or not root has a crontab."""
     require_root("files owned by root")
     real_cron()
@@ -107,10 +106,11 @@ def test_a_name_like_an_option_at_a_long_path_is_checked_as_a_file(tmp_path: Pat
     assert default_registry()["cron_job"].validate(host, step.params) is False
 
 
-def test_a_long_path_on_a_host_whose_env_has_no_chdir_is_an_error_not_a_verdict(
+def test_a_long_path_on_a_host_whose_env_has_no_chdir_is_still_checked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where env cannot change directory (coreutils before 8.28) the deep file cannot be shown to
-    crontab: validate says so, naming the file, instead of calling the entry broken."""
+    """crontab reads the file on its standard input, so a deep root needs no env -C (coreutils
+    before 8.28 has none): where env cannot change directory the file is still checked, a good
+    entry validating and a bad minute not."""
     require_root("files owned by root")
     real_cron()
     root = tmp_path / ("overlay-" + "b" * 64) / "merged"
@@ -123,9 +123,9 @@ def test_a_long_path_on_a_host_whose_env_has_no_chdir_is_an_error_not_a_verdict(
     (bin_dir / "env").write_text("#!/bin/sh\necho \"env: invalid option -- 'C'\" >&2\nexit 125\n")
     (bin_dir / "env").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    with pytest.raises(NotAvailableError, match="needs env -C") as caught:
-        default_registry()["cron_job"].validate(resolve_host(str(root)), AIDE.params)
-    assert "etc/cron.d/aide" in str(caught.value)
+    assert default_registry()["cron_job"].validate(resolve_host(str(root)), AIDE.params) is True
+    (root / "etc/cron.d/aide").write_text("0 5 * * * root /usr/sbin/aide --check\n61 * * * * root /bin/true\n")
+    assert default_registry()["cron_job"].validate(resolve_host(str(root)), AIDE.params) is False
 
 
 def test_the_host_parser_is_found_and_refuses_what_cron_refuses(root: Path) -> None:

@@ -234,8 +234,10 @@ class RemoteHost(FileReaders):
     def lookup_id(self, database: str, name: str) -> int:
         return int(self._answer("lookup_id", READS["lookup_id"], database, name))
 
-    def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
-        done = self._answer("run", _ran, list(argv), timeout)
+    def run(self, argv: Sequence[str], timeout: float, *, stdin_file: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+        # The agent opens stdin_file under its root, as its LocalHost opens every file.
+        extra = {} if stdin_file is None else {"stdin_file": stdin_file}
+        done = self._answer("run", _ran, list(argv), timeout, **extra)
         return subprocess.CompletedProcess(done["args"], done["returncode"], done["stdout"], done["stderr"])
 
     def write_file(self, path: str, data: bytes, *, mode: Optional[int] = None, uid: Optional[int] = None,
