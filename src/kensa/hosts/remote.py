@@ -127,19 +127,21 @@ class RemoteHost(FileReaders):
     def close(self) -> None:
         self.connection.close()
 
-    def hold_target_lock(self, timeout: Optional[float]) -> ContextManager[None]:
+    def hold_target_lock(self, timeout: Optional[float], deadline: Optional[float] = None) -> ContextManager[None]:
         """Hold the target's own lock, the one kensa runs on that machine take, for a ``with``
-        block (:mod:`kensa.hosts.remotelock`); TargetLockTimeout after ``timeout`` s (None: no limit).
+        block (:mod:`kensa.hosts.remotelock`); TargetLockTimeout after ``timeout`` s (None: no limit),
+        or at ``deadline`` (a ``time.monotonic()``) when given: the controller's lock and this one
+        wait within one timeout.
 
         A hold inside a hold of the same thread (the transactions of a command that holds the
         host for its whole run) sends nothing: the enclosing one keeps the lock and releases it."""
         if self._lock_holder == threading.get_ident():
             return contextlib.nullcontext()
-        return self._holding(timeout)
+        return self._holding(timeout, deadline)
 
     @contextlib.contextmanager
-    def _holding(self, timeout: Optional[float]) -> Iterator[None]:
-        with hold_target_lock(self.connection, self.root, timeout):
+    def _holding(self, timeout: Optional[float], deadline: Optional[float]) -> Iterator[None]:
+        with hold_target_lock(self.connection, self.root, timeout, deadline):
             self._lock_holder = threading.get_ident()
             try:
                 yield
