@@ -231,7 +231,7 @@ class Engine:
 
     def notify_pending(self, host_key: Optional[str] = None) -> List[Tuple[str, ServiceOutcome]]:
         """Carry out the ``notify`` actions the transactions run so far queued (only those of
-        ``host_key`` when given): once per host, verb and unit. Each host's run inside the locks a
+        ``host_key`` when given): once per host, verb and unit. Each host's actions run inside the locks a
         transaction of it holds (this process's, the cross-process target lock and a remote host's
         own), so no other kensa run changes the host while its services restart; inside a hold the
         caller already has of the target (a command's whole run), they take nothing more. A host
