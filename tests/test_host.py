@@ -630,3 +630,24 @@ def test_a_write_is_made_durable_with_one_fsync_of_the_file_and_one_of_its_direc
     assert kinds in (["fsync", "renameat", "fsync"], ["fsync", "renameat2", "fsync"]), calls
     assert ".app.conf.kensa-" in calls[0] and f"<{root}/etc>)" in calls[2], calls
     assert (root / "etc/app.conf").read_bytes() == b"new\n"
+
+
+def test_a_command_reads_a_file_of_the_root_on_its_standard_input_and_nothing_else(tmp_path: Path) -> None:
+    """run(stdin_file=...) gives the command the root's regular file as its standard input; a missing
+    file, a directory, a symlink at the path and a file only planned in a view are refused, the
+    command not run."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/motd").write_text("inside\n")
+    (tmp_path / "outside").write_text("outside\n")
+    (root / "etc/link").symlink_to(tmp_path / "outside")
+    host = LocalHost(str(root))
+    assert host.run(["cat", "-"], 30, stdin_file="/etc/motd").stdout == "inside\n"
+    assert host.run(["cat", "-"], 30).stdout == ""
+    for path, refusal in (("/etc/none", HostAccessError), ("/etc", HostAccessError), ("/etc/link", PathEscapeError)):
+        with pytest.raises(refusal, match=path.rsplit("/", 1)[-1]):
+            host.run(["touch", str(tmp_path / "ran")], 30, stdin_file=path)
+    view = host.overlay({"/etc/motd": None})
+    with pytest.raises(HostAccessError, match="only planned"):
+        view.run(["touch", str(tmp_path / "ran")], 30, stdin_file="/etc/motd")
+    assert not (tmp_path / "ran").exists()

@@ -11,13 +11,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import pytest
 
 from conftest import copy_live_tree, require_real, require_root
 from conftest import snapshot_tree as snapshot
-from kensa.errors import NotAvailableError, ParamError
+from kensa.errors import ParamError, PathEscapeError
 from kensa.handlers import default_registry
 from kensa.handlers.cron_job import HEADER, cron_parser
 from kensa.hosts.local import resolve_host
@@ -70,8 +70,7 @@ def test_a_new_cron_d_file_is_root_owned_0644_and_the_real_parser_accepts_it(roo
 def test_a_root_at_a_long_path_is_checked_by_the_real_parser_too(tmp_path: Path) -> None:
     """Debian's crontab keeps 99 bytes of a file name it is given: a root deep enough (a container's
     merged layer) made the parser read a cut path, fail, and every cron_job there roll back. The
-    parser is given the file by its own name in its own directory, and validates it; a bad minute
-    there still fails."""
+    parser reads the file on its standard input, and validates it; a bad minute there still fails."""
     require_root("files owned by root")
     real_cron()
     root = tmp_path / ("overlay-" + "a" * 64) / "merged"
@@ -87,9 +86,9 @@ def test_a_root_at_a_long_path_is_checked_by_the_real_parser_too(tmp_path: Path)
 
 
 def test_a_name_like_an_option_at_a_long_path_is_checked_as_a_file(tmp_path: Path) -> None:
-    """A cron.d name may start with '-' ("-l"): at a long path the parser is given the file by its
-    name, which crontab must not take for an option (listing, or with "-r" deleting, root's own
-    crontab instead of checking the file). A good entry there validates and a bad minute does not,
+    """A cron.d name may start with '-' ("-l"), which crontab must not take for an option (listing,
+    or with "-r" deleting, root's own crontab instead of checking the file): it never sees the name,
+    only the file on its standard input. A good entry there validates and a bad minute does not,
     whether or not root has a crontab."""
     require_root("files owned by root")
     real_cron()
@@ -107,10 +106,11 @@ def test_a_name_like_an_option_at_a_long_path_is_checked_as_a_file(tmp_path: Pat
     assert default_registry()["cron_job"].validate(host, step.params) is False
 
 
-def test_a_long_path_on_a_host_whose_env_has_no_chdir_is_an_error_not_a_verdict(
+def test_a_long_path_on_a_host_whose_env_has_no_chdir_is_still_checked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where env cannot change directory (coreutils before 8.28) the deep file cannot be shown to
-    crontab: validate says so, naming the file, instead of calling the entry broken."""
+    """crontab reads the file on its standard input, so a deep root needs no env -C (coreutils
+    before 8.28 has none): where env cannot change directory the file is still checked, a good
+    entry validating and a bad minute not."""
     require_root("files owned by root")
     real_cron()
     root = tmp_path / ("overlay-" + "b" * 64) / "merged"
@@ -123,9 +123,9 @@ def test_a_long_path_on_a_host_whose_env_has_no_chdir_is_an_error_not_a_verdict(
     (bin_dir / "env").write_text("#!/bin/sh\necho \"env: invalid option -- 'C'\" >&2\nexit 125\n")
     (bin_dir / "env").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    with pytest.raises(NotAvailableError, match="needs env -C") as caught:
-        default_registry()["cron_job"].validate(resolve_host(str(root)), AIDE.params)
-    assert "etc/cron.d/aide" in str(caught.value)
+    assert default_registry()["cron_job"].validate(resolve_host(str(root)), AIDE.params) is True
+    (root / "etc/cron.d/aide").write_text("0 5 * * * root /usr/sbin/aide --check\n61 * * * * root /bin/true\n")
+    assert default_registry()["cron_job"].validate(resolve_host(str(root)), AIDE.params) is False
 
 
 def test_the_host_parser_is_found_and_refuses_what_cron_refuses(root: Path) -> None:
@@ -299,3 +299,100 @@ def test_cron_job_commits_and_rolls_back_on_a_remote_root_through_the_agent(root
         result = engine.rollback(txn)
     assert (result.status, result.host_unchanged) == (Status.ROLLED_BACK, True), result.error
     assert snapshot(root) == before
+
+
+# A crontab in front of the real one: asked for its usage (which validate does after its confined read
+# of the file and before the check) it renames {moved} aside and puts a link to {decoy} in its place,
+# as a hostile process racing kensa could; every other call logs its arguments and what its standard
+# input is, then runs the real crontab.
+_SWAPPING_CRONTAB = """#!/bin/sh
+if [ "$1" = "-h" ]; then
+    mv {moved} {moved}.kept && ln -s {decoy} {moved}
+else
+    echo "args: $*" >> {log}
+    echo "stdin: $(readlink /proc/self/fd/0)" >> {log}
+fi
+exec {crontab} "$@"
+"""
+
+GOOD_LINE = "0 5 * * * root /usr/sbin/aide --check\n"
+BAD_LINE = "61 * * * * root /bin/true\n"
+
+
+def _swapping_crontab(tmp_path: Path, moved: Path, decoy: Path) -> Tuple[str, Path]:
+    """A directory to put first on PATH holding :data:`_SWAPPING_CRONTAB`, and its log."""
+    real = shutil.which("crontab")
+    assert real is not None
+    directory, log = tmp_path / "swapping-bin", tmp_path / "crontab.log"
+    directory.mkdir()
+    (directory / "crontab").write_text(_SWAPPING_CRONTAB.format(moved=moved, decoy=decoy, log=log, crontab=real))
+    (directory / "crontab").chmod(0o755)
+    return str(directory), log
+
+
+def _cron_root(root: Path, aide: str) -> Path:
+    """A root with a passwd and /etc/cron.d/aide holding ``aide`` (0644)."""
+    (root / "etc/cron.d").mkdir(parents=True)
+    (root / "etc/passwd").write_text(PASSWD)
+    (root / "etc/cron.d/aide").write_text(aide)
+    (root / "etc/cron.d/aide").chmod(0o644)
+    return root
+
+
+@pytest.mark.parametrize("inside_good", [True, False], ids=["inside-good", "inside-bad"])
+@pytest.mark.parametrize("deep", [False, True], ids=["short-root", "deep-root"])
+def test_a_root_whose_parent_is_swapped_for_a_link_is_still_the_root_crontab_checks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deep: bool, inside_good: bool) -> None:
+    """After validate's confined read, the directory above the root (a container's layer directory)
+    is swapped for a link to a decoy tree whose etc/cron.d/aide says the opposite: crontab's verdict
+    is about the file kensa confined (it reads it on its standard input, opened through the root kensa
+    pinned), never about the decoy reached by the root's path, at a short root and a deep one alike."""
+    require_root("files owned by root")
+    real_cron()
+    layer = tmp_path / (("overlay-" + "d" * 64) if deep else "layer")
+    root = _cron_root(layer / "merged", GOOD_LINE if inside_good else GOOD_LINE + BAD_LINE)
+    decoy = _cron_root(tmp_path / "decoy/merged", GOOD_LINE + BAD_LINE if inside_good else GOOD_LINE).parent
+    host = resolve_host(str(root))
+    directory, log = _swapping_crontab(tmp_path, layer, decoy)
+    monkeypatch.setenv("PATH", f"{directory}:{os.environ['PATH']}")
+    assert default_registry()["cron_job"].validate(host, AIDE.params) is inside_good
+    assert layer.is_symlink()
+    said = log.read_text()
+    assert f"stdin: {layer}.kept/merged/etc/cron.d/aide\n" in said and "decoy" not in said, said
+
+
+def test_a_cron_d_swapped_for_a_link_out_of_the_root_is_refused_not_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After validate's confined read, the root's /etc/cron.d is swapped for a link to a directory
+    outside the root: the check is refused naming that link, and crontab is never given a file."""
+    require_root("files owned by root")
+    real_cron()
+    root = _cron_root(tmp_path / "root", GOOD_LINE)
+    decoy = _cron_root(tmp_path / "decoy", GOOD_LINE + BAD_LINE) / "etc/cron.d"
+    directory, log = _swapping_crontab(tmp_path, root / "etc/cron.d", decoy)
+    monkeypatch.setenv("PATH", f"{directory}:{os.environ['PATH']}")
+    with pytest.raises(PathEscapeError, match="'cron.d' is a symlink"):
+        default_registry()["cron_job"].validate(resolve_host(str(root)), AIDE.params)
+    assert not log.exists()
+
+
+@pytest.mark.parametrize("python", ["current", "3.6"])
+def test_the_swapped_parent_is_not_followed_through_the_agent_either(tmp_path: Path, python: str) -> None:
+    """The same swap above a remote root: validate runs in the agent (on the current Python and on one
+    with what 3.7 added taken away), which opens the file under the root it pinned and gives crontab that."""
+    require_root("files owned by root")
+    real_cron()
+    from agent_targets import PYTHON_DIR, py36_path, transport
+    from kensa.hosts.remote import connect
+
+    layer = tmp_path / "layer"
+    root = _cron_root(layer / "merged", GOOD_LINE)
+    decoy = _cron_root(tmp_path / "decoy/merged", GOOD_LINE + BAD_LINE).parent
+    directory, log = _swapping_crontab(tmp_path, layer, decoy)
+    rest = py36_path(tmp_path / "py36") if python == "3.6" else f"{PYTHON_DIR}:/usr/bin:/bin"
+    remote = connect(transport(path=f"{directory}:{rest}"), str(root))
+    try:
+        assert remote.handlers(default_registry())["cron_job"].validate(remote, AIDE.params) is True
+    finally:
+        remote.close()
+    said = log.read_text()
+    assert f"stdin: {layer}.kept/merged/etc/cron.d/aide\n" in said and "decoy" not in said, said

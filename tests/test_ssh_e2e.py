@@ -630,9 +630,9 @@ def test_remediate_over_ssh_holds_each_hosts_lock_once_for_its_whole_run(
     taken: List[str] = []
     real = remote_module.hold_target_lock
 
-    def counted(connection: Any, key: str, timeout: Optional[float]) -> Any:
+    def counted(connection: Any, key: str, timeout: Optional[float], deadline: Optional[float] = None) -> Any:
         taken.append(key)
-        return real(connection, key, timeout)
+        return real(connection, key, timeout, deadline)
 
     monkeypatch.setattr(remote_module, "hold_target_lock", counted)
     root = make_root(sshd_rig, "held")

@@ -388,3 +388,26 @@ def test_a_child_forked_inside_a_hold_neither_keeps_nor_double_closes_the_lock(t
     assert os.waitstatus_to_exitcode(status) == 0
     with TargetLocks(tmp_path / "locks", timeout=0).hold("/srv/r"):
         pass  # free at once: neither the parent nor the exited child holds it
+
+
+def test_kensa_remediate_holds_the_root_for_its_run_and_says_when_another_process_keeps_it(
+        tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kensa remediate --root holds the target for its whole run (its transactions and the restarts
+    they ask for at the end): when another process keeps the lock past the timeout, every rule that
+    would run is reported errored naming the holder's pid, nothing is changed and the exit code is 1."""
+    import io
+
+    from kensa.cli.main import main
+
+    require_root("root's target locks live in /run/kensa/targets")
+    _write_rules(tmp_path / "rules", "C", 3)
+    monkeypatch.setattr("kensa.hosts.targetlock.DEFAULT_TIMEOUT", 0.3)
+    out = io.StringIO()
+    with _held_by_other_process(SYSTEM_LOCK_DIRECTORY, str(root), LocalHost(str(root)).identity) as pid:
+        code = main(["--journal", str(tmp_path / "j.db"), "--no-audit", "remediate", str(tmp_path / "rules"),
+                     "--root", str(root), "--json"], out=out)
+    found = json.loads(out.getvalue())
+    assert code == 1 and found["results"] == [] and found["notified"] == []
+    assert sorted(row["rule"] for row in found["unsupported"]) == ["c-key-0", "c-key-1", "c-key-2"]
+    assert all(row["status"] == "errored" and f"pid {pid}" in row["detail"] for row in found["unsupported"])
+    assert (root / "etc" / "app.conf").read_text() == "Setting old\n"

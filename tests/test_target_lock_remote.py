@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Callable, ContextManager, Iterator, List, Optional
 
 import pytest
 
@@ -333,3 +333,52 @@ def test_a_host_held_for_its_whole_run_takes_turns_with_another_controller_proce
     finally:
         hosts.close()
         theirs.close()
+
+
+def _hold_until(hold: Callable[[], ContextManager[None]], held: threading.Event, until: threading.Event) -> None:
+    """Hold what ``hold`` gives until ``until`` is set."""
+    with hold():
+        held.set()
+        until.wait(60)
+
+
+@pytest.mark.parametrize("target_holder_lets_go", [None, 1.3], ids=["keeps-it", "lets-go-after-the-timeout"])
+def test_the_lock_timeout_is_one_deadline_for_the_controllers_lock_and_the_targets(
+        root: Path, tmp_path: Path, target_holder_lets_go: Optional[float]) -> None:
+    """A transaction waits for the controller's lock, then the target's, within one lock timeout:
+    another controller process holds the controller's lock for 0.6 of it, a run on the target holds
+    the target's lock past it. The transaction ends errored with TargetLockTimeout naming the target's
+    holder, also when that holder lets go at 1.3 of the timeout, which a second wait restarted after
+    the first (up to 1.6 of it) would have outlasted, committing the transaction."""
+    timeout = 3.0
+    hosts = RemoteHosts(transport_for)
+    key = f"ssh://target{root}"
+    host = hosts(key)  # connected before the clock starts
+    engine = Engine(default_registry(), hosts=hosts, target_lock=TargetLocks(tmp_path / "ctl", timeout=timeout))
+    ctl_held, target_held, ctl_free, target_free = (threading.Event() for _ in range(4))
+    holders = [
+        threading.Thread(target=_hold_until, args=(
+            lambda: TargetLocks(tmp_path / "ctl", timeout=0).hold(key, host.identity), ctl_held, ctl_free)),
+        threading.Thread(target=_hold_until, args=(
+            lambda: _target_locks(0).hold(str(root), LocalHost(str(root)).identity), target_held, target_free)),
+    ]
+    timers = [threading.Timer(0.6 * timeout, ctl_free.set)]
+    if target_holder_lets_go is not None:
+        timers.append(threading.Timer(target_holder_lets_go * timeout, target_free.set))
+    try:
+        for holder in holders:
+            holder.start()
+        assert ctl_held.wait(10) and target_held.wait(10)
+        for timer in timers:
+            timer.start()
+        result = engine.run(_edit(root, "Late", "1"))
+    finally:
+        ctl_free.set()
+        target_free.set()
+        for thread in timers + holders:
+            thread.join()
+        hosts.close()
+    assert result.status is Status.ERRORED, result
+    assert result.error is not None and result.error.type == "TargetLockTimeout", result.error
+    assert f"held by pid {os.getpid()}" in result.error.message and "on that host" in result.error.message
+    assert "Late" not in (root / "etc/app.conf").read_text()

@@ -53,7 +53,8 @@ def default_engine(
     (:class:`kensa.hosts.TargetLocks`: root's in /run/kensa/targets, shared by every journal; else ``<journal>.targets/``), waiting
     at most ``target_lock_timeout`` seconds (None: the default,
     :data:`kensa.hosts.targetlock.DEFAULT_TIMEOUT`; ``float("inf")`` waits forever)
-    for another process's transaction on it.
+    for another process's transaction on it; for a remote target that is one deadline
+    for the controller's lock and the target's own together.
 
     ``remote`` makes remote targets reachable: a function from a
     :class:`kensa.model.RemoteTarget` to the :class:`kensa.hosts.protocol.Transport`

@@ -73,8 +73,10 @@ class Observing(FileReaders):
     def lookup_id(self, database: str, name: str) -> int:
         return self.host.lookup_id(database, name)
 
-    def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
-        return self.host.run(argv, timeout)
+    def run(self, argv: Sequence[str], timeout: float, *, stdin_file: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+        if stdin_file is None:
+            return self.host.run(argv, timeout)
+        return self.host.run(argv, timeout, stdin_file=stdin_file)
 
     def overlay(self, planned: Mapping[str, Optional[FileInfo]]) -> ReadableHost:
         return Observing(self.host.overlay(planned))

@@ -11,6 +11,7 @@ and the other files still run; the exit code is then 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import sys
@@ -174,8 +175,19 @@ def run_remediate(
         # Transactions on one target never overlap: say so rather than imply parallelism.
         sys.stderr.write(f"kensa: note: --workers {args.workers} has no effect here: this run has one target, "
                          f"{target.root}, and one target's transactions run one after another\n")
-    results, rows = run_in_order(engine, planned, show_progress=not args.json)
-    notified = notify_rows(engine)
+    results: List[TransactionResult] = []
+    notified: List[Dict[str, str]] = []
+    with contextlib.ExitStack() as held:
+        held.enter_context(engine.locks.shared_run())
+        try:
+            # The target held for the whole run, as remediate -H holds each host: the transactions'
+            # own holds inside take nothing, and the restarts they ask for at the end run in it too.
+            held.enter_context(engine.locks.target(target.key, engine.locks.resolve(target.key)))
+        except KensaError as exc:
+            rows = _busy_rows(planned, str(exc))
+        else:
+            results, rows = run_in_order(engine, planned, show_progress=not args.json)
+            notified = notify_rows(engine, target.key)
     journal_rules(args.journal, [p.transaction for p in planned if p.transaction is not None], ruleset.rules)
     rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
     if args.json:
@@ -190,6 +202,12 @@ def run_remediate(
     if code == 0 and any(row["status"] == "failed" for row in notified):
         code = 1
     return code if code == 3 or not ruleset.problems else 2
+
+
+def _busy_rows(planned: List[Any], why: str) -> List[Dict[str, Any]]:
+    """A row per planned rule when the target could not be locked: the ones that would run errored, saying why."""
+    return [{"rule": p.rule.id, "status": "errored", "detail": why} if p.transaction is not None else
+            {"rule": p.rule.id, "status": p.verdict.verdict.value, "detail": p.verdict.detail} for p in planned]
 
 
 def dry_run_rows(planned: List[Any], host: Any) -> List[Dict[str, str]]:

@@ -422,6 +422,10 @@ def cmd_dry_run_remote(args: argparse.Namespace, out: TextIO) -> int:
     return 2 if bad_files else 1 if failed else 0
 
 
+#: One host's remediation: its rule set, results, rows of rules not run, and notified actions.
+_HostRun = Tuple[Any, List[TransactionResult], List[Dict[str, Any]], List[Dict[str, str]]]
+
+
 def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Callable[..., Any],
                          exit_code_for: Callable[[Sequence[TransactionResult], bool], int]) -> int:
     """``kensa remediate RULES -H ...``: plan and remediate each host, ``--workers`` hosts at a time.
@@ -447,25 +451,27 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     # Hosts finish in any order: the bar counts hosts done, each named with its outcome.
     progress = Progress(len(hosts) if not args.json else 0, sys.stderr)
 
-    def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Tuple[Any, List[TransactionResult], List[Dict[str, Any]]]:
+    def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> _HostRun:
         name, target, _ = entry
         found = _remediate_host(target)
         progress.advance(f"{_label(name, target)} {'failed' if target.key in failed else 'done'}")
         return found
 
-    def _remediate_host(target: RemoteTarget) -> Tuple[Any, List[TransactionResult], List[Dict[str, Any]]]:
+    def _remediate_host(target: RemoteTarget) -> _HostRun:
         ruleset = rule_sets[target.key]
         try:
             host = engine.hosts(target.key)
             resolution, planned = plan_rules(ruleset.rules, host, host_key=target.key)
         except KensaError as exc:
             failed[target.key] = str(exc)
-            return ruleset, [], []
+            return ruleset, [], [], []
         if resolution.conflicts and not args.allow_conflicts:
             failed[target.key] = (f"the selected rules conflict: {conflict_lines(resolution.conflicts)}; nothing was "
                                   "changed on this host (pass --allow-conflicts to run them anyway)")
-            return ruleset, [], []
+            return ruleset, [], [], []
         with contextlib.ExitStack() as held:
+            # The journal's run lock first, as each transaction takes it: a recovery waits for the run.
+            held.enter_context(engine.locks.shared_run())
             try:
                 # The locks each transaction takes (the controller's, then the target's own, in
                 # that order), once for all of them: their own holds inside cost nothing, where
@@ -473,21 +479,25 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
                 held.enter_context(engine.locks.target(target.key, host))
             except KensaError as exc:
                 failed[target.key] = str(exc)
-                return ruleset, [], []
+                return ruleset, [], [], []
             results, rows = run_in_order(engine, planned, show_progress=False)
+            # The restarts the transactions asked for at the end, still inside the hold: no other
+            # kensa run changes the host between its last transaction and its services' restart.
+            notified = notify_rows(engine, target.key)
         journal_rules(args.journal, [p.transaction for p in planned if p.transaction is not None], ruleset.rules)
         rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
-        return ruleset, results, [dict(row, host=target.key) for row in rows]
+        return ruleset, results, [dict(row, host=target.key) for row in rows], notified
 
     try:
-        per_host = _per_host(hosts, args.workers, remediate_host)
+        found_per_host = _per_host(hosts, args.workers, remediate_host)
         progress.finish()
-        notified = notify_rows(engine)  # while the connections are still open
     finally:
         run.close()
         close = getattr(engine.hosts, "close", None)
         if close is not None:
             close()
+    per_host = [(ruleset, results, rows) for ruleset, results, rows, _ in found_per_host]
+    notified = [row for _, _, _, host_rows in found_per_host for row in host_rows]
     bad_files = _report_problems([ruleset for ruleset, _, _ in per_host])
     results = [r for _, host_results, _ in per_host for r in host_results]
     unsupported = [row for _, _, host_rows in per_host for row in host_rows]

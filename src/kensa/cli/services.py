@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, TextIO
+from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from kensa.cli.render import print_table
 
 
-def notify_rows(engine: Any) -> List[Dict[str, str]]:
-    """Carry out the engine's queued ``notify`` actions (:meth:`Engine.notify_pending`); one row each."""
+def notify_rows(engine: Any, host_key: Optional[str] = None) -> List[Dict[str, str]]:
+    """Carry out the engine's queued ``notify`` actions (:meth:`Engine.notify_pending`; only
+    ``host_key``'s when given); one row each."""
     return [
         {"host": host, "action": f"{o.verb.value} {o.unit}", "status": o.status.value, "detail": o.detail}
-        for host, o in engine.notify_pending()
+        for host, o in engine.notify_pending(host_key)
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from typing import Any, Callable, ContextManager, Dict, Iterator, Optional, Union
 
 from kensa.engine.protocols import TargetLock
@@ -15,9 +16,15 @@ from kensa.support.afterfork import reset_in_child
 __all__ = ["Locks"]
 
 
+_OnTarget = Callable[[Optional[float], Optional[float]], ContextManager[None]]
+
+
 @contextlib.contextmanager
-def _both(first: ContextManager[None], second: ContextManager[None]) -> Iterator[None]:
-    with first, second:
+def _within_one_timeout(held: ContextManager[None], on_target: _OnTarget, timeout: Optional[float]) -> Iterator[None]:
+    """The controller's lock, then the target's own by the same deadline: the target's wait gets
+    what is left of ``timeout`` (nothing, when the first took it all: one try), not a new one."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with held, on_target(timeout, deadline):
         yield
 
 
@@ -76,17 +83,18 @@ class Locks:
     def target(self, key: str, host: Union[Any, BaseException]) -> ContextManager[None]:
         """The cross-process lock of target ``key`` (``host``: its resolved object, or why it did not resolve).
 
-        A host that other machines write too (a remote one) has ``hold_target_lock(timeout)``:
-        the lock its own machine's kensa runs take, taken after this process's one, with the
-        same timeout."""
+        A host that other machines write too (a remote one) has ``hold_target_lock(timeout,
+        deadline)``: the lock its own machine's kensa runs take, taken after this process's one.
+        Both are waited for within one :attr:`target_timeout`: what the first leaves of it is
+        the second's, so a run is errored at that deadline, never after twice the timeout."""
         # A host that did not resolve is locked under its key; its run ends errored in preflight.
         if isinstance(host, BaseException):
             return self.target_lock.hold(key, None)
         held = self.target_lock.hold(key, getattr(host, "identity", None))
-        on_target: Optional[Callable[[Optional[float]], ContextManager[None]]] = getattr(host, "hold_target_lock", None)
+        on_target: Optional[_OnTarget] = getattr(host, "hold_target_lock", None)
         if on_target is None:
             return held
-        return _both(held, on_target(self.target_timeout))
+        return _within_one_timeout(held, on_target, self.target_timeout)
 
     @property
     def target_timeout(self) -> Optional[float]:

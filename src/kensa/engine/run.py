@@ -229,14 +229,23 @@ class Engine:
         with self.locks.shared_run():
             return self._run_many(txns, workers)
 
-    def notify_pending(self) -> List[Tuple[str, ServiceOutcome]]:
-        """Carry out the ``notify`` actions the transactions run so far queued: once per host,
-        verb and unit, each on its host under that host's lock. Call it at the end of a run;
-        returns (host key, outcome) pairs in the order the actions were first asked for."""
+    def notify_pending(self, host_key: Optional[str] = None) -> List[Tuple[str, ServiceOutcome]]:
+        """Carry out the ``notify`` actions the transactions run so far queued (only those of
+        ``host_key`` when given): once per host, verb and unit. Each host's actions run inside the locks a
+        transaction of it holds (this process's, the cross-process target lock and a remote host's
+        own), so no other kensa run changes the host while its services restart; inside a hold the
+        caller already has of the target (a command's whole run), they take nothing more. A host
+        whose lock is not taken within the lock timeout gets its actions failed, saying why.
+        Call it at the end of a run; returns (host key, outcome) pairs in the order the actions
+        were first asked for."""
         done: List[Tuple[str, ServiceOutcome]] = []
-        for key, actions in self._pending.take():
-            with self.locks.host(key):
+        for key, actions in self._pending.take(host_key):
+            with self.locks.host(key), contextlib.ExitStack() as held:
                 host = self.locks.resolve(key)
+                try:
+                    held.enter_context(self.locks.target(key, host))
+                except KensaError as exc:
+                    host = exc
                 for action in actions:
                     if isinstance(host, BaseException):
                         outcome = ServiceOutcome(action.verb, action.unit, ServiceStatus.FAILED, f"host {key}: {describe(host)}")

@@ -68,12 +68,11 @@ class Pending:
         with self._lock:
             self._by_host.setdefault(host_key, {}).setdefault((action.verb.value, action.unit), action)
 
-    def take(self) -> List[Tuple[str, Tuple[ServiceAction, ...]]]:
-        """Every host key with its actions; the set is empty afterwards."""
+    def take(self, host_key: Optional[str] = None) -> List[Tuple[str, Tuple[ServiceAction, ...]]]:
+        """Every host key with its actions (only ``host_key``'s when given); those are no longer pending."""
         with self._lock:
-            found = [(key, tuple(actions.values())) for key, actions in self._by_host.items()]
-            self._by_host.clear()
-        return found
+            keys = list(self._by_host) if host_key is None else [host_key] if host_key in self._by_host else []
+            return [(key, tuple(self._by_host.pop(key).values())) for key in keys]
 
 
 def after_commit(

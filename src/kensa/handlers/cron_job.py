@@ -17,7 +17,10 @@ one line (and those attributes): a rollback by id keeps other lines as they are.
 Where the target has Debian's crontab (``-n``: dry run) or cronie's (``-T``),
 the written file is also read back by it when the step is validated: a file
 that cron's own parser refuses does not validate, so the transaction rolls back.
-A path longer than crontab reads (99 bytes) is given by name from its directory.
+crontab reads the file on its standard input, opened under the target root as
+kensa's own reads are: it is never given a path to resolve again, so a directory
+swapped for a link out of the root cannot make it judge another file, and a root
+at a path longer than crontab keeps (99 bytes) needs nothing special.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from kensa.errors import HostAccessError, NotAvailableError, ParamError
+from kensa.errors import HostAccessError, ParamError
 from kensa.facts.config import decode, encode
 from kensa.facts.cron import CRON_D_NAME, command, cron_d_name, entries, schedule
 from kensa.facts.params import Field, Schema, absolute_path, account, path_as_text
@@ -50,7 +53,8 @@ def _user(value: Any) -> str:
 
 
 def _short(name: str, value: str) -> None:
-    # validate gives crontab "./NAME" at the least, and crontab cuts what it is given at 99 bytes.
+    # crontab cuts a path it is given at 99 bytes: a longer name could not be checked by hand with
+    # "crontab -n ./NAME" from its own directory.
     if len(name.encode("utf-8", "surrogateescape")) > _CRONTAB_NAME_BYTES - 2:
         raise ParamError(f"{value!r}: crontab cannot check a file whose name is longer than "
                          f"{_CRONTAB_NAME_BYTES - 2} bytes")
@@ -159,20 +163,10 @@ class CronJob(OneFileStep):
         parser = cron_parser(host)
         if parser is None:
             return True
-        target = posixpath.join(host.run_root, path.lstrip("/"))
-        if len(target.encode("utf-8", "surrogateescape")) <= _CRONTAB_NAME_BYTES:
-            return host.run(parser + [target], _PARSER_TIMEOUT).returncode == 0
-        # A deep root (a container's merged layer): crontab reads the file by its own name in its
-        # own directory (the schema keeps names short enough), since it would cut the whole path.
-        # "./": a name may start with '-' ("-r"), which crontab would take for an option.
-        directory, name = posixpath.split(target)
-        checked = host.run(["env", "-C", directory, "--", *parser, "./" + name], _PARSER_TIMEOUT)
-        if checked.returncode in (125, 126, 127):  # env's own failure: no -C (coreutils before 8.28)
-            raise NotAvailableError(
-                f"{self.name}: not available on this host: checking {host.where(path)} with its crontab needs "
-                f"env -C, since the path is longer than crontab reads ({_CRONTAB_NAME_BYTES} bytes): "
-                f"{(checked.stderr or '').strip()[:200]}")
-        return checked.returncode == 0
+        # crontab reads the file as "-" from a descriptor the host opened under its root: a path
+        # string would be resolved again by crontab, through a directory link planted since the
+        # read above, and the verdict could be about a file outside the root.
+        return host.run(parser + ["-"], _PARSER_TIMEOUT, stdin_file=path).returncode == 0
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         path, _, user, _ = self._desired(params)

@@ -17,7 +17,7 @@ import os
 import selectors
 import subprocess
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from kensa.errors import HostAccessError
 
@@ -34,15 +34,16 @@ def _stop(proc: "subprocess.Popen[bytes]") -> None:
     proc.wait()
 
 
-def run_command(argv: Sequence[str], timeout: float, cap: int) -> "subprocess.CompletedProcess[str]":
-    """Run ``argv`` with stdin closed; its exit status and output (see the module docstring).
+def run_command(argv: Sequence[str], timeout: float, cap: int, stdin: Optional[int] = None) -> "subprocess.CompletedProcess[str]":
+    """Run ``argv`` with stdin closed (or reading the open descriptor ``stdin``, which stays the
+    caller's to close); its exit status and output (see the module docstring).
 
     Raises HostAccessError when the command is not found (``ENOENT``), outlives ``timeout``
     seconds (``ETIMEDOUT``; it is killed) or writes more than ``cap`` bytes on one stream (``EFBIG``).
     """
     args = list(argv)
     try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError as exc:
         raise HostAccessError(errno.ENOENT, f"command {args[0]!r} not found") from exc
     deadline = time.monotonic() + timeout

@@ -118,10 +118,12 @@ class _Reads:
     def lookup_id(self, database: str, name: str) -> int:
         return int(self._read("lookup_id", database, name))
 
-    def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
+    def run(self, argv: Sequence[str], timeout: float, *, stdin_file: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
         if self._guess:
             raise _Unguessable("run")
-        return self._host.run(argv, timeout)  # type: ignore[no-any-return]
+        if stdin_file is None:
+            return self._host.run(argv, timeout)  # type: ignore[no-any-return]
+        return self._host.run(argv, timeout, stdin_file=stdin_file)  # type: ignore[no-any-return]
 
     def overlay(self, planned: Mapping[str, Optional[FileInfo]]) -> ReadableHost:
         if self._guess:

@@ -452,10 +452,27 @@ class LocalHost(FileReaders, SymlinkOps):
                 return int(fields[2])
         raise HostAccessError(errno.ENOENT, f"{name!r} is not listed in {self.where(path)}; use a name it lists or a numeric id")
 
-    def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
+    def run(self, argv: Sequence[str], timeout: float, *, stdin_file: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
         """Run a command on this machine (argument list, no shell, stdin closed), capturing its
-        output up to :attr:`max_file_bytes` per stream (:func:`kensa.hosts.commands.run_command`)."""
-        return run_command(argv, timeout, self.max_file_bytes)
+        output up to :attr:`max_file_bytes` per stream (:func:`kensa.hosts.commands.run_command`).
+
+        With ``stdin_file``, the command's standard input is the regular file at that path of
+        the root, opened as every read here is (no symlink followed, nothing outside the root):
+        a command that reads the file as ``-`` reads exactly that file, and no name of it is
+        resolved again, so a directory swapped for a link after the open changes nothing."""
+        if stdin_file is None:
+            return run_command(argv, timeout, self.max_file_bytes)
+        with self._tree.parent(stdin_file) as (dir_fd, name):
+            fd = self._tree.open_final(stdin_file, dir_fd, name, _READ_FLAGS)
+        if fd is None:
+            raise HostAccessError(errno.ENOENT, f"{self.where(stdin_file)} does not exist; {argv[0]!r} was not run")
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise HostAccessError(errno.EISDIR, f"{self.where(stdin_file)} is not a regular file; {argv[0]!r} was not run")
+            os.set_blocking(fd, True)  # opened O_NONBLOCK against a FIFO; the command reads it plainly
+            return run_command(argv, timeout, self.max_file_bytes, stdin=fd)
+        finally:
+            os.close(fd)
 
 
 def _rebuild(root: str, max_file_bytes: int) -> LocalHost:

@@ -122,8 +122,13 @@ class PlannedView(FileReaders):
     def lookup_id(self, database: str, name: str) -> int:
         return self._host.lookup_id(database, name)
 
-    def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
-        return self._host.run(argv, timeout)
+    def run(self, argv: Sequence[str], timeout: float, *, stdin_file: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+        if stdin_file is not None and os.path.normpath(stdin_file) in self._planned:
+            # The command runs on the host, which does not hold the planned file yet.
+            raise HostAccessError(errno.EAGAIN, f"{self.where(stdin_file)} is only planned: no command can read it yet")
+        if stdin_file is None:
+            return self._host.run(argv, timeout)
+        return self._host.run(argv, timeout, stdin_file=stdin_file)
 
     if not TYPE_CHECKING:
         # Hidden from type checkers, so a view never passes for a writable Host there.

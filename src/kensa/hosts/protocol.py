@@ -98,8 +98,10 @@ class ReadableHost(Protocol):
         """Numeric id of ``name`` in the target's ``passwd`` or ``group`` database."""
         ...
 
-    def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
-        """Run a command on the target (argument list, no shell), capturing its output."""
+    def run(self, argv: Sequence[str], timeout: float, *, stdin_file: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+        """Run a command on the target (argument list, no shell), capturing its output; its
+        standard input is closed, or with ``stdin_file`` the regular file at that path, opened
+        under the root where the command runs (a command reading ``-`` then reads exactly it)."""
         ...
 
     def overlay(self, planned: Mapping[str, Optional[FileInfo]]) -> "ReadableHost":

@@ -127,19 +127,21 @@ class RemoteHost(FileReaders):
     def close(self) -> None:
         self.connection.close()
 
-    def hold_target_lock(self, timeout: Optional[float]) -> ContextManager[None]:
+    def hold_target_lock(self, timeout: Optional[float], deadline: Optional[float] = None) -> ContextManager[None]:
         """Hold the target's own lock, the one kensa runs on that machine take, for a ``with``
-        block (:mod:`kensa.hosts.remotelock`); TargetLockTimeout after ``timeout`` s (None: no limit).
+        block (:mod:`kensa.hosts.remotelock`); TargetLockTimeout after ``timeout`` s (None: no limit),
+        or at ``deadline`` (a ``time.monotonic()``) when given: the controller's lock and this one
+        wait within one timeout.
 
         A hold inside a hold of the same thread (the transactions of a command that holds the
         host for its whole run) sends nothing: the enclosing one keeps the lock and releases it."""
         if self._lock_holder == threading.get_ident():
             return contextlib.nullcontext()
-        return self._holding(timeout)
+        return self._holding(timeout, deadline)
 
     @contextlib.contextmanager
-    def _holding(self, timeout: Optional[float]) -> Iterator[None]:
-        with hold_target_lock(self.connection, self.root, timeout):
+    def _holding(self, timeout: Optional[float], deadline: Optional[float]) -> Iterator[None]:
+        with hold_target_lock(self.connection, self.root, timeout, deadline):
             self._lock_holder = threading.get_ident()
             try:
                 yield
@@ -234,8 +236,10 @@ class RemoteHost(FileReaders):
     def lookup_id(self, database: str, name: str) -> int:
         return int(self._answer("lookup_id", READS["lookup_id"], database, name))
 
-    def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
-        done = self._answer("run", _ran, list(argv), timeout)
+    def run(self, argv: Sequence[str], timeout: float, *, stdin_file: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+        # The agent opens stdin_file under its root, as its LocalHost opens every file.
+        extra = {} if stdin_file is None else {"stdin_file": stdin_file}
+        done = self._answer("run", _ran, list(argv), timeout, **extra)
         return subprocess.CompletedProcess(done["args"], done["returncode"], done["stdout"], done["stderr"])
 
     def write_file(self, path: str, data: bytes, *, mode: Optional[int] = None, uid: Optional[int] = None,

@@ -37,13 +37,17 @@ def _lock_answer(value: Any) -> bool:
 
 
 @contextlib.contextmanager
-def hold_target_lock(connection: AgentConnection, key: str, timeout: Optional[float]) -> Iterator[None]:
+def hold_target_lock(connection: AgentConnection, key: str, timeout: Optional[float],
+                     deadline: Optional[float] = None) -> Iterator[None]:
     """Hold the target's lock (see the module docstring) for the ``with`` block.
 
-    ``timeout``: seconds to wait for another holder (None: as long as it takes).
-    Raises TargetLockTimeout naming ``key``, the holders' pids on the target and
-    the lock file there; nothing has run then."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    ``timeout``: seconds to wait for another holder (None: as long as it takes);
+    ``deadline``, when given, is the ``time.monotonic()`` by which the wait ends
+    instead: what is left of ``timeout`` after the controller's own lock was
+    waited for. Raises TargetLockTimeout naming ``key``, ``timeout``, the holders'
+    pids on the target and the lock file there; nothing has run then."""
+    if deadline is None and timeout is not None:
+        deadline = time.monotonic() + timeout
     # Half the operation timeout at most: a request that waits longer is taken for a hung agent.
     attempt = min(ATTEMPT_SECONDS, connection.operation_timeout / 2)
     while True:
