@@ -43,17 +43,19 @@ import importlib
 import json
 import os
 import select
-import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import StepPhaseError, TargetLockError, UnknownMechanismError
 from kensa.hosts.agent.wire import HEADER, PROTOCOL, FrameError, decode_value, encode_error, encode_value, frame, frame_length, parse
 from kensa.hosts.local import LocalHost
 from kensa.hosts.lockfiles import agent_lock_directory, holders, lock_name, open_lock, try_lock
 from kensa.model import StepResult
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = ["AHEAD", "BATCH_CALLS", "HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "IndexedHandlers", "serve"]
 
