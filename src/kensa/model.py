@@ -8,11 +8,18 @@ without surprises.
 from __future__ import annotations
 
 import enum
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal, Mapping, Optional, Sequence, Tuple
+
+
+def _new_id() -> str:
+    """A new random transaction id (uuid4). uuid is imported here: it imports platform, and the
+    agent on a target, which builds no transactions, would pay for both at every start."""
+    import uuid
+
+    return str(uuid.uuid4())
 
 
 class Phase(str, enum.Enum):
@@ -191,7 +198,7 @@ class Transaction:
     rule: str
     steps: Tuple[Step, ...]
     host: str = "localhost"
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=lambda: _new_id())
     transactional: bool = True
     services: Tuple[ServiceAction, ...] = ()
 

@@ -78,13 +78,19 @@ Finder = Callable[[Sequence[str], str, Sequence[str]], Tuple[Optional[int], int]
 
 def find_key(lines: Sequence[str], key: str, comments: Sequence[str]) -> Tuple[Optional[int], int]:
     """Index of the global line setting ``key`` (or None), and where global lines end."""
+    # line_key's reading, inlined: this runs over every line of a file on each check of a key.
+    wanted, prefixes, first_word = key.lower(), tuple(comments), _KEY.match
     for index, line in enumerate(lines):
-        found = line_key(line, comments)
-        if found is None:
+        text = line.lstrip()
+        if not text or text.startswith(prefixes):
             continue
-        if found.lower() == "match":
+        match = first_word(text)
+        if match is None:
+            continue
+        found = match.group(0).lower()
+        if found == "match":
             return None, index
-        if found.lower() == key.lower():
+        if found == wanted:
             return index, index
     return None, len(lines)
 

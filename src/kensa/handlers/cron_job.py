@@ -115,6 +115,7 @@ class CronJob(OneFileStep):
     """One entry of a system crontab, in a root-owned file cron reads."""
 
     name = "cron_job"
+    quick_reads = False  # its validate runs crontab
     capturable = True
     schema = SCHEMA
 

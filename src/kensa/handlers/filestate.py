@@ -453,6 +453,8 @@ class OneFileStep:
     """
 
     name: str
+    #: validate and capture only read the files the step names (so a remote host's agent may run them ahead).
+    quick_reads = True
 
     def written(self, pre: PreState) -> Optional[bytes]:
         """The bytes the step writes over the file captured in ``pre`` (None: it removes the file)."""
@@ -487,6 +489,8 @@ class FileAndStateStep:
     """
 
     name: str
+    #: validate and capture only read the files the step names (so a remote host's agent may run them ahead).
+    quick_reads = True
     file_key: str
 
     def _restore_state(self, host: Host, pre: PreState) -> List[str]:

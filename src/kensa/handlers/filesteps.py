@@ -24,6 +24,8 @@ class FilesStep:
     """Capture, roll back, assess and restore the files a step writes."""
 
     name: str
+    #: validate and capture only read the files the step names (so a remote host's agent may run them ahead).
+    quick_reads = True
 
     def paths(self, params: Mapping[str, Any]) -> List[str]:
         """The files the step writes, in the order it writes them."""

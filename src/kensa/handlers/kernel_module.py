@@ -107,6 +107,7 @@ class KernelModuleDisable(OneFileStep):
     """Keep a module from loading (install NAME /bin/false, blacklist NAME) and unload it on a live host."""
 
     name = "kernel_module_disable"
+    quick_reads = False  # its validate runs modprobe
     capturable = True
     schema = SCHEMA
 

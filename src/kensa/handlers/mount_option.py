@@ -118,6 +118,7 @@ class MountOptionSet(FileAndStateStep):
     """Add options to a mount point's fstab entry and, on a live host, to the running mount."""
 
     name = "mount_option_set"
+    quick_reads = False  # on a live host its validate runs cat /proc/self/mounts
     capturable = True
     file_key = "fstab"
 

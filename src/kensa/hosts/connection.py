@@ -29,9 +29,11 @@ _READ_CHUNK = 1 << 16
 class AgentConnection:
     """One running agent: framed requests and answers over its stdin and stdout.
 
-    ``counts`` counts the requests sent, by op (``"apply"``, ``"info"`` ...);
-    ``observer``, when set, is called with each request's op and mechanism
-    before it is sent. One request at a time (a lock serializes threads).
+    ``counts`` counts the requests made, by op (``"apply"``, ``"info"`` ...),
+    and ``ahead`` those of them the agent had answered ahead (see
+    :meth:`request_ahead`: no round trip of their own); ``observer``, when set,
+    is called with each request's op and mechanism before it is made. One
+    request at a time (a lock serializes threads).
     """
 
     def __init__(self, proc: "subprocess.Popen[bytes]", transport: Transport, operation_timeout: float,
@@ -41,6 +43,7 @@ class AgentConnection:
         self.operation_timeout = operation_timeout
         self.max_frame = max_frame
         self.counts: Counter[str] = collections.Counter()
+        self.ahead: Counter[str] = collections.Counter()
         self.observer: Optional[Callable[[str, Optional[str]], None]] = None
         self.closed = False
         self._lock = threading.Lock()
@@ -48,6 +51,8 @@ class AgentConnection:
         self._out = proc.stdin.fileno()
         self._in = proc.stdout.fileno()
         self._buffer = bytearray()  # read from the agent, not yet taken as a frame
+        # The request whose answer the agent sends next without being asked (request_ahead).
+        self._expected: Optional[Dict[str, Any]] = None
         os.set_blocking(self._out, False)
 
     @property
@@ -83,6 +88,15 @@ class AgentConnection:
         """Send one request and return its decoded ``ok`` value, or raise its error (see the module docstring)."""
         return self.outcome(op, self._exchange(op, fields))
 
+    def request_ahead(self, op: str, fields: Dict[str, Any], then: str, then_fields: Dict[str, Any]) -> Any:
+        """:meth:`request` of ``op``, asking the agent to answer the read ``then`` (with
+        ``then_fields``) right after it when its answer is the one that read follows
+        (:data:`kensa.hosts.agent.server.AHEAD`). That answer is kept for the next request:
+        if it is exactly ``then`` with ``then_fields`` it takes no round trip; any other
+        request drops it (the agent has already sent it: it is read and discarded)."""
+        expected = dict(then_fields, op=then)
+        return self.outcome(op, self._exchange(op, dict(fields, next=expected), expected))
+
     def batch(self, calls: List[Dict[str, Any]]) -> List[Any]:
         """Send many read requests (each ``{"op", "args", "kwargs"}``) in one ``batch`` round trip; their
         answers in order, each still to be read with :meth:`outcome`. Answers that would not fit one
@@ -115,7 +129,7 @@ class AgentConnection:
         except FrameError as exc:
             self._broken(f"answered {op} with a value that is not the protocol: {exc}")
 
-    def _exchange(self, op: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+    def _exchange(self, op: str, fields: Dict[str, Any], expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         if self.observer is not None:
             self.observer(op, fields.get("mechanism"))
         with self._lock:
@@ -123,8 +137,21 @@ class AgentConnection:
                 raise HostConnectionLost(f"the connection to {self.name} is closed; reconnect", self.name)
             self.counts[op] += 1
             deadline = time.monotonic() + self.operation_timeout
-            self._write(frame(dict(fields, op=op)), deadline, op)
-            return self._read(deadline, op)
+            request = dict(fields, op=op)
+            answered, self._expected = self._expected, None
+            if answered is not None and answered == {name: value for name, value in request.items() if name != "next"}:
+                # What this request would have asked ahead (its own next) is not asked: it was answered alone.
+                self.ahead[op] += 1
+                return self._read(deadline, op)
+            self._write(frame(request), deadline, op)
+            if answered is not None:
+                self._read(deadline, op)  # answered ahead of a request that did not come: dropped
+            answer = self._read(deadline, op)
+            if answer.get("next") is not None:
+                if expected is None or answer["next"] is not True:
+                    self._broken(f"answered {op} with next={answer['next']!r}, which was not asked for")
+                self._expected = expected
+            return answer
 
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)

@@ -37,13 +37,13 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 import stat
-import subprocess
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+if TYPE_CHECKING:
+    import subprocess
+
 from kensa.errors import HostAccessError, HostSelectionError, KensaError, StepPhaseError, UnknownMechanismError
-from kensa.hosts.commands import run_command
 from kensa.hosts.confine import ConfinedRoot
 from kensa.hosts.fdio import read_capped, read_xattrs, set_exact_xattrs, set_mtime, write_all
 from kensa.hosts.links import SymlinkOps
@@ -269,7 +269,7 @@ class LocalHost(FileReaders, SymlinkOps):
         xattrs: Optional[Mapping[str, bytes]],
         mtime_ns: Optional[int],
     ) -> None:
-        tmp = _temp_prefix(name) + secrets.token_hex(_TEMP_RANDOM_HEX // 2)
+        tmp = _temp_prefix(name) + os.urandom(_TEMP_RANDOM_HEX // 2).hex()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
@@ -460,6 +460,9 @@ class LocalHost(FileReaders, SymlinkOps):
         the root, opened as every read here is (no symlink followed, nothing outside the root):
         a command that reads the file as ``-`` reads exactly that file, and no name of it is
         resolved again, so a directory swapped for a link after the open changes nothing."""
+        # Imported here: an agent that runs no command does not load subprocess and selectors at its start.
+        from kensa.hosts.commands import run_command
+
         if stdin_file is None:
             return run_command(argv, timeout, self.max_file_bytes)
         with self._tree.parent(stdin_file) as (dir_fd, name):

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -41,6 +40,8 @@ def agent_lock_directory() -> Path:
         return SYSTEM_LOCK_DIRECTORY
     home = os.path.expanduser("~")
     if not os.path.isdir(home):
+        import tempfile  # only here: it imports shutil and random, a tenth of an agent's start
+
         return Path(tempfile.gettempdir()) / f"kensa-{os.geteuid()}-targets"
     return Path(home) / ".cache" / "kensa" / "targets"
 

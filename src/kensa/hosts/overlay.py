@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Protocol, Sequence
+
+if TYPE_CHECKING:
+    import subprocess
 
 from kensa.errors import HostAccessError
 from kensa.hosts.protocol import Host

@@ -32,8 +32,10 @@ the audit emitter stay on the controller. The same agent can answer the
 
 from __future__ import annotations
 
-import subprocess
-from typing import Any, List, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    import subprocess
 
 from kensa.model import FileInfo, Phase, PreState, RollbackResult, StepResult
 

@@ -338,12 +338,21 @@ class RemoteHandlers(Mapping[str, Any]):
 
 class RemoteHandler:
     """A handler whose every call is one request to the agent, which runs the same
-    mechanism there. ``name`` and ``capturable`` are the local handler's."""
+    mechanism there. ``name`` and ``capturable`` are the local handler's.
+
+    So is ``quick_reads``: the handler's validate and capture only read the files
+    the step names. Then the agent answers the read the engine asks next in the
+    same round trip (:meth:`AgentConnection.request_ahead`): a validate that fails
+    carries the capture (the engine captures a step its check found not
+    compliant), an apply carries the validate. When the engine asks something else
+    next (a step of a longer transaction, a rollback), that answer is dropped,
+    having cost the agent one read of those files."""
 
     def __init__(self, host: RemoteHost, local: Any) -> None:
         self.host = host
         self.name: str = local.name
         self.capturable: bool = bool(local.capturable)
+        self.quick_reads: bool = getattr(local, "quick_reads", False) is True
         self._planned: Dict[int, Tuple[PreState, Any]] = {}
 
     def __repr__(self) -> str:
@@ -356,24 +365,42 @@ class RemoteHandler:
             return encode_value(view.planned_files)
         raise HostSelectionError(f"{self.name} on {self.host.root} was given another host, {view!r}")
 
+    def _fields(self, view: Any, **fields: Any) -> Dict[str, Any]:
+        return dict(fields, mechanism=self.name, planned=self._planned_of(view))
+
     def _ask(self, op: str, view: Any, **fields: Any) -> Any:
-        found = self.host.connection.request(op, mechanism=self.name, planned=self._planned_of(view), **fields)
+        found = self.host.connection.request(op, **self._fields(view, **fields))
         return self.host._fitting(op, _PHASE_ANSWERS[op], found)
 
+    def _ask_ahead(self, op: str, view: Any, fields: Dict[str, Any], then: str, then_fields: Dict[str, Any]) -> Any:
+        """``op``, with the read the engine asks next answered in the same round trip (see
+        :meth:`AgentConnection.request_ahead`)."""
+        found = self.host.connection.request_ahead(op, self._fields(view, **fields), then, self._fields(view, **then_fields))
+        return self.host._fitting(op, _PHASE_ANSWERS[op], found)
+
+    def _capture_fields(self, params: Mapping[str, Any]) -> Dict[str, Any]:
+        return {"params": encode_value(params), "with_planned": isinstance(self, RestorableRemoteHandler)}
+
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
-        wanted = isinstance(self, RestorableRemoteHandler)
-        found = self._ask("capture", host, params=encode_value(params), with_planned=wanted)
+        found = self._ask("capture", host, **self._capture_fields(params))
         pre = found["pre"]
-        if wanted and found["planned"] is not None:
+        if isinstance(self, RestorableRemoteHandler) and found["planned"] is not None:
             # The engine asks planned() of this pre-state next: it came with the capture.
             self._planned[id(pre)] = (pre, found["planned"])
         return cast(PreState, pre)
 
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
-        return cast(bool, self._ask("validate", host, params=encode_value(params)))
+        encoded = encode_value(params)
+        if self.quick_reads:
+            return cast(bool, self._ask_ahead("validate", host, {"params": encoded}, "capture", self._capture_fields(params)))
+        return cast(bool, self._ask("validate", host, params=encoded))
 
     def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
-        return cast(StepResult, self._ask("apply", host, params=encode_value(params), pre=encode_value(pre)))
+        encoded = encode_value(params)
+        fields = {"params": encoded, "pre": encode_value(pre)}
+        if self.quick_reads:
+            return cast(StepResult, self._ask_ahead("apply", host, fields, "validate", {"params": encoded}))
+        return cast(StepResult, self._ask("apply", host, **fields))
 
     def rollback(self, host: Host, pre: PreState) -> RollbackResult:
         return cast(RollbackResult, self._ask("rollback", host, pre=encode_value(pre)))

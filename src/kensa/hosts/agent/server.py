@@ -24,6 +24,15 @@ Every later request is one call:
   with ``with_planned`` also answers what the step will leave, so the engine's
   chained capture costs one round trip per step.
 
+A handler call may carry ``next``: the call of the same mechanism the controller
+expects to make right after it. The agent answers it ahead, as a second frame
+after the first answer, only for the pairs in :data:`AHEAD` and when the first
+answer is the one the pair waits for: a ``capture`` after a ``validate`` that
+answered False (the engine captures a step it found not compliant), a
+``validate`` after an ``apply`` that succeeded (the engine validates what it
+applied). Only reads are answered ahead; the controller uses that answer only
+if its next request is exactly the one named, and drops it otherwise.
+
 The answer is ``{"ok": value}`` or ``{"error": ...}`` (:func:`kensa.hosts.agent.wire.encode_error`).
 The loop ends when the controller closes the connection.
 """
@@ -34,18 +43,21 @@ import importlib
 import json
 import os
 import select
-import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from kensa.errors import StepPhaseError, TargetLockError, UnknownMechanismError
 from kensa.hosts.agent.wire import HEADER, PROTOCOL, FrameError, decode_value, encode_error, encode_value, frame, frame_length, parse
 from kensa.hosts.local import LocalHost
 from kensa.hosts.lockfiles import agent_lock_directory, holders, lock_name, open_lock, try_lock
+from kensa.model import StepResult
 
-__all__ = ["BATCH_CALLS", "HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "IndexedHandlers", "serve"]
+if TYPE_CHECKING:
+    import subprocess
+
+__all__ = ["AHEAD", "BATCH_CALLS", "HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "IndexedHandlers", "serve"]
 
 #: The host methods a request may call by name.
 HOST_CALLS = frozenset({
@@ -58,6 +70,12 @@ BATCH_CALLS = frozenset({"info", "read_file", "read_bytes", "list_dir", "lookup_
 
 _READ_ONLY_PHASES = frozenset({"capture", "validate", "assess", "planned", "settled"})
 _HANDLER_CALLS = _READ_ONLY_PHASES | {"apply", "rollback", "restore"}
+
+#: (a call, the read it may carry as ``next``): when the first one's answer lets the agent answer the read ahead.
+AHEAD: Dict[Tuple[str, str], Callable[[Any], bool]] = {
+    ("validate", "capture"): lambda holds: holds is False,
+    ("apply", "validate"): lambda done: isinstance(done, StepResult) and done.ok and not done.staged,
+}
 
 _INTERNED = 256
 
@@ -131,6 +149,31 @@ class Agent:
             return {"ok": encode_value(self._dispatch(request))}
         except Exception as exc:
             return {"error": encode_error(exc)}
+
+    def answer_ahead(self, request: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[Mapping[str, Any]]]:
+        """The answer to ``request``, and the ``next`` request it carries when that is to be answered
+        ahead (the answer then says ``"next": true``); a ``next`` that is not one of :data:`AHEAD`
+        is an error answered before anything runs."""
+        ahead = request.get("next")
+        if ahead is None:
+            return self.answer(request), None
+        op = request.get("op")
+        nested = ahead.get("op") if isinstance(ahead, dict) else None
+        when = AHEAD.get((op, nested)) if isinstance(op, str) and isinstance(nested, str) else None
+        if when is None or "next" in ahead or ahead.get("mechanism") != request.get("mechanism"):
+            refused = FrameError(f"a {op!r} request cannot carry {nested!r} as next: only "
+                                 + " or ".join(f"{read} after {call}" for call, read in AHEAD)
+                                 + " of the same mechanism is answered ahead")
+            return {"error": encode_error(refused)}, None
+        try:
+            found = self._dispatch(request)
+            answer = {"ok": encode_value(found)}
+        except Exception as exc:
+            return {"error": encode_error(exc)}, None
+        if not when(found):
+            return answer, None
+        answer["next"] = True
+        return answer, ahead
 
     def _dispatch(self, request: Mapping[str, Any]) -> Any:
         op = request.get("op")
@@ -343,6 +386,9 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
             _write_all(write_fd, frame({"error": encode_error(exc)}))
             return 3
         busy.set()
-        answer = agent.answer(request)
+        answer, ahead = agent.answer_ahead(request)
+        if ahead is not None:
+            _write_all(write_fd, frame(answer))
+            answer = agent.answer(ahead)
         busy.clear()
         _write_all(write_fd, frame(answer))
