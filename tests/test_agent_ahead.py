@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Dict, Iterator, Tuple
 
 import pytest
 
@@ -200,3 +200,78 @@ def test_an_answer_ahead_the_controller_did_not_ask_for_breaks_the_connection() 
         assert not connection.alive
     finally:
         connection.close()
+
+
+def _content_rules(tmp_path: Path, contents: Dict[str, str]) -> list:
+    """Rules without ``check:``, one per path, each a file_content remediation (so ``kensa check`` validates the step)."""
+    from kensa.rules.load import load_rules
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for index, (path, content) in enumerate(contents.items()):
+        (rules_dir / f"r{index}.yml").write_text(
+            f"id: ahead-check-{index}\ntitle: t\nseverity: low\ncategory: system\nimplementations:\n"
+            f"  - default: true\n    remediation:\n      mechanism: file_content\n      path: {path}\n"
+            f"      content: \"{content}\"\n")
+    return load_rules([rules_dir])
+
+
+def _checked(rules: list, host: object, root: Path) -> list:
+    from kensa.hosts.local import LocalHost
+    from kensa.rules.assess import check_rules, observe
+
+    found = check_rules(rules, host, default_registry(), facts=observe(LocalHost(str(root))))
+    return [(r.rule, r.verdict, r.detail) for r in found]
+
+
+def test_a_dropped_answer_larger_than_a_pipe_never_stalls_a_large_next_request(root: Path, tmp_path: Path) -> None:
+    """``kensa check`` of two rules without check: the first, not compliant, on a file larger than a
+    pipe holds (its capture is answered ahead, unasked, and the agent blocks writing it), the
+    second carrying content larger than a pipe holds. The second validate is still answered, as a
+    local check answers it, long before the operation timeout, and the connection goes on: the
+    controller never waits to write its request while the agent waits for it to read."""
+    (root / "etc" / "big.conf").write_bytes(b"x" * 300_000)
+    rules = _content_rules(tmp_path, {"/etc/big.conf": "small\\n", "/etc/motd": "y" * 200_000})
+    from kensa.hosts.local import LocalHost
+    local = _checked(rules, LocalHost(str(root)), root)
+    assert [verdict.value for _, verdict, _ in local] == ["not_compliant", "not_compliant"]
+    host = connect(transport("pipes"), str(root), operation_timeout=20)
+    try:
+        assert _checked(rules, host, root) == local
+        assert host.alive
+    finally:
+        host.close()
+
+
+def test_a_dropped_answer_above_the_frame_limit_never_fails_a_check_that_asked_no_capture(root: Path, tmp_path: Path) -> None:
+    """A check reads a file under the file cap whose capture (its bytes and what the step writes,
+    base64) would not fit one frame, as with RemoteHosts whose file cap was raised while the frame
+    limit stays (scaled down here). ``kensa check`` asks no capture: its verdicts are a local
+    check's, and the connection stays up, whatever the agent answered ahead unasked."""
+    cap = 1 << 20
+    (root / "etc" / "big.conf").write_bytes(b"x" * 900_000)
+    rules = _content_rules(tmp_path, {"/etc/big.conf": "small\\n", "/etc/motd": "other\\n"})
+    from kensa.hosts.local import LocalHost
+    local = _checked(rules, LocalHost(str(root), max_file_bytes=cap), root)
+    host = connect(transport("frames"), str(root), max_file_bytes=cap, max_frame_bytes=cap)
+    try:
+        assert _checked(rules, host, root) == local
+        assert host.alive
+    finally:
+        host.close()
+
+
+def test_an_agent_closed_after_its_last_answer_ends_with_status_0(root: Path) -> None:
+    """Status 4 says the controller left while the agent was in the middle of a request. A
+    controller that closes right after a failed check was answered left nothing half done (the
+    capture the agent then reads ahead is a read nobody asked for), so the agent ends with 0."""
+    (root / "etc" / "big.conf").write_bytes(b"x" * (8 << 20))
+    statuses = []
+    for _ in range(3):
+        host = connect(transport("closing"), str(root))
+        handler = host.handlers(default_registry())["file_content"]
+        assert handler.validate(host, {"path": "/etc/big.conf", "content": "small\n"}) is False
+        proc = host.connection.proc
+        host.close()
+        statuses.append(proc.returncode)
+    assert statuses == [0, 0, 0]
