@@ -143,9 +143,12 @@ class AgentConnection:
                 # What this request would have asked ahead (its own next) is not asked: it was answered alone.
                 self.ahead[op] += 1
                 return self._read(deadline, op)
-            self._write(frame(request), deadline, op)
             if answered is not None:
-                self._read(deadline, op)  # answered ahead of a request that did not come: dropped
+                # Answered ahead of a request that did not come: dropped, and read before this request
+                # is written, since the agent reads nothing until it has written it and either may be
+                # more than a pipe holds.
+                self._read(deadline, op)
+            self._write(frame(request), deadline, op)
             answer = self._read(deadline, op)
             if answer.get("next") is not None:
                 if expected is None or answer["next"] is not True:
