@@ -89,7 +89,8 @@ class RemoteHost(FileReaders):
     and audit ``host=`` name. ``target_root`` is the root's path on the target;
     ``is_live`` is true when it is that machine's ``/``. ``identity`` is the
     transport's name and the identity of the root directory on the target.
-    ``connection`` is the agent it talks to (its ``counts`` count round trips).
+    ``connection`` is the agent it talks to (its ``counts`` count requests, its
+    ``ahead`` those of them answered without a round trip of their own).
     """
 
     def __init__(self, connection: AgentConnection, key: str, hello: Mapping[str, Any]) -> None:
