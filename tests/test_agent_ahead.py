@@ -20,6 +20,7 @@ from typing import Dict, Iterator, Tuple
 
 import pytest
 
+import agent_targets
 from agent_targets import transport, transport_for
 from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine
@@ -275,3 +276,30 @@ def test_an_agent_closed_after_its_last_answer_ends_with_status_0(root: Path) ->
         host.close()
         statuses.append(proc.returncode)
     assert statuses == [0, 0, 0]
+
+
+def test_a_check_gets_no_capture_it_never_asks_for(root: Path, tmp_path: Path) -> None:
+    """``kensa check`` validates rules without check: and captures nothing, so nothing is answered
+    ahead for it: what the agent sends back for 20 failed rules on one large sshd_config (its
+    stdout, copied to a file on the way) is less than that file, not 20 captures of it."""
+    from kensa.rules.load import load_rules
+
+    (root / "etc/ssh/sshd_config").write_text("".join(f"# stock comment line {n}\n" for n in range(600)) + "Port 22\n")
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for index in range(20):
+        (rules_dir / f"r{index}.yml").write_text(
+            f"id: wire-{index}\ntitle: t\nseverity: low\ncategory: system\nimplementations:\n"
+            f"  - default: true\n    remediation:\n      mechanism: config_set\n      path: {SSHD}\n"
+            f"      key: Key{index}\n      value: \"v\"\n      separator: \" \"\n")
+    rules = load_rules([rules_dir])
+    wire = tmp_path / "wire"
+    teed = SubprocessTransport(("sh", "-c", '"$@" | tee -a "$0"', str(wire)), name="teed", env=agent_targets.agent_env())
+    host = connect(teed, str(root))
+    try:
+        before = wire.stat().st_size
+        assert {verdict.value for _, verdict, _ in _checked(rules, host, root)} == {"not_compliant"}
+        sent = wire.stat().st_size - before
+    finally:
+        host.close()
+    assert 0 < sent < (root / "etc/ssh/sshd_config").stat().st_size, sent
