@@ -225,38 +225,37 @@ def _checked(rules: list, host: object, root: Path) -> list:
     return [(r.rule, r.verdict, r.detail) for r in found]
 
 
-def test_a_dropped_answer_larger_than_a_pipe_never_stalls_a_large_next_request(root: Path, tmp_path: Path) -> None:
-    """``kensa check`` of two rules without check: the first, not compliant, on a file larger than a
-    pipe holds (its capture is answered ahead, unasked, and the agent blocks writing it), the
-    second carrying content larger than a pipe holds. The second validate is still answered, as a
-    local check answers it, long before the operation timeout, and the connection goes on: the
-    controller never waits to write its request while the agent waits for it to read."""
-    (root / "etc" / "big.conf").write_bytes(b"x" * 300_000)
-    rules = _content_rules(tmp_path, {"/etc/big.conf": "small\\n", "/etc/motd": "y" * 200_000})
-    from kensa.hosts.local import LocalHost
-    local = _checked(rules, LocalHost(str(root)), root)
-    assert [verdict.value for _, verdict, _ in local] == ["not_compliant", "not_compliant"]
-    host = connect(transport("pipes"), str(root), operation_timeout=20)
+def test_a_dropped_capture_larger_than_a_pipe_never_stalls_the_rollback_after_it(root: Path, tmp_path: Path) -> None:
+    """Two steps setting one key of a large sshd_config: the first step's validation fails, so the
+    agent answers its capture ahead (more than a pipe holds) and the engine asks a rollback next,
+    whose pre-state is more than a pipe holds too. The transaction still rolls back, exactly, long
+    before the operation timeout: the controller reads the dropped answer before it writes."""
+    (root / "etc/ssh/sshd_config").write_text("".join(f"# stock comment line {n}\n" for n in range(12_000)) + "Port 22\n")
+    before = snapshot(root)
+    hosts = RemoteHosts(transport_for, operation_timeout=20)
     try:
-        assert _checked(rules, host, root) == local
-        assert host.alive
+        with SqliteJournal(tmp_path / "journal.db") as journal:
+            engine = Engine(default_registry(), journal=journal, hosts=hosts)
+            txn = Transaction("ahead-big-undo", (_set("Port", "2222"), _set("Port", "2200")), host=_key(root))
+            result = engine.run(txn)
+        assert result.status is Status.ROLLED_BACK and result.host_unchanged, result.error
     finally:
-        host.close()
+        hosts.close()
+    assert snapshot(root) == before
 
 
-def test_a_dropped_answer_above_the_frame_limit_never_fails_a_check_that_asked_no_capture(root: Path, tmp_path: Path) -> None:
-    """A check reads a file under the file cap whose capture (its bytes and what the step writes,
-    base64) would not fit one frame, as with RemoteHosts whose file cap was raised while the frame
-    limit stays (scaled down here). ``kensa check`` asks no capture: its verdicts are a local
-    check's, and the connection stays up, whatever the agent answered ahead unasked."""
+def test_a_dropped_answer_above_the_frame_limit_never_fails_the_next_request(root: Path) -> None:
+    """A failed validate through the remote handlers, of a file under the file cap whose capture
+    (its bytes and what the step writes, base64) would not fit one frame: the capture answered
+    ahead is not what is asked next, so the next read is answered and the connection stays up
+    (the frame limit bounds what a request is answered with, not a frame nobody asked for)."""
     cap = 1 << 20
     (root / "etc" / "big.conf").write_bytes(b"x" * 900_000)
-    rules = _content_rules(tmp_path, {"/etc/big.conf": "small\\n", "/etc/motd": "other\\n"})
-    from kensa.hosts.local import LocalHost
-    local = _checked(rules, LocalHost(str(root), max_file_bytes=cap), root)
     host = connect(transport("frames"), str(root), max_file_bytes=cap, max_frame_bytes=cap)
     try:
-        assert _checked(rules, host, root) == local
+        handler = host.handlers(default_registry())["file_content"]
+        assert handler.validate(host, {"path": "/etc/big.conf", "content": "small\n"}) is False
+        assert host.read_bytes("/etc/motd") == b"welcome\n"
         assert host.alive
     finally:
         host.close()
