@@ -16,10 +16,11 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Dict, Iterator, Tuple
 
 import pytest
 
+import agent_targets
 from agent_targets import transport, transport_for
 from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine
@@ -200,3 +201,104 @@ def test_an_answer_ahead_the_controller_did_not_ask_for_breaks_the_connection() 
         assert not connection.alive
     finally:
         connection.close()
+
+
+def _content_rules(tmp_path: Path, contents: Dict[str, str]) -> list:
+    """Rules without ``check:``, one per path, each a file_content remediation (so ``kensa check`` validates the step)."""
+    from kensa.rules.load import load_rules
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for index, (path, content) in enumerate(contents.items()):
+        (rules_dir / f"r{index}.yml").write_text(
+            f"id: ahead-check-{index}\ntitle: t\nseverity: low\ncategory: system\nimplementations:\n"
+            f"  - default: true\n    remediation:\n      mechanism: file_content\n      path: {path}\n"
+            f"      content: \"{content}\"\n")
+    return load_rules([rules_dir])
+
+
+def _checked(rules: list, host: object, root: Path) -> list:
+    from kensa.hosts.local import LocalHost
+    from kensa.rules.assess import check_rules, observe
+
+    found = check_rules(rules, host, default_registry(), facts=observe(LocalHost(str(root))))
+    return [(r.rule, r.verdict, r.detail) for r in found]
+
+
+def test_a_dropped_capture_larger_than_a_pipe_never_stalls_the_rollback_after_it(root: Path, tmp_path: Path) -> None:
+    """Two steps setting one key of a large sshd_config: the first step's validation fails, so the
+    agent answers its capture ahead (more than a pipe holds) and the engine asks a rollback next,
+    whose pre-state is more than a pipe holds too. The transaction still rolls back, exactly, long
+    before the operation timeout: the controller reads the dropped answer before it writes."""
+    (root / "etc/ssh/sshd_config").write_text("".join(f"# stock comment line {n}\n" for n in range(12_000)) + "Port 22\n")
+    before = snapshot(root)
+    hosts = RemoteHosts(transport_for, operation_timeout=20)
+    try:
+        with SqliteJournal(tmp_path / "journal.db") as journal:
+            engine = Engine(default_registry(), journal=journal, hosts=hosts)
+            txn = Transaction("ahead-big-undo", (_set("Port", "2222"), _set("Port", "2200")), host=_key(root))
+            result = engine.run(txn)
+        assert result.status is Status.ROLLED_BACK and result.host_unchanged, result.error
+    finally:
+        hosts.close()
+    assert snapshot(root) == before
+
+
+def test_a_dropped_answer_above_the_frame_limit_never_fails_the_next_request(root: Path) -> None:
+    """A failed validate through the remote handlers, of a file under the file cap whose capture
+    (its bytes and what the step writes, base64) would not fit one frame: the capture answered
+    ahead is not what is asked next, so the next read is answered and the connection stays up
+    (the frame limit bounds what a request is answered with, not a frame nobody asked for)."""
+    cap = 1 << 20
+    (root / "etc" / "big.conf").write_bytes(b"x" * 900_000)
+    host = connect(transport("frames"), str(root), max_file_bytes=cap, max_frame_bytes=cap)
+    try:
+        handler = host.handlers(default_registry())["file_content"]
+        assert handler.validate(host, {"path": "/etc/big.conf", "content": "small\n"}) is False
+        assert host.read_bytes("/etc/motd") == b"welcome\n"
+        assert host.alive
+    finally:
+        host.close()
+
+
+def test_an_agent_closed_after_its_last_answer_ends_with_status_0(root: Path) -> None:
+    """Status 4 says the controller left while the agent was in the middle of a request. A
+    controller that closes right after a failed check was answered left nothing half done (the
+    capture the agent then reads ahead is a read nobody asked for), so the agent ends with 0."""
+    (root / "etc" / "big.conf").write_bytes(b"x" * (8 << 20))
+    statuses = []
+    for _ in range(3):
+        host = connect(transport("closing"), str(root))
+        handler = host.handlers(default_registry())["file_content"]
+        assert handler.validate(host, {"path": "/etc/big.conf", "content": "small\n"}) is False
+        proc = host.connection.proc
+        host.close()
+        statuses.append(proc.returncode)
+    assert statuses == [0, 0, 0]
+
+
+def test_a_check_gets_no_capture_it_never_asks_for(root: Path, tmp_path: Path) -> None:
+    """``kensa check`` validates rules without check: and captures nothing, so nothing is answered
+    ahead for it: what the agent sends back for 20 failed rules on one large sshd_config (its
+    stdout, copied to a file on the way) is less than that file, not 20 captures of it."""
+    from kensa.rules.load import load_rules
+
+    (root / "etc/ssh/sshd_config").write_text("".join(f"# stock comment line {n}\n" for n in range(600)) + "Port 22\n")
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for index in range(20):
+        (rules_dir / f"r{index}.yml").write_text(
+            f"id: wire-{index}\ntitle: t\nseverity: low\ncategory: system\nimplementations:\n"
+            f"  - default: true\n    remediation:\n      mechanism: config_set\n      path: {SSHD}\n"
+            f"      key: Key{index}\n      value: \"v\"\n      separator: \" \"\n")
+    rules = load_rules([rules_dir])
+    wire = tmp_path / "wire"
+    teed = SubprocessTransport(("sh", "-c", '"$@" | tee -a "$0"', str(wire)), name="teed", env=agent_targets.agent_env())
+    host = connect(teed, str(root))
+    try:
+        before = wire.stat().st_size
+        assert {verdict.value for _, verdict, _ in _checked(rules, host, root)} == {"not_compliant"}
+        sent = wire.stat().st_size - before
+    finally:
+        host.close()
+    assert 0 < sent < (root / "etc/ssh/sshd_config").stat().st_size, sent

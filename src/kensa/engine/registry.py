@@ -70,13 +70,15 @@ class Registry:
         return f"Registry({sorted(self._handlers)!r})"
 
 
-def host_handlers(registry: Union[Registry, Mapping[str, Any]], host: Any) -> Any:
+def host_handlers(registry: Union[Registry, Mapping[str, Any]], host: Any, *, ahead: bool = True) -> Any:
     """What a transaction or a check on ``host`` looks its steps' handlers up in (``[mechanism]``,
     ``.get(mechanism)``).
 
     A host that runs handlers where it is (a remote host: each phase is one
     round trip to its agent) gives its own, built from ``registry`` by its
-    ``handlers(registry)``; for any other host it is ``registry`` itself.
+    ``handlers(registry, ahead)``; for any other host it is ``registry`` itself.
+    ``ahead`` False, for a check, which never captures: no validate brings a capture
+    along (:class:`kensa.hosts.remote.RemoteHandler`).
     """
     own = getattr(host, "handlers", None)
-    return registry if own is None else own(registry)
+    return registry if own is None else own(registry, ahead)

@@ -143,9 +143,12 @@ class AgentConnection:
                 # What this request would have asked ahead (its own next) is not asked: it was answered alone.
                 self.ahead[op] += 1
                 return self._read(deadline, op)
-            self._write(frame(request), deadline, op)
             if answered is not None:
-                self._read(deadline, op)  # answered ahead of a request that did not come: dropped
+                # Answered ahead of a request that did not come: dropped, and read before this request
+                # is written, since the agent reads nothing until it has written it and either may be
+                # more than a pipe holds.
+                self._skip(deadline, op)
+            self._write(frame(request), deadline, op)
             answer = self._read(deadline, op)
             if answer.get("next") is not None:
                 if expected is None or answer["next"] is not True:
@@ -199,6 +202,14 @@ class AgentConnection:
             found = bytes(buffered[:size])
             del buffered[:size]
         return found
+
+    def _skip(self, deadline: float, what: str) -> None:
+        """Read one frame and keep none of it, whatever its size: an answer ahead that no request
+        wanted may be larger than :attr:`max_frame` (a capture nobody asked for), which bounds only
+        what is kept."""
+        (length,) = HEADER.unpack(self._read_exactly(HEADER.size, deadline, what))
+        while length:
+            length -= len(self._read_exactly(min(length, 1 << 20), deadline, what))
 
     def _read(self, deadline: float, what: str) -> Dict[str, Any]:
         header = self._read_exactly(HEADER.size, deadline, what)

@@ -89,7 +89,7 @@ class RemoteHost(FileReaders):
     and audit ``host=`` name. ``target_root`` is the root's path on the target;
     ``is_live`` is true when it is that machine's ``/``. ``identity`` is the
     transport's name and the identity of the root directory on the target.
-    ``connection`` is the agent it talks to (its ``counts`` count round trips).
+    ``connection`` is the agent it talks to (its ``counts`` count requests, ``ahead`` those answered ahead).
     """
 
     def __init__(self, connection: AgentConnection, key: str, hello: Mapping[str, Any]) -> None:
@@ -171,9 +171,10 @@ class RemoteHost(FileReaders):
         found = self._fitting(phase.value, _PHASE_ANSWERS[phase.value], found)
         return cast(PhaseOutcome, found["pre"] if phase is Phase.CAPTURE else found)
 
-    def handlers(self, registry: Any) -> "RemoteHandlers":
-        """The engine's handlers (``registry``: mechanism -> handler) as proxies running on the target."""
-        return RemoteHandlers(self, registry)
+    def handlers(self, registry: Any, ahead: bool = True) -> "RemoteHandlers":
+        """The engine's handlers (``registry``: mechanism -> handler) as proxies running on the target;
+        with ``ahead`` False none asks a read ahead (:class:`RemoteHandler`: a check captures nothing)."""
+        return RemoteHandlers(self, registry, ahead)
 
     def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         return self.connection.request(op, args=encode_value(list(args)), kwargs=encode_value(kwargs))
@@ -313,9 +314,8 @@ def _ran(value: Any) -> bool:
 class RemoteHandlers(Mapping[str, Any]):
     """``registry`` seen from a remote host: each handler a proxy that runs where the host is."""
 
-    def __init__(self, host: RemoteHost, registry: Any) -> None:
-        self.host = host
-        self.registry = registry
+    def __init__(self, host: RemoteHost, registry: Any, ahead: bool = True) -> None:
+        self.host, self.registry, self.ahead = host, registry, ahead
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.registry)
@@ -333,26 +333,26 @@ class RemoteHandlers(Mapping[str, Any]):
         cls = RestorableRemoteHandler if all(
             callable(getattr(local, name, None)) for name in ("assess", "restore", "planned", "settled")
         ) else RemoteHandler
-        return cls(self.host, local)
+        return cls(self.host, local, self.ahead)
 
 
 class RemoteHandler:
     """A handler whose every call is one request to the agent, which runs the same
     mechanism there. ``name`` and ``capturable`` are the local handler's.
 
-    So is ``quick_reads``: the handler's validate and capture only read the files
+    So is ``quick_reads`` (unless ``ahead`` is False): its validate and capture only read the files
     the step names. Then the agent answers the read the engine asks next in the
     same round trip (:meth:`AgentConnection.request_ahead`): a validate that fails
     carries the capture (the engine captures a step its check found not
     compliant), an apply carries the validate. When the engine asks something else
     next (a step of a longer transaction, a rollback), that answer is dropped,
-    having cost the agent one read of those files."""
+    having cost the agent one read of those files and the connection its answer."""
 
-    def __init__(self, host: RemoteHost, local: Any) -> None:
+    def __init__(self, host: RemoteHost, local: Any, ahead: bool = True) -> None:
         self.host = host
         self.name: str = local.name
         self.capturable: bool = bool(local.capturable)
-        self.quick_reads: bool = getattr(local, "quick_reads", False) is True
+        self.quick_reads: bool = ahead and getattr(local, "quick_reads", False) is True
         self._planned: Dict[int, Tuple[PreState, Any]] = {}
 
     def __repr__(self) -> str:

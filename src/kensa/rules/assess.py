@@ -180,7 +180,7 @@ def check_rule(
     if verdict is not None or impl is None:
         return verdict or CheckResult(rule.id, host_key, Verdict.NOT_APPLICABLE, source=str(rule.source))
     reads = prefetched(host, [functools.partial(_read_checks, impl)]) if impl.checkable and impl.checks else host
-    return _evaluate(rule, impl, host, host_key, host_handlers(handlers, host), reads)
+    return _evaluate(rule, impl, host, host_key, host_handlers(handlers, host, ahead=False), reads)
 
 
 def check_rules(
@@ -197,7 +197,7 @@ def check_rules(
     host's agent runs each validate in one round trip: :func:`kensa.engine.registry.host_handlers`);
     ``facts`` default to :func:`observe` of the host. Changes nothing.
     """
-    handlers = host_handlers(handlers, host)
+    handlers = host_handlers(handlers, host, ahead=False)  # a check captures nothing
     if facts is None:
         try:
             facts = observe(host)

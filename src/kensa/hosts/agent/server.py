@@ -387,8 +387,10 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
             return 3
         busy.set()
         answer, ahead = agent.answer_ahead(request)
+        # The request is answered: what is left is writing that, and a read ahead that changes
+        # nothing, so a controller leaving now leaves nothing half done.
+        busy.clear()
         if ahead is not None:
             _write_all(write_fd, frame(answer))
             answer = agent.answer(ahead)
-        busy.clear()
         _write_all(write_fd, frame(answer))
