@@ -246,6 +246,38 @@ def test_configure_rollback_by_id_keeps_an_operators_later_edit_of_another_line(
     assert os.getxattr(path, "user.origin") == b"authselect"
 
 
+@pytest.mark.parametrize("operator_line", ["", "# kept by the operator\n"])
+def test_configure_rollback_by_id_of_an_insertion_after_a_last_line_without_newline(
+    root: Path, tmp_path: Path, operator_line: str
+) -> None:
+    """su's last line has no newline; pam_wheel is inserted after it, so kensa ends that line. An
+    operator then edits another line (and in one case adds a line at the top): rollback by id takes
+    out kensa's line and the newline kensa added, so su is the operator's text, byte for byte."""
+    path = root / "etc/pam.d/su"
+    path.write_text(SU.rstrip("\n"))
+    with engine_on(tmp_path) as engine:
+        txn = committed(engine, str(root), WHEEL)
+        assert path.read_text() == SU + "auth\trequired\tpam_wheel.so use_uid\n"
+        operator = operator_line + SU.rstrip("\n").replace("pam_rootok.so", "pam_rootok.so debug")
+        path.write_text(operator_line + path.read_text().replace("pam_rootok.so", "pam_rootok.so debug"))
+        result = engine.rollback(txn)
+    assert result.status is Status.ROLLED_BACK, result
+    assert path.read_text() == operator
+
+
+def test_configure_rollback_by_id_keeps_a_newline_an_operator_needs_after_the_line(root: Path, tmp_path: Path) -> None:
+    """As above, but the operator appended a line after kensa's: the line before kensa's keeps the
+    newline it got, since the operator's line now follows it."""
+    path = root / "etc/pam.d/su"
+    path.write_text(SU.rstrip("\n"))
+    with engine_on(tmp_path) as engine:
+        txn = committed(engine, str(root), WHEEL)
+        path.write_text(path.read_text() + "session\toptional\tpam_motd.so")
+        result = engine.rollback(txn)
+    assert result.status is Status.ROLLED_BACK, result
+    assert path.read_text() == SU + "session\toptional\tpam_motd.so"
+
+
 def test_configure_rollback_refuses_when_kensas_own_line_was_edited(root: Path, tmp_path: Path) -> None:
     """The operator changed the line kensa wrote: rollback is refused naming the path and changes nothing."""
     with engine_on(tmp_path) as engine:
