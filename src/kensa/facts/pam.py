@@ -199,9 +199,14 @@ def undo_lines(text: str, changes: Sequence[Tuple[Optional[str], str]]) -> Optio
     """``text`` with each ``(old, new)`` change undone: the line that reads ``new`` exactly
     (searched in order, after the previous one) goes back to ``old``, or goes (``old``
     None: it was inserted); every other line stays as it is. None when one of them
-    is no longer there as written: that change is not kensa's to undo any more."""
+    is no longer there as written: that change is not kensa's to undo any more.
+
+    A change that only ended a line (``old`` without a line ending, ``new`` the same line
+    with one: done to insert a line after the last) takes that ending out again when the
+    line is the last one once the insertion is undone; a line added after it since keeps it."""
     lines = logical_lines(text)
     cursor = 0
+    ended: List[int] = []
     for old, new in changes:
         for index in range(cursor, len(lines)):
             if lines[index].rstrip("\r\n") == new.rstrip("\r\n"):
@@ -214,7 +219,11 @@ def undo_lines(text: str, changes: Sequence[Tuple[Optional[str], str]]) -> Optio
         else:
             ending = lines[index][len(lines[index].rstrip("\r\n")):]
             lines[index] = old.rstrip("\r\n") + ending
+            if old == old.rstrip("\r\n") and new != new.rstrip("\r\n"):
+                ended.append(index)
             cursor = index + 1
+    if ended and ended[-1] == len(lines) - 1:
+        lines[-1] = lines[-1].rstrip("\r\n")
     return "".join(lines)
 
 

@@ -77,10 +77,15 @@ def configure(text: str, where: str, pam_type_: str, control_: str, module_: str
     new = parse_entry("\t".join([pam_type_, control_, " ".join((module_,) + args)]) + "\n")
     same_type = [index for index, entry in enumerate(entries) if entry.kind == "rule" and entry.type == pam_type_]
     at = same_type[-1] + 1 if same_type else len(entries)
+    changes: List[Change] = []
     if at > 0 and not entries[at - 1].raw.endswith("\n"):
-        entries[at - 1] = parse_entry(entries[at - 1].raw + "\n")
+        # The line before ends the file without a newline: ending it is part of the change, so
+        # that undoing the insertion can take that newline out again.
+        ended = parse_entry(entries[at - 1].raw + "\n")
+        changes.append((entries[at - 1].raw, ended.raw))
+        entries[at - 1] = ended
     entries.insert(at, new)
-    return render(entries), [(None, new.raw)]
+    return render(entries), changes + [(None, new.raw)]
 
 
 def _line_number(entries: List[PamEntry], index: int) -> int:
@@ -133,7 +138,7 @@ class PamModuleConfigure(OneFileStep):
         if not changes:
             return StepResult(self.name, ok=True, changed=False)
         host.write_file(path, encode(new))
-        verb = "inserted" if changes[0][0] is None else "rewrote"
+        verb = "inserted" if changes[-1][0] is None else "rewrote"
         return StepResult(self.name, ok=True, changed=True, detail=f"{verb} the {self._desired(params)[3]} rule in {host.where(path)}")
 
     def written(self, pre: PreState) -> Optional[bytes]:
