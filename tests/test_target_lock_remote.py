@@ -382,3 +382,75 @@ def test_the_lock_timeout_is_one_deadline_for_the_controllers_lock_and_the_targe
     assert result.error is not None and result.error.type == "TargetLockTimeout", result.error
     assert f"held by pid {os.getpid()}" in result.error.message and "on that host" in result.error.message
     assert "Late" not in (root / "etc/app.conf").read_text()
+
+
+class _ReleaseWhenErrored:
+    """An audit emitter that, at the record saying transaction ``rule`` ended errored, lets the
+    holder of a target lock go (``release``) before the engine goes on: the lock is free from
+    then on, at that exact point of a recovery."""
+
+    def __init__(self, rule: str, release: Callable[[], None]) -> None:
+        self.rule, self.release = rule, release
+
+    def transaction(self, txn_id: str, rule: str, host: str) -> object:
+        owner = self
+
+        class Recorder:
+            def emit(self, phase: str, ok: bool) -> None:
+                if rule == owner.rule and phase == Status.ERRORED.value:
+                    owner.release()
+
+        return Recorder()
+
+
+def test_an_older_entry_under_another_alias_waits_for_the_newer_one(root: Path, tmp_path: Path) -> None:
+    """Two interrupted transactions of one target under two inventory names. The newer one's
+    target lock is held by another holder, which lets go right after recovery gives up on it:
+    the older one, under the other name, is not restored before the newer one (the lock is by
+    the target, not by the name). It is errored too, both stay interrupted, and the next
+    recovery restores both, newest first."""
+    journal = str(tmp_path / "j.db")
+    for name in ("older", "newer"):
+        engine = default_engine(journal, audit=False, remote=transport_for, target_lock_timeout=5)
+        txn = _edit(root, "Port", name, name)
+        host = engine.hosts(txn.host)
+        assert isinstance(host, RemoteHost)
+
+        def kill_at_apply(op: str, mechanism: Optional[str], pid: int = host.hello["pid"]) -> None:
+            if op == "apply":
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.2)
+
+        host.connection.observer = kill_at_apply
+        assert engine.run(txn).status is Status.ERRORED
+        engine.hosts.close()  # type: ignore[attr-defined]
+    release, released = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _target_locks(0).hold(str(root), LocalHost(str(root)).identity):
+            held.set()
+            release.wait(30)
+        released.set()
+
+    held = threading.Event()
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+
+    def let_go() -> None:
+        release.set()
+        assert released.wait(10)
+
+    fresh = default_engine(journal, audit=False, remote=transport_for, target_lock_timeout=0.3)
+    fresh.trail.audit = _ReleaseWhenErrored("edit-newer-Port", let_go)  # type: ignore[assignment]
+    try:
+        results = {r.rule: r for r in fresh.recover()}
+    finally:
+        release.set()
+        holder.join(10)
+    assert results["edit-newer-Port"].status is Status.ERRORED, results
+    older = results["edit-older-Port"]
+    assert older.status is Status.ERRORED and older.error is not None, older
+    assert "a newer interrupted transaction" in older.error.message
+    assert [r.rule for r in fresh.recover()] == ["edit-newer-Port", "edit-older-Port"]
+
