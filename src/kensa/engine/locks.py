@@ -103,12 +103,13 @@ class Locks:
         return found
 
     @contextlib.contextmanager
-    def writer(self, key: str) -> Iterator[Union[Any, BaseException]]:
+    def writer(self, key: str, resolved: Optional[Union[Any, BaseException]] = None) -> Iterator[Union[Any, BaseException]]:
         """Be the one writer of target ``key``: this process's lock, then the cross-process one.
         Yields the host object the locks were taken on (or why it did not resolve): the block
-        must change that one, not resolve ``key`` again (a new connection holds no lock)."""
+        must change that one, not resolve ``key`` again (a new connection holds no lock).
+        ``resolved`` is what :meth:`resolve` gave for ``key`` already, if the caller has it."""
         with self.host(key):
-            host = self.resolve(key)
+            host = self.resolve(key) if resolved is None else resolved
             with self.target(key, host):
                 yield host
 

@@ -312,23 +312,38 @@ def recover_interrupted(registry: Registry, journal: Any, trail: Trail, locks: L
     store = _journal_of(journal, "recover interrupted transactions")
     results: List[TransactionResult] = []
     # Targets whose lock could not be taken (another process holds it): their older entries wait
-    # for the newer one, so none of them is restored now; the other targets are recovered.
-    busy: Dict[str, KensaError] = {}
+    # for the newer one, so none of them is restored now; the other targets are recovered. A
+    # target is its host's identity, as its lock is: two inventory names of one machine are one.
+    busy: Dict[Tuple[str, str], KensaError] = {}
     with locks.exclusive_run():
         for entry in reversed(list(store.interrupted())):
             key = entry.txn.host
-            if key in busy:
-                results.append(_not_locked(trail, entry, busy[key], newer=True))
+            host = locks.resolve(key)
+            target = _target_of(key, host)
+            if target in busy:
+                results.append(_not_locked(trail, entry, busy[target], newer=True))
                 continue
             with contextlib.ExitStack() as held:
                 try:
-                    host = held.enter_context(locks.writer(key))
+                    host = held.enter_context(locks.writer(key, host))
                 except KensaError as exc:
-                    busy[key] = exc
+                    busy[target] = exc
                     results.append(_not_locked(trail, entry, exc, newer=False))
                     continue
                 results.append(_recover_one(registry, store, trail, host, entry))
     return results
+
+
+def _target_of(key: str, host: Union[Any, BaseException]) -> Tuple[str, str]:
+    """The target ``key`` names: what its host says names it across connections (a remote host's
+    machine and root), else its identity (what its lock is taken on), else the key."""
+    if isinstance(host, BaseException):
+        return ("key", key)
+    for attribute in ("shared_identity", "identity"):
+        found = getattr(host, attribute, None)
+        if found is not None:
+            return (attribute, repr(found))
+    return ("key", key)
 
 
 def _not_locked(trail: Trail, entry: JournalEntry, exc: KensaError, newer: bool) -> TransactionResult:

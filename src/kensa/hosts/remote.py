@@ -98,6 +98,8 @@ class RemoteHost(FileReaders):
         self.target_root = str(hello["root"])
         self._is_live = bool(hello["is_live"])
         self._identity = f"{connection.name}|{hello['identity']}"
+        machine = hello.get("machine_id")
+        self._shared_identity = f"machine {machine}|{hello['identity']}" if isinstance(machine, str) and machine else None
         self.max_file_bytes = int(hello["max_file_bytes"])
         #: What the agent said in answer to ``hello`` (python, pid, payload hash ...).
         self.hello = dict(hello)
@@ -118,6 +120,13 @@ class RemoteHost(FileReaders):
     @property
     def identity(self) -> str:
         return self._identity
+
+    @property
+    def shared_identity(self) -> Optional[str]:
+        """The target across connections: the machine's id and the root's identity there (None when
+        the machine has no ``/etc/machine-id``). Two inventory names of one machine share it;
+        :attr:`identity` names the connection's host too, as this controller's lock is taken on it."""
+        return self._shared_identity
 
     @property
     def alive(self) -> bool:

@@ -269,6 +269,7 @@ class Agent:
             "root": self.host.root,
             "is_live": self.host.is_live,
             "identity": self.host.identity,
+            "machine_id": _machine_id(),
             "max_file_bytes": self.host.max_file_bytes,
             "mechanisms": sorted(self.handlers),
             "handler_modules": self.handlers.modules() if isinstance(self.handlers, IndexedHandlers) else [],
@@ -318,6 +319,18 @@ class Agent:
             return method(view, pre)
         assessment, force = decode_value(request.get("assessment")), bool(request.get("force"))
         return method(host if op == "restore" else view, pre, assessment, force)
+
+
+def _machine_id() -> Optional[str]:
+    """This machine's ``/etc/machine-id`` (the machine's, whatever root the agent is confined
+    to), or None when it has none: with the root's identity it names the target across
+    connections, so two inventory names of one machine are known to be one."""
+    try:
+        with open("/etc/machine-id", "rb") as found:
+            text = found.read(64).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
 
 
 def _read_exactly(fd: int, size: int) -> Optional[bytes]:
