@@ -118,3 +118,12 @@ def motd_root(tmp_path: Path) -> Path:
     (top / "etc").mkdir(parents=True)
     (top / "etc" / "motd").write_text("welcome\n")
     return top
+
+
+def small_root(tmp_path: Path) -> Path:
+    """A target root with an sshd_config (Port, PermitRootLogin) and a motd: what the agent tests change."""
+    top = tmp_path / "root"
+    (top / "etc" / "ssh").mkdir(parents=True)
+    (top / "etc" / "ssh" / "sshd_config").write_text("Port 22\nPermitRootLogin yes\n")
+    (top / "etc" / "motd").write_text("welcome\n")
+    return top

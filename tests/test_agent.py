@@ -22,7 +22,7 @@ from typing import Any, List, Sequence
 
 import pytest
 
-from agent_targets import agent_env, logging_python, py36_path, traced_changes, traced_transport, transport
+from agent_targets import agent_env, logging_python, py36_path, small_root, traced_changes, traced_transport, transport
 from conftest import require_real
 from conftest import snapshot_tree as snapshot
 from kensa.errors import AgentError, HostAccessError, HostConnectionLost, RemoteTimeoutError
@@ -39,11 +39,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    top = tmp_path / "root"
-    (top / "etc" / "ssh").mkdir(parents=True)
-    (top / "etc" / "ssh" / "sshd_config").write_text("Port 22\nPermitRootLogin yes\n")
-    (top / "etc" / "motd").write_text("welcome\n")
-    return top
+    return small_root(tmp_path)
 
 
 def test_values_cross_the_wire_unchanged() -> None:

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Tuple
 import pytest
 
 import agent_targets
-from agent_targets import transport, transport_for
+from agent_targets import small_root, transport, transport_for
 from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine
 from kensa.errors import AgentError
@@ -38,11 +38,7 @@ SSHD = "/etc/ssh/sshd_config"
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    top = tmp_path / "root"
-    (top / "etc" / "ssh").mkdir(parents=True)
-    (top / "etc" / "ssh" / "sshd_config").write_text("Port 22\nPermitRootLogin yes\n")
-    (top / "etc" / "motd").write_text("welcome\n")
-    return top
+    return small_root(tmp_path)
 
 
 @pytest.fixture
