@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -228,6 +229,49 @@ def test_an_operation_past_its_timeout_stops_the_agent(root: Path) -> None:
     assert not host.alive
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def _interrupted(call: Any, after: float) -> None:
+    """Run ``call`` with Ctrl-C arriving ``after`` seconds in (SIGALRM raising KeyboardInterrupt)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, after)
+        with pytest.raises(KeyboardInterrupt):
+            call()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_answer_that_arrives_after_an_interrupt_is_not_taken_for_the_next_request(root: Path) -> None:
+    """Ctrl-C while the controller waits for a command's answer: the agent still sends it, and the
+    next request gets its own answer, not that one (both are commands: a wrong answer would fit);
+    the connection goes on."""
+    host = connect(transport("interrupted"), str(root))
+    try:
+        _interrupted(lambda: host.run(["sh", "-c", "sleep 1; echo first"], timeout=30), 0.3)
+        assert host.run(["echo", "second"], timeout=30).stdout == "second\n"
+        assert host.read_bytes("/etc/motd") == b"welcome\n"
+        assert host.alive
+    finally:
+        host.close()
+
+
+def test_an_interrupt_inside_a_large_answer_leaves_the_next_request_its_own(root: Path) -> None:
+    """Ctrl-C while a large answer (a 40 MiB read, many reads of the pipe) is half read: the rest of
+    it is read and dropped before the next request's answer, which is that request's."""
+    big = root / "etc" / "big"
+    big.write_bytes(os.urandom(40 << 20))
+    host = connect(transport("interrupted-big"), str(root), max_file_bytes=64 << 20, max_frame_bytes=128 << 20)
+    try:
+        _interrupted(lambda: host.read_bytes("/etc/big"), 0.25)
+        assert host.read_bytes("/etc/motd") == b"welcome\n"
+        assert host.read_bytes("/etc/big") == big.read_bytes()
+    finally:
+        host.close()
 
 
 def test_target_errors_arrive_as_their_own_kensa_class(root: Path) -> None:
