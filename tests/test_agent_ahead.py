@@ -26,7 +26,7 @@ from conftest import snapshot_tree as snapshot
 from kensa.engine import Engine
 from kensa.errors import AgentError
 from kensa.handlers import default_registry
-from kensa.hosts.agent.wire import encode_value, frame
+from kensa.hosts.agent.wire import encode_value
 from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import resolve_host
 from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect
@@ -175,11 +175,12 @@ def test_a_next_that_is_not_a_read_of_the_same_mechanism_is_refused_before_anyth
 
 
 _UNASKED_NEXT = '''
-import sys
+import json, sys
 out, inp = sys.stdout.buffer, sys.stdin.buffer
 size = int.from_bytes(inp.read(4), "big")
-inp.read(size)
-out.write({answer!r}); out.flush()
+asked = json.loads(inp.read(size))
+body = json.dumps({{"ok": None, "next": True, "id": asked["id"]}}).encode()
+out.write(len(body).to_bytes(4, "big") + body); out.flush()
 inp.read()
 '''
 
@@ -188,7 +189,7 @@ def test_an_answer_ahead_the_controller_did_not_ask_for_breaks_the_connection() 
     """An agent whose answer says another answer follows, to a request that asked none ahead, is
     not speaking the protocol: AgentError naming the host, and the connection is closed (its
     frames can no longer be paired with requests)."""
-    script = _UNASKED_NEXT.format(answer=frame({"ok": None, "next": True}))
+    script = _UNASKED_NEXT.format()
     proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     connection = AgentConnection(proc, SubprocessTransport(name="chatty-target"), 30.0, 1 << 20)
     try:

@@ -12,7 +12,7 @@ import select
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Counter, Dict, List, NoReturn, Optional, cast
+from typing import Any, Callable, Counter, Dict, List, NoReturn, Optional, Tuple, cast
 
 from kensa import errors
 from kensa.errors import AgentError, HostConnectionLost, KensaError, RemoteTimeoutError
@@ -51,8 +51,14 @@ class AgentConnection:
         self._out = proc.stdin.fileno()
         self._in = proc.stdout.fileno()
         self._buffer = bytearray()  # read from the agent, not yet taken as a frame
-        # The request whose answer the agent sends next without being asked (request_ahead).
-        self._expected: Optional[Dict[str, Any]] = None
+        # The request whose answer the agent sends next without being asked (request_ahead), and its id.
+        self._expected: Optional[Tuple[Dict[str, Any], int]] = None
+        # Every request carries an id its answer repeats: an answer whose caller stopped waiting
+        # (Ctrl-C) is told from the next request's by it, never taken for it.
+        self._last_id = 0
+        # Set once a caller stopped waiting for an answer: a frame above the limit may then be
+        # that answer, and is dropped rather than taken for a broken agent.
+        self._abandoned = False
         os.set_blocking(self._out, False)
 
     @property
@@ -95,7 +101,7 @@ class AgentConnection:
         if it is exactly ``then`` with ``then_fields`` it takes no round trip; any other
         request drops it (the agent has already sent it: it is read and discarded)."""
         expected = dict(then_fields, op=then)
-        return self.outcome(op, self._exchange(op, dict(fields, next=expected), expected))
+        return self.outcome(op, self._exchange(op, fields, expected))
 
     def batch(self, calls: List[Dict[str, Any]]) -> List[Any]:
         """Send many read requests (each ``{"op", "args", "kwargs"}``) in one ``batch`` round trip; their
@@ -138,23 +144,64 @@ class AgentConnection:
             self.counts[op] += 1
             deadline = time.monotonic() + self.operation_timeout
             request = dict(fields, op=op)
-            answered, self._expected = self._expected, None
-            if answered is not None and answered == {name: value for name, value in request.items() if name != "next"}:
-                # What this request would have asked ahead (its own next) is not asked: it was answered alone.
-                self.ahead[op] += 1
-                return self._read(deadline, op)
-            if answered is not None:
-                # Answered ahead of a request that did not come: dropped, and read before this request
-                # is written, since the agent reads nothing until it has written it and either may be
-                # more than a pipe holds.
-                self._skip(deadline, op)
-            self._write(frame(request), deadline, op)
-            answer = self._read(deadline, op)
+            written = False
+            try:
+                ahead, self._expected = self._expected, None
+                if ahead is not None and ahead[0] == request:
+                    # What this request would have asked ahead is not asked: it was answered alone.
+                    self.ahead[op] += 1
+                    written = True
+                    return self._answer(ahead[1], deadline, op)
+                if ahead is not None:
+                    # Answered ahead of a request that did not come: dropped, and read before this request
+                    # is written, since the agent reads nothing until it has written it and either may be
+                    # more than a pipe holds.
+                    self._answer(ahead[1], deadline, op, keep=False)
+                request["id"] = ident = self._next_id()
+                then = None if expected is None else dict(expected, id=self._next_id())
+                if then is not None:
+                    request["next"] = then
+                self._write(frame(request), deadline, op)
+                written = True
+                answer = self._answer(ident, deadline, op)
+            except KensaError:
+                raise  # the connection's own fault: it closed the connection where it had to
+            except BaseException:
+                # Ctrl-C or SystemExit while waiting: a request written in part cannot be taken back,
+                # so the agent is stopped; one written whole is answered later, and that answer is
+                # dropped by its id when the next request reads its own.
+                if written:
+                    self._abandoned = True
+                else:
+                    stop_process(self.proc)
+                    self.close()
+                raise
             if answer.get("next") is not None:
-                if expected is None or answer["next"] is not True:
+                if then is None or answer["next"] is not True:
                     self._broken(f"answered {op} with next={answer['next']!r}, which was not asked for")
-                self._expected = expected
+                self._expected = (dict(expected or {}), int(then["id"]))
             return answer
+
+    def _next_id(self) -> int:
+        self._last_id += 1
+        return self._last_id
+
+    def _answer(self, ident: int, deadline: float, what: str, keep: bool = True) -> Dict[str, Any]:
+        """The answer with id ``ident``; answers of earlier requests whose callers stopped waiting
+        come first and are dropped. With ``keep`` False it is dropped too (answered ahead of a
+        request that did not come), and may be larger than the frame limit."""
+        while True:
+            found = self._read(deadline, what, oversize_ok=self._abandoned or not keep)
+            got = None if found is None else found.get("id")
+            # Without an id, an answer is taken in order: right while no caller stopped waiting.
+            if found is not None and (got == ident or (got is None and not self._abandoned)):
+                return found
+            if found is not None and not (isinstance(got, int) and not isinstance(got, bool) and got < ident):
+                self._broken(f"answered {what} with id {got!r}, which is no request waiting for an answer")
+            if found is None and not keep:
+                # Too large to read as a message: taken for the dropped answer itself. Were it an
+                # earlier one, the dropped answer still comes, and goes by its id.
+                return {}
 
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)
@@ -177,9 +224,11 @@ class AgentConnection:
             if not ready:
                 self._timed_out(what)
 
-    def _read_exactly(self, size: int, deadline: float, what: str) -> bytes:
+    def _fill(self, size: int, deadline: float, what: str) -> bytearray:
+        """The read buffer once it holds at least ``size`` bytes; nothing is taken from it, so a
+        caller stopped on the way leaves every byte for the next read."""
         # Reads take what the pipe holds (up to _READ_CHUNK), so a frame's header and body
-        # usually arrive in one wait and one read; bytes past ``size`` stay for the next call.
+        # usually arrive in one wait and one read.
         buffered = self._buffer
         while len(buffered) < size:
             try:
@@ -195,30 +244,28 @@ class AgentConnection:
             if not chunk:
                 self._lost(what, None)
             buffered += chunk
-        if len(buffered) == size:  # the usual end of a frame: one copy, not two
-            found = bytes(buffered)
-            buffered.clear()
-        else:
-            found = bytes(buffered[:size])
-            del buffered[:size]
-        return found
+        return buffered
 
-    def _skip(self, deadline: float, what: str) -> None:
-        """Read one frame and keep none of it, whatever its size: an answer ahead that no request
-        wanted may be larger than :attr:`max_frame` (a capture nobody asked for), which bounds only
-        what is kept."""
-        (length,) = HEADER.unpack(self._read_exactly(HEADER.size, deadline, what))
-        while length:
-            length -= len(self._read_exactly(min(length, 1 << 20), deadline, what))
-
-    def _read(self, deadline: float, what: str) -> Dict[str, Any]:
-        header = self._read_exactly(HEADER.size, deadline, what)
+    def _read(self, deadline: float, what: str, oversize_ok: bool = False) -> Optional[Dict[str, Any]]:
+        """The next frame as a message, taken from the buffer whole. One above the frame limit is
+        a broken agent, unless ``oversize_ok``: it is then read through in pieces and None returned."""
+        (length,) = HEADER.unpack(bytes(self._fill(HEADER.size, deadline, what)[:HEADER.size]))
+        if length > self.max_frame and oversize_ok:
+            del self._buffer[:HEADER.size]
+            while length:
+                piece = min(length, len(self._fill(1, deadline, what)), 1 << 20)
+                del self._buffer[:piece]
+                length -= piece
+            return None
         try:
-            length = frame_length(header, self.max_frame)
+            frame_length(bytes(self._buffer[:HEADER.size]), self.max_frame)
         except FrameError as exc:
             self._broken(f"answered {what} with a bad frame: {exc}")
+        buffered = self._fill(HEADER.size + length, deadline, what)
+        body = bytes(buffered[HEADER.size:HEADER.size + length])
+        del buffered[:HEADER.size + length]
         try:
-            return parse(self._read_exactly(length, deadline, what))
+            return parse(body)
         except FrameError as exc:
             self._broken(f"answered {what} with a frame that is not the protocol: {exc}")
 

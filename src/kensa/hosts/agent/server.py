@@ -321,6 +321,13 @@ class Agent:
         return method(host if op == "restore" else view, pre, assessment, force)
 
 
+def _with_id(answer: Dict[str, Any], request: Mapping[str, Any]) -> Dict[str, Any]:
+    """``answer`` carrying its request's ``id``, by which the controller pairs them."""
+    if "id" in request:
+        answer["id"] = request["id"]
+    return answer
+
+
 def _machine_id() -> Optional[str]:
     """This machine's ``/etc/machine-id`` (the machine's, whatever root the agent is confined
     to), or None when it has none: with the root's identity it names the target across
@@ -403,7 +410,8 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
         # The request is answered: what is left is writing that, and a read ahead that changes
         # nothing, so a controller leaving now leaves nothing half done.
         busy.clear()
+        asked: Mapping[str, Any] = request
         if ahead is not None:
-            _write_all(write_fd, frame(answer))
-            answer = agent.answer(ahead)
-        _write_all(write_fd, frame(answer))
+            _write_all(write_fd, frame(_with_id(answer, request)))
+            answer, asked = agent.answer(ahead), ahead
+        _write_all(write_fd, frame(_with_id(answer, asked)))
