@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, KensaError, RemoteHostError
 from kensa.hosts.agent.wire import PROTOCOL, READY, encode_value
+from kensa.hosts.answers import PHASE_ANSWERS, READS, Answer, Read, names, ran
 from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, check_step_phase, resolve_host
 from kensa.hosts.overlay import FileReaders, PlannedView
@@ -166,7 +167,7 @@ class RemoteHost(FileReaders):
             phase.value, mechanism=handler, params=encode_value(params), pre=encode_value(pre),
             planned=None if planned is None else encode_value(planned),
         )
-        found = self._fitting(phase.value, _PHASE_ANSWERS[phase.value], found)
+        found = self._fitting(phase.value, PHASE_ANSWERS[phase.value], found)
         return cast(PhaseOutcome, found["pre"] if phase is Phase.CAPTURE else found)
 
     def handlers(self, registry: Any) -> "RemoteHandlers":
@@ -229,13 +230,13 @@ class RemoteHost(FileReaders):
         return list(self._answer("leftover_temps", READS["leftover_temps"], path))
 
     def remove_leftover_temps(self, path: str) -> List[str]:
-        return list(self._answer("remove_leftover_temps", _names, path))
+        return list(self._answer("remove_leftover_temps", names, path))
 
     def lookup_id(self, database: str, name: str) -> int:
         return int(self._answer("lookup_id", READS["lookup_id"], database, name))
 
     def run(self, argv: Sequence[str], timeout: float) -> "subprocess.CompletedProcess[str]":
-        done = self._answer("run", _ran, list(argv), timeout)
+        done = self._answer("run", ran, list(argv), timeout)
         return subprocess.CompletedProcess(done["args"], done["returncode"], done["stdout"], done["stderr"])
 
     def write_file(self, path: str, data: bytes, *, mode: Optional[int] = None, uid: Optional[int] = None,
@@ -252,58 +253,6 @@ class RemoteHost(FileReaders):
     def set_meta(self, path: str, *, mode: Optional[int] = None, uid: Optional[int] = None, gid: Optional[int] = None,
                  xattrs: Optional[Mapping[str, bytes]] = None, mtime_ns: Optional[int] = None) -> None:
         self._call("set_meta", path, mode=mode, uid=uid, gid=gid, xattrs=xattrs, mtime_ns=mtime_ns)
-
-
-def _captured(value: Any) -> bool:
-    return (isinstance(value, dict) and isinstance(value.get("pre"), PreState)
-            and (value.get("planned") is None or isinstance(value.get("planned"), dict)))
-
-
-#: What each handler phase answers: anything else is a broken or hostile target (an AgentError), so
-#: that no value is taken for a result it is not (a validate answered "yes" is not True).
-_PHASE_ANSWERS: Dict[str, Callable[[Any], bool]] = {
-    "capture": _captured,
-    "validate": lambda value: isinstance(value, bool),
-    "apply": lambda value: isinstance(value, StepResult),
-    "rollback": lambda value: isinstance(value, RollbackResult),
-    "restore": lambda value: isinstance(value, RollbackResult),
-    "assess": lambda value: isinstance(value, Assessment),
-    "planned": lambda value: isinstance(value, dict),
-    "settled": lambda value: isinstance(value, dict),
-}
-
-
-def _file_info(value: Any) -> bool:
-    return value is None or isinstance(value, FileInfo)
-
-
-def _names(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
-
-
-def _id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-#: The reads a batch may hold (:meth:`RemoteHost.read_many`), each with what its answer must be.
-READS: Mapping[str, Callable[[Any], bool]] = {
-    "info": _file_info,
-    "read_file": _file_info,
-    "read_bytes": lambda value: value is None or isinstance(value, bytes),
-    "list_dir": lambda value: value is None or _names(value),
-    "leftover_temps": _names,
-    "lookup_id": _id,
-}
-
-#: One read of a batch: (op, args, kwargs), as the host's method of that name takes them.
-Read = Tuple[str, Tuple[Any, ...], Mapping[str, Any]]
-#: Its answer: (value, None), or (None, the error its own request would raise).
-Answer = Tuple[Any, Optional[BaseException]]
-
-
-def _ran(value: Any) -> bool:
-    return (isinstance(value, dict) and _names(value.get("args")) and isinstance(value.get("returncode"), int)
-            and isinstance(value.get("stdout"), str) and isinstance(value.get("stderr"), str))
 
 
 class RemoteHandlers(Mapping[str, Any]):
@@ -354,7 +303,7 @@ class RemoteHandler:
 
     def _ask(self, op: str, view: Any, **fields: Any) -> Any:
         found = self.host.connection.request(op, mechanism=self.name, planned=self._planned_of(view), **fields)
-        return self.host._fitting(op, _PHASE_ANSWERS[op], found)
+        return self.host._fitting(op, PHASE_ANSWERS[op], found)
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
         wanted = isinstance(self, RestorableRemoteHandler)
@@ -511,6 +460,9 @@ class RemoteHosts:
         self._hosts: Dict[str, RemoteHost] = {}
         self._guard = threading.Lock()
         self._key_locks: Dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        # Connections begun by connect_early: key -> (its thread, its transport), and how each that failed failed.
+        self._early: Dict[str, Tuple[threading.Thread, Transport]] = {}
+        self._early_failures: Dict[str, BaseException] = {}
         atexit.register(_close_at_exit, weakref.ref(self))
         reset_in_child(self)
 
@@ -520,6 +472,8 @@ class RemoteHosts:
         self._hosts = {}
         self._guard = threading.Lock()
         self._key_locks = collections.defaultdict(threading.Lock)
+        self._early = {}
+        self._early_failures = {}
 
     def canonical_key(self, key: str) -> str:
         """One spelling per target: the RemoteTarget's key for ``ssh://`` keys, else the local one."""
@@ -536,23 +490,84 @@ class RemoteHosts:
         target = parse_remote_key(key)
         with self._guard:
             lock = self._key_locks[target.key]
+            early = self._early.get(target.key)
+        if early is not None:
+            # Begun by connect_early: its outcome is this resolution's, and a host that
+            # could not be reached is not tried a second time for it.
+            early[0].join()
+            with self._guard:
+                if self._early.get(target.key) is early:
+                    del self._early[target.key]
+                failure = self._early_failures.pop(target.key, None)
+            if failure is not None:
+                raise failure
         with lock:
             host = self._hosts.get(target.key)
             if host is not None and host.alive:
                 return host
-            if host is not None:
-                host.close()
-            python = self.python_for(target) if self.python_for is not None else None
-            host = connect(self.transport_for(target), target.root, key=target.key,
-                           connect_timeout=self.connect_timeout, operation_timeout=self.operation_timeout,
-                           max_file_bytes=self.max_file_bytes, agent_cache=self.agent_cache, python=python)
-            self._hosts[target.key] = host
-            return host
+            return self._connect(target, self.transport_for(target))
+
+    def _connect(self, target: RemoteTarget, transport: Transport) -> RemoteHost:
+        """A new connection to ``target`` through ``transport``, kept for its key (the caller holds the key's lock)."""
+        old = self._hosts.pop(target.key, None)
+        if old is not None:
+            old.close()
+        python = self.python_for(target) if self.python_for is not None else None
+        host = connect(transport, target.root, key=target.key,
+                       connect_timeout=self.connect_timeout, operation_timeout=self.operation_timeout,
+                       max_file_bytes=self.max_file_bytes, agent_cache=self.agent_cache, python=python)
+        self._hosts[target.key] = host
+        return host
+
+    def connect_early(self, keys: Sequence[str]) -> None:
+        """Begin connecting to the ``ssh://`` ``keys`` now, each in a thread of its own, while the
+        caller goes on (loading rules, building its engine): the login and the agent's start run
+        in other processes meanwhile. The next resolution of a key waits for its connection and
+        gets it, or raises the error that connection ended with (once; later resolutions try anew).
+
+        The transports are made here, in the calling thread (a bad target or option raises here);
+        nothing is read or changed on a host beyond what :func:`connect` does. Give only as many
+        keys as may be connected at once. :meth:`close` ends what is still connecting.
+        """
+        if keys:
+            # Built (or read from the controller's copy) here: each thread would build it
+            # sharing the interpreter with the caller's imports, later and slower.
+            build_payload()
+        for key in keys:
+            target = parse_remote_key(key)
+            with self._guard:
+                if target.key in self._early or target.key in self._hosts:
+                    continue
+            transport = self.transport_for(target)
+            thread = threading.Thread(target=self._connect_early, args=(target, transport), daemon=True,
+                                      name=f"kensa-connect-{target.host}")
+            with self._guard:
+                self._early[target.key] = (thread, transport)
+            thread.start()
+
+    def _connect_early(self, target: RemoteTarget, transport: Transport) -> None:
+        with self._guard:
+            lock = self._key_locks[target.key]
+        with lock:
+            try:
+                self._connect(target, transport)
+            except BaseException as exc:  # noqa: BLE001 - handed to the resolution that waits for it
+                with self._guard:
+                    self._early_failures[target.key] = exc
 
     def close(self) -> None:
-        """Close every connection (their agents end)."""
+        """Close every connection (their agents end), ending those still being made first."""
+        with self._guard:
+            early, self._early = list(self._early.values()), {}
+        for thread, transport in early:
+            if thread.is_alive():
+                # Ends the login or the agent's start under way (its ssh, its agent), so the thread returns at once.
+                transport.close()
+        for thread, _ in early:
+            thread.join(self.connect_timeout)
         with self._guard:
             hosts, self._hosts = list(self._hosts.values()), {}
+            self._early_failures = {}
         for host in hosts:
             host.close()
 
