@@ -1,0 +1,212 @@
+"""Remote commands log in to their first hosts while the rules load, and leave nothing behind.
+
+Real sshd servers (tests/sshd.py), real ssh clients and agents. Each test gives
+kensa a private temporary directory, so the ssh control directory of its run
+(and every ssh client or master of it, whose command line names that
+directory) can be found and shown gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional, Sequence, TypeVar
+
+import pytest
+
+from conftest import snapshot_tree
+from kensa.cli import plan
+from kensa.cli.main import EXIT_BAD_INPUT, EXIT_OK
+from kensa.hosts.processes import SubprocessTransport
+from kensa.hosts.remote import RemoteHosts
+from kensa.model import RemoteTarget
+from sshd import cmdlines, descendants
+from test_ssh_e2e import host_arg, kensa_cli, login, make_root, rules_dir
+
+T = TypeVar("T")
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def _eventually(found: Callable[[], T], seconds: float = 30.0) -> T:
+    """``found()`` once it is truthy, or its last value after ``seconds`` (a bound, never a verdict on speed)."""
+    deadline = time.monotonic() + seconds
+    value = found()
+    while not value and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = found()
+    return value
+
+
+def _mentioning(text: str) -> List[int]:
+    """Pids of the processes (ssh clients and masters) whose command line holds ``text``."""
+    return [pid for pid, line in cmdlines() if text in line and pid != os.getpid()]
+
+
+@pytest.fixture
+def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A short private directory this process's tempfile (and so its ssh control directory) uses."""
+    path = tempfile.mkdtemp(prefix="ke-", dir="/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _inventory(path: Path, hosts: Sequence[Any], roots: Sequence[Path]) -> str:
+    lines = ["[web]"] + [f"h{index} ansible_host=127.0.0.1 ansible_port={host.port} ansible_user=root kensa_root={root}"
+                         for index, (host, root) in enumerate(zip(hosts, roots))]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_remediate_logs_in_to_the_first_workers_hosts_while_its_rules_load(
+        sshd_rig: Any, tmp_path: Path, private_tmp: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """remediate --inventory of three hosts with --workers 2: while the rules are being loaded, an ssh
+    login of this run is already under way, and exactly the first two hosts were begun early; the
+    run then commits every rule on every host and leaves no ssh process or control directory."""
+    hosts = [sshd_rig.add_host("early") for _ in range(3)]
+    try:
+        roots = [make_root(sshd_rig, "early") for _ in hosts]
+        inventory = _inventory(tmp_path / "hosts.ini", hosts, roots)
+        begun: List[List[str]] = []
+        logging_in: List[List[int]] = []
+        connect_early = RemoteHosts.connect_early
+        load_rule_set_for = plan.load_rule_set_for
+
+        def recording(resolver: RemoteHosts, keys: Sequence[str]) -> None:
+            begun.append(list(keys))
+            connect_early(resolver, keys)
+
+        def loading(*args: Any, **kwargs: Any) -> Any:
+            # The rules wait here until an ssh of this run shows up (or 30 s pass: then there is none).
+            logging_in.append(_eventually(lambda: _mentioning(private_tmp)))
+            return load_rule_set_for(*args, **kwargs)
+
+        monkeypatch.setattr(RemoteHosts, "connect_early", recording)
+        monkeypatch.setattr(plan, "load_rule_set_for", loading)
+        code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "--no-audit", "remediate", rules_dir(tmp_path),
+                              "--inventory", inventory, "--workers", "2", *login(sshd_rig, tmp_path), "--json")
+        assert code == EXIT_OK, out
+        assert logging_in and logging_in[0], "no ssh login of this run had begun when the rules loaded"
+        assert begun == [[RemoteTarget("127.0.0.1", "root", host.port, str(root)).key
+                          for host, root in zip(hosts[:2], roots[:2])]]
+        statuses = [[r["status"] for r in h["results"]] for h in json.loads(out)["hosts"]]
+        assert statuses == [["committed", "committed"]] * 3, out
+        assert _mentioning(private_tmp) == [] and os.listdir(private_tmp) == []
+    finally:
+        for host in hosts:
+            host.remove()
+
+
+def test_a_bad_variable_file_after_the_login_began_changes_nothing_and_leaves_nothing(
+        sshd_rig: Any, sshd_host: Any, tmp_path: Path, private_tmp: str) -> None:
+    """remediate -H with a malformed --config-dir variable file: the login may have begun, but the
+    command stops with the file's error (exit 2), the target root is unchanged, no journal entry is
+    written, no ssh client or master of the run is left, its control directory is gone, and the
+    host's sshd has no session (and so no agent) left."""
+    root = make_root(sshd_rig, "badvars")
+    before = snapshot_tree(root)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "defaults.yml").write_text("variables: [not, a, mapping]\n")
+    code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "--no-audit", "remediate", rules_dir(tmp_path),
+                          "-H", host_arg(sshd_host), "--root", str(root), "--config-dir", str(config),
+                          *login(sshd_rig, tmp_path))
+    assert code == EXIT_BAD_INPUT, out
+    assert snapshot_tree(root) == before
+    assert _mentioning(private_tmp) == [] and os.listdir(private_tmp) == []
+    assert sshd_host.proc is not None
+    assert _eventually(lambda: not descendants(sshd_host.proc.pid)), "a session of the run outlived it on the host"
+
+
+def test_a_bad_variable_file_is_named_on_stderr(sshd_rig: Any, sshd_host: Any, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The error of a malformed variable file still names the file, with a login begun meanwhile."""
+    root = make_root(sshd_rig, "badvars-msg")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "defaults.yml").write_text("variables: [not, a, mapping]\n")
+    code, _ = kensa_cli("--journal", str(tmp_path / "j.db"), "--no-audit", "check", rules_dir(tmp_path),
+                        "-H", host_arg(sshd_host), "--root", str(root), "--config-dir", str(config),
+                        *login(sshd_rig, tmp_path))
+    assert code == EXIT_BAD_INPUT
+    assert str(config / "defaults.yml") in capsys.readouterr().err
+
+
+def test_arguments_are_checked_before_any_host_is_contacted(sshd_rig: Any, sshd_host: Any, tmp_path: Path,
+                                                            private_tmp: str) -> None:
+    """A missing rule path, a malformed --var and a missing --config-dir are refused before any login:
+    no transport is made (no control directory) and the host's sshd has no session."""
+    root = make_root(sshd_rig, "args")
+    for bad in (["remediate", str(tmp_path / "no-such-rules")],
+                ["remediate", rules_dir(tmp_path), "--var", "1bad=x"],
+                ["check", rules_dir(tmp_path), "--config-dir", str(tmp_path / "no-such-dir")]):
+        code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "--no-audit", *bad, "-H", host_arg(sshd_host),
+                              "--root", str(root), *login(sshd_rig, tmp_path))
+        assert code == EXIT_BAD_INPUT, (bad, out)
+        assert os.listdir(private_tmp) == [], f"{bad}: a control directory was made"
+        assert sshd_host.proc is not None and descendants(sshd_host.proc.pid) == [], f"{bad}: the host saw a session"
+
+
+def test_ctrl_c_while_the_rules_load_ends_the_early_login(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """kensa remediate -H, interrupted (SIGINT) while it is still reading its variable files and the
+    early login is under way: the process ends, and no ssh client or master of it, no control
+    directory and no session on the host is left. The variable file is a FIFO nobody writes, so
+    the command is provably still loading when the signal comes."""
+    root = make_root(sshd_rig, "ctrl-c")
+    config = tmp_path / "config"
+    config.mkdir()
+    os.mkfifo(config / "defaults.yml")
+    private = tempfile.mkdtemp(prefix="kc-", dir="/tmp")
+    try:
+        env = dict(os.environ, TMPDIR=private, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.Popen([sys.executable, "-m", "kensa", "--journal", str(tmp_path / "j.db"), "--no-audit",
+                                 "remediate", rules_dir(tmp_path), "-H", host_arg(sshd_host), "--root", str(root),
+                                 "--config-dir", str(config), *login(sshd_rig, tmp_path)],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert sshd_host.proc is not None
+            # The login has reached the host (an sshd session of it exists) while the command waits on the FIFO.
+            assert _eventually(lambda: descendants(sshd_host.proc.pid)), "no login reached the host"
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode != 0, err
+        assert _mentioning(private) == [] and os.listdir(private) == [], err
+        assert _eventually(lambda: not descendants(sshd_host.proc.pid)), "a session of the run outlived it on the host"
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def test_an_early_connection_that_fails_fails_its_first_resolution_once() -> None:
+    """RemoteHosts.connect_early to a target whose agent cannot start: the first resolution of that key
+    raises the early attempt's error without a second attempt; the next resolution tries anew."""
+    made: List[Optional[str]] = []
+
+    def transport_for(target: RemoteTarget) -> SubprocessTransport:
+        made.append(target.key)
+        return SubprocessTransport(["/bin/false", "--"], name=target.host)
+
+    hosts = RemoteHosts(transport_for, connect_timeout=30)
+    key = RemoteTarget("nowhere.invalid", None, None, "/").key
+    try:
+        hosts.connect_early([key])
+        assert made == [key]
+        with pytest.raises(Exception) as first:
+            hosts(key)
+        assert made == [key], "the failed early connection was tried again for the same resolution"
+        with pytest.raises(type(first.value)):
+            hosts(key)
+        assert made == [key, key]
+    finally:
+        hosts.close()
