@@ -210,3 +210,51 @@ def test_an_early_connection_that_fails_fails_its_first_resolution_once() -> Non
         assert made == [key, key]
     finally:
         hosts.close()
+
+
+def test_the_command_ends_without_teardown_but_after_threads_atexit_and_output(tmp_path: Path) -> None:
+    """kensa.cli.exiting.exit_process(3) in a real process: a non-daemon thread still running is
+    finished first, atexit handlers run, buffered stdout is written whole, and the status is 3."""
+    script = f"""
+import atexit, sys, threading, time
+from kensa.cli.exiting import exit_process
+def later():
+    time.sleep(0.2)
+    open({str(tmp_path / 'thread')!r}, 'w').write('done')
+threading.Thread(target=later).start()
+atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, 'w').write('ran'))
+sys.stdout.write('x' * 100000)
+exit_process(3)
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == b"x" * 100000
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_python_m_kensa_remediate_over_ssh_leaves_no_process_socket_or_wal(sshd_rig: Any, sshd_host: Any,
+                                                                          tmp_path: Path) -> None:
+    """python -m kensa remediate -H (the command's own exit): exit 0 with the whole JSON report on
+    stdout, every rule committed; afterwards no ssh client or master of it runs, its control
+    directory is gone, the host's sshd has no session left, and the journal was closed (no -wal)."""
+    root = make_root(sshd_rig, "exit")
+    private = tempfile.mkdtemp(prefix="kx-", dir="/tmp")
+    journal = tmp_path / "j.db"
+    try:
+        env = dict(os.environ, TMPDIR=private, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+        done = subprocess.run([sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit", "remediate",
+                               rules_dir(tmp_path), "-H", host_arg(sshd_host), "--root", str(root),
+                               *login(sshd_rig, tmp_path), "--json"],
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=120)
+        assert done.returncode == EXIT_OK, done.stderr
+        report = json.loads(done.stdout)
+        assert [r["status"] for r in report["hosts"][0]["results"]] == ["committed", "committed"]
+        assert _mentioning(private) == [] and os.listdir(private) == []
+        assert sshd_host.proc is not None
+        assert _eventually(lambda: not descendants(sshd_host.proc.pid)), "a session of the run outlived it on the host"
+        assert journal.exists() and not Path(f"{journal}-wal").exists()
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
