@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from kensa.cli.services import notify_rows, print_notified
-from kensa.errors import KensaError, UsageError
+from kensa.errors import KensaError, UsageError, WiringError
 from kensa.model import CheckResult, RemoteTarget, TransactionResult, Verdict
 
 __all__ = ["AGENT_START_SECONDS", "RemoteRun", "add_login_arguments", "add_target_arguments", "cmd_check_remote", "cmd_remediate_remote",
@@ -256,7 +256,10 @@ class RemoteRun:
         engine's resolver, and where :meth:`connect` gets its connections."""
         with self.lock:
             if self.resolver is None:
-                from kensa.hosts.remote import RemoteHosts
+                try:
+                    from kensa.hosts.remote import RemoteHosts
+                except ImportError as exc:
+                    raise WiringError(f"remote hosts need kensa.hosts.remote.RemoteHosts: {exc}; reinstall kensa") from exc
 
                 options = self.engine_options()
                 self.resolver = RemoteHosts(self.transport, connect_timeout=options["connect_timeout"],
