@@ -258,3 +258,35 @@ def test_python_m_kensa_remediate_over_ssh_leaves_no_process_socket_or_wal(sshd_
         assert journal.exists() and not Path(f"{journal}-wal").exists()
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def test_closing_many_hosts_tells_every_agent_before_waiting_for_any(tmp_path: Path) -> None:
+    """RemoteHosts.close() with three connected agents (real agent processes): each agent's stdin is
+    closed before the first is waited for, so they end together rather than one after another;
+    afterwards every agent process has exited."""
+    events: List[str] = []
+    hosts = RemoteHosts(lambda target: SubprocessTransport(name=target.host))
+    keys = []
+    for index in range(3):
+        root = tmp_path / f"r{index}"
+        root.mkdir()
+        keys.append(f"ssh://h{index}{root}")
+    connected = [hosts(key) for key in keys]
+    procs = [host.connection.proc for host in connected]
+    for host, proc in zip(connected, procs):
+        shutdown, wait = host.connection.shutdown, proc.wait
+
+        def told(shutdown: Callable[[], None] = shutdown, name: str = host.root) -> None:
+            events.append(f"told {name}")
+            shutdown()
+
+        def waited(timeout: Optional[float] = None, wait: Any = wait, name: str = host.root) -> Any:
+            events.append(f"waited {name}")
+            return wait(timeout)
+
+        host.connection.shutdown = told  # type: ignore[method-assign]
+        proc.wait = waited  # type: ignore[method-assign]
+    hosts.close()
+    first_wait = next(index for index, event in enumerate(events) if event.startswith("waited"))
+    assert set(events[:first_wait]) == {f"told {key}" for key in keys}, events
+    assert all(proc.poll() is not None for proc in procs)

@@ -43,6 +43,7 @@ class AgentConnection:
         self.counts: Counter[str] = collections.Counter()
         self.observer: Optional[Callable[[str, Optional[str]], None]] = None
         self.closed = False
+        self._ended = False  # close() ran: the agent's process waited for, the transport closed
         self._lock = threading.Lock()
         assert proc.stdin is not None and proc.stdout is not None
         self._out = proc.stdin.fileno()
@@ -58,8 +59,9 @@ class AgentConnection:
     def alive(self) -> bool:
         return not self.closed and self.proc.poll() is None
 
-    def close(self) -> None:
-        """End the agent (closing its stdin ends its loop) and the transport's connection."""
+    def shutdown(self) -> None:
+        """Tell the agent to end (its stdin closes, which ends its loop) without waiting for it:
+        :meth:`close` then waits. Many connections shut down first end together, not in turn."""
         if self.closed:
             return
         self.closed = True
@@ -69,6 +71,13 @@ class AgentConnection:
                     stream.close()
             except OSError:
                 pass
+
+    def close(self) -> None:
+        """End the agent (closing its stdin ends its loop) and the transport's connection."""
+        if self._ended:
+            return
+        self._ended = True
+        self.shutdown()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -569,6 +569,8 @@ class RemoteHosts:
             hosts, self._hosts = list(self._hosts.values()), {}
             self._early_failures = {}
         for host in hosts:
+            host.connection.shutdown()  # every agent told first: they end together, not one after another
+        for host in hosts:
             host.close()
 
 
