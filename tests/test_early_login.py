@@ -290,3 +290,39 @@ def test_closing_many_hosts_tells_every_agent_before_waiting_for_any(tmp_path: P
     first_wait = next(index for index, event in enumerate(events) if event.startswith("waited"))
     assert set(events[:first_wait]) == {f"told {key}" for key in keys}, events
     assert all(proc.poll() is not None for proc in procs)
+
+
+#: What a remote remediation needs only once its first login has begun: the rules, the engine, the journal,
+#: the audit emitter, and standard modules that only those use.
+_AFTER_LOGIN = ("kensa.engine", "kensa.factory", "kensa.rules", "kensa.handlers", "kensa.checks", "kensa.journal",
+                "kensa.audit", "kensa.evidence", "yaml", "sqlite3", "cffi", "concurrent", "logging", "uuid")
+
+
+@pytest.mark.parametrize("inventory", [False, True])
+def test_a_remote_remediation_begins_its_login_before_importing_rules_engine_or_journal(
+        tmp_path: Path, inventory: bool) -> None:
+    """kensa remediate -H (or --inventory): when the early login begins (RemoteHosts.connect_early is
+    called), none of the rules, engine, journal, audit or their standard modules is imported yet
+    (an inventory needs kensa.rules.yaml and PyYAML only)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    hosts = ["-H", "root@127.0.0.1:1"]
+    if inventory:
+        (tmp_path / "hosts.ini").write_text("[web]\nh1 ansible_host=127.0.0.1 ansible_port=1\n")
+        hosts = ["--inventory", str(tmp_path / "hosts.ini")]
+    argv = ["--journal", str(tmp_path / "j.db"), "remediate", str(rules), *hosts]
+    probe = ("import json, sys\nfrom kensa.hosts.remote import RemoteHosts\n"
+             "def stop(self, keys):\n    print(json.dumps(sorted(sys.modules)))\n    raise SystemExit(0)\n"
+             "RemoteHosts.connect_early = stop\nfrom kensa.cli.main import main\n"
+             f"main({argv!r})\n")
+    done = subprocess.run([sys.executable, "-c", probe], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(SRC)))
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+
+    def needed_for(module: str) -> bool:
+        # Reading an inventory: its bounded YAML reader and PyYAML, none of the rules' other modules.
+        return inventory and (module in ("kensa.rules", "kensa.rules.yaml", "yaml") or module.startswith("yaml."))
+
+    early = [m for m in loaded if any(m == p or m.startswith(p + ".") for p in _AFTER_LOGIN) and not needed_for(m)]
+    assert early == [], early

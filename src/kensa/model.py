@@ -8,7 +8,6 @@ without surprises.
 from __future__ import annotations
 
 import enum
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -178,6 +177,14 @@ class ServiceOutcome:
     detail: str = ""
 
 
+def new_transaction_id() -> str:
+    """A fresh random transaction id (a UUID4 string)."""
+    # Imported here: uuid imports platform, and a remote command would pay both before its first login.
+    import uuid
+
+    return str(uuid.uuid4())
+
+
 @dataclass(frozen=True)
 class Transaction:
     """An ordered list of steps applied to one host as a unit.
@@ -191,7 +198,7 @@ class Transaction:
     rule: str
     steps: Tuple[Step, ...]
     host: str = "localhost"
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=new_transaction_id)
     transactional: bool = True
     services: Tuple[ServiceAction, ...] = ()
 

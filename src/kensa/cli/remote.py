@@ -27,7 +27,6 @@ import posixpath
 import re
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
@@ -308,6 +307,9 @@ def _label(name: str, target: RemoteTarget) -> str:
 
 def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any]) -> List[Any]:
     """``work`` for every host entry, ``workers`` hosts at a time, in order."""
+    # Imported here, once the logins have begun: concurrent.futures imports logging.
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(hosts)))) as pool:
         return list(pool.map(work, hosts))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 
 # linux/openat2.h
 RESOLVE_NO_XDEV = 0x01
@@ -40,7 +39,7 @@ KERNEL_STATE_FS = {
 # openat2 has number 437 on every architecture that uses the unified syscall table
 # (asm-generic/unistd.h and the per-arch tables that follow it); elsewhere (alpha,
 # unknown machines) callers compare mount ids instead.
-_SYS_OPENAT2 = 437 if platform.machine() in (
+_SYS_OPENAT2 = 437 if os.uname().machine in (
     "x86_64", "amd64", "i386", "i686", "aarch64", "arm64", "armv7l", "armv8l", "ppc64le", "ppc64", "s390x", "riscv64",
 ) else None
 
