@@ -10,19 +10,8 @@ from kensa.errors import RuleError
 
 if TYPE_CHECKING:
     from kensa.rules.load import load_rule_file, load_rule_set, load_rules, parse_rule
-    from kensa.rules.model import (
-        RULE_CHECK,
-        CapabilityGate,
-        Check,
-        Implementation,
-        Platform,
-        Reference,
-        Rule,
-        RuleProblem,
-        RuleSet,
-        Severity,
-        SourceLocation,
-    )
+    from kensa.rules.model import RULE_CHECK, CapabilityGate, Check, Implementation, Platform, Reference, Rule
+    from kensa.rules.model import RuleProblem, RuleSet, Severity, SourceLocation
     from kensa.rules.variables import Variables, load_variables
     from kensa.rules.schema import RULE_ID_PATTERN, SUPPORTED_CHECK_METHODS, SUPPORTED_MECHANISMS
     from kensa.rules.yaml import MAX_NESTING_DEPTH, MAX_RULE_FILE_BYTES
