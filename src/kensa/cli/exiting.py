@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import NoReturn
 
-__all__ = ["exit_process"]
+__all__ = ["FLUSH_FAILED", "exit_process", "exit_status"]
 
 #: The status CPython exits with when flushing stdout or stderr at exit fails.
 FLUSH_FAILED = 120
@@ -41,3 +41,17 @@ def exit_process(code: int) -> NoReturn:
         except (OSError, ValueError):
             code = code or FLUSH_FAILED
     os._exit(code)
+
+
+def exit_status(exc: SystemExit) -> int:
+    """The status the interpreter would exit with for ``exc``: None is 0, an int itself; anything
+    else is written to stderr, as the interpreter does, and is 1."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    try:
+        sys.stderr.write(f"{exc.code}\n")
+    except (OSError, ValueError, AttributeError):
+        pass  # stderr is gone: the status still says the command failed
+    return 1

@@ -461,9 +461,13 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
 def run() -> NoReturn:
     """The ``kensa`` command: :func:`main` with the process's arguments, then the process ends with its
     exit code (:func:`kensa.cli.exiting.exit_process`: without the interpreter's teardown)."""
-    from kensa.cli.exiting import exit_process
+    from kensa.cli.exiting import exit_process, exit_status
 
-    exit_process(main())
+    try:
+        code = main()
+    except SystemExit as exc:  # --help, --version, a usage error: argparse ends the command this way
+        code = exit_status(exc)
+    exit_process(code)
 
 
 def _ensure_standard_streams() -> None:

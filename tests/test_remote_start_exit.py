@@ -1,4 +1,5 @@
-"""Remote commands log in to their first hosts while the rules load, and leave nothing behind.
+"""A remote command's fixed costs: it logs in to its first hosts while the rules load, ends without
+the interpreter's teardown, and leaves nothing behind either way.
 
 Real sshd servers (tests/sshd.py), real ssh clients and agents. Each test gives
 kensa a private temporary directory, so the ssh control directory of its run
@@ -326,3 +327,20 @@ def test_a_remote_remediation_begins_its_login_before_importing_rules_engine_or_
 
     early = [m for m in loaded if any(m == p or m.startswith(p + ".") for p in _AFTER_LOGIN) and not needed_for(m)]
     assert early == [], early
+
+
+def test_the_command_s_own_exits_keep_their_status_and_messages(tmp_path: Path) -> None:
+    """python -m kensa ends through exit_process on every way out argparse takes too: --version exits 0
+    printing the version, a missing argument exits 2 with argparse's message; exit_status maps
+    SystemExit as the interpreter does (None 0, an int itself, a message 1)."""
+    from kensa.cli.exiting import exit_status
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    version = subprocess.run([sys.executable, "-m", "kensa", "--version"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("kensa "), version
+    usage = subprocess.run([sys.executable, "-m", "kensa", "remediate"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert usage.returncode == 2 and "the following arguments are required" in usage.stderr, usage
+    assert (exit_status(SystemExit()), exit_status(SystemExit(3))) == (0, 3)
+    assert exit_status(SystemExit("a message")) == 1
