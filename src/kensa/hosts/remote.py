@@ -45,7 +45,8 @@ from kensa.hosts.answers import PHASE_ANSWERS, READS, Answer, Read, names, ran
 from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, check_step_phase, resolve_host
 from kensa.hosts.overlay import FileReaders, PlannedView
-from kensa.hosts.payload import NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload, check_python
+from kensa.hosts.payload import (NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, bootstrap_source, build_payload,
+                                 check_python)
 from kensa.hosts.processes import SubprocessTransport
 from kensa.hosts.protocol import Host, PhaseOutcome, ReadableHost, StepRunner, Transport
 from kensa.hosts.remotelock import hold_target_lock
@@ -530,9 +531,11 @@ class RemoteHosts:
         keys as may be connected at once. :meth:`close` ends what is still connecting.
         """
         if keys:
-            # Built (or read from the controller's copy) here: each thread would build it
-            # sharing the interpreter with the caller's imports, later and slower.
+            # The payload (read from the controller's copy, or built) and the bootstrap on the agent's
+            # command line are made here: in the threads they would share the interpreter with the
+            # caller's imports, and each ssh would start later.
             build_payload()
+            bootstrap_source()
         for key in keys:
             target = parse_remote_key(key)
             with self._guard:
