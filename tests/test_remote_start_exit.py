@@ -344,3 +344,26 @@ def test_the_command_s_own_exits_keep_their_status_and_messages(tmp_path: Path) 
     assert usage.returncode == 2 and "the following arguments are required" in usage.stderr, usage
     assert (exit_status(SystemExit()), exit_status(SystemExit(3))) == (0, 3)
     assert exit_status(SystemExit("a message")) == 1
+
+
+def test_closing_together_closes_every_connection_and_raises_the_first_error() -> None:
+    """close_together with more connections than it closes at once, one of which fails to close: every
+    one is told to end and closed, and the failure is raised once all are."""
+    from kensa.hosts.connection import close_together
+
+    class Connection:
+        def __init__(self, fails: bool) -> None:
+            self.fails, self.told, self.closed = fails, False, False
+
+        def shutdown(self) -> None:
+            self.told = True
+
+        def close(self) -> None:
+            self.closed = True
+            if self.fails:
+                raise OSError("this one could not close")
+
+    connections = [Connection(fails=index == 7) for index in range(20)]
+    with pytest.raises(OSError, match="could not close"):
+        close_together(connections, at_once=4)  # type: ignore[arg-type]
+    assert all(c.told and c.closed for c in connections)

@@ -12,7 +12,7 @@ import select
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Counter, Dict, List, NoReturn, Optional, cast
+from typing import Any, Callable, Counter, Dict, List, NoReturn, Optional, Sequence, cast
 
 from kensa import errors
 from kensa.errors import AgentError, HostConnectionLost, KensaError, RemoteTimeoutError
@@ -20,7 +20,7 @@ from kensa.hosts.agent.wire import HEADER, FrameError, decode_value, frame, fram
 from kensa.hosts.processes import StderrTail, stop_process
 from kensa.hosts.protocol import Transport
 
-__all__ = ["AgentConnection"]
+__all__ = ["AgentConnection", "close_together"]
 
 #: Bytes asked of the agent's pipe per read: an answer is rarely larger, a pipe holds 64 KiB.
 _READ_CHUNK = 1 << 16
@@ -253,3 +253,42 @@ class AgentConnection:
             except AttributeError:
                 continue
         return found
+
+
+def close_together(connections: Sequence[AgentConnection], at_once: int = 16) -> None:
+    """Close ``connections``: every agent is told to end first, then up to ``at_once`` are closed at a
+    time (each waits for its agent, then its transport ends, over ssh its control master), so a fleet's
+    connections end together rather than one after another. Where no thread can start (at interpreter
+    exit) the calling thread closes them all. Returns once all are closed; the first error of a close
+    is raised then."""
+    for connection in connections:
+        connection.shutdown()
+    pending = list(connections)
+    errors: List[BaseException] = []
+    guard = threading.Lock()
+
+    def close_pending() -> None:
+        while True:
+            with guard:
+                if not pending:
+                    return
+                connection = pending.pop()
+            try:
+                connection.close()
+            except BaseException as exc:  # noqa: BLE001 - raised by the caller once all are closed
+                with guard:
+                    errors.append(exc)
+
+    helpers = []
+    for _ in range(min(at_once, len(pending)) - 1):
+        helper = threading.Thread(target=close_pending, daemon=True, name="kensa-close")
+        try:
+            helper.start()
+        except RuntimeError:  # no new threads at interpreter shutdown: this thread closes the rest
+            break
+        helpers.append(helper)
+    close_pending()
+    for helper in helpers:
+        helper.join()
+    if errors:
+        raise errors[0]

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, KensaError, RemoteHostError
 from kensa.hosts.agent.wire import PROTOCOL, READY, encode_value
 from kensa.hosts.answers import PHASE_ANSWERS, READS, Answer, Read, names, ran
-from kensa.hosts.connection import AgentConnection
+from kensa.hosts.connection import AgentConnection, close_together
 from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, check_step_phase, resolve_host
 from kensa.hosts.overlay import FileReaders, PlannedView
 from kensa.hosts.payload import (NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, bootstrap_source, build_payload,
@@ -559,7 +559,8 @@ class RemoteHosts:
                     self._early_failures[target.key] = exc
 
     def close(self) -> None:
-        """Close every connection (their agents end), ending those still being made first."""
+        """Close every connection (their agents end; :func:`~kensa.hosts.connection.close_together`),
+        ending those still being made first."""
         with self._guard:
             early, self._early = list(self._early.values()), {}
         for thread, transport in early:
@@ -571,10 +572,7 @@ class RemoteHosts:
         with self._guard:
             hosts, self._hosts = list(self._hosts.values()), {}
             self._early_failures = {}
-        for host in hosts:
-            host.connection.shutdown()  # every agent told first: they end together, not one after another
-        for host in hosts:
-            host.close()
+        close_together([host.connection for host in hosts])
 
 
 def _close_at_exit(ref: "weakref.ref[RemoteHosts]") -> None:
