@@ -57,7 +57,7 @@ def test_the_command_s_help_loads_no_engine_host_rule_journal_or_audit_code() ->
         assert _loaded(code) == [], argv
 
 
-@pytest.mark.parametrize("package", ["kensa", "kensa.hosts", "kensa.audit"])
+@pytest.mark.parametrize("package", ["kensa", "kensa.hosts", "kensa.audit", "kensa.rules"])
 def test_the_public_names_of_a_package_stay_reachable(package: str) -> None:
     """Every name of the package's ``__all__`` is an attribute of it (imported on first use, the same object
     as in its defining module), ``dir`` lists them, ``from PACKAGE import *`` binds them, and an unknown

@@ -1,5 +1,3 @@
-import sys
+from kensa.cli.main import run
 
-from kensa.cli.main import main
-
-sys.exit(main())
+run()

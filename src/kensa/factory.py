@@ -18,6 +18,7 @@ from kensa.errors import WiringError
 
 if TYPE_CHECKING:
     from kensa.hosts.protocol import Transport
+    from kensa.hosts.remote import RemoteHosts
     from kensa.model import RemoteTarget
 
 __all__ = ["NoAuditExtensionWarning", "default_engine"]
@@ -38,6 +39,7 @@ def default_engine(
     operation_timeout: Optional[float] = None,
     agent_cache: bool = True,
     python_for: "Optional[Callable[[RemoteTarget], Optional[str]]]" = None,
+    hosts: "Optional[RemoteHosts]" = None,
 ) -> Engine:
     """The production engine: built-in handlers, local hosts, SQLite journal, kernel audit.
 
@@ -66,7 +68,10 @@ def default_engine(
     start and ``operation_timeout`` for each step phase (None: the defaults of
     :mod:`kensa.hosts.remote`); ``agent_cache`` lets each agent keep its
     compiled payload on its host (:func:`kensa.hosts.remote.connect`); ``python_for``
-    names a target's Python interpreter (an absolute path; None: the agent finds one). The parts are imported here,
+    names a target's Python interpreter (an absolute path; None: the agent finds one).
+    ``hosts`` is a :class:`kensa.hosts.remote.RemoteHosts` made already (one whose
+    connections began early, :meth:`~kensa.hosts.remote.RemoteHosts.connect_early`),
+    used instead of one made from ``remote`` and the options above (give one or the other). The parts are imported here,
     so ``import kensa`` stays free of cffi and sqlite; a part that cannot be
     imported raises :class:`WiringError` (an ImportError) naming it.
     """
@@ -105,13 +110,17 @@ def default_engine(
     except ImportError as exc:
         raise WiringError(f"default_engine needs kensa.hosts.TargetLocks: {exc}; reinstall kensa") from exc
 
-    hosts: Any = resolve_host
-    if remote is not None:
+    resolver: Any = resolve_host
+    if hosts is not None:
+        if remote is not None:
+            raise WiringError("default_engine was given both hosts and remote: give the RemoteHosts or the transport factory")
+        resolver = hosts
+    elif remote is not None:
         try:
             from kensa.hosts.remote import DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, RemoteHosts
         except ImportError as exc:
             raise WiringError(f"default_engine needs kensa.hosts.remote.RemoteHosts: {exc}; reinstall kensa") from exc
-        hosts = RemoteHosts(
+        resolver = RemoteHosts(
             remote,
             connect_timeout=DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
             operation_timeout=DEFAULT_OPERATION_TIMEOUT if operation_timeout is None else operation_timeout,
@@ -130,5 +139,5 @@ def default_engine(
     # The step that carries a rule's own check (kensa.rules.Rule.to_transaction appends it).
     registry = {**default_registry(), RuleCheck.name: RuleCheck()}
     return Engine(
-        registry, audit=emitter, journal=journal, hosts=hosts, events=events, target_lock=locks
+        registry, audit=emitter, journal=journal, hosts=resolver, events=events, target_lock=locks
     )

@@ -14,14 +14,6 @@ from types import MappingProxyType
 from typing import Any, Literal, Mapping, Optional, Sequence, Tuple
 
 
-def _new_id() -> str:
-    """A new random transaction id (uuid4). uuid is imported here: it imports platform, and the
-    agent on a target, which builds no transactions, would pay for both at every start."""
-    import uuid
-
-    return str(uuid.uuid4())
-
-
 class Phase(str, enum.Enum):
     """A phase boundary of a transaction; ``value`` is what audit records carry."""
 
@@ -185,6 +177,14 @@ class ServiceOutcome:
     detail: str = ""
 
 
+def new_transaction_id() -> str:
+    """A fresh random transaction id (a UUID4 string)."""
+    # Imported here: uuid imports platform, and a remote command would pay both before its first login.
+    import uuid
+
+    return str(uuid.uuid4())
+
+
 @dataclass(frozen=True)
 class Transaction:
     """An ordered list of steps applied to one host as a unit.
@@ -198,7 +198,7 @@ class Transaction:
     rule: str
     steps: Tuple[Step, ...]
     host: str = "localhost"
-    id: str = field(default_factory=lambda: _new_id())
+    id: str = field(default_factory=new_transaction_id)
     transactional: bool = True
     services: Tuple[ServiceAction, ...] = ()
 

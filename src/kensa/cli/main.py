@@ -35,7 +35,7 @@ import os
 import sys
 import warnings
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterable, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterable, NoReturn, Optional, Sequence, TextIO
 
 from kensa.errors import KensaError, UsageError
 from kensa._version import __version__
@@ -82,6 +82,10 @@ def _engine(args: argparse.Namespace, **remote: Any) -> Any:
         engine = default_engine(journal_path=_journal_path(args), audit=not args.no_audit, **remote)
     for warning in caught:
         sys.stderr.write(f"kensa: warning: {warning.message}\n")
+    # Closed when the command ends (main): a closed journal has its WAL written back and removed.
+    opened = getattr(args, "opened_journals", None)
+    if opened is not None:
+        opened.append(engine.journal)
     return engine
 
 
@@ -442,12 +446,28 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
     # The output is written once the outcome is known, so that failing to
     # write it can never change the exit code.
     rendered = io.StringIO()
+    args.opened_journals = []
     try:
         code = int(args.func(args, rendered))
     except KensaError as exc:
         sys.stderr.write(f"kensa: {printable(exc)}\n")
         code = EXIT_BAD_INPUT
+    finally:
+        for journal in args.opened_journals:
+            journal.close()
     return _deliver(rendered.getvalue(), stream, code)
+
+
+def run() -> NoReturn:
+    """The ``kensa`` command: :func:`main` with the process's arguments, then the process ends with its
+    exit code (:func:`kensa.cli.exiting.exit_process`: without the interpreter's teardown)."""
+    from kensa.cli.exiting import exit_process, exit_status
+
+    try:
+        code = main()
+    except SystemExit as exc:  # --help, --version, a usage error: argparse ends the command this way
+        code = exit_status(exc)
+    exit_process(code)
 
 
 def _ensure_standard_streams() -> None:
@@ -497,4 +517,4 @@ def _deliver(text: str, stream: TextIO, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

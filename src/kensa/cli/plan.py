@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-from kensa.errors import UsageError
+from kensa.errors import UsageError, VariableFileError
 
-__all__ = ["Target", "detect_capabilities", "load", "load_rule_set_for", "target_for", "transactions_for"]
+__all__ = ["Target", "check_rule_arguments", "detect_capabilities", "load", "load_rule_set_for", "target_for", "transactions_for"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,20 @@ def _existing(paths: Sequence[str]) -> None:
     for path in paths:
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such rule file or directory")
+
+
+def check_rule_arguments(paths: Sequence[str], assignments: Sequence[str] = (), config_dir: Optional[str] = None) -> None:
+    """What the command line says about its rules, checked without loading them (a remote command
+    checks it before reaching any host): the rule paths exist, every ``--var`` is ``NAME=VALUE``,
+    ``--config-dir`` is a directory. Raises as :func:`load_rule_set_for` would."""
+    _existing(paths)
+    if assignments:
+        from kensa.rules.variables import parse_assignment
+
+        for text in assignments:
+            parse_assignment(text)
+    if config_dir and not os.path.isdir(config_dir):
+        raise VariableFileError(f"{config_dir}: no such variable directory")
 
 
 def load(paths: Sequence[str]) -> List[Any]:

@@ -27,12 +27,11 @@ import posixpath
 import re
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from kensa.cli.services import notify_rows, print_notified
-from kensa.errors import KensaError, UsageError
+from kensa.errors import KensaError, UsageError, WiringError
 from kensa.model import CheckResult, RemoteTarget, TransactionResult, Verdict
 
 __all__ = ["AGENT_START_SECONDS", "RemoteRun", "add_login_arguments", "add_target_arguments", "cmd_check_remote", "cmd_remediate_remote",
@@ -221,6 +220,7 @@ class RemoteRun:
     targets: Dict[str, RemoteTarget] = field(default_factory=dict)
     opened: List[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    resolver: Any = None
 
     def transport(self, target: RemoteTarget) -> Any:
         """A new transport to ``target`` (one per connection); a journaled key gets ``-k`` as its identity file."""
@@ -246,16 +246,31 @@ class RemoteRun:
         return found or getattr(self.args, "python", None)
 
     def connect(self, target: RemoteTarget) -> Any:
-        """A connected :class:`~kensa.hosts.remote.RemoteHost` of ``target``, named by its key."""
-        from kensa.hosts.remote import connect
+        """A connected :class:`~kensa.hosts.remote.RemoteHost` of ``target``, named by its key
+        (the one :meth:`connect_early` began, when it did)."""
+        return self.hosts()(target.key)
 
-        timeouts = self.engine_options()
-        host = connect(self.transport(target), target.root, key=target.key,
-                       connect_timeout=timeouts["connect_timeout"], operation_timeout=timeouts["operation_timeout"],
-                       agent_cache=timeouts["agent_cache"], python=self.python_for(target))
+    def hosts(self) -> Any:
+        """The :class:`~kensa.hosts.remote.RemoteHosts` of this command (made on first use): the
+        engine's resolver, and where :meth:`connect` gets its connections."""
         with self.lock:
-            self.opened.append(host)
-        return host
+            if self.resolver is None:
+                try:
+                    from kensa.hosts.remote import RemoteHosts
+                except ImportError as exc:
+                    raise WiringError(f"remote hosts need kensa.hosts.remote.RemoteHosts: {exc}; reinstall kensa") from exc
+
+                options = self.engine_options()
+                self.resolver = RemoteHosts(self.transport, connect_timeout=options["connect_timeout"],
+                                            operation_timeout=options["operation_timeout"],
+                                            agent_cache=options["agent_cache"], python_for=self.python_for)
+            return self.resolver
+
+    def connect_early(self, targets: Sequence[RemoteTarget], workers: int) -> None:
+        """Begin logging in to the first ``workers`` of ``targets`` (the hosts the first workers take) and
+        starting their agents, while the command loads its rules: see docs/remote.md. Reads the sudo
+        password, if one is asked for."""
+        self.hosts().connect_early([target.key for target in targets[:max(1, workers)]])
 
     def engine_options(self) -> Dict[str, Any]:
         """What :func:`kensa.factory.default_engine` needs to reach ``ssh://`` hosts this way.
@@ -272,8 +287,12 @@ class RemoteRun:
                 "agent_cache": cache, "python_for": self.python_for}
 
     def close(self) -> None:
+        """End every connection (agents first, then the logins) and those still being made."""
         with self.lock:
+            resolver, self.resolver = self.resolver, None
             opened, self.opened = self.opened, []
+        if resolver is not None:
+            resolver.close()
         for thing in reversed(opened):
             thing.close()
 
@@ -288,6 +307,9 @@ def _label(name: str, target: RemoteTarget) -> str:
 
 def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any]) -> List[Any]:
     """``work`` for every host entry, ``workers`` hosts at a time, in order."""
+    # Imported here, once the logins have begun: concurrent.futures imports logging.
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(hosts)))) as pool:
         return list(pool.map(work, hosts))
 
@@ -330,18 +352,21 @@ def _report_problems(rule_sets: Sequence[Any]) -> bool:
 
 def cmd_check_remote(args: argparse.Namespace, out: TextIO) -> int:
     """``kensa check RULES -H ...``: each rule's verdict on each host, grouped per host."""
-    from kensa.cli.checking import check_code, problem_rows
-    from kensa.handlers import default_registry
-    from kensa.rules.assess import check_rules
-
     hosts = hosts_from(args)
-    handlers = default_registry()
-    rule_set = _RuleSets(args)
-    run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
+    run = _logging_in(args, hosts)
+    try:
+        from kensa.cli.checking import check_code, problem_rows
+        from kensa.handlers import default_registry
+        from kensa.rules.assess import check_rules
 
-    # Every host's rules load before any host is reached: a bad variable file stops the
-    # command with nothing checked, never part-way through the fleet.
-    rule_sets = {target.key: rule_set(name, groups) for name, target, groups in hosts}
+        handlers = default_registry()
+        rule_set = _RuleSets(args)
+        # Every host's rules load before any host is read: a bad variable file stops the
+        # command with nothing checked, never part-way through the fleet.
+        rule_sets = {target.key: rule_set(name, groups) for name, target, groups in hosts}
+    except BaseException:
+        run.close()
+        raise
 
     def check_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Tuple[Any, List[CheckResult]]:
         _, target, _ = entry
@@ -381,13 +406,17 @@ def cmd_dry_run_remote(args: argparse.Namespace, out: TextIO) -> int:
     written, no lock taken, nothing changed. A host that cannot be reached or planned
     gets an error row per rule naming why, and the exit code 1.
     """
-    from kensa.cli.checking import conflict_lines, dry_run_rows
-    from kensa.rules.assess import plan_rules
-
     hosts = hosts_from(args)
-    rule_set = _RuleSets(args)
-    rule_sets = {target.key: rule_set(name, groups) for name, target, groups in hosts}
-    run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
+    run = _logging_in(args, hosts)
+    try:
+        from kensa.cli.checking import conflict_lines, dry_run_rows
+        from kensa.rules.assess import plan_rules
+
+        rule_set = _RuleSets(args)
+        rule_sets = {target.key: rule_set(name, groups) for name, target, groups in hosts}
+    except BaseException:
+        run.close()
+        raise
     failed: List[str] = []
 
     def plan_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> List[Dict[str, str]]:
@@ -432,22 +461,26 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
 
     Each host's rules run in dependency order, one transaction at a time; the
     hosts run in parallel. The engine's resolver makes the one connection per
-    host that planning and the transactions share. ``make_engine(remote=...)``
+    host that planning and the transactions share. ``make_engine(hosts=...)``
     builds the engine and ``exit_code_for`` rates the results (both from kensa.cli.main).
     """
-    from kensa.cli.checking import conflict_lines, problem_rows, run_in_order
-    from kensa.cli.render import Progress
-    from kensa.cli.rulejournal import journal_rules
-    from kensa.rules.assess import plan_rules
-
     hosts = hosts_from(args)
-    rule_set = _RuleSets(args)
-    # Every host's rules load before any host is changed: a bad variable file stops the
-    # command with nothing changed, never after some hosts were remediated.
-    rule_sets = {target.key: rule_set(name, groups) for name, target, groups in hosts}
-    run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
+    run = _logging_in(args, hosts)
+    try:
+        from kensa.cli.checking import conflict_lines, problem_rows, run_in_order
+        from kensa.cli.render import Progress
+        from kensa.cli.rulejournal import journal_rules
+        from kensa.rules.assess import plan_rules
+
+        rule_set = _RuleSets(args)
+        # Every host's rules load before any host is changed: a bad variable file stops the
+        # command with nothing changed, never after some hosts were remediated.
+        rule_sets = {target.key: rule_set(name, groups) for name, target, groups in hosts}
+        engine = make_engine(hosts=run.hosts())
+    except BaseException:
+        run.close()
+        raise
     failed: Dict[str, str] = {}
-    engine = make_engine(**run.engine_options())
     # Hosts finish in any order: the bar counts hosts done, each named with its outcome.
     progress = Progress(len(hosts) if not args.json else 0, sys.stderr)
 
@@ -493,9 +526,6 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
         progress.finish()
     finally:
         run.close()
-        close = getattr(engine.hosts, "close", None)
-        if close is not None:
-            close()
     per_host = [(ruleset, results, rows) for ruleset, results, rows, _ in found_per_host]
     notified = [row for _, _, _, host_rows in found_per_host for row in host_rows]
     bad_files = _report_problems([ruleset for ruleset, _, _ in per_host])
@@ -515,7 +545,9 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
                              for name, t in targets], "notified": notified}, out, indent=2)
         out.write("\n")
     else:
-        _print_remediation(targets, rules_of, by_host, failed, unsupported, out)
+        from kensa.cli.render import print_remote_remediation
+
+        print_remote_remediation(targets, rules_of, by_host, failed, unsupported, out)
         print_notified(notified, out)
     not_run = any(row["status"] != Verdict.NOT_APPLICABLE.value for row in unsupported)
     code = exit_code_for(results, not_run)
@@ -524,20 +556,23 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     return code if code == 3 or not bad_files else 2
 
 
-def _print_remediation(targets: Sequence[Tuple[str, RemoteTarget]], rules_of: Dict[str, Sequence[Any]],
-                       by_host: Dict[str, List[TransactionResult]], failed: Dict[str, str],
-                       unsupported: List[Dict[str, Any]], out: TextIO) -> None:
-    from kensa.cli.render import print_table, result_detail
+def _logging_in(args: argparse.Namespace, hosts: Sequence[Tuple[str, RemoteTarget, Tuple[str, ...]]]) -> RemoteRun:
+    """The command's :class:`RemoteRun`, its first ``--workers`` hosts already logging in.
 
-    rows = []
-    for _, target in targets:
-        if target.key in failed:
-            rows += [(target.key, rule.id, "errored", "yes", failed[target.key]) for rule in rules_of.get(target.key, ())]
-            continue
-        rows += [(target.key, r.rule, r.status.value, "yes" if r.host_unchanged else "no", result_detail(r))
-                 for r in by_host.get(target.key, [])]
-        rows += [(target.key, u["rule"], u["status"], "yes", u["detail"]) for u in unsupported if u["host"] == target.key]
-    print_table(rows, ("HOST", "RULE", "STATUS", "UNCHANGED", "DETAIL"), out)
+    Called once the inventory and the command line are checked, rules included
+    (:func:`kensa.cli.plan.check_rule_arguments`); the rules load while the logins
+    run. The caller closes it on every way out.
+    """
+    from kensa.cli.plan import check_rule_arguments
+
+    check_rule_arguments(args.rules, args.var, args.config_dir)
+    run = RemoteRun(None, args.key, args=args, targets={t.key: t for _, t, _ in hosts})
+    try:
+        run.connect_early([target for _, target, _ in hosts], args.workers)
+    except BaseException:
+        run.close()
+        raise
+    return run
 
 
 @contextlib.contextmanager

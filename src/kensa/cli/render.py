@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List, Mapping, Sequence, TextIO, Tuple
 
-from kensa.model import ServiceOutcome, ServiceStatus, Status, TransactionResult
+from kensa.model import RemoteTarget, ServiceOutcome, ServiceStatus, Status, TransactionResult
 
 __all__ = ["Progress", "print_results", "print_table", "printable", "result_detail", "result_dict", "service_line"]
 
@@ -91,3 +91,18 @@ def print_results(results: Sequence[TransactionResult], unsupported: Sequence[Ma
         rows = [(host, *row) for host, row in zip(hosts, rows)]
         header = ("HOST", *header)
     print_table(rows, header, out)
+
+
+def print_remote_remediation(targets: Sequence[Tuple[str, RemoteTarget]], rules_of: Dict[str, Sequence[Any]],
+                             by_host: Dict[str, List[TransactionResult]], failed: Dict[str, str],
+                             unsupported: List[Dict[str, Any]], out: TextIO) -> None:
+    """The table of a remote remediation: a row per host and rule (a failed host's rules errored)."""
+    rows = []
+    for _, target in targets:
+        if target.key in failed:
+            rows += [(target.key, rule.id, "errored", "yes", failed[target.key]) for rule in rules_of.get(target.key, ())]
+            continue
+        rows += [(target.key, r.rule, r.status.value, "yes" if r.host_unchanged else "no", result_detail(r))
+                 for r in by_host.get(target.key, [])]
+        rows += [(target.key, u["rule"], u["status"], "yes", u["detail"]) for u in unsupported if u["host"] == target.key]
+    print_table(rows, ("HOST", "RULE", "STATUS", "UNCHANGED", "DETAIL"), out)

@@ -12,7 +12,7 @@ import select
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Counter, Dict, List, NoReturn, Optional, Tuple, cast
+from typing import Any, Callable, Counter, Dict, List, NoReturn, Optional, Sequence, Tuple, cast
 
 from kensa import errors
 from kensa.errors import AgentError, HostConnectionLost, KensaError, RemoteTimeoutError
@@ -20,7 +20,7 @@ from kensa.hosts.agent.wire import HEADER, FrameError, decode_value, frame, fram
 from kensa.hosts.processes import StderrTail, stop_process
 from kensa.hosts.protocol import Transport
 
-__all__ = ["AgentConnection"]
+__all__ = ["AgentConnection", "close_together"]
 
 #: Bytes asked of the agent's pipe per read: an answer is rarely larger, a pipe holds 64 KiB.
 _READ_CHUNK = 1 << 16
@@ -46,6 +46,7 @@ class AgentConnection:
         self.ahead: Counter[str] = collections.Counter()
         self.observer: Optional[Callable[[str, Optional[str]], None]] = None
         self.closed = False
+        self._ended = False  # close() ran: the agent's process waited for, the transport closed
         self._lock = threading.Lock()
         assert proc.stdin is not None and proc.stdout is not None
         self._out = proc.stdin.fileno()
@@ -69,8 +70,9 @@ class AgentConnection:
     def alive(self) -> bool:
         return not self.closed and self.proc.poll() is None
 
-    def close(self) -> None:
-        """End the agent (closing its stdin ends its loop) and the transport's connection."""
+    def shutdown(self) -> None:
+        """Tell the agent to end (its stdin closes, which ends its loop) without waiting for it:
+        :meth:`close` then waits. Many connections shut down first end together, not in turn."""
         if self.closed:
             return
         self.closed = True
@@ -80,6 +82,13 @@ class AgentConnection:
                     stream.close()
             except OSError:
                 pass
+
+    def close(self) -> None:
+        """End the agent (closing its stdin ends its loop) and the transport's connection."""
+        if self._ended:
+            return
+        self._ended = True
+        self.shutdown()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -329,3 +338,42 @@ class AgentConnection:
             except AttributeError:
                 continue
         return found
+
+
+def close_together(connections: Sequence[AgentConnection], at_once: int = 16) -> None:
+    """Close ``connections``: every agent is told to end first, then up to ``at_once`` are closed at a
+    time (each waits for its agent, then its transport ends, over ssh its control master), so a fleet's
+    connections end together rather than one after another. Where no thread can start (at interpreter
+    exit) the calling thread closes them all. Returns once all are closed; the first error of a close
+    is raised then."""
+    for connection in connections:
+        connection.shutdown()
+    pending = list(connections)
+    errors: List[BaseException] = []
+    guard = threading.Lock()
+
+    def close_pending() -> None:
+        while True:
+            with guard:
+                if not pending:
+                    return
+                connection = pending.pop()
+            try:
+                connection.close()
+            except BaseException as exc:  # noqa: BLE001 - raised by the caller once all are closed
+                with guard:
+                    errors.append(exc)
+
+    helpers = []
+    for _ in range(min(at_once, len(pending)) - 1):
+        helper = threading.Thread(target=close_pending, daemon=True, name="kensa-close")
+        try:
+            helper.start()
+        except RuntimeError:  # no new threads at interpreter shutdown: this thread closes the rest
+            break
+        helpers.append(helper)
+    close_pending()
+    for helper in helpers:
+        helper.join()
+    if errors:
+        raise errors[0]

@@ -41,14 +41,17 @@ from urllib.parse import urlsplit
 
 from kensa.errors import AgentError, HostConnectionLost, HostSelectionError, KensaError, RemoteHostError
 from kensa.hosts.agent.wire import PROTOCOL, READY, encode_value
-from kensa.hosts.connection import AgentConnection
+from kensa.hosts.answers import PHASE_ANSWERS, READS, Answer, Read, names, ran
+from kensa.hosts.connection import AgentConnection, close_together
 from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, check_step_phase, resolve_host
 from kensa.hosts.overlay import FileReaders, PlannedView
-from kensa.hosts.payload import NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload, check_python
+from kensa.hosts.payload import (NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, bootstrap_source, build_payload,
+                                 check_python)
 from kensa.hosts.processes import SubprocessTransport
-from kensa.hosts.protocol import Host, PhaseOutcome, ReadableHost, StepRunner, Transport
+from kensa.hosts.protocol import Host, PhaseOutcome, StepRunner, Transport
+from kensa.hosts.remotehandlers import RemoteHandler, RemoteHandlers, RestorableRemoteHandler
 from kensa.hosts.remotelock import hold_target_lock
-from kensa.model import Assessment, FileInfo, Phase, PreState, RemoteTarget, RollbackResult, StepResult
+from kensa.model import FileInfo, Phase, PreState, RemoteTarget
 from kensa.support.afterfork import reset_in_child
 
 __all__ = [
@@ -177,7 +180,7 @@ class RemoteHost(FileReaders):
             phase.value, mechanism=handler, params=encode_value(params), pre=encode_value(pre),
             planned=None if planned is None else encode_value(planned),
         )
-        found = self._fitting(phase.value, _PHASE_ANSWERS[phase.value], found)
+        found = self._fitting(phase.value, PHASE_ANSWERS[phase.value], found)
         return cast(PhaseOutcome, found["pre"] if phase is Phase.CAPTURE else found)
 
     def handlers(self, registry: Any, ahead: bool = True) -> "RemoteHandlers":
@@ -241,7 +244,7 @@ class RemoteHost(FileReaders):
         return list(self._answer("leftover_temps", READS["leftover_temps"], path))
 
     def remove_leftover_temps(self, path: str) -> List[str]:
-        return list(self._answer("remove_leftover_temps", _names, path))
+        return list(self._answer("remove_leftover_temps", names, path))
 
     def lookup_id(self, database: str, name: str) -> int:
         return int(self._answer("lookup_id", READS["lookup_id"], database, name))
@@ -249,7 +252,7 @@ class RemoteHost(FileReaders):
     def run(self, argv: Sequence[str], timeout: float, *, stdin_file: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
         # The agent opens stdin_file under its root, as its LocalHost opens every file.
         extra = {} if stdin_file is None else {"stdin_file": stdin_file}
-        done = self._answer("run", _ran, list(argv), timeout, **extra)
+        done = self._answer("run", ran, list(argv), timeout, **extra)
         return subprocess.CompletedProcess(done["args"], done["returncode"], done["stdout"], done["stderr"])
 
     def write_file(self, path: str, data: bytes, *, mode: Optional[int] = None, uid: Optional[int] = None,
@@ -266,174 +269,6 @@ class RemoteHost(FileReaders):
     def set_meta(self, path: str, *, mode: Optional[int] = None, uid: Optional[int] = None, gid: Optional[int] = None,
                  xattrs: Optional[Mapping[str, bytes]] = None, mtime_ns: Optional[int] = None) -> None:
         self._call("set_meta", path, mode=mode, uid=uid, gid=gid, xattrs=xattrs, mtime_ns=mtime_ns)
-
-
-def _captured(value: Any) -> bool:
-    return (isinstance(value, dict) and isinstance(value.get("pre"), PreState)
-            and (value.get("planned") is None or isinstance(value.get("planned"), dict)))
-
-
-#: What each handler phase answers: anything else is a broken or hostile target (an AgentError), so
-#: that no value is taken for a result it is not (a validate answered "yes" is not True).
-_PHASE_ANSWERS: Dict[str, Callable[[Any], bool]] = {
-    "capture": _captured,
-    "validate": lambda value: isinstance(value, bool),
-    "apply": lambda value: isinstance(value, StepResult),
-    "rollback": lambda value: isinstance(value, RollbackResult),
-    "restore": lambda value: isinstance(value, RollbackResult),
-    "assess": lambda value: isinstance(value, Assessment),
-    "planned": lambda value: isinstance(value, dict),
-    "settled": lambda value: isinstance(value, dict),
-}
-
-
-def _file_info(value: Any) -> bool:
-    return value is None or isinstance(value, FileInfo)
-
-
-def _names(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
-
-
-def _id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-#: The reads a batch may hold (:meth:`RemoteHost.read_many`), each with what its answer must be.
-READS: Mapping[str, Callable[[Any], bool]] = {
-    "info": _file_info,
-    "read_file": _file_info,
-    "read_bytes": lambda value: value is None or isinstance(value, bytes),
-    "list_dir": lambda value: value is None or _names(value),
-    "leftover_temps": _names,
-    "lookup_id": _id,
-}
-
-#: One read of a batch: (op, args, kwargs), as the host's method of that name takes them.
-Read = Tuple[str, Tuple[Any, ...], Mapping[str, Any]]
-#: Its answer: (value, None), or (None, the error its own request would raise).
-Answer = Tuple[Any, Optional[BaseException]]
-
-
-def _ran(value: Any) -> bool:
-    return (isinstance(value, dict) and _names(value.get("args")) and isinstance(value.get("returncode"), int)
-            and isinstance(value.get("stdout"), str) and isinstance(value.get("stderr"), str))
-
-
-class RemoteHandlers(Mapping[str, Any]):
-    """``registry`` seen from a remote host: each handler a proxy that runs where the host is."""
-
-    def __init__(self, host: RemoteHost, registry: Any, ahead: bool = True) -> None:
-        self.host, self.registry, self.ahead = host, registry, ahead
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.registry)
-
-    def __len__(self) -> int:
-        return len(self.registry)
-
-    def __getitem__(self, mechanism: str) -> Any:
-        local = self.registry[mechanism]
-        if getattr(local, "decides_compliance", False) is True or getattr(local, "needs_operator", False) is True:
-            # A rule's own check reads the target through the host it is given
-            # (one round trip per read); the agent has only the mechanisms. A
-            # step that needs an operator never reaches the target at all.
-            return local
-        cls = RestorableRemoteHandler if all(
-            callable(getattr(local, name, None)) for name in ("assess", "restore", "planned", "settled")
-        ) else RemoteHandler
-        return cls(self.host, local, self.ahead)
-
-
-class RemoteHandler:
-    """A handler whose every call is one request to the agent, which runs the same
-    mechanism there. ``name`` and ``capturable`` are the local handler's.
-
-    So is ``quick_reads`` (unless ``ahead`` is False): its validate and capture only read the files
-    the step names. Then the agent answers the read the engine asks next in the
-    same round trip (:meth:`AgentConnection.request_ahead`): a validate that fails
-    carries the capture (the engine captures a step its check found not
-    compliant), an apply carries the validate. When the engine asks something else
-    next (a step of a longer transaction, a rollback), that answer is dropped,
-    having cost the agent one read of those files and the connection its answer."""
-
-    def __init__(self, host: RemoteHost, local: Any, ahead: bool = True) -> None:
-        self.host = host
-        self.name: str = local.name
-        self.capturable: bool = bool(local.capturable)
-        self.quick_reads: bool = ahead and getattr(local, "quick_reads", False) is True
-        self._planned: Dict[int, Tuple[PreState, Any]] = {}
-
-    def __repr__(self) -> str:
-        return f"RemoteHandler({self.name!r} on {self.host.root!r})"
-
-    def _planned_of(self, view: Any) -> Any:
-        if view is self.host:
-            return None
-        if isinstance(view, PlannedView) and view.base is self.host:
-            return encode_value(view.planned_files)
-        raise HostSelectionError(f"{self.name} on {self.host.root} was given another host, {view!r}")
-
-    def _fields(self, view: Any, **fields: Any) -> Dict[str, Any]:
-        return dict(fields, mechanism=self.name, planned=self._planned_of(view))
-
-    def _ask(self, op: str, view: Any, **fields: Any) -> Any:
-        found = self.host.connection.request(op, **self._fields(view, **fields))
-        return self.host._fitting(op, _PHASE_ANSWERS[op], found)
-
-    def _ask_ahead(self, op: str, view: Any, fields: Dict[str, Any], then: str, then_fields: Dict[str, Any]) -> Any:
-        """``op``, with the read the engine asks next answered in the same round trip (see
-        :meth:`AgentConnection.request_ahead`)."""
-        found = self.host.connection.request_ahead(op, self._fields(view, **fields), then, self._fields(view, **then_fields))
-        return self.host._fitting(op, _PHASE_ANSWERS[op], found)
-
-    def _capture_fields(self, params: Mapping[str, Any]) -> Dict[str, Any]:
-        return {"params": encode_value(params), "with_planned": isinstance(self, RestorableRemoteHandler)}
-
-    def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
-        found = self._ask("capture", host, **self._capture_fields(params))
-        pre = found["pre"]
-        if isinstance(self, RestorableRemoteHandler) and found["planned"] is not None:
-            # The engine asks planned() of this pre-state next: it came with the capture.
-            self._planned[id(pre)] = (pre, found["planned"])
-        return cast(PreState, pre)
-
-    def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
-        encoded = encode_value(params)
-        if self.quick_reads:
-            return cast(bool, self._ask_ahead("validate", host, {"params": encoded}, "capture", self._capture_fields(params)))
-        return cast(bool, self._ask("validate", host, params=encoded))
-
-    def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
-        encoded = encode_value(params)
-        fields = {"params": encoded, "pre": encode_value(pre)}
-        if self.quick_reads:
-            return cast(StepResult, self._ask_ahead("apply", host, fields, "validate", {"params": encoded}))
-        return cast(StepResult, self._ask("apply", host, **fields))
-
-    def rollback(self, host: Host, pre: PreState) -> RollbackResult:
-        return cast(RollbackResult, self._ask("rollback", host, pre=encode_value(pre)))
-
-
-class RestorableRemoteHandler(RemoteHandler):
-    """A :class:`RemoteHandler` of a handler that assesses and restores itself (:class:`kensa.engine.Restorable`)."""
-
-    def assess(self, host: ReadableHost, pre: PreState) -> Assessment:
-        return cast(Assessment, self._ask("assess", host, pre=encode_value(pre)))
-
-    def restore(self, host: Host, pre: PreState, assessment: Assessment, force: bool = False) -> RollbackResult:
-        found = self._ask("restore", host, pre=encode_value(pre), assessment=encode_value(assessment), force=force)
-        return cast(RollbackResult, found)
-
-    def planned(self, host: ReadableHost, pre: PreState) -> Mapping[str, Any]:
-        known = self._planned.pop(id(pre), None)
-        if known is not None and known[0] is pre:
-            return cast(Mapping[str, Any], known[1])
-        return cast(Mapping[str, Any], self._ask("planned", host, pre=encode_value(pre)))
-
-    def settled(self, host: ReadableHost, pre: PreState, assessment: Assessment, force: bool = False) -> Mapping[str, Any]:
-        found = self._ask("settled", host, pre=encode_value(pre), assessment=encode_value(assessment), force=force)
-        return cast(Mapping[str, Any], found)
 
 
 def connect(
@@ -551,6 +386,9 @@ class RemoteHosts:
         self._hosts: Dict[str, RemoteHost] = {}
         self._guard = threading.Lock()
         self._key_locks: Dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        # Connections begun by connect_early: key -> (its thread, its transport), and how each that failed failed.
+        self._early: Dict[str, Tuple[threading.Thread, Transport]] = {}
+        self._early_failures: Dict[str, BaseException] = {}
         atexit.register(_close_at_exit, weakref.ref(self))
         reset_in_child(self)
 
@@ -560,6 +398,8 @@ class RemoteHosts:
         self._hosts = {}
         self._guard = threading.Lock()
         self._key_locks = collections.defaultdict(threading.Lock)
+        self._early = {}
+        self._early_failures = {}
 
     def canonical_key(self, key: str) -> str:
         """One spelling per target: the RemoteTarget's key for ``ssh://`` keys, else the local one."""
@@ -576,25 +416,88 @@ class RemoteHosts:
         target = parse_remote_key(key)
         with self._guard:
             lock = self._key_locks[target.key]
+            early = self._early.get(target.key)
+        if early is not None:
+            # Begun by connect_early: its outcome is this resolution's, and a host that
+            # could not be reached is not tried a second time for it.
+            early[0].join()
+            with self._guard:
+                if self._early.get(target.key) is early:
+                    del self._early[target.key]
+                failure = self._early_failures.pop(target.key, None)
+            if failure is not None:
+                raise failure
         with lock:
             host = self._hosts.get(target.key)
             if host is not None and host.alive:
                 return host
-            if host is not None:
-                host.close()
-            python = self.python_for(target) if self.python_for is not None else None
-            host = connect(self.transport_for(target), target.root, key=target.key,
-                           connect_timeout=self.connect_timeout, operation_timeout=self.operation_timeout,
-                           max_file_bytes=self.max_file_bytes, agent_cache=self.agent_cache, python=python)
-            self._hosts[target.key] = host
-            return host
+            return self._connect(target, self.transport_for(target))
+
+    def _connect(self, target: RemoteTarget, transport: Transport) -> RemoteHost:
+        """A new connection to ``target`` through ``transport``, kept for its key (the caller holds the key's lock)."""
+        old = self._hosts.pop(target.key, None)
+        if old is not None:
+            old.close()
+        python = self.python_for(target) if self.python_for is not None else None
+        host = connect(transport, target.root, key=target.key,
+                       connect_timeout=self.connect_timeout, operation_timeout=self.operation_timeout,
+                       max_file_bytes=self.max_file_bytes, agent_cache=self.agent_cache, python=python)
+        self._hosts[target.key] = host
+        return host
+
+    def connect_early(self, keys: Sequence[str]) -> None:
+        """Begin connecting to the ``ssh://`` ``keys`` now, each in a thread of its own, while the
+        caller goes on (loading rules, building its engine): the login and the agent's start run
+        in other processes meanwhile. The next resolution of a key waits for its connection and
+        gets it, or raises the error that connection ended with (once; later resolutions try anew).
+
+        The transports are made here, in the calling thread (a bad target or option raises here);
+        nothing is read or changed on a host beyond what :func:`connect` does. Give only as many
+        keys as may be connected at once. :meth:`close` ends what is still connecting.
+        """
+        if keys:
+            # The payload (read from the controller's copy, or built) and the bootstrap on the agent's
+            # command line are made here: in the threads they would share the interpreter with the
+            # caller's imports, and each ssh would start later.
+            build_payload()
+            bootstrap_source()
+        for key in keys:
+            target = parse_remote_key(key)
+            with self._guard:
+                if target.key in self._early or target.key in self._hosts:
+                    continue
+            transport = self.transport_for(target)
+            thread = threading.Thread(target=self._connect_early, args=(target, transport), daemon=True,
+                                      name=f"kensa-connect-{target.host}")
+            with self._guard:
+                self._early[target.key] = (thread, transport)
+            thread.start()
+
+    def _connect_early(self, target: RemoteTarget, transport: Transport) -> None:
+        with self._guard:
+            lock = self._key_locks[target.key]
+        with lock:
+            try:
+                self._connect(target, transport)
+            except BaseException as exc:  # noqa: BLE001 - handed to the resolution that waits for it
+                with self._guard:
+                    self._early_failures[target.key] = exc
 
     def close(self) -> None:
-        """Close every connection (their agents end)."""
+        """Close every connection (their agents end; :func:`~kensa.hosts.connection.close_together`),
+        ending those still being made first."""
+        with self._guard:
+            early, self._early = list(self._early.values()), {}
+        for thread, transport in early:
+            if thread.is_alive():
+                # Ends the login or the agent's start under way (its ssh, its agent), so the thread returns at once.
+                transport.close()
+        for thread, _ in early:
+            thread.join(self.connect_timeout)
         with self._guard:
             hosts, self._hosts = list(self._hosts.values()), {}
-        for host in hosts:
-            host.close()
+            self._early_failures = {}
+        close_together([host.connection for host in hosts])
 
 
 def _close_at_exit(ref: "weakref.ref[RemoteHosts]") -> None:

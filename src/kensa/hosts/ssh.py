@@ -263,14 +263,19 @@ class SshTransport:
 
     def _spawn(self, argv: Sequence[str], ready: bytes, timeout: float) -> "subprocess.Popen[bytes]":
         marker = f"[kensa-sudo-{secrets.token_hex(8)}]"
-        proc = subprocess.Popen(
-            self.ssh_argv(self.remote_argv(argv, marker)),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a ^C to kensa must not kill the connection under a running step
-        )
-        self._children.add(proc)
+        # Started and counted under the lock close() takes: a close from another thread (a
+        # connection begun early, ended by ^C) either finds this process or prevents it.
+        with self._lock:
+            if self._closed:
+                raise RemoteHostError(f"{self.name}: the connection was closed", host=self.name)
+            proc = subprocess.Popen(
+                self.ssh_argv(self.remote_argv(argv, marker)),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # a ^C to kensa must not kill the connection under a running step
+            )
+            self._children.add(proc)
         try:
             err = self._await_ready(proc, ready, marker, timeout)
         except BaseException:
