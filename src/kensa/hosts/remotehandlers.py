@@ -2,11 +2,13 @@
 
 :meth:`kensa.hosts.remote.RemoteHost.handlers` gives :class:`RemoteHandlers`;
 the agent runs the same mechanism on the target (:mod:`kensa.hosts.agent.server`).
+A handler's ``host`` is that RemoteHost (typed ``Any`` here: this module lies below
+:mod:`kensa.hosts.remote`, which builds the handlers).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Tuple, cast
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, cast
 
 from kensa.errors import HostSelectionError
 from kensa.hosts.agent.wire import encode_value
@@ -15,16 +17,13 @@ from kensa.hosts.overlay import PlannedView
 from kensa.hosts.protocol import Host, ReadableHost
 from kensa.model import Assessment, PreState, RollbackResult, StepResult
 
-if TYPE_CHECKING:
-    from kensa.hosts.remote import RemoteHost
-
 __all__ = ["RemoteHandler", "RemoteHandlers", "RestorableRemoteHandler"]
 
 
 class RemoteHandlers(Mapping[str, Any]):
     """``registry`` seen from a remote host: each handler a proxy that runs where the host is."""
 
-    def __init__(self, host: RemoteHost, registry: Any, ahead: bool = True) -> None:
+    def __init__(self, host: Any, registry: Any, ahead: bool = True) -> None:
         self.host, self.registry, self.ahead = host, registry, ahead
 
     def __iter__(self) -> Iterator[str]:
@@ -58,7 +57,7 @@ class RemoteHandler:
     next (a step of a longer transaction, a rollback), that answer is dropped,
     having cost the agent one read of those files and the connection its answer."""
 
-    def __init__(self, host: RemoteHost, local: Any, ahead: bool = True) -> None:
+    def __init__(self, host: Any, local: Any, ahead: bool = True) -> None:
         self.host = host
         self.name: str = local.name
         self.capturable: bool = bool(local.capturable)
