@@ -31,6 +31,7 @@ from kensa.handlers import default_registry
 from kensa.handlers.filestate import FilePlan
 from kensa.hosts.agent import compat
 from kensa.hosts.agent.wire import READY, FrameError, decode_value, encode_value
+from kensa.hosts.connection import AgentConnection
 from kensa.hosts.payload import Payload, build_payload, for_old_python
 from kensa.hosts.remote import SubprocessTransport, connect
 from kensa.model import Assessment, Drift, FileInfo, Phase, PreState, RollbackResult, StepResult
@@ -272,6 +273,70 @@ def test_an_interrupt_inside_a_large_answer_leaves_the_next_request_its_own(root
         assert host.read_bytes("/etc/big") == big.read_bytes()
     finally:
         host.close()
+
+
+_SLOW_OVERSIZE_FIRST = '''
+import json, sys, time
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+
+def asked():
+    size = int.from_bytes(inp.read(4), "big")
+    return json.loads(inp.read(size)) if size else None
+
+first = asked()
+time.sleep(0.5)
+body = json.dumps({"ok": "x" * (4 << 20), "id": first["id"]}).encode()
+sent = len(body).to_bytes(4, "big") + body
+for at in range(0, len(sent), 1 << 16):
+    out.write(sent[at:at + (1 << 16)]); out.flush(); time.sleep(0.02)
+while True:
+    request = asked()
+    if request is None:
+        break
+    body = json.dumps({"ok": request["id"], "id": request["id"]}).encode()
+    out.write(len(body).to_bytes(4, "big") + body); out.flush()
+'''
+
+
+def test_an_interrupt_while_an_oversize_dropped_answer_is_read_through_keeps_the_frames_apart() -> None:
+    """Ctrl-C while the controller waits; that answer comes above the frame limit, slowly, and a
+    second Ctrl-C arrives while the next request is reading it through: the third request still
+    gets its own answer (the rest of the big frame is read through, not taken for a header), long
+    before the operation timeout, and the connection goes on."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_OVERSIZE_FIRST], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    connection = AgentConnection(proc, SubprocessTransport(name="slow-big-target"), 20.0, 1 << 20)
+    try:
+        _interrupted(lambda: connection.request("info"), 0.2)
+        _interrupted(lambda: connection.request("info"), 0.7)
+        assert connection.request("info") == 3
+        assert connection.request("info") == 4 and connection.alive
+    finally:
+        connection.close()
+
+
+_ID_TRUE = '''
+import json, sys
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+size = int.from_bytes(inp.read(4), "big")
+inp.read(size)
+body = json.dumps({"ok": "not yours", "id": True}).encode()
+out.write(len(body).to_bytes(4, "big") + body); out.flush()
+inp.read()
+'''
+
+
+def test_an_answer_whose_id_is_true_is_no_answer_to_request_one() -> None:
+    """JSON true equals 1 in Python: an agent answering the first request with ``"id": true`` is
+    not speaking the protocol, so the controller refuses that answer (AgentError naming the host,
+    connection closed) instead of taking it as request 1's."""
+    proc = subprocess.Popen([sys.executable, "-c", _ID_TRUE], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    connection = AgentConnection(proc, SubprocessTransport(name="bool-id-target"), 20.0, 1 << 20)
+    try:
+        with pytest.raises(AgentError, match="bool-id-target.*id True"):
+            connection.request("info")
+        assert not connection.alive
+    finally:
+        connection.close()
 
 
 def test_target_errors_arrive_as_their_own_kensa_class(root: Path) -> None:
