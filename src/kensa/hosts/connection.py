@@ -59,6 +59,9 @@ class AgentConnection:
         # Set once a caller stopped waiting for an answer: a frame above the limit may then be
         # that answer, and is dropped rather than taken for a broken agent.
         self._abandoned = False
+        # Bytes still to drop of a frame above the limit whose reading through a caller stopped:
+        # they come before any next frame, so they must not be taken for its header.
+        self._unread = 0
         os.set_blocking(self._out, False)
 
     @property
@@ -194,7 +197,7 @@ class AgentConnection:
             found = self._read(deadline, what, oversize_ok=self._abandoned or not keep)
             got = None if found is None else found.get("id")
             # Without an id, an answer is taken in order: right while no caller stopped waiting.
-            if found is not None and (got == ident or (got is None and not self._abandoned)):
+            if found is not None and ((type(got) is int and got == ident) or (got is None and not self._abandoned)):
                 return found
             if found is not None and not (isinstance(got, int) and not isinstance(got, bool) and got < ident):
                 self._broken(f"answered {what} with id {got!r}, which is no request waiting for an answer")
@@ -248,14 +251,16 @@ class AgentConnection:
 
     def _read(self, deadline: float, what: str, oversize_ok: bool = False) -> Optional[Dict[str, Any]]:
         """The next frame as a message, taken from the buffer whole. One above the frame limit is
-        a broken agent, unless ``oversize_ok``: it is then read through in pieces and None returned."""
+        a broken agent, unless ``oversize_ok``: it is then read through in pieces and None returned
+        (as is the rest of one whose reading through was stopped)."""
+        if self._unread:
+            self._drop(deadline, what)
+            return None
         (length,) = HEADER.unpack(bytes(self._fill(HEADER.size, deadline, what)[:HEADER.size]))
         if length > self.max_frame and oversize_ok:
             del self._buffer[:HEADER.size]
-            while length:
-                piece = min(length, len(self._fill(1, deadline, what)), 1 << 20)
-                del self._buffer[:piece]
-                length -= piece
+            self._unread = length
+            self._drop(deadline, what)
             return None
         try:
             frame_length(bytes(self._buffer[:HEADER.size]), self.max_frame)
@@ -268,6 +273,14 @@ class AgentConnection:
             return parse(body)
         except FrameError as exc:
             self._broken(f"answered {what} with a frame that is not the protocol: {exc}")
+
+    def _drop(self, deadline: float, what: str) -> None:
+        """Read through the :attr:`_unread` bytes of an oversize frame, counting them down as they go,
+        so a caller stopped half way leaves the count right for the next read."""
+        while self._unread:
+            piece = min(self._unread, len(self._fill(1, deadline, what)), 1 << 20)
+            del self._buffer[:piece]
+            self._unread -= piece
 
     def _stderr(self) -> str:
         tail = getattr(self.proc, "kensa_stderr", None)
