@@ -203,15 +203,20 @@ def undo_lines(text: str, changes: Sequence[Tuple[Optional[str], str]]) -> Optio
 
     A change that only ended a line (``old`` without a line ending, ``new`` the same line
     with one: done to insert a line after the last) takes that ending out again when the
-    line is the last one once the insertion is undone; a line added after it since keeps it."""
+    line is the last one once the insertion is undone; a line added after it since keeps it.
+    Such a line whose text was changed since is not found and no refusal: it keeps its ending."""
     lines = logical_lines(text)
     cursor = 0
     ended: List[int] = []
     for old, new in changes:
+        only_ended = old is not None and old == old.rstrip("\r\n") and old == new.rstrip("\r\n")
         for index in range(cursor, len(lines)):
             if lines[index].rstrip("\r\n") == new.rstrip("\r\n"):
                 break
         else:
+            if only_ended:
+                # The operator changed the text of a line kensa only ended: theirs to keep, ending and all.
+                continue
             return None
         if old is None:
             del lines[index]
