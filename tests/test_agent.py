@@ -314,6 +314,44 @@ def test_an_interrupt_while_an_oversize_dropped_answer_is_read_through_keeps_the
         connection.close()
 
 
+_FLOOD_OF_OLD_IDS = '''
+import json, sys
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+size = int.from_bytes(inp.read(4), "big")
+inp.read(size)
+body = json.dumps({"ok": "old", "id": 0}).encode()
+burst = (len(body).to_bytes(4, "big") + body) * 4096
+try:
+    while True:
+        out.write(burst); out.flush()
+except BrokenPipeError:
+    pass
+'''
+
+
+def test_an_agent_flooding_answers_of_earlier_ids_is_stopped_at_the_operation_timeout() -> None:
+    """An agent that answers a request with an endless stream of answers to earlier ids (each one
+    dropped as an answer whose caller stopped waiting) never lets the pipe run dry: the controller
+    still gives up at the operation timeout (RemoteTimeoutError, agent stopped) instead of dropping
+    them for ever. A guard alarm far past that timeout fails the test rather than hanging it."""
+    proc = subprocess.Popen([sys.executable, "-c", _FLOOD_OF_OLD_IDS], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    connection = AgentConnection(proc, SubprocessTransport(name="flooding-target"), 2.0, 1 << 20)
+
+    def hung(signum: int, frame: Any) -> None:
+        raise AssertionError("still dropping answers long past the operation timeout")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with pytest.raises(RemoteTimeoutError, match="flooding-target"):
+            connection.request("info")
+        assert not connection.alive
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        connection.close()
+
+
 _ID_TRUE = '''
 import json, sys
 out, inp = sys.stdout.buffer, sys.stdin.buffer
