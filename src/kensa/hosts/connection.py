@@ -234,8 +234,13 @@ class AgentConnection:
         # usually arrive in one wait and one read.
         buffered = self._buffer
         while len(buffered) < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                # A peer that never lets the pipe run dry (answers dropped one after another, an
+                # oversize frame read through) would otherwise never make select wait out the deadline.
+                self._timed_out(what)
             try:
-                ready, _, _ = select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))
+                ready, _, _ = select.select([self._in], [], [], left)
             except (OSError, ValueError) as exc:
                 self._lost(what, exc if isinstance(exc, OSError) else None)
             if not ready:
