@@ -275,6 +275,24 @@ def test_an_interrupt_inside_a_large_answer_leaves_the_next_request_its_own(root
         host.close()
 
 
+def test_an_oversize_answer_after_an_interrupt_was_read_through_still_closes_the_connection_at_once(root: Path) -> None:
+    """Ctrl-C while a command runs; the next request gets its own answer, so every earlier answer
+    has come. A later answer above the frame limit is then a broken agent as before any stop
+    (AgentError naming the limit, connection closed), not dropped as an earlier caller's while
+    the controller waits for an answer that never comes until the operation timeout."""
+    (root / "etc" / "big").write_bytes(b"x" * (4 << 20))
+    host = connect(transport("interrupted-then-big"), str(root), operation_timeout=20,
+                   max_file_bytes=64 << 20, max_frame_bytes=1 << 20)
+    try:
+        _interrupted(lambda: host.run(["sh", "-c", "sleep 1; echo first"], timeout=30), 0.3)
+        assert host.run(["echo", "second"], timeout=30).stdout == "second\n"
+        with pytest.raises(AgentError, match="interrupted-then-big.*above the limit"):
+            host.read_bytes("/etc/big")
+        assert not host.alive
+    finally:
+        host.close()
+
+
 _SLOW_OVERSIZE_FIRST = '''
 import json, sys, time
 out, inp = sys.stdout.buffer, sys.stdin.buffer
