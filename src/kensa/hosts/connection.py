@@ -56,8 +56,8 @@ class AgentConnection:
         # Every request carries an id its answer repeats: an answer whose caller stopped waiting
         # (Ctrl-C) is told from the next request's by it, never taken for it.
         self._last_id = 0
-        # Set once a caller stopped waiting for an answer: a frame above the limit may then be
-        # that answer, and is dropped rather than taken for a broken agent.
+        # Set while the answer of a caller that stopped waiting may still come: a frame above the
+        # limit may then be that answer, and is dropped rather than taken for a broken agent.
         self._abandoned = False
         # Bytes still to drop of a frame above the limit whose reading through a caller stopped:
         # they come before any next frame, so they must not be taken for its header.
@@ -198,6 +198,8 @@ class AgentConnection:
             got = None if found is None else found.get("id")
             # Without an id, an answer is taken in order: right while no caller stopped waiting.
             if found is not None and ((type(got) is int and got == ident) or (got is None and not self._abandoned)):
+                # The agent answers in order: every earlier answer has come, none is on its way.
+                self._abandoned = False
                 return found
             if found is not None and not (isinstance(got, int) and not isinstance(got, bool) and got < ident):
                 self._broken(f"answered {what} with id {got!r}, which is no request waiting for an answer")
