@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import zlib
 import json
 import hashlib
@@ -289,6 +290,23 @@ def test_a_request_larger_than_a_pipe_after_an_interrupted_large_answer_is_not_s
         host.write_file("/etc/new", data)
         assert (root / "etc" / "new").read_bytes() == data
         assert host.read_bytes("/etc/motd") == b"welcome\n"
+    finally:
+        host.close()
+
+
+def test_a_request_from_another_thread_after_an_interrupt_gets_its_own_answer(root: Path) -> None:
+    """Ctrl-C in the main thread while a command's answer is on its way; another thread then asks
+    a read on the same connection: it is given the file's bytes, not the command's answer, and
+    the connection goes on for the main thread too."""
+    host = connect(transport("interrupted-threads"), str(root))
+    found: List[Any] = []
+    try:
+        _interrupted(lambda: host.run(["sh", "-c", "sleep 1; echo first"], timeout=30), 0.3)
+        reader = threading.Thread(target=lambda: found.append(host.read_bytes("/etc/motd")))
+        reader.start()
+        reader.join(60)
+        assert found == [b"welcome\n"]
+        assert host.run(["echo", "main"], timeout=30).stdout == "main\n" and host.alive
     finally:
         host.close()
 
