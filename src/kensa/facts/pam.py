@@ -201,15 +201,16 @@ def undo_lines(text: str, changes: Sequence[Tuple[Optional[str], str]]) -> Optio
     None: it was inserted); every other line stays as it is. None when one of them
     is no longer there as written: that change is not kensa's to undo any more.
 
-    A change that only ended a line (``old`` without a line ending, ``new`` the same line
-    with one: done to insert a line after the last) takes that ending out again when the
-    line is the last one once the insertion is undone; a line added after it since keeps it.
+    A change that only ended a line (``old`` without a line ending or with a lone carriage
+    return, ``new`` the same line ended: done to insert a line after the last) gives it back
+    the ending it had when the line is the last one once the insertion is undone; a line
+    added after it since keeps it.
     Such a line whose text was changed since is not found and no refusal: it keeps its ending."""
     lines = logical_lines(text)
     cursor = 0
-    ended: List[int] = []
+    ended: List[Tuple[int, str]] = []  # (line, the ending it had) of each change that only ended a line
     for old, new in changes:
-        only_ended = old is not None and old == old.rstrip("\r\n") and old == new.rstrip("\r\n")
+        only_ended = old is not None and old != new and old.rstrip("\r\n") == new.rstrip("\r\n")
         for index in range(cursor, len(lines)):
             if lines[index].rstrip("\r\n") == new.rstrip("\r\n"):
                 break
@@ -224,11 +225,11 @@ def undo_lines(text: str, changes: Sequence[Tuple[Optional[str], str]]) -> Optio
         else:
             ending = lines[index][len(lines[index].rstrip("\r\n")):]
             lines[index] = old.rstrip("\r\n") + ending
-            if old == old.rstrip("\r\n") and new != new.rstrip("\r\n"):
-                ended.append(index)
+            if only_ended:
+                ended.append((index, old[len(old.rstrip("\r\n")):]))
             cursor = index + 1
-    if ended and ended[-1] == len(lines) - 1:
-        lines[-1] = lines[-1].rstrip("\r\n")
+    if ended and ended[-1][0] == len(lines) - 1:
+        lines[-1] = lines[-1].rstrip("\r\n") + ended[-1][1]
     return "".join(lines)
 
 
