@@ -205,14 +205,18 @@ def undo_lines(text: str, changes: Sequence[Tuple[Optional[str], str]]) -> Optio
     return, ``new`` the same line ended: done to insert a line after the last) gives it back
     the ending it had when the line is the last one once the insertion is undone; a line
     added after it since keeps it.
-    Such a line whose text was changed since is not found and no refusal: it keeps its ending."""
+    That line is the one right before the inserted line; one whose text was changed since, or
+    that no longer comes right before it, is not found and no refusal: it keeps its ending."""
     lines = logical_lines(text)
     cursor = 0
     ended: List[Tuple[int, str]] = []  # (line, the ending it had) of each change that only ended a line
-    for old, new in changes:
+    for position, (old, new) in enumerate(changes):
         only_ended = old is not None and old != new and old.rstrip("\r\n") == new.rstrip("\r\n")
+        # A line kensa only ended is the one right before the line it inserted, not a twin above.
+        after = changes[position + 1][1].rstrip("\r\n") if only_ended and position + 1 < len(changes) else None
         for index in range(cursor, len(lines)):
-            if lines[index].rstrip("\r\n") == new.rstrip("\r\n"):
+            if lines[index].rstrip("\r\n") == new.rstrip("\r\n") and (
+                    after is None or (index + 1 < len(lines) and lines[index + 1].rstrip("\r\n") == after)):
                 break
         else:
             if only_ended:
