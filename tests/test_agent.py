@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import zlib
 import json
 import hashlib
@@ -31,6 +32,7 @@ from kensa.handlers import default_registry
 from kensa.handlers.filestate import FilePlan
 from kensa.hosts.agent import compat
 from kensa.hosts.agent.wire import READY, FrameError, decode_value, encode_value
+from kensa.hosts.connection import AgentConnection
 from kensa.hosts.payload import Payload, build_payload, for_old_python
 from kensa.hosts.remote import SubprocessTransport, connect
 from kensa.model import Assessment, Drift, FileInfo, Phase, PreState, RollbackResult, StepResult
@@ -272,6 +274,161 @@ def test_an_interrupt_inside_a_large_answer_leaves_the_next_request_its_own(root
         assert host.read_bytes("/etc/big") == big.read_bytes()
     finally:
         host.close()
+
+
+def test_a_request_larger_than_a_pipe_after_an_interrupted_large_answer_is_not_stalled(root: Path) -> None:
+    """Ctrl-C while a large answer (a 40 MiB read) is half read leaves the agent writing the rest;
+    it reads nothing more until that is written. The next request is a write of 1 MiB, more than
+    the pipe to the agent holds: the controller reads the rest of the dropped answer before it
+    writes, so the write is done (not stalled until the operation timeout stops the agent)."""
+    (root / "etc" / "big").write_bytes(os.urandom(40 << 20))
+    data = os.urandom(1 << 20)
+    host = connect(transport("interrupted-then-write"), str(root), operation_timeout=20,
+                   max_file_bytes=64 << 20, max_frame_bytes=128 << 20)
+    try:
+        _interrupted(lambda: host.read_bytes("/etc/big"), 0.25)
+        host.write_file("/etc/new", data)
+        assert (root / "etc" / "new").read_bytes() == data
+        assert host.read_bytes("/etc/motd") == b"welcome\n"
+    finally:
+        host.close()
+
+
+def test_a_request_from_another_thread_after_an_interrupt_gets_its_own_answer(root: Path) -> None:
+    """Ctrl-C in the main thread while a command's answer is on its way; another thread then asks
+    a read on the same connection: it is given the file's bytes, not the command's answer, and
+    the connection goes on for the main thread too."""
+    host = connect(transport("interrupted-threads"), str(root))
+    found: List[Any] = []
+    try:
+        _interrupted(lambda: host.run(["sh", "-c", "sleep 1; echo first"], timeout=30), 0.3)
+        reader = threading.Thread(target=lambda: found.append(host.read_bytes("/etc/motd")))
+        reader.start()
+        reader.join(60)
+        assert found == [b"welcome\n"]
+        assert host.run(["echo", "main"], timeout=30).stdout == "main\n" and host.alive
+    finally:
+        host.close()
+
+
+def test_an_oversize_answer_after_an_interrupt_was_read_through_still_closes_the_connection_at_once(root: Path) -> None:
+    """Ctrl-C while a command runs; the next request gets its own answer, so every earlier answer
+    has come. A later answer above the frame limit is then a broken agent as before any stop
+    (AgentError naming the limit, connection closed), not dropped as an earlier caller's while
+    the controller waits for an answer that never comes until the operation timeout."""
+    (root / "etc" / "big").write_bytes(b"x" * (4 << 20))
+    host = connect(transport("interrupted-then-big"), str(root), operation_timeout=20,
+                   max_file_bytes=64 << 20, max_frame_bytes=1 << 20)
+    try:
+        _interrupted(lambda: host.run(["sh", "-c", "sleep 1; echo first"], timeout=30), 0.3)
+        assert host.run(["echo", "second"], timeout=30).stdout == "second\n"
+        with pytest.raises(AgentError, match="interrupted-then-big.*above the limit"):
+            host.read_bytes("/etc/big")
+        assert not host.alive
+    finally:
+        host.close()
+
+
+_SLOW_OVERSIZE_FIRST = '''
+import json, sys, time
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+
+def asked():
+    size = int.from_bytes(inp.read(4), "big")
+    return json.loads(inp.read(size)) if size else None
+
+first = asked()
+time.sleep(0.5)
+body = json.dumps({"ok": "x" * (4 << 20), "id": first["id"]}).encode()
+sent = len(body).to_bytes(4, "big") + body
+for at in range(0, len(sent), 1 << 16):
+    out.write(sent[at:at + (1 << 16)]); out.flush(); time.sleep(0.02)
+while True:
+    request = asked()
+    if request is None:
+        break
+    body = json.dumps({"ok": request.get("n"), "id": request["id"]}).encode()
+    out.write(len(body).to_bytes(4, "big") + body); out.flush()
+'''
+
+
+def test_an_interrupt_while_an_oversize_dropped_answer_is_read_through_keeps_the_frames_apart() -> None:
+    """Ctrl-C while the controller waits; that answer comes above the frame limit, slowly, and a
+    second Ctrl-C arrives while the next request is reading it through: the third request still
+    gets its own answer (the rest of the big frame is read through, not taken for a header), long
+    before the operation timeout, and the connection goes on."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_OVERSIZE_FIRST], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    connection = AgentConnection(proc, SubprocessTransport(name="slow-big-target"), 20.0, 1 << 20)
+    try:
+        _interrupted(lambda: connection.request("info"), 0.2)
+        _interrupted(lambda: connection.request("info"), 0.7)
+        assert connection.request("info", n="third") == "third"
+        assert connection.request("info", n="fourth") == "fourth" and connection.alive
+    finally:
+        connection.close()
+
+
+_FLOOD_OF_OLD_IDS = '''
+import json, sys
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+size = int.from_bytes(inp.read(4), "big")
+inp.read(size)
+body = json.dumps({"ok": "old", "id": 0}).encode()
+burst = (len(body).to_bytes(4, "big") + body) * 4096
+try:
+    while True:
+        out.write(burst); out.flush()
+except BrokenPipeError:
+    pass
+'''
+
+
+def test_an_agent_flooding_answers_of_earlier_ids_is_stopped_at_the_operation_timeout() -> None:
+    """An agent that answers a request with an endless stream of answers to earlier ids (each one
+    dropped as an answer whose caller stopped waiting) never lets the pipe run dry: the controller
+    still gives up at the operation timeout (RemoteTimeoutError, agent stopped) instead of dropping
+    them for ever. A guard alarm far past that timeout fails the test rather than hanging it."""
+    proc = subprocess.Popen([sys.executable, "-c", _FLOOD_OF_OLD_IDS], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    connection = AgentConnection(proc, SubprocessTransport(name="flooding-target"), 2.0, 1 << 20)
+
+    def hung(signum: int, frame: Any) -> None:
+        raise AssertionError("still dropping answers long past the operation timeout")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with pytest.raises(RemoteTimeoutError, match="flooding-target"):
+            connection.request("info")
+        assert not connection.alive
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        connection.close()
+
+
+_ID_TRUE = '''
+import json, sys
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+size = int.from_bytes(inp.read(4), "big")
+inp.read(size)
+body = json.dumps({"ok": "not yours", "id": True}).encode()
+out.write(len(body).to_bytes(4, "big") + body); out.flush()
+inp.read()
+'''
+
+
+def test_an_answer_whose_id_is_true_is_no_answer_to_request_one() -> None:
+    """JSON true equals 1 in Python: an agent answering the first request with ``"id": true`` is
+    not speaking the protocol, so the controller refuses that answer (AgentError naming the host,
+    connection closed) instead of taking it as request 1's."""
+    proc = subprocess.Popen([sys.executable, "-c", _ID_TRUE], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    connection = AgentConnection(proc, SubprocessTransport(name="bool-id-target"), 20.0, 1 << 20)
+    try:
+        with pytest.raises(AgentError, match="bool-id-target.*id True"):
+            connection.request("info")
+        assert not connection.alive
+    finally:
+        connection.close()
 
 
 def test_target_errors_arrive_as_their_own_kensa_class(root: Path) -> None:

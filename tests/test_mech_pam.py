@@ -278,6 +278,53 @@ def test_configure_rollback_by_id_keeps_a_newline_an_operator_needs_after_the_li
     assert path.read_text() == SU + "session\toptional\tpam_motd.so"
 
 
+def test_configure_rollback_by_id_after_a_last_line_ending_in_a_lone_carriage_return(root: Path, tmp_path: Path) -> None:
+    """su's last line ends in a carriage return without a line feed; kensa completes that ending to
+    insert pam_wheel after it. After an operator's edit of another line, rollback by id takes
+    kensa's line out and gives the last line back its lone carriage return: su is the operator's
+    text, byte for byte."""
+    path = root / "etc/pam.d/su"
+    path.write_bytes(SU.rstrip("\n").encode() + b"\r")
+    with engine_on(tmp_path) as engine:
+        txn = committed(engine, str(root), WHEEL)
+        path.write_bytes(path.read_bytes().replace(b"pam_rootok.so", b"pam_rootok.so debug"))
+        result = engine.rollback(txn)
+    assert result.status is Status.ROLLED_BACK, result
+    assert path.read_bytes() == SU.rstrip("\n").replace("pam_rootok.so", "pam_rootok.so debug").encode() + b"\r"
+
+
+def test_configure_rollback_by_id_after_a_last_line_that_repeats_an_earlier_one(root: Path, tmp_path: Path) -> None:
+    """su's last line, without newline, repeats the line before it word for word; kensa ends the
+    last one to insert pam_wheel. After an operator's edit of another line, rollback by id takes
+    the newline out of that last line (the one kensa ended, not its twin): su is the operator's
+    text, byte for byte."""
+    path = root / "etc/pam.d/su"
+    path.write_text(SU + "auth\tinclude\t\tsystem-auth")
+    with engine_on(tmp_path) as engine:
+        txn = committed(engine, str(root), WHEEL)
+        operator = (SU + "auth\tinclude\t\tsystem-auth").replace("pam_rootok.so", "pam_rootok.so debug")
+        path.write_text(path.read_text().replace("pam_rootok.so", "pam_rootok.so debug"))
+        result = engine.rollback(txn)
+    assert result.status is Status.ROLLED_BACK, result
+    assert path.read_text() == operator
+
+
+def test_configure_rollback_by_id_keeps_an_operators_edit_of_the_line_kensa_only_ended(root: Path, tmp_path: Path) -> None:
+    """su's last line has no newline; kensa ends it to insert pam_wheel after it, but its text is
+    the operator's. The operator then edits that line's text: rollback by id still takes kensa's
+    line out and keeps their edit (it is not kensa's change that was edited, only the line it
+    ended), rather than refusing. That line keeps the newline: kensa no longer finds the line it
+    ended by its text, so it does not take an ending out of a line it cannot name."""
+    path = root / "etc/pam.d/su"
+    path.write_text(SU.rstrip("\n"))
+    with engine_on(tmp_path) as engine:
+        txn = committed(engine, str(root), WHEEL)
+        path.write_text(path.read_text().replace("system-auth\n", "password-auth\n"))
+        result = engine.rollback(txn)
+    assert result.status is Status.ROLLED_BACK, result
+    assert path.read_text() == SU.replace("system-auth", "password-auth")
+
+
 def test_configure_rollback_refuses_when_kensas_own_line_was_edited(root: Path, tmp_path: Path) -> None:
     """The operator changed the line kensa wrote: rollback is refused naming the path and changes nothing."""
     with engine_on(tmp_path) as engine:

@@ -201,17 +201,27 @@ def undo_lines(text: str, changes: Sequence[Tuple[Optional[str], str]]) -> Optio
     None: it was inserted); every other line stays as it is. None when one of them
     is no longer there as written: that change is not kensa's to undo any more.
 
-    A change that only ended a line (``old`` without a line ending, ``new`` the same line
-    with one: done to insert a line after the last) takes that ending out again when the
-    line is the last one once the insertion is undone; a line added after it since keeps it."""
+    A change that only ended a line (``old`` without a line ending or with a lone carriage
+    return, ``new`` the same line ended: done to insert a line after the last) gives it back
+    the ending it had when the line is the last one once the insertion is undone; a line
+    added after it since keeps it.
+    That line is the one right before the inserted line; one whose text was changed since, or
+    that no longer comes right before it, is not found and no refusal: it keeps its ending."""
     lines = logical_lines(text)
     cursor = 0
-    ended: List[int] = []
-    for old, new in changes:
+    ended: List[Tuple[int, str]] = []  # (line, the ending it had) of each change that only ended a line
+    for position, (old, new) in enumerate(changes):
+        only_ended = old is not None and old != new and old.rstrip("\r\n") == new.rstrip("\r\n")
+        # A line kensa only ended is the one right before the line it inserted, not a twin above.
+        after = changes[position + 1][1].rstrip("\r\n") if only_ended and position + 1 < len(changes) else None
         for index in range(cursor, len(lines)):
-            if lines[index].rstrip("\r\n") == new.rstrip("\r\n"):
+            if lines[index].rstrip("\r\n") == new.rstrip("\r\n") and (
+                    after is None or (index + 1 < len(lines) and lines[index + 1].rstrip("\r\n") == after)):
                 break
         else:
+            if only_ended:
+                # The operator changed the text of a line kensa only ended: theirs to keep, ending and all.
+                continue
             return None
         if old is None:
             del lines[index]
@@ -219,11 +229,11 @@ def undo_lines(text: str, changes: Sequence[Tuple[Optional[str], str]]) -> Optio
         else:
             ending = lines[index][len(lines[index].rstrip("\r\n")):]
             lines[index] = old.rstrip("\r\n") + ending
-            if old == old.rstrip("\r\n") and new != new.rstrip("\r\n"):
-                ended.append(index)
+            if only_ended:
+                ended.append((index, old[len(old.rstrip("\r\n")):]))
             cursor = index + 1
-    if ended and ended[-1] == len(lines) - 1:
-        lines[-1] = lines[-1].rstrip("\r\n")
+    if ended and ended[-1][0] == len(lines) - 1:
+        lines[-1] = lines[-1].rstrip("\r\n") + ended[-1][1]
     return "".join(lines)
 
 

@@ -57,9 +57,16 @@ class AgentConnection:
         # Every request carries an id its answer repeats: an answer whose caller stopped waiting
         # (Ctrl-C) is told from the next request's by it, never taken for it.
         self._last_id = 0
-        # Set once a caller stopped waiting for an answer: a frame above the limit may then be
-        # that answer, and is dropped rather than taken for a broken agent.
+        # Set while the answer of a caller that stopped waiting may still come: a frame above the
+        # limit may then be that answer, and is dropped rather than taken for a broken agent.
         self._abandoned = False
+        # Bytes still to drop of a frame above the limit whose reading through a caller stopped:
+        # they come before any next frame, so they must not be taken for its header.
+        self._unread = 0
+        # The id of the last answer no caller waits for any more (a stopped caller's, or one answered
+        # ahead that no request wanted), with the id of the answer ahead its request asked, if any:
+        # read through before the next request is written.
+        self._owed: Optional[Tuple[int, Optional[int]]] = None
         os.set_blocking(self._out, False)
 
     @property
@@ -153,37 +160,43 @@ class AgentConnection:
             self.counts[op] += 1
             deadline = time.monotonic() + self.operation_timeout
             request = dict(fields, op=op)
-            written = False
+            writing = False
+            sent: Optional[Tuple[int, Optional[int]]] = None  # the ids whose answers are now on their way
             try:
                 ahead, self._expected = self._expected, None
                 if ahead is not None and ahead[0] == request:
                     # What this request would have asked ahead is not asked: it was answered alone.
                     self.ahead[op] += 1
-                    written = True
+                    sent = (ahead[1], None)
                     return self._answer(ahead[1], deadline, op)
                 if ahead is not None:
-                    # Answered ahead of a request that did not come: dropped, and read before this request
-                    # is written, since the agent reads nothing until it has written it and either may be
-                    # more than a pipe holds.
-                    self._answer(ahead[1], deadline, op, keep=False)
+                    # Answered ahead of a request that did not come: dropped.
+                    self._owed = (ahead[1], None)
+                # Read before this request is written, since the agent reads nothing until it has
+                # written what it answers and either may be more than a pipe holds.
+                self._catch_up(deadline, op)
                 request["id"] = ident = self._next_id()
                 then = None if expected is None else dict(expected, id=self._next_id())
                 if then is not None:
                     request["next"] = then
+                writing = True
                 self._write(frame(request), deadline, op)
-                written = True
+                sent = (ident, None if then is None else int(then["id"]))
+                writing = False
                 answer = self._answer(ident, deadline, op)
             except KensaError:
                 raise  # the connection's own fault: it closed the connection where it had to
             except BaseException:
-                # Ctrl-C or SystemExit while waiting: a request written in part cannot be taken back,
-                # so the agent is stopped; one written whole is answered later, and that answer is
-                # dropped by its id when the next request reads its own.
-                if written:
-                    self._abandoned = True
-                else:
+                # Ctrl-C or SystemExit: a request written in part cannot be taken back, so the agent
+                # is stopped; the answers of one written whole are read through before the next
+                # request is written, and dropped by their ids. Stopped before writing (while
+                # reading through earlier answers), this request left nothing on its way.
+                if writing:
                     stop_process(self.proc)
                     self.close()
+                elif sent is not None:
+                    self._abandoned = True
+                    self._owed = sent
                 raise
             if answer.get("next") is not None:
                 if then is None or answer["next"] is not True:
@@ -195,22 +208,38 @@ class AgentConnection:
         self._last_id += 1
         return self._last_id
 
-    def _answer(self, ident: int, deadline: float, what: str, keep: bool = True) -> Dict[str, Any]:
+    def _answer(self, ident: int, deadline: float, what: str) -> Dict[str, Any]:
         """The answer with id ``ident``; answers of earlier requests whose callers stopped waiting
-        come first and are dropped. With ``keep`` False it is dropped too (answered ahead of a
-        request that did not come), and may be larger than the frame limit."""
+        may come first and are dropped."""
         while True:
-            found = self._read(deadline, what, oversize_ok=self._abandoned or not keep)
+            found = self._read(deadline, what, oversize_ok=self._abandoned)
             got = None if found is None else found.get("id")
             # Without an id, an answer is taken in order: right while no caller stopped waiting.
-            if found is not None and (got == ident or (got is None and not self._abandoned)):
+            if found is not None and ((type(got) is int and got == ident) or (got is None and not self._abandoned)):
+                # The agent answers in order: every earlier answer has come, none is on its way.
+                self._abandoned = False
                 return found
             if found is not None and not (isinstance(got, int) and not isinstance(got, bool) and got < ident):
                 self._broken(f"answered {what} with id {got!r}, which is no request waiting for an answer")
-            if found is None and not keep:
-                # Too large to read as a message: taken for the dropped answer itself. Were it an
-                # earlier one, the dropped answer still comes, and goes by its id.
-                return {}
+
+    def _catch_up(self, deadline: float, what: str) -> None:
+        """Read through and drop the answers :attr:`_owed` names (and any before them), whatever
+        their size; stopped half way, what is left is still owed."""
+        while self._owed is not None:
+            ident, then = self._owed
+            found = self._read(deadline, what, oversize_ok=True)
+            if found is None:
+                # Too large to read as a message, so no id: taken for the last one owed. Were it an
+                # earlier one, the rest comes after the next request is written and goes by its id.
+                self._owed = None
+                continue
+            got = found.get("id")
+            if type(got) is not int or got > (ident if then is None else then):
+                self._broken(f"answered {what} with id {got!r}, which is no request waiting for an answer")
+            if got == ident and then is not None and found.get("next") is True:
+                self._owed = (then, None)
+            elif got in (ident, then):
+                self._owed = None
 
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)
@@ -240,8 +269,13 @@ class AgentConnection:
         # usually arrive in one wait and one read.
         buffered = self._buffer
         while len(buffered) < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                # A peer that never lets the pipe run dry (answers dropped one after another, an
+                # oversize frame read through) would otherwise never make select wait out the deadline.
+                self._timed_out(what)
             try:
-                ready, _, _ = select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))
+                ready, _, _ = select.select([self._in], [], [], left)
             except (OSError, ValueError) as exc:
                 self._lost(what, exc if isinstance(exc, OSError) else None)
             if not ready:
@@ -257,14 +291,16 @@ class AgentConnection:
 
     def _read(self, deadline: float, what: str, oversize_ok: bool = False) -> Optional[Dict[str, Any]]:
         """The next frame as a message, taken from the buffer whole. One above the frame limit is
-        a broken agent, unless ``oversize_ok``: it is then read through in pieces and None returned."""
+        a broken agent, unless ``oversize_ok``: it is then read through in pieces and None returned
+        (as is the rest of one whose reading through was stopped)."""
+        if self._unread:
+            self._drop(deadline, what)
+            return None
         (length,) = HEADER.unpack(bytes(self._fill(HEADER.size, deadline, what)[:HEADER.size]))
         if length > self.max_frame and oversize_ok:
             del self._buffer[:HEADER.size]
-            while length:
-                piece = min(length, len(self._fill(1, deadline, what)), 1 << 20)
-                del self._buffer[:piece]
-                length -= piece
+            self._unread = length
+            self._drop(deadline, what)
             return None
         try:
             frame_length(bytes(self._buffer[:HEADER.size]), self.max_frame)
@@ -277,6 +313,14 @@ class AgentConnection:
             return parse(body)
         except FrameError as exc:
             self._broken(f"answered {what} with a frame that is not the protocol: {exc}")
+
+    def _drop(self, deadline: float, what: str) -> None:
+        """Read through the :attr:`_unread` bytes of an oversize frame, counting them down as they go,
+        so a caller stopped half way leaves the count right for the next read."""
+        while self._unread:
+            piece = min(self._unread, len(self._fill(1, deadline, what)), 1 << 20)
+            del self._buffer[:piece]
+            self._unread -= piece
 
     def _stderr(self) -> str:
         tail = getattr(self.proc, "kensa_stderr", None)
