@@ -105,6 +105,39 @@ def test_remediate_logs_in_to_the_first_workers_hosts_while_its_rules_load(
             host.remove()
 
 
+@pytest.mark.parametrize("command", ["remediate", "check", "dry-run"])
+def test_a_fleet_run_keeps_no_more_hosts_connected_than_it_has_in_flight(
+        sshd_rig: Any, tmp_path: Path, private_tmp: str, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """Four hosts with --workers 1: each host's connection (its agent and ssh master) is closed once
+    the command is done with that host, so no more than one is ever open, however large the fleet;
+    every host still gets its rules."""
+    hosts = [sshd_rig.add_host("inflight") for _ in range(4)]
+    try:
+        roots = [make_root(sshd_rig, "inflight") for _ in hosts]
+        inventory = _inventory(tmp_path / "hosts.ini", hosts, roots)
+        open_counts: List[int] = []
+        connect = RemoteHosts._connect
+
+        def counting(resolver: RemoteHosts, target: RemoteTarget, transport: Any) -> Any:
+            host = connect(resolver, target, transport)
+            open_counts.append(sum(1 for kept in resolver._hosts.values() if kept.alive))
+            return host
+
+        monkeypatch.setattr(RemoteHosts, "_connect", counting)
+        verb = ["remediate", "--dry-run"] if command == "dry-run" else [command]
+        code, out = kensa_cli("--journal", str(tmp_path / "j.db"), "--no-audit", verb[0], rules_dir(tmp_path), *verb[1:],
+                              "--inventory", inventory, "--workers", "1", *login(sshd_rig, tmp_path), "--json")
+        assert code in (EXIT_OK, 1), out  # check and the dry run: not compliant yet
+        assert len(open_counts) == 4 and max(open_counts) == 1, open_counts
+        if command == "remediate":
+            statuses = [[r["status"] for r in h["results"]] for h in json.loads(out)["hosts"]]
+            assert statuses == [["committed", "committed"]] * 4, out
+        assert _mentioning(private_tmp) == [] and os.listdir(private_tmp) == []
+    finally:
+        for host in hosts:
+            host.remove()
+
+
 def test_a_bad_variable_file_after_the_login_began_changes_nothing_and_leaves_nothing(
         sshd_rig: Any, sshd_host: Any, tmp_path: Path, private_tmp: str) -> None:
     """remediate -H with a malformed --config-dir variable file: the login may have begun, but the
