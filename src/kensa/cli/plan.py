@@ -8,6 +8,7 @@ decided by :mod:`kensa.rules.assess`; the capability probes are
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -103,3 +104,16 @@ def transactions_for(rules: Sequence[Any], target: Target, host: Any) -> Tuple[L
         if p.verdict is not None
     ]
     return txns, rows
+
+
+def report_rule_problems(rule_sets: Sequence[Any]) -> bool:
+    """Print each bad rule file of ``rule_sets`` once, on stderr; True when there was one."""
+    from kensa.cli.render import printable
+
+    seen = set()
+    for ruleset in rule_sets:
+        for problem in ruleset.problems:
+            if problem.message not in seen:
+                seen.add(problem.message)
+                sys.stderr.write(f"kensa: {printable(problem.message)}\n")
+    return bool(seen)

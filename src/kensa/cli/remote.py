@@ -30,6 +30,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
+from kensa.cli.plan import report_rule_problems
 from kensa.cli.services import notify_rows, print_notified
 from kensa.errors import KensaError, UsageError, WiringError
 from kensa.model import CheckResult, RemoteTarget, TransactionResult, Verdict
@@ -266,6 +267,13 @@ class RemoteRun:
                                             agent_cache=options["agent_cache"], python_for=self.python_for)
             return self.resolver
 
+    def release(self, target: RemoteTarget) -> None:
+        """Close ``target``'s connection, the command being done with it (see RemoteHosts.release)."""
+        with self.lock:
+            resolver = self.resolver
+        if resolver is not None:
+            resolver.release(target.key)
+
     def connect_early(self, targets: Sequence[RemoteTarget], workers: int) -> None:
         """Begin logging in to the first ``workers`` of ``targets`` (the hosts the first workers take) and
         starting their agents, while the command loads its rules: see docs/remote.md. Reads the sudo
@@ -337,19 +345,6 @@ class _RuleSets:
             return self.loaded[key]
 
 
-def _report_problems(rule_sets: Sequence[Any]) -> bool:
-    """Print each bad rule file once; True when there was one."""
-    from kensa.cli.render import printable
-
-    seen = set()
-    for ruleset in rule_sets:
-        for problem in ruleset.problems:
-            if problem.message not in seen:
-                seen.add(problem.message)
-                sys.stderr.write(f"kensa: {printable(problem.message)}\n")
-    return bool(seen)
-
-
 def cmd_check_remote(args: argparse.Namespace, out: TextIO) -> int:
     """``kensa check RULES -H ...``: each rule's verdict on each host, grouped per host."""
     hosts = hosts_from(args)
@@ -377,13 +372,15 @@ def cmd_check_remote(args: argparse.Namespace, out: TextIO) -> int:
         except KensaError as exc:
             # Unreachable, or lost while checking: every rule of this host is an error naming why.
             found = [CheckResult(rule.id, target.key, Verdict.ERROR, str(exc)) for rule in ruleset.rules]
+        finally:
+            run.release(target)
         return ruleset, found + problem_rows(ruleset, target.key)
 
     try:
         per_host = _per_host(hosts, args.workers, check_host)
     finally:
         run.close()
-    bad_files = _report_problems([ruleset for ruleset, _ in per_host])
+    bad_files = report_rule_problems([ruleset for ruleset, _ in per_host])
     rows = [row for _, host_rows in per_host for row in host_rows]
     if args.json:
         json.dump({"hosts": [{"host": t.key, "name": name, "rules": [
@@ -433,12 +430,14 @@ def cmd_dry_run_remote(args: argparse.Namespace, out: TextIO) -> int:
         except KensaError as exc:
             failed.append(target.key)
             return [{"rule": rule.id, "plan": f"error: {exc}"} for rule in rules]
+        finally:
+            run.release(target)
 
     try:
         per_host = _per_host(hosts, args.workers, plan_host)
     finally:
         run.close()
-    bad_files = _report_problems(list(rule_sets.values()))
+    bad_files = report_rule_problems(list(rule_sets.values()))
     if args.json:
         json.dump({"dry_run": True, "hosts": [{"host": t.key, "name": name, "rules": rows}
                                               for (name, t, _), rows in zip(hosts, per_host)]}, out, indent=2)
@@ -486,7 +485,12 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
 
     def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> _HostRun:
         name, target, _ = entry
-        found = _remediate_host(target)
+        try:
+            found = _remediate_host(target)
+        finally:
+            # Its transactions and restarts are done, its lock released: a fleet keeps only the
+            # hosts in flight connected.
+            run.release(target)
         progress.advance(f"{_label(name, target)} {'failed' if target.key in failed else 'done'}")
         return found
 
@@ -528,7 +532,7 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
         run.close()
     per_host = [(ruleset, results, rows) for ruleset, results, rows, _ in found_per_host]
     notified = [row for _, _, _, host_rows in found_per_host for row in host_rows]
-    bad_files = _report_problems([ruleset for ruleset, _, _ in per_host])
+    bad_files = report_rule_problems([ruleset for ruleset, _, _ in per_host])
     results = [r for _, host_results, _ in per_host for r in host_results]
     unsupported = [row for _, _, host_rows in per_host for row in host_rows]
     by_host: Dict[str, List[TransactionResult]] = {}

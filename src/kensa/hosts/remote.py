@@ -483,6 +483,20 @@ class RemoteHosts:
                 with self._guard:
                     self._early_failures[target.key] = exc
 
+    def release(self, key: str) -> None:
+        """Close the connection of ``key`` now, a host the caller is done with: a fleet's command
+        keeps as many hosts connected as it has in flight, not every host it has reached. A
+        later use of ``key`` connects again."""
+        if not (isinstance(key, str) and key.startswith("ssh://")):
+            return
+        target = parse_remote_key(key)
+        with self._guard:
+            lock = self._key_locks[target.key]
+        with lock:
+            host = self._hosts.pop(target.key, None)
+        if host is not None:
+            host.close()
+
     def close(self) -> None:
         """Close every connection (their agents end; :func:`~kensa.hosts.connection.close_together`),
         ending those still being made first."""
