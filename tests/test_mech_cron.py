@@ -85,16 +85,23 @@ def test_a_root_at_a_long_path_is_checked_by_the_real_parser_too(tmp_path: Path)
     assert default_registry()["cron_job"].validate(host, AIDE.params) is False
 
 
+def _deep_root(tmp_path: Path, letter: str) -> Path:
+    """A root at a path longer than crontab keeps (a container's merged layer), with cron.d and a
+    passwd; skips without root (files owned by root) or without the real crontab."""
+    require_root("files owned by root")
+    real_cron()
+    root = tmp_path / ("overlay-" + letter * 64) / "merged"
+    (root / "etc/cron.d").mkdir(parents=True)
+    (root / "etc/passwd").write_text(PASSWD)
+    return root
+
+
 def test_a_name_like_an_option_at_a_long_path_is_checked_as_a_file(tmp_path: Path) -> None:
     """A cron.d name may start with '-' ("-l"), which crontab must not take for an option (listing,
     or with "-r" deleting, root's own crontab instead of checking the file): it never sees the name,
     only the file on its standard input. A good entry there validates and a bad minute does not,
     whether or not root has a crontab."""
-    require_root("files owned by root")
-    real_cron()
-    root = tmp_path / ("overlay-" + "c" * 64) / "merged"
-    (root / "etc/cron.d").mkdir(parents=True)
-    (root / "etc/passwd").write_text(PASSWD)
+    root = _deep_root(tmp_path, "c")
     step = Step("cron_job", {**AIDE.params, "file": "/etc/cron.d/-l"})
     assert len(str(root / "etc/cron.d/-l")) > 100
     path = root / "etc/cron.d/-l"
@@ -111,11 +118,7 @@ def test_a_long_path_on_a_host_whose_env_has_no_chdir_is_still_checked(
     """crontab reads the file on its standard input, so a deep root needs no env -C (coreutils
     before 8.28 has none): where env cannot change directory the file is still checked, a good
     entry validating and a bad minute not."""
-    require_root("files owned by root")
-    real_cron()
-    root = tmp_path / ("overlay-" + "b" * 64) / "merged"
-    (root / "etc/cron.d").mkdir(parents=True)
-    (root / "etc/passwd").write_text(PASSWD)
+    root = _deep_root(tmp_path, "b")
     (root / "etc/cron.d/aide").write_text("0 5 * * * root /usr/sbin/aide --check\n")
     (root / "etc/cron.d/aide").chmod(0o644)
     bin_dir = tmp_path / "bin"
