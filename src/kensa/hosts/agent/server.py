@@ -145,10 +145,15 @@ class Agent:
         """The answer to one request (an error is an answer too)."""
         if request.get("op") == "batch":
             return self._batch(request)
+        return self._called(request)[0]
+
+    def _called(self, request: Mapping[str, Any]) -> Tuple[Dict[str, Any], Any]:
+        """The answer to one call, and the value it answered (None when it raised)."""
         try:
-            return {"ok": encode_value(self._dispatch(request))}
+            found = self._dispatch(request)
+            return {"ok": encode_value(found)}, found
         except Exception as exc:
-            return {"error": encode_error(exc)}
+            return {"error": encode_error(exc)}, None
 
     def answer_ahead(self, request: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[Mapping[str, Any]]]:
         """The answer to ``request``, and the ``next`` request it carries when that is to be answered
@@ -165,12 +170,8 @@ class Agent:
                                  + " or ".join(f"{read} after {call}" for call, read in AHEAD)
                                  + " of the same mechanism is answered ahead")
             return {"error": encode_error(refused)}, None
-        try:
-            found = self._dispatch(request)
-            answer = {"ok": encode_value(found)}
-        except Exception as exc:
-            return {"error": encode_error(exc)}, None
-        if not when(found):
+        answer, found = self._called(request)
+        if "error" in answer or not when(found):
             return answer, None
         answer["next"] = True
         return answer, ahead
