@@ -18,12 +18,19 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def payload_in(cache: Path, src: Path = SRC) -> Tuple[str, str]:
     """(origin, sha256) of the payload a fresh process of the kensa in ``src`` gets, caching in ``cache``."""
-    code = "from kensa.hosts.payload import build_payload; p = build_payload(); print(p.origin); print(p.sha256)"
+    origin, sha256, _ = _payload_with_bootstrap(cache, src)
+    return origin, sha256
+
+
+def _payload_with_bootstrap(cache: Path, src: Path = SRC) -> Tuple[str, str, str]:
+    """(origin, sha256, SHA-256 of the agent's command line) of a fresh process's payload."""
+    code = ("import hashlib; from kensa.hosts.payload import agent_command, build_payload; p = build_payload(); "
+            "print(p.origin); print(p.sha256); print(hashlib.sha256(agent_command(p.sha256)[2].encode()).hexdigest())")
     env = dict(os.environ, PYTHONPATH=str(src), XDG_CACHE_HOME=str(cache))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    origin, sha256 = done.stdout.splitlines()
-    return origin, sha256
+    origin, sha256, command = done.stdout.splitlines()
+    return origin, sha256, command
 
 
 def kept(cache: Path) -> list:
@@ -55,6 +62,37 @@ def test_a_changed_source_names_another_payload_and_the_old_one_is_removed(tmp_p
     origin, after = payload_in(cache, copy)
     assert origin.startswith("built (absent:") and after != before
     assert len(kept(cache)) == 1 and kept(cache) != old
+
+
+def test_the_kept_payload_holds_the_bootstrap_of_the_agent_command(tmp_path: Path) -> None:
+    """The bootstrap, transformed like the modules, is kept with them: a run reading the kept copy
+    starts agents with exactly the command line a build gives."""
+    first, built, command = _payload_with_bootstrap(tmp_path)
+    second, cached, again = _payload_with_bootstrap(tmp_path)
+    assert first.startswith("built (") and second.startswith("cached: ")
+    assert (cached, again) == (built, command)
+
+
+def test_an_edit_that_keeps_the_size_and_modification_time_still_names_another_payload(tmp_path: Path) -> None:
+    """The fingerprint reads each source's change time, which a write always sets: an edit of the
+    same size whose modification time is put back (as ``touch -r`` would) is still seen, in a
+    module and in the bootstrap alike."""
+    copy = tmp_path / "src"
+    shutil.copytree(SRC / "kensa", copy / "kensa", ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / "cache"
+    _, before, command = _payload_with_bootstrap(cache, copy)
+    for relative in ("facts/files.py", "hosts/agent/bootstrap.py"):
+        path = copy / "kensa" / relative
+        st = path.stat()
+        data = path.read_bytes()
+        at = data.index(b'"""') + 3  # the docstring's first letter, in the other case
+        path.write_bytes(data[:at] + data[at:at + 1].swapcase() + data[at + 1:])
+        assert path.stat().st_size == st.st_size
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        origin, after, changed = _payload_with_bootstrap(cache, copy)
+        assert origin.startswith("built (absent:"), relative
+        assert (after, changed) != (before, command), relative
+        before, command = after, changed
 
 
 def _damage_body(path: Path) -> None:

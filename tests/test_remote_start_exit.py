@@ -332,18 +332,21 @@ _AFTER_LOGIN = ("kensa.engine", "kensa.factory", "kensa.rules", "kensa.handlers"
                 "kensa.audit", "kensa.evidence", "yaml", "sqlite3", "cffi", "concurrent", "logging", "uuid")
 
 
-@pytest.mark.parametrize("inventory", [False, True])
+@pytest.mark.parametrize("inventory", [None, "hosts.ini", "hosts.yml"])
 def test_a_remote_remediation_begins_its_login_before_importing_rules_engine_or_journal(
-        tmp_path: Path, inventory: bool) -> None:
+        tmp_path: Path, inventory: Optional[str]) -> None:
     """kensa remediate -H (or --inventory): when the early login begins (RemoteHosts.connect_early is
     called), none of the rules, engine, journal, audit or their standard modules is imported yet
-    (an inventory needs kensa.rules.yaml and PyYAML only)."""
+    (a YAML inventory needs kensa.rules.yaml and PyYAML only; an INI one not even those)."""
     rules = tmp_path / "rules"
     rules.mkdir()
     hosts = ["-H", "root@127.0.0.1:1"]
+    if inventory == "hosts.ini":
+        (tmp_path / inventory).write_text("[web]\nh1 ansible_host=127.0.0.1 ansible_port=1\n")
+    elif inventory == "hosts.yml":
+        (tmp_path / inventory).write_text("all:\n  hosts:\n    h1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n")
     if inventory:
-        (tmp_path / "hosts.ini").write_text("[web]\nh1 ansible_host=127.0.0.1 ansible_port=1\n")
-        hosts = ["--inventory", str(tmp_path / "hosts.ini")]
+        hosts = ["--inventory", str(tmp_path / inventory)]
     argv = ["--journal", str(tmp_path / "j.db"), "remediate", str(rules), *hosts]
     probe = ("import json, sys\nfrom kensa.hosts.remote import RemoteHosts\n"
              "def stop(self, keys):\n    print(json.dumps(sorted(sys.modules)))\n    raise SystemExit(0)\n"
@@ -356,7 +359,7 @@ def test_a_remote_remediation_begins_its_login_before_importing_rules_engine_or_
 
     def needed_for(module: str) -> bool:
         # Reading an inventory: its bounded YAML reader and PyYAML, none of the rules' other modules.
-        return inventory and (module in ("kensa.rules", "kensa.rules.yaml", "yaml") or module.startswith("yaml."))
+        return inventory == "hosts.yml" and (module in ("kensa.rules", "kensa.rules.yaml", "yaml") or module.startswith("yaml."))
 
     early = [m for m in loaded if any(m == p or m.startswith(p + ".") for p in _AFTER_LOGIN) and not needed_for(m)]
     assert early == [], early

@@ -36,7 +36,6 @@ absolute path: :func:`check_python`), it runs exactly that one and tries no othe
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 import importlib
 import json
@@ -86,12 +85,15 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Payload:
     """The modules sent to the target (name -> (is a package, source)), as sent, and their hash;
     ``origin`` says whether it was built now or read from the controller's cache
-    (:mod:`kensa.hosts.payloadcache`), and what became of the cache."""
+    (:mod:`kensa.hosts.payloadcache`), and what became of the cache. ``bootstrap``: the
+    bootstrap module's source transformed like the modules (sent on the agent's command line),
+    kept with them."""
 
     modules: Mapping[str, Tuple[bool, str]]
     blob: bytes
     sha256: str
     origin: str = "built"
+    bootstrap: str = ""
 
 
 def _source_file(name: str) -> Optional[Tuple[bool, str]]:
@@ -281,14 +283,33 @@ def build_payload() -> Payload:
 def _cached_or_built() -> Payload:
     """The payload kept by an earlier run of this same source and Python, else built and kept."""
     print_ = payloadcache.fingerprint(_PACKAGE_DIR, TARGET_SIDE)
-    blob, found = payloadcache.load(print_)
-    if blob is not None:
-        modules = _modules_of(blob)
-        if modules is not None:
-            return Payload(modules, blob, hashlib.sha256(blob).hexdigest(), found)
+    body, found = payloadcache.load(print_)
+    if body is not None:
+        parts = _parts(body)
+        modules = _modules_of(parts[1]) if parts is not None else None
+        if parts is not None and modules is not None:
+            return Payload(modules, parts[1], hashlib.sha256(parts[1]).hexdigest(), found, parts[0])
         found = f"refused: {found[len('cached: '):]} holds no payload"
     built = _build()
-    return replace(built, origin=f"built ({found}); {payloadcache.store(print_, built.blob)}")
+    kept = payloadcache.store(print_, _body(built.bootstrap, built.blob))
+    return replace(built, origin=f"built ({found}); {kept}")
+
+
+def _body(bootstrap: str, blob: bytes) -> bytes:
+    """What the controller's cache keeps of a payload: the bootstrap's length, the bootstrap, the blob."""
+    text = bootstrap.encode("utf-8")
+    return len(text).to_bytes(4, "big") + text + blob
+
+
+def _parts(body: bytes) -> Optional[Tuple[str, bytes]]:
+    """(bootstrap, blob) of a kept body, or None when it is not one."""
+    size = int.from_bytes(body[:4], "big")
+    if len(body) < 4 + size:
+        return None
+    try:
+        return body[4:4 + size].decode("utf-8"), body[4 + size:]
+    except UnicodeDecodeError:
+        return None
 
 
 def _modules_of(blob: bytes) -> Optional[Dict[str, Tuple[bool, str]]]:
@@ -329,15 +350,15 @@ def _build() -> Payload:
             if parent not in sources:
                 modules.setdefault(parent, (True, ""))
     blob = zlib.compress(json.dumps(modules, sort_keys=True).encode("utf-8"), 9)
-    return Payload(modules, blob, hashlib.sha256(blob).hexdigest())
-
-
-@functools.lru_cache(maxsize=None)
-def bootstrap_source() -> str:
-    """The bootstrap module's source, transformed like the payload."""
     path = os.path.join(_PACKAGE_DIR, "hosts", "agent", "bootstrap.py")
     with open(path, encoding="utf-8") as handle:
-        return for_old_python(handle.read(), path)
+        bootstrap = for_old_python(handle.read(), path)
+    return Payload(modules, blob, hashlib.sha256(blob).hexdigest(), bootstrap=bootstrap)
+
+
+def bootstrap_source() -> str:
+    """The bootstrap module's source, transformed like the payload (kept with it: :func:`build_payload`)."""
+    return build_payload().bootstrap
 
 
 def _guard() -> str:

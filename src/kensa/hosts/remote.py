@@ -45,7 +45,7 @@ from kensa.hosts.answers import PHASE_ANSWERS, READS, Answer, Read, names, ran
 from kensa.hosts.connection import AgentConnection, close_together
 from kensa.hosts.local import DEFAULT_MAX_FILE_BYTES, canonical_host_key, check_step_phase, resolve_host
 from kensa.hosts.overlay import FileReaders, PlannedView
-from kensa.hosts.payload import (NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, bootstrap_source, build_payload,
+from kensa.hosts.payload import (NO_PYTHON_MESSAGE, PYTHONS, Payload, agent_command, build_payload,
                                  check_python)
 from kensa.hosts.processes import SubprocessTransport
 from kensa.hosts.protocol import Host, PhaseOutcome, StepRunner, Transport
@@ -456,11 +456,10 @@ class RemoteHosts:
         keys as may be connected at once. :meth:`close` ends what is still connecting.
         """
         if keys:
-            # The payload (read from the controller's copy, or built) and the bootstrap on the agent's
-            # command line are made here: in the threads they would share the interpreter with the
-            # caller's imports, and each ssh would start later.
+            # The payload (read from the controller's copy, or built), with the bootstrap on the
+            # agent's command line, is made here: in the threads it would share the interpreter with
+            # the caller's imports, and each ssh would start later.
             build_payload()
-            bootstrap_source()
         for key in keys:
             target = parse_remote_key(key)
             with self._guard:

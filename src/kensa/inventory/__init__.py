@@ -16,9 +16,7 @@ from typing import List, Sequence, Union
 
 from kensa.errors import InventoryError
 from kensa.inventory.ini import parse_ini
-from kensa.inventory.yamlfile import parse_yaml
 from kensa.model import InventoryHost
-from kensa.rules.yaml import MAX_RULE_FILE_BYTES
 
 __all__ = ["MAX_INVENTORY_BYTES", "load_inventory", "parse_inventory", "select_hosts"]
 
@@ -55,6 +53,10 @@ def parse_inventory(raw: bytes, source: str, *, yaml: Union[bool, None] = None) 
     if yaml is None:
         yaml = _looks_like_yaml(text)
     if yaml:
+        # Imported here: a command reading an INI inventory logs in before it needs a YAML reader.
+        from kensa.inventory.yamlfile import parse_yaml
+        from kensa.rules.yaml import MAX_RULE_FILE_BYTES
+
         if len(raw) > MAX_RULE_FILE_BYTES:
             raise InventoryError(
                 f"{source}:1: YAML inventory is {len(raw)} bytes, over the {MAX_RULE_FILE_BYTES}-byte limit; "
