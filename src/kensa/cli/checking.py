@@ -21,7 +21,7 @@ from kensa.cli.plan import Target, load_rule_set_for, target_for
 from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
 from kensa.cli.services import notify_rows, print_notified
 from kensa.errors import KensaError, UsageError
-from kensa.model import CheckResult, Status, TransactionResult, Verdict
+from kensa.model import CheckResult, Status, Transaction, TransactionResult, Verdict
 
 __all__ = ["add_rule_options", "check_code", "load_for_target", "conflict_lines", "problem_rows", "run_check", "run_in_order", "run_remediate"]
 
@@ -125,8 +125,12 @@ def run_in_order(
     held = dict(held or {})
     results: List[TransactionResult] = []
     rows: List[Dict[str, Any]] = []
+    following: List[Optional[Transaction]] = [None] * len(planned)
+    for at in range(len(planned) - 2, -1, -1):
+        later = planned[at + 1].transaction
+        following[at] = later if later is not None else following[at + 1]
     try:
-        for item in planned:
+        for at, item in enumerate(planned):
             rule = item.rule
             if item.transaction is None:
                 verdict = item.verdict
@@ -139,7 +143,8 @@ def run_in_order(
                 rows.append({"rule": rule.id, "status": Verdict.NOT_APPLICABLE.value,
                              "detail": f"not run: it depends on rule {failed}, which did not hold"})
                 continue
-            result = engine.run(item.transaction)
+            # The next planned transaction: a remote host reads its check ahead (Engine.run).
+            result = engine.run(item.transaction, following[at])
             held[rule.id] = result.status in _HELD
             results.append(result)
             if show_progress:

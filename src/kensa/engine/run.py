@@ -89,6 +89,7 @@ from kensa.model import (
     ServiceOutcome,
     ServiceStatus,
     Status,
+    Step,
     StepResult,
     Transaction,
     TransactionError,
@@ -193,8 +194,18 @@ class Engine:
         """Receive this engine's phase and terminal events on a thread of the subscriber's own."""
         return self.events.subscribe(callback, maxsize)
 
-    def run(self, txn: Transaction) -> TransactionResult:
+    def run(self, txn: Transaction, following: Optional[Transaction] = None) -> TransactionResult:
         """Run one transaction to a terminal result; handler errors never escape.
+
+        ``following``: the transaction the caller runs next on the same host, if it knows it. A
+        host that can read ahead (a remote one: ``expect_check``) is told the step the engine will
+        check first in it, so that the check and its capture come with this transaction's last
+        answer: only while this one has a single step and no services, and the next one's first
+        step has no ``unless`` and no step of it decides compliance (the engine's next request is
+        then that check). Give it only while holding the host's target lock across both runs
+        (:attr:`locks`: ``locks.target(key, host)``, as ``kensa remediate`` does for a host's
+        whole run): anything else asked of the host in between (the lock each run takes and
+        releases without that hold, a rollback) drops what was read ahead, at the cost of that read.
 
         With a journal that has a ``lock()`` method the run holds its shared
         lock, so it never overlaps :meth:`recover`; a KensaError from taking
@@ -215,7 +226,7 @@ class Engine:
             except KensaError as exc:
                 return self._target_busy(txn, exc, _perf() - start)
             with held:
-                return self._run(txn, host)
+                return self._run(txn, host, following)
 
     def run_many(self, txns: Iterable[Transaction], workers: Optional[int] = None) -> List[TransactionResult]:
         """Run transactions, different hosts in parallel; results in input order.
@@ -310,7 +321,23 @@ class Engine:
         timings = {Phase.PREFLIGHT: waited}
         return self._conclude(rec, errored(txn, timings, type(exc).__name__, str(exc), Phase.PREFLIGHT))
 
-    def _run(self, txn: Transaction, resolved: Union[Any, BaseException]) -> TransactionResult:
+    def _first_check(self, txn: Transaction, following: Optional[Transaction]) -> Optional[Step]:
+        """The step whose check is the engine's first request in ``following``, when it runs right after
+        ``txn`` on its host and the host may be told (see :meth:`run`); else None."""
+        if following is None or len(txn.steps) != 1 or txn.services:
+            return None
+        following = self._canonical(following)
+        if following.host != txn.host or not following.steps or "unless" in following.steps[0].params:
+            return None
+        try:
+            if any(getattr(self.registry[step.mechanism], "decides_compliance", False) is True for step in following.steps):
+                return None
+        except LookupError:
+            return None
+        return following.steps[0]
+
+    def _run(self, txn: Transaction, resolved: Union[Any, BaseException],
+             following: Optional[Transaction] = None) -> TransactionResult:
         rec = self.trail.recorder(txn)
         self.trail.boundary(rec, txn, Phase.STARTED, True)
         timings: Dict[Phase, float] = {}
@@ -324,6 +351,9 @@ class Engine:
         if isinstance(prepared, TransactionResult):
             return self._conclude(rec, prepared)
         host, handlers, pres, guarded = prepared
+        expect = getattr(host, "expect_check", None)
+        if callable(expect):
+            expect(self._first_check(txn, following))
         try:
             result = self._change(txn, rec, timings, host, handlers, pres, guarded)
             if txn.services and result.status in (Status.COMMITTED, Status.STAGED):
@@ -334,6 +364,9 @@ class Engine:
         except _Lost as lost:
             # Not journaled: the entry stays interrupted, for recovery over a new connection.
             return self.trail.terminal(rec, lost.result, False)
+        finally:
+            if callable(expect):
+                expect(None)  # a step the apply did not reach (its unless held) leaves nothing expected
         return self._conclude(rec, result)
 
     def _prepare(

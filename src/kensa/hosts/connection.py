@@ -52,8 +52,10 @@ class AgentConnection:
         self._out = proc.stdin.fileno()
         self._in = proc.stdout.fileno()
         self._buffer = bytearray()  # read from the agent, not yet taken as a frame
-        # The request whose answer the agent sends next without being asked (request_ahead), and its id.
-        self._expected: Optional[Tuple[Dict[str, Any], int]] = None
+        # The requests whose answers the agent may send without being asked (request_chain), each with
+        # its id, in the order asked: the first one's answer comes next; each later one's only when
+        # the answer before it says so.
+        self._expected: Optional[List[Tuple[Dict[str, Any], int]]] = None
         # Every request carries an id its answer repeats: an answer whose caller stopped waiting
         # (Ctrl-C) is told from the next request's by it, never taken for it.
         self._last_id = 0
@@ -64,9 +66,9 @@ class AgentConnection:
         # they come before any next frame, so they must not be taken for its header.
         self._unread = 0
         # The id of the last answer no caller waits for any more (a stopped caller's, or one answered
-        # ahead that no request wanted), with the id of the answer ahead its request asked, if any:
-        # read through before the next request is written.
-        self._owed: Optional[Tuple[int, Optional[int]]] = None
+        # ahead that no request wanted), with the ids of the answers ahead its request asked after
+        # it, in order: read through before the next request is written.
+        self._owed: Optional[Tuple[int, Tuple[int, ...]]] = None
         os.set_blocking(self._out, False)
 
     @property
@@ -116,8 +118,14 @@ class AgentConnection:
         (:data:`kensa.hosts.agent.server.AHEAD`). That answer is kept for the next request:
         if it is exactly ``then`` with ``then_fields`` it takes no round trip; any other
         request drops it (the agent has already sent it: it is read and discarded)."""
-        expected = dict(then_fields, op=then)
-        return self.outcome(op, self._exchange(op, fields, expected))
+        return self.request_chain(op, fields, [(then, then_fields)])
+
+    def request_chain(self, op: str, fields: Dict[str, Any], chain: Sequence[Tuple[str, Dict[str, Any]]]) -> Any:
+        """:meth:`request_ahead` with several reads (at most :data:`kensa.hosts.agent.server.MAX_AHEAD`),
+        each answered ahead only when the answer before it is the one it follows: the next requests,
+        if they are exactly those reads in that order, take no round trip; the first that is not
+        drops the answers ahead still to come."""
+        return self.outcome(op, self._exchange(op, fields, [dict(then_fields, op=then) for then, then_fields in chain]))
 
     def batch(self, calls: List[Dict[str, Any]]) -> List[Any]:
         """Send many read requests (each ``{"op", "args", "kwargs"}``) in one ``batch`` round trip; their
@@ -151,7 +159,7 @@ class AgentConnection:
         except FrameError as exc:
             self._broken(f"answered {op} with a value that is not the protocol: {exc}")
 
-    def _exchange(self, op: str, fields: Dict[str, Any], expected: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    def _exchange(self, op: str, fields: Dict[str, Any], expected: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
         if self.observer is not None:
             self.observer(op, fields.get("mechanism"))
         with self._lock:
@@ -161,29 +169,34 @@ class AgentConnection:
             deadline = time.monotonic() + self.operation_timeout
             request = dict(fields, op=op)
             writing = False
-            sent: Optional[Tuple[int, Optional[int]]] = None  # the ids whose answers are now on their way
+            sent: Optional[Tuple[int, Tuple[int, ...]]] = None  # the ids whose answers are now on their way
             try:
                 ahead, self._expected = self._expected, None
-                if ahead is not None and ahead[0] == request:
-                    # What this request would have asked ahead is not asked: it was answered alone.
+                if ahead is not None and ahead[0][0] == request:
+                    # This request was answered ahead: what it would ask ahead now is what the
+                    # request that carried it asked after it.
                     self.ahead[op] += 1
-                    sent = (ahead[1], None)
-                    return self._answer(ahead[1], deadline, op)
-                if ahead is not None:
-                    # Answered ahead of a request that did not come: dropped.
-                    self._owed = (ahead[1], None)
-                # Read before this request is written, since the agent reads nothing until it has
-                # written what it answers and either may be more than a pipe holds.
-                self._catch_up(deadline, op)
-                request["id"] = ident = self._next_id()
-                then = None if expected is None else dict(expected, id=self._next_id())
-                if then is not None:
-                    request["next"] = then
-                writing = True
-                self._write(frame(request), deadline, op)
-                sent = (ident, None if then is None else int(then["id"]))
-                writing = False
-                answer = self._answer(ident, deadline, op)
+                    chain = ahead[1:]
+                    sent = (ahead[0][1], tuple(ident for _, ident in chain))
+                    answer = self._answer(ahead[0][1], deadline, op)
+                else:
+                    if ahead is not None:
+                        # Answered ahead of a request that did not come: dropped, with any after it.
+                        self._owed = (ahead[0][1], tuple(ident for _, ident in ahead[1:]))
+                    # Read before this request is written, since the agent reads nothing until it has
+                    # written what it answers and either may be more than a pipe holds.
+                    self._catch_up(deadline, op)
+                    request["id"] = ident = self._next_id()
+                    chain = [(dict(then), self._next_id()) for then in expected]
+                    nested: Dict[str, Any] = request
+                    for then, then_id in chain:
+                        nested["next"] = dict(then, id=then_id)
+                        nested = nested["next"]
+                    writing = True
+                    self._write(frame(request), deadline, op)
+                    sent = (ident, tuple(then_id for _, then_id in chain))
+                    writing = False
+                    answer = self._answer(ident, deadline, op)
             except KensaError:
                 raise  # the connection's own fault: it closed the connection where it had to
             except BaseException:
@@ -199,9 +212,9 @@ class AgentConnection:
                     self._owed = sent
                 raise
             if answer.get("next") is not None:
-                if then is None or answer["next"] is not True:
+                if not chain or answer["next"] is not True:
                     self._broken(f"answered {op} with next={answer['next']!r}, which was not asked for")
-                self._expected = (dict(expected or {}), int(then["id"]))
+                self._expected = chain
             return answer
 
     def _next_id(self) -> int:
@@ -226,7 +239,7 @@ class AgentConnection:
         """Read through and drop the answers :attr:`_owed` names (and any before them), whatever
         their size; stopped half way, what is left is still owed."""
         while self._owed is not None:
-            ident, then = self._owed
+            ident, later = self._owed
             found = self._read(deadline, what, oversize_ok=True)
             if found is None:
                 # Too large to read as a message, so no id: taken for the last one owed. Were it an
@@ -234,12 +247,13 @@ class AgentConnection:
                 self._owed = None
                 continue
             got = found.get("id")
-            if type(got) is not int or got > (ident if then is None else then):
+            owed = (ident, *later)
+            if type(got) is not int or got > owed[-1]:
                 self._broken(f"answered {what} with id {got!r}, which is no request waiting for an answer")
-            if got == ident and then is not None and found.get("next") is True:
-                self._owed = (then, None)
-            elif got in (ident, then):
-                self._owed = None
+            if got in owed:
+                # An answer ahead comes only after one that says so; the last owed ends the chain.
+                at = owed.index(got)
+                self._owed = (owed[at + 1], owed[at + 2:]) if found.get("next") is True and at + 1 < len(owed) else None
 
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)

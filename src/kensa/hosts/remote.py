@@ -51,7 +51,7 @@ from kensa.hosts.processes import SubprocessTransport
 from kensa.hosts.protocol import Host, PhaseOutcome, StepRunner, Transport
 from kensa.hosts.remotehandlers import RemoteHandler, RemoteHandlers, RestorableRemoteHandler
 from kensa.hosts.remotelock import hold_target_lock
-from kensa.model import FileInfo, Phase, PreState, RemoteTarget
+from kensa.model import FileInfo, Phase, PreState, RemoteTarget, Step
 from kensa.support.afterfork import reset_in_child
 
 __all__ = [
@@ -107,6 +107,7 @@ class RemoteHost(FileReaders):
         #: What the agent said in answer to ``hello`` (python, pid, payload hash ...).
         self.hello = dict(hello)
         self._lock_holder: Optional[int] = None  # the thread holding the target's lock through this host
+        self._next_check: Optional[Step] = None  # see expect_check
 
     def __repr__(self) -> str:
         return f"RemoteHost({self.root!r})"
@@ -182,6 +183,19 @@ class RemoteHost(FileReaders):
         )
         found = self._fitting(phase.value, PHASE_ANSWERS[phase.value], found)
         return cast(PhaseOutcome, found["pre"] if phase is Phase.CAPTURE else found)
+
+    def expect_check(self, step: Optional[Step]) -> None:
+        """Say which step the engine checks first in the transaction it runs next on this host, after
+        the one now running (None: not known). The apply of the running transaction's step then asks
+        its agent for that check and its capture ahead (see :meth:`AgentConnection.request_chain`),
+        answered only when that transaction holds after its validate. The engine says it only while
+        nothing but its own next requests can come between: see :meth:`kensa.engine.Engine.run`."""
+        self._next_check = step
+
+    def take_expected_check(self) -> Optional[Step]:
+        """The step :meth:`expect_check` named, once."""
+        step, self._next_check = self._next_check, None
+        return step
 
     def handlers(self, registry: Any, ahead: bool = True) -> "RemoteHandlers":
         """The engine's handlers (``registry``: mechanism -> handler) as proxies running on the target;

@@ -8,7 +8,7 @@ A handler's ``host`` is that RemoteHost (typed ``Any`` here: this module lies be
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, cast
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, cast
 
 from kensa.errors import HostSelectionError
 from kensa.hosts.agent.wire import encode_value
@@ -42,7 +42,7 @@ class RemoteHandlers(Mapping[str, Any]):
         cls = RestorableRemoteHandler if all(
             callable(getattr(local, name, None)) for name in ("assess", "restore", "planned", "settled")
         ) else RemoteHandler
-        return cls(self.host, local, self.ahead)
+        return cls(self.host, local, self.ahead, self)
 
 
 class RemoteHandler:
@@ -55,13 +55,20 @@ class RemoteHandler:
     carries the capture (the engine captures a step its check found not
     compliant), an apply carries the validate. When the engine asks something else
     next (a step of a longer transaction, a rollback), that answer is dropped,
-    having cost the agent one read of those files and the connection its answer."""
+    having cost the agent one read of those files and the connection its answer.
 
-    def __init__(self, host: Any, local: Any, ahead: bool = True) -> None:
+    When the host names the step the next transaction checks first (:meth:`RemoteHost.expect_check`)
+    and that step's handler in ``siblings`` (the :class:`RemoteHandlers` this one came from) is
+    ``quick_reads`` too, an apply asks ahead for that check and its capture as well: the agent answers
+    them only when this step holds after its apply, so the next transaction's check and capture take
+    no round trip."""
+
+    def __init__(self, host: Any, local: Any, ahead: bool = True, siblings: Optional[Mapping[str, Any]] = None) -> None:
         self.host = host
         self.name: str = local.name
         self.capturable: bool = bool(local.capturable)
         self.quick_reads: bool = ahead and getattr(local, "quick_reads", False) is True
+        self.siblings = siblings
         self._planned: Dict[int, Tuple[PreState, Any]] = {}
 
     def __repr__(self) -> str:
@@ -87,6 +94,25 @@ class RemoteHandler:
         found = self.host.connection.request_ahead(op, self._fields(view, **fields), then, self._fields(view, **then_fields))
         return self.host._fitting(op, PHASE_ANSWERS[op], found)
 
+    def _check_reads(self, params: Mapping[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
+        """The requests of this step's check on the host and of the capture it carries, as :meth:`validate` asks them."""
+        return [("validate", self._fields(self.host, params=encode_value(params))),
+                ("capture", self._fields(self.host, **self._capture_fields(params)))]
+
+    def _next_check_reads(self, view: Any) -> List[Tuple[str, Dict[str, Any]]]:
+        """The reads of the next transaction's check the host expects (none when it expects none, or
+        its handler does not only read files)."""
+        following = self.host.take_expected_check()
+        if following is None or view is not self.host or self.siblings is None:
+            return []
+        try:
+            checker = self.siblings[following.mechanism]
+        except LookupError:  # no such mechanism: the next transaction errors in preflight, asking nothing
+            return []
+        if not isinstance(checker, RemoteHandler) or not checker.quick_reads:
+            return []
+        return checker._check_reads(following.params)
+
     def _capture_fields(self, params: Mapping[str, Any]) -> Dict[str, Any]:
         return {"params": encode_value(params), "with_planned": isinstance(self, RestorableRemoteHandler)}
 
@@ -108,7 +134,9 @@ class RemoteHandler:
         encoded = encode_value(params)
         fields = {"params": encoded, "pre": encode_value(pre)}
         if self.quick_reads:
-            return cast(StepResult, self._ask_ahead("apply", host, fields, "validate", {"params": encoded}))
+            chain = [("validate", self._fields(host, params=encoded)), *self._next_check_reads(host)]
+            found = self.host.connection.request_chain("apply", self._fields(host, **fields), chain)
+            return cast(StepResult, self.host._fitting("apply", PHASE_ANSWERS["apply"], found))
         return cast(StepResult, self._ask("apply", host, **fields))
 
     def rollback(self, host: Host, pre: PreState) -> RollbackResult:

@@ -57,7 +57,7 @@ from kensa.model import StepResult
 if TYPE_CHECKING:
     import subprocess
 
-__all__ = ["AHEAD", "BATCH_CALLS", "HOST_CALLS", "MAX_REQUEST_BYTES", "Agent", "IndexedHandlers", "serve"]
+__all__ = ["AHEAD", "BATCH_CALLS", "HOST_CALLS", "MAX_AHEAD", "MAX_REQUEST_BYTES", "Agent", "IndexedHandlers", "serve"]
 
 #: The host methods a request may call by name.
 HOST_CALLS = frozenset({
@@ -72,10 +72,16 @@ _READ_ONLY_PHASES = frozenset({"capture", "validate", "assess", "planned", "sett
 _HANDLER_CALLS = _READ_ONLY_PHASES | {"apply", "rollback", "restore"}
 
 #: (a call, the read it may carry as ``next``): when the first one's answer lets the agent answer the read ahead.
+#: A validate after a validate is the next transaction's check, after the last validate of one that holds:
+#: it may name another mechanism, whose handler must be marked ``quick_reads``.
 AHEAD: Dict[Tuple[str, str], Callable[[Any], bool]] = {
     ("validate", "capture"): lambda holds: holds is False,
     ("apply", "validate"): lambda done: isinstance(done, StepResult) and done.ok and not done.staged,
+    ("validate", "validate"): lambda holds: holds is True,
 }
+
+#: Most reads one request may ask ahead, each the ``next`` of the one before.
+MAX_AHEAD = 3
 
 _INTERNED = 256
 
@@ -157,24 +163,52 @@ class Agent:
 
     def answer_ahead(self, request: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[Mapping[str, Any]]]:
         """The answer to ``request``, and the ``next`` request it carries when that is to be answered
-        ahead (the answer then says ``"next": true``); a ``next`` that is not one of :data:`AHEAD`
-        is an error answered before anything runs."""
-        ahead = request.get("next")
-        if ahead is None:
+        ahead (the answer then says ``"next": true``; :meth:`answer_next` answers it). A chain of
+        ``next`` requests that is not made of :data:`AHEAD` pairs is an error answered before
+        anything runs."""
+        if request.get("next") is None:
             return self.answer(request), None
-        op = request.get("op")
-        nested = ahead.get("op") if isinstance(ahead, dict) else None
-        when = AHEAD.get((op, nested)) if isinstance(op, str) and isinstance(nested, str) else None
-        if when is None or "next" in ahead or ahead.get("mechanism") != request.get("mechanism"):
-            refused = FrameError(f"a {op!r} request cannot carry {nested!r} as next: only "
-                                 + " or ".join(f"{read} after {call}" for call, read in AHEAD)
-                                 + " of the same mechanism is answered ahead")
-            return {"error": encode_error(refused)}, None
+        refused = self._chain_refused(request)
+        if refused is not None:
+            return {"error": encode_error(FrameError(refused))}, None
+        return self.answer_next(request)
+
+    def answer_next(self, request: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[Mapping[str, Any]]]:
+        """The answer to ``request`` of a chain :meth:`answer_ahead` checked, and its ``next`` when
+        the answer is the one that read follows (:data:`AHEAD`)."""
         answer, found = self._called(request)
-        if "error" in answer or not when(found):
+        ahead = request.get("next")
+        if ahead is None or "error" in answer or not AHEAD[(str(request.get("op")), str(ahead.get("op")))](found):
             return answer, None
         answer["next"] = True
         return answer, ahead
+
+    def _chain_refused(self, request: Mapping[str, Any]) -> Optional[str]:
+        """Why the chain of ``next`` requests ``request`` carries may not be answered ahead, or None."""
+        allowed = " or ".join(f"{read} after {call}" for call, read in AHEAD)
+        current, depth = request, 0
+        while current.get("next") is not None:
+            ahead = current["next"]
+            depth += 1
+            op = current.get("op")
+            nested = ahead.get("op") if isinstance(ahead, dict) else None
+            if not isinstance(op, str) or not isinstance(nested, str) or (op, nested) not in AHEAD:
+                return f"a {op!r} request cannot carry {nested!r} as next: only {allowed} is answered ahead"
+            if depth > MAX_AHEAD:
+                return f"a request may ask at most {MAX_AHEAD} reads ahead"
+            mechanism = ahead.get("mechanism")
+            if (op, nested) != ("validate", "validate") and mechanism != current.get("mechanism"):
+                return f"a {op!r} request can carry {nested!r} as next only of the same mechanism"
+            if mechanism != current.get("mechanism") and not self._quick(mechanism):
+                return f"{mechanism!r} is not a mechanism whose reads are answered ahead (quick_reads)"
+            current = ahead
+        return None
+
+    def _quick(self, mechanism: Any) -> bool:
+        try:
+            return isinstance(mechanism, str) and getattr(self.handlers[mechanism], "quick_reads", False) is True
+        except Exception:  # an unknown mechanism (or one whose module fails to import) is not one
+            return False
 
     def _dispatch(self, request: Mapping[str, Any]) -> Any:
         op = request.get("op")
@@ -412,7 +446,8 @@ def serve(read_fd: int, write_fd: int, payload_hash: str, handlers: Mapping[str,
         # nothing, so a controller leaving now leaves nothing half done.
         busy.clear()
         asked: Mapping[str, Any] = request
-        if ahead is not None:
-            _write_all(write_fd, frame(_with_id(answer, request)))
-            answer, asked = agent.answer(ahead), ahead
+        while ahead is not None:
+            _write_all(write_fd, frame(_with_id(answer, asked)))
+            asked = ahead
+            answer, ahead = agent.answer_next(asked)
         _write_all(write_fd, frame(_with_id(answer, asked)))
