@@ -14,7 +14,6 @@ when its next request is that check.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -290,8 +289,7 @@ def test_runs_without_a_hold_of_the_target_never_read_ahead(engine: Engine, root
     host = engine.hosts(_key(root))
     assert isinstance(host, RemoteHost)
     host.connection.ahead.clear()
-    with contextlib.ExitStack():
-        results = engine.run_many(txns)
+    results = engine.run_many(txns)
     assert [r.status for r in results] == [Status.COMMITTED] * 2
     assert dict(host.connection.ahead) == {"validate": 2, "capture": 2}
     assert snapshot(root) == snapshot(twin)
