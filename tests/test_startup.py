@@ -157,3 +157,17 @@ def test_a_remote_remediation_without_its_transport_fails_before_connecting(tmp_
                           env=dict(os.environ, PYTHONPATH=str(SRC)))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "kensa.hosts.remote" in done.stderr and "reinstall kensa" in done.stderr
+
+
+def test_the_agent_s_start_imports_no_standard_module_only_a_later_request_needs() -> None:
+    """The agent's own modules (what it imports before its first request) leave out the standard
+    modules it needs only later, if at all: pathlib (with urllib.parse and ipaddress), subprocess,
+    tempfile (with shutil and random), uuid. Each is CPU every agent's start paid on every host."""
+    probe = ("import sys, json\nimport kensa.hosts.agent.server, kensa.hosts.agent.compat, kensa.hosts.agent.bootstrap\n"
+             "print(json.dumps(sorted(m for m in ('pathlib', 'urllib.parse', 'ipaddress', 'subprocess', 'tempfile',"
+             " 'shutil', 'random', 'uuid') if m in sys.modules)))")
+    # As the agent runs: isolated, without site-packages.
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(SRC)!r})\n{probe}"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []

@@ -6,7 +6,9 @@ the target's identity. The controller's :class:`kensa.hosts.targetlock.TargetLoc
 and kensa's agent on a target (which takes the lock a kensa run there takes
 for the same root) share this module, so both name and open the same file.
 It runs on Python 3.6, as the agent does, and keeps no state: the caller
-holds the descriptor, and closing it releases the lock.
+holds the descriptor, and closing it releases the lock. Paths are strings:
+``pathlib`` (with the ``urllib.parse`` and ``ipaddress`` it imports) was a
+tenth of the agent's imports at its start.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import fcntl
 import hashlib
 import os
 import stat
-from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Union
 
 from kensa.errors import TargetLockError, TargetLockTimeout
 from kensa.support.flocks import flock_holders
@@ -26,24 +27,24 @@ from kensa.support.flocks import flock_holders
 __all__ = ["SYSTEM_LOCK_DIRECTORY", "agent_lock_directory", "busy", "holders", "lock_name", "open_lock", "try_lock"]
 
 #: Where root's target locks live, whatever journal a process uses.
-SYSTEM_LOCK_DIRECTORY = Path("/run/kensa/targets")
+SYSTEM_LOCK_DIRECTORY = "/run/kensa/targets"
 
 
-def agent_lock_directory() -> Path:
+def agent_lock_directory() -> str:
     """Where the agent takes its target's lock: root's :data:`SYSTEM_LOCK_DIRECTORY`, as a kensa run
     of root there does; another login user's ``~/.cache/kensa/targets``, which keeps out the
     controllers logging in as that user (that user's own runs lock next to their journal).
     A user whose home does not exist (a service account's ``/nonexistent``) locks in
     ``kensa-<uid>-targets`` of the temporary directory instead: :func:`open_lock` refuses
     it unless the user owns it with mode 0700."""
-    if os.geteuid() == 0 and os.path.isdir(SYSTEM_LOCK_DIRECTORY.parent.parent):
+    if os.geteuid() == 0 and os.path.isdir(os.path.dirname(os.path.dirname(SYSTEM_LOCK_DIRECTORY))):
         return SYSTEM_LOCK_DIRECTORY
     home = os.path.expanduser("~")
     if not os.path.isdir(home):
         import tempfile  # only here: it imports shutil and random, a tenth of an agent's start
 
-        return Path(tempfile.gettempdir()) / f"kensa-{os.geteuid()}-targets"
-    return Path(home) / ".cache" / "kensa" / "targets"
+        return os.path.join(tempfile.gettempdir(), f"kensa-{os.geteuid()}-targets")
+    return os.path.join(home, ".cache", "kensa", "targets")
 
 
 def lock_name(key: str, identity: Any = None) -> str:
@@ -58,13 +59,14 @@ def lock_name(key: str, identity: Any = None) -> str:
     return hashlib.sha256(data).hexdigest() + ".lock"
 
 
-def open_lock(directory: Path, name: str, key: str) -> Tuple[int, Path]:
+def open_lock(directory: Union[str, "os.PathLike[str]"], name: str, key: str) -> Tuple[int, str]:
     """Open (creating it and its directory) the lock file ``name`` of target ``key``; (fd, path).
 
     Neither the directory nor the file is opened through a symlink; a directory
     another user could write, or a lock that is not a regular file, is a
     TargetLockError naming it."""
-    path = directory / name
+    directory = os.fspath(directory)
+    path = os.path.join(directory, name)
     try:
         dir_fd = _open_directory(directory)
     except OSError as exc:
@@ -87,16 +89,16 @@ def open_lock(directory: Path, name: str, key: str) -> Tuple[int, Path]:
     return fd, path
 
 
-def _open_directory(directory: Path) -> int:
+def _open_directory(directory: str) -> int:
     try:
-        os.mkdir(str(directory), 0o700)
+        os.mkdir(directory, 0o700)
     except FileExistsError:
         pass
     except FileNotFoundError:
-        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(os.path.dirname(directory), mode=0o700, exist_ok=True)
         with contextlib.suppress(FileExistsError):
-            os.mkdir(str(directory), 0o700)
-    dir_fd = os.open(str(directory), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            os.mkdir(directory, 0o700)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     st = os.fstat(dir_fd)
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         os.close(dir_fd)
@@ -109,7 +111,7 @@ def _open_directory(directory: Path) -> int:
     return dir_fd
 
 
-def try_lock(fd: int, key: str, path: Path) -> bool:
+def try_lock(fd: int, key: str, path: Union[str, "os.PathLike[str]"]) -> bool:
     """Take the exclusive flock of ``fd`` if nobody holds it; False when another does."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

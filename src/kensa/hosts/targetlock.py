@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Set, Tuple, Union
 
 from kensa.errors import TargetLockError, TargetLockTimeout
-from kensa.hosts.lockfiles import SYSTEM_LOCK_DIRECTORY, busy, holders, lock_name, open_lock, try_lock
+from kensa.hosts import lockfiles
+from kensa.hosts.lockfiles import busy, holders, lock_name, open_lock, try_lock
 from kensa.support.afterfork import reset_in_child
 
 __all__ = [
@@ -55,6 +56,9 @@ __all__ = [
 
 #: Seconds a run waits for another process's transaction on the same target.
 DEFAULT_TIMEOUT = 300.0
+
+#: Where root's target locks live, whatever journal a process uses (the agent's too).
+SYSTEM_LOCK_DIRECTORY = Path(lockfiles.SYSTEM_LOCK_DIRECTORY)
 
 # Short, so a waiter gets its turn between another process's back-to-back transactions.
 _POLL_SECONDS = 0.005
@@ -139,7 +143,7 @@ class TargetLocks:
             if held is not None:
                 os.close(held)  # closing the only descriptor releases the flock
 
-    def _take(self, fd: int, key: str, path: Path) -> None:
+    def _take(self, fd: int, key: str, path: str) -> None:
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         while not try_lock(fd, key, path):
             if deadline is None:
