@@ -208,6 +208,27 @@ def test_a_chain_the_agent_may_not_answer_is_refused_before_the_apply_runs(
     assert snapshot(root) == before
 
 
+def test_a_next_check_whose_reads_are_not_quick_is_refused_after_a_check_of_the_same_mechanism(root: Path) -> None:
+    """The next rule's check is a read of another step: the agent answers it ahead only when its
+    mechanism is a quick_reads one, also when the check before it is of the same mechanism (a
+    cron_job check runs crontab on the target). Refused before the first check runs; the
+    connection goes on and nothing changed."""
+    (root / "etc" / "cron.d").mkdir()
+    (root / "etc" / "cron.d" / "x").write_text("* * * * * root true\n")  # the first check holds
+    before = snapshot(root)
+    cron = {"name": "x", "schedule": "* * * * *", "command": "true", "user": "root"}
+    host = connect(transport("chain-slow"), str(root))
+    try:
+        with pytest.raises(AgentError, match="'cron_job' is not a mechanism whose reads are answered ahead"):
+            host.connection.request("validate", mechanism="cron_job", planned=None, params=encode_value(cron),
+                                    next=_read("cron_job", dict(cron, name="y", command="false")))
+        assert host.alive and dict(host.connection.ahead) == {}
+        assert host.read_bytes("/etc/motd") == b"welcome\n"
+    finally:
+        host.close()
+    assert snapshot(root) == before
+
+
 class _Told:
     """A host that records what the engine tells it to expect (as a RemoteHost's expect_check)."""
 
