@@ -15,6 +15,8 @@ when its next request is that check.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
@@ -28,8 +30,9 @@ from kensa.errors import AgentError
 from kensa.handlers import default_registry
 from kensa.hosts.agent.server import MAX_AHEAD
 from kensa.hosts.agent.wire import encode_value
+from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import resolve_host
-from kensa.hosts.remote import RemoteHost, RemoteHosts, connect
+from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect
 from kensa.journal import SqliteJournal
 from kensa.model import PreState, ServiceAction, ServiceVerb, Status, Step, StepResult, Transaction
 
@@ -227,6 +230,45 @@ def test_a_next_check_whose_reads_are_not_quick_is_refused_after_a_check_of_the_
     finally:
         host.close()
     assert snapshot(root) == before
+
+
+_NEXT_AFTER_THE_LAST = '''
+import json, sys
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+def read():
+    size = int.from_bytes(inp.read(4), "big")
+    return json.loads(inp.read(size))
+def send(message):
+    body = json.dumps(message).encode()
+    out.write(len(body).to_bytes(4, "big") + body)
+    out.flush()
+asked = read()
+last = asked["next"]["id"]
+send({"ok": False, "next": True, "id": asked["id"]})
+# The capture asked ahead, saying another answer follows it; none was asked, but one comes.
+send({"ok": None, "next": True, "id": last})
+send({"ok": "not the file", "id": last + 1})
+then = read()
+send({"ok": "the file", "id": then["id"]})
+inp.read()
+'''
+
+
+def test_an_answer_ahead_saying_another_follows_the_last_asked_breaks_the_connection_when_dropped() -> None:
+    """A check asked its capture ahead; the next request is another read, so that capture is read
+    through and dropped first. An agent whose capture says another answer follows it (none was asked)
+    is not speaking the protocol, as it is not when that capture is taken: AgentError, the connection
+    closed, and the frame it sends after it is never taken for the next request's answer."""
+    proc = subprocess.Popen([sys.executable, "-c", _NEXT_AFTER_THE_LAST], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    connection = AgentConnection(proc, SubprocessTransport(name="chatty-target"), 30.0, 1 << 20)
+    try:
+        fields = {"mechanism": "config_set", "planned": None, "params": encode_value({"path": SSHD})}
+        assert connection.request_ahead("validate", fields, "capture", dict(fields, with_planned=False)) is False
+        with pytest.raises(AgentError, match="chatty-target.*not asked for"):
+            connection.request("read_bytes", args=encode_value(["/etc/motd"]), kwargs=encode_value({}))
+        assert not connection.alive
+    finally:
+        connection.close()
 
 
 class _Told:
