@@ -34,7 +34,7 @@ from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import resolve_host
 from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect
 from kensa.journal import SqliteJournal
-from kensa.model import PreState, ServiceAction, ServiceVerb, Status, Step, StepResult, Transaction
+from kensa.model import Phase, PreState, ServiceAction, ServiceVerb, Status, Step, StepResult, Transaction
 
 SSHD = "/etc/ssh/sshd_config"
 
@@ -111,6 +111,22 @@ def test_a_next_check_that_holds_is_answered_without_a_capture(engine: Engine, r
     assert [r.status for r in results] == [Status.COMMITTED, Status.SKIPPED, Status.COMMITTED]
     assert counts == {"validate": 5, "capture": 2, "apply": 2}
     assert ahead == {"validate": 3, "capture": 2}
+    assert snapshot(root) == snapshot(twin)
+
+
+def test_a_next_check_that_cannot_be_asked_leaves_the_apply_before_it_as_it_was(
+        engine: Engine, root: Path, tmp_path: Path) -> None:
+    """The next transaction's check has a value no request can carry (Engine.run takes any
+    Transaction): reading it ahead is left out, so the rule before it commits as it would alone,
+    and the next one errors in its own check, as local runs of the two do."""
+    txns = [Transaction("unsent-0", (_set("Port", "2222"),), host=_key(root)),
+            Transaction("unsent-1", (Step("config_set", dict(_set("Banner", "").params, value={"a set"})),),
+                        host=_key(root))]
+    twin = _local_twin(root, tmp_path, txns)
+    results, counts, ahead = _in_order(engine, txns)
+    assert [r.status for r in results] == [Status.COMMITTED, Status.ERRORED], [r.error for r in results]
+    assert results[1].error is not None and results[1].error.phase is Phase.CHECK
+    assert counts == {"validate": 2, "capture": 1, "apply": 1} and ahead == {"validate": 1, "capture": 1}
     assert snapshot(root) == snapshot(twin)
 
 
