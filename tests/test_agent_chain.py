@@ -15,6 +15,8 @@ when its next request is that check.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
@@ -28,10 +30,11 @@ from kensa.errors import AgentError
 from kensa.handlers import default_registry
 from kensa.hosts.agent.server import MAX_AHEAD
 from kensa.hosts.agent.wire import encode_value
+from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import resolve_host
-from kensa.hosts.remote import RemoteHost, RemoteHosts, connect
+from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect
 from kensa.journal import SqliteJournal
-from kensa.model import PreState, ServiceAction, ServiceVerb, Status, Step, StepResult, Transaction
+from kensa.model import Phase, PreState, ServiceAction, ServiceVerb, Status, Step, StepResult, Transaction
 
 SSHD = "/etc/ssh/sshd_config"
 
@@ -108,6 +111,22 @@ def test_a_next_check_that_holds_is_answered_without_a_capture(engine: Engine, r
     assert [r.status for r in results] == [Status.COMMITTED, Status.SKIPPED, Status.COMMITTED]
     assert counts == {"validate": 5, "capture": 2, "apply": 2}
     assert ahead == {"validate": 3, "capture": 2}
+    assert snapshot(root) == snapshot(twin)
+
+
+def test_a_next_check_that_cannot_be_asked_leaves_the_apply_before_it_as_it_was(
+        engine: Engine, root: Path, tmp_path: Path) -> None:
+    """The next transaction's check has a value no request can carry (Engine.run takes any
+    Transaction): reading it ahead is left out, so the rule before it commits as it would alone,
+    and the next one errors in its own check, as local runs of the two do."""
+    txns = [Transaction("unsent-0", (_set("Port", "2222"),), host=_key(root)),
+            Transaction("unsent-1", (Step("config_set", dict(_set("Banner", "").params, value={"a set"})),),
+                        host=_key(root))]
+    twin = _local_twin(root, tmp_path, txns)
+    results, counts, ahead = _in_order(engine, txns)
+    assert [r.status for r in results] == [Status.COMMITTED, Status.ERRORED], [r.error for r in results]
+    assert results[1].error is not None and results[1].error.phase is Phase.CHECK
+    assert counts == {"validate": 2, "capture": 1, "apply": 1} and ahead == {"validate": 1, "capture": 1}
     assert snapshot(root) == snapshot(twin)
 
 
@@ -206,6 +225,66 @@ def test_a_chain_the_agent_may_not_answer_is_refused_before_the_apply_runs(
     finally:
         host.close()
     assert snapshot(root) == before
+
+
+def test_a_next_check_whose_reads_are_not_quick_is_refused_after_a_check_of_the_same_mechanism(root: Path) -> None:
+    """The next rule's check is a read of another step: the agent answers it ahead only when its
+    mechanism is a quick_reads one, also when the check before it is of the same mechanism (a
+    cron_job check runs crontab on the target). Refused before the first check runs; the
+    connection goes on and nothing changed."""
+    (root / "etc" / "cron.d").mkdir()
+    (root / "etc" / "cron.d" / "x").write_text("* * * * * root true\n")  # the first check holds
+    before = snapshot(root)
+    cron = {"name": "x", "schedule": "* * * * *", "command": "true", "user": "root"}
+    host = connect(transport("chain-slow"), str(root))
+    try:
+        with pytest.raises(AgentError, match="'cron_job' is not a mechanism whose reads are answered ahead"):
+            host.connection.request("validate", mechanism="cron_job", planned=None, params=encode_value(cron),
+                                    next=_read("cron_job", dict(cron, name="y", command="false")))
+        assert host.alive and dict(host.connection.ahead) == {}
+        assert host.read_bytes("/etc/motd") == b"welcome\n"
+    finally:
+        host.close()
+    assert snapshot(root) == before
+
+
+_NEXT_AFTER_THE_LAST = '''
+import json, sys
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+def read():
+    size = int.from_bytes(inp.read(4), "big")
+    return json.loads(inp.read(size))
+def send(message):
+    body = json.dumps(message).encode()
+    out.write(len(body).to_bytes(4, "big") + body)
+    out.flush()
+asked = read()
+last = asked["next"]["id"]
+send({"ok": False, "next": True, "id": asked["id"]})
+# The capture asked ahead, saying another answer follows it; none was asked, but one comes.
+send({"ok": None, "next": True, "id": last})
+send({"ok": "not the file", "id": last + 1})
+then = read()
+send({"ok": "the file", "id": then["id"]})
+inp.read()
+'''
+
+
+def test_an_answer_ahead_saying_another_follows_the_last_asked_breaks_the_connection_when_dropped() -> None:
+    """A check asked its capture ahead; the next request is another read, so that capture is read
+    through and dropped first. An agent whose capture says another answer follows it (none was asked)
+    is not speaking the protocol, as it is not when that capture is taken: AgentError, the connection
+    closed, and the frame it sends after it is never taken for the next request's answer."""
+    proc = subprocess.Popen([sys.executable, "-c", _NEXT_AFTER_THE_LAST], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    connection = AgentConnection(proc, SubprocessTransport(name="chatty-target"), 30.0, 1 << 20)
+    try:
+        fields = {"mechanism": "config_set", "planned": None, "params": encode_value({"path": SSHD})}
+        assert connection.request_ahead("validate", fields, "capture", dict(fields, with_planned=False)) is False
+        with pytest.raises(AgentError, match="chatty-target.*not asked for"):
+            connection.request("read_bytes", args=encode_value(["/etc/motd"]), kwargs=encode_value({}))
+        assert not connection.alive
+    finally:
+        connection.close()
 
 
 class _Told:

@@ -253,7 +253,10 @@ class AgentConnection:
             if got in owed:
                 # An answer ahead comes only after one that says so; the last owed ends the chain.
                 at = owed.index(got)
-                self._owed = (owed[at + 1], owed[at + 2:]) if found.get("next") is True and at + 1 < len(owed) else None
+                more = found.get("next")
+                if more is not None and (more is not True or at + 1 == len(owed)):
+                    self._broken(f"answered {what} with next={more!r} after a read ahead, which was not asked for")
+                self._owed = (owed[at + 1], owed[at + 2:]) if more is True else None
 
     def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)

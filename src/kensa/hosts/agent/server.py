@@ -199,7 +199,8 @@ class Agent:
             mechanism = ahead.get("mechanism")
             if (op, nested) != ("validate", "validate") and mechanism != current.get("mechanism"):
                 return f"a {op!r} request can carry {nested!r} as next only of the same mechanism"
-            if mechanism != current.get("mechanism") and not self._quick(mechanism):
+            # The next rule's check reads another step, whatever its mechanism: only a quick one.
+            if (op, nested) == ("validate", "validate") and not self._quick(mechanism):
                 return f"{mechanism!r} is not a mechanism whose reads are answered ahead (quick_reads)"
             current = ahead
         return None
