@@ -408,3 +408,42 @@ def test_an_interrupt_while_an_apply_with_a_chain_is_awaited_leaves_every_later_
         assert dict(host.connection.ahead) == {} and host.alive
     finally:
         host.close()
+
+
+class _Recording:
+    """An engine that records what each run is told comes next."""
+
+    def __init__(self) -> None:
+        self.told: List[Any] = []
+
+    def run(self, txn: Transaction, following: Optional[Transaction] = None) -> Any:
+        from kensa.model import TransactionResult
+
+        self.told.append((txn.id, following.id if following is not None else None))
+        return TransactionResult(txn.id, txn.rule, txn.host, Status.COMMITTED, False, {})
+
+
+def test_run_in_order_tells_each_run_the_next_transaction_only_when_asked() -> None:
+    """kensa remediate -H, which holds each host across its runs, asks for it; the local commands
+    and the report, which do not, tell no run what follows. A planned rule that runs no
+    transaction (its verdict is known) is skipped over."""
+    from types import SimpleNamespace
+
+    from kensa.cli.checking import run_in_order
+    from kensa.model import CheckResult, Verdict
+
+    def rule(name: str) -> Any:
+        return SimpleNamespace(id=name, depends_on=())
+
+    def planned(name: str, runs: bool = True) -> Any:
+        txn = Transaction(name, (_step(name),), host="h", id=f"id-{name}") if runs else None
+        verdict = None if runs else CheckResult(name, "h", Verdict.NOT_APPLICABLE, "not here")
+        return SimpleNamespace(rule=rule(name), transaction=txn, verdict=verdict)
+
+    items = [planned("a"), planned("b", runs=False), planned("c"), planned("d")]
+    engine = _Recording()
+    run_in_order(engine, items, show_progress=False, read_ahead=True)
+    assert engine.told == [("id-a", "id-c"), ("id-c", "id-d"), ("id-d", None)]
+    engine = _Recording()
+    run_in_order(engine, items, show_progress=False)
+    assert engine.told == [("id-a", None), ("id-c", None), ("id-d", None)]

@@ -117,16 +117,19 @@ def run_check(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_in_order(
-    engine: Any, planned: List[Any], show_progress: bool, held: Optional[Dict[str, bool]] = None
+    engine: Any, planned: List[Any], show_progress: bool, held: Optional[Dict[str, bool]] = None,
+    read_ahead: bool = False,
 ) -> Tuple[List[TransactionResult], List[Dict[str, Any]]]:
     """Run the planned transactions in order; a rule whose dependency did not hold is not run.
-    ``held`` says of rules that are not run here (not selected) whether they hold."""
+    ``held`` says of rules that are not run here (not selected) whether they hold. ``read_ahead``:
+    each run is told the transaction after it (Engine.run), for a caller that holds the host's
+    target lock across them all; without that hold, what a remote host reads ahead is dropped."""
     progress = Progress(sum(1 for p in planned if p.transaction is not None), sys.stderr)
     held = dict(held or {})
     results: List[TransactionResult] = []
     rows: List[Dict[str, Any]] = []
     following: List[Optional[Transaction]] = [None] * len(planned)
-    for at in range(len(planned) - 2, -1, -1):
+    for at in range(len(planned) - 2, -1, -1) if read_ahead else ():
         later = planned[at + 1].transaction
         following[at] = later if later is not None else following[at + 1]
     try:

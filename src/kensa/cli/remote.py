@@ -517,7 +517,7 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
             except KensaError as exc:
                 failed[target.key] = str(exc)
                 return ruleset, [], [], []
-            results, rows = run_in_order(engine, planned, show_progress=False)
+            results, rows = run_in_order(engine, planned, show_progress=False, read_ahead=True)
             # The restarts the transactions asked for at the end, still inside the hold: no other
             # kensa run changes the host between its last transaction and its services' restart.
             notified = notify_rows(engine, target.key)

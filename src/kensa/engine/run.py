@@ -73,7 +73,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
-from kensa.engine.guards import needs_operator, unless_held
+from kensa.engine.guards import first_check, needs_operator, unless_held
 from kensa.engine.events import DEFAULT_QUEUE_SIZE, Callback, EventBus, Subscription
 from kensa.engine.locks import Locks
 from kensa.engine.protocols import Handler, Journal, PhaseEmitter, PhaseRecorder, TargetLock
@@ -89,7 +89,6 @@ from kensa.model import (
     ServiceOutcome,
     ServiceStatus,
     Status,
-    Step,
     StepResult,
     Transaction,
     TransactionError,
@@ -197,15 +196,11 @@ class Engine:
     def run(self, txn: Transaction, following: Optional[Transaction] = None) -> TransactionResult:
         """Run one transaction to a terminal result; handler errors never escape.
 
-        ``following``: the transaction the caller runs next on the same host, if it knows it. A
-        host that can read ahead (a remote one: ``expect_check``) is told the step the engine will
-        check first in it, so that the check and its capture come with this transaction's last
-        answer: only while this one has a single step and no services, and the next one's first
-        step has no ``unless`` and no step of it decides compliance (the engine's next request is
-        then that check). Give it only while holding the host's target lock across both runs
-        (:attr:`locks`: ``locks.target(key, host)``, as ``kensa remediate`` does for a host's
-        whole run): anything else asked of the host in between (the lock each run takes and
-        releases without that hold, a rollback) drops what was read ahead, at the cost of that read.
+        ``following``: the transaction the caller runs next on the same host, if known. A host
+        that reads ahead (``expect_check``: a remote one) is told the step the engine checks first
+        in it when that check is the engine's next request (:func:`~kensa.engine.guards.first_check`).
+        Give it only while holding the host's target lock across both runs (``locks.target(key,
+        host)``, as ``kensa remediate`` does): a request in between drops what was read ahead.
 
         With a journal that has a ``lock()`` method the run holds its shared
         lock, so it never overlaps :meth:`recover`; a KensaError from taking
@@ -229,26 +224,18 @@ class Engine:
                 return self._run(txn, host, following)
 
     def run_many(self, txns: Iterable[Transaction], workers: Optional[int] = None) -> List[TransactionResult]:
-        """Run transactions, different hosts in parallel; results in input order.
-
-        Transactions on the same host run one after another in input order.
-        ``workers`` caps the threads (default: as ThreadPoolExecutor chooses).
-        On KeyboardInterrupt, or when a run raises, transactions not yet started
-        are not started; the running ones finish, then the exception propagates.
-        The journal's shared lock (see :meth:`run`) is taken once for the batch.
-        """
+        """Run transactions, different hosts in parallel (``workers`` threads at most), one host's
+        one after another; results in input order. On KeyboardInterrupt, or when a run raises, no
+        further one starts; the running ones finish, then it propagates. The journal's shared
+        lock (see :meth:`run`) is taken once for the batch; each run takes its host's own locks."""
         with self.locks.shared_run():
             return self._run_many(txns, workers)
 
     def notify_pending(self, host_key: Optional[str] = None) -> List[Tuple[str, ServiceOutcome]]:
-        """Carry out the ``notify`` actions the transactions run so far queued (only those of
-        ``host_key`` when given): once per host, verb and unit. Each host's actions run inside the locks a
-        transaction of it holds (this process's, the cross-process target lock and a remote host's
-        own), so no other kensa run changes the host while its services restart; inside a hold the
-        caller already has of the target (a command's whole run), they take nothing more. A host
-        whose lock is not taken within the lock timeout gets its actions failed, saying why.
-        Call it at the end of a run; returns (host key, outcome) pairs in the order the actions
-        were first asked for."""
+        """Carry out the ``notify`` actions queued so far (only ``host_key``'s when given), once per
+        host, verb and unit, inside the locks a transaction of the host holds (nothing more inside a
+        hold the caller has); a host whose lock is not taken in time gets its actions failed, saying
+        why. (host key, outcome) pairs, in the order first asked for."""
         done: List[Tuple[str, ServiceOutcome]] = []
         for key, actions in self._pending.take(host_key):
             with self.locks.host(key), contextlib.ExitStack() as held:
@@ -321,21 +308,6 @@ class Engine:
         timings = {Phase.PREFLIGHT: waited}
         return self._conclude(rec, errored(txn, timings, type(exc).__name__, str(exc), Phase.PREFLIGHT))
 
-    def _first_check(self, txn: Transaction, following: Optional[Transaction]) -> Optional[Step]:
-        """The step whose check is the engine's first request in ``following``, when it runs right after
-        ``txn`` on its host and the host may be told (see :meth:`run`); else None."""
-        if following is None or len(txn.steps) != 1 or txn.services:
-            return None
-        following = self._canonical(following)
-        if following.host != txn.host or not following.steps or "unless" in following.steps[0].params:
-            return None
-        try:
-            if any(getattr(self.registry[step.mechanism], "decides_compliance", False) is True for step in following.steps):
-                return None
-        except LookupError:
-            return None
-        return following.steps[0]
-
     def _run(self, txn: Transaction, resolved: Union[Any, BaseException],
              following: Optional[Transaction] = None) -> TransactionResult:
         rec = self.trail.recorder(txn)
@@ -353,7 +325,7 @@ class Engine:
         host, handlers, pres, guarded = prepared
         expect = getattr(host, "expect_check", None)
         if callable(expect):
-            expect(self._first_check(txn, following))
+            expect(first_check(self.registry, txn, None if following is None else self._canonical(following)))
         try:
             result = self._change(txn, rec, timings, host, handlers, pres, guarded)
             if txn.services and result.status in (Status.COMMITTED, Status.STAGED):
