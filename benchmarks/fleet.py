@@ -20,7 +20,10 @@ Reported per tool: wall time of the whole command, transactions (changes) per
 second, and peak controller memory (:mod:`benchmarks.procmem`: the tool's
 processes and its ssh clients, PSS), and kensa's throughput over each peer's.
 ``--peer-hosts`` runs the peers on the first N hosts only (they are slow);
-kensa always does the whole fleet. ``--memory-hosts 1,10,50`` also measures
+kensa always does the whole fleet. Before the timed runs, kensa makes its
+first contact with the servers untimed (:func:`first_contact`: its agent
+compiles the payload into the targets' cache, as any earlier run leaves it);
+``--cold`` times that first contact instead. ``--memory-hosts 1,10,50`` also measures
 kensa's controller memory with that many hosts connected at once.
 Results go to ``benchmarks/results/fleet.{txt,json}`` and the table into
 ``benchmarks/README.md``.
@@ -294,6 +297,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="root's home on the sshd servers: 'fresh' (Debian's default dotfiles, as on a new host; the "
                         "default) or 'machine' (this machine's, whose .bashrc every SSH session runs)")
     p.add_argument("--scratch", default="/var/tmp", help="where the hosts' roots and the journal go (disk-backed)")
+    p.add_argument("--cold", action="store_true",
+                   help="no untimed first contact: kensa's timed run is its first against these servers, its "
+                        "agents compiling the payload into the targets' cache (as runs before L were timed)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (roots, outputs) and print where it is")
     p.add_argument("--out", default=str(HERE / "results"))
@@ -318,7 +324,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for server in rig.servers:
                 if server.proc is not None:
                     TARGETS.add(server.proc.pid)
-            contact = first_contact(rig, scratch, kensa, args.kex) if "kensa" in tools else None
+            contact = first_contact(rig, scratch, kensa, args.kex) if "kensa" in tools and not args.cold else None
             for tool in tools:
                 count = args.hosts if tool == "kensa" else peer_hosts
                 if tool != "kensa" and not executables.get(tool):
