@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks import fleetwork
-from benchmarks.installed import kensa_env
+from benchmarks.installed import kensa_env, kensa_python
 from benchmarks.cpuacct import CpuGroup
 from benchmarks.procmem import PeakMemory, _ssh_clients
 from benchmarks.sshrig import LOGIN_HOMES, Rig
@@ -121,8 +121,9 @@ def _timed(argv: List[str], env: Dict[str, str], cwd: Path, marker: str, log: Pa
 
 
 def run_kensa(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: int, env: Dict[str, str],
-              name: str = "kensa", kex: str = "") -> Dict[str, Any]:
-    """Time ``kensa remediate --inventory`` on ``hosts`` with ``env`` (:func:`benchmarks.installed.kensa_env`)."""
+              name: str = "kensa", kex: str = "", python: str = sys.executable) -> Dict[str, Any]:
+    """Time ``kensa remediate --inventory`` on ``hosts`` with ``env`` (:func:`benchmarks.installed.kensa_env`)
+    and ``python`` (:func:`benchmarks.installed.kensa_python`)."""
     work = scratch / name
     work.mkdir()
     ssh_config = []
@@ -131,7 +132,7 @@ def run_kensa(rig: Rig, scratch: Path, hosts: List[Host], rules: int, workers: i
         ssh_config = ["--ssh-config", str(work / "ssh_config")]
     fleetwork.kensa_rules(work / "rules", fleetwork.edits(rules))
     fleetwork.inventory(work / "inventory.ini", hosts, rig.key)
-    argv = [sys.executable, "-m", "kensa", "--journal", str(work / "journal.db"), "remediate", str(work / "rules"),
+    argv = [python, "-m", "kensa", "--journal", str(work / "journal.db"), "remediate", str(work / "rules"),
             "--inventory", str(work / "inventory.ini"), "--workers", str(workers), "--known-hosts", str(rig.known_hosts),
             # The inventory names the key too; -k is what the engine's own connections log in with.
             "-k", str(rig.key),
@@ -201,23 +202,24 @@ def _verify(results: Dict[str, Dict[str, Any]], trees: Dict[str, List[Host]]) ->
         results[tool]["mismatch"] = mismatch
 
 
-def first_contact(rig: Rig, scratch: Path, env: Dict[str, str], kex: str = "") -> Dict[str, Any]:
+def first_contact(rig: Rig, scratch: Path, env: Dict[str, str], kex: str = "", python: str = sys.executable) -> Dict[str, Any]:
     """Three rules on one throwaway host, before anything is timed: kensa's first agent on these
     servers compiles its payload into the login user's cache there (every server shares one
     home), as the first run against a host does once; the timed runs are later runs. Returned
     for the report: what that first contact took."""
     base = scratch / "first-contact"
-    run = run_kensa(rig, base, _hosts(rig, base / "roots", 1), 3, 1, env, name="run", kex=kex)
+    run = run_kensa(rig, base, _hosts(rig, base / "roots", 1), 3, 1, env, name="run", kex=kex, python=python)
     return {k: run[k] for k in ("wall_s", "controller_cpu_s", "target_cpu_s", "exit_code")}
 
 
-def memory_per_host(rig: Rig, scratch: Path, counts: List[int], env: Dict[str, str], kex: str = "") -> List[Dict[str, Any]]:
+def memory_per_host(rig: Rig, scratch: Path, counts: List[int], env: Dict[str, str], kex: str = "",
+                    python: str = sys.executable) -> List[Dict[str, Any]]:
     """kensa's controller memory with N hosts connected at once (--workers N, one rule each)."""
     rows = []
     for count in counts:
         base = scratch / f"memory-{count}"
         hosts = _hosts(rig, base / "roots", count)
-        run = run_kensa(rig, base, hosts, 3, count, env, name="run", kex=kex)
+        run = run_kensa(rig, base, hosts, 3, count, env, name="run", kex=kex, python=python)
         rows.append({"hosts": count, **{k: run[k] for k in ("wall_s", "peak_memory_kib", "peak_main_kib", "peak_processes")}})
     return rows
 
@@ -318,13 +320,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         # kensa's bytecode is compiled here, before anything is timed, as installing a wheel does.
         kensa = kensa_env(scratch, _env())
+        python = kensa_python(scratch)
         with Rig(servers, base=str(scratch), login_home=args.login_home) as rig:
             global TARGETS
             TARGETS = CpuGroup("targets")
             for server in rig.servers:
                 if server.proc is not None:
                     TARGETS.add(server.proc.pid)
-            contact = first_contact(rig, scratch, kensa, args.kex) if "kensa" in tools and not args.cold else None
+            contact = first_contact(rig, scratch, kensa, args.kex, python) if "kensa" in tools and not args.cold else None
             for tool in tools:
                 count = args.hosts if tool == "kensa" else peer_hosts
                 if tool != "kensa" and not executables.get(tool):
@@ -333,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"... {tool}: {count} hosts x {args.rules} rules", file=sys.stderr, flush=True)
                 hosts = _hosts(rig, scratch / "roots" / tool, count)
                 if tool == "kensa":
-                    run = run_kensa(rig, scratch, hosts, args.rules, args.workers, kensa, kex=args.kex)
+                    run = run_kensa(rig, scratch, hosts, args.rules, args.workers, kensa, kex=args.kex, python=python)
                 elif tool == "ansible-playbook":
                     run = run_ansible(rig, scratch, hosts, args.rules, args.workers, executables[tool], kex=args.kex)
                 else:
@@ -346,7 +349,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             _verify(results, trees)
             if memory_counts:
                 print(f"... kensa memory with {memory_counts} hosts connected", file=sys.stderr, flush=True)
-                memory = memory_per_host(rig, scratch, memory_counts, kensa, args.kex)
+                memory = memory_per_host(rig, scratch, memory_counts, kensa, args.kex, python)
     finally:
         if TARGETS is not None:
             TARGETS.close()

@@ -13,6 +13,15 @@ into the source tree.
 ``PYTHONPYCACHEPREFIX`` alone would not do: with it set, Python reads bytecode
 only under the prefix, so the interpreter's own standard library, compiled next
 to its sources, would be compiled again on every start.
+
+:func:`kensa_python` is the interpreter those commands run with: a virtual
+environment of this Python, as the peers run from theirs. Its ``site`` reads
+only the environment's own site-packages; kensa's dependencies come from this
+Python's site-packages through ``PYTHONPATH``, where no ``.pth`` file runs.
+A machine's Python may carry ``.pth`` files that import at every start (this
+one's imports certifi and with it pathlib, tempfile and zipfile, about 30 ms),
+which a kensa installed in an environment of its own does not run, and the
+peers' environments do not either.
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ from __future__ import annotations
 import compileall
 import os
 import shutil
+import site
 import subprocess
 import sys
+import venv
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -41,14 +52,29 @@ def kensa_env(scratch: Path, env: Optional[Dict[str, str]] = None, source: Path 
     result.pop("PYTHONDONTWRITEBYTECODE", None)
     if not (source / "kensa").is_dir():
         return result
-    site = scratch / "site"
-    if not (site / "kensa").is_dir():
-        shutil.copytree(source / "kensa", site / "kensa", ignore=shutil.ignore_patterns("__pycache__"))
-        if not compileall.compile_dir(str(site / "kensa"), quiet=1, workers=0):
-            raise RuntimeError(f"compiling kensa under {site} failed")
-    result["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [result.get("PYTHONPATH")])])
-    built = subprocess.run([sys.executable, "-c", "from kensa.hosts.payload import build_payload; build_payload()"],
+    copy = scratch / "site"
+    if not (copy / "kensa").is_dir():
+        shutil.copytree(source / "kensa", copy / "kensa", ignore=shutil.ignore_patterns("__pycache__"))
+        if not compileall.compile_dir(str(copy / "kensa"), quiet=1, workers=0):
+            raise RuntimeError(f"compiling kensa under {copy} failed")
+    # This Python's site-packages after the copy: kensa's dependencies, without running their .pth files.
+    result["PYTHONPATH"] = os.pathsep.join([str(copy), *filter(None, [result.get("PYTHONPATH")]), *_site_packages()])
+    built = subprocess.run([kensa_python(scratch), "-c", "from kensa.hosts.payload import build_payload; build_payload()"],
                            env=result, capture_output=True, text=True)
     if built.returncode != 0:
-        raise RuntimeError(f"building the agent payload of the kensa under {site} failed: {built.stderr[-2000:]}")
+        raise RuntimeError(f"building the agent payload of the kensa under {copy} failed: {built.stderr[-2000:]}")
     return result
+
+
+def _site_packages() -> List[str]:
+    return [path for path in site.getsitepackages() if os.path.isdir(path)]
+
+
+def kensa_python(scratch: Path) -> str:
+    """The Python kensa's timed commands run with: a virtual environment of this one under
+    ``scratch`` (made once, without pip; see the module docstring)."""
+    target = scratch / "venv"
+    python = target / "bin" / "python"
+    if not python.exists():
+        venv.EnvBuilder(with_pip=False, symlinks=True).create(str(target))
+    return str(python)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks import fleetwork
-from benchmarks.installed import kensa_env
+from benchmarks.installed import kensa_env, kensa_python
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,13 +56,14 @@ def commands(scratch: Path, rules: int, peers: Dict[str, Optional[str]]) -> Dict
     fleetwork.kensa_rules(scratch / "rules", fleetwork.edits(rules))
     fleetwork.seed(scratch / "root")
     kensa = kensa_env(scratch)
+    python = kensa_python(scratch)
     plain = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     journal = str(scratch / "journal.db")
     rows: Dict[str, Tuple[List[str], Dict[str, str]]] = {
-        "python -c pass": ([sys.executable, "-c", "pass"], plain),
-        "kensa --help": ([sys.executable, "-m", "kensa", "--help"], kensa),
-        "kensa remediate --help": ([sys.executable, "-m", "kensa", "remediate", "--help"], kensa),
-        f"kensa check ({rules} rules)": ([sys.executable, "-m", "kensa", "--journal", journal, "check",
+        "python -c pass": ([python, "-c", "pass"], plain),
+        "kensa --help": ([python, "-m", "kensa", "--help"], kensa),
+        "kensa remediate --help": ([python, "-m", "kensa", "remediate", "--help"], kensa),
+        f"kensa check ({rules} rules)": ([python, "-m", "kensa", "--journal", journal, "check",
                                           str(scratch / "rules"), "--root", str(scratch / "root")], kensa),
     }
     for name, executable in peers.items():

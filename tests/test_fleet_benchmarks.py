@@ -107,9 +107,10 @@ def test_the_rig_s_sessions_run_with_the_root_home_asked_for(login_home: str) ->
 
 def test_the_benchmarks_run_kensa_from_bytecode_compiled_outside_the_source_tree(tmp_path: Path) -> None:
     """The environment the benchmarks time kensa commands with (``benchmarks.installed.kensa_env``, as
-    ``benchmarks.fleet`` uses it) runs every kensa module from bytecode compiled in the scratch directory
-    beforehand, none compiled from source at start, and writes no ``__pycache__`` into the source tree,
-    even with ``PYTHONDONTWRITEBYTECODE`` set in the caller's environment."""
+    ``benchmarks.fleet`` uses it, and ``kensa_python``, a virtual environment of its own) runs every kensa
+    module from bytecode compiled in the scratch directory beforehand, none compiled from source at
+    start, and writes no ``__pycache__`` into the source tree, even with ``PYTHONDONTWRITEBYTECODE`` set
+    in the caller's environment."""
     installed = benchmark_module("installed")
     fleet = benchmark_module("fleet")
     assert fleet.kensa_env is installed.kensa_env
@@ -119,7 +120,12 @@ def test_the_benchmarks_run_kensa_from_bytecode_compiled_outside_the_source_tree
     caller = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(source))
     env = installed.kensa_env(scratch, caller, source=source)
     assert "PYTHONDONTWRITEBYTECODE" not in env
-    proc = subprocess.run([sys.executable, "-v", "-m", "kensa", "remediate", "--help"], env=env, cwd=tmp_path,
+    python = installed.kensa_python(scratch)
+    # A virtual environment of its own, as the peers have: its site runs no .pth file of this Python's.
+    prefix = subprocess.run([python, "-c", "import sys; print(sys.prefix != sys.base_prefix)"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert prefix.stdout.strip() == "True", prefix.stderr
+    proc = subprocess.run([python, "-v", "-m", "kensa", "remediate", "--help"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = [line.split("code object from ", 1)[1] for line in proc.stderr.splitlines()
