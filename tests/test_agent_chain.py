@@ -23,8 +23,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import pytest
 
-from agent_targets import small_root, transport, transport_for
+from agent_targets import small_root, transport
 from conftest import snapshot_tree as snapshot
+from remediation_rig import agent_engine
 from kensa.engine import Engine
 from kensa.errors import AgentError
 from kensa.handlers import default_registry
@@ -32,8 +33,7 @@ from kensa.hosts.agent.server import MAX_AHEAD
 from kensa.hosts.agent.wire import encode_value
 from kensa.hosts.connection import AgentConnection
 from kensa.hosts.local import resolve_host
-from kensa.hosts.remote import RemoteHost, RemoteHosts, SubprocessTransport, connect
-from kensa.journal import SqliteJournal
+from kensa.hosts.remote import RemoteHost, SubprocessTransport, connect
 from kensa.model import Phase, PreState, ServiceAction, ServiceVerb, Status, Step, StepResult, Transaction
 
 SSHD = "/etc/ssh/sshd_config"
@@ -44,20 +44,18 @@ def root(tmp_path: Path) -> Path:
     return small_root(tmp_path)
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    hosts = RemoteHosts(transport_for)
-    with SqliteJournal(tmp_path / "journal.db") as journal:
-        yield Engine(default_registry(), journal=journal, hosts=hosts)
-    hosts.close()
-
-
 def _key(root: Path) -> str:
     return f"ssh://admin@target{root}"
 
 
 def _set(key: str, value: str) -> Step:
     return Step("config_set", {"path": SSHD, "key": key, "value": value, "separator": " "})
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    with agent_engine(tmp_path / "journal.db") as made:
+        yield made
 
 
 def _in_order(engine: Engine, txns: Sequence[Transaction]) -> List[Any]:
