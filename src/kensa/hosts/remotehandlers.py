@@ -96,8 +96,9 @@ class RemoteHandler:
 
     def _check_reads(self, params: Mapping[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
         """The requests of this step's check on the host and of the capture it carries, as :meth:`validate` asks them."""
-        return [("validate", self._fields(self.host, params=encode_value(params))),
-                ("capture", self._fields(self.host, **self._capture_fields(params)))]
+        encoded = encode_value(params)
+        return [("validate", self._fields(self.host, params=encoded)),
+                ("capture", self._fields(self.host, **self._capture_fields(encoded)))]
 
     def _next_check_reads(self, view: Any) -> List[Tuple[str, Dict[str, Any]]]:
         """The reads of the next transaction's check the host expects (none when it expects none, or
@@ -116,11 +117,12 @@ class RemoteHandler:
         except FrameError:  # params no request can carry: that check errors in its own transaction
             return []
 
-    def _capture_fields(self, params: Mapping[str, Any]) -> Dict[str, Any]:
-        return {"params": encode_value(params), "with_planned": isinstance(self, RestorableRemoteHandler)}
+    def _capture_fields(self, encoded: Any) -> Dict[str, Any]:
+        """A capture's fields, of params already encoded (a step's params are encoded once per request pair)."""
+        return {"params": encoded, "with_planned": isinstance(self, RestorableRemoteHandler)}
 
     def capture(self, host: ReadableHost, params: Mapping[str, Any]) -> PreState:
-        found = self._ask("capture", host, **self._capture_fields(params))
+        found = self._ask("capture", host, **self._capture_fields(encode_value(params)))
         pre = found["pre"]
         if isinstance(self, RestorableRemoteHandler) and found["planned"] is not None:
             # The engine asks planned() of this pre-state next: it came with the capture.
@@ -130,7 +132,7 @@ class RemoteHandler:
     def validate(self, host: ReadableHost, params: Mapping[str, Any]) -> bool:
         encoded = encode_value(params)
         if self.quick_reads:
-            return cast(bool, self._ask_ahead("validate", host, {"params": encoded}, "capture", self._capture_fields(params)))
+            return cast(bool, self._ask_ahead("validate", host, {"params": encoded}, "capture", self._capture_fields(encoded)))
         return cast(bool, self._ask("validate", host, params=encoded))
 
     def apply(self, host: Host, params: Mapping[str, Any], pre: Optional[PreState]) -> StepResult:
