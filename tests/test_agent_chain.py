@@ -445,3 +445,25 @@ def test_run_in_order_tells_each_run_the_next_transaction_only_when_asked() -> N
     engine = _Recording()
     run_in_order(engine, items, show_progress=False)
     assert engine.told == [("id-a", None), ("id-c", None), ("id-d", None)]
+
+
+class _Unloadable(dict):  # type: ignore[type-arg]
+    """Handlers as the agent's index gives them, one of whose modules fails to import."""
+
+    def __getitem__(self, mechanism: str) -> Any:
+        if mechanism == "broken_one":
+            raise ImportError("No module named 'kensa.handlers.broken_one'")
+        return super().__getitem__(mechanism)
+
+
+def test_a_next_check_whose_handler_cannot_load_is_refused_saying_why(tmp_path: Path) -> None:
+    """A chain naming a mechanism whose handler module fails to import is refused before anything
+    runs, and the refusal says what failed, not only that the mechanism is not a quick one."""
+    from kensa.hosts.agent.server import Agent
+
+    agent = Agent("hash", _Unloadable(config_set=default_registry()["config_set"]))
+    first = _read("config_set", {"path": SSHD, "key": "Port", "value": "2222", "separator": " "})
+    answer, ahead = agent.answer_ahead(dict(first, next=_read("broken_one", {})))
+    assert ahead is None and "error" in answer
+    message = str(answer["error"])
+    assert "'broken_one'" in message and "No module named 'kensa.handlers.broken_one'" in message

@@ -185,7 +185,6 @@ class Agent:
 
     def _chain_refused(self, request: Mapping[str, Any]) -> Optional[str]:
         """Why the chain of ``next`` requests ``request`` carries may not be answered ahead, or None."""
-        allowed = " or ".join(f"{read} after {call}" for call, read in AHEAD)
         current, depth = request, 0
         while current.get("next") is not None:
             ahead = current["next"]
@@ -193,6 +192,7 @@ class Agent:
             op = current.get("op")
             nested = ahead.get("op") if isinstance(ahead, dict) else None
             if not isinstance(op, str) or not isinstance(nested, str) or (op, nested) not in AHEAD:
+                allowed = " or ".join(f"{read} after {call}" for call, read in AHEAD)
                 return f"a {op!r} request cannot carry {nested!r} as next: only {allowed} is answered ahead"
             if depth > MAX_AHEAD:
                 return f"a request may ask at most {MAX_AHEAD} reads ahead"
@@ -200,16 +200,25 @@ class Agent:
             if (op, nested) != ("validate", "validate") and mechanism != current.get("mechanism"):
                 return f"a {op!r} request can carry {nested!r} as next only of the same mechanism"
             # The next rule's check reads another step, whatever its mechanism: only a quick one.
-            if (op, nested) == ("validate", "validate") and not self._quick(mechanism):
-                return f"{mechanism!r} is not a mechanism whose reads are answered ahead (quick_reads)"
+            if (op, nested) == ("validate", "validate"):
+                why = self._not_quick(mechanism)
+                if why is not None:
+                    return why
             current = ahead
         return None
 
-    def _quick(self, mechanism: Any) -> bool:
+    def _not_quick(self, mechanism: Any) -> Optional[str]:
+        """Why ``mechanism``'s reads may not be answered ahead, or None when its handler is quick_reads."""
+        not_quick = f"{mechanism!r} is not a mechanism whose reads are answered ahead (quick_reads)"
+        if not isinstance(mechanism, str):
+            return not_quick
         try:
-            return isinstance(mechanism, str) and getattr(self.handlers[mechanism], "quick_reads", False) is True
-        except Exception:  # an unknown mechanism (or one whose module fails to import) is not one
-            return False
+            handler = self.handlers[mechanism]
+        except LookupError:
+            return not_quick
+        except Exception as exc:  # its module failed to import: say so, the refusal is that request's answer
+            return f"{not_quick}: its handler could not be loaded ({type(exc).__name__}: {exc})"
+        return None if getattr(handler, "quick_reads", False) is True else not_quick
 
     def _dispatch(self, request: Mapping[str, Any]) -> Any:
         op = request.get("op")
