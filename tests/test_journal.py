@@ -24,6 +24,7 @@ import kensa.journal.schema as schema
 import kensa.journal.store as journal_module
 from kensa.errors import JournalCorruptError, JournalEntryNotFound, JournalError, JournalLockTimeout, KensaError
 from kensa.journal import SCHEMA_VERSION, JournalLock, SqliteJournal, default_journal_path
+from kensa.journal.connection import WAL_CHECKPOINT_PAGES
 from conftest import tmpfs
 from kensa.model import (
     Phase,
@@ -277,6 +278,25 @@ def test_begin_and_finish_are_one_commit_each_on_a_wal_full_sync_journal(journal
     journal.finish(make_result(txn))
     conn.set_trace_callback(None)
     assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"] * 2
+
+
+def test_the_wal_file_stops_growing_early_in_a_run(tmp_path: Path) -> None:
+    """A commit that extends the WAL file pays for the new size in its fsync: the WAL is
+    checkpointed, then reused from its start, once it holds WAL_CHECKPOINT_PAGES pages, not
+    SQLite's default thousand (4 MiB, more than a run of a hundred rules writes)."""
+    path = tmp_path / "journal.db"
+    pre = PreState("file", {"path": "/etc/f"}, {"content": os.urandom(3000), "mode": 0o644})
+    with SqliteJournal(path) as journal:
+        conn = journal._conn
+        assert conn is not None
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        for _ in range(300):
+            txn = make_txn()
+            journal.begin(txn, [pre])
+            journal.finish(make_result(txn))
+        wal_bytes = os.path.getsize(f"{path}-wal")
+    # One commit's pages of slack past the checkpoint threshold.
+    assert wal_bytes <= (WAL_CHECKPOINT_PAGES + 32) * (page + 24)
 
 
 def test_the_journal_file_is_private(tmp_path: Path) -> None:
