@@ -19,7 +19,7 @@ import pytest
 
 from agent_targets import agent_env, motd_root, traced_changes, traced_transport
 from conftest import require_root
-from kensa.hosts.agent.bootstrap import CACHE_MAGIC
+from kensa.hosts.agent.bootstrap import CACHE_MAGIC, KEEP_COPIES
 from kensa.hosts.payload import build_payload
 from kensa.hosts.remote import RemoteHost, SubprocessTransport, connect
 from kensa.model import Phase
@@ -54,11 +54,16 @@ def _works(host: RemoteHost) -> None:
 def test_the_first_agent_writes_one_private_copy_and_the_next_uses_it(root: Path, tmp_path: Path) -> None:
     """The first agent compiles the payload and keeps it as one file named by the payload's hash and the
     Python's cache tag, mode 0600 in a 0700 directory of the login user; the next agent reports a hit and
-    runs a capture, apply, validate and rollback from it. A copy of another payload is removed."""
+    runs a capture, apply, validate and rollback from it. Of the copies of other payloads (other kensa
+    versions reaching this host) the newest are kept, KEEP_COPIES in all with the new one."""
     home = tmp_path / "home"
-    stale = home / ".cache" / "kensa" / f"agent-{'0' * 64}-{sys.implementation.cache_tag}.bin"
-    stale.parent.mkdir(parents=True, mode=0o700)
-    stale.write_bytes(b"an older kensa's copy")
+    (home / ".cache" / "kensa").mkdir(parents=True, mode=0o700)
+    others = []
+    for age, digit in enumerate("012"):
+        other = home / ".cache" / "kensa" / f"agent-{digit * 64}-{sys.implementation.cache_tag}.bin"
+        other.write_bytes(b"another kensa's copy")
+        os.utime(other, ns=(1_000_000_000 * (age + 1),) * 2)
+        others.append(other)
     first = _connect(root, home)
     try:
         assert first.hello["cache"].startswith("written: ")
@@ -66,7 +71,8 @@ def test_the_first_agent_writes_one_private_copy_and_the_next_uses_it(root: Path
     finally:
         first.close()
     cached = _cache_file(home)
-    assert sorted(os.listdir(cached.parent)) == [cached.name]
+    assert KEEP_COPIES == 3
+    assert sorted(os.listdir(cached.parent)) == sorted([cached.name, others[1].name, others[2].name])
     assert stat.S_IMODE(cached.stat().st_mode) == 0o600 and cached.stat().st_uid == os.geteuid()
     assert stat.S_IMODE(cached.parent.stat().st_mode) == 0o700
     second = _connect(root, home)

@@ -12,6 +12,7 @@ from typing import Tuple
 import pytest
 
 from conftest import require_root
+from kensa.hosts.payloadcache import KEEP_COPIES
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -49,19 +50,42 @@ def test_a_second_run_of_the_same_kensa_reads_the_payload_it_kept(tmp_path: Path
     assert second.startswith("cached: ") and cached == built
 
 
-def test_a_changed_source_names_another_payload_and_the_old_one_is_removed(tmp_path: Path) -> None:
-    """Editing a target-side module changes the fingerprint: the payload is built again, and the
-    copy of the old source is removed when the new one is kept."""
+def test_a_changed_source_names_another_payload_and_the_oldest_copies_are_removed(tmp_path: Path) -> None:
+    """Editing a target-side module changes the fingerprint: the payload is built again. Older copies
+    stay, the newest KEEP_COPIES in all: two kensa installs of one user (two virtual environments, an
+    upgrade being tried) each read their own instead of rebuilding it on every other run."""
     copy = tmp_path / "src"
     shutil.copytree(SRC / "kensa", copy / "kensa", ignore=shutil.ignore_patterns("__pycache__"))
     cache = tmp_path / "cache"
-    _, before = payload_in(cache, copy)
-    old = kept(cache)
-    with open(copy / "kensa" / "facts" / "files.py", "a") as handle:
-        handle.write("\nEDITED = True\n")
-    origin, after = payload_in(cache, copy)
-    assert origin.startswith("built (absent:") and after != before
-    assert len(kept(cache)) == 1 and kept(cache) != old
+    origins, prints, held = [], [], []
+    for edit in range(KEEP_COPIES + 1):
+        if edit:
+            with open(copy / "kensa" / "facts" / "files.py", "a") as handle:
+                handle.write(f"\nEDITED = {edit}\n")
+        origin, sha256 = payload_in(cache, copy)
+        origins.append(origin)
+        prints.append(sha256)
+        held.append(kept(cache))
+    assert all(origin.startswith("built (absent:") for origin in origins)
+    assert len(set(prints)) == KEEP_COPIES + 1
+    assert [len(names) for names in held] == [1, 2, 3, 3]
+    # The oldest is the one removed; the others are all still there.
+    assert set(held[0]) - set(held[-1]) and set(held[2]) & set(held[-1]) == set(held[2]) - set(held[0])
+
+
+def test_two_installs_of_one_user_each_read_their_own_copy(tmp_path: Path) -> None:
+    """Two kensa copies run in turn: each reads the payload it kept, the other's being kept too."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for copy, mark in ((first, "a"), (second, "b")):
+        shutil.copytree(SRC / "kensa", copy / "kensa", ignore=shutil.ignore_patterns("__pycache__"))
+        with open(copy / "kensa" / "facts" / "files.py", "a") as handle:
+            handle.write(f"\nINSTALL = {mark!r}\n")
+    cache = tmp_path / "cache"
+    built = [payload_in(cache, first), payload_in(cache, second)]
+    again = [payload_in(cache, first), payload_in(cache, second)]
+    assert all(origin.startswith("built (") for origin, _ in built)
+    assert all(origin.startswith("cached: ") for origin, _ in again)
+    assert [sha for _, sha in again] == [sha for _, sha in built]
 
 
 def test_the_kept_payload_holds_the_bootstrap_of_the_agent_command(tmp_path: Path) -> None:

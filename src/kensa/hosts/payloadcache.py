@@ -9,8 +9,10 @@ version and of the path, size, inode and change time (``st_ctime_ns``) of every
 source file the payload can be built from (:data:`kensa.hosts.payload.TARGET_SIDE`,
 the builder included). Any write to a file, or a file put in its place, sets its
 change time, which no utility can set back (``touch`` and ``cp -p`` set only the
-modification time): any change to them names another file, and the old one is
-removed when the new one is written. Reading every source to hash it took about
+modification time): any change to them names another file. When one is written,
+the newest :data:`KEEP_COPIES` are kept and older ones removed, so that two installs
+of one user (two virtual environments, an upgrade being tried) do not rebuild
+their payload on every other run. Reading every source to hash it took about
 ten milliseconds on each command's start, before its first login could begin.
 
 The payload is code that runs on every target, so the file is used only when it
@@ -32,10 +34,13 @@ import stat
 import sys
 from typing import Iterable, Optional, Tuple
 
-__all__ = ["MAGIC", "cache_directory", "fingerprint", "load", "store"]
+__all__ = ["KEEP_COPIES", "MAGIC", "cache_directory", "fingerprint", "load", "store"]
 
 #: First line of a cached payload; the second is the SHA-256 of the rest (what :func:`store` was given).
 MAGIC = b"kensa-payload 2\n"
+
+#: Kept payloads at most, by modification time: the one just written and the newest others.
+KEEP_COPIES = 3
 
 
 def fingerprint(package_dir: str, prefixes: Iterable[str]) -> str:
@@ -100,6 +105,18 @@ def _name(print_: str) -> str:
     return f"payload-{print_}.bin"
 
 
+def _prune(dfd: int, name: str) -> None:
+    """Remove the kept payloads other than ``name`` and the newest others, KEEP_COPIES in all."""
+    others = []
+    for entry in os.listdir(dfd):
+        if entry != name and entry.startswith("payload-") and entry.endswith(".bin"):
+            with contextlib.suppress(FileNotFoundError):  # another kensa removed it meanwhile
+                others.append((os.stat(entry, dir_fd=dfd, follow_symlinks=False).st_mtime_ns, entry))
+    for _, entry in sorted(others, reverse=True)[KEEP_COPIES - 1:]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry, dir_fd=dfd)
+
+
 def load(print_: str) -> Tuple[Optional[bytes], str]:
     """The cached payload bytes for fingerprint ``print_`` if they can be trusted (else None), and
     what was found."""
@@ -130,7 +147,8 @@ def load(print_: str) -> Tuple[Optional[bytes], str]:
 
 def store(print_: str, blob: bytes) -> str:
     """Keep ``blob`` as the payload of fingerprint ``print_`` (temporary file, then rename) and
-    remove any other kept payload; what happened. A failure only means it is not kept."""
+    remove all but the newest others (:data:`KEEP_COPIES`); what happened. A failure only means it
+    is not kept."""
     dfd, where = _open_directory(create=True)
     if dfd is None:
         return f"not kept ({where})"
@@ -145,9 +163,7 @@ def store(print_: str, blob: bytes) -> str:
         finally:
             os.close(fd)
         os.rename(temporary, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        for entry in os.listdir(dfd):
-            if entry != name and entry.startswith("payload-") and entry.endswith(".bin"):
-                os.unlink(entry, dir_fd=dfd)
+        _prune(dfd, name)
         return f"kept: {where}/{name}"
     except OSError as exc:
         # Keeping the payload is an optimisation: its failure is reported, and a temporary

@@ -23,8 +23,9 @@ looked up by that verified hash, and used only when its directory is a real
 directory of this user with no access for others (0700), the file a regular
 file of this user with no access for others, and the SHA-256 in its first
 lines matches its body; otherwise it is not used and is replaced (written to
-a temporary file, then renamed), and any other copy in the directory is
-removed, so one copy is kept. What happened is reported in ``hello``.
+a temporary file, then renamed). Writing a copy removes the oldest other copies
+(other kensa versions'), so that at most :data:`KEEP_COPIES` are kept. What
+happened is reported in ``hello``.
 
 It must run on Python 3.6: the controller sends it through the same transform
 as the payload (annotations become strings) and it imports nothing of kensa.
@@ -51,6 +52,10 @@ _MAX_PAYLOAD = 64 << 20
 
 #: First line of a cached compiled payload; the second is the SHA-256 of the rest.
 CACHE_MAGIC = b"kensa-agent-cache 1\n"
+
+#: Cached copies kept at most, by modification time: controllers running other kensa versions
+#: against this host each find their own instead of compiling it on every other run.
+KEEP_COPIES = 3
 
 
 class PayloadImporter:
@@ -154,8 +159,8 @@ def _cached(dfd: int, name: str, modules: Dict[str, List[Any]]) -> Tuple[Optiona
 
 
 def _write_cache(dfd: int, name: str, modules: Dict[str, List[Any]]) -> Dict[str, Any]:
-    """Compile every module, write them as ``name`` (temporary file, then rename) and remove any
-    other cached copy in the directory; the code objects."""
+    """Compile every module, write them as ``name`` (temporary file, then rename) and remove all
+    but the newest other copies in the directory (:data:`KEEP_COPIES` in all); the code objects."""
     codes = {module: _compiled(module, source) for module, (_, source) in modules.items()}
     body = marshal.dumps(codes)
     temporary = f".{name}.{os.getpid()}.tmp"
@@ -172,9 +177,18 @@ def _write_cache(dfd: int, name: str, modules: Dict[str, List[Any]]) -> Dict[str
         raise
     os.close(fd)
     os.rename(temporary, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    others = []
     for entry in os.listdir(dfd):
         if entry != name and entry.startswith("agent-") and entry.endswith(".bin"):
+            try:
+                others.append((os.stat(entry, dir_fd=dfd, follow_symlinks=False).st_mtime_ns, entry))
+            except FileNotFoundError:
+                pass  # another agent removed it meanwhile
+    for _, entry in sorted(others, reverse=True)[KEEP_COPIES - 1:]:
+        try:
             os.unlink(entry, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
     return codes
 
 
