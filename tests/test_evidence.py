@@ -629,16 +629,16 @@ def test_an_audit_log_that_does_not_exist_is_bad_input(run: Dict[str, Any], tmp_
     assert code == EXIT_BAD_INPUT and list(tmp_path.iterdir()) == []
 
 
-def test_rule_sources_of_pruned_transactions_go_at_the_next_run(tmp_path: Path) -> None:
-    """history --prune deletes entries; the next run's write deletes their rule sources too."""
+def test_rule_sources_of_pruned_transactions_go_with_them(tmp_path: Path) -> None:
+    """history --prune deletes entries and their rule sources; the next run records its own."""
     from kensa.journal.rulesources import read_rule_source
 
     found = remediation_run(tmp_path)
     old = transaction_ids(found["out"])["ev-ssh-root"]
     assert read_rule_source(found["journal"], old) is not None
     assert kensa("--journal", str(found["journal"]), "history", "--prune", "--keep-last", "0")[0] == EXIT_OK
+    assert read_rule_source(found["journal"], old) is None
     code, out = kensa("--journal", str(found["journal"]), "report", str(found["rules"]), "--root", str(found["root"]),
                       "--remediate", "--control", "IA-2")
     new = transaction_ids(out)["ev-ssh-root"]
-    assert read_rule_source(found["journal"], old) is None
     assert read_rule_source(found["journal"], new) is not None

@@ -1105,6 +1105,25 @@ def test_prune_keep_last_keeps_the_newest_by_sequence(journal: SqliteJournal) ->
     assert [e.txn.rule for e in journal.history()] == ["r4", "r3"]
 
 
+def test_prune_deletes_the_audit_sequences_and_rule_sources_of_what_it_deletes(tmp_path: Path) -> None:
+    """An entry's audit sequence numbers and rule source go with it, at the prune itself; those of
+    kept entries stay."""
+    from kensa.journal.rulesources import read_rule_source, record_rule_sources
+    from kensa.model import RuleSource
+
+    path = tmp_path / "journal.db"
+    txns = [make_txn(rule=f"r{i}") for i in range(3)]
+    with SqliteJournal(path) as journal:
+        for txn in txns:
+            journal.finish(make_result(txn, Status.SKIPPED))
+            journal.record_audit_sequences(txn.id, [("started", 7), ("skipped", 8)])
+        record_rule_sources(path, [RuleSource(t.id, t.rule, "a title", "/rules/r.yml", None, ()) for t in txns])
+        assert journal.prune(keep_last=1).deleted == 2
+        assert [journal.audit_sequences(t.id) != [] for t in txns] == [False, False, True]
+        assert sorted(journal.audit_sequences_between()) == [txns[2].id]
+    assert [read_rule_source(path, t.id) is not None for t in txns] == [False, False, True]
+
+
 def test_a_row_whose_text_is_not_utf8_is_listed_as_corrupt(tmp_path: Path) -> None:
     """Bytes that are not UTF-8 written into a text column mark that entry corrupt; the query and the other entries survive."""
     path = tmp_path / "journal.db"

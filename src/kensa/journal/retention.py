@@ -2,7 +2,9 @@
 
 Pruning never deletes an interrupted entry (it is what recovery restores
 from), nor any entry created after the oldest interrupted one: recovery
-compares an interrupted transaction with what ran after it.
+compares an interrupted transaction with what ran after it. An entry's rows
+in the tables created on first use (its audit sequence numbers, its rule
+source) go with it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from kensa.model import PruneResult
 __all__ = ["delete_finished"]
 
 _OLDEST_INTERRUPTED = "(SELECT min(seq) FROM transactions WHERE status IS NULL)"
+
+#: Tables of rows keyed by ``txn_id`` that a journal holds once something wrote them.
+_CREATED_ON_USE = ("audit_sequences", "rule_sources")
 
 
 def delete_finished(conn: sqlite3.Connection, before_us: Optional[int], keep_last: Optional[int]) -> PruneResult:
@@ -46,5 +51,8 @@ def delete_finished(conn: sqlite3.Connection, before_us: Optional[int], keep_las
     conn.execute(f"INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', (SELECT {LAST_SEQ}))")
     conn.execute(f"DELETE FROM pre_states WHERE txn_id IN ({doomed})", params)
     conn.execute(f"DELETE FROM later_rollbacks WHERE txn_id IN ({doomed})", params)
+    for table in _CREATED_ON_USE:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+            conn.execute(f"DELETE FROM {table} WHERE txn_id IN ({doomed})", params)
     deleted = conn.execute(f"DELETE FROM transactions WHERE id IN ({doomed})", params).rowcount
     return PruneResult(deleted=deleted, kept_interrupted=interrupted, kept_for_recovery=held)

@@ -4,8 +4,8 @@ Kept so that a transaction's evidence names the framework references the
 rule had when it ran, not those of whatever rule file is at hand when the
 evidence is exported. A table of its own, created on first use (journals
 without it read as holding no rule sources), one row per transaction, written
-after the run. Its rows are deleted with their transactions: each write also
-removes the rows whose transaction was pruned since.
+after the run. Its rows are deleted with their transactions, by the prune
+(:mod:`kensa.journal.retention`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ def record_rule_sources(journal: PathArg, sources: Sequence[RuleSource], *, busy
     try:
         with sql_transaction(conn, "BEGIN IMMEDIATE"):
             conn.execute(_DDL)
-            conn.execute("DELETE FROM rule_sources WHERE txn_id NOT IN (SELECT id FROM transactions)")
             now = now_us()
             conn.executemany(
                 "INSERT OR IGNORE INTO rule_sources (txn_id, rule, title, source_file, source_sha256, refs, recorded) "
