@@ -116,14 +116,20 @@ def run_check(args: argparse.Namespace, out: TextIO) -> int:
     return check_code(results, bool(ruleset.problems))
 
 
+#: Status of a rule's row when the run was stopped (Ctrl-C) before the rule's transaction began.
+NOT_RUN = "not_run"
+
+
 def run_in_order(
     engine: Any, planned: List[Any], show_progress: bool, held: Optional[Dict[str, bool]] = None,
-    read_ahead: bool = False,
+    read_ahead: bool = False, stop: Optional[Any] = None,
 ) -> Tuple[List[TransactionResult], List[Dict[str, Any]]]:
     """Run the planned transactions in order; a rule whose dependency did not hold is not run.
     ``held`` says of rules that are not run here (not selected) whether they hold. ``read_ahead``:
     each run is told the transaction after it (Engine.run), for a caller that holds the host's
-    target lock across them all; without that hold, what a remote host reads ahead is dropped."""
+    target lock across them all; without that hold, what a remote host reads ahead is dropped.
+    ``stop`` (a threading.Event): once it is set, no further transaction begins, and each rule
+    left gets a row with status :data:`NOT_RUN`."""
     progress = Progress(sum(1 for p in planned if p.transaction is not None), sys.stderr)
     held = dict(held or {})
     results: List[TransactionResult] = []
@@ -139,6 +145,9 @@ def run_in_order(
                 verdict = item.verdict
                 held[rule.id] = False
                 rows.append({"rule": rule.id, "status": verdict.verdict.value, "detail": verdict.detail})
+                continue
+            if stop is not None and stop.is_set():
+                rows.append({"rule": rule.id, "status": NOT_RUN, "detail": "not run: the run was interrupted before it began"})
                 continue
             failed = next((needed for needed in rule.depends_on if not held.get(needed, False)), None)
             if failed is not None:

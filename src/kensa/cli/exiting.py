@@ -20,10 +20,13 @@ import sys
 import threading
 from typing import NoReturn
 
-__all__ = ["FLUSH_FAILED", "exit_process", "exit_status"]
+__all__ = ["EXIT_INTERRUPTED", "FLUSH_FAILED", "exit_process", "exit_status"]
 
 #: The status CPython exits with when flushing stdout or stderr at exit fails.
 FLUSH_FAILED = 120
+
+#: The command was stopped by Ctrl-C (SIGINT), as a shell reports it (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 def exit_process(code: int) -> NoReturn:

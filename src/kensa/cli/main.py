@@ -41,6 +41,7 @@ from kensa.errors import KensaError, UsageError
 from kensa._version import __version__
 from kensa.cli import remote
 from kensa.cli.checking import add_rule_options
+from kensa.cli.exiting import EXIT_INTERRUPTED
 from kensa.cli.render import print_results, print_table, printable, result_dict
 from kensa.model import ServiceStatus, Status, TransactionResult
 
@@ -452,6 +453,12 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
     except KensaError as exc:
         sys.stderr.write(f"kensa: {printable(exc)}\n")
         code = EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        # A transaction the interrupt reached in its apply or validate was rolled back; one it
+        # reached while journaling, or in its rollback, is left interrupted in the journal.
+        sys.stderr.write("kensa: interrupted by Ctrl-C; run 'kensa recover' to finish any transaction "
+                         "it left open (there is nothing to do when it finds none)\n")
+        return EXIT_INTERRUPTED
     finally:
         for journal in args.opened_journals:
             journal.close()

@@ -30,6 +30,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
+from kensa.cli.exiting import EXIT_INTERRUPTED
 from kensa.cli.plan import report_rule_problems
 from kensa.cli.services import notify_rows, print_notified
 from kensa.errors import KensaError, UsageError, WiringError
@@ -313,13 +314,34 @@ def _label(name: str, target: RemoteTarget) -> str:
     return f"{login}:{target.port}" if target.port is not None else login
 
 
-def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any]) -> List[Any]:
-    """``work`` for every host entry, ``workers`` hosts at a time, in order."""
+def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any],
+              stop: Optional[threading.Event] = None) -> List[Any]:
+    """``work`` for every host entry, ``workers`` hosts at a time, in order.
+
+    On Ctrl-C (KeyboardInterrupt, which only this thread gets) no further host starts, and the
+    hosts in flight are waited for. Without ``stop`` the interrupt is then raised again. With it,
+    ``stop`` is set first, for the work in flight to end early (after its current transaction),
+    and the list is returned, None for each host that never started. A second Ctrl-C while
+    waiting is raised at once.
+    """
     # Imported here, once the logins have begun: concurrent.futures imports logging.
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(hosts)))) as pool:
-        return list(pool.map(work, hosts))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(hosts))))
+    futures = [pool.submit(work, host) for host in hosts]
+    try:
+        return [future.result() for future in futures]
+    except KeyboardInterrupt:
+        if stop is not None:
+            stop.set()
+        for future in futures:
+            future.cancel()
+        pool.shutdown(wait=True)
+        if stop is None:
+            raise
+        return [None if future.cancelled() else future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True)
 
 
 class _RuleSets:
@@ -482,9 +504,12 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     failed: Dict[str, str] = {}
     # Hosts finish in any order: the bar counts hosts done, each named with its outcome.
     progress = Progress(len(hosts) if not args.json else 0, sys.stderr)
+    stop = threading.Event()  # Ctrl-C: no further transaction begins on any host
 
-    def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> _HostRun:
+    def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Optional[_HostRun]:
         name, target, _ = entry
+        if stop.is_set():
+            return None
         try:
             found = _remediate_host(target)
         finally:
@@ -517,7 +542,7 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
             except KensaError as exc:
                 failed[target.key] = str(exc)
                 return ruleset, [], [], []
-            results, rows = run_in_order(engine, planned, show_progress=False, read_ahead=True)
+            results, rows = run_in_order(engine, planned, show_progress=False, read_ahead=True, stop=stop)
             # The restarts the transactions asked for at the end, still inside the hold: no other
             # kensa run changes the host between its last transaction and its services' restart.
             notified = notify_rows(engine, target.key)
@@ -526,10 +551,14 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
         return ruleset, results, [dict(row, host=target.key) for row in rows], notified
 
     try:
-        found_per_host = _per_host(hosts, args.workers, remediate_host)
+        found = _per_host(hosts, args.workers, remediate_host, stop)
         progress.finish()
     finally:
         run.close()
+    for (_, target, _), host_run in zip(hosts, found):
+        if host_run is None:
+            failed[target.key] = "not run: the run was interrupted before this host began"
+    found_per_host = [host_run or (rule_sets[target.key], [], [], []) for (_, target, _), host_run in zip(hosts, found)]
     per_host = [(ruleset, results, rows) for ruleset, results, rows, _ in found_per_host]
     notified = [row for _, _, _, host_rows in found_per_host for row in host_rows]
     bad_files = report_rule_problems([ruleset for ruleset, _, _ in per_host])
@@ -557,6 +586,11 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     code = exit_code_for(results, not_run)
     if failed or any(row["status"] == "failed" for row in notified):
         code = max(code, 1)
+    if stop.is_set():
+        changed = len({result.host for result in results})
+        sys.stderr.write(f"kensa: interrupted: no transaction began after Ctrl-C; {len(results)} ran, on {changed} of "
+                         f"{len(hosts)} hosts, each to its end\n")
+        return code if code == 3 else EXIT_INTERRUPTED
     return code if code == 3 or not bad_files else 2
 
 

@@ -1,0 +1,139 @@
+"""Ctrl-C during ``kensa remediate``: nothing new begins, what is running ends, and the command says so.
+
+Real processes: the CLI runs as ``python -m kensa`` against a real sshd on
+loopback (three targets, each its own root), and gets a real SIGINT once its
+first transaction is in the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+from kensa.cli.exiting import EXIT_INTERRUPTED
+from test_ssh_e2e import login
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+RULES = 60
+
+
+def _rules(directory: Path) -> None:
+    directory.mkdir()
+    for index in range(RULES):
+        (directory / f"key-{index:03d}.yml").write_text(
+            f"id: interrupt-key-{index:03d}\n"
+            f"title: Key{index} is set\n"
+            "description: Sets one key of the target root's sshd_config.\n"
+            "severity: low\n"
+            "category: access-control\n"
+            "implementations:\n"
+            "  - default: true\n"
+            "    remediation:\n"
+            "      mechanism: config_set\n"
+            "      path: /etc/ssh/sshd_config\n"
+            f"      key: Key{index}\n"
+            '      value: "no"\n'
+            '      separator: " "\n'
+        )
+
+
+def _statuses(journal: Path) -> Dict[Any, int]:
+    if not journal.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)
+    try:
+        return dict(conn.execute("SELECT status, count(*) FROM transactions GROUP BY status").fetchall())
+    except sqlite3.OperationalError:  # the schema is not written yet
+        return {}
+    finally:
+        conn.close()
+
+
+def test_ctrl_c_on_a_fleet_run_begins_no_further_transaction(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
+    """SIGINT once the first host's first transaction is journaled: that host stops before its next
+    transaction, the hosts after it are never started, every journal entry has its result (none is
+    left for recovery), the command exits 130 saying what ran, with no traceback, and its report
+    lists the rules and hosts not run."""
+    roots: List[Path] = []
+    for name in ("first", "second", "third"):
+        root = sshd_rig.root(f"interrupt-{name}")
+        (root / "etc" / "ssh").mkdir(parents=True)
+        (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+        roots.append(root)
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[fleet]\n" + "".join(
+        f"h{index} ansible_host=127.0.0.1 ansible_port={sshd_host.port} ansible_user=root kensa_root={root}\n"
+        for index, root in enumerate(roots)))
+    _rules(tmp_path / "rules")
+    journal = tmp_path / "j.db"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit", "remediate", str(tmp_path / "rules"),
+         "--inventory", str(inventory), "--workers", "1", *login(sshd_rig, tmp_path), "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _statuses(journal):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no transaction was journaled in time"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "kensa: interrupted: no transaction began after Ctrl-C" in err, err
+    statuses = _statuses(journal)
+    assert None not in statuses and set(statuses) == {"committed"}, statuses
+    assert 1 <= statuses["committed"] < RULES
+    first = (roots[0] / "etc" / "ssh" / "sshd_config").read_text()
+    assert 1 <= first.count(" no\n") == statuses["committed"]
+    for root in roots[1:]:
+        assert (root / "etc" / "ssh" / "sshd_config").read_text() == "PermitRootLogin yes\n"
+    report = json.loads(out)
+    first_host, *others = report["hosts"]
+    assert len(first_host["results"]) == statuses["committed"]
+    not_run = [row for row in first_host["unsupported"] if row["status"] == "not_run"]
+    assert len(not_run) == RULES - statuses["committed"]
+    assert all(host["error"] == "not run: the run was interrupted before this host began" for host in others)
+
+
+def test_ctrl_c_on_a_local_run_exits_130_with_a_message_and_recover_finishes_the_rest(tmp_path: Path) -> None:
+    """SIGINT during a local run (``--root``): exit 130 and a line saying what to do, no traceback;
+    ``kensa recover`` then leaves no entry without its result."""
+    root = tmp_path / "root"
+    (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+    _rules(tmp_path / "rules")
+    journal = tmp_path / "j.db"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    kensa = [sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit"]
+    proc = subprocess.Popen([*kensa, "remediate", str(tmp_path / "rules"), "--root", str(root), "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _statuses(journal):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no transaction was journaled in time"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "kensa: interrupted by Ctrl-C; run 'kensa recover'" in err, err
+    assert sum(_statuses(journal).values()) < RULES
+    done = subprocess.run([*kensa, "recover"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert None not in _statuses(journal)
