@@ -558,7 +558,8 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     for (_, target, _), host_run in zip(hosts, found):
         if host_run is None:
             failed[target.key] = "not run: the run was interrupted before this host began"
-    found_per_host = [host_run or (rule_sets[target.key], [], [], []) for (_, target, _), host_run in zip(hosts, found)]
+    found_per_host: List[_HostRun] = [host_run or (rule_sets[target.key], [], [], [])
+                                      for (_, target, _), host_run in zip(hosts, found)]
     per_host = [(ruleset, results, rows) for ruleset, results, rows, _ in found_per_host]
     notified = [row for _, _, _, host_rows in found_per_host for row in host_rows]
     bad_files = report_rule_problems([ruleset for ruleset, _, _ in per_host])
