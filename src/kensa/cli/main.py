@@ -39,7 +39,7 @@ from typing import Any, Dict, Iterable, NoReturn, Optional, Sequence, TextIO
 
 from kensa.errors import KensaError, UsageError
 from kensa._version import __version__
-from kensa.cli import remote
+from kensa.cli import fleet, remote
 from kensa.cli.checking import add_rule_options
 from kensa.cli.exiting import EXIT_INTERRUPTED
 from kensa.cli.render import print_results, print_table, printable, result_dict
@@ -94,7 +94,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     from kensa.cli.checking import run_check
 
     if remote.remote_wanted(args):
-        return remote.cmd_check_remote(args, out)
+        return fleet.cmd_check_remote(args, out)
     return run_check(args, out)
 
 
@@ -123,8 +123,8 @@ def cmd_remediate(args: argparse.Namespace, out: TextIO) -> int:
 
     if remote.remote_wanted(args):
         if args.dry_run:
-            return remote.cmd_dry_run_remote(args, out)
-        return remote.cmd_remediate_remote(args, out, lambda **kw: _engine(args, **kw), exit_code_for)
+            return fleet.cmd_dry_run_remote(args, out)
+        return fleet.cmd_remediate_remote(args, out, lambda **kw: _engine(args, **kw), exit_code_for)
     return run_remediate(args, out, _engine, exit_code_for)
 
 
