@@ -91,7 +91,8 @@ def test_ctrl_c_on_a_fleet_run_begins_no_further_transaction(sshd_rig: Any, sshd
             proc.kill()
             proc.wait()
     assert proc.returncode == EXIT_INTERRUPTED, err
-    assert "Traceback" not in err and "kensa: interrupted: no transaction began after Ctrl-C" in err, err
+    assert "Traceback" not in err and "kensa: stopping: no further transaction begins" in err, err
+    assert "kensa: interrupted: no transaction began after Ctrl-C" in err, err
     statuses = _statuses(journal)
     assert None not in statuses and set(statuses) == {"committed"}, statuses
     assert 1 <= statuses["committed"] < RULES

@@ -39,10 +39,11 @@ def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any],
     """``work`` for every host entry, ``workers`` hosts at a time, in order.
 
     On Ctrl-C (KeyboardInterrupt, which only this thread gets) no further host starts, and the
-    hosts in flight are waited for. Without ``stop`` the interrupt is then raised again. With it,
-    ``stop`` is set first, for the work in flight to end early (after its current transaction),
-    and the list is returned, None for each host that never started. A second Ctrl-C while
-    waiting is raised at once.
+    hosts in flight are waited for; more Ctrl-C's meanwhile do not cut that wait short, since
+    the process could not end before those threads anyway. Without ``stop`` the interrupt is then
+    raised again. With it, ``stop`` is set first, for the work in flight to end early (after its
+    current transaction, as the line written to stderr says), and the list is returned, None for
+    each host that never started.
     """
     # Imported here, once the logins have begun: concurrent.futures imports logging.
     from concurrent.futures import ThreadPoolExecutor
@@ -54,9 +55,16 @@ def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any],
     except KeyboardInterrupt:
         if stop is not None:
             stop.set()
+            sys.stderr.write("kensa: stopping: no further transaction begins; waiting for those running to end "
+                             "(a process killed now leaves them to 'kensa recover')\n")
         for future in futures:
             future.cancel()
-        pool.shutdown(wait=True)
+        while True:
+            try:
+                pool.shutdown(wait=True)
+                break
+            except KeyboardInterrupt:
+                continue
         if stop is None:
             raise
         return [None if future.cancelled() else future.result() for future in futures]
