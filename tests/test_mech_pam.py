@@ -293,23 +293,6 @@ def test_configure_rollback_by_id_after_a_last_line_ending_in_a_lone_carriage_re
     assert path.read_bytes() == SU.rstrip("\n").replace("pam_rootok.so", "pam_rootok.so debug").encode() + b"\r"
 
 
-@pytest.mark.parametrize("last_ended", [True, False])
-def test_configure_in_a_file_of_crlf_lines_writes_crlf_lines(root: Path, tmp_path: Path, last_ended: bool) -> None:
-    """su's lines end in CR LF (its last one too, or not ended at all): the line kensa inserts, and
-    the ending it gives the last line, are CR LF as well, and rollback by id gives su back byte for
-    byte."""
-    path = root / "etc/pam.d/su"
-    crlf = SU.replace("\n", "\r\n").encode()
-    original = crlf if last_ended else crlf[:-2]
-    path.write_bytes(original)
-    with engine_on(tmp_path) as engine:
-        txn = committed(engine, str(root), WHEEL)
-        assert path.read_bytes() == crlf + b"auth\trequired\tpam_wheel.so use_uid\r\n"
-        result = engine.rollback(txn)
-    assert result.status is Status.ROLLED_BACK, result
-    assert path.read_bytes() == original
-
-
 def test_configure_rollback_by_id_after_a_last_line_that_repeats_an_earlier_one(root: Path, tmp_path: Path) -> None:
     """su's last line, without newline, repeats the line before it word for word; kensa ends the
     last one to insert pam_wheel. After an operator's edit of another line, rollback by id takes

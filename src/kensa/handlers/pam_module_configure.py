@@ -74,18 +74,14 @@ def configure(text: str, where: str, pam_type_: str, control_: str, module_: str
         old = entries[index]
         entries[index] = old.with_control(control_).with_args(args)
         return render(entries), [(old.raw, entries[index].raw)]
-    # A file of mostly CR LF lines gets CR LF lines: the one inserted, and the ending given to the last.
-    crlf = sum(entry.raw.endswith("\r\n") for entry in entries)
-    newline = "\r\n" if crlf > sum(entry.raw.endswith("\n") for entry in entries) - crlf else "\n"
-    new = parse_entry("\t".join([pam_type_, control_, " ".join((module_,) + args)]) + newline)
+    new = parse_entry("\t".join([pam_type_, control_, " ".join((module_,) + args)]) + "\n")
     same_type = [index for index, entry in enumerate(entries) if entry.kind == "rule" and entry.type == pam_type_]
     at = same_type[-1] + 1 if same_type else len(entries)
     changes: List[Change] = []
     if at > 0 and not entries[at - 1].raw.endswith("\n"):
         # The line before ends the file without a newline: ending it is part of the change, so
-        # that undoing the insertion can take that newline out again. A lone CR is completed.
-        previous = entries[at - 1].raw
-        ended = parse_entry(previous + ("\n" if previous.endswith("\r") else newline))
+        # that undoing the insertion can take that newline out again.
+        ended = parse_entry(entries[at - 1].raw + "\n")
         changes.append((entries[at - 1].raw, ended.raw))
         entries[at - 1] = ended
     entries.insert(at, new)
