@@ -293,6 +293,21 @@ def test_configure_rollback_by_id_after_a_last_line_ending_in_a_lone_carriage_re
     assert path.read_bytes() == SU.rstrip("\n").replace("pam_rootok.so", "pam_rootok.so debug").encode() + b"\r"
 
 
+def test_configure_in_a_file_of_crlf_lines_writes_the_line_libpam_reads(root: Path, tmp_path: Path) -> None:
+    """libpam splits a line on space, tab and LF only, so a CR would stay in the line's last token
+    ("pam_wheel.so\\r": "Module is unknown"). In a file of CR LF lines the line kensa inserts ends in
+    LF alone, and rollback by id gives the file back byte for byte."""
+    path = root / "etc/pam.d/su"
+    original = SU.replace("\n", "\r\n").encode()
+    path.write_bytes(original)
+    with engine_on(tmp_path) as engine:
+        txn = committed(engine, str(root), WHEEL)
+        assert path.read_bytes() == original + b"auth\trequired\tpam_wheel.so use_uid\n"
+        result = engine.rollback(txn)
+    assert result.status is Status.ROLLED_BACK, result
+    assert path.read_bytes() == original
+
+
 def test_configure_rollback_by_id_after_a_last_line_that_repeats_an_earlier_one(root: Path, tmp_path: Path) -> None:
     """su's last line, without newline, repeats the line before it word for word; kensa ends the
     last one to insert pam_wheel. After an operator's edit of another line, rollback by id takes
