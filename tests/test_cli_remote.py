@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -155,3 +156,21 @@ def test_an_unreachable_host_still_lists_its_rules_with_an_undefined_variable(tm
     assert [(r["rule"], r["verdict"]) for r in host["rules"]] == [("cli-remote-undefined", "error")], out
     assert "banner" in host["rules"][0]["detail"]
     assert code == EXIT_BAD_INPUT
+
+
+def test_a_host_whose_work_raises_stops_the_hosts_not_started() -> None:
+    """An error of one host's work (the journal's run lock not taken in time, say) ends the command:
+    the hosts not started yet are never started, as before the pool waited for every host."""
+    from kensa.cli.fleet import _per_host
+
+    started: List[int] = []
+
+    def work(host: int) -> int:
+        started.append(host)
+        if host == 0:
+            raise RuntimeError("host 0 failed")
+        return host
+
+    with pytest.raises(RuntimeError, match="host 0 failed"):
+        _per_host(list(range(6)), 1, work)
+    assert started == [0]

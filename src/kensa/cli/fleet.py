@@ -68,6 +68,11 @@ def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any],
         if stop is None:
             raise
         return [None if future.cancelled() else future.result() for future in futures]
+    except BaseException:
+        # One host's error ends the command: the hosts not started yet never start.
+        for future in futures:
+            future.cancel()
+        raise
     finally:
         pool.shutdown(wait=True)
 
