@@ -1124,6 +1124,28 @@ def test_prune_deletes_the_audit_sequences_and_rule_sources_of_what_it_deletes(t
     assert [read_rule_source(path, t.id) is not None for t in txns] == [False, False, True]
 
 
+def test_rule_sources_are_kept_only_for_transactions_the_journal_holds(tmp_path: Path) -> None:
+    """A planned transaction that never ran (its dependency failed, the run was stopped) gets no rule
+    source row; a row left without its entry (by an older kensa's prune) goes at the next prune."""
+    from kensa.journal.rulesources import read_rule_source, record_rule_sources
+    from kensa.model import RuleSource
+
+    path = tmp_path / "journal.db"
+    ran, planned_only, orphan = make_txn(rule="ran"), make_txn(rule="never-ran"), make_txn(rule="orphan")
+    with SqliteJournal(path) as journal:
+        journal.finish(make_result(ran, Status.SKIPPED))
+        journal.finish(make_result(orphan, Status.SKIPPED))
+        record_rule_sources(path, [RuleSource(t.id, t.rule, "a title", "/rules/r.yml", None, ()) for t in (ran, planned_only, orphan)])
+        assert read_rule_source(path, planned_only.id) is None
+        assert read_rule_source(path, ran.id) is not None and read_rule_source(path, orphan.id) is not None
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.execute("DELETE FROM transactions WHERE id = ?", (orphan.id,))
+        conn.close()
+        journal.prune(keep_last=5)
+    assert read_rule_source(path, orphan.id) is None and read_rule_source(path, ran.id) is not None
+
+
 def test_a_row_whose_text_is_not_utf8_is_listed_as_corrupt(tmp_path: Path) -> None:
     """Bytes that are not UTF-8 written into a text column mark that entry corrupt; the query and the other entries survive."""
     path = tmp_path / "journal.db"

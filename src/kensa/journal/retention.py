@@ -51,8 +51,9 @@ def delete_finished(conn: sqlite3.Connection, before_us: Optional[int], keep_las
     conn.execute(f"INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', (SELECT {LAST_SEQ}))")
     conn.execute(f"DELETE FROM pre_states WHERE txn_id IN ({doomed})", params)
     conn.execute(f"DELETE FROM later_rollbacks WHERE txn_id IN ({doomed})", params)
+    deleted = conn.execute(f"DELETE FROM transactions WHERE id IN ({doomed})", params).rowcount
+    # The rows of the deleted entries, and any an older kensa's prune left without their entry.
     for table in _CREATED_ON_USE:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
-            conn.execute(f"DELETE FROM {table} WHERE txn_id IN ({doomed})", params)
-    deleted = conn.execute(f"DELETE FROM transactions WHERE id IN ({doomed})", params).rowcount
+            conn.execute(f"DELETE FROM {table} WHERE txn_id NOT IN (SELECT id FROM transactions)")
     return PruneResult(deleted=deleted, kept_interrupted=interrupted, kept_for_recovery=held)

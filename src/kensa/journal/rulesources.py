@@ -3,9 +3,10 @@
 Kept so that a transaction's evidence names the framework references the
 rule had when it ran, not those of whatever rule file is at hand when the
 evidence is exported. A table of its own, created on first use (journals
-without it read as holding no rule sources), one row per transaction, written
-after the run. Its rows are deleted with their transactions, by the prune
-(:mod:`kensa.journal.retention`).
+without it read as holding no rule sources), one row per journaled transaction,
+written after the run. Its rows are deleted with their transactions, by the
+prune (:mod:`kensa.journal.retention`), which also removes any row left
+without its entry (by an older kensa's prune).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ PathArg = Union[str, "os.PathLike[str]"]
 
 
 def record_rule_sources(journal: PathArg, sources: Sequence[RuleSource], *, busy_timeout: float = 30.0) -> None:
-    """Store ``sources`` in the existing journal at ``journal`` (a transaction recorded twice keeps its first)."""
+    """Store ``sources`` in the existing journal at ``journal``: those of transactions it holds (a
+    transaction recorded twice keeps its first)."""
     if not sources:
         return
     path = Path(os.fspath(journal))
@@ -45,9 +47,10 @@ def record_rule_sources(journal: PathArg, sources: Sequence[RuleSource], *, busy
         with sql_transaction(conn, "BEGIN IMMEDIATE"):
             conn.execute(_DDL)
             now = now_us()
+            # Only for a transaction the journal holds: a planned one that never ran has no entry.
             conn.executemany(
                 "INSERT OR IGNORE INTO rule_sources (txn_id, rule, title, source_file, source_sha256, refs, recorded) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM transactions WHERE id = ?1)",
                 [
                     (stored_text(s.txn_id), stored_text(s.rule), stored_text(s.title), stored_text(s.source_file),
                      s.source_sha256, json.dumps([dict(r) for r in s.references], ensure_ascii=True, sort_keys=True), now)
