@@ -17,16 +17,16 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from kensa.cli.exiting import EXIT_INTERRUPTED
+from kensa.cli.exiting import EXIT_INTERRUPTED, Stop
 from test_ssh_e2e import login
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 RULES = 60
 
 
-def _rules(directory: Path) -> None:
+def _rules(directory: Path, count: int = RULES) -> None:
     directory.mkdir()
-    for index in range(RULES):
+    for index in range(count):
         (directory / f"key-{index:03d}.yml").write_text(
             f"id: interrupt-key-{index:03d}\n"
             f"title: Key{index} is set\n"
@@ -105,20 +105,24 @@ def test_ctrl_c_on_a_fleet_run_begins_no_further_transaction(sshd_rig: Any, sshd
     assert len(first_host["results"]) == statuses["committed"]
     not_run = [row for row in first_host["unsupported"] if row["status"] == "not_run"]
     assert len(not_run) == RULES - statuses["committed"]
-    assert all(host["error"] == "not run: the run was interrupted before this host began" for host in others)
+    for host in others:
+        assert host["error"] is None and host["results"] == []
+        assert [row["detail"] for row in host["unsupported"]] == ["not run: the run was interrupted before this host began"] * RULES
 
 
-def test_ctrl_c_on_a_local_run_exits_130_with_a_message_and_recover_finishes_the_rest(tmp_path: Path) -> None:
-    """SIGINT during a local run (``--root``): exit 130 and a line saying what to do, no traceback;
-    ``kensa recover`` then leaves no entry without its result."""
+def test_ctrl_c_on_a_local_run_ends_the_running_transaction_and_begins_no_other(tmp_path: Path) -> None:
+    """SIGINT during a local run (``--root``): the transaction running ends, no other begins, the
+    report lists what ran and each rule left as not_run, the exit is 130 with no traceback, and no
+    entry is left for recovery."""
+    rules = 300
     root = tmp_path / "root"
     (root / "etc" / "ssh").mkdir(parents=True)
     (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
-    _rules(tmp_path / "rules")
+    _rules(tmp_path / "rules", rules)
     journal = tmp_path / "j.db"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    kensa = [sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit"]
-    proc = subprocess.Popen([*kensa, "remediate", str(tmp_path / "rules"), "--root", str(root), "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit", "remediate",
+                             str(tmp_path / "rules"), "--root", str(root), "--json"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     try:
         deadline = time.monotonic() + 120
@@ -127,14 +131,46 @@ def test_ctrl_c_on_a_local_run_exits_130_with_a_message_and_recover_finishes_the
             assert time.monotonic() < deadline, "no transaction was journaled in time"
             time.sleep(0.002)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == EXIT_INTERRUPTED, err
-    assert "Traceback" not in err and "kensa: interrupted by Ctrl-C; run 'kensa recover'" in err, err
-    assert sum(_statuses(journal).values()) < RULES
-    done = subprocess.run([*kensa, "recover"], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert None not in _statuses(journal)
+    assert "Traceback" not in err and "kensa: stopping: no further transaction begins" in err, err
+    assert "kensa: interrupted: no transaction began after Ctrl-C" in err, err
+    statuses = _statuses(journal)
+    assert set(statuses) == {"committed"} and 1 <= statuses["committed"] < rules, statuses
+    report = json.loads(out)
+    assert len(report["results"]) == statuses["committed"]
+    assert [row["status"] for row in report["unsupported"]] == ["not_run"] * (rules - statuses["committed"])
+
+
+class _StoppedAtOnce(Stop):
+    """A stop asked for before the first transaction (as a Ctrl-C right after the rules load)."""
+
+    def is_set(self) -> bool:
+        return True
+
+
+def test_a_report_stopped_before_its_transactions_lists_each_rule_as_not_run(tmp_path: Path, monkeypatch: Any) -> None:
+    """kensa report --remediate, stopped before its first transaction: nothing is changed or
+    journaled, each rule is reported errored with why it did not run, and the exit is 130."""
+    import importlib
+    import io
+
+    cli = importlib.import_module("kensa.cli.main")  # the module: kensa.cli's "main" is the function
+
+    root = tmp_path / "root"
+    (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+    _rules(tmp_path / "rules", 3)
+    monkeypatch.setattr(cli, "Stop", _StoppedAtOnce)
+    out = io.StringIO()
+    code = cli.main(["--journal", str(tmp_path / "j.db"), "--no-audit", "report", str(tmp_path / "rules"), "--root",
+                     str(root), "--remediate", "--format", "json"], out=out)
+    assert code == EXIT_INTERRUPTED
+    rows = json.loads(out.getvalue())["results"]
+    assert [(row["outcome"], row["detail"]) for row in rows] == [("error", "not run: the run was interrupted before it began")] * 3
+    assert (root / "etc" / "ssh" / "sshd_config").read_text() == "PermitRootLogin yes\n"
+    assert not _statuses(tmp_path / "j.db")

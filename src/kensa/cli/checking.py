@@ -17,6 +17,7 @@ import socket
 import sys
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
+from kensa.cli.exiting import Stop, stopped_code
 from kensa.cli.plan import Target, load_rule_set_for, target_for
 from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
 from kensa.cli.services import notify_rows, print_notified
@@ -122,15 +123,17 @@ NOT_RUN = "not_run"
 
 def run_in_order(
     engine: Any, planned: List[Any], show_progress: bool, held: Optional[Dict[str, bool]] = None,
-    read_ahead: bool = False, stop: Optional[Any] = None,
+    read_ahead: bool = False, stop: Optional[Stop] = None,
 ) -> Tuple[List[TransactionResult], List[Dict[str, Any]]]:
     """Run the planned transactions in order; a rule whose dependency did not hold is not run.
     ``held`` says of rules that are not run here (not selected) whether they hold. ``read_ahead``:
     each run is told the transaction after it (Engine.run), for a caller that holds the host's
     target lock across them all; without that hold, what a remote host reads ahead is dropped.
-    ``stop`` (a threading.Event): once it is set, no further transaction begins, and each rule
-    left gets a row with status :data:`NOT_RUN`."""
+    ``stop`` (:class:`kensa.cli.exiting.Stop`, armed here): once it is set, no further transaction
+    begins, and each rule left gets a row with status :data:`NOT_RUN`."""
     progress = Progress(sum(1 for p in planned if p.transaction is not None), sys.stderr)
+    if stop is not None:
+        stop.arm()
     held = dict(held or {})
     results: List[TransactionResult] = []
     rows: List[Dict[str, Any]] = []
@@ -203,7 +206,8 @@ def run_remediate(
         except KensaError as exc:
             rows = _busy_rows(planned, str(exc))
         else:
-            results, rows = run_in_order(engine, planned, show_progress=not args.json)
+            stop = getattr(args, "stop", None)
+            results, rows = run_in_order(engine, planned, show_progress=not args.json, stop=stop)
             notified = notify_rows(engine, target.key)
     journal_rules(args.journal, [p.transaction for p in planned if p.transaction is not None], ruleset.rules)
     rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
@@ -218,6 +222,8 @@ def run_remediate(
     code = exit_code_for(results, not_run)
     if code == 0 and any(row["status"] == "failed" for row in notified):
         code = 1
+    if getattr(args, "stop", None) is not None and args.stop.is_set():
+        return stopped_code(code, results)
     return code if code == 3 or not ruleset.problems else 2
 
 

@@ -15,18 +15,78 @@ process without that teardown. It is only for the command's own entry points
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import signal
 import sys
 import threading
-from typing import NoReturn
+from typing import Any, Iterator, NoReturn, Sequence
 
-__all__ = ["EXIT_INTERRUPTED", "FLUSH_FAILED", "exit_process", "exit_status"]
+__all__ = ["EXIT_INTERRUPTED", "FLUSH_FAILED", "Stop", "exit_process", "exit_status", "stop_on_interrupt", "stopped_code"]
 
 #: The status CPython exits with when flushing stdout or stderr at exit fails.
 FLUSH_FAILED = 120
 
 #: The command was stopped by Ctrl-C (SIGINT), as a shell reports it (128 + 2).
 EXIT_INTERRUPTED = 130
+
+_STOPPING = (b"\nkensa: stopping: no further transaction begins; the ones running end, and the service "
+             b"restarts they asked for are done (Ctrl-C again: a local run stops where it is)\n")
+
+
+class Stop:
+    """Ctrl-C, for a command that runs transactions: :meth:`is_set` once it asked the command to
+    begin no further one. Until the command :meth:`arm` s it (its transactions are about to run),
+    Ctrl-C interrupts at once, as without it: loading rules or logging in has nothing to finish."""
+
+    def __init__(self) -> None:
+        self._requested = threading.Event()
+        self._armed = threading.Event()
+
+    def arm(self) -> None:
+        self._armed.set()
+
+    @property
+    def armed(self) -> bool:
+        return self._armed.is_set()
+
+    def set(self) -> None:
+        self._requested.set()
+
+    def is_set(self) -> bool:
+        return self._requested.is_set()
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(stop: Stop) -> Iterator[None]:
+    """While inside, the first Ctrl-C (SIGINT) after ``stop`` is armed sets it and says so on stderr,
+    for the command to begin no further transaction; any other raises KeyboardInterrupt where the
+    main thread is, as Python's own handler does. Only in the main thread, and only over that
+    default handler: a SIGINT the caller ignores or handles stays theirs."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def interrupted(signum: int, frame: Any) -> None:
+        if stop.is_set() or not stop.armed:
+            raise KeyboardInterrupt
+        stop.set()
+        os.write(2, _STOPPING)  # not sys.stderr: the main thread may be inside a write to it
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stopped_code(code: int, results: Sequence[Any], hosts: int = 1) -> int:
+    """The exit code of a command ``stop`` ended early, after saying on stderr what ran: 3 (a host
+    left changed and unverified) wins over :data:`EXIT_INTERRUPTED`."""
+    changed = len({result.host for result in results})
+    sys.stderr.write(f"kensa: interrupted: no transaction began after Ctrl-C; {len(results)} ran, on {changed} of "
+                     f"{hosts} host{'s' if hosts != 1 else ''}, each to its end\n")
+    return code if code == 3 else EXIT_INTERRUPTED
 
 
 def exit_process(code: int) -> NoReturn:

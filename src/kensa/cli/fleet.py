@@ -3,8 +3,9 @@
 Each host's entry comes from :mod:`kensa.cli.remote` (the command line and the
 inventory), and so do the logins (:func:`kensa.cli.remote.logging_in`). Hosts
 run ``--workers`` at a time (:func:`_per_host`); one host's faults fail only
-that host's rules, and the other hosts go on. Ctrl-C on ``remediate`` begins no
-further transaction on any host (see :func:`cmd_remediate_remote`).
+that host's rules, and the other hosts go on. Ctrl-C on ``remediate``, once the
+hosts are under way, begins no further transaction on any host
+(:class:`kensa.cli.exiting.Stop`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
-from kensa.cli.exiting import EXIT_INTERRUPTED
+from kensa.cli.checking import NOT_RUN
+from kensa.cli.exiting import Stop, stopped_code
 from kensa.cli.plan import report_rule_problems
 from kensa.cli.remote import hosts_from, logging_in
 from kensa.cli.services import notify_rows, print_notified
@@ -35,7 +37,7 @@ def _label(name: str, target: RemoteTarget) -> str:
 
 
 def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any],
-              stop: Optional[threading.Event] = None) -> List[Any]:
+              stop: Optional[Stop] = None) -> List[Any]:
     """``work`` for every host entry, ``workers`` hosts at a time, in order.
 
     On Ctrl-C (KeyboardInterrupt, which only this thread gets) no further host starts, and the
@@ -53,7 +55,7 @@ def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any],
     try:
         return [future.result() for future in futures]
     except KeyboardInterrupt:
-        if stop is not None:
+        if stop is not None and not stop.is_set():  # else the command's Ctrl-C handler said so
             stop.set()
             sys.stderr.write("kensa: stopping: no further transaction begins; waiting for those running to end "
                              "(a process killed now leaves them to 'kensa recover')\n")
@@ -209,6 +211,12 @@ def cmd_dry_run_remote(args: argparse.Namespace, out: TextIO) -> int:
 _HostRun = Tuple[Any, List[TransactionResult], List[Dict[str, Any]], List[Dict[str, str]]]
 
 
+def _not_begun(ruleset: Any, key: str) -> _HostRun:
+    """The remediation of a host Ctrl-C kept from starting: a not_run row per rule."""
+    detail = "not run: the run was interrupted before this host began"
+    return ruleset, [], [{"rule": rule.id, "status": NOT_RUN, "detail": detail, "host": key} for rule in ruleset.rules], []
+
+
 def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Callable[..., Any],
                          exit_code_for: Callable[[Sequence[TransactionResult], bool], int]) -> int:
     """``kensa remediate RULES -H ...``: plan and remediate each host, ``--workers`` hosts at a time.
@@ -237,7 +245,8 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     failed: Dict[str, str] = {}
     # Hosts finish in any order: the bar counts hosts done, each named with its outcome.
     progress = Progress(len(hosts) if not args.json else 0, sys.stderr)
-    stop = threading.Event()  # Ctrl-C: no further transaction begins on any host
+    # Ctrl-C: no further transaction begins on any host (set by main's handler, or by _per_host).
+    stop: Stop = getattr(args, "stop", None) or Stop()
 
     def remediate_host(entry: Tuple[str, RemoteTarget, Tuple[str, ...]]) -> Optional[_HostRun]:
         name, target, _ = entry
@@ -283,15 +292,13 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
         rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
         return ruleset, results, [dict(row, host=target.key) for row in rows], notified
 
+    stop.arm()  # from here a Ctrl-C lets the hosts in flight end their transaction
     try:
         found = _per_host(hosts, args.workers, remediate_host, stop)
         progress.finish()
     finally:
         run.close()
-    for (_, target, _), host_run in zip(hosts, found):
-        if host_run is None:
-            failed[target.key] = "not run: the run was interrupted before this host began"
-    found_per_host: List[_HostRun] = [host_run or (rule_sets[target.key], [], [], [])
+    found_per_host: List[_HostRun] = [host_run or _not_begun(rule_sets[target.key], target.key)
                                       for (_, target, _), host_run in zip(hosts, found)]
     per_host = [(ruleset, results, rows) for ruleset, results, rows, _ in found_per_host]
     notified = [row for _, _, _, host_rows in found_per_host for row in host_rows]
@@ -321,8 +328,5 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     if failed or any(row["status"] == "failed" for row in notified):
         code = max(code, 1)
     if stop.is_set():
-        changed = len({result.host for result in results})
-        sys.stderr.write(f"kensa: interrupted: no transaction began after Ctrl-C; {len(results)} ran, on {changed} of "
-                         f"{len(hosts)} hosts, each to its end\n")
-        return code if code == 3 else EXIT_INTERRUPTED
+        return stopped_code(code, results, len(hosts))
     return code if code == 3 or not bad_files else 2

@@ -41,7 +41,7 @@ from kensa.errors import KensaError, UsageError
 from kensa._version import __version__
 from kensa.cli import fleet, remote
 from kensa.cli.checking import add_rule_options
-from kensa.cli.exiting import EXIT_INTERRUPTED
+from kensa.cli.exiting import EXIT_INTERRUPTED, Stop, stop_on_interrupt
 from kensa.cli.render import print_results, print_table, printable, result_dict
 from kensa.model import ServiceStatus, Status, TransactionResult
 
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_target_arguments(p)
     remote.add_login_arguments(p)
     add_rule_options(p, remediate=True)
-    p.set_defaults(func=cmd_remediate)
+    p.set_defaults(func=cmd_remediate, runs_transactions=True)
 
     p = sub.add_parser("history", help="journaled transactions, newest first")
     p.add_argument("--host", help="only this host key")
@@ -448,21 +448,37 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
     # write it can never change the exit code.
     rendered = io.StringIO()
     args.opened_journals = []
-    try:
-        code = int(args.func(args, rendered))
-    except KensaError as exc:
-        sys.stderr.write(f"kensa: {printable(exc)}\n")
-        code = EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    # A command that runs transactions stops between them on Ctrl-C (see stop_on_interrupt).
+    args.stop = Stop()
+    runs = (getattr(args, "runs_transactions", False) or getattr(args, "remediate", False) is True) and not getattr(
+        args, "dry_run", False)
+    with stop_on_interrupt(args.stop) if runs else contextlib.nullcontext():
+        try:
+            code = int(args.func(args, rendered))
+        except KensaError as exc:
+            sys.stderr.write(f"kensa: {printable(exc)}\n")
+            code = EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            return _interrupted(runs)
+        finally:
+            for journal in args.opened_journals:
+                journal.close()
+        try:
+            return _deliver(rendered.getvalue(), stream, code)
+        except KeyboardInterrupt:
+            return _interrupted(runs)
+
+
+def _interrupted(runs: bool) -> int:
+    """Say that Ctrl-C ended the command; :data:`EXIT_INTERRUPTED`."""
+    if runs:
         # A transaction the interrupt reached in its apply or validate was rolled back; one it
         # reached while journaling, or in its rollback, is left interrupted in the journal.
         sys.stderr.write("kensa: interrupted by Ctrl-C; run 'kensa recover' to finish any transaction "
                          "it left open (there is nothing to do when it finds none)\n")
-        return EXIT_INTERRUPTED
-    finally:
-        for journal in args.opened_journals:
-            journal.close()
-    return _deliver(rendered.getvalue(), stream, code)
+    else:
+        sys.stderr.write("kensa: interrupted by Ctrl-C\n")
+    return EXIT_INTERRUPTED
 
 
 def run() -> NoReturn:

@@ -26,7 +26,8 @@ FORMATS = ("oscal", "json", "jsonl", "csv")
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     """Run the selected rules (check, or ``--remediate``) and write the report in ``--format``."""
-    from kensa.cli.checking import check_code, conflict_lines, load_for_target, problem_rows, run_in_order
+    from kensa.cli.checking import NOT_RUN, check_code, conflict_lines, load_for_target, problem_rows, run_in_order
+    from kensa.cli.exiting import stopped_code
     from kensa.cli.rulejournal import journal_rules
     from kensa.evidence.oscal import assessment_results
     from kensa.evidence.select import select_rules
@@ -60,10 +61,15 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
             checked = check_rules(ruleset.rules, host, default_registry(), host_key=target.key)
             held = {r.rule: r.verdict is Verdict.COMPLIANT for r in checked if r.rule in needed}
         # The engine and exit codes of kensa remediate (given by the command that registered this one).
-        results, rows = run_in_order(args.make_engine(args), chosen, show_progress=False, held=held)
-        outcomes += [CheckResult(row["rule"], target.key, Verdict(row["status"]), row["detail"]) for row in rows]
+        results, rows = run_in_order(args.make_engine(args), chosen, show_progress=False, held=held,
+                                     stop=getattr(args, "stop", None))
+        # A rule Ctrl-C kept from running has no verdict: the report says it errored, and why.
+        outcomes += [CheckResult(row["rule"], target.key, Verdict.ERROR if row["status"] == NOT_RUN else Verdict(row["status"]),
+                                 row["detail"]) for row in rows]
         journal_rules(args.journal, [p.transaction for p in chosen if p.transaction is not None], rules)
         code = args.remediation_exit_code(results, any(o.verdict is not Verdict.NOT_APPLICABLE for o in outcomes))
+        if getattr(args, "stop", None) is not None and args.stop.is_set():
+            code = stopped_code(code, results)
     else:
         results = [r for r in check_rules(ruleset.rules, host, default_registry(), host_key=target.key) if r.rule in selected]
         code = check_code([*results, *outcomes], False)
