@@ -75,12 +75,15 @@ def test_the_first_agent_writes_one_private_copy_and_the_next_uses_it(root: Path
     assert sorted(os.listdir(cached.parent)) == sorted([cached.name, others[1].name, others[2].name])
     assert stat.S_IMODE(cached.stat().st_mode) == 0o600 and cached.stat().st_uid == os.geteuid()
     assert stat.S_IMODE(cached.parent.stat().st_mode) == 0o700
+    os.utime(cached, ns=(1_000_000_000,) * 2)
     second = _connect(root, home)
     try:
         assert second.hello["cache"] == f"hit: {cached.parent}/{cached.name}"
         _works(second)
     finally:
         second.close()
+    # A hit makes the copy the newest: the oldest copies are the ones another version's write removes.
+    assert cached.stat().st_mtime_ns > others[2].stat().st_mtime_ns
     assert (root / "etc" / "motd").read_text() == "welcome\n"
 
 

@@ -88,6 +88,25 @@ def test_two_installs_of_one_user_each_read_their_own_copy(tmp_path: Path) -> No
     assert [sha for _, sha in again] == [sha for _, sha in built]
 
 
+def test_a_payload_read_counts_as_new_when_older_ones_are_removed(tmp_path: Path) -> None:
+    """The copies kept are the last used, not the last written: an install in use keeps its copy
+    while newer builds come and go."""
+    copies = []
+    for mark in "abcd":
+        copy = tmp_path / mark
+        shutil.copytree(SRC / "kensa", copy / "kensa", ignore=shutil.ignore_patterns("__pycache__"))
+        with open(copy / "kensa" / "facts" / "files.py", "a") as handle:
+            handle.write(f"\nINSTALL = {mark!r}\n")
+        copies.append(copy)
+    cache = tmp_path / "cache"
+    for copy in copies[:3]:
+        payload_in(cache, copy)
+    assert payload_in(cache, copies[0])[0].startswith("cached: ")
+    payload_in(cache, copies[3])
+    assert payload_in(cache, copies[0])[0].startswith("cached: ")
+    assert payload_in(cache, copies[1])[0].startswith("built (absent:")
+
+
 def test_the_kept_payload_holds_the_bootstrap_of_the_agent_command(tmp_path: Path) -> None:
     """The bootstrap, transformed like the modules, is kept with them: a run reading the kept copy
     starts agents with exactly the command line a build gives."""

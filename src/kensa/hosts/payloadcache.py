@@ -10,9 +10,9 @@ source file the payload can be built from (:data:`kensa.hosts.payload.TARGET_SID
 the builder included). Any write to a file, or a file put in its place, sets its
 change time, which no utility can set back (``touch`` and ``cp -p`` set only the
 modification time): any change to them names another file. When one is written,
-the newest :data:`KEEP_COPIES` are kept and older ones removed, so that two installs
-of one user (two virtual environments, an upgrade being tried) do not rebuild
-their payload on every other run. Reading every source to hash it took about
+the :data:`KEEP_COPIES` last used (a copy read is touched) are kept and older ones
+removed, so that two installs of one user (two virtual environments, an upgrade
+being tried) do not rebuild their payload on every other run. Reading every source to hash it took about
 ten milliseconds on each command's start, before its first login could begin.
 
 The payload is code that runs on every target, so the file is used only when it
@@ -39,7 +39,8 @@ __all__ = ["KEEP_COPIES", "MAGIC", "cache_directory", "fingerprint", "load", "st
 #: First line of a cached payload; the second is the SHA-256 of the rest (what :func:`store` was given).
 MAGIC = b"kensa-payload 2\n"
 
-#: Kept payloads at most, by modification time: the one just written and the newest others.
+#: Kept payloads at most, by modification time (set when one is read): the one just written and
+#: the last used others.
 KEEP_COPIES = 3
 
 
@@ -142,6 +143,11 @@ def load(print_: str) -> Tuple[Optional[bytes], str]:
     digest, _, body = rest.partition(b"\n")
     if head + b"\n" != MAGIC or hashlib.sha256(body).hexdigest().encode() != digest:
         return None, f"refused: {where}/{name} fails its hash"
+    try:
+        # Used now: the newest, as far as keeping the newest KEEP_COPIES goes.
+        os.utime(os.path.join(where, name), follow_symlinks=False)
+    except OSError as exc:
+        return body, f"cached: {where}/{name} (its time of use could not be set: {exc.strerror})"
     return body, f"cached: {where}/{name}"
 
 

@@ -53,8 +53,9 @@ _MAX_PAYLOAD = 64 << 20
 #: First line of a cached compiled payload; the second is the SHA-256 of the rest.
 CACHE_MAGIC = b"kensa-agent-cache 1\n"
 
-#: Cached copies kept at most, by modification time: controllers running other kensa versions
-#: against this host each find their own instead of compiling it on every other run.
+#: Cached copies kept at most, by modification time (set when one is used): controllers running
+#: other kensa versions against this host each find their own instead of compiling it on every
+#: other run.
 KEEP_COPIES = 3
 
 
@@ -202,6 +203,11 @@ def _use_cache(expected: str, modules: Dict[str, List[Any]]) -> Tuple[Dict[str, 
     try:
         codes, why = _cached(dfd, name, modules)
         if codes is not None:
+            try:
+                # Used now: the newest, as far as keeping the newest KEEP_COPIES goes.
+                os.utime(name, dir_fd=dfd, follow_symlinks=False)
+            except OSError as exc:
+                return codes, f"hit: {where}/{name} (its time of use could not be set: {exc.strerror})"
             return codes, f"hit: {where}/{name}"
         codes = _write_cache(dfd, name, modules)
         return codes, f"written: {where}/{name}" if why == "absent" else f"replaced: {why}"
