@@ -24,12 +24,14 @@ def _grep(pattern: str, data: bytes, timeout: float) -> int:
     try:
         done = subprocess.run(
             [GREP, "-E", "-q", "-e", pattern], input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=timeout, check=False,
+            timeout=timeout, check=False, start_new_session=True,  # out of reach of the terminal's Ctrl-C
         )
     except FileNotFoundError:
         raise CheckError("grep is not installed on this controller; it matches the patterns of checks") from None
     except subprocess.TimeoutExpired:
         raise CheckError(f"pattern {pattern[:80]!r} took longer than {timeout:g} s to match; simplify it") from None
+    if done.returncode < 0:
+        raise CheckError(f"grep was killed by signal {-done.returncode} while matching pattern {pattern[:80]!r}")
     if done.returncode > 1:
         raise ParamError(f"is not a valid regular expression (POSIX extended, as grep -E reads it): {done.stderr.decode(errors='replace').strip()[:200]}")
     return done.returncode

@@ -39,11 +39,15 @@ def run_command(argv: Sequence[str], timeout: float, cap: int, stdin: Optional[i
     caller's to close); its exit status and output (see the module docstring).
 
     Raises HostAccessError when the command is not found (``ENOENT``), outlives ``timeout``
-    seconds (``ETIMEDOUT``; it is killed) or writes more than ``cap`` bytes on one stream (``EFBIG``).
+    seconds (``ETIMEDOUT``; it is killed), writes more than ``cap`` bytes on one stream (``EFBIG``)
+    or is killed by a signal (``EINTR``). It runs in a session of its own.
     """
     args = list(argv)
     try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # A session of its own: the terminal's Ctrl-C (to its foreground process group) does not
+        # kill it, so a run asked to stop lets the transaction running end.
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
     except FileNotFoundError as exc:
         raise HostAccessError(errno.ENOENT, f"command {args[0]!r} not found") from exc
     deadline = time.monotonic() + timeout
@@ -79,4 +83,7 @@ def run_command(argv: Sequence[str], timeout: float, cap: int, stdin: Optional[i
     except subprocess.TimeoutExpired:
         _stop(proc)
         raise HostAccessError(errno.ETIMEDOUT, f"command {args!r} timed out after {timeout} s") from None
+    if code < 0:
+        # Its exit status says nothing about what it was asked: an error, never an answer.
+        raise HostAccessError(errno.EINTR, f"command {args!r} was killed by signal {-code}")
     return subprocess.CompletedProcess(args, code, _text(b"".join(output["stdout"])), _text(b"".join(output["stderr"])))
