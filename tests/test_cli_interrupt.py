@@ -174,3 +174,72 @@ def test_a_report_stopped_before_its_transactions_lists_each_rule_as_not_run(tmp
     assert [(row["outcome"], row["detail"]) for row in rows] == [("error", "not run: the run was interrupted before it began")] * 3
     assert (root / "etc" / "ssh" / "sshd_config").read_text() == "PermitRootLogin yes\n"
     assert not _statuses(tmp_path / "j.db")
+
+
+def test_a_stop_after_every_rule_began_keeps_the_runs_own_exit_code(tmp_path: Path, monkeypatch: Any) -> None:
+    """Ctrl-C after the last transaction began (during the restarts, or while the report is built)
+    stopped nothing: the exit code is the run's own, not 130."""
+    import importlib
+    import io
+
+    cli = importlib.import_module("kensa.cli.main")
+    checking = importlib.import_module("kensa.cli.checking")
+    real = checking.run_in_order
+
+    def then_interrupted(*args: Any, **kwargs: Any) -> Any:
+        found = real(*args, **kwargs)
+        kwargs["stop"].set()  # as the handler does, once every transaction has run
+        return found
+
+    root = tmp_path / "root"
+    (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+    _rules(tmp_path / "rules", 3)
+    monkeypatch.setattr(checking, "run_in_order", then_interrupted)
+    code = cli.main(["--journal", str(tmp_path / "j.db"), "--no-audit", "remediate", str(tmp_path / "rules"), "--root",
+                     str(root), "--json"], out=io.StringIO())
+    assert code == 0
+    assert _statuses(tmp_path / "j.db") == {"committed": 3}
+
+
+def test_stopped_code_says_what_ran_only_when_something_was_kept_from_running(capsys: Any) -> None:
+    from kensa.cli.exiting import stopped_code
+
+    assert stopped_code(1, [], 0) == 1 and capsys.readouterr().err == ""
+    assert stopped_code(1, [], 2) == EXIT_INTERRUPTED
+    assert "2 rules were not run" in capsys.readouterr().err
+    assert stopped_code(3, [], 2) == 3
+
+
+def test_ctrl_c_when_stderr_is_gone_still_ends_the_run_cleanly(tmp_path: Path) -> None:
+    """``kensa remediate ... 2>&1 | tee log``: the same Ctrl-C kills tee, so stderr is a pipe nobody
+    reads. Saying "stopping" there must not raise into the transaction running: the run ends as
+    asked, its report reaches stdout, and no entry is left for recovery."""
+    rules = 300
+    root = tmp_path / "root"
+    (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+    _rules(tmp_path / "rules", rules)
+    journal = tmp_path / "j.db"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit", "remediate",
+                             str(tmp_path / "rules"), "--root", str(root), "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.stderr is not None
+    proc.stderr.close()
+    try:
+        deadline = time.monotonic() + 120
+        while not _statuses(journal):
+            assert proc.poll() is None
+            assert time.monotonic() < deadline, "no transaction was journaled in time"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == EXIT_INTERRUPTED
+    statuses = _statuses(journal)
+    assert set(statuses) == {"committed"} and statuses["committed"] < rules, statuses
+    assert len(json.loads(out)["results"]) == statuses["committed"]

@@ -173,4 +173,5 @@ def test_a_host_whose_work_raises_stops_the_hosts_not_started() -> None:
 
     with pytest.raises(RuntimeError, match="host 0 failed"):
         _per_host(list(range(6)), 1, work)
-    assert started == [0]
+    # The pool's thread may take host 1 before the error reaches this thread; no more.
+    assert started[:1] == [0] and len(started) <= 2

@@ -223,7 +223,7 @@ def run_remediate(
     if code == 0 and any(row["status"] == "failed" for row in notified):
         code = 1
     if getattr(args, "stop", None) is not None and args.stop.is_set():
-        return stopped_code(code, results)
+        return stopped_code(code, results, sum(row["status"] == NOT_RUN for row in rows))
     return code if code == 3 or not ruleset.problems else 2
 
 

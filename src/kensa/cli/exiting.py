@@ -67,11 +67,17 @@ def stop_on_interrupt(stop: Stop) -> Iterator[None]:
         yield
         return
 
+    stopping = [False]  # not stop.is_set(): a second handler may run inside the first's Event.set
+
     def interrupted(signum: int, frame: Any) -> None:
-        if stop.is_set() or not stop.armed:
+        if stopping[0] or not stop.armed:
             raise KeyboardInterrupt
+        stopping[0] = True
         stop.set()
-        os.write(2, _STOPPING)  # not sys.stderr: the main thread may be inside a write to it
+        try:
+            os.write(2, _STOPPING)  # not sys.stderr: the main thread may be inside a write to it
+        except OSError:
+            _stderr_gone()
 
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
@@ -80,12 +86,28 @@ def stop_on_interrupt(stop: Stop) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def stopped_code(code: int, results: Sequence[Any], hosts: int = 1) -> int:
-    """The exit code of a command ``stop`` ended early, after saying on stderr what ran: 3 (a host
-    left changed and unverified) wins over :data:`EXIT_INTERRUPTED`."""
+def _stderr_gone() -> None:
+    """stderr cannot be written (its reader died, often of the same Ctrl-C): later writes go to
+    /dev/null instead of raising where the main thread happens to be."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+    finally:
+        os.close(null)
+
+
+def stopped_code(code: int, results: Sequence[Any], not_run: int, hosts: int = 1) -> int:
+    """The exit code of a command ``stop`` was set in: when it kept ``not_run`` rules from running,
+    :data:`EXIT_INTERRUPTED` (3, a host left changed and unverified, wins), after saying on stderr
+    what ran; ``code`` when every rule had begun before the Ctrl-C."""
+    if not not_run:
+        return code
     changed = len({result.host for result in results})
-    sys.stderr.write(f"kensa: interrupted: no transaction began after Ctrl-C; {len(results)} ran, on {changed} of "
-                     f"{hosts} host{'s' if hosts != 1 else ''}, each to its end\n")
+    try:
+        sys.stderr.write(f"kensa: interrupted: no transaction began after Ctrl-C; {len(results)} ran, on {changed} of "
+                         f"{hosts} host{'s' if hosts != 1 else ''}, each to its end; {not_run} rules were not run\n")
+    except (OSError, ValueError):
+        _stderr_gone()
     return code if code == 3 else EXIT_INTERRUPTED
 
 

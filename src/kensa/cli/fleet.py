@@ -40,12 +40,12 @@ def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any],
               stop: Optional[Stop] = None) -> List[Any]:
     """``work`` for every host entry, ``workers`` hosts at a time, in order.
 
-    On Ctrl-C (KeyboardInterrupt, which only this thread gets) no further host starts, and the
-    hosts in flight are waited for; more Ctrl-C's meanwhile do not cut that wait short, since
-    the process could not end before those threads anyway. Without ``stop`` the interrupt is then
-    raised again. With it, ``stop`` is set first, for the work in flight to end early (after its
-    current transaction, as the line written to stderr says), and the list is returned, None for
-    each host that never started.
+    On Ctrl-C (KeyboardInterrupt, which only this thread gets) no further host starts. Without
+    ``stop`` (read-only work) the interrupt is raised again (the process still ends only after the
+    hosts in flight finish their reads). With it, ``stop`` is set, for the work in flight to end after
+    its current transaction; that is waited for (a further Ctrl-C only says so), and the list is
+    returned, None for each host that never started. Any other error sets ``stop`` too and cancels
+    the hosts not started.
     """
     # Imported here, once the logins have begun: concurrent.futures imports logging.
     from concurrent.futures import ThreadPoolExecutor
@@ -61,17 +61,21 @@ def _per_host(hosts: Sequence[Any], workers: int, work: Callable[[Any], Any],
                              "(a process killed now leaves them to 'kensa recover')\n")
         for future in futures:
             future.cancel()
+        if stop is None:
+            raise  # read-only work: nothing to finish
         while True:
             try:
                 pool.shutdown(wait=True)
                 break
             except KeyboardInterrupt:
-                continue
-        if stop is None:
-            raise
+                sys.stderr.write("kensa: still waiting for the transactions running to end (a process killed "
+                                 "now leaves them to 'kensa recover')\n")
         return [None if future.cancelled() else future.result() for future in futures]
     except BaseException:
-        # One host's error ends the command: the hosts not started yet never start.
+        # One host's error ends the command: the hosts not started yet never start, and those in
+        # flight begin no further transaction.
+        if stop is not None:
+            stop.set()
         for future in futures:
             future.cancel()
         raise
@@ -273,6 +277,8 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
             failed[target.key] = (f"the selected rules conflict: {conflict_lines(resolution.conflicts)}; nothing was "
                                   "changed on this host (pass --allow-conflicts to run them anyway)")
             return ruleset, [], [], []
+        if stop.is_set():  # Ctrl-C while this host logged in and was planned: nothing of it began
+            return _not_begun(ruleset, target.key)
         with contextlib.ExitStack() as held:
             # The journal's run lock first, as each transaction takes it: a recovery waits for the run.
             held.enter_context(engine.locks.shared_run())
@@ -328,5 +334,5 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     if failed or any(row["status"] == "failed" for row in notified):
         code = max(code, 1)
     if stop.is_set():
-        return stopped_code(code, results, len(hosts))
+        return stopped_code(code, results, sum(row["status"] == NOT_RUN for row in unsupported), len(hosts))
     return code if code == 3 or not bad_files else 2

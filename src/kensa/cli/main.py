@@ -407,12 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="roll back even if the host drifted since the commit")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     remote.add_login_arguments(p)
-    p.set_defaults(func=cmd_rollback)
+    p.set_defaults(func=cmd_rollback, leaves_interrupted=True)
 
     p = sub.add_parser("recover", help="reverse every interrupted transaction")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     remote.add_login_arguments(p)
-    p.set_defaults(func=cmd_recover)
+    p.set_defaults(func=cmd_recover, leaves_interrupted=True)
 
     p = sub.add_parser("audit", help="kernel audit emission")
     audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
@@ -459,14 +459,14 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
             sys.stderr.write(f"kensa: {printable(exc)}\n")
             code = EXIT_BAD_INPUT
         except KeyboardInterrupt:
-            return _interrupted(runs)
+            return _interrupted(runs or getattr(args, "leaves_interrupted", False))
         finally:
             for journal in args.opened_journals:
                 journal.close()
         try:
             return _deliver(rendered.getvalue(), stream, code)
         except KeyboardInterrupt:
-            return _interrupted(runs)
+            return _interrupted(runs or getattr(args, "leaves_interrupted", False))
 
 
 def _interrupted(runs: bool) -> int:

@@ -68,13 +68,13 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
                                  row["detail"]) for row in rows]
         journal_rules(args.journal, [p.transaction for p in chosen if p.transaction is not None], rules)
         code = args.remediation_exit_code(results, any(o.verdict is not Verdict.NOT_APPLICABLE for o in outcomes))
+        if ruleset.problems:
+            code = 2
         if getattr(args, "stop", None) is not None and args.stop.is_set():
-            code = stopped_code(code, results)
+            code = stopped_code(code, results, sum(row["status"] == NOT_RUN for row in rows))
     else:
         results = [r for r in check_rules(ruleset.rules, host, default_registry(), host_key=target.key) if r.rule in selected]
-        code = check_code([*results, *outcomes], False)
-    if ruleset.problems:
-        code = 2
+        code = 2 if ruleset.problems else check_code([*results, *outcomes], False)
     end = datetime.now(timezone.utc)
     everything = [*results, *outcomes]
     by_id: Dict[str, Any] = {rule.id: rule for rule in rules}
