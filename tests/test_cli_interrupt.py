@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from kensa.cli.exiting import EXIT_INTERRUPTED, Stop
 from test_ssh_e2e import login
@@ -56,6 +56,30 @@ def _statuses(journal: Path) -> Dict[Any, int]:
         conn.close()
 
 
+def _interrupted(argv: List[str], journal: Path, stderr_read: bool = True) -> Tuple[int, str, str]:
+    """Run ``python -m kensa ARGV`` and send it SIGINT once its first transaction is journaled:
+    its exit status, stdout and stderr (empty when ``stderr_read`` is False: its reader is closed at once)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit", *argv],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.stderr is not None
+    if not stderr_read:
+        proc.stderr.close()
+    try:
+        deadline = time.monotonic() + 120
+        while not _statuses(journal):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no transaction was journaled in time"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err or ""
+
+
 def test_ctrl_c_on_a_fleet_run_begins_no_further_transaction(sshd_rig: Any, sshd_host: Any, tmp_path: Path) -> None:
     """SIGINT once the first host's first transaction is journaled: that host stops before its next
     transaction, the hosts after it are never started, every journal entry has its result (none is
@@ -73,24 +97,9 @@ def test_ctrl_c_on_a_fleet_run_begins_no_further_transaction(sshd_rig: Any, sshd
         for index, root in enumerate(roots)))
     _rules(tmp_path / "rules")
     journal = tmp_path / "j.db"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit", "remediate", str(tmp_path / "rules"),
-         "--inventory", str(inventory), "--workers", "1", *login(sshd_rig, tmp_path), "--json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _statuses(journal):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no transaction was journaled in time"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == EXIT_INTERRUPTED, err
+    code, out, err = _interrupted(["remediate", str(tmp_path / "rules"), "--inventory", str(inventory), "--workers", "1",
+                                   *login(sshd_rig, tmp_path), "--json"], journal)
+    assert code == EXIT_INTERRUPTED, err
     assert "Traceback" not in err and "kensa: stopping: no further transaction begins" in err, err
     assert "kensa: interrupted: no transaction began after Ctrl-C" in err, err
     statuses = _statuses(journal)
@@ -120,23 +129,8 @@ def test_ctrl_c_on_a_local_run_ends_the_running_transaction_and_begins_no_other(
     (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
     _rules(tmp_path / "rules", rules)
     journal = tmp_path / "j.db"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit", "remediate",
-                             str(tmp_path / "rules"), "--root", str(root), "--json"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _statuses(journal):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no transaction was journaled in time"
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == EXIT_INTERRUPTED, err
+    code, out, err = _interrupted(["remediate", str(tmp_path / "rules"), "--root", str(root), "--json"], journal)
+    assert code == EXIT_INTERRUPTED, err
     assert "Traceback" not in err and "kensa: stopping: no further transaction begins" in err, err
     assert "kensa: interrupted: no transaction began after Ctrl-C" in err, err
     statuses = _statuses(journal)
@@ -221,25 +215,9 @@ def test_ctrl_c_when_stderr_is_gone_still_ends_the_run_cleanly(tmp_path: Path) -
     (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
     _rules(tmp_path / "rules", rules)
     journal = tmp_path / "j.db"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "kensa", "--journal", str(journal), "--no-audit", "remediate",
-                             str(tmp_path / "rules"), "--root", str(root), "--json"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    assert proc.stderr is not None
-    proc.stderr.close()
-    try:
-        deadline = time.monotonic() + 120
-        while not _statuses(journal):
-            assert proc.poll() is None
-            assert time.monotonic() < deadline, "no transaction was journaled in time"
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == EXIT_INTERRUPTED
+    code, out, _ = _interrupted(["remediate", str(tmp_path / "rules"), "--root", str(root), "--json"], journal,
+                                stderr_read=False)
+    assert code == EXIT_INTERRUPTED
     statuses = _statuses(journal)
     assert set(statuses) == {"committed"} and statuses["committed"] < rules, statuses
     assert len(json.loads(out)["results"]) == statuses["committed"]
