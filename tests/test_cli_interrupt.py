@@ -56,6 +56,14 @@ def _statuses(journal: Path) -> Dict[Any, int]:
         conn.close()
 
 
+def _root(tmp_path: Path) -> Path:
+    """A local target root with an sshd_config the rules edit."""
+    root = tmp_path / "root"
+    (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+    return root
+
+
 def _interrupted(argv: List[str], journal: Path, stderr_read: bool = True) -> Tuple[int, str, str]:
     """Run ``python -m kensa ARGV`` and send it SIGINT once its first transaction is journaled:
     its exit status, stdout and stderr (empty when ``stderr_read`` is False: its reader is closed at once)."""
@@ -124,9 +132,7 @@ def test_ctrl_c_on_a_local_run_ends_the_running_transaction_and_begins_no_other(
     report lists what ran and each rule left as not_run, the exit is 130 with no traceback, and no
     entry is left for recovery."""
     rules = 300
-    root = tmp_path / "root"
-    (root / "etc" / "ssh").mkdir(parents=True)
-    (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+    root = _root(tmp_path)
     _rules(tmp_path / "rules", rules)
     journal = tmp_path / "j.db"
     code, out, err = _interrupted(["remediate", str(tmp_path / "rules"), "--root", str(root), "--json"], journal)
@@ -155,9 +161,7 @@ def test_a_report_stopped_before_its_transactions_lists_each_rule_as_not_run(tmp
 
     cli = importlib.import_module("kensa.cli.main")  # the module: kensa.cli's "main" is the function
 
-    root = tmp_path / "root"
-    (root / "etc" / "ssh").mkdir(parents=True)
-    (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+    root = _root(tmp_path)
     _rules(tmp_path / "rules", 3)
     monkeypatch.setattr(cli, "Stop", _StoppedAtOnce)
     out = io.StringIO()
@@ -185,9 +189,7 @@ def test_a_stop_after_every_rule_began_keeps_the_runs_own_exit_code(tmp_path: Pa
         kwargs["stop"].set()  # as the handler does, once every transaction has run
         return found
 
-    root = tmp_path / "root"
-    (root / "etc" / "ssh").mkdir(parents=True)
-    (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+    root = _root(tmp_path)
     _rules(tmp_path / "rules", 3)
     monkeypatch.setattr(checking, "run_in_order", then_interrupted)
     code = cli.main(["--journal", str(tmp_path / "j.db"), "--no-audit", "remediate", str(tmp_path / "rules"), "--root",
@@ -210,9 +212,7 @@ def test_ctrl_c_when_stderr_is_gone_still_ends_the_run_cleanly(tmp_path: Path) -
     reads. Saying "stopping" there must not raise into the transaction running: the run ends as
     asked, its report reaches stdout, and no entry is left for recovery."""
     rules = 300
-    root = tmp_path / "root"
-    (root / "etc" / "ssh").mkdir(parents=True)
-    (root / "etc" / "ssh" / "sshd_config").write_text("PermitRootLogin yes\n")
+    root = _root(tmp_path)
     _rules(tmp_path / "rules", rules)
     journal = tmp_path / "j.db"
     code, out, _ = _interrupted(["remediate", str(tmp_path / "rules"), "--root", str(root), "--json"], journal,
