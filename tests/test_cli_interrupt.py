@@ -201,10 +201,12 @@ def test_a_stop_after_every_rule_began_keeps_the_runs_own_exit_code(tmp_path: Pa
 def test_stopped_code_says_what_ran_only_when_something_was_kept_from_running(capsys: Any) -> None:
     from kensa.cli.exiting import stopped_code
 
-    assert stopped_code(1, [], 0) == 1 and capsys.readouterr().err == ""
-    assert stopped_code(1, [], 2) == EXIT_INTERRUPTED
+    ran = [{"status": "not_applicable"}]
+    not_run = [{"status": "not_run"}] * 2
+    assert stopped_code(1, [], ran) == 1 and capsys.readouterr().err == ""
+    assert stopped_code(1, [], ran + not_run) == EXIT_INTERRUPTED
     assert "2 rules were not run" in capsys.readouterr().err
-    assert stopped_code(3, [], 2) == 3
+    assert stopped_code(3, [], not_run) == 3
 
 
 def test_ctrl_c_when_stderr_is_gone_still_ends_the_run_cleanly(tmp_path: Path) -> None:

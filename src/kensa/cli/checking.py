@@ -17,7 +17,7 @@ import socket
 import sys
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
-from kensa.cli.exiting import Stop, stopped_code
+from kensa.cli.exiting import NOT_RUN, Stop, stopped_code
 from kensa.cli.plan import Target, load_rule_set_for, target_for
 from kensa.cli.render import Progress, print_results, print_table, printable, result_dict
 from kensa.cli.services import notify_rows, print_notified
@@ -117,10 +117,6 @@ def run_check(args: argparse.Namespace, out: TextIO) -> int:
     return check_code(results, bool(ruleset.problems))
 
 
-#: Status of a rule's row when the run was stopped (Ctrl-C) before the rule's transaction began.
-NOT_RUN = "not_run"
-
-
 def run_in_order(
     engine: Any, planned: List[Any], show_progress: bool, held: Optional[Dict[str, bool]] = None,
     read_ahead: bool = False, stop: Optional[Stop] = None,
@@ -206,8 +202,7 @@ def run_remediate(
         except KensaError as exc:
             rows = _busy_rows(planned, str(exc))
         else:
-            stop = getattr(args, "stop", None)
-            results, rows = run_in_order(engine, planned, show_progress=not args.json, stop=stop)
+            results, rows = run_in_order(engine, planned, show_progress=not args.json, stop=getattr(args, "stop", None))
             notified = notify_rows(engine, target.key)
     journal_rules(args.journal, [p.transaction for p in planned if p.transaction is not None], ruleset.rules)
     rows += [{"rule": r.rule, "status": r.verdict.value, "detail": r.detail} for r in problem_rows(ruleset, target.key)]
@@ -222,9 +217,7 @@ def run_remediate(
     code = exit_code_for(results, not_run)
     if code == 0 and any(row["status"] == "failed" for row in notified):
         code = 1
-    if getattr(args, "stop", None) is not None and args.stop.is_set():
-        return stopped_code(code, results, sum(row["status"] == NOT_RUN for row in rows))
-    return code if code == 3 or not ruleset.problems else 2
+    return stopped_code(code if code == 3 or not ruleset.problems else 2, results, rows)
 
 
 def _busy_rows(planned: List[Any], why: str) -> List[Dict[str, Any]]:

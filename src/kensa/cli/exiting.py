@@ -20,15 +20,18 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Iterator, NoReturn, Sequence
+from typing import Any, Iterator, Mapping, NoReturn, Sequence
 
-__all__ = ["EXIT_INTERRUPTED", "FLUSH_FAILED", "Stop", "exit_process", "exit_status", "stop_on_interrupt", "stopped_code"]
+__all__ = ["EXIT_INTERRUPTED", "FLUSH_FAILED", "NOT_RUN", "Stop", "exit_process", "exit_status", "stop_on_interrupt", "stopped_code"]
 
 #: The status CPython exits with when flushing stdout or stderr at exit fails.
 FLUSH_FAILED = 120
 
 #: The command was stopped by Ctrl-C (SIGINT), as a shell reports it (128 + 2).
 EXIT_INTERRUPTED = 130
+
+#: Status of a rule's row when the run was stopped (Ctrl-C) before the rule's transaction began.
+NOT_RUN = "not_run"
 
 _STOPPING = (b"\nkensa: stopping: no further transaction begins; the ones running end, and the service "
              b"restarts they asked for are done (Ctrl-C again: a local run stops where it is)\n")
@@ -41,14 +44,10 @@ class Stop:
 
     def __init__(self) -> None:
         self._requested = threading.Event()
-        self._armed = threading.Event()
+        self.armed = False
 
     def arm(self) -> None:
-        self._armed.set()
-
-    @property
-    def armed(self) -> bool:
-        return self._armed.is_set()
+        self.armed = True
 
     def set(self) -> None:
         self._requested.set()
@@ -96,10 +95,11 @@ def _stderr_gone() -> None:
         os.close(null)
 
 
-def stopped_code(code: int, results: Sequence[Any], not_run: int, hosts: int = 1) -> int:
-    """The exit code of a command ``stop`` was set in: when it kept ``not_run`` rules from running,
-    :data:`EXIT_INTERRUPTED` (3, a host left changed and unverified, wins), after saying on stderr
-    what ran; ``code`` when every rule had begun before the Ctrl-C."""
+def stopped_code(code: int, results: Sequence[Any], rows: Sequence[Mapping[str, Any]], hosts: int = 1) -> int:
+    """The exit code of a command whose ``rows`` (of rules without a result) may say :data:`NOT_RUN`:
+    with some, :data:`EXIT_INTERRUPTED` (3, a host left changed and unverified, wins), after saying
+    on stderr what ran; else ``code`` (no Ctrl-C, or one after every rule had begun)."""
+    not_run = sum(row["status"] == NOT_RUN for row in rows)
     if not not_run:
         return code
     changed = len({result.host for result in results})

@@ -17,8 +17,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
-from kensa.cli.checking import NOT_RUN
-from kensa.cli.exiting import Stop, stopped_code
+from kensa.cli.exiting import NOT_RUN, Stop, stopped_code
 from kensa.cli.plan import report_rule_problems
 from kensa.cli.remote import hosts_from, logging_in
 from kensa.cli.services import notify_rows, print_notified
@@ -333,6 +332,4 @@ def cmd_remediate_remote(args: argparse.Namespace, out: TextIO, make_engine: Cal
     code = exit_code_for(results, not_run)
     if failed or any(row["status"] == "failed" for row in notified):
         code = max(code, 1)
-    if stop.is_set():
-        return stopped_code(code, results, sum(row["status"] == NOT_RUN for row in unsupported), len(hosts))
-    return code if code == 3 or not bad_files else 2
+    return stopped_code(code if code == 3 or not bad_files else 2, results, unsupported, len(hosts))

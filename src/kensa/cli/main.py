@@ -452,21 +452,20 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
     args.stop = Stop()
     runs = (getattr(args, "runs_transactions", False) or getattr(args, "remediate", False) is True) and not getattr(
         args, "dry_run", False)
+    may_leave_open = runs or getattr(args, "leaves_interrupted", False)
     with stop_on_interrupt(args.stop) if runs else contextlib.nullcontext():
         try:
-            code = int(args.func(args, rendered))
-        except KensaError as exc:
-            sys.stderr.write(f"kensa: {printable(exc)}\n")
-            code = EXIT_BAD_INPUT
-        except KeyboardInterrupt:
-            return _interrupted(runs or getattr(args, "leaves_interrupted", False))
-        finally:
-            for journal in args.opened_journals:
-                journal.close()
-        try:
+            try:
+                code = int(args.func(args, rendered))
+            except KensaError as exc:
+                sys.stderr.write(f"kensa: {printable(exc)}\n")
+                code = EXIT_BAD_INPUT
+            finally:
+                for journal in args.opened_journals:
+                    journal.close()
             return _deliver(rendered.getvalue(), stream, code)
         except KeyboardInterrupt:
-            return _interrupted(runs or getattr(args, "leaves_interrupted", False))
+            return _interrupted(may_leave_open)
 
 
 def _interrupted(runs: bool) -> int:

@@ -26,8 +26,8 @@ FORMATS = ("oscal", "json", "jsonl", "csv")
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     """Run the selected rules (check, or ``--remediate``) and write the report in ``--format``."""
-    from kensa.cli.checking import NOT_RUN, check_code, conflict_lines, load_for_target, problem_rows, run_in_order
-    from kensa.cli.exiting import stopped_code
+    from kensa.cli.checking import check_code, conflict_lines, load_for_target, problem_rows, run_in_order
+    from kensa.cli.exiting import NOT_RUN, stopped_code
     from kensa.cli.rulejournal import journal_rules
     from kensa.evidence.oscal import assessment_results
     from kensa.evidence.select import select_rules
@@ -70,8 +70,7 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
         code = args.remediation_exit_code(results, any(o.verdict is not Verdict.NOT_APPLICABLE for o in outcomes))
         if ruleset.problems:
             code = 2
-        if getattr(args, "stop", None) is not None and args.stop.is_set():
-            code = stopped_code(code, results, sum(row["status"] == NOT_RUN for row in rows))
+        code = stopped_code(code, results, rows)
     else:
         results = [r for r in check_rules(ruleset.rules, host, default_registry(), host_key=target.key) if r.rule in selected]
         code = 2 if ruleset.problems else check_code([*results, *outcomes], False)
